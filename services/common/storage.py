@@ -1,0 +1,157 @@
+"""Object storage behind one interface, addressed by ``s3://bucket/key`` URIs on every backend.
+
+Two backends: :class:`LocalStore` (a directory, the embedded default) and
+:class:`services.common.s3_store.S3Store` (MinIO or any S3 endpoint, through the ``minio`` SDK).
+"""
+from __future__ import annotations
+
+import abc
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from services.common.errors import NotFoundError, ValidationError
+
+BUCKETS = ("datasets", "models", "evaluations", "reports", "jobs")
+MAX_KEY_LENGTH = 1024
+
+
+def make_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def parse_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` → ``(bucket, key)``."""
+    if not uri.startswith("s3://"):
+        raise ValidationError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValidationError(f"URI without bucket: {uri!r}")
+    return bucket, key
+
+
+def check_key(key: str) -> None:
+    """Reject keys that could escape a bucket on the local backend or confuse S3."""
+    problems = []
+    if not key or len(key) > MAX_KEY_LENGTH:
+        problems.append(f"object key must be 1..{MAX_KEY_LENGTH} characters")
+    if key.startswith("/") or "\\" in key:
+        problems.append(f"object key {key!r} must be relative and use '/'")
+    if any(part in ("..", ".") for part in key.split("/")):
+        problems.append(f"object key {key!r} must not contain '.' or '..' segments")
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        problems.append(f"object key {key!r} contains control characters")
+    if problems:
+        raise ValidationError(problems)
+
+
+class ObjectStore(abc.ABC):
+    """The operations every backend offers. Keys are '/'-separated; listing is recursive."""
+
+    @abc.abstractmethod
+    def ensure_buckets(self, buckets: Iterable[str] = BUCKETS) -> None: ...
+
+    @abc.abstractmethod
+    def put_bytes(self, bucket: str, key: str, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        """Raises NotFoundError when the object does not exist."""
+
+    @abc.abstractmethod
+    def put_file(self, bucket: str, key: str, path: str | os.PathLike) -> None: ...
+
+    @abc.abstractmethod
+    def get_file(self, bucket: str, key: str, path: str | os.PathLike) -> None:
+        """Raises NotFoundError when the object does not exist."""
+
+    @abc.abstractmethod
+    def exists(self, bucket: str, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """All keys under ``prefix`` (recursive), sorted."""
+
+    @abc.abstractmethod
+    def delete(self, bucket: str, key: str) -> None:
+        """Deleting a missing object is not an error."""
+
+    def delete_prefix(self, bucket: str, prefix: str) -> None:
+        for key in self.list_keys(bucket, prefix):
+            self.delete(bucket, key)
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where the store lives, for logs and the CLI."""
+
+
+class LocalStore(ObjectStore):
+    """Buckets are folders under ``root``; writes go through a temp file + rename, so readers
+    never see half an object."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+
+    def _path(self, bucket: str, key: str) -> Path:
+        check_key(key)
+        return self.root / bucket / key
+
+    def ensure_buckets(self, buckets: Iterable[str] = BUCKETS) -> None:
+        for b in buckets:
+            (self.root / b).mkdir(parents=True, exist_ok=True)
+
+    def _atomic_write(self, dest: Path, writer) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                writer(fh)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+        self._atomic_write(self._path(bucket, key), lambda fh: fh.write(data))
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        p = self._path(bucket, key)
+        if not p.is_file():
+            raise NotFoundError(f"{make_uri(bucket, key)} does not exist")
+        return p.read_bytes()
+
+    def put_file(self, bucket: str, key: str, path: str | os.PathLike) -> None:
+        with open(path, "rb") as src:
+            self._atomic_write(self._path(bucket, key), lambda fh: shutil.copyfileobj(src, fh, 1 << 20))
+
+    def get_file(self, bucket: str, key: str, path: str | os.PathLike) -> None:
+        p = self._path(bucket, key)
+        if not p.is_file():
+            raise NotFoundError(f"{make_uri(bucket, key)} does not exist")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, path)
+
+    def exists(self, bucket: str, key: str) -> bool:
+        return self._path(bucket, key).is_file()
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        base = self.root / bucket
+        if not base.is_dir():
+            return []
+        keys = []
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                key = Path(dirpath, name).relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def delete(self, bucket: str, key: str) -> None:
+        self._path(bucket, key).unlink(missing_ok=True)
+
+    def describe(self) -> str:
+        return f"local directory {self.root}"
