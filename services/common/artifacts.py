@@ -94,3 +94,8 @@ def put_json(store: ObjectStore, bucket: str, key: str, obj: Any) -> None:
 
 def get_json(store: ObjectStore, bucket: str, key: str) -> Any:
     return json.loads(store.get_bytes(bucket, key))
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of a manifest's canonical JSON: what lineage records about a parent artifact."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()

@@ -86,6 +86,21 @@ class ObjectStore(abc.ABC):
     def describe(self) -> str:
         """Where the store lives, for logs and the CLI."""
 
+    @abc.abstractmethod
+    def config(self) -> dict:
+        """Plain settings that :func:`open_store` turns back into an equal store (job child
+        processes reopen the store from this; a live client is not sent across processes)."""
+
+
+def open_store(config: dict) -> ObjectStore:
+    kind = config.get("kind")
+    if kind == "local":
+        return LocalStore(config["root"])
+    if kind == "s3":
+        from services.common.s3_store import S3Store
+        return S3Store(**{k: v for k, v in config.items() if k != "kind"})
+    raise ValidationError(f"unknown store kind {kind!r}; known: local, s3")
+
 
 class LocalStore(ObjectStore):
     """Buckets are folders under ``root``; writes go through a temp file + rename, so readers
@@ -155,3 +170,6 @@ class LocalStore(ObjectStore):
 
     def describe(self) -> str:
         return f"local directory {self.root}"
+
+    def config(self) -> dict:
+        return {"kind": "local", "root": str(self.root)}

@@ -1,0 +1,365 @@
+"""``ftlab``: one entry point for the embedded stack, data and models, the services' jobs, and
+experiment flows. Errors print as one clear message and exit 2 (bad input) or 1 (failure)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from services.common.errors import FtlabError, ValidationError
+from services.common.settings import SERVICES
+
+SHARED_HINT = "e.g. ../shared/datasets/seed"
+
+
+# ------------------------------------------------------------------ helpers
+
+def _store():
+    from services.common.s3_store import store_from_env
+    from services.common.stack import stack_env
+    os.environ.update({k: v for k, v in stack_env().items() if k.startswith("FTLAB_")})
+    return store_from_env()
+
+
+def _print_job(job) -> None:
+    print(json.dumps(json_format.MessageToDict(job, preserving_proto_field_name=True), indent=2))
+
+
+class ProgressBar:
+    """One line on stderr, redrawn on every event of a watched job."""
+
+    def __init__(self, label: str):
+        self.label, self.tty = label, sys.stderr.isatty()
+
+    def __call__(self, ev) -> None:
+        from services.common.clients import state_name
+        if ev.total:
+            frac = ev.step / ev.total
+            bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+            extra = " ".join(f"{k}={v:.4g}" for k, v in sorted(ev.metrics.items()))
+            line = f"{self.label} [{bar}] {ev.step}/{ev.total} {extra}"
+        else:
+            line = f"{self.label} {state_name(ev.state)}: {ev.message}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line[:160])
+            if ev.type == 1 and ev.state in (3, 4, 6):
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def _submit(service: str, spec: dict, args) -> int:
+    from services.common.clients import ServiceClient, state_name
+    with ServiceClient(service) as c:
+        job = c.submit(spec, args.request_id or "")
+        print(f"submitted {service} job {job.job_id} ({state_name(job.state)})", file=sys.stderr)
+        if not args.wait:
+            _print_job(job)
+            return 0
+        job = c.wait(job.job_id, args.timeout, ProgressBar(job.job_id))
+        _print_job(job)
+        return 0 if state_name(job.state) == "SUCCEEDED" else 1
+
+
+def _opt(d: dict, key: str, value) -> None:
+    if value is not None:
+        d[key] = value
+
+
+# ------------------------------------------------------------------ commands
+
+def cmd_up(args) -> int:
+    from services.common.stack import up
+    for svc, addr in up().items():
+        print(f"{svc:10s} {addr}")
+    return 0
+
+
+def cmd_down(args) -> int:
+    from services.common.stack import down
+    print("stopped: " + (", ".join(down()) or "nothing was running"))
+    return 0
+
+
+def cmd_health(args) -> int:
+    from services.common.clients import ServiceClient
+    bad = 0
+    for svc in SERVICES:
+        with ServiceClient(svc) as c:
+            ok = c.healthy()
+            bad += not ok
+            print(f"{svc:10s} {c.address:22s} {'SERVING' if ok else 'UNAVAILABLE'}")
+    return 1 if bad else 0
+
+
+def cmd_data_import(args) -> int:
+    from services.common.data_import import import_dataset
+    from services.common.tasks import list_tasks
+    store = _store()
+    names = [t.short for t in list_tasks()] if args.task == "all" else [args.task]
+    for name in names:
+        m = import_dataset(store, name, args.source, args.path, overwrite=args.overwrite)
+        rows = {s: v["rows"] for s, v in m["splits"].items()}
+        print(f"imported {m['uri']} {rows}")
+    return 0
+
+
+def cmd_model_make_tiny(args) -> int:
+    import tempfile
+    from services.common import modeling
+    store = _store()
+    with tempfile.TemporaryDirectory() as tmp:
+        origin = modeling.make_tiny_qwen3(args.tokenizer, tmp, args.seed)
+        m = modeling.commit_base_model(store, args.name, tmp, origin, overwrite=args.overwrite)
+    print(f"model {m['uri']} ({sum(f['size'] for f in m['files']) / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_model_import(args) -> int:
+    import tempfile
+    from services.common import modeling
+    store = _store()
+    with tempfile.TemporaryDirectory() as tmp:
+        origin = modeling.download_hf_model(args.source, tmp)
+        m = modeling.commit_base_model(store, args.name, tmp, origin, overwrite=args.overwrite)
+    print(f"model {m['uri']}")
+    return 0
+
+
+def cmd_model_list(args) -> int:
+    from services.common import artifacts
+    store = _store()
+    for name in artifacts.list_committed(store, "models"):
+        m = artifacts.read_manifest(store, "models", name)
+        print(f"{name:60s} {m.get('kind', ''):10s} {m.get('quantization', {}).get('quant_tag', '')}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    spec = {"base_model": args.base_model, "dataset": args.dataset, "peft_method": args.peft}
+    lora = {}
+    _opt(lora, "r", args.r)
+    _opt(lora, "alpha", args.alpha)
+    if args.target_modules:
+        lora["target_modules"] = args.target_modules.split(",")
+    if lora:
+        spec["lora"] = lora
+    for key in ("task", "output_name", "max_steps", "learning_rate", "per_device_batch_size",
+                "gradient_accumulation_steps", "max_seq_length", "train_limit", "seed"):
+        _opt(spec, key, getattr(args, key))
+    return _submit("trainer", spec, args)
+
+
+def cmd_quantize(args) -> int:
+    spec = {"source_model": args.source_model, "method": args.method}
+    _opt(spec, "output_name", args.output_name)
+    return _submit("quantizer", spec, args)
+
+
+def cmd_eval(args) -> int:
+    tasks = []
+    for t in args.task:
+        item = {"task": t}
+        _opt(item, "limit", args.limit)
+        tasks.append(item)
+    spec = {"model": args.model, "tasks": tasks}
+    for key in ("batch_size", "max_new_tokens", "eval_id"):
+        _opt(spec, key, getattr(args, key))
+    return _submit("evaluator", spec, args)
+
+
+def cmd_jobs(args) -> int:
+    from services.common.clients import ServiceClient, state_name
+    with ServiceClient(args.service) as c:
+        if args.action == "list":
+            for j in c.list_all():
+                print(f"{j.job_id:40s} {state_name(j.state):10s} {j.progress_step}/{j.progress_total} {j.error[:60]}")
+        elif args.action == "get":
+            _print_job(c.get(args.job_id))
+        elif args.action == "cancel":
+            _print_job(c.cancel(args.job_id))
+        elif args.action == "watch":
+            job = c.wait(args.job_id, args.timeout, ProgressBar(args.job_id))
+            print(f"{job.job_id} {state_name(job.state)} {job.error}")
+            return 0 if state_name(job.state) == "SUCCEEDED" else 1
+    return 0
+
+
+def cmd_run(args) -> int:
+    from flows.experiment import load
+    exp = load(args.experiment)
+    if args.dry_run:
+        for s in exp.steps:
+            print(f"{s.stage:9s} {s.output}")
+        print(f"{len(exp.steps)} steps")
+        return 0
+    result = run_flow(args.experiment)
+    return 1 if result["failed"] else 0
+
+
+def run_flow(experiment: str) -> dict:
+    _store()  # sets the embedded storage defaults for the flow
+    from flows.pipeline import experiment_flow
+    result = experiment_flow(experiment)
+    print_summary(result)
+    return result
+
+
+def print_summary(result: dict) -> None:
+    import pandas as pd
+    table = pd.DataFrame(result["table"])
+    cols = [c for c in ["model", "ai2_arc__macro_f1", "ai2_arc__accuracy", "ai2_arc__format_success_rate",
+                        "ai2_arc__latency_mean_s", "eval_tokens_per_s", "train_peak_rss_gb", "eval_peak_rss_gb"]
+            if c in table.columns]
+    print()
+    print(f"== {result['experiment']} run {result['run_id']}: metrics_summary ==")
+    print(table[cols].to_string(index=False) if len(table) else "(no evaluations)")
+    for s in result["steps"]:
+        if s["status"] == "failed":
+            print(f"FAILED {s['key']}: {s['error']}")
+    print(f"report: {result['report']['uri']}metrics_summary.csv")
+    print(f"local copy: {result['report']['local_dir']}")
+
+
+def cmd_demo(args) -> int:
+    """The main job on the embedded default: stack up, data, tiny model, smoke flow, stack down."""
+    from services.common import artifacts
+    from services.common.stack import down, up
+    t0 = time.time()
+    store = _store()
+    shared = Path(args.shared)
+    if not (shared / "datasets" / "seed").is_dir():
+        raise ValidationError(f"--shared {shared}: no datasets/seed folder (the project's ../shared)")
+    print("== starting the embedded stack (local storage under .ftlab/storage)")
+    up()
+    try:
+        if artifacts.read_manifest(store, "datasets", "arc") is None:
+            cmd_data_import(argparse.Namespace(task="arc", source="seed", path=str(shared / "datasets" / "seed"),
+                                               overwrite=False))
+        if artifacts.read_manifest(store, "models", "Qwen3-tiny-base") is None:
+            cmd_model_make_tiny(argparse.Namespace(tokenizer=str(shared / "tokenizers" / "qwen3"),
+                                                   name="Qwen3-tiny-base", seed=0, overwrite=False))
+        result = run_flow(args.experiment)
+    finally:
+        print("== stopping the embedded stack: " + ", ".join(down()))
+    print(f"demo finished in {time.time() - t0:.0f}s")
+    return 1 if result["failed"] else 0
+
+
+# ------------------------------------------------------------------ parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ftlab", description="ftlab: LLM fine-tuning research as trainer, quantizer and evaluator services.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("up", help="start the embedded stack (3 services on loopback)").set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop the embedded stack").set_defaults(func=cmd_down)
+    sub.add_parser("health", help="health of the three services").set_defaults(func=cmd_health)
+
+    d = sub.add_parser("demo", help="the main job: smoke experiment on the embedded stack")
+    d.add_argument("--shared", default="../shared", help="the project's shared data folder")
+    d.add_argument("--experiment", default="smoke")
+    d.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
+    di = data.add_parser("import", help="import a task's dataset into the datasets bucket")
+    di.add_argument("--task", required=True, help="arc | squad | openmath | all")
+    di.add_argument("--source", default="seed", choices=["seed", "hf", "hub"])
+    di.add_argument("--path", help=f"folder for seed/hf sources ({SHARED_HINT})")
+    di.add_argument("--overwrite", action="store_true")
+    di.set_defaults(func=cmd_data_import)
+
+    model = sub.add_parser("model", help="models").add_subparsers(dest="action", required=True)
+    mt = model.add_parser("make-tiny", help="build the tiny random Qwen3 with the real tokenizer")
+    mt.add_argument("--tokenizer", required=True, help="tokenizer folder or hub id (../shared/tokenizers/qwen3)")
+    mt.add_argument("--name", default="Qwen3-tiny-base")
+    mt.add_argument("--seed", type=int, default=0)
+    mt.add_argument("--overwrite", action="store_true")
+    mt.set_defaults(func=cmd_model_make_tiny)
+    mi = model.add_parser("import", help="import a Hugging Face model (hub id or folder)")
+    mi.add_argument("source", help="e.g. Qwen/Qwen3-8B")
+    mi.add_argument("--name", required=True, help="e.g. Qwen3-8B-base")
+    mi.add_argument("--overwrite", action="store_true")
+    mi.set_defaults(func=cmd_model_import)
+    model.add_parser("list", help="committed models").set_defaults(func=cmd_model_list)
+
+    def job_opts(sp):
+        sp.add_argument("--request-id", help="idempotency key")
+        sp.add_argument("--wait", action="store_true", help="watch the job with a progress bar")
+        sp.add_argument("--timeout", type=float, default=24 * 3600)
+
+    t = sub.add_parser("train", help="submit a training job")
+    t.add_argument("--base-model", required=True)
+    t.add_argument("--dataset", required=True)
+    t.add_argument("--task")
+    t.add_argument("--peft", default="lora")
+    t.add_argument("--r", type=int)
+    t.add_argument("--alpha", type=int)
+    t.add_argument("--target-modules")
+    t.add_argument("--output-name")
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--learning-rate", type=float)
+    t.add_argument("--per-device-batch-size", type=int)
+    t.add_argument("--gradient-accumulation-steps", type=int)
+    t.add_argument("--max-seq-length", type=int)
+    t.add_argument("--train-limit", type=int)
+    t.add_argument("--seed", type=int)
+    job_opts(t)
+    t.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("quantize", help="submit a post-training quantization job")
+    q.add_argument("--source-model", required=True)
+    q.add_argument("--method", default="bnb_int8")
+    q.add_argument("--output-name")
+    job_opts(q)
+    q.set_defaults(func=cmd_quantize)
+
+    e = sub.add_parser("eval", help="submit an evaluation job")
+    e.add_argument("--model", required=True)
+    e.add_argument("--task", action="append", required=True, help="repeatable: ai2_arc, squad_v2, ...")
+    e.add_argument("--limit", type=int)
+    e.add_argument("--batch-size", type=int)
+    e.add_argument("--max-new-tokens", type=int)
+    e.add_argument("--eval-id")
+    job_opts(e)
+    e.set_defaults(func=cmd_eval)
+
+    j = sub.add_parser("jobs", help="list | get | watch | cancel jobs of a service")
+    j.add_argument("action", choices=["list", "get", "watch", "cancel"])
+    j.add_argument("job_id", nargs="?")
+    j.add_argument("--service", required=True, choices=SERVICES)
+    j.add_argument("--timeout", type=float, default=24 * 3600)
+    j.set_defaults(func=cmd_jobs)
+
+    r = sub.add_parser("run", help="run an experiment flow (shipped name or path.yaml)")
+    r.add_argument("experiment")
+    r.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "action", None) in ("get", "watch", "cancel") and not args.job_id:
+        print("ftlab: error: job_id is required", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except ValidationError as exc:
+        print("ftlab: invalid request:\n  - " + "\n  - ".join(exc.problems), file=sys.stderr)
+        return 2
+    except FtlabError as exc:
+        print(f"ftlab: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Clients for the three services, used by the flows and the CLI. gRPC status codes come back
+as the same domain errors the services raised; a job that ends badly raises :class:`JobFailed`."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Callable, Iterator
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.errors import FtlabError, NotFoundError, PreconditionError, StorageError, ValidationError
+from services.common.generated.ftlab.v1 import (evaluator_pb2, evaluator_pb2_grpc, jobs_pb2, quantizer_pb2,
+                                                quantizer_pb2_grpc, specs_pb2, trainer_pb2, trainer_pb2_grpc)
+from services.common.settings import service_address
+
+TERMINAL = {jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED}
+
+
+class ServiceUnavailable(FtlabError):
+    """The service did not answer (not started, crashed, or unreachable)."""
+
+
+class JobFailed(FtlabError):
+    """A job ended FAILED or CANCELLED; ``job`` is its final record."""
+
+    def __init__(self, job: jobs_pb2.Job):
+        self.job = job
+        super().__init__(f"{job.service} job {job.job_id} ended {state_name(job.state)}: {job.error}")
+
+
+# service -> (stub, submit RPC name, spec message, submit request message)
+_SERVICES = {
+    "trainer": (trainer_pb2_grpc.TrainerServiceStub, "SubmitTrain", specs_pb2.TrainSpec, trainer_pb2.SubmitTrainRequest),
+    "quantizer": (quantizer_pb2_grpc.QuantizerServiceStub, "SubmitQuantize", specs_pb2.QuantizeSpec,
+                  quantizer_pb2.SubmitQuantizeRequest),
+    "evaluator": (evaluator_pb2_grpc.EvaluatorServiceStub, "SubmitEvaluate", specs_pb2.EvaluateSpec,
+                  evaluator_pb2.SubmitEvaluateRequest),
+}
+_CODES = {grpc.StatusCode.INVALID_ARGUMENT: ValidationError, grpc.StatusCode.NOT_FOUND: NotFoundError,
+          grpc.StatusCode.FAILED_PRECONDITION: PreconditionError}
+
+
+def state_name(state: int) -> str:
+    return jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
+
+
+def _translate(exc: grpc.RpcError, service: str, address: str) -> FtlabError:
+    code = exc.code()
+    if code in _CODES:
+        return _CODES[code](exc.details())
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if "storage" in (exc.details() or "").lower() or "S3" in (exc.details() or ""):
+            return StorageError(exc.details())
+        return ServiceUnavailable(f"{service} service at {address} is unavailable: {exc.details()}")
+    return FtlabError(f"{service} service: {code.name}: {exc.details()}")
+
+
+class ServiceClient:
+    def __init__(self, service: str, address: str | None = None, timeout_s: float = 30.0):
+        if service not in _SERVICES:
+            raise ValidationError(f"unknown service {service!r}; known: {', '.join(_SERVICES)}")
+        self.service, self.address, self.timeout_s = service, address or service_address(service), timeout_s
+        self.channel = grpc.insecure_channel(self.address)
+        stub_cls, self._submit_rpc, self.spec_cls, self._request_cls = _SERVICES[service]
+        self.stub = stub_cls(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, rpc: str, request, **kw):
+        try:
+            return getattr(self.stub, rpc)(request, timeout=kw.pop("timeout", self.timeout_s), **kw)
+        except grpc.RpcError as exc:
+            raise _translate(exc, self.service, self.address) from None
+
+    # -- RPCs
+
+    def submit(self, spec: dict[str, Any] | Any, request_id: str = "") -> jobs_pb2.Job:
+        if isinstance(spec, dict):
+            spec = json_format.ParseDict(spec, self.spec_cls())
+        return self._call(self._submit_rpc, self._request_cls(spec=spec, request_id=request_id))
+
+    def get(self, job_id: str) -> jobs_pb2.Job:
+        return self._call("GetJob", jobs_pb2.GetJobRequest(job_id=job_id))
+
+    def list(self, states=(), page_size: int = 50, page_token: str = "") -> jobs_pb2.ListJobsResponse:
+        return self._call("ListJobs", jobs_pb2.ListJobsRequest(states=list(states), page_size=page_size,
+                                                               page_token=page_token))
+
+    def list_all(self, states=()) -> list[jobs_pb2.Job]:
+        jobs, token = [], ""
+        while True:
+            page = self.list(states, 200, token)
+            jobs += page.jobs
+            token = page.next_page_token
+            if not token:
+                return jobs
+
+    def cancel(self, job_id: str) -> jobs_pb2.Job:
+        return self._call("CancelJob", jobs_pb2.CancelJobRequest(job_id=job_id))
+
+    def watch(self, job_id: str, after_seq: int = 0) -> Iterator[jobs_pb2.JobEvent]:
+        try:
+            yield from self.stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq))
+        except grpc.RpcError as exc:
+            raise _translate(exc, self.service, self.address) from None
+
+    # -- conveniences
+
+    def wait(self, job_id: str, timeout_s: float = 3600.0,
+             on_event: Callable[[jobs_pb2.JobEvent], None] | None = None) -> jobs_pb2.Job:
+        """Follow the job's events until it is terminal (reconnecting where the stream broke);
+        raises TimeoutError after ``timeout_s``. Returns the final job."""
+        deadline, seq = time.time() + timeout_s, 0
+        while True:
+            try:
+                for ev in self.watch(job_id, seq):
+                    seq = ev.seq
+                    if on_event:
+                        on_event(ev)
+                    if time.time() > deadline:
+                        break
+            except ServiceUnavailable:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1.0)
+            job = self.get(job_id)
+            if job.state in TERMINAL:
+                return job
+            if time.time() > deadline:
+                raise TimeoutError(f"{self.service} job {job_id} still {state_name(job.state)} after {timeout_s:.0f}s")
+
+    def run(self, spec, request_id: str | None = None, timeout_s: float = 3600.0,
+            on_event=None) -> jobs_pb2.Job:
+        """Submit (idempotently), wait, and raise JobFailed unless the job SUCCEEDED."""
+        job = self.submit_fresh(spec, request_id or uuid.uuid4().hex)
+        job = self.wait(job.job_id, timeout_s, on_event)
+        if job.state != jobs_pb2.JOB_STATE_SUCCEEDED:
+            raise JobFailed(job)
+        return job
+
+    def submit_fresh(self, spec, request_id: str, max_attempts: int = 100) -> jobs_pb2.Job:
+        """Idempotent submit that still allows a retry: the request id returns the job already
+        queued, running or succeeded; if that job FAILED or was CANCELLED, the next attempt id
+        (``<id>:attempt-N``) is used, so rerunning a flow retries only what did not succeed."""
+        for attempt in range(1, max_attempts + 1):
+            job = self.submit(spec, request_id if attempt == 1 else f"{request_id}:attempt-{attempt}")
+            if job.state not in (jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED):
+                return job
+        raise PreconditionError(f"request {request_id!r} failed {max_attempts} times; use a new request id")
+
+    def healthy(self, timeout_s: float = 2.0) -> bool:
+        try:
+            resp = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                                                  timeout=timeout_s)
+            return resp.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        deadline = time.time() + timeout_s
+        while not self.healthy():
+            if time.time() > deadline:
+                raise ServiceUnavailable(f"{self.service} service at {self.address} not healthy after {timeout_s:.0f}s")
+            time.sleep(0.3)

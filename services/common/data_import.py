@@ -1,0 +1,301 @@
+"""Data import: a task's train/test splits from a source into the ``datasets`` bucket, in the
+canonical schema of its task type (``tasks.TYPE_COLUMNS``), committed with a manifest.
+
+Sources:
+  seed  a folder with the study's ``train-<seed_stem>.parquet`` / ``test-<seed_stem>.parquet``
+  hf    a folder with ``<hf_stem>-train.jsonl`` / ``<hf_stem>-test.jsonl`` in Hugging Face schema
+  hub   ``datasets.load_dataset`` from the Hugging Face hub (online hosts), seeded sampling
+Seed and hf rows are kept as they are (they already are the study's samples); rows whose gold answer
+cannot be put in canonical form (e.g. a symbolic OpenMath answer) are dropped and counted.
+Data is read from the source at run time, never copied into the repository.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+import string
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from services.common import tasks as T
+from services.common.artifacts import commit_dir, read_manifest, require_manifest, sha256_file
+from services.common.errors import NotFoundError, PreconditionError, StorageError, ValidationError
+from services.common.storage import ObjectStore, make_uri
+
+BUCKET = "datasets"
+SCHEMA_VERSION = 1
+SOURCES = ("seed", "hf", "hub")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+_SPLIT_RE = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def validate_columns(task: str | T.TaskDef, df: pd.DataFrame) -> None:
+    """Raise ValidationError naming every canonical column ``df`` lacks."""
+    task = T.get_task(task)
+    missing = [c for c in task.columns if c not in df.columns]
+    if missing:
+        raise ValidationError(f"task {task.name}: missing column(s) {missing}; "
+                              f"a {task.type.value} dataset needs {list(task.columns)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# One record (seed row or HF-schema record) → canonical row, or None when its gold is unusable
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def _mcq_row(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
+    question = _text(rec.get("question")).strip()
+    gold: Any = rec.get("answerKey", rec.get("answer"))
+    choices = rec.get("choices")
+    if choices is not None:
+        # Inline the options exactly as the study's seed does: "<question> A. <text> B. <text> ..."
+        if isinstance(choices, Mapping):
+            labels, texts = [str(x) for x in choices["label"]], list(choices["text"])
+        else:
+            texts = list(choices)
+            labels = list(string.ascii_uppercase[:len(texts)])
+        question = question + " " + " ".join(f"{lab}. {txt}" for lab, txt in zip(labels, texts))
+        # The gold is an option label (A–D, or 1–4 on a few ARC items) or a 0-based index.
+        if isinstance(gold, (int, np.integer)) and not isinstance(gold, bool):
+            gold = string.ascii_uppercase[int(gold)] if 0 <= int(gold) < 26 else None
+        elif _text(gold) in labels:
+            gold = string.ascii_uppercase[labels.index(_text(gold))]
+    answer = T.normalise_answer(task, _text(gold)) if gold is not None else None
+    if not question or answer is None:
+        return None
+    return {"id": _text(rec.get("id") or rec.get("title")), "question": question, "answer": answer}
+
+
+def _squad_row(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
+    if "answer" in rec:  # seed: one string, "" when unanswerable
+        answer = _text(rec["answer"])
+    else:  # HF: answers as [{"text", "answer_start"}] (official) or {"text": [...]} (hub)
+        answers = rec.get("answers") or []
+        texts = answers.get("text", []) if isinstance(answers, Mapping) else [a["text"] for a in answers]
+        answer = "" if rec.get("is_impossible") or not len(texts) else str(texts[0])
+    row = {"id": _text(rec.get("id")), "title": _text(rec.get("title")), "context": _text(rec.get("context")),
+           "question": _text(rec.get("question")).strip(), "answer": answer}
+    return row if row["context"] and row["question"] else None
+
+
+def _math_row(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
+    question = _text(rec.get("question", rec.get("problem"))).strip()
+    gold = rec.get("answer", rec.get("expected_answer"))
+    answer = None if gold is None else T.normalise_answer(task, gold)
+    if not question or answer is None:
+        return None
+    return {"id": _text(rec.get("id")), "question": question, "answer": answer}
+
+
+_CONVERTERS = {T.TaskType.MCQ4: _mcq_row, T.TaskType.SQUAD_V2: _squad_row, T.TaskType.MATH_NUMERIC: _math_row}
+
+
+def _canonical(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
+    rec = dict(rec)
+    for hf_field, src_field in task.fields:  # a dataset whose field names differ from the HF schema
+        if src_field in rec:
+            rec[hf_field] = rec.pop(src_field)
+    return _CONVERTERS[task.type](task, rec)
+
+
+def _content_key(row: dict) -> str:
+    return row.get("context", "") + "\x00" + row["question"]
+
+
+def _frame(task: T.TaskDef, rows: list[dict]) -> pd.DataFrame:
+    """Rows → canonical frame; rows without an id get a content hash, and ids are made unique."""
+    seen: dict[str, int] = defaultdict(int)
+    for row in rows:
+        base = row["id"] or f"{task.short}-{hashlib.sha1(_content_key(row).encode()).hexdigest()[:12]}"
+        seen[base] += 1
+        row["id"] = base if seen[base] == 1 else f"{base}-{seen[base]}"
+    return pd.DataFrame(rows, columns=list(task.columns), dtype="str")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+def _source_file(task: T.TaskDef, source: str, path: Path, split: str) -> Path:
+    if source == "seed":
+        return path / f"{split}-{task.seed_stem}.parquet"
+    return path / f"{task.hf_stem}-{split}.jsonl"
+
+
+def _read_records(file: Path) -> list[dict]:
+    if file.suffix == ".parquet":
+        return pd.read_parquet(file).to_dict("records")
+    with open(file, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _load_hub_split(task: T.TaskDef, hub_split: str):
+    """One hub split as a ``datasets`` object (streamed for huge datasets). Tests replace this."""
+    import datasets  # heavy; only the hub source needs it
+
+    try:
+        return datasets.load_dataset(task.hub_id, task.hub_config, split=hub_split,
+                                     streaming=task.hub_streaming)
+    except Exception as e:  # offline host, unknown split, network error...
+        raise NotFoundError(f"cannot load {task.hub_id} ({task.hub_config or 'default'}) split "
+                            f"{hub_split!r} from the Hugging Face hub: {e}") from e
+
+
+def _seeded_order(ds: Any, seed: int) -> Iterator[Mapping[str, Any]]:
+    """The split's records in a reproducible random order (a seeded permutation, or a seeded
+    shuffle buffer for a streamed split)."""
+    if hasattr(ds, "__len__") and hasattr(ds, "__getitem__"):
+        for i in np.random.default_rng(seed).permutation(len(ds)):
+            yield ds[int(i)]
+    else:
+        yield from ds.shuffle(seed=seed, buffer_size=10_000)
+
+
+def _sample_hub(task: T.TaskDef, splits: list[str], sizes: dict[str, int], seed: int) -> dict[str, tuple[list, int]]:
+    """Seeded samples per split. Our splits that share a hub split are drawn from one shuffled order,
+    test first (so the test set does not depend on train_size), with no question in two splits."""
+    hub_of = dict(task.hub_splits)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for split in sorted(splits, key=lambda s: s == "train"):
+        groups[hub_of[split]].append(split)
+    out: dict[str, tuple[list, int]] = {}
+    for hub_split, ours in groups.items():
+        taken: dict[str, list[dict]] = {s: [] for s in ours}
+        dropped = {s: 0 for s in ours}  # rows skipped (unusable gold) while drawing that split
+        used: set[str] = set()
+        pending = list(ours)
+        for rec in _seeded_order(_load_hub_split(task, hub_split), seed):
+            if not pending:
+                break
+            row = _canonical(task, rec)
+            if row is None:
+                dropped[pending[0]] += 1
+                continue
+            if _content_key(row) in used:
+                continue
+            used.add(_content_key(row))
+            taken[pending[0]].append(row)
+            if len(taken[pending[0]]) >= sizes[pending[0]]:
+                pending.pop(0)
+        for s in ours:
+            out[s] = (taken[s], dropped[s])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Import
+
+def _check_request(task_name, source, path, splits, train_size, test_size, name) -> tuple[T.TaskDef | None, list[str]]:
+    problems: list[str] = []
+    task = None
+    try:
+        task = T.get_task(task_name)
+    except ValidationError as e:
+        problems.extend(e.problems)
+    if source not in SOURCES:
+        problems.append(f"unknown source {source!r} (known: {', '.join(SOURCES)})")
+    if isinstance(splits, str) or not splits or len(set(splits)) != len(splits):
+        problems.append(f"splits must be a non-empty list of distinct names, got {splits!r}")
+        splits = ()
+    for s in splits:
+        if not isinstance(s, str) or not _SPLIT_RE.fullmatch(s):
+            problems.append(f"split name {s!r} must match {_SPLIT_RE.pattern}")
+    if name is not None and not (isinstance(name, str) and _NAME_RE.fullmatch(name)):
+        problems.append(f"dataset name {name!r} must match {_NAME_RE.pattern}")
+    if source in ("seed", "hf"):
+        if path is None:
+            problems.append(f"source {source!r} needs a path (a folder)")
+        elif not Path(path).is_dir():
+            problems.append(f"source path {path} is not a directory")
+        if source == "seed" and task and not task.seed_stem:
+            problems.append(f"task {task.name} has no seed_stem: it cannot be imported from a seed folder")
+    if source == "hub":
+        if path is not None:
+            problems.append("source 'hub' takes no path")
+        for label, size in (("train_size", train_size), ("test_size", test_size)):
+            if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+                problems.append(f"{label} must be a positive integer, got {size!r}")
+        if task and not task.hub_id:
+            problems.append(f"task {task.name} has no hub id: it cannot be imported from the hub")
+        if task and task.hub_id:
+            unknown = [s for s in splits if s not in dict(task.hub_splits)]
+            if unknown:
+                problems.append(f"task {task.name} maps no hub split for {unknown} "
+                                f"(known: {sorted(dict(task.hub_splits))})")
+    return task, problems
+
+
+def import_dataset(store: ObjectStore, task: str | T.TaskDef, source: str, path: str | Path | None = None,
+                   splits: Iterable[str] = ("train", "test"), seed: int = 0, train_size: int = 1000,
+                   test_size: int = 200, name: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Import ``splits`` of ``task`` from ``source`` into ``datasets/{name or short}/{split}.parquet``
+    and commit it; returns the manifest. A rejected request writes nothing."""
+    splits = list(splits) if not isinstance(splits, str) else splits
+    taskdef, problems = _check_request(task, source, path, splits, train_size, test_size, name)
+    if problems:
+        raise ValidationError(problems)
+    name = name or taskdef.short
+    if read_manifest(store, BUCKET, name) is not None and not overwrite:
+        raise PreconditionError(f"dataset {make_uri(BUCKET, name + '/')} already exists (pass overwrite=True to replace it)")
+
+    meta: dict[str, Any] = {}
+    if source == "hub":
+        sizes = {s: train_size if s == "train" else test_size for s in splits}
+        sampled = _sample_hub(taskdef, splits, sizes, seed)
+        meta = {"source_id": taskdef.hub_id, "hub_config": taskdef.hub_config, "seed": seed,
+                "hub_splits": {s: dict(taskdef.hub_splits)[s] for s in splits}, "requested": sizes}
+    else:
+        root = Path(path).resolve()
+        files = {s: _source_file(taskdef, source, root, s) for s in splits}
+        missing = [str(f) for f in files.values() if not f.is_file()]
+        if missing:
+            raise NotFoundError(f"{source} source for {taskdef.name} lacks: {', '.join(missing)}")
+        sampled = {}
+        for s, f in files.items():
+            rows = [_canonical(taskdef, rec) for rec in _read_records(f)]
+            kept = [r for r in rows if r is not None]
+            sampled[s] = (kept, len(rows) - len(kept))
+        meta = {"source_path": str(root), "source_files": {s: f.name for s, f in files.items()}}
+
+    frames = {s: _frame(taskdef, rows) for s, (rows, _) in sampled.items()}
+    empty = [s for s, df in frames.items() if df.empty]
+    if empty:
+        raise ValidationError(f"no usable {taskdef.name} rows for split(s) {empty} from {source}")
+
+    with tempfile.TemporaryDirectory(prefix="ftlab-import-") as tmp:
+        split_info = {}
+        for s, df in frames.items():
+            validate_columns(taskdef, df)
+            file = Path(tmp, f"{s}.parquet")
+            # Plain string columns, no pandas metadata: the bytes (and sha256) depend on the data only.
+            pq.write_table(pa.table({c: pa.array(df[c].tolist(), pa.string()) for c in taskdef.columns}), file)
+            split_info[s] = {"rows": len(df), "sha256": sha256_file(file), "columns": list(taskdef.columns),
+                             "dropped": sampled[s][1]}
+        manifest = {"name": name, "task": taskdef.name, "task_type": taskdef.type.value, "source": source,
+                    **meta, "splits": split_info, "schema_version": SCHEMA_VERSION}
+        return commit_dir(store, BUCKET, name, tmp, manifest, overwrite=overwrite)
+
+
+def load_split(store: ObjectStore, name: str, split: str) -> pd.DataFrame:
+    """One split of a committed dataset; NotFoundError without a manifest or that split."""
+    manifest = require_manifest(store, BUCKET, name, what="dataset")
+    info = manifest.get("splits", {}).get(split)
+    if info is None:
+        raise NotFoundError(f"dataset {name!r} has no split {split!r} (has: {sorted(manifest.get('splits', {}))})")
+    data = store.get_bytes(BUCKET, f"{name}/{split}.parquet")
+    if hashlib.sha256(data).hexdigest() != info["sha256"]:
+        raise StorageError(f"{make_uri(BUCKET, f'{name}/{split}.parquet')} does not match its manifest sha256")
+    return pd.read_parquet(io.BytesIO(data))

@@ -1,0 +1,103 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LoraConfig(_message.Message):
+    __slots__ = ("r", "alpha", "dropout", "target_modules")
+    R_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, r: _Optional[int] = ..., alpha: _Optional[int] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TrainSpec(_message.Message):
+    __slots__ = ("base_model", "dataset", "task", "output_name", "peft_method", "lora", "training_quant", "max_steps", "num_train_epochs", "per_device_batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "max_seq_length", "seed", "merge_after_train", "train_limit", "gradient_checkpointing")
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_NAME_FIELD_NUMBER: _ClassVar[int]
+    PEFT_METHOD_FIELD_NUMBER: _ClassVar[int]
+    LORA_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_QUANT_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    NUM_TRAIN_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    PER_DEVICE_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_ACCUMULATION_STEPS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQ_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    MERGE_AFTER_TRAIN_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
+    base_model: str
+    dataset: str
+    task: str
+    output_name: str
+    peft_method: str
+    lora: LoraConfig
+    training_quant: str
+    max_steps: int
+    num_train_epochs: float
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    learning_rate: float
+    weight_decay: float
+    warmup_ratio: float
+    max_grad_norm: float
+    max_seq_length: int
+    seed: int
+    merge_after_train: bool
+    train_limit: int
+    gradient_checkpointing: bool
+    def __init__(self, base_model: _Optional[str] = ..., dataset: _Optional[str] = ..., task: _Optional[str] = ..., output_name: _Optional[str] = ..., peft_method: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., training_quant: _Optional[str] = ..., max_steps: _Optional[int] = ..., num_train_epochs: _Optional[float] = ..., per_device_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., warmup_ratio: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., merge_after_train: _Optional[bool] = ..., train_limit: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ...) -> None: ...
+
+class QuantizeSpec(_message.Message):
+    __slots__ = ("source_model", "method", "output_name", "llm_int8_threshold")
+    SOURCE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_NAME_FIELD_NUMBER: _ClassVar[int]
+    LLM_INT8_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    source_model: str
+    method: str
+    output_name: str
+    llm_int8_threshold: float
+    def __init__(self, source_model: _Optional[str] = ..., method: _Optional[str] = ..., output_name: _Optional[str] = ..., llm_int8_threshold: _Optional[float] = ...) -> None: ...
+
+class EvalTask(_message.Message):
+    __slots__ = ("task", "dataset", "split", "limit")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    dataset: str
+    split: str
+    limit: int
+    def __init__(self, task: _Optional[str] = ..., dataset: _Optional[str] = ..., split: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class EvaluateSpec(_message.Message):
+    __slots__ = ("model", "tasks", "batch_size", "max_new_tokens", "seed", "eval_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    EVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    tasks: _containers.RepeatedCompositeFieldContainer[EvalTask]
+    batch_size: int
+    max_new_tokens: int
+    seed: int
+    eval_id: str
+    def __init__(self, model: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[EvalTask, _Mapping]]] = ..., batch_size: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., eval_id: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,104 @@
+"""gRPC bootstrap shared by the three services: health, reflection, one error-mapping
+interceptor, graceful shutdown on SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.errors import (FtlabError, NotFoundError, PreconditionError, StorageError,
+                                    ValidationError)
+
+log = logging.getLogger("ftlab.grpc")
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+_STATUS = [
+    (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (StorageError, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    for cls, code in _STATUS:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class ErrorMappingInterceptor(grpc.ServerInterceptor):
+    """Domain errors -> status codes, in one place. Unexpected errors are logged with their
+    traceback and reported as INTERNAL with the message."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        def abort(context, exc):
+            code = status_for(exc)
+            if not isinstance(exc, FtlabError):
+                log.exception("%s failed", method)
+            context.abort(code, str(exc) or type(exc).__name__)
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            def unary(request, context):
+                try:
+                    return inner(request, context)
+                except Exception as exc:  # noqa: BLE001 - mapped, not swallowed
+                    abort(context, exc)
+            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer,
+                                                       handler.response_serializer)
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            def stream(request, context):
+                try:
+                    yield from inner_stream(request, context)
+                except Exception as exc:  # noqa: BLE001
+                    abort(context, exc)
+            return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer,
+                                                        handler.response_serializer)
+        return handler
+
+
+def build_server(address: str, servicer, add_to_server, service_full_name: str,
+                 max_workers: int = 32) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """A started-ready (not yet started) server with health and reflection. Returns the bound port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                         interceptors=[ErrorMappingInterceptor()],
+                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    add_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (service_full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not bind {address}")
+    for name in ("", service_full_name):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer
+
+
+def wait_for_termination(server: grpc.Server, health_servicer, on_stop, grace_s: float = 10.0) -> None:
+    """Block until SIGTERM/SIGINT, then: report NOT_SERVING, stop accepting, run on_stop."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down")
+    health_servicer.enter_graceful_shutdown()
+    done = server.stop(grace_s)
+    on_stop()
+    done.wait(grace_s)

@@ -1,0 +1,100 @@
+"""The four job RPCs every service offers (GetJob, ListJobs, WatchJob, CancelJob) and the
+domain <-> proto translation. Servicers inherit :class:`JobMethods` and add their Submit RPC."""
+from __future__ import annotations
+
+from google.protobuf import json_format, timestamp_pb2
+
+from services.common.errors import ValidationError
+from services.common.generated.ftlab.v1 import jobs_pb2
+from services.common.jobs import EventType, JobRecord, JobState
+from services.common.runtime import JobRuntime
+
+SPEC_FIELD = {"train": "train", "quantize": "quantize", "evaluate": "evaluate"}  # kind -> Job.spec oneof
+
+
+def state_to_proto(state: JobState) -> int:
+    return jobs_pb2.JobState.Value(f"JOB_STATE_{state.value}")
+
+
+def state_from_proto(value: int) -> JobState:
+    name = jobs_pb2.JobState.Name(value)
+    if value == 0:
+        raise ValidationError("job state must be set (JOB_STATE_UNSPECIFIED is not a state)")
+    return JobState(name.removeprefix("JOB_STATE_"))
+
+
+def _ts(t: float | None) -> timestamp_pb2.Timestamp | None:
+    if t is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(t * 1e9))
+    return ts
+
+
+def spec_to_dict(message) -> dict:
+    """A spec message as plain JSON-able data (proto field names; unset optionals omitted)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def record_to_proto(rec: JobRecord, queue_position: int = 0) -> jobs_pb2.Job:
+    job = jobs_pb2.Job(job_id=rec.job_id, service=rec.service, request_id=rec.request_id,
+                       state=state_to_proto(rec.state), error=rec.error, outputs=rec.outputs,
+                       metrics=rec.metrics, progress_step=rec.progress_step,
+                       progress_total=rec.progress_total, queue_position=queue_position)
+    for name in ("created_at", "started_at", "finished_at"):
+        ts = _ts(getattr(rec, name))
+        if ts is not None:
+            getattr(job, name).CopyFrom(ts)
+    json_format.ParseDict(rec.spec, getattr(job, SPEC_FIELD[rec.kind]), ignore_unknown_fields=True)
+    return job
+
+
+def event_to_proto(job_id: str, ev: dict) -> jobs_pb2.JobEvent:
+    return jobs_pb2.JobEvent(job_id=job_id, seq=ev["seq"], time=_ts(ev["time"]),
+                             type=jobs_pb2.EventType.Value(f"EVENT_TYPE_{EventType(ev['type']).value}"),
+                             state=state_to_proto(JobState(ev["state"])), step=ev["step"],
+                             total=ev["total"], message=ev["message"], metrics=ev["metrics"])
+
+
+def _require_id(job_id: str) -> str:
+    if not job_id:
+        raise ValidationError("job_id: required")
+    return job_id
+
+
+class JobMethods:
+    """Mixin: the job RPCs, delegating to ``self.runtime``."""
+
+    runtime: JobRuntime
+
+    def job_proto(self, rec: JobRecord) -> jobs_pb2.Job:
+        return record_to_proto(rec, self.runtime.queue_position(rec.job_id))
+
+    def GetJob(self, request, context):
+        return self.job_proto(self.runtime.get(_require_id(request.job_id)))
+
+    def ListJobs(self, request, context):
+        problems = []
+        if request.page_size < 0:
+            problems.append("page_size: must be >= 0")
+        states = set()
+        for s in request.states:
+            try:
+                states.add(state_from_proto(s))
+            except (ValueError, ValidationError) as exc:
+                problems.append(f"states: {exc}")
+        if problems:
+            raise ValidationError(problems)
+        recs, token = self.runtime.list(states or None, request.page_size, request.page_token)
+        return jobs_pb2.ListJobsResponse(jobs=[self.job_proto(r) for r in recs], next_page_token=token)
+
+    def WatchJob(self, request, context):
+        job_id = _require_id(request.job_id)
+        if request.after_seq < 0:
+            raise ValidationError("after_seq: must be >= 0")
+        self.runtime.get(job_id)  # NOT_FOUND before the stream starts
+        for ev in self.runtime.watch(job_id, request.after_seq, is_active=context.is_active):
+            yield event_to_proto(job_id, ev)
+
+    def CancelJob(self, request, context):
+        return self.job_proto(self.runtime.cancel(_require_id(request.job_id)))

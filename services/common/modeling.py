@@ -1,0 +1,166 @@
+"""Torch-side helpers shared by the three recipes: device and dtype choice, model import
+(the tiny Qwen3 and real hub models take the same path), loading models fetched from storage,
+memory and version facts. Imported only inside job child processes and the CLI's model
+commands: the rest of services/common stays torch-free."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.common import artifacts
+from services.common.errors import NotFoundError, ValidationError
+from services.common.storage import ObjectStore
+
+MODELS = "models"
+
+# The tiny Qwen3: same architecture and tokenizer as Qwen/Qwen3-*, small enough for a 2-core CPU.
+TINY_QWEN3 = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, rope_theta=1_000_000.0,
+                  tie_word_embeddings=True, vocab_size=151936, rms_norm_eps=1e-6)
+
+
+def device() -> torch.device:
+    """FTLAB_DEVICE (cpu | cuda | cuda:N) or the first GPU when there is one."""
+    want = os.environ.get("FTLAB_DEVICE", "auto")
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(want)
+
+
+def compute_dtype(dev: torch.device) -> torch.dtype:
+    """bf16 on GPUs that have it (the study's setting), fp32 on CPU."""
+    if dev.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "ftlab"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent, check=True).stdout.strip() or None
+    except Exception:  # not a checkout (an installed image): lineage says so
+        return None
+
+
+def hardware() -> dict[str, Any]:
+    dev = device()
+    info: dict[str, Any] = {"device": str(dev), "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+    return info
+
+
+def reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory() -> dict[str, float]:
+    """CUDA reserved/allocated on GPU (the study's columns) and this process's peak RSS.
+    Each job runs in its own child process, so the RSS peak is the job's own."""
+    out = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3),
+           "peak_vram_reserved_gb": 0.0, "peak_vram_allocated_gb": 0.0}
+    if torch.cuda.is_available():
+        out["peak_vram_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 1024 ** 3, 3)
+        out["peak_vram_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 1024 ** 3, 3)
+    return out
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def make_tiny_qwen3(tokenizer_source: str, out_dir: str | os.PathLike, seed: int = 0) -> dict[str, Any]:
+    """A deterministic random-weight Qwen3 with the real tokenizer and chat template."""
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+    tok = AutoTokenizer.from_pretrained(tokenizer_source)
+    cfg = Qwen3Config(**TINY_QWEN3, bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+                      eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(cfg)
+    model.generation_config.eos_token_id = [cfg.eos_token_id, tok.pad_token_id]
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return {"source": "tiny-random-qwen3", "tokenizer_source": str(tokenizer_source), "seed": seed,
+            "config": TINY_QWEN3}
+
+
+def download_hf_model(repo_or_path: str, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """A Hugging Face model (hub id on an online host, or a local folder) saved as-is."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(repo_or_path, dtype="auto")
+    AutoTokenizer.from_pretrained(repo_or_path).save_pretrained(out_dir)
+    model.save_pretrained(out_dir)
+    return {"source": "huggingface", "repo": repo_or_path}
+
+
+def commit_base_model(store: ObjectStore, name: str, local_dir: str | os.PathLike, origin: dict[str, Any],
+                      overwrite: bool = False) -> dict[str, Any]:
+    return artifacts.commit_dir(store, MODELS, name, local_dir, {
+        "kind": "base", "name": name, "origin": origin, "parents": [],
+        "quantization": {"method": "NoQuant", "quant_tag": "NoQuant"},
+        "versions": library_versions(), "git_commit": git_commit()}, overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def fetch_model(store: ObjectStore, name: str, workdir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    dest = Path(workdir) / "models" / name
+    manifest = artifacts.fetch_dir(store, MODELS, name, dest)
+    return dest, manifest
+
+
+def model_manifest(store: ObjectStore, name: str) -> dict[str, Any]:
+    m = artifacts.read_manifest(store, MODELS, name)
+    if m is None:
+        raise NotFoundError(f"model {name!r} not found in the models bucket (no manifest.json)")
+    return m
+
+
+def load_tokenizer(path: str | os.PathLike, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = padding_side
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path: str | os.PathLike, dev: torch.device | None = None, for_training: bool = False):
+    """Load a fetched model folder: full weights (fp/bitsandbytes — the quantization config in
+    config.json is honoured), or an adapter-only folder on top of its base."""
+    from transformers import AutoModelForCausalLM
+    path = Path(path)
+    dev = dev or device()
+    if not (path / "config.json").exists():
+        raise ValidationError(f"{path.name}: not a Hugging Face model folder (no config.json)")
+    cfg = json.loads((path / "config.json").read_text())
+    kwargs: dict[str, Any] = {"dtype": compute_dtype(dev)}
+    if "quantization_config" in cfg:
+        kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if "quantization_config" not in cfg:
+        model.to(dev)
+    if not for_training:
+        model.eval()
+    return model

@@ -1,0 +1,380 @@
+"""The job runtime every service shares: an explicit queue, one child process per job,
+events piped back, real cancel, and job records persisted in the `jobs` bucket.
+
+A servicer only validates a request and calls :meth:`JobRuntime.submit`; the recipe (the
+service's training / quantization / evaluation code) runs in a spawned child process, so a
+CUDA crash or an OOM kill never takes the server down, and cancel is a signal, not a flag.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator
+
+from services.common.errors import NotFoundError, PreconditionError, ValidationError
+from services.common.jobs import EventType, JobRecord, JobState, new_job_id, spec_hash
+from services.common.storage import ObjectStore, open_store
+
+log = logging.getLogger("ftlab.runtime")
+JOBS_BUCKET = "jobs"
+PERSIST_EVERY_S = 2.0  # progress is persisted at most this often; state changes always
+
+
+# --------------------------------------------------------------------------- child side
+
+class JobContext:
+    """What a recipe gets: the store, a scratch folder, and ways to report progress."""
+
+    def __init__(self, job_id: str, store: ObjectStore, events: "mp.Queue", workdir: str):
+        self.job_id, self.store, self._q, self.workdir = job_id, store, events, workdir
+
+    def progress(self, step: int, total: int, metrics: dict[str, float] | None = None, message: str = ""):
+        self._q.put({"type": EventType.PROGRESS.value, "step": int(step), "total": int(total),
+                     "metrics": {k: float(v) for k, v in (metrics or {}).items()}, "message": message})
+
+    def log(self, message: str) -> None:
+        self._q.put({"type": EventType.LOG.value, "message": message})
+
+    def metrics(self, metrics: dict[str, float], message: str = "") -> None:
+        self._q.put({"type": EventType.METRICS.value, "message": message,
+                     "metrics": {k: float(v) for k, v in metrics.items()}})
+
+
+def _child_main(recipe: str, job_id: str, config: dict, store_config: dict, events: "mp.Queue") -> None:
+    # Own process group: cancel signals the whole group, so helpers the recipe starts die too.
+    os.setpgrp()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        module, _, func = recipe.partition(":")
+        run = getattr(importlib.import_module(module), func)
+        with tempfile.TemporaryDirectory(prefix=f"ftlab-{job_id}-") as workdir:
+            ctx = JobContext(job_id, open_store(store_config), events, workdir)
+            result = run(ctx, config) or {}
+        events.put({"type": "result", "outputs": result.get("outputs", {}),
+                    "metrics": {k: float(v) for k, v in result.get("metrics", {}).items()}})
+    except SystemExit:
+        raise
+    except BaseException as exc:  # report, then exit non-zero
+        events.put({"type": "error", "message": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc()})
+        sys.exit(1)
+    finally:
+        events.close()
+        events.join_thread()
+
+
+# --------------------------------------------------------------------------- server side
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    max_running: int = 1          # one job per device by default
+    cancel_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this
+
+
+class JobRuntime:
+    def __init__(self, service: str, store: ObjectStore, recipes: dict[str, str],
+                 options: RuntimeOptions = RuntimeOptions()):
+        self.service, self.store, self.recipes, self.options = service, store, recipes, options
+        self._jobs: dict[str, JobRecord] = {}
+        self._by_request: dict[str, str] = {}
+        self._queue: list[str] = []
+        self._procs: dict[str, mp.Process] = {}
+        self._cancel_requested: set[str] = set()
+        self._last_persist: dict[str, float] = {}
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._dispatcher: threading.Thread | None = None
+        self._mp = mp.get_context("spawn")
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self.store.ensure_buckets([JOBS_BUCKET])
+        self._recover()
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name=f"{self.service}-dispatch", daemon=True)
+        self._dispatcher.start()
+
+    def _recover(self) -> None:
+        """Reload history from storage. Jobs that were running when the service died cannot be
+        trusted to resume (yet): they are marked FAILED with the reason; queued ones run again."""
+        for key in self.store.list_keys(JOBS_BUCKET, f"{self.service}/"):
+            rec = JobRecord.from_json(self.store.get_bytes(JOBS_BUCKET, key))
+            if rec.state in (JobState.RUNNING, JobState.CANCELLING):
+                was = rec.state
+                rec.transition(JobState.FAILED if was is JobState.RUNNING else JobState.CANCELLED,
+                               f"interrupted: the {self.service} service stopped while the job was {was.value}")
+                rec.error = rec.error or f"interrupted: the {self.service} service stopped while the job was running"
+                self._persist(rec)
+            self._jobs[rec.job_id] = rec
+            if rec.request_id:
+                self._by_request[rec.request_id] = rec.job_id
+            if rec.state is JobState.QUEUED:
+                self._queue.append(rec.job_id)
+        self._queue.sort(key=lambda j: self._jobs[j].created_at)
+
+    def shutdown(self, grace_s: float | None = None) -> None:
+        """Stop taking jobs; terminate running children (their jobs end FAILED, with the reason)."""
+        with self._cond:
+            self._stopping = True
+            running = list(self._procs)
+            self._cond.notify_all()
+        for job_id in running:
+            self._kill(job_id, grace_s if grace_s is not None else self.options.cancel_grace_s)
+        deadline = time.time() + 30
+        with self._cond:
+            while self._procs and time.time() < deadline:
+                self._cond.wait(0.2)
+
+    # -- API used by servicers
+
+    def submit(self, kind: str, spec: dict[str, Any], resolve: Callable[[], dict[str, Any]],
+               request_id: str = "") -> JobRecord:
+        """Queue a job. ``resolve`` validates the spec (raising a domain error listing every
+        problem) and returns the config the child runs. A known ``request_id`` returns its job
+        without validating again: the first submit may have produced the very output that a
+        second validation would now call a conflict."""
+        if kind not in self.recipes:
+            raise ValidationError(f"unknown job kind {kind!r}; known: {', '.join(sorted(self.recipes))}")
+        with self._cond:
+            existing = self._existing(request_id, spec)
+            if existing is not None:
+                return existing
+        config = resolve()  # outside the lock: it may read storage
+        with self._cond:
+            existing = self._existing(request_id, spec)  # a concurrent twin may have won
+            if existing is not None:
+                return existing
+            if self._stopping:
+                raise PreconditionError(f"the {self.service} service is shutting down")
+            rec = JobRecord(job_id=new_job_id(kind), service=self.service, kind=kind, spec=spec,
+                            config=config, request_id=request_id)
+            rec.add_event(EventType.STATE, "QUEUED")
+            self._persist(rec)  # persisted before it is acknowledged: a crash can't lose it
+            self._jobs[rec.job_id] = rec
+            if request_id:
+                self._by_request[request_id] = rec.job_id
+            self._queue.append(rec.job_id)
+            self._cond.notify_all()
+            return self._snapshot(rec)
+
+    def _existing(self, request_id: str, spec: dict[str, Any]) -> JobRecord | None:
+        if not request_id or request_id not in self._by_request:
+            return None
+        existing = self._jobs[self._by_request[request_id]]
+        if spec_hash(existing.spec) != spec_hash(spec):
+            raise PreconditionError(f"request_id {request_id!r} was already used for job "
+                                    f"{existing.job_id} with a different spec")
+        return self._snapshot(existing)
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._cond:
+            return self._snapshot(self._require(job_id))
+
+    def list(self, states: set[JobState] | None = None, page_size: int = 50,
+             page_token: str = "") -> tuple[list[JobRecord], str]:
+        """Newest first. The page token is the last job id of the previous page (a cursor, so
+        jobs submitted meanwhile don't shift the pages)."""
+        if page_size <= 0:
+            page_size = 50
+        page_size = min(page_size, 500)
+        with self._cond:
+            recs = sorted(self._jobs.values(), key=lambda r: (r.created_at, r.job_id), reverse=True)
+            if states:
+                recs = [r for r in recs if r.state in states]
+            if page_token:
+                ids = [r.job_id for r in recs]
+                if page_token not in ids:
+                    raise ValidationError(f"page_token {page_token!r} is not a job of this service")
+                recs = recs[ids.index(page_token) + 1:]
+            page = [self._snapshot(r) for r in recs[:page_size]]
+            return page, (page[-1].job_id if len(recs) > page_size else "")
+
+    def queue_position(self, job_id: str) -> int:
+        with self._cond:
+            return self._queue.index(job_id) + 1 if job_id in self._queue else 0
+
+    def watch(self, job_id: str, after_seq: int = 0, is_active: Callable[[], bool] = lambda: True
+              ) -> Iterator[dict[str, Any]]:
+        """Replay events after ``after_seq``, then follow until the job is terminal."""
+        while True:
+            with self._cond:
+                rec = self._require(job_id)
+                new = [dict(e) for e in rec.events if e["seq"] > after_seq]
+                terminal = rec.state.is_terminal()
+                if not new and not terminal:
+                    self._cond.wait(timeout=1.0)
+                    if not is_active():
+                        return
+                    continue
+            for ev in new:
+                yield ev
+                after_seq = ev["seq"]
+            if terminal and not new:
+                return
+
+    def cancel(self, job_id: str) -> JobRecord:
+        with self._cond:
+            rec = self._require(job_id)
+            if rec.state.is_terminal() or rec.state is JobState.CANCELLING:
+                return self._snapshot(rec)
+            if rec.state is JobState.QUEUED:
+                self._queue.remove(job_id)
+                rec.transition(JobState.CANCELLED, "cancelled before it started")
+                rec.error = "cancelled by request"
+                self._persist(rec)
+                self._cond.notify_all()
+                return self._snapshot(rec)
+            self._cancel_requested.add(job_id)
+            rec.transition(JobState.CANCELLING, "cancel requested: SIGTERM, then SIGKILL after "
+                                                 f"{self.options.cancel_grace_s:g}s")
+            self._persist(rec)
+            self._cond.notify_all()
+        threading.Thread(target=self._kill, args=(job_id, self.options.cancel_grace_s), daemon=True).start()
+        return self.get(job_id)
+
+    # -- internals
+
+    def _require(self, job_id: str) -> JobRecord:
+        rec = self._jobs.get(job_id)
+        if rec is None:
+            raise NotFoundError(f"job {job_id!r} not found in the {self.service} service")
+        return rec
+
+    @staticmethod
+    def _snapshot(rec: JobRecord) -> JobRecord:
+        return replace(rec, events=list(rec.events), outputs=dict(rec.outputs), metrics=dict(rec.metrics))
+
+    def _persist(self, rec: JobRecord, force: bool = True) -> None:
+        t = time.time()
+        if not force and t - self._last_persist.get(rec.job_id, 0) < PERSIST_EVERY_S:
+            return
+        self._last_persist[rec.job_id] = t
+        try:
+            self.store.put_bytes(JOBS_BUCKET, f"{self.service}/{rec.job_id}.json", rec.to_json())
+        except Exception:  # the in-memory record stays authoritative; retried on the next change
+            log.exception("job %s: could not persist the job record", rec.job_id)
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and (not self._queue or len(self._procs) >= self.options.max_running):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                job_id = self._queue.pop(0)
+                rec = self._jobs[job_id]
+                rec.transition(JobState.RUNNING, "started")
+                proc = self._mp.Process(target=_child_main, name=f"ftlab-{job_id}", daemon=False,
+                                        args=(self.recipes[rec.kind], job_id, rec.config,
+                                              self.store.config(), events := self._mp.Queue()))
+                self._procs[job_id] = proc
+                self._persist(rec)
+                self._cond.notify_all()
+            proc.start()
+            threading.Thread(target=self._supervise, args=(job_id, proc, events), daemon=True,
+                             name=f"supervise-{job_id}").start()
+
+    def _supervise(self, job_id: str, proc: mp.Process, events: "mp.Queue") -> None:
+        result, error = None, None
+        log.info("job %s: child pid %s started", job_id, proc.pid)
+        while True:
+            try:
+                msg = events.get(timeout=0.2)
+            except queue.Empty:
+                if proc.is_alive():
+                    continue
+                try:  # drain what the child sent just before exiting
+                    msg = events.get(timeout=0.5)
+                except queue.Empty:
+                    break
+            if msg["type"] == "result":
+                result = msg
+            elif msg["type"] == "error":
+                error = msg
+                log.error("job %s failed:\n%s", job_id, msg.get("traceback", ""))
+            else:
+                self._on_event(job_id, msg)
+        proc.join()
+        self._finish(job_id, proc.exitcode, result, error)
+
+    def _on_event(self, job_id: str, msg: dict[str, Any]) -> None:
+        with self._cond:
+            rec = self._jobs[job_id]
+            etype = EventType(msg["type"])
+            if etype is EventType.PROGRESS:
+                rec.progress_step, rec.progress_total = msg["step"], msg["total"]
+            if msg.get("metrics"):
+                rec.metrics.update(msg["metrics"])
+            rec.add_event(etype, msg.get("message", ""), msg.get("step", 0), msg.get("total", 0), msg.get("metrics"))
+            self._persist(rec, force=False)
+            self._cond.notify_all()
+        if etype is EventType.LOG:
+            log.info("job %s: %s", job_id, msg.get("message", ""))
+
+    def _finish(self, job_id: str, exitcode: int | None, result: dict | None, error: dict | None) -> None:
+        with self._cond:
+            rec = self._jobs[job_id]
+            self._procs.pop(job_id, None)
+            if job_id in self._cancel_requested:
+                self._cancel_requested.discard(job_id)
+                rec.error = "cancelled by request"
+                rec.transition(JobState.CANCELLED, f"cancelled (child exit {_describe_exit(exitcode)})")
+            elif self._stopping and result is None:
+                rec.error = f"interrupted: the {self.service} service shut down while the job was running"
+                rec.transition(JobState.FAILED, rec.error)
+            elif result is not None and exitcode == 0:
+                rec.outputs.update(result["outputs"])
+                rec.metrics.update(result["metrics"])
+                rec.transition(JobState.SUCCEEDED, "succeeded")
+            else:
+                rec.error = error["message"] if error else f"child process {_describe_exit(exitcode)}"
+                rec.transition(JobState.FAILED, rec.error)
+            self._persist(rec)
+            self._cond.notify_all()
+        log.info("job %s: %s %s", job_id, rec.state.value, rec.error)
+
+    def _kill(self, job_id: str, grace_s: float) -> None:
+        # Only the supervisor thread reaps the child (two threads waiting on one pid race);
+        # here we signal and watch for the supervisor to report the exit.
+        proc = self._procs.get(job_id)
+        if proc is None or proc.pid is None:
+            return
+        _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.time() + grace_s
+        with self._cond:
+            while job_id in self._procs and time.time() < deadline:
+                self._cond.wait(0.2)
+            if job_id not in self._procs:
+                return
+        log.warning("job %s: still alive %.0fs after SIGTERM, sending SIGKILL", job_id, grace_s)
+        _signal_group(proc.pid, signal.SIGKILL)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # the child makes itself a group leader first thing
+    except (ProcessLookupError, PermissionError):
+        try:  # not a group leader yet: signal the process itself
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "did not exit"
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code}"

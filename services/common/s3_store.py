@@ -1,0 +1,206 @@
+"""The S3 backend of :class:`ObjectStore` (MinIO or any S3 endpoint), through the ``minio`` SDK,
+and :func:`store_from_env`, which picks a backend from ``FTLAB_*`` environment variables."""
+from __future__ import annotations
+
+import functools
+import inspect
+import io
+import os
+from typing import Iterable, Mapping
+from urllib.parse import urlsplit
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.deleteobjects import DeleteObject
+from minio.error import MinioException, S3Error
+
+from services.common.errors import NotFoundError, StorageError, ValidationError
+from services.common.storage import BUCKETS, LocalStore, ObjectStore, check_key, make_uri
+
+# S3 limits on multipart parts (the last part may be smaller).
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
+_MISSING = ("NoSuchKey", "NoSuchBucket")
+
+
+def parse_endpoint(endpoint: str, secure: bool = False) -> tuple[str, bool]:
+    """``host:port`` or ``http(s)://host:port`` → ``(host:port, secure)``; a scheme decides ``secure``."""
+    endpoint = endpoint.strip()
+    if "://" in endpoint:
+        url = urlsplit(endpoint)
+        if url.scheme not in ("http", "https") or not url.netloc or url.path not in ("", "/") \
+                or url.query or url.fragment:
+            raise ValidationError(f"S3 endpoint {endpoint!r} must be host:port or http(s)://host:port")
+        return url.netloc, url.scheme == "https"
+    if not endpoint or "/" in endpoint:
+        raise ValidationError(f"S3 endpoint {endpoint!r} must be host:port or http(s)://host:port")
+    return endpoint, secure
+
+
+def _translate_errors(method):
+    """Map SDK failures onto ftlab errors, so callers never see minio or urllib3 exceptions."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(self: S3Store, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except S3Error as e:
+            if e.code in _MISSING:
+                # name the caller's bucket/key: S3 error bodies (moto's, HEAD's) often lack them
+                called = signature.bind(self, *args, **kwargs).arguments
+                raise NotFoundError(f"{make_uri(called.get('bucket', '?'), called.get('key', ''))} does not exist "
+                                    f"({e.code})") from e
+            raise StorageError(f"{self.describe()}: {method.__name__} failed: {e.code}: {e.message}") from e
+        except (MinioException, urllib3.exceptions.HTTPError) as e:
+            # MaxRetryError hides the useful part (connection refused, timeout...) in .reason
+            reason = getattr(e, "reason", None) or e
+            raise StorageError(f"{self.describe()} failed or is unreachable during {method.__name__}: "
+                               f"{reason}") from e
+    return wrapper
+
+
+class S3Store(ObjectStore):
+    """Buckets and keys map 1:1 onto S3. Objects appear atomically on S3, so no temp-key dance."""
+
+    def __init__(self, endpoint: str, access_key: str | None, secret_key: str | None, secure: bool = False,
+                 region: str | None = None, part_size: int = 16 * 1024 * 1024,
+                 timeout_s: float = 300, retries: int = 5):
+        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+            raise ValidationError(f"part_size must be {MIN_PART_SIZE}..{MAX_PART_SIZE} bytes, got {part_size}")
+        self.endpoint, self.secure = parse_endpoint(endpoint, secure)
+        # kept for config(): job child processes rebuild the store from these
+        self._settings = {"endpoint": self.endpoint, "access_key": access_key, "secret_key": secret_key,
+                          "secure": self.secure, "region": region, "part_size": part_size,
+                          "timeout_s": timeout_s, "retries": retries}
+        self.part_size = part_size
+        # minio's default client, but with tunable timeout/retries: an outage must surface in
+        # seconds in tests, not after 5 retries of a 5-minute timeout.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
+            maxsize=10,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            retries=urllib3.Retry(total=retries, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        )
+        self.client = Minio(self.endpoint, access_key=access_key, secret_key=secret_key,
+                            secure=self.secure, region=region, http_client=http)
+
+    @_translate_errors
+    def ensure_buckets(self, buckets: Iterable[str] = BUCKETS) -> None:
+        for b in buckets:
+            if not self.client.bucket_exists(b):
+                try:
+                    self.client.make_bucket(b)
+                except S3Error as e:
+                    # another process created it between our check and our create
+                    if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+
+    @_translate_errors
+    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+        check_key(key)
+        self.client.put_object(bucket, key, io.BytesIO(data), len(data))
+
+    @_translate_errors
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        check_key(key)
+        response = self.client.get_object(bucket, key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    @_translate_errors
+    def put_file(self, bucket: str, key: str, path: str | os.PathLike) -> None:
+        check_key(key)
+        self.client.fput_object(bucket, key, os.fspath(path), part_size=self.part_size)
+
+    @_translate_errors
+    def get_file(self, bucket: str, key: str, path: str | os.PathLike) -> None:
+        check_key(key)
+        # minio downloads to a temp file next to ``path`` and renames it, and creates parent folders
+        self.client.fget_object(bucket, key, os.fspath(path))
+
+    @_translate_errors
+    def exists(self, bucket: str, key: str) -> bool:
+        check_key(key)
+        try:
+            self.client.stat_object(bucket, key)
+            return True
+        except S3Error as e:
+            if e.code in _MISSING:
+                return False
+            raise
+
+    @_translate_errors
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        try:
+            return sorted(o.object_name for o in self.client.list_objects(bucket, prefix=prefix, recursive=True))
+        except S3Error as e:
+            if e.code == "NoSuchBucket":  # like LocalStore: a missing bucket holds nothing
+                return []
+            raise
+
+    @_translate_errors
+    def delete(self, bucket: str, key: str) -> None:
+        check_key(key)
+        try:
+            self.client.remove_object(bucket, key)
+        except S3Error as e:
+            if e.code != "NoSuchBucket":
+                raise
+
+    @_translate_errors
+    def delete_prefix(self, bucket: str, prefix: str) -> None:
+        # one DeleteObjects request per 1000 keys instead of one request per key
+        errors = list(self.client.remove_objects(bucket, (DeleteObject(k) for k in self.list_keys(bucket, prefix))))
+        if errors:
+            raise StorageError(f"{self.describe()}: could not delete {len(errors)} objects under "
+                               f"{make_uri(bucket, prefix)}, first: {errors[0].name}: {errors[0].message}")
+
+    def describe(self) -> str:
+        return f"S3 endpoint {'https' if self.secure else 'http'}://{self.endpoint}"
+
+    def config(self) -> dict:
+        return {"kind": "s3", **self._settings}
+
+
+_BOOLS = {"1": True, "true": True, "0": False, "false": False}
+
+
+def store_from_env(env: Mapping[str, str] = os.environ) -> ObjectStore:
+    """The store that ``FTLAB_STORAGE`` (``local``, the default, or ``s3``) and its settings describe,
+    with every bucket created. Reports all bad settings at once."""
+    kind = env.get("FTLAB_STORAGE", "local").strip().lower() or "local"
+    if kind == "local":
+        store: ObjectStore = LocalStore(env.get("FTLAB_LOCAL_ROOT") or ".ftlab/storage")
+    elif kind == "s3":
+        problems = []
+        endpoint = env.get("FTLAB_S3_ENDPOINT", "").strip()
+        raw_secure = (env.get("FTLAB_S3_SECURE") or "").strip().lower()
+        if raw_secure and raw_secure not in _BOOLS:
+            problems.append(f"FTLAB_S3_SECURE={raw_secure!r} must be one of: {', '.join(_BOOLS)}")
+        secure = _BOOLS.get(raw_secure, False)
+        if not endpoint:
+            problems.append("FTLAB_S3_ENDPOINT is required when FTLAB_STORAGE=s3 (host:port or http(s)://host:port)")
+        else:
+            try:
+                endpoint, url_secure = parse_endpoint(endpoint, secure)
+                if raw_secure in _BOOLS and url_secure != secure:
+                    problems.append(f"FTLAB_S3_SECURE={raw_secure!r} contradicts the scheme of FTLAB_S3_ENDPOINT")
+                secure = url_secure
+            except ValidationError as e:
+                problems.append(f"FTLAB_S3_ENDPOINT: {e}")
+        access_key, secret_key = env.get("FTLAB_S3_ACCESS_KEY") or None, env.get("FTLAB_S3_SECRET_KEY") or None
+        if (access_key is None) != (secret_key is None):
+            problems.append("FTLAB_S3_ACCESS_KEY and FTLAB_S3_SECRET_KEY must be set together")
+        if problems:
+            raise ValidationError(problems)
+        store = S3Store(endpoint, access_key, secret_key, secure=secure, region=env.get("FTLAB_S3_REGION") or None)
+    else:
+        raise ValidationError(f"FTLAB_STORAGE={kind!r} is not a known storage; use one of: local, s3")
+    store.ensure_buckets()
+    return store

@@ -1,0 +1,72 @@
+"""Settings from FTLAB_* environment variables (one place; the compose file and docs list the same)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+from services.common.errors import ValidationError
+
+DEFAULT_PORTS = {"trainer": 50061, "quantizer": 50062, "evaluator": 50063}
+SERVICES = tuple(DEFAULT_PORTS)
+
+
+def service_address(service: str, env=os.environ) -> str:
+    """Where clients reach a service: FTLAB_<SERVICE>_ADDR, default 127.0.0.1:<port>."""
+    return env.get(f"FTLAB_{service.upper()}_ADDR", f"127.0.0.1:{DEFAULT_PORTS[service]}")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    service: str
+    listen: str              # FTLAB_LISTEN, default: the service address
+    max_running: int         # FTLAB_MAX_RUNNING_JOBS, default 1 (one job per device)
+    cancel_grace_s: float    # FTLAB_CANCEL_GRACE_S, default 10
+
+    @classmethod
+    def from_env(cls, service: str, env=os.environ) -> "ServiceSettings":
+        problems = []
+
+        def num(name, default, cast, minimum):
+            raw = env.get(name, str(default))
+            try:
+                value = cast(raw)
+                if value < minimum:
+                    raise ValueError
+                return value
+            except ValueError:
+                problems.append(f"{name}={raw!r}: must be a number >= {minimum}")
+                return default
+
+        s = cls(service=service, listen=env.get("FTLAB_LISTEN", service_address(service, env)),
+                max_running=num("FTLAB_MAX_RUNNING_JOBS", 1, int, 1),
+                cancel_grace_s=num("FTLAB_CANCEL_GRACE_S", 10.0, float, 0))
+        if problems:
+            raise ValidationError(problems)
+        return s
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+               "logger": record.name, "msg": record.getMessage()}
+        for key in ("service", "job_id", "request_id"):
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def configure_logging(env=os.environ) -> None:
+    """FTLAB_LOG_LEVEL (default INFO), FTLAB_LOG_FORMAT json|text (default json)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if env.get("FTLAB_LOG_FORMAT", "json") == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(env.get("FTLAB_LOG_LEVEL", "INFO").upper())

@@ -1,0 +1,84 @@
+"""The embedded stack: the three services as separate local processes on loopback ports,
+with local storage under ./.ftlab/ (``ftlab up`` / ``ftlab down``)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from services.common.clients import ServiceClient, ServiceUnavailable
+from services.common.settings import SERVICES, service_address
+
+STATE_DIR = Path(os.environ.get("FTLAB_HOME", ".ftlab"))
+
+
+def _pidfile(service: str) -> Path:
+    return STATE_DIR / "run" / f"{service}.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def running() -> dict[str, int]:
+    out = {}
+    for svc in SERVICES:
+        f = _pidfile(svc)
+        if f.exists() and _alive(pid := int(f.read_text())):
+            out[svc] = pid
+    return out
+
+
+def stack_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("FTLAB_STORAGE", "local")
+    env.setdefault("FTLAB_LOCAL_ROOT", str((STATE_DIR / "storage").resolve()))
+    return env
+
+
+def up(timeout_s: float = 120.0) -> dict[str, str]:
+    """Start whichever services are not running; wait until all report SERVING."""
+    (STATE_DIR / "run").mkdir(parents=True, exist_ok=True)
+    (STATE_DIR / "logs").mkdir(parents=True, exist_ok=True)
+    already = running()
+    env = stack_env()
+    for svc in SERVICES:
+        if svc in already:
+            continue
+        log = open(STATE_DIR / "logs" / f"{svc}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", f"services.{svc}.server"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        _pidfile(svc).write_text(str(proc.pid))
+    for svc in SERVICES:
+        with ServiceClient(svc) as c:
+            try:
+                c.wait_healthy(timeout_s)
+            except ServiceUnavailable as exc:
+                raise ServiceUnavailable(f"{exc}; see {STATE_DIR / 'logs' / (svc + '.log')}") from None
+    return {svc: service_address(svc) for svc in SERVICES}
+
+
+def down(grace_s: float = 15.0) -> list[str]:
+    """SIGTERM each service (they stop their jobs and save their records), SIGKILL after grace."""
+    stopped = []
+    for svc, pid in running().items():
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.time() + grace_s
+        while _alive(pid) and time.time() < deadline:
+            time.sleep(0.2)
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reap if it is our child
+            except ChildProcessError:
+                pass
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        _pidfile(svc).unlink(missing_ok=True)
+        stopped.append(svc)
+    return stopped

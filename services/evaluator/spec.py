@@ -1,0 +1,58 @@
+"""EvaluateSpec validation at the door (every problem at once; nothing written)."""
+from __future__ import annotations
+
+from typing import Any
+
+from services.common import artifacts
+from services.common.errors import PreconditionError, ValidationError
+from services.common.jobs import spec_hash
+from services.common.naming import check_name
+from services.common.storage import ObjectStore
+from services.common.tasks import get_task
+from services.common.validation import Problems, in_range
+
+
+def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, Any]:
+    p = Problems()
+    model = spec.get("model", "")
+    p.require(bool(model), "model: required") and p.add(check_name("model", model))
+    batch_size = in_range(p, spec, "batch_size", 8, 1, 512)
+    max_new = in_range(p, spec, "max_new_tokens", 1000, 1, 32768)
+    seed = in_range(p, spec, "seed", 0, 0, 2**31 - 1)
+    p.require(bool(spec.get("tasks")), "tasks: at least one task is required")
+    tasks = []
+    for i, t in enumerate(spec.get("tasks", [])):
+        where = f"tasks[{i}]"
+        try:
+            task = get_task(t.get("task", ""))
+        except ValidationError as exc:
+            p.invalid.append(f"{where}.task: {exc}")
+            continue
+        dataset, split = t.get("dataset") or task.short, t.get("split") or "test"
+        p.add(check_name(f"{where}.dataset", dataset))
+        limit = t.get("limit")
+        p.require(limit is None or 1 <= limit <= 1_000_000, f"{where}.limit: {limit} must be in [1, 1000000]")
+        ds = artifacts.read_manifest(store, "datasets", dataset) if not check_name("d", dataset) else None
+        if ds is None:
+            p.not_found(f"{where}.dataset: {dataset!r} not found in the datasets bucket")
+        elif split not in ds.get("splits", {}):
+            p.invalid.append(f"{where}.split: dataset {dataset!r} has no split {split!r} "
+                             f"(has: {', '.join(sorted(ds.get('splits', {})))})")
+        else:
+            cols = set(ds["splits"][split].get("columns", []))
+            missing = [c for c in task.columns if c not in cols]
+            p.require(not missing, f"{where}.dataset: {dataset!r} lacks the {task.name} columns {missing}")
+        tasks.append({"task": task.name, "dataset": dataset, "split": split, "limit": limit})
+    names = [t["task"] for t in tasks]
+    p.require(len(names) == len(set(names)), f"tasks: each task at most once (got {names})")
+    if model and not p.invalid and artifacts.read_manifest(store, "models", model) is None:
+        p.not_found(f"model: {model!r} not found in the models bucket")
+    eval_id = spec.get("eval_id", "")
+    if eval_id:
+        p.add(check_name("eval_id", eval_id))
+    p.raise_if_any()
+    cfg = {"model": model, "tasks": tasks, "batch_size": batch_size, "max_new_tokens": max_new, "seed": seed}
+    cfg["eval_id"] = eval_id or "eval-" + spec_hash(cfg)
+    if artifacts.read_manifest(store, "evaluations", f"{model}/{cfg['eval_id']}") is not None:
+        raise PreconditionError(f"evaluation {model}/{cfg['eval_id']} already exists")
+    return cfg
