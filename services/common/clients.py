@@ -11,8 +11,9 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.errors import FtlabError, NotFoundError, PreconditionError, StorageError, ValidationError
-from services.common.generated.ftlab.v1 import (evaluator_pb2, evaluator_pb2_grpc, jobs_pb2, quantizer_pb2,
-                                                quantizer_pb2_grpc, specs_pb2, trainer_pb2, trainer_pb2_grpc)
+from services.common.generated.ftlab.v1 import (evaluate_spec_pb2, evaluator_pb2, evaluator_pb2_grpc, jobs_pb2,
+                                                quantize_spec_pb2, quantizer_pb2, quantizer_pb2_grpc, train_spec_pb2,
+                                                trainer_pb2, trainer_pb2_grpc)
 from services.common.settings import service_address
 
 TERMINAL = {jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED}
@@ -32,10 +33,10 @@ class JobFailed(FtlabError):
 
 # service -> (stub, submit RPC name, spec message, submit request message)
 _SERVICES = {
-    "trainer": (trainer_pb2_grpc.TrainerServiceStub, "SubmitTrain", specs_pb2.TrainSpec, trainer_pb2.SubmitTrainRequest),
-    "quantizer": (quantizer_pb2_grpc.QuantizerServiceStub, "SubmitQuantize", specs_pb2.QuantizeSpec,
+    "trainer": (trainer_pb2_grpc.TrainerServiceStub, "SubmitTrain", train_spec_pb2.TrainSpec, trainer_pb2.SubmitTrainRequest),
+    "quantizer": (quantizer_pb2_grpc.QuantizerServiceStub, "SubmitQuantize", quantize_spec_pb2.QuantizeSpec,
                   quantizer_pb2.SubmitQuantizeRequest),
-    "evaluator": (evaluator_pb2_grpc.EvaluatorServiceStub, "SubmitEvaluate", specs_pb2.EvaluateSpec,
+    "evaluator": (evaluator_pb2_grpc.EvaluatorServiceStub, "SubmitEvaluate", evaluate_spec_pb2.EvaluateSpec,
                   evaluator_pb2.SubmitEvaluateRequest),
 }
 _CODES = {grpc.StatusCode.INVALID_ARGUMENT: ValidationError, grpc.StatusCode.NOT_FOUND: NotFoundError,

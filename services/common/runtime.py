@@ -53,6 +53,7 @@ class JobContext:
 def _child_main(recipe: str, job_id: str, config: dict, store_config: dict, events: "mp.Queue") -> None:
     # Own process group: cancel signals the whole group, so helpers the recipe starts die too.
     os.setpgrp()
+    _die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         module, _, func = recipe.partition(":")
@@ -71,6 +72,16 @@ def _child_main(recipe: str, job_id: str, config: dict, store_config: dict, even
     finally:
         events.close()
         events.join_thread()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this child when the service process dies, even by SIGKILL, so a killed
+    service leaves no orphan job running (and committing) behind its back. (The signal follows
+    the parent *thread* that started the child: the long-lived dispatcher thread.)"""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- server side

@@ -23,18 +23,18 @@ _sym_db = _symbol_database.Default()
 
 
 from services.common.generated.ftlab.v1 import jobs_pb2 as ftlab_dot_v1_dot_jobs__pb2
-from services.common.generated.ftlab.v1 import specs_pb2 as ftlab_dot_v1_dot_specs__pb2
+from services.common.generated.ftlab.v1 import evaluate_spec_pb2 as ftlab_dot_v1_dot_evaluate__spec__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66tlab/v1/evaluator.proto\x12\x08\x66tlab.v1\x1a\x13\x66tlab/v1/jobs.proto\x1a\x14\x66tlab/v1/specs.proto\"Q\n\x15SubmitEvaluateRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.ftlab.v1.EvaluateSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\xbe\x02\n\x10\x45valuatorService\x12@\n\x0eSubmitEvaluate\x12\x1f.ftlab.v1.SubmitEvaluateRequest\x1a\r.ftlab.v1.Job\x12\x30\n\x06GetJob\x12\x17.ftlab.v1.GetJobRequest\x1a\r.ftlab.v1.Job\x12\x41\n\x08ListJobs\x12\x19.ftlab.v1.ListJobsRequest\x1a\x1a.ftlab.v1.ListJobsResponse\x12;\n\x08WatchJob\x12\x19.ftlab.v1.WatchJobRequest\x1a\x12.ftlab.v1.JobEvent0\x01\x12\x36\n\tCancelJob\x12\x1a.ftlab.v1.CancelJobRequest\x1a\r.ftlab.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66tlab/v1/evaluator.proto\x12\x08\x66tlab.v1\x1a\x13\x66tlab/v1/jobs.proto\x1a\x1c\x66tlab/v1/evaluate_spec.proto\"Q\n\x15SubmitEvaluateRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.ftlab.v1.EvaluateSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\xbe\x02\n\x10\x45valuatorService\x12@\n\x0eSubmitEvaluate\x12\x1f.ftlab.v1.SubmitEvaluateRequest\x1a\r.ftlab.v1.Job\x12\x30\n\x06GetJob\x12\x17.ftlab.v1.GetJobRequest\x1a\r.ftlab.v1.Job\x12\x41\n\x08ListJobs\x12\x19.ftlab.v1.ListJobsRequest\x1a\x1a.ftlab.v1.ListJobsResponse\x12;\n\x08WatchJob\x12\x19.ftlab.v1.WatchJobRequest\x1a\x12.ftlab.v1.JobEvent0\x01\x12\x36\n\tCancelJob\x12\x1a.ftlab.v1.CancelJobRequest\x1a\r.ftlab.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ftlab.v1.evaluator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITEVALUATEREQUEST']._serialized_start=81
-  _globals['_SUBMITEVALUATEREQUEST']._serialized_end=162
-  _globals['_EVALUATORSERVICE']._serialized_start=165
-  _globals['_EVALUATORSERVICE']._serialized_end=483
+  _globals['_SUBMITEVALUATEREQUEST']._serialized_start=89
+  _globals['_SUBMITEVALUATEREQUEST']._serialized_end=170
+  _globals['_EVALUATORSERVICE']._serialized_start=173
+  _globals['_EVALUATORSERVICE']._serialized_end=491
 # @@protoc_insertion_point(module_scope)

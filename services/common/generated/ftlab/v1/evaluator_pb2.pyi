@@ -1,5 +1,5 @@
 from services.common.generated.ftlab.v1 import jobs_pb2 as _jobs_pb2
-from services.common.generated.ftlab.v1 import specs_pb2 as _specs_pb2
+from services.common.generated.ftlab.v1 import evaluate_spec_pb2 as _evaluate_spec_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
@@ -11,6 +11,6 @@ class SubmitEvaluateRequest(_message.Message):
     __slots__ = ("spec", "request_id")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    spec: _specs_pb2.EvaluateSpec
+    spec: _evaluate_spec_pb2.EvaluateSpec
     request_id: str
-    def __init__(self, spec: _Optional[_Union[_specs_pb2.EvaluateSpec, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, spec: _Optional[_Union[_evaluate_spec_pb2.EvaluateSpec, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...

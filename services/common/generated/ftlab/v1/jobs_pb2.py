@@ -23,10 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
-from services.common.generated.ftlab.v1 import specs_pb2 as ftlab_dot_v1_dot_specs__pb2
+from services.common.generated.ftlab.v1 import train_spec_pb2 as ftlab_dot_v1_dot_train__spec__pb2
+from services.common.generated.ftlab.v1 import quantize_spec_pb2 as ftlab_dot_v1_dot_quantize__spec__pb2
+from services.common.generated.ftlab.v1 import evaluate_spec_pb2 as ftlab_dot_v1_dot_evaluate__spec__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x66tlab/v1/jobs.proto\x12\x08\x66tlab.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x66tlab/v1/specs.proto\"\x84\x05\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.ftlab.v1.JobState\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12+\n\x07outputs\x18\t \x03(\x0b\x32\x1a.ftlab.v1.Job.OutputsEntry\x12+\n\x07metrics\x18\n \x03(\x0b\x32\x1a.ftlab.v1.Job.MetricsEntry\x12\x15\n\rprogress_step\x18\x0b \x01(\x03\x12\x16\n\x0eprogress_total\x18\x0c \x01(\x03\x12\x16\n\x0equeue_position\x18\r \x01(\x05\x12$\n\x05train\x18\x14 \x01(\x0b\x32\x13.ftlab.v1.TrainSpecH\x00\x12*\n\x08quantize\x18\x15 \x01(\x0b\x32\x16.ftlab.v1.QuantizeSpecH\x00\x12*\n\x08\x65valuate\x18\x16 \x01(\x0b\x32\x16.ftlab.v1.EvaluateSpecH\x00\x1a.\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x06\n\x04spec\"\xa7\x02\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x04type\x18\x04 \x01(\x0e\x32\x13.ftlab.v1.EventType\x12!\n\x05state\x18\x05 \x01(\x0e\x32\x12.ftlab.v1.JobState\x12\x0c\n\x04step\x18\x06 \x01(\x03\x12\r\n\x05total\x18\x07 \x01(\x03\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x30\n\x07metrics\x18\t \x03(\x0b\x32\x1f.ftlab.v1.JobEvent.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\\\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\"\n\x06states\x18\x03 \x03(\x0e\x32\x12.ftlab.v1.JobState\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.ftlab.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t*\xb4\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06*\x82\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45VENT_TYPE_STATE\x10\x01\x12\x17\n\x13\x45VENT_TYPE_PROGRESS\x10\x02\x12\x12\n\x0e\x45VENT_TYPE_LOG\x10\x03\x12\x16\n\x12\x45VENT_TYPE_METRICS\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x66tlab/v1/jobs.proto\x12\x08\x66tlab.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x66tlab/v1/train_spec.proto\x1a\x1c\x66tlab/v1/quantize_spec.proto\x1a\x1c\x66tlab/v1/evaluate_spec.proto\"\x84\x05\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.ftlab.v1.JobState\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12+\n\x07outputs\x18\t \x03(\x0b\x32\x1a.ftlab.v1.Job.OutputsEntry\x12+\n\x07metrics\x18\n \x03(\x0b\x32\x1a.ftlab.v1.Job.MetricsEntry\x12\x15\n\rprogress_step\x18\x0b \x01(\x03\x12\x16\n\x0eprogress_total\x18\x0c \x01(\x03\x12\x16\n\x0equeue_position\x18\r \x01(\x05\x12$\n\x05train\x18\x14 \x01(\x0b\x32\x13.ftlab.v1.TrainSpecH\x00\x12*\n\x08quantize\x18\x15 \x01(\x0b\x32\x16.ftlab.v1.QuantizeSpecH\x00\x12*\n\x08\x65valuate\x18\x16 \x01(\x0b\x32\x16.ftlab.v1.EvaluateSpecH\x00\x1a.\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x06\n\x04spec\"\xa7\x02\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x04type\x18\x04 \x01(\x0e\x32\x13.ftlab.v1.EventType\x12!\n\x05state\x18\x05 \x01(\x0e\x32\x12.ftlab.v1.JobState\x12\x0c\n\x04step\x18\x06 \x01(\x03\x12\r\n\x05total\x18\x07 \x01(\x03\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x30\n\x07metrics\x18\t \x03(\x0b\x32\x1f.ftlab.v1.JobEvent.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\\\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\"\n\x06states\x18\x03 \x03(\x0e\x32\x12.ftlab.v1.JobState\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.ftlab.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t*\xb4\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06*\x82\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45VENT_TYPE_STATE\x10\x01\x12\x17\n\x13\x45VENT_TYPE_PROGRESS\x10\x02\x12\x12\n\x0e\x45VENT_TYPE_LOG\x10\x03\x12\x16\n\x12\x45VENT_TYPE_METRICS\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,28 +41,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOB_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_JOBEVENT_METRICSENTRY']._loaded_options = None
   _globals['_JOBEVENT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1325
-  _globals['_JOBSTATE']._serialized_end=1505
-  _globals['_EVENTTYPE']._serialized_start=1508
-  _globals['_EVENTTYPE']._serialized_end=1638
-  _globals['_JOB']._serialized_start=89
-  _globals['_JOB']._serialized_end=733
-  _globals['_JOB_OUTPUTSENTRY']._serialized_start=631
-  _globals['_JOB_OUTPUTSENTRY']._serialized_end=677
-  _globals['_JOB_METRICSENTRY']._serialized_start=679
-  _globals['_JOB_METRICSENTRY']._serialized_end=725
-  _globals['_JOBEVENT']._serialized_start=736
-  _globals['_JOBEVENT']._serialized_end=1031
-  _globals['_JOBEVENT_METRICSENTRY']._serialized_start=679
-  _globals['_JOBEVENT_METRICSENTRY']._serialized_end=725
-  _globals['_GETJOBREQUEST']._serialized_start=1033
-  _globals['_GETJOBREQUEST']._serialized_end=1064
-  _globals['_LISTJOBSREQUEST']._serialized_start=1066
-  _globals['_LISTJOBSREQUEST']._serialized_end=1158
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1160
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1232
-  _globals['_WATCHJOBREQUEST']._serialized_start=1234
-  _globals['_WATCHJOBREQUEST']._serialized_end=1286
-  _globals['_CANCELJOBREQUEST']._serialized_start=1288
-  _globals['_CANCELJOBREQUEST']._serialized_end=1322
+  _globals['_JOBSTATE']._serialized_start=1390
+  _globals['_JOBSTATE']._serialized_end=1570
+  _globals['_EVENTTYPE']._serialized_start=1573
+  _globals['_EVENTTYPE']._serialized_end=1703
+  _globals['_JOB']._serialized_start=154
+  _globals['_JOB']._serialized_end=798
+  _globals['_JOB_OUTPUTSENTRY']._serialized_start=696
+  _globals['_JOB_OUTPUTSENTRY']._serialized_end=742
+  _globals['_JOB_METRICSENTRY']._serialized_start=744
+  _globals['_JOB_METRICSENTRY']._serialized_end=790
+  _globals['_JOBEVENT']._serialized_start=801
+  _globals['_JOBEVENT']._serialized_end=1096
+  _globals['_JOBEVENT_METRICSENTRY']._serialized_start=744
+  _globals['_JOBEVENT_METRICSENTRY']._serialized_end=790
+  _globals['_GETJOBREQUEST']._serialized_start=1098
+  _globals['_GETJOBREQUEST']._serialized_end=1129
+  _globals['_LISTJOBSREQUEST']._serialized_start=1131
+  _globals['_LISTJOBSREQUEST']._serialized_end=1223
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1225
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1297
+  _globals['_WATCHJOBREQUEST']._serialized_start=1299
+  _globals['_WATCHJOBREQUEST']._serialized_end=1351
+  _globals['_CANCELJOBREQUEST']._serialized_start=1353
+  _globals['_CANCELJOBREQUEST']._serialized_end=1387
 # @@protoc_insertion_point(module_scope)

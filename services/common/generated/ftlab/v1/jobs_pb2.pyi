@@ -1,7 +1,9 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
-from services.common.generated.ftlab.v1 import specs_pb2 as _specs_pb2
+from services.common.generated.ftlab.v1 import train_spec_pb2 as _train_spec_pb2
+from services.common.generated.ftlab.v1 import quantize_spec_pb2 as _quantize_spec_pb2
+from services.common.generated.ftlab.v1 import evaluate_spec_pb2 as _evaluate_spec_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -86,10 +88,10 @@ class Job(_message.Message):
     progress_step: int
     progress_total: int
     queue_position: int
-    train: _specs_pb2.TrainSpec
-    quantize: _specs_pb2.QuantizeSpec
-    evaluate: _specs_pb2.EvaluateSpec
-    def __init__(self, job_id: _Optional[str] = ..., service: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., progress_step: _Optional[int] = ..., progress_total: _Optional[int] = ..., queue_position: _Optional[int] = ..., train: _Optional[_Union[_specs_pb2.TrainSpec, _Mapping]] = ..., quantize: _Optional[_Union[_specs_pb2.QuantizeSpec, _Mapping]] = ..., evaluate: _Optional[_Union[_specs_pb2.EvaluateSpec, _Mapping]] = ...) -> None: ...
+    train: _train_spec_pb2.TrainSpec
+    quantize: _quantize_spec_pb2.QuantizeSpec
+    evaluate: _evaluate_spec_pb2.EvaluateSpec
+    def __init__(self, job_id: _Optional[str] = ..., service: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., progress_step: _Optional[int] = ..., progress_total: _Optional[int] = ..., queue_position: _Optional[int] = ..., train: _Optional[_Union[_train_spec_pb2.TrainSpec, _Mapping]] = ..., quantize: _Optional[_Union[_quantize_spec_pb2.QuantizeSpec, _Mapping]] = ..., evaluate: _Optional[_Union[_evaluate_spec_pb2.EvaluateSpec, _Mapping]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "seq", "time", "type", "state", "step", "total", "message", "metrics")

@@ -1,5 +1,5 @@
 from services.common.generated.ftlab.v1 import jobs_pb2 as _jobs_pb2
-from services.common.generated.ftlab.v1 import specs_pb2 as _specs_pb2
+from services.common.generated.ftlab.v1 import quantize_spec_pb2 as _quantize_spec_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
@@ -11,6 +11,6 @@ class SubmitQuantizeRequest(_message.Message):
     __slots__ = ("spec", "request_id")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    spec: _specs_pb2.QuantizeSpec
+    spec: _quantize_spec_pb2.QuantizeSpec
     request_id: str
-    def __init__(self, spec: _Optional[_Union[_specs_pb2.QuantizeSpec, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, spec: _Optional[_Union[_quantize_spec_pb2.QuantizeSpec, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...

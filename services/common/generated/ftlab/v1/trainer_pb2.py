@@ -23,18 +23,18 @@ _sym_db = _symbol_database.Default()
 
 
 from services.common.generated.ftlab.v1 import jobs_pb2 as ftlab_dot_v1_dot_jobs__pb2
-from services.common.generated.ftlab.v1 import specs_pb2 as ftlab_dot_v1_dot_specs__pb2
+from services.common.generated.ftlab.v1 import train_spec_pb2 as ftlab_dot_v1_dot_train__spec__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66tlab/v1/trainer.proto\x12\x08\x66tlab.v1\x1a\x13\x66tlab/v1/jobs.proto\x1a\x14\x66tlab/v1/specs.proto\"K\n\x12SubmitTrainRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.ftlab.v1.TrainSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\xb6\x02\n\x0eTrainerService\x12:\n\x0bSubmitTrain\x12\x1c.ftlab.v1.SubmitTrainRequest\x1a\r.ftlab.v1.Job\x12\x30\n\x06GetJob\x12\x17.ftlab.v1.GetJobRequest\x1a\r.ftlab.v1.Job\x12\x41\n\x08ListJobs\x12\x19.ftlab.v1.ListJobsRequest\x1a\x1a.ftlab.v1.ListJobsResponse\x12;\n\x08WatchJob\x12\x19.ftlab.v1.WatchJobRequest\x1a\x12.ftlab.v1.JobEvent0\x01\x12\x36\n\tCancelJob\x12\x1a.ftlab.v1.CancelJobRequest\x1a\r.ftlab.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66tlab/v1/trainer.proto\x12\x08\x66tlab.v1\x1a\x13\x66tlab/v1/jobs.proto\x1a\x19\x66tlab/v1/train_spec.proto\"K\n\x12SubmitTrainRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.ftlab.v1.TrainSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\xb6\x02\n\x0eTrainerService\x12:\n\x0bSubmitTrain\x12\x1c.ftlab.v1.SubmitTrainRequest\x1a\r.ftlab.v1.Job\x12\x30\n\x06GetJob\x12\x17.ftlab.v1.GetJobRequest\x1a\r.ftlab.v1.Job\x12\x41\n\x08ListJobs\x12\x19.ftlab.v1.ListJobsRequest\x1a\x1a.ftlab.v1.ListJobsResponse\x12;\n\x08WatchJob\x12\x19.ftlab.v1.WatchJobRequest\x1a\x12.ftlab.v1.JobEvent0\x01\x12\x36\n\tCancelJob\x12\x1a.ftlab.v1.CancelJobRequest\x1a\r.ftlab.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ftlab.v1.trainer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITTRAINREQUEST']._serialized_start=79
-  _globals['_SUBMITTRAINREQUEST']._serialized_end=154
-  _globals['_TRAINERSERVICE']._serialized_start=157
-  _globals['_TRAINERSERVICE']._serialized_end=467
+  _globals['_SUBMITTRAINREQUEST']._serialized_start=84
+  _globals['_SUBMITTRAINREQUEST']._serialized_end=159
+  _globals['_TRAINERSERVICE']._serialized_start=162
+  _globals['_TRAINERSERVICE']._serialized_end=472
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,78 @@
+"""Shared fixtures: real parts everywhere. A LocalStore per test, the tiny Qwen3 built once per
+session from the real tokenizer in ../shared, real gRPC services on loopback ports."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("FTLAB_LOG_FORMAT", "text")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from services.common.storage import BUCKETS, LocalStore  # noqa: E402
+from tests.fixtures_s3 import moto_server, s3_store  # noqa: E402,F401
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FTLAB_SHARED_DIR", ROOT.parent / "shared"))
+TOKENIZER = SHARED / "tokenizers" / "qwen3"
+SEED_DATA = SHARED / "datasets" / "seed"
+TINY = "Qwen3-tiny-base"
+
+
+def require_shared() -> None:
+    if not TOKENIZER.is_dir() or not SEED_DATA.is_dir():
+        pytest.skip(f"needs the project's shared data at {SHARED}")
+
+
+@pytest.fixture
+def store(tmp_path) -> LocalStore:
+    s = LocalStore(tmp_path / "storage")
+    s.ensure_buckets()
+    return s
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny random Qwen3 with the real tokenizer, built once for the whole session."""
+    require_shared()
+    from services.common import modeling
+    out = tmp_path_factory.mktemp("tiny-qwen3")
+    modeling.make_tiny_qwen3(str(TOKENIZER), out, seed=0)
+    return out
+
+
+@pytest.fixture
+def seeded_store(store, tiny_model_dir) -> LocalStore:
+    """A store holding the tiny model (as ``Qwen3-tiny-base``) and the seed ARC dataset."""
+    from services.common import modeling
+    from services.common.data_import import import_dataset
+    modeling.commit_base_model(store, TINY, tiny_model_dir, {"source": "tiny-random-qwen3", "seed": 0})
+    import_dataset(store, "arc", "seed", SEED_DATA)
+    return store
+
+
+def snapshot(store) -> dict[str, list[str]]:
+    """Every key of every bucket: compare before/after to prove a request wrote nothing."""
+    return {b: store.list_keys(b) for b in BUCKETS}
+
+
+@pytest.fixture
+def services(seeded_store):
+    """The three real services on loopback ports (cancel grace 2 s), over the seeded store."""
+    from services.common.clients import ServiceClient
+    from services.common.runtime import RuntimeOptions
+    from services.common.service import RunningService
+    from services.evaluator.server import SERVICE as EVALUATOR
+    from services.quantizer.server import SERVICE as QUANTIZER
+    from services.trainer.server import SERVICE as TRAINER
+    running = {s.name: RunningService(s, seeded_store, "127.0.0.1:0", RuntimeOptions(cancel_grace_s=2.0))
+               for s in (TRAINER, QUANTIZER, EVALUATOR)}
+    clients = {name: ServiceClient(name, svc.address) for name, svc in running.items()}
+    yield {"store": seeded_store, "running": running, "clients": clients}
+    for c in clients.values():
+        c.close()
+    for svc in running.values():
+        svc.stop(grace_s=2.0)

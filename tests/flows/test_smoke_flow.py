@@ -1,0 +1,68 @@
+"""A small smoke plan end to end: real services, real Prefect (ephemeral, isolated PREFECT_HOME),
+through the `ftlab run` CLI in a subprocess; then a rerun skips every finished step."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from flows.aggregate import STUDY_COLUMNS
+from services.common import artifacts
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.slow
+
+PLAN = {
+    "name": "tinysmoke",
+    "base_models": [TINY],
+    "datasets": ["arc"],
+    "train": [{"peft_method": "lora", "lora": {"r": 4}, "max_steps": 2, "train_limit": 8,
+               "per_device_batch_size": 4, "gradient_accumulation_steps": 1, "max_seq_length": 256}],
+    "quantize": {"methods": ["bnb_int8"]},
+    "evaluate": {"include_base": True, "tasks": [{"task": "ai2_arc", "limit": 4}], "batch_size": 4,
+                 "max_new_tokens": 8},
+}
+
+
+def run_cli(args, services, tmp_path):
+    env = dict(os.environ, FTLAB_STORAGE="local", FTLAB_LOCAL_ROOT=str(services["store"].root),
+               PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               **{f"FTLAB_{n.upper()}_ADDR": s.address for n, s in services["running"].items()})
+    return subprocess.run([sys.executable, "-m", "services.common.cli", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_flow_runs_every_stage_then_a_rerun_skips_everything(services, tmp_path):
+    plan = tmp_path / "tinysmoke.yaml"
+    plan.write_text(yaml.safe_dump(PLAN))
+    first = run_cli(["run", str(plan)], services, tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "metrics_summary" in first.stdout and "Qwen3-tiny-arc_SFT_LoRa4_Int8_BnB" in first.stdout
+
+    store = services["store"]
+    reports = artifacts.list_committed(store, "reports", "tinysmoke/")
+    assert len(reports) == 1
+    table = pd.read_csv(io.BytesIO(store.get_bytes("reports", reports[0] + "/metrics_summary.csv")))
+    assert list(table.columns[: len(STUDY_COLUMNS)]) == STUDY_COLUMNS
+    assert sorted(table["model"]) == sorted([TINY, "Qwen3-tiny-arc_SFT_LoRa4_NoQuant",
+                                             "Qwen3-tiny-arc_SFT_LoRa4_Int8_BnB"])
+    assert table["ai2_arc__macro_f1"].notna().all()
+    trained = table.set_index("model").loc["Qwen3-tiny-arc_SFT_LoRa4_NoQuant"]
+    assert trained["parent_model"] == TINY and trained["quant_tag"] == "NoQuant" and trained["rank"] == 4
+    steps = json.loads(store.get_bytes("reports", reports[0] + "/steps.json"))
+    assert [s["status"] for s in steps] == ["succeeded"] * 5
+    assert store.exists("reports", reports[0] + "/report.md")
+
+    jobs_before = {n: len(c.list_all()) for n, c in services["clients"].items()}
+    second = run_cli(["run", str(plan)], services, tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    latest = sorted(artifacts.list_committed(store, "reports", "tinysmoke/"))[-1]
+    steps2 = json.loads(store.get_bytes("reports", latest + "/steps.json"))
+    assert [s["status"] for s in steps2] == ["skipped"] * 5
+    assert {n: len(c.list_all()) for n, c in services["clients"].items()} == jobs_before  # no new job anywhere

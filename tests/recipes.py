@@ -1,0 +1,36 @@
+"""Torch-free recipes for runtime tests: real child processes, without a model's start-up cost."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+
+def sleepy(ctx, cfg):
+    for i in range(cfg["steps"]):
+        ctx.progress(i + 1, cfg["steps"], {"loss": 1.0 / (i + 1)})
+        time.sleep(cfg.get("sleep", 0.01))
+    ctx.log("done")
+    (open(os.path.join(cfg["pid_dir"], "pid"), "w").write(str(os.getpid()))) if cfg.get("pid_dir") else None
+    return {"outputs": {"thing": "s3://models/thing/"}, "metrics": {"answer": 42}}
+
+
+def record_pid_then_sleep(ctx, cfg):
+    with open(os.path.join(cfg["pid_dir"], "pid"), "w") as fh:
+        fh.write(str(os.getpid()))
+    ctx.progress(1, 1000)
+    time.sleep(600)
+
+
+def ignore_sigterm(ctx, cfg):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ctx.progress(1, 1000)
+    time.sleep(600)
+
+
+def raises(ctx, cfg):
+    raise ValueError("the recipe found something wrong")
+
+
+def killed(ctx, cfg):
+    os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does

@@ -1,0 +1,175 @@
+"""The job runtime with torch-free recipes in real child processes."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from services.common.errors import NotFoundError, PreconditionError, ValidationError
+from services.common.jobs import JobState
+from services.common.runtime import JobRuntime, RuntimeOptions
+
+RECIPES = {k: f"tests.recipes:{k}" for k in ("sleepy", "record_pid_then_sleep", "ignore_sigterm", "raises", "killed")}
+
+
+@pytest.fixture
+def runtime(store):
+    rt = JobRuntime("testsvc", store, RECIPES, RuntimeOptions(max_running=1, cancel_grace_s=1.0))
+    rt.start()
+    yield rt
+    rt.shutdown(1.0)
+
+
+def wait_state(rt, job_id, states, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rec = rt.get(job_id)
+        if rec.state in states:
+            return rec
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} stuck in {rt.get(job_id).state}")
+
+
+def submit(rt, kind, cfg=None, request_id=""):
+    cfg = cfg or {}
+    return rt.submit(kind, cfg, lambda: cfg, request_id)
+
+
+def test_success_with_events_outputs_and_metrics(runtime):
+    rec = submit(runtime, "sleepy", {"steps": 5})
+    events = list(runtime.watch(rec.job_id))
+    final = runtime.get(rec.job_id)
+    assert final.state is JobState.SUCCEEDED
+    assert final.outputs == {"thing": "s3://models/thing/"} and final.metrics["answer"] == 42
+    types = [e["type"] for e in events]
+    assert types[0] == "STATE" and events[-1]["state"] == "SUCCEEDED"
+    assert types.count("PROGRESS") == 5 and "LOG" in types
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert final.progress_step == final.progress_total == 5
+
+
+def test_watch_replays_after_seq(runtime):
+    rec = submit(runtime, "sleepy", {"steps": 3})
+    all_events = list(runtime.watch(rec.job_id))
+    tail = list(runtime.watch(rec.job_id, after_seq=2))
+    assert tail == all_events[2:]
+
+
+def test_same_request_id_is_one_job_and_a_different_spec_is_refused(runtime):
+    a = submit(runtime, "sleepy", {"steps": 1}, "req-1")
+    b = submit(runtime, "sleepy", {"steps": 1}, "req-1")
+    assert a.job_id == b.job_id
+    assert len(runtime.list()[0]) == 1
+    with pytest.raises(PreconditionError, match="different spec"):
+        submit(runtime, "sleepy", {"steps": 2}, "req-1")
+
+
+def test_queue_is_explicit_and_one_job_runs_at_a_time(runtime, tmp_path):
+    first = submit(runtime, "record_pid_then_sleep", {"pid_dir": str(tmp_path)})
+    wait_state(runtime, first.job_id, {JobState.RUNNING})
+    second = submit(runtime, "sleepy", {"steps": 1})
+    assert runtime.get(second.job_id).state is JobState.QUEUED
+    assert runtime.queue_position(second.job_id) == 1
+    runtime.cancel(first.job_id)
+    wait_state(runtime, second.job_id, {JobState.SUCCEEDED})
+
+
+def test_cancel_running_job_kills_the_child(runtime, tmp_path):
+    rec = submit(runtime, "record_pid_then_sleep", {"pid_dir": str(tmp_path)})
+    wait_state(runtime, rec.job_id, {JobState.RUNNING})
+    deadline = time.time() + 20
+    while not (tmp_path / "pid").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    pid = int((tmp_path / "pid").read_text())
+    t0 = time.time()
+    assert runtime.cancel(rec.job_id).state in (JobState.CANCELLING, JobState.CANCELLED)
+    final = wait_state(runtime, rec.job_id, {JobState.CANCELLED}, timeout=10)
+    assert time.time() - t0 < 10 and final.error == "cancelled by request"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_cancel_escalates_to_sigkill_when_sigterm_is_ignored(runtime):
+    rec = submit(runtime, "ignore_sigterm")
+    wait_state(runtime, rec.job_id, {JobState.RUNNING})
+    while runtime.get(rec.job_id).progress_step < 1:
+        time.sleep(0.05)
+    runtime.cancel(rec.job_id)
+    final = wait_state(runtime, rec.job_id, {JobState.CANCELLED}, timeout=10)
+    assert "SIGKILL" in final.events[-1]["message"]
+
+
+def test_cancel_queued_job_and_terminal_states_are_final(runtime, tmp_path):
+    blocker = submit(runtime, "record_pid_then_sleep", {"pid_dir": str(tmp_path)})
+    queued = submit(runtime, "sleepy", {"steps": 1})
+    assert runtime.cancel(queued.job_id).state is JobState.CANCELLED
+    assert runtime.cancel(queued.job_id).state is JobState.CANCELLED  # idempotent, stays terminal
+    runtime.cancel(blocker.job_id)
+    wait_state(runtime, blocker.job_id, {JobState.CANCELLED})
+
+
+def test_recipe_exception_fails_the_job_with_its_message(runtime):
+    rec = submit(runtime, "raises")
+    final = wait_state(runtime, rec.job_id, {JobState.FAILED})
+    assert final.error == "ValueError: the recipe found something wrong"
+
+
+def test_child_killed_fails_the_job_with_the_exit_reason_and_service_keeps_serving(runtime):
+    rec = submit(runtime, "killed")
+    final = wait_state(runtime, rec.job_id, {JobState.FAILED})
+    assert "SIGKILL" in final.error
+    ok = submit(runtime, "sleepy", {"steps": 1})
+    assert wait_state(runtime, ok.job_id, {JobState.SUCCEEDED}).state is JobState.SUCCEEDED
+
+
+def test_restart_keeps_history_and_marks_interrupted_jobs(store, tmp_path):
+    rt = JobRuntime("testsvc", store, RECIPES, RuntimeOptions(cancel_grace_s=1.0))
+    rt.start()
+    done = submit(rt, "sleepy", {"steps": 1}, "done-1")
+    wait_state(rt, done.job_id, {JobState.SUCCEEDED})
+    running = submit(rt, "record_pid_then_sleep", {"pid_dir": str(tmp_path)})
+    wait_state(rt, running.job_id, {JobState.RUNNING})
+    # Simulate a crash: the record in storage still says RUNNING.
+    rec = rt.get(running.job_id)
+    rt2 = JobRuntime("testsvc", store, RECIPES)
+    rt.shutdown(1.0)
+    store.put_bytes("jobs", f"testsvc/{rec.job_id}.json", rec.to_json())
+    rt2.start()
+    try:
+        jobs = {r.job_id: r for r in rt2.list()[0]}
+        assert jobs[done.job_id].state is JobState.SUCCEEDED
+        assert jobs[running.job_id].state is JobState.FAILED
+        assert "interrupted" in jobs[running.job_id].error
+        assert submit(rt2, "sleepy", {"steps": 1}, "done-1").job_id == done.job_id  # ids survive too
+    finally:
+        rt2.shutdown(1.0)
+
+
+def test_list_pages_newest_first_with_a_cursor(runtime):
+    ids = [submit(runtime, "sleepy", {"steps": 1, "n": i}).job_id for i in range(5)]
+    page1, token = runtime.list(page_size=2)
+    page2, token2 = runtime.list(page_size=2, page_token=token)
+    page3, token3 = runtime.list(page_size=2, page_token=token2)
+    got = [r.job_id for r in page1 + page2 + page3]
+    assert got == list(reversed(ids)) and token3 == ""
+    with pytest.raises(ValidationError):
+        runtime.list(page_token="nope")
+
+
+def test_unknown_job_and_kind(runtime):
+    with pytest.raises(NotFoundError):
+        runtime.get("nope")
+    with pytest.raises(ValidationError, match="known"):
+        runtime.submit("nope", {}, lambda: {})
+
+
+def test_a_refused_spec_writes_nothing(runtime, store):
+    before = store.list_keys("jobs")
+
+    def refuse():
+        raise ValidationError(["a: bad", "b: bad"])
+    with pytest.raises(ValidationError) as exc:
+        runtime.submit("sleepy", {"x": 1}, refuse)
+    assert exc.value.problems == ["a: bad", "b: bad"]
+    assert store.list_keys("jobs") == before

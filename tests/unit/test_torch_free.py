@@ -1,0 +1,20 @@
+"""services/common (but modeling) and flows import without torch: the CLI, clients and flows run
+on machines without it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+MODULES = ["services.common.cli", "services.common.clients", "services.common.runtime", "services.common.service",
+           "services.common.stack", "services.common.storage", "services.common.s3_store", "services.common.artifacts",
+           "services.common.tasks", "services.common.data_import", "services.common.job_service",
+           "services.common.grpc_server", "services.common.naming", "services.common.settings",
+           "services.trainer.server", "services.quantizer.server", "services.evaluator.server",
+           "flows.experiment", "flows.aggregate", "flows.pipeline"]
+
+
+def test_imports_without_torch():
+    code = ("import sys\nfor m in ('torch', 'transformers', 'peft', 'bitsandbytes'):\n    sys.modules[m] = None\n"
+            f"import importlib\nfor m in {MODULES!r}:\n    importlib.import_module(m)\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
