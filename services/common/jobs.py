@@ -27,7 +27,8 @@ class JobState(str, enum.Enum):
 # finished or crashed before the signal landed.
 _ALLOWED = {
     JobState.QUEUED: {JobState.RUNNING, JobState.CANCELLED, JobState.FAILED},
-    JobState.RUNNING: {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLING},
+    # RUNNING -> QUEUED only when a restarted service re-queues a job its crash interrupted.
+    JobState.RUNNING: {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLING, JobState.QUEUED},
     JobState.CANCELLING: {JobState.CANCELLED, JobState.FAILED, JobState.SUCCEEDED},
 }
 
@@ -70,6 +71,7 @@ class JobRecord:
     progress_step: int = 0
     progress_total: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
+    attempts: int = 0               # how many times a child started on it (restarts re-queue)
 
     def add_event(self, type: EventType, message: str = "", step: int = 0, total: int = 0,
                   metrics: dict[str, float] | None = None) -> dict[str, Any]:
@@ -99,4 +101,5 @@ class JobRecord:
     def from_json(cls, data: bytes) -> "JobRecord":
         d = json.loads(data)
         d["state"] = JobState(d["state"])
-        return cls(**d)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})  # records from newer versions load

@@ -35,8 +35,9 @@ PERSIST_EVERY_S = 2.0  # progress is persisted at most this often; state changes
 class JobContext:
     """What a recipe gets: the store, a scratch folder, and ways to report progress."""
 
-    def __init__(self, job_id: str, store: ObjectStore, events: "mp.Queue", workdir: str):
+    def __init__(self, job_id: str, store: ObjectStore, events: "mp.Queue", workdir: str, attempt: int = 1):
         self.job_id, self.store, self._q, self.workdir = job_id, store, events, workdir
+        self.attempt = attempt  # > 1 when a restarted service re-queued this job
 
     def progress(self, step: int, total: int, metrics: dict[str, float] | None = None, message: str = ""):
         self._q.put({"type": EventType.PROGRESS.value, "step": int(step), "total": int(total),
@@ -50,7 +51,8 @@ class JobContext:
                      "metrics": {k: float(v) for k, v in metrics.items()}})
 
 
-def _child_main(recipe: str, job_id: str, config: dict, store_config: dict, events: "mp.Queue") -> None:
+def _child_main(recipe: str, job_id: str, attempt: int, config: dict, store_config: dict,
+                events: "mp.Queue") -> None:
     # Own process group: cancel signals the whole group, so helpers the recipe starts die too.
     os.setpgrp()
     _die_with_parent()
@@ -59,7 +61,7 @@ def _child_main(recipe: str, job_id: str, config: dict, store_config: dict, even
         module, _, func = recipe.partition(":")
         run = getattr(importlib.import_module(module), func)
         with tempfile.TemporaryDirectory(prefix=f"ftlab-{job_id}-") as workdir:
-            ctx = JobContext(job_id, open_store(store_config), events, workdir)
+            ctx = JobContext(job_id, open_store(store_config), events, workdir, attempt)
             result = run(ctx, config) or {}
         events.put({"type": "result", "outputs": result.get("outputs", {}),
                     "metrics": {k: float(v) for k, v in result.get("metrics", {}).items()}})
@@ -90,6 +92,7 @@ def _die_with_parent() -> None:
 class RuntimeOptions:
     max_running: int = 1          # one job per device by default
     cancel_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this
+    max_attempts: int = 3         # child starts per job, counting re-queues after a service crash
 
 
 class JobRuntime:
@@ -116,15 +119,26 @@ class JobRuntime:
         self._dispatcher.start()
 
     def _recover(self) -> None:
-        """Reload history from storage. Jobs that were running when the service died cannot be
-        trusted to resume (yet): they are marked FAILED with the reason; queued ones run again."""
+        """Reload history from storage, so a restarted service still knows its jobs.
+
+        A job that was RUNNING when the service died is re-queued (at most
+        ``options.max_attempts`` starts in all) and says so in its events: the trainer resumes
+        from its last checkpoint, the quantizer and evaluator start again (their work is cheap).
+        A job that was CANCELLING ends CANCELLED."""
         for key in self.store.list_keys(JOBS_BUCKET, f"{self.service}/"):
             rec = JobRecord.from_json(self.store.get_bytes(JOBS_BUCKET, key))
-            if rec.state in (JobState.RUNNING, JobState.CANCELLING):
-                was = rec.state
-                rec.transition(JobState.FAILED if was is JobState.RUNNING else JobState.CANCELLED,
-                               f"interrupted: the {self.service} service stopped while the job was {was.value}")
-                rec.error = rec.error or f"interrupted: the {self.service} service stopped while the job was running"
+            if rec.state is JobState.CANCELLING:
+                rec.error = "cancelled by request"
+                rec.transition(JobState.CANCELLED, f"the {self.service} service stopped while cancelling")
+                self._persist(rec)
+            elif rec.state is JobState.RUNNING:
+                if rec.attempts >= self.options.max_attempts:
+                    rec.error = (f"interrupted: the {self.service} service stopped while the job was running, "
+                                 f"{rec.attempts} times; not retried again")
+                    rec.transition(JobState.FAILED, rec.error)
+                else:
+                    rec.transition(JobState.QUEUED, f"re-queued: the {self.service} service restarted while "
+                                                    f"the job was running (attempt {rec.attempts} interrupted)")
                 self._persist(rec)
             self._jobs[rec.job_id] = rec
             if rec.request_id:
@@ -284,9 +298,10 @@ class JobRuntime:
                     return
                 job_id = self._queue.pop(0)
                 rec = self._jobs[job_id]
-                rec.transition(JobState.RUNNING, "started")
+                rec.attempts += 1
+                rec.transition(JobState.RUNNING, "started" if rec.attempts == 1 else f"started (attempt {rec.attempts})")
                 proc = self._mp.Process(target=_child_main, name=f"ftlab-{job_id}", daemon=False,
-                                        args=(self.recipes[rec.kind], job_id, rec.config,
+                                        args=(self.recipes[rec.kind], job_id, rec.attempts, rec.config,
                                               self.store.config(), events := self._mp.Queue()))
                 self._procs[job_id] = proc
                 self._persist(rec)

@@ -123,7 +123,7 @@ def test_child_killed_fails_the_job_with_the_exit_reason_and_service_keeps_servi
     assert wait_state(runtime, ok.job_id, {JobState.SUCCEEDED}).state is JobState.SUCCEEDED
 
 
-def test_restart_keeps_history_and_marks_interrupted_jobs(store, tmp_path):
+def test_restart_keeps_history_and_requeues_interrupted_jobs(store, tmp_path):
     rt = JobRuntime("testsvc", store, RECIPES, RuntimeOptions(cancel_grace_s=1.0))
     rt.start()
     done = submit(rt, "sleepy", {"steps": 1}, "done-1")
@@ -132,18 +132,29 @@ def test_restart_keeps_history_and_marks_interrupted_jobs(store, tmp_path):
     wait_state(rt, running.job_id, {JobState.RUNNING})
     # Simulate a crash: the record in storage still says RUNNING.
     rec = rt.get(running.job_id)
-    rt2 = JobRuntime("testsvc", store, RECIPES)
     rt.shutdown(1.0)
     store.put_bytes("jobs", f"testsvc/{rec.job_id}.json", rec.to_json())
+    rt2 = JobRuntime("testsvc", store, RECIPES, RuntimeOptions(cancel_grace_s=1.0, max_attempts=2))
     rt2.start()
     try:
         jobs = {r.job_id: r for r in rt2.list()[0]}
         assert jobs[done.job_id].state is JobState.SUCCEEDED
-        assert jobs[running.job_id].state is JobState.FAILED
-        assert "interrupted" in jobs[running.job_id].error
         assert submit(rt2, "sleepy", {"steps": 1}, "done-1").job_id == done.job_id  # ids survive too
+        again = wait_state(rt2, running.job_id, {JobState.RUNNING})
+        assert again.attempts == 2
+        assert any("re-queued" in e["message"] for e in again.events)
+        # Interrupted again at its last allowed attempt: it fails with the reason.
+        rec = rt2.get(running.job_id)
     finally:
         rt2.shutdown(1.0)
+    store.put_bytes("jobs", f"testsvc/{rec.job_id}.json", rec.to_json())
+    rt3 = JobRuntime("testsvc", store, RECIPES, RuntimeOptions(max_attempts=2))
+    rt3.start()
+    try:
+        final = rt3.get(running.job_id)
+        assert final.state is JobState.FAILED and "2 times" in final.error
+    finally:
+        rt3.shutdown(1.0)
 
 
 def test_list_pages_newest_first_with_a_cursor(runtime):
