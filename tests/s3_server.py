@@ -102,3 +102,87 @@ class MotoServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class TcpRelay:
+    """A loopback TCP relay in front of a server (e.g. the moto S3 server), for outage tests.
+
+    ``block()`` drops every open connection and answers new ones by closing them at once, as an
+    unreachable endpoint does; ``unblock()`` relays again. It lets a test stop and restart the
+    S3 server process and decide when clients see it back: moto loses its data on restart, so the
+    test recreates the buckets first, as a real MinIO restart (data on disk) would have them.
+    """
+
+    def __init__(self, target_port: int):
+        import socket as _socket
+        import threading
+        self.target_port = target_port
+        self._server = _socket.socket()
+        self._server.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(64)
+        self.port = self._server.getsockname()[1]
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.blocked, self.refused = False, 0
+        self._conns: set = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept_loop, daemon=True, name="tcp-relay").start()
+
+    def _accept_loop(self) -> None:
+        import socket as _socket
+        import threading
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if self.blocked:
+                self.refused += 1
+                client.close()
+                continue
+            try:
+                upstream = _socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                self.refused += 1
+                client.close()
+                continue
+            with self._lock:
+                self._conns |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+            with self._lock:
+                self._conns -= {src, dst}
+
+    def block(self) -> None:
+        import socket as _socket
+        self.blocked = True
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for s in conns:
+            try:
+                s.shutdown(_socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def unblock(self) -> None:
+        self.blocked = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.block()
+        self._server.close()

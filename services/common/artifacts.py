@@ -7,7 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from services.common.errors import NotFoundError, PreconditionError, StorageError
 from services.common.storage import ObjectStore, make_uri
@@ -28,11 +28,14 @@ def _prefix(prefix: str) -> str:
 
 
 def commit_dir(store: ObjectStore, bucket: str, prefix: str, local_dir: str | os.PathLike,
-               manifest: dict[str, Any], overwrite: bool = False) -> dict[str, Any]:
+               manifest: dict[str, Any], overwrite: bool = False,
+               on_file: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Upload every file of ``local_dir`` under ``prefix/``, then write the manifest.
 
     The manifest lists each file with size and sha256, plus the caller's fields (lineage, spec...).
     Refuses to replace a committed artifact unless ``overwrite``: artifacts are immutable by default.
+    ``on_file(done, total)`` is called after each uploaded file (upload progress). A failure part
+    way (e.g. storage down past its retry deadline) leaves no manifest, so no visible artifact.
     """
     p = _prefix(prefix)
     if read_manifest(store, bucket, prefix) is not None:
@@ -41,12 +44,13 @@ def commit_dir(store: ObjectStore, bucket: str, prefix: str, local_dir: str | os
         store.delete(bucket, p + MANIFEST)  # un-commit first so nobody reads a mix
     root = Path(local_dir)
     files = []
-    for path in sorted(x for x in root.rglob("*") if x.is_file()):
+    paths = [x for x in sorted(root.rglob("*")) if x.is_file() and x.relative_to(root).as_posix() != MANIFEST]
+    for path in paths:
         rel = path.relative_to(root).as_posix()
-        if rel == MANIFEST:
-            continue
         store.put_file(bucket, p + rel, path)
         files.append({"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)})
+        if on_file is not None:
+            on_file(len(files), len(paths))
     body = {"uri": make_uri(bucket, p), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **manifest, "files": files}
     store.put_bytes(bucket, p + MANIFEST, json.dumps(body, indent=2, sort_keys=True).encode())

@@ -16,11 +16,17 @@ from services.common.generated.ftlab.v1 import (evaluate_spec_pb2, evaluator_pb2
                                                 trainer_pb2, trainer_pb2_grpc)
 from services.common.settings import service_address
 
+_FROM_ENV: Any = object()  # "read it from the environment"
+
 TERMINAL = {jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED}
 
 
 class ServiceUnavailable(FtlabError):
     """The service did not answer (not started, crashed, or unreachable)."""
+
+
+class Unauthenticated(FtlabError):
+    """The service refused the call: no token, or a wrong one (FTLAB_AUTH_TOKEN)."""
 
 
 class JobFailed(FtlabError):
@@ -51,6 +57,8 @@ def _translate(exc: grpc.RpcError, service: str, address: str) -> FtlabError:
     code = exc.code()
     if code in _CODES:
         return _CODES[code](exc.details())
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return Unauthenticated(f"{service} service at {address} refused the call: {exc.details()}")
     if code == grpc.StatusCode.UNAVAILABLE:
         if "storage" in (exc.details() or "").lower() or "S3" in (exc.details() or ""):
             return StorageError(exc.details())
@@ -58,12 +66,28 @@ def _translate(exc: grpc.RpcError, service: str, address: str) -> FtlabError:
     return FtlabError(f"{service} service: {code.name}: {exc.details()}")
 
 
+def secure_channel(address: str, token: str | None = _FROM_ENV,
+                   credentials: grpc.ChannelCredentials | None = _FROM_ENV) -> grpc.Channel:
+    """A channel to ``address`` with TLS (FTLAB_TLS_CA [+ FTLAB_TLS_CLIENT_CERT/KEY]) and the bearer
+    token (FTLAB_AUTH_TOKEN / FTLAB_AUTH_TOKEN_FILE) from the environment unless given; credentials
+    never come from code."""
+    from services.common.auth import BearerClientInterceptor, client_token
+    from services.common.tls import channel_credentials
+    token = client_token() if token is _FROM_ENV else token
+    credentials = channel_credentials() if credentials is _FROM_ENV else credentials
+    ch = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    return grpc.intercept_channel(ch, BearerClientInterceptor(token)) if token else ch
+
+
 class ServiceClient:
-    def __init__(self, service: str, address: str | None = None, timeout_s: float = 30.0):
+    """``token`` / ``credentials``: default from the environment (see :func:`secure_channel`)."""
+
+    def __init__(self, service: str, address: str | None = None, timeout_s: float = 30.0,
+                 token: str | None = _FROM_ENV, credentials: grpc.ChannelCredentials | None = _FROM_ENV):
         if service not in _SERVICES:
             raise ValidationError(f"unknown service {service!r}; known: {', '.join(_SERVICES)}")
         self.service, self.address, self.timeout_s = service, address or service_address(service), timeout_s
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = secure_channel(self.address, token, credentials)
         stub_cls, self._submit_rpc, self.spec_cls, self._request_cls = _SERVICES[service]
         self.stub = stub_cls(self.channel)
 
@@ -109,10 +133,13 @@ class ServiceClient:
         return self._call("CancelJob", jobs_pb2.CancelJobRequest(job_id=job_id))
 
     def watch(self, job_id: str, after_seq: int = 0) -> Iterator[jobs_pb2.JobEvent]:
+        call = self.stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq))
         try:
-            yield from self.stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq))
+            yield from call
         except grpc.RpcError as exc:
             raise _translate(exc, self.service, self.address) from None
+        finally:
+            call.cancel()  # a caller that stops iterating early frees the server's stream thread now
 
     # -- conveniences
 

@@ -1,5 +1,5 @@
-"""gRPC bootstrap shared by the three services: health, reflection, one error-mapping
-interceptor, graceful shutdown on SIGTERM/SIGINT."""
+"""gRPC bootstrap shared by the three services: health, reflection, bearer-token auth and
+optional (mutual) TLS, one error-mapping interceptor, graceful shutdown on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import logging
@@ -11,11 +11,21 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.auth import AuthInterceptor, is_loopback
 from services.common.errors import (FtlabError, NotFoundError, PreconditionError, StorageError,
                                     ValidationError)
 
 log = logging.getLogger("ftlab.grpc")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+VERSION_KEY = "ftlab-version"  # trailing metadata of every answered RPC (`ftlab doctor` reads it)
+
+
+def ftlab_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("ftlab")
+    except PackageNotFoundError:
+        return "unknown"
 
 _STATUS = [
     (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -32,6 +42,33 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+class _Undecodable:
+    """What a request that is not a valid message of its type deserializes to."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _lenient(deserialize):
+    """Bytes that don't parse become INVALID_ARGUMENT (grpc itself would say INTERNAL)."""
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller as the request's fault
+            return _Undecodable(exc)
+    return parse
+
+
+def _check_decoded(request, context, method: str) -> None:
+    if isinstance(request, _Undecodable):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"request: not a valid {method.rsplit('/', 1)[-1]} request message "
+                      f"({type(request.error).__name__}: {request.error})")
+
+
 class ErrorMappingInterceptor(grpc.ServerInterceptor):
     """Domain errors -> status codes, in one place. Unexpected errors are logged with their
     traceback and reported as INTERNAL with the message."""
@@ -41,6 +78,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        version_md = ((VERSION_KEY, ftlab_version()),)
 
         def abort(context, exc):
             code = status_for(exc)
@@ -52,30 +90,43 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
             inner = handler.unary_unary
 
             def unary(request, context):
+                context.set_trailing_metadata(version_md)
+                _check_decoded(request, context, method)
                 try:
                     return inner(request, context)
                 except Exception as exc:  # noqa: BLE001 - mapped, not swallowed
                     abort(context, exc)
-            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer,
+            return grpc.unary_unary_rpc_method_handler(unary, _lenient(handler.request_deserializer),
                                                        handler.response_serializer)
         if handler.unary_stream:
             inner_stream = handler.unary_stream
 
             def stream(request, context):
+                context.set_trailing_metadata(version_md)
+                _check_decoded(request, context, method)
                 try:
                     yield from inner_stream(request, context)
                 except Exception as exc:  # noqa: BLE001
                     abort(context, exc)
-            return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer,
+            return grpc.unary_stream_rpc_method_handler(stream, _lenient(handler.request_deserializer),
                                                         handler.response_serializer)
         return handler
 
 
 def build_server(address: str, servicer, add_to_server, service_full_name: str,
-                 max_workers: int = 32) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """A started-ready (not yet started) server with health and reflection. Returns the bound port."""
+                 max_workers: int = 32, tokens: list[str] | tuple[str, ...] = (),
+                 credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """A started-ready (not yet started) server with health and reflection. Returns the bound port.
+
+    ``tokens``: bearer tokens every RPC but health must present (empty = auth off).
+    ``credentials``: TLS server credentials (None = plaintext)."""
+    if not tokens and not is_loopback(address):
+        log.warning("listening on %s WITHOUT authentication: set FTLAB_AUTH_TOKEN (or FTLAB_AUTH_TOKEN_FILE) "
+                    "so only holders of the token can submit jobs", address)
+    # auth first (outermost): a refused call never reaches the servicer or the error mapping
+    interceptors = ([AuthInterceptor(list(tokens))] if tokens else []) + [ErrorMappingInterceptor()]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         interceptors=[ErrorMappingInterceptor()],
+                         interceptors=interceptors,
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
     add_to_server(servicer, server)
@@ -83,7 +134,7 @@ def build_server(address: str, servicer, add_to_server, service_full_name: str,
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (service_full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     for name in ("", service_full_name):

@@ -2,6 +2,8 @@
 domain <-> proto translation. Servicers inherit :class:`JobMethods` and add their Submit RPC."""
 from __future__ import annotations
 
+import math
+
 from google.protobuf import json_format, timestamp_pb2
 
 from services.common.errors import ValidationError
@@ -32,8 +34,27 @@ def _ts(t: float | None) -> timestamp_pb2.Timestamp | None:
 
 
 def spec_to_dict(message) -> dict:
-    """A spec message as plain JSON-able data (proto field names; unset optionals omitted)."""
+    """A spec message as plain JSON-able data (proto field names; unset optionals omitted).
+    NaN and infinities are refused here, for every float field of every spec: proto JSON spells
+    them as strings, which no range check downstream would expect."""
+    bad = _non_finite(message)
+    if bad:
+        raise ValidationError([f"{path}: must be a finite number" for path in bad])
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _non_finite(message, prefix: str = "") -> list[str]:
+    out = []
+    for field, value in message.ListFields():
+        path = prefix + field.name
+        values = list(value) if field.is_repeated else [value]
+        for i, v in enumerate(values):
+            where = f"{path}[{i}]" if field.is_repeated else path
+            if field.type == field.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
+                out += _non_finite(v, where + ".")
+            elif field.type in (field.TYPE_DOUBLE, field.TYPE_FLOAT) and not math.isfinite(v):
+                out.append(where)
+    return out
 
 
 def record_to_proto(rec: JobRecord, queue_position: int = 0) -> jobs_pb2.Job:
@@ -93,6 +114,7 @@ class JobMethods:
         if request.after_seq < 0:
             raise ValidationError("after_seq: must be >= 0")
         self.runtime.get(job_id)  # NOT_FOUND before the stream starts
+        context.add_callback(self.runtime.wake)  # a client hanging up frees this thread at once
         for ev in self.runtime.watch(job_id, request.after_seq, is_active=context.is_active):
             yield event_to_proto(job_id, ev)
 

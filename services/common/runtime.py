@@ -8,11 +8,13 @@ CUDA crash or an OOM kill never takes the server down, and cancel is a signal, n
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import multiprocessing as mp
 import os
 import queue
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -21,13 +23,25 @@ import traceback
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
-from services.common.errors import NotFoundError, PreconditionError, ValidationError
+from services.common.errors import FtlabError, NotFoundError, PreconditionError, ValidationError
 from services.common.jobs import EventType, JobRecord, JobState, new_job_id, spec_hash
 from services.common.storage import ObjectStore, open_store
 
 log = logging.getLogger("ftlab.runtime")
 JOBS_BUCKET = "jobs"
 PERSIST_EVERY_S = 2.0  # progress is persisted at most this often; state changes always
+MAX_REQUEST_ID = 256
+LEASE_RETRY_S = 5.0    # how often a replica re-tries a job whose lease another replica holds
+
+
+def _extra(rec: "JobRecord | None" = None, **kw) -> dict[str, Any]:
+    """``extra=`` for log records: the JSON log formatter adds job_id / request_id / service."""
+    if rec is not None:
+        kw.setdefault("job_id", rec.job_id)
+        kw.setdefault("service", rec.service)
+        if rec.request_id:
+            kw.setdefault("request_id", rec.request_id)
+    return kw
 
 
 # --------------------------------------------------------------------------- child side
@@ -93,6 +107,10 @@ class RuntimeOptions:
     max_running: int = 1          # one job per device by default
     cancel_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this
     max_attempts: int = 3         # child starts per job, counting re-queues after a service crash
+    # Replicas on one store: a job runs only where its lease object (jobs/leases/<service>/<id>)
+    # was created; the owner renews it, and a lease not renewed for this long may be taken over.
+    lease_ttl_s: float = 30.0
+    replica_id: str = ""          # default: host:pid (unique per process)
 
 
 class JobRuntime:
@@ -105,16 +123,26 @@ class JobRuntime:
         self._procs: dict[str, mp.Process] = {}
         self._cancel_requested: set[str] = set()
         self._last_persist: dict[str, float] = {}
+        self._dirty: dict[str, bytes] = {}           # job id -> record JSON the writer thread saves
+        self._waiting: dict[str, float] = {}         # job id -> when to retry a lease another replica holds
         self._cond = threading.Condition()
         self._stopping = False
+        self._writer_stop = False
         self._dispatcher: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
         self._mp = mp.get_context("spawn")
+        self.owner = options.replica_id or f"{socket.gethostname()}:{os.getpid()}"
 
     # -- lifecycle
 
     def start(self) -> None:
         self.store.ensure_buckets([JOBS_BUCKET])
-        self._recover()
+        with self._cond:  # nothing else runs yet; _persist expects the lock
+            self._recover()
+        # Record writes happen on their own thread, outside the lock: a storage outage (retried for
+        # FTLAB_STORAGE_RETRY_S) never blocks GetJob/WatchJob; the latest snapshot per job wins.
+        self._writer = threading.Thread(target=self._write_loop, name=f"{self.service}-writer", daemon=True)
+        self._writer.start()
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name=f"{self.service}-dispatch", daemon=True)
         self._dispatcher.start()
 
@@ -124,9 +152,21 @@ class JobRuntime:
         A job that was RUNNING when the service died is re-queued (at most
         ``options.max_attempts`` starts in all) and says so in its events: the trainer resumes
         from its last checkpoint, the quantizer and evaluator start again (their work is cheap).
-        A job that was CANCELLING ends CANCELLED."""
+        A job that was CANCELLING ends CANCELLED. A job whose lease another live replica holds
+        is left alone (that replica runs it); this one adopts the outcome once the lease is free."""
         for key in self.store.list_keys(JOBS_BUCKET, f"{self.service}/"):
+            if not key.endswith(".json"):
+                continue
             rec = JobRecord.from_json(self.store.get_bytes(JOBS_BUCKET, key))
+            # a record this start-up rewrites (RUNNING, CANCELLING) needs the lease first, so two
+            # replicas starting together can't both rewrite it
+            if (rec.state in (JobState.RUNNING, JobState.CANCELLING) and not self._claim(rec.job_id)) or \
+                    (rec.state is JobState.QUEUED and self._held_elsewhere(rec.job_id)):
+                self._jobs[rec.job_id] = rec
+                if rec.request_id:
+                    self._by_request[rec.request_id] = rec.job_id
+                self._waiting[rec.job_id] = time.time()
+                continue
             if rec.state is JobState.CANCELLING:
                 rec.error = "cancelled by request"
                 rec.transition(JobState.CANCELLED, f"the {self.service} service stopped while cancelling")
@@ -137,8 +177,7 @@ class JobRuntime:
                                  f"{rec.attempts} times; not retried again")
                     rec.transition(JobState.FAILED, rec.error)
                 else:
-                    rec.transition(JobState.QUEUED, f"re-queued: the {self.service} service restarted while "
-                                                    f"the job was running (attempt {rec.attempts} interrupted)")
+                    self._requeue_interrupted(rec)
                 self._persist(rec)
             self._jobs[rec.job_id] = rec
             if rec.request_id:
@@ -146,6 +185,13 @@ class JobRuntime:
             if rec.state is JobState.QUEUED:
                 self._queue.append(rec.job_id)
         self._queue.sort(key=lambda j: self._jobs[j].created_at)
+
+    def _requeue_interrupted(self, rec: JobRecord) -> None:
+        rec.transition(JobState.QUEUED, f"re-queued: the {self.service} service restarted while the job was "
+                                        f"running (attempt {rec.attempts} interrupted); attempt "
+                                        f"{rec.attempts + 1} runs it again from the start, or from its last "
+                                        "checkpoint where the recipe keeps one")
+        log.warning("job %s re-queued after an interrupted attempt %d", rec.job_id, rec.attempts, extra=_extra(rec))
 
     def shutdown(self, grace_s: float | None = None) -> None:
         """Stop taking jobs; terminate running children (their jobs end FAILED, with the reason)."""
@@ -159,6 +205,10 @@ class JobRuntime:
         with self._cond:
             while self._procs and time.time() < deadline:
                 self._cond.wait(0.2)
+            self._writer_stop = True
+            self._cond.notify_all()
+        if self._writer is not None:
+            self._writer.join(30)  # the last records (the jobs the shutdown failed) reach storage
 
     # -- API used by servicers
 
@@ -170,6 +220,8 @@ class JobRuntime:
         second validation would now call a conflict."""
         if kind not in self.recipes:
             raise ValidationError(f"unknown job kind {kind!r}; known: {', '.join(sorted(self.recipes))}")
+        if len(request_id) > MAX_REQUEST_ID or any(ord(c) < 32 or ord(c) == 127 for c in request_id):
+            raise ValidationError(f"request_id: at most {MAX_REQUEST_ID} characters, no control characters")
         with self._cond:
             existing = self._existing(request_id, spec)
             if existing is not None:
@@ -184,12 +236,22 @@ class JobRuntime:
             rec = JobRecord(job_id=new_job_id(kind), service=self.service, kind=kind, spec=spec,
                             config=config, request_id=request_id)
             rec.add_event(EventType.STATE, "QUEUED")
-            self._persist(rec)  # persisted before it is acknowledged: a crash can't lose it
-            self._jobs[rec.job_id] = rec
+            self._jobs[rec.job_id] = rec  # reserved: a concurrent twin with this request_id gets it
             if request_id:
                 self._by_request[request_id] = rec.job_id
+            data = rec.to_json()
+        try:  # persisted before it is acknowledged (a crash can't lose it), outside the lock
+            self.store.put_bytes(JOBS_BUCKET, self._record_key(rec.job_id), data)
+        except FtlabError:
+            with self._cond:
+                self._jobs.pop(rec.job_id, None)
+                if request_id and self._by_request.get(request_id) == rec.job_id:
+                    del self._by_request[request_id]
+            raise
+        with self._cond:
             self._queue.append(rec.job_id)
             self._cond.notify_all()
+            log.info("job %s queued", rec.job_id, extra=_extra(rec))
             return self._snapshot(rec)
 
     def _existing(self, request_id: str, spec: dict[str, Any]) -> JobRecord | None:
@@ -204,6 +266,9 @@ class JobRuntime:
     def get(self, job_id: str) -> JobRecord:
         with self._cond:
             return self._snapshot(self._require(job_id))
+
+    def _record_key(self, job_id: str) -> str:
+        return f"{self.service}/{job_id}.json"
 
     def list(self, states: set[JobState] | None = None, page_size: int = 50,
              page_token: str = "") -> tuple[list[JobRecord], str]:
@@ -247,13 +312,22 @@ class JobRuntime:
             if terminal and not new:
                 return
 
+    def wake(self) -> None:
+        """Wake every waiting watcher (e.g. one whose client went away) to re-check its stream."""
+        with self._cond:
+            self._cond.notify_all()
+
     def cancel(self, job_id: str) -> JobRecord:
         with self._cond:
             rec = self._require(job_id)
             if rec.state.is_terminal() or rec.state is JobState.CANCELLING:
                 return self._snapshot(rec)
+            if job_id in self._waiting:
+                raise PreconditionError(f"job {job_id} is run by another replica of the {self.service} service "
+                                        "(it holds the job's lease): cancel it there")
             if rec.state is JobState.QUEUED:
-                self._queue.remove(job_id)
+                if job_id in self._queue:  # else the dispatcher holds it; it checks the state again
+                    self._queue.remove(job_id)
                 rec.transition(JobState.CANCELLED, "cancelled before it started")
                 rec.error = "cancelled by request"
                 self._persist(rec)
@@ -284,36 +358,164 @@ class JobRuntime:
         if not force and t - self._last_persist.get(rec.job_id, 0) < PERSIST_EVERY_S:
             return
         self._last_persist[rec.job_id] = t
+        self._dirty[rec.job_id] = rec.to_json()  # the writer thread saves it (called under the lock)
+        self._cond.notify_all()
+
+    def _write_loop(self) -> None:
+        """Save dirty records one at a time (latest snapshot per job); once a terminal record is
+        saved, release the job's lease, so another replica can only ever see the final record."""
+        while True:
+            with self._cond:
+                while not self._dirty and not self._writer_stop:
+                    self._cond.wait()
+                if not self._dirty:
+                    return
+                job_id = next(iter(self._dirty))
+                data = self._dirty.pop(job_id)
+            try:
+                self.store.put_bytes(JOBS_BUCKET, self._record_key(job_id), data)
+                if JobState(json.loads(data)["state"]).is_terminal():
+                    self._release(job_id)
+            except Exception:  # the in-memory record stays authoritative; retried below
+                log.exception("job %s: could not persist the job record; retrying", job_id, extra=_extra(job_id=job_id))
+                with self._cond:
+                    self._dirty.setdefault(job_id, data)  # unless a newer snapshot arrived meanwhile
+                    if self._writer_stop:
+                        return  # shutting down with storage gone: give up, the log says so
+                    self._cond.wait(1.0)
+
+    # -- leases: one replica runs a job
+
+    def _lease_key(self, job_id: str) -> str:
+        return f"leases/{self.service}/{job_id}"
+
+    def _lease_body(self) -> bytes:
+        return json.dumps({"owner": self.owner, "expires_at": time.time() + self.options.lease_ttl_s}).encode()
+
+    def _read_lease(self, job_id: str) -> dict | None:
         try:
-            self.store.put_bytes(JOBS_BUCKET, f"{self.service}/{rec.job_id}.json", rec.to_json())
-        except Exception:  # the in-memory record stays authoritative; retried on the next change
-            log.exception("job %s: could not persist the job record", rec.job_id)
+            return json.loads(self.store.get_bytes(JOBS_BUCKET, self._lease_key(job_id)))
+        except NotFoundError:
+            return None
+
+    def _held_elsewhere(self, job_id: str) -> bool:
+        lease = self._read_lease(job_id)
+        return bool(lease) and lease.get("owner") != self.owner and lease.get("expires_at", 0) > time.time()
+
+    def _claim(self, job_id: str) -> bool:
+        """Create the lease (conditional write); an expired lease is deleted and the create retried
+        once. Two replicas taking over the same expired lease at the same instant could both delete
+        and one re-create: the re-read after creating catches all but a sub-millisecond window."""
+        for _ in range(2):
+            if self.store.put_if_absent(JOBS_BUCKET, self._lease_key(job_id), self._lease_body()):
+                lease = self._read_lease(job_id)
+                return bool(lease) and lease.get("owner") == self.owner
+            lease = self._read_lease(job_id)
+            if lease is None:
+                continue
+            if lease.get("owner") == self.owner:
+                self._renew(job_id)
+                return True
+            if lease.get("expires_at", 0) > time.time():
+                return False
+            log.warning("job %s: taking over the expired lease of %s", job_id, lease.get("owner"),
+                        extra=_extra(job_id=job_id))
+            self.store.delete(JOBS_BUCKET, self._lease_key(job_id))
+        return False
+
+    def _renew(self, job_id: str) -> None:
+        try:
+            self.store.put_bytes(JOBS_BUCKET, self._lease_key(job_id), self._lease_body())
+        except FtlabError as exc:
+            log.warning("job %s: could not renew its lease: %s", job_id, exc, extra=_extra(job_id=job_id))
+
+    def _release(self, job_id: str) -> None:
+        lease = self._read_lease(job_id)
+        if lease and lease.get("owner") == self.owner:
+            self.store.delete(JOBS_BUCKET, self._lease_key(job_id))
+
+    def _next_job(self) -> str | None:
+        """Under the lock: wait for a runnable job (None = stopping). Jobs whose lease another
+        replica held go back to the front of the queue when their retry time comes."""
+        while True:
+            if self._stopping:
+                return None
+            now = time.time()
+            for job_id in [j for j, t in self._waiting.items() if t <= now]:
+                del self._waiting[job_id]
+                self._queue.insert(0, job_id)
+            if self._queue and len(self._procs) < self.options.max_running:
+                return self._queue.pop(0)
+            self._cond.wait(max(0.05, min(self._waiting.values()) - now) if self._waiting else None)
 
     def _dispatch_loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and (not self._queue or len(self._procs) >= self.options.max_running):
-                    self._cond.wait()
-                if self._stopping:
+                job_id = self._next_job()
+                if job_id is None:
                     return
-                job_id = self._queue.pop(0)
+            try:  # storage I/O outside the lock
+                claimed = self._claim(job_id)
+                stored = None
+                if claimed:
+                    try:
+                        stored = JobRecord.from_json(self.store.get_bytes(JOBS_BUCKET, self._record_key(job_id)))
+                    except NotFoundError:
+                        pass
+            except FtlabError as exc:
+                log.warning("job %s: cannot claim its lease (%s); retrying in %.0fs", job_id, exc, LEASE_RETRY_S,
+                            extra=_extra(job_id=job_id))
+                claimed, stored = False, None
+            with self._cond:
                 rec = self._jobs[job_id]
-                rec.attempts += 1
-                rec.transition(JobState.RUNNING, "started" if rec.attempts == 1 else f"started (attempt {rec.attempts})")
-                proc = self._mp.Process(target=_child_main, name=f"ftlab-{job_id}", daemon=False,
-                                        args=(self.recipes[rec.kind], job_id, rec.attempts, rec.config,
-                                              self.store.config(), events := self._mp.Queue()))
-                self._procs[job_id] = proc
-                self._persist(rec)
-                self._cond.notify_all()
-            proc.start()
-            threading.Thread(target=self._supervise, args=(job_id, proc, events), daemon=True,
-                             name=f"supervise-{job_id}").start()
+                if not claimed:
+                    if not rec.state.is_terminal():
+                        self._waiting[job_id] = time.time() + LEASE_RETRY_S
+                    continue
+                if stored is not None and stored.state.is_terminal():  # another replica ran it
+                    self._jobs[job_id] = stored
+                    self._cond.notify_all()
+                    release = True
+                elif rec.state is JobState.RUNNING:  # another replica's, and it died: run it again
+                    rec.attempts = max(rec.attempts, stored.attempts if stored else 0)
+                    if rec.attempts >= self.options.max_attempts:
+                        rec.error = f"interrupted {rec.attempts} times (replica stopped while running); not retried"
+                        rec.transition(JobState.FAILED, rec.error)
+                        self._persist(rec)
+                        continue
+                    self._requeue_interrupted(rec)
+                    release = False
+                else:
+                    release = rec.state is not JobState.QUEUED or self._stopping  # cancelled meanwhile
+                if not release:
+                    self._start_child(rec)
+                    continue
+            self._release(job_id)
+
+    def _start_child(self, rec: JobRecord) -> None:
+        """Under the lock, with the lease held: RUNNING, spawn the child, supervise it."""
+        job_id = rec.job_id
+        rec.attempts += 1
+        rec.transition(JobState.RUNNING, "started" if rec.attempts == 1 else f"started (attempt {rec.attempts})")
+        events = self._mp.Queue()
+        proc = self._mp.Process(target=_child_main, name=f"ftlab-{job_id}", daemon=False,
+                                args=(self.recipes[rec.kind], job_id, rec.attempts, rec.config,
+                                      self.store.config(), events))
+        self._procs[job_id] = proc
+        self._persist(rec)
+        self._cond.notify_all()
+        proc.start()  # under the lock, so a cancel always finds a pid to signal
+        threading.Thread(target=self._supervise, args=(job_id, proc, events), daemon=True,
+                         name=f"supervise-{job_id}").start()
 
     def _supervise(self, job_id: str, proc: mp.Process, events: "mp.Queue") -> None:
         result, error = None, None
-        log.info("job %s: child pid %s started", job_id, proc.pid)
+        log.info("job %s: child pid %s started", job_id, proc.pid, extra=_extra(self._jobs[job_id]))
+        renew_every, renewed = self.options.lease_ttl_s / 3, time.time()
         while True:
+            if time.time() - renewed > renew_every:  # heartbeat: the lease stays ours while we run it
+                self._renew(job_id)
+                renewed = time.time()
             try:
                 msg = events.get(timeout=0.2)
             except queue.Empty:
@@ -327,7 +529,7 @@ class JobRuntime:
                 result = msg
             elif msg["type"] == "error":
                 error = msg
-                log.error("job %s failed:\n%s", job_id, msg.get("traceback", ""))
+                log.error("job %s failed:\n%s", job_id, msg.get("traceback", ""), extra=_extra(self._jobs[job_id]))
             else:
                 self._on_event(job_id, msg)
         proc.join()
@@ -345,7 +547,7 @@ class JobRuntime:
             self._persist(rec, force=False)
             self._cond.notify_all()
         if etype is EventType.LOG:
-            log.info("job %s: %s", job_id, msg.get("message", ""))
+            log.info("job %s: %s", job_id, msg.get("message", ""), extra=_extra(rec))
 
     def _finish(self, job_id: str, exitcode: int | None, result: dict | None, error: dict | None) -> None:
         with self._cond:
@@ -367,7 +569,7 @@ class JobRuntime:
                 rec.transition(JobState.FAILED, rec.error)
             self._persist(rec)
             self._cond.notify_all()
-        log.info("job %s: %s %s", job_id, rec.state.value, rec.error)
+        log.info("job %s: %s %s", job_id, rec.state.value, rec.error, extra=_extra(rec))
 
     def _kill(self, job_id: str, grace_s: float) -> None:
         # Only the supervisor thread reaps the child (two threads waiting on one pid race);
@@ -382,7 +584,8 @@ class JobRuntime:
                 self._cond.wait(0.2)
             if job_id not in self._procs:
                 return
-        log.warning("job %s: still alive %.0fs after SIGTERM, sending SIGKILL", job_id, grace_s)
+        log.warning("job %s: still alive %.0fs after SIGTERM, sending SIGKILL", job_id, grace_s,
+                    extra=_extra(job_id=job_id))
         _signal_group(proc.pid, signal.SIGKILL)
 
 

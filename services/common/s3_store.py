@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import inspect
 import io
+import logging
 import os
+import time
 from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -16,7 +18,10 @@ from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 
 from services.common.errors import NotFoundError, StorageError, ValidationError
-from services.common.storage import BUCKETS, LocalStore, ObjectStore, check_key, make_uri
+from services.common.storage import BUCKETS, LocalStore, ObjectStore, StorageUnavailable, check_key, make_uri
+
+log = logging.getLogger("ftlab.storage")
+DEFAULT_RETRY_S = 120.0  # FTLAB_STORAGE_RETRY_S: how long an operation retries through an outage
 
 # S3 limits on multipart parts (the last part may be smaller).
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -38,26 +43,45 @@ def parse_endpoint(endpoint: str, secure: bool = False) -> tuple[str, bool]:
     return endpoint, secure
 
 
+_TRANSIENT_CODES = ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "XMinioServerNotInitialized")
+
+
 def _translate_errors(method):
-    """Map SDK failures onto ftlab errors, so callers never see minio or urllib3 exceptions."""
+    """Map SDK failures onto ftlab errors, so callers never see minio or urllib3 exceptions.
+
+    Transient failures (unreachable endpoint, 5xx) are retried with exponential backoff for up to
+    ``retry_deadline_s`` (FTLAB_STORAGE_RETRY_S); then :class:`StorageUnavailable` names the
+    outage. Every S3 operation here is idempotent (whole-object PUT/GET/DELETE), so a retry is safe."""
     signature = inspect.signature(method)
 
     @functools.wraps(method)
     def wrapper(self: S3Store, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except S3Error as e:
-            if e.code in _MISSING:
-                # name the caller's bucket/key: S3 error bodies (moto's, HEAD's) often lack them
-                called = signature.bind(self, *args, **kwargs).arguments
-                raise NotFoundError(f"{make_uri(called.get('bucket', '?'), called.get('key', ''))} does not exist "
-                                    f"({e.code})") from e
-            raise StorageError(f"{self.describe()}: {method.__name__} failed: {e.code}: {e.message}") from e
-        except (MinioException, urllib3.exceptions.HTTPError) as e:
-            # MaxRetryError hides the useful part (connection refused, timeout...) in .reason
-            reason = getattr(e, "reason", None) or e
-            raise StorageError(f"{self.describe()} failed or is unreachable during {method.__name__}: "
-                               f"{reason}") from e
+        started, delay = time.monotonic(), 0.25
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except S3Error as e:
+                if e.code in _MISSING:
+                    # name the caller's bucket/key: S3 error bodies (moto's, HEAD's) often lack them
+                    called = signature.bind(self, *args, **kwargs).arguments
+                    raise NotFoundError(f"{make_uri(called.get('bucket', '?'), called.get('key', ''))} does not "
+                                        f"exist ({e.code})") from e
+                if e.code not in _TRANSIENT_CODES:
+                    raise StorageError(f"{self.describe()}: {method.__name__} failed: {e.code}: {e.message}") from e
+                reason: object = f"{e.code}: {e.message}"
+                err: Exception = e
+            except (MinioException, urllib3.exceptions.HTTPError) as e:
+                # MaxRetryError hides the useful part (connection refused, timeout...) in .reason
+                reason, err = getattr(e, "reason", None) or e, e
+            waited = time.monotonic() - started
+            if waited + delay > self.retry_deadline_s:
+                raise StorageUnavailable(
+                    f"{self.describe()} failed or is unreachable during {method.__name__}"
+                    + (f" (gave up after {waited:.0f}s of retries, FTLAB_STORAGE_RETRY_S={self.retry_deadline_s:g})"
+                       if self.retry_deadline_s else "") + f": {reason}") from err
+            log.warning("%s: %s failed (%s); retrying in %.1fs", self.describe(), method.__name__, reason, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
     return wrapper
 
 
@@ -66,14 +90,15 @@ class S3Store(ObjectStore):
 
     def __init__(self, endpoint: str, access_key: str | None, secret_key: str | None, secure: bool = False,
                  region: str | None = None, part_size: int = 16 * 1024 * 1024,
-                 timeout_s: float = 300, retries: int = 5):
+                 timeout_s: float = 300, retries: int = 5, retry_deadline_s: float = 0.0):
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise ValidationError(f"part_size must be {MIN_PART_SIZE}..{MAX_PART_SIZE} bytes, got {part_size}")
         self.endpoint, self.secure = parse_endpoint(endpoint, secure)
         # kept for config(): job child processes rebuild the store from these
         self._settings = {"endpoint": self.endpoint, "access_key": access_key, "secret_key": secret_key,
                           "secure": self.secure, "region": region, "part_size": part_size,
-                          "timeout_s": timeout_s, "retries": retries}
+                          "timeout_s": timeout_s, "retries": retries, "retry_deadline_s": retry_deadline_s}
+        self.retry_deadline_s = retry_deadline_s
         self.part_size = part_size
         # minio's default client, but with tunable timeout/retries: an outage must surface in
         # seconds in tests, not after 5 retries of a 5-minute timeout.
@@ -102,6 +127,20 @@ class S3Store(ObjectStore):
     def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
         check_key(key)
         self.client.put_object(bucket, key, io.BytesIO(data), len(data))
+
+    @_translate_errors
+    def put_if_absent(self, bucket: str, key: str, data: bytes) -> bool:
+        check_key(key)
+        # S3 conditional write (If-None-Match: *; AWS since 2024, MinIO, moto). The minio SDK has
+        # no public parameter for it, hence its request method.
+        try:
+            self.client._execute("PUT", bucket, key, body=data,
+                                 headers={"If-None-Match": "*", "Content-Length": str(len(data))})
+            return True
+        except S3Error as e:
+            if e.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
 
     @_translate_errors
     def get_bytes(self, bucket: str, key: str) -> bytes:
@@ -199,7 +238,17 @@ def store_from_env(env: Mapping[str, str] = os.environ) -> ObjectStore:
             problems.append("FTLAB_S3_ACCESS_KEY and FTLAB_S3_SECRET_KEY must be set together")
         if problems:
             raise ValidationError(problems)
-        store = S3Store(endpoint, access_key, secret_key, secure=secure, region=env.get("FTLAB_S3_REGION") or None)
+        try:
+            retry_s = float(env.get("FTLAB_STORAGE_RETRY_S") or DEFAULT_RETRY_S)
+            if retry_s < 0:
+                raise ValueError
+        except ValueError:
+            problems.append(f"FTLAB_STORAGE_RETRY_S={env.get('FTLAB_STORAGE_RETRY_S')!r}: must be seconds >= 0")
+            retry_s = DEFAULT_RETRY_S
+        if problems:
+            raise ValidationError(problems)
+        store = S3Store(endpoint, access_key, secret_key, secure=secure, region=env.get("FTLAB_S3_REGION") or None,
+                        retry_deadline_s=retry_s)
     else:
         raise ValidationError(f"FTLAB_STORAGE={kind!r} is not a known storage; use one of: local, s3")
     store.ensure_buckets()

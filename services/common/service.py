@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import grpc
 
+from services.common.auth import is_loopback, load_tokens
 from services.common.grpc_server import build_server, wait_for_termination
 from services.common.runtime import JobRuntime, RuntimeOptions
 from services.common.settings import ServiceSettings, configure_logging
 from services.common.storage import ObjectStore
+from services.common.tls import server_credentials
 
 log = logging.getLogger("ftlab.service")
 
@@ -25,22 +28,49 @@ class ServiceDef:
     recipes: dict[str, str]                     # job kind -> "module:function" run in the child
 
 
+@dataclass(frozen=True)
+class Security:
+    """Who may call a server: bearer tokens (empty = auth off) and TLS credentials (None = plaintext)."""
+    tokens: tuple[str, ...] = ()
+    credentials: grpc.ServerCredentials | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Security":
+        return cls(tuple(load_tokens(env)), server_credentials(env))
+
+
 class RunningService:
+    """``security``: default from the environment (FTLAB_AUTH_TOKEN[_FILE], FTLAB_TLS_*).
+    ``metrics_port``: serve Prometheus /metrics there (0 = any free port, None = off)."""
+
     def __init__(self, sdef: ServiceDef, store: ObjectStore, listen: str,
-                 options: RuntimeOptions = RuntimeOptions()):
+                 options: RuntimeOptions = RuntimeOptions(), security: Security | None = None,
+                 metrics_port: int | None = None):
         self.sdef, self.store = sdef, store
+        security = security if security is not None else Security.from_env()
         self.runtime = JobRuntime(sdef.name, store, sdef.recipes, options)
         self.runtime.start()
         self.server, self.port, self.health = build_server(
-            listen, sdef.servicer(self.runtime, store), sdef.add_to_server, sdef.full_name)
+            listen, sdef.servicer(self.runtime, store), sdef.add_to_server, sdef.full_name,
+            tokens=security.tokens, credentials=security.credentials)
         self.server.start()
         self.address = f"{listen.rsplit(':', 1)[0]}:{self.port}"
-        log.info("ftlab %s serving on %s (storage: %s)", sdef.name, self.address, store.describe())
+        self.metrics_http, self.metrics_port = None, None
+        if metrics_port is not None:
+            from services.common.observability import serve_metrics
+            host = "127.0.0.1" if is_loopback(listen) else "0.0.0.0"
+            self.metrics_http, self.metrics_port = serve_metrics(self.runtime, metrics_port, host)
+        log.info("ftlab %s serving on %s (storage: %s; auth %s; %s%s)", sdef.name, self.address, store.describe(),
+                 "on" if security.tokens else "OFF", "TLS" if security.credentials else "plaintext",
+                 f"; metrics on :{self.metrics_port}/metrics" if self.metrics_port else "")
 
     def stop(self, grace_s: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait(grace_s)
         self.runtime.shutdown(grace_s)
+        if self.metrics_http is not None:
+            self.metrics_http.shutdown()
+            self.metrics_http.server_close()
 
 
 def main(sdef: ServiceDef) -> None:
@@ -48,9 +78,13 @@ def main(sdef: ServiceDef) -> None:
     configure_logging()
     settings = ServiceSettings.from_env(sdef.name)
     svc = RunningService(sdef, store_from_env(), settings.listen,
-                         RuntimeOptions(settings.max_running, settings.cancel_grace_s))
+                         RuntimeOptions(settings.max_running, settings.cancel_grace_s,
+                                        replica_id=settings.replica_id),
+                         metrics_port=settings.metrics_port)
     wait_for_termination(svc.server, svc.health, lambda: svc.runtime.shutdown(settings.cancel_grace_s))
 
 
 def channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address)
+    """A client channel with the environment's TLS and token (see clients.secure_channel)."""
+    from services.common.clients import secure_channel
+    return secure_channel(address)

@@ -24,6 +24,8 @@ class ServiceSettings:
     listen: str              # FTLAB_LISTEN, default: the service address
     max_running: int         # FTLAB_MAX_RUNNING_JOBS, default 1 (one job per device)
     cancel_grace_s: float    # FTLAB_CANCEL_GRACE_S, default 10
+    metrics_port: int | None = None  # FTLAB_METRICS_PORT: Prometheus /metrics port; empty = off
+    replica_id: str = ""     # FTLAB_REPLICA_ID: stable name of this replica (default host:pid)
 
     @classmethod
     def from_env(cls, service: str, env=os.environ) -> "ServiceSettings":
@@ -42,7 +44,11 @@ class ServiceSettings:
 
         s = cls(service=service, listen=env.get("FTLAB_LISTEN", service_address(service, env)),
                 max_running=num("FTLAB_MAX_RUNNING_JOBS", 1, int, 1),
-                cancel_grace_s=num("FTLAB_CANCEL_GRACE_S", 10.0, float, 0))
+                cancel_grace_s=num("FTLAB_CANCEL_GRACE_S", 10.0, float, 0),
+                replica_id=env.get("FTLAB_REPLICA_ID", "").strip(),
+                metrics_port=num("FTLAB_METRICS_PORT", 0, int, 1) if env.get("FTLAB_METRICS_PORT", "").strip() else None)
+        if s.metrics_port is not None and s.metrics_port > 65535:
+            problems.append(f"FTLAB_METRICS_PORT={s.metrics_port}: must be a port number <= 65535")
         if problems:
             raise ValidationError(problems)
         return s

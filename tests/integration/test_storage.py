@@ -238,3 +238,28 @@ def test_store_from_env_unknown_kind():
     with pytest.raises(ValidationError, match="local, s3") as exc:
         store_from_env({"FTLAB_STORAGE": "gcs"})
     assert "gcs" in str(exc.value)
+
+
+# --- conditional writes and retries (the runtime's leases, outages) ------------------------------
+
+def test_put_if_absent_creates_once(store):
+    assert store.put_if_absent("jobs", "leases/x", b"first") is True
+    assert store.put_if_absent("jobs", "leases/x", b"second") is False
+    assert store.get_bytes("jobs", "leases/x") == b"first"
+    store.delete("jobs", "leases/x")
+    assert store.put_if_absent("jobs", "leases/x", b"third") is True
+    with pytest.raises(ValidationError):
+        store.put_if_absent("jobs", "../x", b"no")
+
+
+def test_retries_give_up_at_the_deadline_with_a_clear_error():
+    from services.common.storage import StorageUnavailable
+    store = S3Store(f"127.0.0.1:{free_port()}", TEST_ACCESS_KEY, TEST_SECRET_KEY, timeout_s=1, retries=0,
+                    retry_deadline_s=1.5)
+    start = time.monotonic()
+    with pytest.raises(StorageUnavailable, match=r"put_bytes \(gave up after \d+s of retries, FTLAB_STORAGE_RETRY_S=1.5\)"):
+        store.put_bytes("datasets", "k", b"x")
+    assert 0.5 < time.monotonic() - start < 10  # it did wait and retry, and it did stop
+    assert store.config()["retry_deadline_s"] == 1.5  # job processes retry alike
+    with pytest.raises(ValidationError, match="FTLAB_STORAGE_RETRY_S"):
+        store_from_env({"FTLAB_STORAGE": "s3", "FTLAB_S3_ENDPOINT": "h:1", "FTLAB_STORAGE_RETRY_S": "-1"})
