@@ -1,10 +1,16 @@
-"""The evaluation recipe, read top to bottom: batched greedy generation with the shared task
-prompts, stopping as soon as the ``\\boxed{...}`` answer has closed, then the study's metrics.
-Runs in the job's child process."""
+r"""The evaluation recipe, read top to bottom. Runs in the job's child process.
+
+1. load the model (any kind the other services produce) and the tasks' items;
+2. per task: batched greedy generation, each row stopping once its ``\boxed{}`` answer closed;
+3. per task: the study's metrics, a seeded bootstrap 95% CI for every headline metric,
+   latency / token / throughput statistics;
+4. write metrics.json (the study's layout + our fields) and predictions.parquet, commit with the
+   manifest last.
+"""
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -16,166 +22,174 @@ import torch
 
 from services.common import artifacts, data_import, modeling, tasks
 from services.common.runtime import JobContext
+from services.evaluator import generation, loading, stats
 from services.evaluator import metrics as task_metrics
-
-SCORERS = {"mcq4": task_metrics.score_mcq4, "squad_v2": task_metrics.score_squad_v2,
-           "math_numeric": task_metrics.score_numeric}
 
 
 def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     t_start = time.time()
+    _cpu_threads()
     dev = modeling.device()
     modeling.reset_peak_memory()
     torch.manual_seed(cfg["seed"])
-    ctx.log(f"fetching {cfg['model']}")
-    model_dir, manifest = modeling.fetch_model(ctx.store, cfg["model"], ctx.workdir)
-    tok = modeling.load_tokenizer(model_dir, padding_side="left")  # left padding for batched generation
-    model = modeling.load_causal_lm(model_dir, dev)
 
-    items = []  # (task, row) for every item, so progress covers the whole job
+    # 1. Model and items.
+    ctx.log(f"fetching {cfg['model']}")
+    model, tok, manifest, model_info = loading.load_for_eval(ctx.store, cfg["model"], ctx.workdir, dev)
+    ctx.log(f"loaded {cfg['model']} as {model_info['loaded_as']} on {dev}")
+    items: dict[str, list[dict]] = {}
     for t in cfg["tasks"]:
         task = tasks.get_task(t["task"])
         df = data_import.load_split(ctx.store, t["dataset"], t["split"])
         data_import.validate_columns(task, df)
-        if t["limit"]:
-            df = df.head(t["limit"])
-        items += [(task, row) for row in df.to_dict("records")]
+        items[task.name] = df.head(t["limit"]).to_dict("records") if t["limit"] else df.to_dict("records")
+    total = sum(len(rows) for rows in items.values())
 
-    per_task: dict[str, list[dict]] = {}
-    done = 0
-    t_gen = time.time()
-    for task_name in dict.fromkeys(task.name for task, _ in items):
-        rows = [row for task, row in items if task.name == task_name]
+    # 2.-3. Generate and score, task by task.
+    datasets_out, pred_rows, job_metrics, done = {}, [], {}, 0
+    for task_name, rows in items.items():
         task = tasks.get_task(task_name)
-        preds: list[dict] = []
-        for i in range(0, len(rows), cfg["batch_size"]):
-            batch = rows[i: i + cfg["batch_size"]]
-            preds += generate_batch(model, tok, task, batch, cfg["max_new_tokens"], dev)
-            done += len(batch)
-            ok = sum(p["parsed"] is not None and p["parsed"] == p["gold"] for p in preds)
-            ctx.progress(done, len(items), {f"{task.name}__running_accuracy": 100.0 * ok / len(preds)},
-                         message=f"{task.name}: {len(preds)}/{len(rows)}")
-        per_task[task_name] = preds
-    gen_s = time.time() - t_gen
+        prompts = [generation.chat_prompt(tok, task, row) for row in rows]
+        golds = [tasks.gold_answer(task, row) for row in rows]
+        parsed: dict[int, str | None] = {}
 
-    # Scores in the study's layout, plus throughput and memory.
+        def on_batch(idx, gens, task=task, golds=golds, parsed=parsed):
+            nonlocal done
+            for i, g in zip(idx, gens):
+                parsed[i] = tasks.parse_answer(task, g.text)
+            done += len(idx)
+            ok = sum(parsed[i] is not None and parsed[i] == golds[i] for i in parsed)
+            fmt = sum(p is not None for p in parsed.values())
+            ctx.progress(done, total, {f"{task.name}__running_accuracy": 100.0 * ok / len(parsed),
+                                       f"{task.name}__running_format_success_rate": 100.0 * fmt / len(parsed)},
+                         message=f"{task.name}: {len(parsed)}/{len(rows)}")
+
+        t_task = time.time()
+        gens = generation.generate(model, tok, prompts, cfg["max_new_tokens"], cfg["batch_size"], on_batch=on_batch)
+        task_s = time.time() - t_task
+        preds = [parsed[i] for i in range(len(rows))]
+        block = score_task(task, preds, golds, gens, task_s, cfg)
+        datasets_out[task_name] = block
+        for row, g, p, gold, ok in zip(rows, gens, preds, golds, block.pop("_correct")):
+            pred_rows.append({"task": task_name, "id": str(row["id"]), "prompt_sha256": g.prompt_sha256,
+                              "output": g.text, "parsed": p, "gold": gold, "correct": bool(ok),
+                              "latency_s": g.latency_s, "prompt_tokens": g.prompt_tokens,
+                              "generated_tokens": g.generated_tokens, "stop": g.stop})
+        job_metrics |= task_job_metrics(task_name, block)
+        ctx.metrics(task_job_metrics(task_name, block), message=f"{task_name} scored")
+
+    # 4. metrics.json + predictions.parquet, manifest last.
     memory = modeling.peak_memory()
-    datasets_out, pred_rows, job_metrics = {}, [], {}
-    for task_name, preds in per_task.items():
-        task = tasks.get_task(task_name)
-        score = SCORERS[task.type.value]([p["parsed"] for p in preds], [p["gold"] for p in preds])
-        correct = score.pop("correct")
-        n_ok = int(sum(correct))
-        datasets_out[task_name] = {
-            "type": task.type.value, "total_samples": len(preds),
-            "format_success_rate": score.pop("format_success_rate"), "correct": n_ok,
-            "incorrect": len(preds) - n_ok, "accuracy": round(100.0 * n_ok / max(len(preds), 1), 2),
-            "metrics": {"task": task.title, **score},
-            "latency_seconds": describe([p["latency_s"] for p in preds], 4),
-            "tokens_generated": describe([p["generated_tokens"] for p in preds], 2),
-        }
-        for p, c in zip(preds, correct):
-            pred_rows.append({"task": task_name, **{k: p[k] for k in (
-                "id", "prompt_sha256", "output", "parsed", "gold", "latency_s", "prompt_tokens",
-                "generated_tokens")}, "correct": bool(c)})
-        d = datasets_out[task_name]
-        job_metrics |= {f"{task_name}__accuracy": d["accuracy"],
-                        f"{task_name}__format_success_rate": d["format_success_rate"],
-                        f"{task_name}__latency_mean_s": d["latency_seconds"]["mean"]}
-        job_metrics |= {f"{task_name}__{k}": float(v) for k, v in score.items()
-                        if isinstance(v, (int, float)) and k != "support"}
-
-    all_preds = [p for preds in per_task.values() for p in preds]
-    total_ok = sum(d["correct"] for d in datasets_out.values())
-    n_gen = sum(p["generated_tokens"] for p in all_preds)
-    quantization = manifest.get("quantization", {"method": "NoQuant", "quant_tag": "NoQuant"})
     uri = f"s3://evaluations/{cfg['model']}/{cfg['eval_id']}/"
+    quantization = model_info["quantization"]
     result = {
-        "model_name": cfg["model"], "eval_id": cfg["eval_id"],
-        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "summary": {
-            "num_datasets": len(datasets_out), "total_samples": len(all_preds), "total_correct": total_ok,
-            "total_incorrect": len(all_preds) - total_ok,
-            "overall_accuracy": round(100.0 * total_ok / max(len(all_preds), 1), 2),
-            "latency_seconds": describe([p["latency_s"] for p in all_preds], 4),
-            "tokens_generated": describe([p["generated_tokens"] for p in all_preds], 2),
-            "quantization": quantization,
-            "peak_vram_reserved_gb": memory["peak_vram_reserved_gb"],
-            "peak_vram_allocated_gb": memory["peak_vram_allocated_gb"], "peak_rss_gb": memory["peak_rss_gb"],
-            "throughput": {"tokens_per_s": round(n_gen / max(gen_s, 1e-9), 2),
-                           "samples_per_s": round(len(all_preds) / max(gen_s, 1e-9), 4),
-                           "generation_s": round(gen_s, 3), "wall_time_s": round(time.time() - t_start, 3)},
-        },
+        "model_name": cfg["model"], "eval_id": cfg["eval_id"], "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "summary": summarize(datasets_out, pred_rows, quantization, memory, time.time() - t_start),
         "datasets": datasets_out,
-        "quantization": {**quantization, "source": "model_manifest"},
-        "hardware": {**modeling.hardware(), **memory},
-        "spec": cfg, "predictions_uri": uri + "predictions.parquet", "versions": modeling.library_versions(),
+        "quantization": quantization,
+        "hardware": {**modeling.hardware(), **memory, "torch_threads": torch.get_num_threads()},
+        "model": model_info,
+        "spec": cfg, "predictions_uri": uri + "predictions.parquet", "versions": versions(),
     }
     out = Path(ctx.workdir) / "eval"
     out.mkdir()
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    pd.DataFrame(pred_rows).to_parquet(out / "predictions.parquet", index=False)
+    pd.DataFrame(pred_rows, columns=PREDICTION_COLUMNS).to_parquet(out / "predictions.parquet", index=False)
     artifacts.commit_dir(ctx.store, "evaluations", f"{cfg['model']}/{cfg['eval_id']}", out, {
         "kind": "evaluation", "model": cfg["model"], "eval_id": cfg["eval_id"], "parents": [cfg["model"]],
-        "model_manifest_sha": artifacts.manifest_digest(manifest), "tasks": [t["task"] for t in cfg["tasks"]],
-        "spec": cfg, "versions": modeling.library_versions(), "git_commit": modeling.git_commit()})
-    job_metrics |= {"overall_accuracy": result["summary"]["overall_accuracy"],
-                    "tokens_per_s": result["summary"]["throughput"]["tokens_per_s"],
-                    "samples_per_s": result["summary"]["throughput"]["samples_per_s"],
-                    "peak_rss_gb": memory["peak_rss_gb"], "peak_vram_reserved_gb": memory["peak_vram_reserved_gb"],
-                    "peak_vram_allocated_gb": memory["peak_vram_allocated_gb"]}
-    return {"outputs": {"evaluation": uri, "metrics": uri + "metrics.json",
-                        "predictions": uri + "predictions.parquet"}, "metrics": job_metrics}
+        "model_manifest_sha": model_info["manifest_sha"], "tasks": list(datasets_out), "spec": cfg,
+        "quantization": quantization, "versions": result["versions"], "git_commit": modeling.git_commit()})
+    thr = result["summary"]["throughput"]
+    job_metrics |= {"overall_accuracy": result["summary"]["overall_accuracy"], "tokens_per_s": thr["tokens_per_s"],
+                    "samples_per_s": thr["samples_per_s"], "wall_time_s": thr["wall_time_s"], **memory}
+    return {"outputs": {"evaluation": uri, "metrics": uri + "metrics.json", "predictions": uri + "predictions.parquet"},
+            "metrics": job_metrics}
 
 
-class BoxedAnswerClosed:
-    """Per-row stop: a row is done once its generated text holds a closed ``\\boxed{...}``."""
-
-    def __init__(self, tok, prompt_len: int):
-        self.tok, self.prompt_len = tok, prompt_len
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for i in range(input_ids.shape[0]):
-            if "}" in self.tok.decode(input_ids[i, -1:]):  # only a '}' can close the answer
-                done[i] = tasks.answer_closed(self.tok.decode(input_ids[i, self.prompt_len:], skip_special_tokens=True))
-        return done
+PREDICTION_COLUMNS = ["task", "id", "prompt_sha256", "output", "parsed", "gold", "correct", "latency_s",
+                      "prompt_tokens", "generated_tokens", "stop"]
 
 
-def generate_batch(model, tok, task, rows: list[dict], max_new_tokens: int, dev) -> list[dict]:
-    prompts = [tok.apply_chat_template(tasks.build_messages(task, row), add_generation_prompt=True,
-                                       enable_thinking=False, tokenize=False) for row in rows]
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
-    width = enc["input_ids"].shape[1]
-    t0 = time.time()
-    with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
-                             temperature=None, stopping_criteria=[BoxedAnswerClosed(tok, width)],
-                             pad_token_id=tok.pad_token_id)
-    latency = time.time() - t0  # the batch's wall time: what each of its requests waited
-    stop_ids = set(_eos_ids(model)) | {tok.pad_token_id}
-    results = []
-    for i, row in enumerate(rows):
-        gen = out[i, width:].tolist()
-        n = next((j + 1 for j, t in enumerate(gen) if t in stop_ids), len(gen))  # the stop token counts
-        text = tok.decode(gen[:n], skip_special_tokens=True)
-        results.append({"id": str(row["id"]), "prompt_sha256": hashlib.sha256(prompts[i].encode()).hexdigest()[:16],
-                        "output": text, "parsed": tasks.parse_answer(task, text),
-                        "gold": tasks.gold_answer(task, row), "latency_s": latency,
-                        "prompt_tokens": int(enc["attention_mask"][i].sum()), "generated_tokens": n})
-    return results
+def score_task(task, preds, golds, gens, task_s: float, cfg: dict[str, Any]) -> dict[str, Any]:
+    """One task's block in the study's layout, plus ci95 (inside metrics) and throughput."""
+    score = task_metrics.SCORERS[task.type.value](preds, golds)
+    correct = score.pop("correct")
+    fsr = score.pop("format_success_rate")
+    accuracy = score.pop("accuracy")
+    n, n_ok = len(preds), int(sum(correct))
+    keys = task_metrics.METRICS_BLOCK_KEYS[task.type.value]
+    ci = stats.bootstrap_ci(task.type.value, preds, golds, cfg["bootstrap_samples"], cfg["seed"])
+    n_gen = sum(g.generated_tokens for g in gens)
+    return {
+        "type": task.type.value, "total_samples": n, "format_success_rate": fsr if n else 0.0, "correct": n_ok,
+        "incorrect": n - n_ok, "accuracy": accuracy if n else 0.0,
+        "metrics": {"task": task.title, **{k: score[k] for k in keys if k in score}, "ci95": ci,
+                    "ci95_method": f"percentile bootstrap, {cfg['bootstrap_samples']} resamples, seed {cfg['seed']}"},
+        "latency_seconds": describe([g.latency_s for g in gens], 4),
+        "tokens_generated": describe([g.generated_tokens for g in gens], 2),
+        "prompt_tokens": describe([g.prompt_tokens for g in gens], 2, per_prompt=False),
+        "stop_reasons": {r: sum(g.stop == r for g in gens) for r in ("boxed", "eos", "length")},
+        "throughput": {"samples_per_s": round(n / max(task_s, 1e-9), 4), "tokens_per_s": round(n_gen / max(task_s, 1e-9), 2),
+                       "wall_time_s": round(task_s, 3)},
+        "_correct": correct,
+    }
 
 
-def _eos_ids(model) -> list[int]:
-    eos = model.generation_config.eos_token_id
-    return [eos] if isinstance(eos, int) else list(eos or [])
+def task_job_metrics(task_name: str, block: dict[str, Any]) -> dict[str, float]:
+    """The flat numbers a job record carries (``<task>__<metric>``), for watchers and flows."""
+    out = {f"{task_name}__accuracy": block["accuracy"], f"{task_name}__format_success_rate": block["format_success_rate"],
+           f"{task_name}__latency_mean_s": block["latency_seconds"]["mean"],
+           f"{task_name}__samples_per_s": block["throughput"]["samples_per_s"]}
+    out |= {f"{task_name}__{k}": float(v) for k, v in block["metrics"].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "support"}
+    return out
 
 
-def describe(values: list[float], digits: int) -> dict[str, Any]:
-    """The study's per-task statistics block (per_prompt, sum, mean, median, mode, std) plus p90."""
+def summarize(datasets_out: dict, pred_rows: list[dict], quantization: dict, memory: dict, wall_s: float) -> dict:
+    n = len(pred_rows)
+    n_ok = sum(d["correct"] for d in datasets_out.values())
+    gen_s = sum(d["throughput"]["wall_time_s"] for d in datasets_out.values())
+    n_gen = sum(r["generated_tokens"] for r in pred_rows)
+    return {
+        "num_datasets": len(datasets_out), "total_samples": n, "total_correct": n_ok, "total_incorrect": n - n_ok,
+        "overall_accuracy": round(100.0 * n_ok / n, 2) if n else 0.0,
+        "latency_seconds": describe([r["latency_s"] for r in pred_rows], 4),
+        "tokens_generated": describe([r["generated_tokens"] for r in pred_rows], 2),
+        "quantization": quantization,
+        "peak_vram_reserved_gb": memory["peak_vram_reserved_gb"],
+        "peak_vram_allocated_gb": memory["peak_vram_allocated_gb"], "peak_rss_gb": memory["peak_rss_gb"],
+        "throughput": {"tokens_per_s": round(n_gen / max(gen_s, 1e-9), 2), "samples_per_s": round(n / max(gen_s, 1e-9), 4),
+                       "generation_s": round(gen_s, 3), "wall_time_s": round(wall_s, 3)},
+    }
+
+
+def describe(values: list[float], digits: int, per_prompt: bool = True) -> dict[str, Any]:
+    """The study's statistics block (per_prompt, sum, mean, median, mode, std) plus p90."""
+    ints = all(isinstance(v, int) for v in values)  # token counts stay integers, as in the study
+    r = (lambda x: int(x) if ints and float(x).is_integer() else round(float(x), digits))  # noqa: E731
     if not values:
-        return {"per_prompt": [], "sum": 0, "mean": 0, "median": 0, "mode": 0, "std": 0, "p90": 0}
-    r = lambda x: round(float(x), digits)  # noqa: E731
-    return {"per_prompt": [r(v) for v in values], "sum": r(sum(values)), "mean": r(np.mean(values)),
-            "median": r(np.median(values)), "mode": r(statistics.mode([r(v) for v in values])),
-            "std": r(np.std(values)), "p90": r(np.percentile(values, 90))}
+        out = {"sum": 0, "mean": 0, "median": 0, "mode": 0, "std": 0, "p90": 0}
+    else:
+        out = {"sum": r(sum(values)), "mean": round(float(np.mean(values)), digits),
+               "median": round(float(np.median(values)), digits),
+               "mode": r(statistics.mode([r(v) for v in values])), "std": r(np.std(values)),
+               "p90": r(np.percentile(values, 90))}
+    return ({"per_prompt": [r(v) for v in values]} if per_prompt else {}) | out
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+    out = modeling.library_versions()
+    for pkg in ("compressed-tensors", "numpy", "pandas"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _cpu_threads() -> None:
+    """FTLAB_CPU_THREADS caps torch's CPU threads: on a small shared CPU, one thread decodes a small
+    model many times faster than two spinning OpenMP threads (see docs/BENCHMARKS.md)."""
+    if os.environ.get("FTLAB_CPU_THREADS"):
+        torch.set_num_threads(int(os.environ["FTLAB_CPU_THREADS"]))

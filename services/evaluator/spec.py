@@ -19,6 +19,7 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     batch_size = in_range(p, spec, "batch_size", 8, 1, 512)
     max_new = in_range(p, spec, "max_new_tokens", 1000, 1, 32768)
     seed = in_range(p, spec, "seed", 0, 0, 2**31 - 1)
+    n_boot = in_range(p, spec, "bootstrap_samples", 1000, 100, 100_000)
     p.require(bool(spec.get("tasks")), "tasks: at least one task is required")
     tasks = []
     for i, t in enumerate(spec.get("tasks", [])):
@@ -45,13 +46,20 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         tasks.append({"task": task.name, "dataset": dataset, "split": split, "limit": limit})
     names = [t["task"] for t in tasks]
     p.require(len(names) == len(set(names)), f"tasks: each task at most once (got {names})")
-    if model and not p.invalid and artifacts.read_manifest(store, "models", model) is None:
-        p.not_found(f"model: {model!r} not found in the models bucket")
+    if model and not p.invalid:
+        manifest = artifacts.read_manifest(store, "models", model)
+        if manifest is None:
+            p.not_found(f"model: {model!r} not found in the models bucket")
+        elif manifest.get("merged") is False and manifest.get("adapter_path"):  # adapter-only: needs its base
+            base = manifest.get("base_model") or next(iter(manifest.get("parents") or []), None)
+            if not base or artifacts.read_manifest(store, "models", base) is None:
+                p.not_found(f"model: {model!r} is an adapter whose base model {base!r} is not in the models bucket")
     eval_id = spec.get("eval_id", "")
     if eval_id:
         p.add(check_name("eval_id", eval_id))
     p.raise_if_any()
-    cfg = {"model": model, "tasks": tasks, "batch_size": batch_size, "max_new_tokens": max_new, "seed": seed}
+    cfg = {"model": model, "tasks": tasks, "batch_size": batch_size, "max_new_tokens": max_new, "seed": seed,
+           "bootstrap_samples": n_boot}
     cfg["eval_id"] = eval_id or "eval-" + spec_hash(cfg)
     if artifacts.read_manifest(store, "evaluations", f"{model}/{cfg['eval_id']}") is not None:
         raise PreconditionError(f"evaluation {model}/{cfg['eval_id']} already exists")

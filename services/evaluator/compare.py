@@ -1,0 +1,91 @@
+"""``ftlab compare EVAL_A EVAL_B``: two evaluations paired on the items they share.
+
+An EVAL is ``model/eval_id`` or ``s3://evaluations/model/eval_id/``. Per shared task: every headline
+metric of A and B recomputed on the shared items, the difference B - A with a paired-bootstrap 95%
+CI, and for accuracy-type metrics the exact McNemar p-value. Torch-free (CLI side).
+"""
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pandas as pd
+
+from services.common import artifacts
+from services.common.errors import NotFoundError, ValidationError
+from services.common.storage import ObjectStore, parse_uri
+from services.evaluator import stats
+
+BUCKET = "evaluations"
+
+
+def eval_prefix(ref: str) -> str:
+    if ref.startswith("s3://"):
+        bucket, key = parse_uri(ref)
+        if bucket != BUCKET:
+            raise ValidationError(f"{ref}: an evaluation lives in s3://{BUCKET}/, not s3://{bucket}/")
+        ref = key
+    ref = ref.strip("/")
+    if ref.count("/") != 1 or not all(ref.split("/")):
+        raise ValidationError(f"{ref!r}: expected MODEL/EVAL_ID or s3://{BUCKET}/MODEL/EVAL_ID/")
+    return ref
+
+
+def load_eval(store: ObjectStore, ref: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    prefix = eval_prefix(ref)
+    if artifacts.read_manifest(store, BUCKET, prefix) is None:
+        raise NotFoundError(f"evaluation s3://{BUCKET}/{prefix}/ not found (no manifest.json)")
+    metrics = json.loads(store.get_bytes(BUCKET, prefix + "/metrics.json"))
+    preds = pd.read_parquet(io.BytesIO(store.get_bytes(BUCKET, prefix + "/predictions.parquet")))
+    return metrics, preds
+
+
+def _nullable(values) -> list:
+    return [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in values]
+
+
+def compare(store: ObjectStore, ref_a: str, ref_b: str, n_resamples: int = stats.DEFAULT_RESAMPLES,
+            seed: int = 0) -> dict[str, Any]:
+    (ma, pa), (mb, pb) = load_eval(store, ref_a), load_eval(store, ref_b)
+    out: dict[str, Any] = {"a": eval_prefix(ref_a), "b": eval_prefix(ref_b), "resamples": n_resamples,
+                           "seed": seed, "tasks": {}}
+    shared = [t for t in ma["datasets"] if t in mb["datasets"]]
+    if not shared:
+        raise ValidationError(f"{out['a']} and {out['b']} share no task ({list(ma['datasets'])} vs {list(mb['datasets'])})")
+    for task in shared:
+        ttype = ma["datasets"][task]["type"]
+        a, b = pa[pa.task == task], pb[pb.task == task]
+        joined = a.merge(b, on="id", suffixes=("_a", "_b"))
+        entry: dict[str, Any] = {"type": ttype, "items_a": len(a), "items_b": len(b), "shared_items": len(joined)}
+        if len(joined):
+            golds_a, golds_b = _nullable(joined.gold_a), _nullable(joined.gold_b)
+            entry["gold_mismatches"] = sum(x != y for x, y in zip(golds_a, golds_b))
+            entry["prompt_mismatches"] = int((joined.prompt_sha256_a != joined.prompt_sha256_b).sum())
+            entry["metrics"] = stats.paired(ttype, _nullable(joined.parsed_a), _nullable(joined.parsed_b), golds_a,
+                                            n_resamples, seed)
+        out["tasks"][task] = entry
+    return out
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"A = {result['a']}", f"B = {result['b']}",
+             f"B - A on shared items; 95% paired-bootstrap CI ({result['resamples']} resamples, seed {result['seed']}); "
+             "McNemar exact p for per-item right/wrong metrics"]
+    head = f"{'task':20s} {'metric':20s} {'A':>9s} {'B':>9s} {'B-A':>9s} {'95% CI':>21s} {'McNemar p':>10s}"
+    for task, e in result["tasks"].items():
+        lines += ["", f"{task} ({e['type']}): {e['shared_items']} shared items (A {e['items_a']}, B {e['items_b']})"]
+        if e.get("gold_mismatches"):
+            lines.append(f"  warning: {e['gold_mismatches']} shared ids have different golds")
+        if e.get("prompt_mismatches"):
+            lines.append(f"  note: {e['prompt_mismatches']} shared ids were prompted differently")
+        lines.append(head)
+        for m, r in e.get("metrics", {}).items():
+            ci = "n/a" if r["ci95"] is None else f"[{r['ci95'][0]:.4g}, {r['ci95'][1]:.4g}]"
+            p = f"{r['mcnemar_p']:.4g}" if "mcnemar_p" in r else ""
+            lines.append(f"{task[:20]:20s} {m:20s} {_f(r['a']):>9s} {_f(r['b']):>9s} {_f(r['diff']):>9s} {ci:>21s} {p:>10s}")
+    return "\n".join(lines)
+
+
+def _f(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
