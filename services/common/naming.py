@@ -20,7 +20,12 @@ class QuantMethod(str, enum.Enum):
     NO_QUANT = "NoQuant"
     QLORA = "QLORA"        # 4-bit NF4 base, double quant, bf16 compute, lm_head bf16
     INT8 = "INT8"          # bitsandbytes LLM.int8 (post-training here)
-    BNB4BIT = "BNB4BIT"    # bitsandbytes 4-bit (post-training)
+    BNB4BIT = "BNB4BIT"    # bitsandbytes 4-bit NF4 (post-training; the study's default 4-bit)
+    BNB4BIT_FP4 = "BNB4BIT_FP4"      # bitsandbytes 4-bit FP4
+    W8A8_SQ_GPTQ = "W8A8_SQ_GPTQ"    # SmoothQuant + GPTQ int8 weights, int8 dynamic activations (llm-compressor)
+    W8A8_SQ_RTN = "W8A8_SQ_RTN"      # SmoothQuant + round-to-nearest int8 W8A8 (llm-compressor)
+    W4A16_GPTQ = "W4A16_GPTQ"        # GPTQ int4 grouped weights, 16-bit activations (llm-compressor)
+    W4A16_RTN = "W4A16_RTN"          # round-to-nearest int4 grouped weights (llm-compressor)
 
 
 QUANT_TAGS = {
@@ -28,6 +33,11 @@ QUANT_TAGS = {
     QuantMethod.QLORA: "QLORA_w4_headbf16",
     QuantMethod.INT8: "Int8_BnB",
     QuantMethod.BNB4BIT: "4bit_BnB",
+    QuantMethod.BNB4BIT_FP4: "4bit_FP4_BnB",
+    QuantMethod.W8A8_SQ_GPTQ: "W8A8_SQ_GPTQ",
+    QuantMethod.W8A8_SQ_RTN: "W8A8_SQ_RTN",
+    QuantMethod.W4A16_GPTQ: "W4A16_GPTQ",
+    QuantMethod.W4A16_RTN: "W4A16_RTN",
 }
 
 # PEFT method -> the study's name fragment ("LoRa256", "DoRa256", "VeRa512", "NoPeft").
@@ -56,8 +66,9 @@ def trained_model_name(base_model: str, dataset: str, peft: str, r: int | None, 
     return f"{base_stem(base_model)}-{dataset}_SFT_{peft_part}_{tag_quant(quant)}"
 
 
-def quantized_model_name(source_model: str, quant: QuantMethod) -> str:
-    tag = tag_quant(quant)
+def quantized_model_name(source_model: str, quant: QuantMethod, variant: str = "") -> str:
+    """``variant`` names non-default options after the tag (``W4A16_GPTQ_g32``, ``4bit_BnB_noDQ``)."""
+    tag = tag_quant(quant) + (f"_{variant}" if variant else "")
     suffix = "_" + tag_quant(QuantMethod.NO_QUANT)
     if source_model.endswith(suffix):
         return source_model[: -len(suffix)] + "_" + tag

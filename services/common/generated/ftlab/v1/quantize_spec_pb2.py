@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66tlab/v1/quantize_spec.proto\x12\x08\x66tlab.v1\"\x81\x01\n\x0cQuantizeSpec\x12\x14\n\x0csource_model\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x13\n\x0boutput_name\x18\x03 \x01(\t\x12\x1f\n\x12llm_int8_threshold\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x15\n\x13_llm_int8_thresholdb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66tlab/v1/quantize_spec.proto\x12\x08\x66tlab.v1\"\xe7\x03\n\x0cQuantizeSpec\x12\x14\n\x0csource_model\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x13\n\x0boutput_name\x18\x03 \x01(\t\x12\x1f\n\x12llm_int8_threshold\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cweights_bits\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x13\x62nb_4bit_quant_type\x18\x06 \x01(\t\x12\x19\n\x0c\x64ouble_quant\x18\x07 \x01(\x08H\x02\x88\x01\x01\x12\x15\n\rcompute_dtype\x18\x08 \x01(\t\x12\x11\n\talgorithm\x18\t \x01(\t\x12\x1f\n\x12smoothing_strength\x18\n \x01(\x01H\x03\x88\x01\x01\x12\x17\n\ngroup_size\x18\x0b \x01(\x05H\x04\x88\x01\x01\x12\x0f\n\x07\x64\x61taset\x18\x0c \x01(\t\x12.\n\x0b\x63\x61libration\x18\r \x01(\x0b\x32\x19.ftlab.v1.CalibrationSpec\x12$\n\x06report\x18\x0e \x01(\x0b\x32\x14.ftlab.v1.ReportSpecB\x15\n\x13_llm_int8_thresholdB\x0f\n\r_weights_bitsB\x0f\n\r_double_quantB\x15\n\x13_smoothing_strengthB\r\n\x0b_group_size\"\x96\x01\n\x0f\x43\x61librationSpec\x12\r\n\x05split\x18\x01 \x01(\t\x12\x18\n\x0bnum_samples\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0emax_seq_length\x18\x04 \x01(\x05H\x02\x88\x01\x01\x42\x0e\n\x0c_num_samplesB\x07\n\x05_seedB\x11\n\x0f_max_seq_length\"u\n\nReportSpec\x12\r\n\x05split\x18\x01 \x01(\t\x12\x18\n\x0bnum_prompts\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0emax_seq_length\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x0e\n\x0c_num_promptsB\x11\n\x0f_max_seq_lengthb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ftlab.v1.quantize_spec_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_QUANTIZESPEC']._serialized_start=43
-  _globals['_QUANTIZESPEC']._serialized_end=172
+  _globals['_QUANTIZESPEC']._serialized_end=530
+  _globals['_CALIBRATIONSPEC']._serialized_start=533
+  _globals['_CALIBRATIONSPEC']._serialized_end=683
+  _globals['_REPORTSPEC']._serialized_start=685
+  _globals['_REPORTSPEC']._serialized_end=802
 # @@protoc_insertion_point(module_scope)

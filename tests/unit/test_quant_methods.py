@@ -1,0 +1,65 @@
+"""The quantizer's method registry, naming and report measurements, without services."""
+from __future__ import annotations
+
+import pytest
+
+from services.common.naming import QUANT_TAGS, QuantMethod, quantized_model_name
+from services.quantizer.methods import METHOD_OPTIONS, METHODS, REGISTRY
+from services.quantizer.spec import linear_in_features
+
+
+def test_registry_is_consistent():
+    assert list(METHODS) == ["bnb_int8", "bnb_4bit", "smoothquant_w8a8", "w4a16"]
+    assert all(isinstance(q, QuantMethod) for q in METHODS.values())
+    for m in REGISTRY.values():
+        assert set(m.defaults) == set(m.options), m.name  # every option has its default
+        assert m.options <= METHOD_OPTIONS and m.weights_bits
+        assert all(q in QUANT_TAGS for q in m.quant_methods.values())
+        assert m.calibrated <= set(m.algorithms)
+    assert all(q in QUANT_TAGS for q in QuantMethod)  # every QuantMethod has its tag
+
+
+@pytest.mark.parametrize("source,method,variant,expected", [
+    ("Qwen3-4B-base", QuantMethod.INT8, "", "Qwen3-4B-base_Int8_BnB"),  # the study's names
+    ("Qwen3-4B-base", QuantMethod.BNB4BIT, "", "Qwen3-4B-base_4bit_BnB"),
+    ("Qwen3-4B-openmath_SFT_NoPeft_NoQuant", QuantMethod.INT8, "", "Qwen3-4B-openmath_SFT_NoPeft_Int8_BnB"),
+    ("Qwen3-8B-base", QuantMethod.W4A16_GPTQ, "g64", "Qwen3-8B-base_W4A16_GPTQ_g64"),
+    ("Qwen3-8B-base", QuantMethod.W8A8_SQ_RTN, "a0.5", "Qwen3-8B-base_W8A8_SQ_RTN_a0.5"),
+])
+def test_quantized_names(source, method, variant, expected):
+    assert quantized_model_name(source, method, variant) == expected
+
+
+def test_default_output_names_follow_the_options():
+    from services.quantizer.spec import default_output_name
+    assert default_output_name({"source_model": "Qwen3-4B-base", "method": "bnb_4bit"}) == "Qwen3-4B-base_4bit_BnB"
+    assert default_output_name({"source_model": "M", "method": "bnb_4bit", "bnb_4bit_quant_type": "fp4",
+                                "double_quant": False}) == "M_4bit_FP4_BnB_noDQ"
+    assert default_output_name({"source_model": "M", "method": "w4a16", "algorithm": "rtn",
+                                "group_size": 32}) == "M_W4A16_RTN_g32"
+    assert default_output_name({"source_model": "M", "method": "smoothquant_w8a8"}) == "M_W8A8_SQ_GPTQ"
+
+
+def test_layer_widths_from_a_qwen3_config():
+    cfg = {"hidden_size": 4096, "intermediate_size": 12288, "num_attention_heads": 32, "head_dim": 128,
+           "num_hidden_layers": 36}
+    widths = linear_in_features(cfg)
+    assert widths["self_attn.o_proj"] == 4096 and widths["mlp.down_proj"] == 12288
+    assert linear_in_features({"n_embd": 8}) == {}  # unknown architecture: the recipe checks modules
+
+
+def test_effective_weight_and_quality_of_a_model_against_itself(tiny_model_dir):
+    import torch
+    from services.common import modeling
+    from services.quantizer import report
+    lin = torch.nn.Linear(8, 4, bias=True)
+    w = report.effective_weight(lin, torch.float32, torch.device("cpu"), chunk=3)
+    assert torch.allclose(w, lin.weight, atol=1e-6)
+    model = modeling.load_causal_lm(tiny_model_dir, torch.device("cpu"))
+    tok = modeling.load_tokenizer(tiny_model_dir)
+    q = report.quality(model, model, tok, ["Hello there, how are you?"], 32, torch.device("cpu"))
+    assert q["kl_mean"] == pytest.approx(0, abs=1e-6) and q["top1_agreement"] == 1 and q["ppl_delta"] == 0
+    errors = report.weight_errors(model, model, torch.float32, torch.device("cpu"))
+    assert len(errors) == 14 and all(e["rel_error"] == 0 for e in errors)
+    out = report.activation_outliers(model, tok, ["Hello there"], 32, torch.device("cpu"))
+    assert len(out) == 14 and all(o["max"] >= o["median"] for o in out)
