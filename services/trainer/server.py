@@ -16,6 +16,13 @@ class TrainerServicer(JobMethods, trainer_pb2_grpc.TrainerServiceServicer):  # J
         rec = self.runtime.submit("train", spec, lambda: resolve_train_spec(spec, self.store), request.request_id)
         return self.job_proto(rec)
 
+    def job_proto(self, rec):
+        """Every Job carries the memory estimate made at submit, from its first answer on."""
+        job = super().job_proto(rec)
+        if rec.config.get("memory_estimate_gb") and "memory_estimate_gb" not in job.metrics:
+            job.metrics["memory_estimate_gb"] = rec.config["memory_estimate_gb"]
+        return job
+
 
 SERVICE = ServiceDef(name="trainer", full_name="ftlab.v1.TrainerService", servicer=TrainerServicer,
                      add_to_server=trainer_pb2_grpc.add_TrainerServiceServicer_to_server,

@@ -1,0 +1,145 @@
+"""Trainer spec validation, the torch-free memory estimate and the Qwen3 catalogue (no torch, no
+service: the door and the arithmetic)."""
+from __future__ import annotations
+
+import pytest
+
+from services.common.errors import NotFoundError, PreconditionError, ValidationError
+from services.trainer import memory
+from services.trainer.spec import PEFT_METHODS, TRAINING_QUANT, resolve_train_spec, run_key
+from tests.conftest import TINY, snapshot
+
+BASE = {"base_model": TINY, "dataset": "arc"}
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory, tiny_model_dir):
+    from services.common import modeling
+    from services.common.data_import import import_dataset
+    from services.common.storage import LocalStore
+    from tests.conftest import SEED_DATA
+    s = LocalStore(tmp_path_factory.mktemp("spec-store"))
+    s.ensure_buckets()
+    modeling.commit_base_model(s, TINY, tiny_model_dir, {"source": "tiny-random-qwen3"})
+    import_dataset(s, "arc", "seed", SEED_DATA)
+    return s
+
+
+def test_registries_name_the_studys_configurations():
+    assert set(PEFT_METHODS) == {"lora", "dora", "vera", "none"}
+    assert {k: v.value for k, v in TRAINING_QUANT.items()} == {"none": "NoQuant", "qlora": "QLORA", "int8": "INT8"}
+
+
+@pytest.mark.parametrize("spec,name", [
+    ({"peft_method": "lora", "lora": {"r": 256}}, "Qwen3-tiny-arc_SFT_LoRa256_NoQuant"),
+    ({"peft_method": "dora", "lora": {"r": 16}, "training_quant": "qlora"}, "Qwen3-tiny-arc_SFT_DoRa16_QLORA_w4_headbf16"),
+    ({"peft_method": "vera", "lora": {"r": 512}}, "Qwen3-tiny-arc_SFT_VeRa512_NoQuant"),
+    ({"peft_method": "none"}, "Qwen3-tiny-arc_SFT_NoPeft_NoQuant"),
+    ({"peft_method": "lora", "training_quant": "int8"}, "Qwen3-tiny-arc_SFT_LoRa8_Int8_BnB"),
+])
+def test_names_follow_the_study(tiny_store, spec, name):
+    cfg = resolve_train_spec({**BASE, **spec}, tiny_store)
+    assert cfg["output_name"] == name
+    assert cfg["checkpoint_prefix"].startswith(f"checkpoints/trainer/{name}-")
+    assert cfg["memory_estimate_gb"] > 0 and cfg["memory_estimate"]["total_gb"] == cfg["memory_estimate_gb"]
+
+
+def test_every_problem_is_named_and_nothing_written(tiny_store):
+    before = snapshot(tiny_store)
+    with pytest.raises(ValidationError) as exc:
+        resolve_train_spec({**BASE, "peft_method": "lorax", "training_quant": "int3", "optimizer": "lion",
+                            "lora": {"r": 0, "alpha": 0, "target_modules": [" "]}, "per_device_batch_size": 0,
+                            "warmup_ratio": 2.0, "resume": "sometimes", "world_size": 0}, tiny_store)
+    msg = str(exc.value)
+    for fragment in ("peft_method: unknown 'lorax'", "known: lora, dora, vera, none", "training_quant: unknown 'int3'",
+                     "optimizer: unknown 'lion'", "per_device_batch_size", "warmup_ratio", "resume: unknown",
+                     "world_size", "lora.r: 0", "lora.alpha: 0", "lora.target_modules"):
+        assert fragment in msg, fragment
+    with pytest.raises(ValidationError) as exc:
+        resolve_train_spec({**BASE, "lora": {"r": -1, "alpha": -2, "target_modules": [""]}}, tiny_store)
+    for fragment in ("lora.r: -1", "lora.alpha: -2", "lora.target_modules"):
+        assert fragment in str(exc.value)
+    with pytest.raises(ValidationError, match="VeRA has no alpha"):
+        resolve_train_spec({**BASE, "peft_method": "vera", "lora": {"alpha": 8}}, tiny_store)
+    with pytest.raises(ValidationError, match="peft_method is 'none'"):
+        resolve_train_spec({**BASE, "peft_method": "none", "lora": {"r": 8}}, tiny_store)
+    with pytest.raises(ValidationError, match="packing already removes padding"):
+        resolve_train_spec({**BASE, "group_by_length": True}, tiny_store)
+    with pytest.raises(NotFoundError) as exc:
+        resolve_train_spec({"base_model": "Qwen3-none-base", "dataset": "squad"}, tiny_store)
+    assert "Qwen3-none-base" in str(exc.value) and "'squad' not found" in str(exc.value)
+    assert snapshot(tiny_store) == before
+
+
+def test_dataset_without_the_tasks_columns_is_invalid(tiny_store):
+    import json
+    m = json.loads(tiny_store.get_bytes("datasets", "arc/manifest.json"))
+    m["splits"]["train"]["columns"] = ["id", "question"]
+    tiny_store.put_bytes("datasets", "broken/manifest.json", json.dumps(m).encode())
+    try:
+        with pytest.raises(ValidationError, match=r"lacks the ai2_arc columns \['answer'\]"):
+            resolve_train_spec({"base_model": TINY, "dataset": "broken", "task": "arc"}, tiny_store)
+    finally:
+        tiny_store.delete("datasets", "broken/manifest.json")
+
+
+def test_nonsense_combinations_are_failed_preconditions(tiny_store, monkeypatch):
+    with pytest.raises(PreconditionError, match="full fine-tuning cannot update bitsandbytes-quantized"):
+        resolve_train_spec({**BASE, "peft_method": "none", "training_quant": "qlora"}, tiny_store)
+    monkeypatch.setenv("FTLAB_DEVICE", "cpu")
+    with pytest.raises(PreconditionError, match="needs a CUDA GPU"):
+        resolve_train_spec({**BASE, "optimizer": "adamw_8bit"}, tiny_store)
+    monkeypatch.setenv("FTLAB_DEVICE", "cuda")
+    assert resolve_train_spec({**BASE, "optimizer": "adamw_8bit"}, tiny_store)["optimizer"] == "adamw_8bit"
+
+
+def test_over_the_device_budget_is_refused_with_the_estimate(tiny_store, monkeypatch):
+    monkeypatch.setenv("FTLAB_DEVICE_MEMORY_GB", "0.5")
+    with pytest.raises(PreconditionError) as exc:
+        resolve_train_spec(BASE, tiny_store)
+    assert "estimated training memory" in str(exc.value) and "FTLAB_DEVICE_MEMORY_GB=0.5" in str(exc.value)
+    monkeypatch.setenv("FTLAB_DEVICE_MEMORY_GB", "64")
+    assert resolve_train_spec(BASE, tiny_store)["memory_estimate_gb"] < 64
+
+
+def test_run_key_names_the_settings_not_the_bookkeeping(tiny_store):
+    a = resolve_train_spec(BASE, tiny_store)
+    assert run_key(a) == run_key({**a, "save_steps": 7, "resume": "never"})
+    assert run_key(a) != run_key({**a, "learning_rate": 1e-3})
+
+
+def test_catalogue_and_storage_configs():
+    c8 = memory.model_config_for("Qwen3-8B-base")
+    assert c8["hidden_size"] == 4096 and c8["num_hidden_layers"] == 36 and not c8["tie_word_embeddings"]
+    assert memory.model_config_for("Qwen3-0.6B")["hidden_size"] == 1024
+    assert memory.model_config_for("Qwen3-1.7B-base")["intermediate_size"] == 6144
+    with pytest.raises(NotFoundError, match="known sizes"):
+        memory.model_config_for("Llama-70B-base")
+
+
+def test_catalogue_prefers_the_models_own_config(tiny_store):
+    assert memory.model_config_for(TINY, tiny_store)["hidden_size"] == 64
+
+
+def test_estimate_counts_the_known_parameter_totals_and_orders_the_methods():
+    est = lambda mc, **c: memory.estimate_training_memory(mc, {"per_device_batch_size": 1, "max_seq_length": 512, **c})
+    c8, c06 = memory.model_config_for("Qwen3-8B"), memory.model_config_for("Qwen3-0.6B")
+    full8 = est(c8, peft_method="none")
+    assert 8.1e9 < full8["trainable_params"] < 8.3e9          # Qwen3-8B: 8.2B parameters
+    assert 0.55e9 < est(c06, peft_method="none")["total_params"] < 0.65e9  # 0.6B (tied embeddings)
+    lora, qlora = est(c8, lora={"r": 256}), est(c8, lora={"r": 256}, training_quant="qlora")
+    assert qlora["weights_gb"] < 0.4 * lora["weights_gb"] and qlora["total_gb"] < lora["total_gb"] < full8["total_gb"]
+    assert est(c8, lora={"r": 256}, peft_method="dora")["trainable_params"] > lora["trainable_params"]
+    assert est(c8, lora={"r": 256}, peft_method="vera")["trainable_params"] < lora["trainable_params"] / 100
+    assert est(c8, gradient_checkpointing=True)["activations_gb"] < est(c8)["activations_gb"] / 5
+    assert est(c8, peft_method="none", optimizer="adamw_8bit")["optimizer_gb"] < full8["optimizer_gb"] / 1.9
+
+
+def test_trainer_door_imports_without_torch():
+    import subprocess
+    import sys
+    code = ("import sys\nfor m in ('torch', 'transformers', 'peft', 'bitsandbytes'):\n    sys.modules[m] = None\n"
+            "import services.trainer.spec, services.trainer.memory, services.trainer.checkpoints, "
+            "services.trainer.server\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
