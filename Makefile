@@ -30,7 +30,7 @@ proto: $(BIN)/.installed
 	$(BIN)/python scripts/gen_proto.py
 
 bench: $(BIN)/.installed
-	$(BIN)/python -m bench.run_all
+	$(BIN)/python -m bench.run_all $(BENCH)
 
 clean:
 	-$(BIN)/ftlab down

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EVENT = "FTLAB_EVENT "
+EVENT = "@ftlab-event "  # marks the rank-0 event lines on stdout
 
 
 def _die_with_parent() -> None:
