@@ -1,10 +1,9 @@
 """Aggregation: one row per evaluated model, the study's columns first (exact names and units),
-then ours. Reads evaluations and training metadata from storage alone."""
+then ours. Reads evaluations, model manifests and training metadata from storage alone."""
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -20,10 +19,14 @@ STUDY_COLUMNS = [
     "OpenMathInstruct-2__avg_abs_diff", "OpenMathInstruct-2__latency_mean_s", "squad_v2__F1",
     "squad_v2__latency_mean_s",
 ]
-# Per task: the headline metric of the study and ours (key in metrics.json's datasets.<task>.metrics).
+# Per task: the study's headline metric (key in metrics.json's datasets.<task>.metrics) and
+# whether higher is better. The study's scales: macro-F1 in [0, 1], SQuAD F1 in [0, 100].
+HEADLINE = {"ai2_arc": ("macro_f1", True), "squad_v2": ("F1", True), "OpenMathInstruct-2": ("avg_abs_diff", False)}
+# Our extra per-task metrics, when the evaluator reports them.
 TASK_EXTRA = {"ai2_arc": ["accuracy"], "squad_v2": ["EM", "accuracy"], "OpenMathInstruct-2": ["accuracy", "median_abs_diff"]}
 OUR_COLUMNS = ["train_peak_rss_gb", "eval_peak_rss_gb", "eval_tokens_per_s", "eval_samples_per_s",
-               "method", "rank", "quant_tag", "parent_model", "eval_id"]
+               "train_time_s", "train_tokens_per_s", "model_size_gb", "method", "rank", "training_quant",
+               "ptq_method", "quant_tag", "parent_model", "base_model", "train_dataset", "eval_id"]
 
 
 def _json(store: ObjectStore, bucket: str, key: str) -> dict[str, Any] | None:
@@ -33,9 +36,37 @@ def _json(store: ObjectStore, bucket: str, key: str) -> dict[str, Any] | None:
         return None
 
 
+def model_facts(store: ObjectStore, model: str) -> dict[str, Any]:
+    """What a model's manifest (and its source's, for a quantized one) says about how it was made:
+    PEFT method, rank, training-time and post-training quantization, parent, size on disk."""
+    manifest = artifacts.read_manifest(store, "models", model) or {}
+    kind = manifest.get("kind", "base")
+    spec = manifest.get("spec", {})
+    facts: dict[str, Any] = {
+        "model_size_gb": round(sum(f.get("size", 0) for f in manifest["files"]) / 1e9, 6) if manifest.get("files") else None,
+        "quant_tag": manifest.get("quantization", {}).get("quant_tag", "NoQuant"),
+        "parent_model": ",".join(manifest.get("parents", [])), "ptq_method": None,
+        "method": "base", "rank": None, "training_quant": None, "base_model": model, "train_dataset": None,
+    }
+    source = manifest
+    if kind == "quantized":
+        facts["ptq_method"] = spec.get("method")
+        parent = manifest.get("parents", [None])[0]
+        source = (artifacts.read_manifest(store, "models", parent) or {}) if parent else {}
+    src_spec = source.get("spec", {})
+    if source.get("kind") == "trained":
+        peft = src_spec.get("peft_method", "lora")
+        facts |= {"method": "full" if peft == "none" else peft,
+                  "rank": None if peft == "none" else (src_spec.get("lora") or {}).get("r"),
+                  "training_quant": src_spec.get("training_quant", "none"),
+                  "base_model": source.get("base_model"), "train_dataset": source.get("dataset")}
+    elif kind == "quantized" and source:
+        facts["base_model"] = manifest.get("parents", [model])[0]
+    return facts
+
+
 def summary_row(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
     ev = artifacts.get_json(store, "evaluations", f"{model}/{eval_id}/metrics.json")
-    manifest = artifacts.read_manifest(store, "models", model) or {}
     train = _json(store, "models", f"{model}/training_metadata.json") or {}
     tmem = train.get("memory", {})
     s = ev["summary"]
@@ -48,30 +79,30 @@ def summary_row(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
     }
     for task, d in ev["datasets"].items():
         m = d["metrics"]
-        headline = {"ai2_arc": "macro_f1", "squad_v2": "F1", "OpenMathInstruct-2": "avg_abs_diff"}.get(task)
-        if headline:
-            row[f"{task}__{headline}"] = m.get(headline)
+        if task in HEADLINE and HEADLINE[task][0] in m:
+            row[f"{task}__{HEADLINE[task][0]}"] = m[HEADLINE[task][0]]
         row[f"{task}__latency_mean_s"] = d["latency_seconds"]["mean"]
         row[f"{task}__accuracy"] = d["accuracy"]
         row[f"{task}__format_success_rate"] = d["format_success_rate"]
+        row[f"{task}__samples"] = d.get("total_samples")
         for k in TASK_EXTRA.get(task, []):
             if k in m:
                 row[f"{task}__{k}"] = m[k]
-        for k, (lo, hi) in (m.get("ci95") or {}).items():
-            row[f"{task}__{k}__ci95_low"], row[f"{task}__{k}__ci95_high"] = lo, hi
-    spec = manifest.get("spec", {})
+        for k, bounds in (m.get("ci95") or {}).items():
+            if isinstance(bounds, (list, tuple)) and len(bounds) == 2:
+                row[f"{task}__{k}__ci95_low"], row[f"{task}__{k}__ci95_high"] = bounds
     row |= {"train_peak_rss_gb": tmem.get("peak_rss_gb"), "eval_peak_rss_gb": s.get("peak_rss_gb"),
             "eval_tokens_per_s": s.get("throughput", {}).get("tokens_per_s"),
             "eval_samples_per_s": s.get("throughput", {}).get("samples_per_s"),
-            "method": spec.get("peft_method") or spec.get("method") or manifest.get("kind"),
-            "rank": (spec.get("lora") or {}).get("r") if spec.get("peft_method") else None,
-            "quant_tag": manifest.get("quantization", {}).get("quant_tag", "NoQuant"),
-            "parent_model": ",".join(manifest.get("parents", [])), "eval_id": eval_id}
+            "train_time_s": train.get("train_time_s"), "train_tokens_per_s": train.get("tokens_per_s"),
+            **model_facts(store, model), "eval_id": eval_id}
     return row
 
 
 def summary_table(store: ObjectStore, evaluations: list[tuple[str, str]]) -> pd.DataFrame:
-    df = pd.DataFrame([summary_row(store, m, e) for m, e in evaluations])
+    """One row per model (its latest listed evaluation wins), the study's columns first."""
+    rows = {m: summary_row(store, m, e) for m, e in evaluations}
+    df = pd.DataFrame(list(rows.values()))
     for c in STUDY_COLUMNS:
         if c not in df.columns:
             df[c] = math.nan
@@ -79,25 +110,12 @@ def summary_table(store: ObjectStore, evaluations: list[tuple[str, str]]) -> pd.
     return df[STUDY_COLUMNS + sorted(rest) + [c for c in OUR_COLUMNS if c in df.columns]]
 
 
-def write_report(store: ObjectStore, experiment: str, run_id: str, table: pd.DataFrame,
-                 steps: list[dict[str, Any]], local_dir: str | Path) -> dict[str, Any]:
-    """metrics_summary.csv + report.md under reports/<experiment>/<run_id>/ (manifest last),
-    and the same files in ``local_dir``."""
-    out = Path(local_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "metrics_summary.csv", index=False)
-    failed = [s for s in steps if s["status"] == "failed"]
-    lines = [f"# {experiment} — run {run_id}", "", "## Summary", "",
-             table[[c for c in ["model", "ai2_arc__macro_f1", "ai2_arc__accuracy", "ai2_arc__format_success_rate",
-                                "ai2_arc__latency_mean_s", "squad_v2__F1", "OpenMathInstruct-2__avg_abs_diff"]
-                    if c in table.columns]].to_markdown(index=False) if len(table) else "(no evaluations)",
-             "", "## Steps", "", "| step | status | job | detail |", "|---|---|---|---|"]
-    lines += [f"| {s['key']} | {s['status']} | {s.get('job_id', '')} | {s.get('error', '')} |" for s in steps]
-    lines += ["", f"## Failures ({len(failed)})", ""] + [f"- `{s['key']}`: {s['error']}" for s in failed]
-    lines += ["", "## Reproduce", "", f"    ftlab run {experiment}", f"    ftlab report {experiment} --run {run_id}"]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    (out / "steps.json").write_text(json.dumps(steps, indent=2))
-    prefix = f"{experiment}/{run_id}"
-    manifest = artifacts.commit_dir(store, "reports", prefix, out, {"kind": "report", "experiment": experiment,
-                                                                    "run_id": run_id}, overwrite=True)
-    return {"uri": manifest["uri"], "local_dir": str(out.resolve())}
+def train_memory_gb(row: pd.Series) -> tuple[float | None, str]:
+    """Training peak memory of a row: CUDA reserved on a GPU run, peak RSS on a CPU run."""
+    vram = row.get("train_peak_vram_reserved_gb")
+    if isinstance(vram, (int, float)) and not math.isnan(vram) and vram > 0:
+        return float(vram), "GPU reserved"
+    rss = row.get("train_peak_rss_gb")
+    if isinstance(rss, (int, float)) and not math.isnan(rss) and rss > 0:
+        return float(rss), "CPU RSS"
+    return None, ""

@@ -1,21 +1,51 @@
 """Experiment specs (YAML): what to train, quantize and evaluate. Loading validates the whole
-file and reports every problem at once; planning expands it into the jobs of each stage."""
+file and reports every problem at once; planning expands it into the steps of each stage.
+
+A spec (see flows/experiments/*.yaml and docs/FLOWS.md)::
+
+    name: phase2
+    base_models: [Qwen3-1.7B-base]          # trained, and evaluated unless evaluate.include_base: false
+    datasets: [arc, squad, openmath]        # training datasets
+    data: {source: seed, path: ../shared/datasets/seed}   # where missing datasets are imported from
+    defaults: {num_train_epochs: 1, ...}    # TrainSpec fields under every training configuration
+    train:                                  # configurations; a list value expands into a matrix
+      - {peft_method: [lora, dora], lora: {r: 256}}
+      - {peft_method: vera, lora: {r: [512, 1024]}, base_models: [Qwen3-1.7B-base]}
+    exclude: [{peft_method: dora, dataset: squad}]   # rules on the expanded jobs (include: too)
+    quantize:                               # post-training quantization of chosen models
+      - {methods: [bnb_int8], sources: [base, trained], where: {base_model: Qwen3-1.7B-base}}
+    evaluate: {tasks: [{task: ai2_arc, limit: 200}], models: [Qwen3-8B-base], batch_size: 8}
+
+Model names follow the study (services/common/naming.py); request ids are derived from the
+experiment and each step's spec hash, so a rerun resubmits the same requests."""
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from google.protobuf import json_format
 
 from services.common.errors import NotFoundError, ValidationError
+from services.common.generated.ftlab.v1 import evaluate_spec_pb2, quantize_spec_pb2, train_spec_pb2
 from services.common.jobs import spec_hash
-from services.common.naming import QuantMethod, check_name, quantized_model_name, trained_model_name
+from services.common.naming import check_name, quantized_model_name, trained_model_name
+from services.common.tasks import get_task
+from services.quantizer.spec import METHODS as QUANT_METHODS
+from services.trainer.spec import PEFT_METHODS, TRAINING_QUANT
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
-TOP_KEYS = {"name", "description", "base_models", "datasets", "train", "quantize", "evaluate", "timeouts_s"}
-QUANT_METHODS = {"bnb_int8": QuantMethod.INT8}  # must match services/quantizer/spec.py METHODS
+TOP_KEYS = {"name", "description", "base_models", "datasets", "data", "defaults", "train", "include", "exclude",
+            "quantize", "evaluate", "timeouts_s"}
+TRAIN_ONLY_KEYS = {"base_models", "datasets"}  # per-configuration restrictions, not TrainSpec fields
+QUANT_KEYS = {"methods", "sources", "where", "options"}
+QUANT_SOURCES = ("trained", "base")
+EVAL_KEYS = {"tasks", "include_base", "models", "limit", "batch_size", "max_new_tokens", "seed"}
+DATA_SOURCES = ("seed", "hf", "hub")
+STAGE_TIMEOUTS = {"train": 24 * 3600.0, "quantize": 4 * 3600.0, "evaluate": 12 * 3600.0}
 
 
 @dataclass
@@ -24,11 +54,16 @@ class Step:
     service: str               # trainer | quantizer | evaluator
     spec: dict[str, Any]       # the proto spec as JSON
     output: str                # model name (train/quantize) or "model/eval_id" (evaluate)
-    after: list[str] = field(default_factory=list)  # outputs this step needs
+    after: list[str] = field(default_factory=list)   # models this step needs
+    labels: dict[str, Any] = field(default_factory=dict)  # what the report groups by (method, rank, ...)
 
     @property
     def key(self) -> str:
         return f"{self.stage}:{self.output}"
+
+    @property
+    def bucket(self) -> str:
+        return "evaluations" if self.stage == "evaluate" else "models"
 
     def request_id(self, experiment: str) -> str:
         """Deterministic: a rerun resubmits the same request and gets the same job back."""
@@ -42,9 +77,18 @@ class Experiment:
     raw: dict[str, Any]
     steps: list[Step]
     timeouts_s: dict[str, float]
+    datasets: list[str]                 # every dataset a step reads (training + evaluation)
+    data: dict[str, Any] | None         # {source, path}: where missing datasets are imported from
+    source: str = ""
 
     def stage(self, stage: str) -> list[Step]:
         return [s for s in self.steps if s.stage == stage]
+
+    @property
+    def inputs(self) -> list[str]:
+        """Models the plan reads but does not produce (base models, extra evaluated models)."""
+        produced = {s.output for s in self.steps}
+        return list(dict.fromkeys(d for s in self.steps for d in s.after if d not in produced))
 
 
 def resolve_path(name_or_path: str) -> Path:
@@ -55,9 +99,13 @@ def resolve_path(name_or_path: str) -> Path:
         return p
     shipped = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
     if not shipped.exists():
-        known = ", ".join(sorted(x.stem for x in EXPERIMENTS_DIR.glob("*.yaml")))
-        raise NotFoundError(f"no experiment {name_or_path!r}; shipped: {known}; or give a path to a .yaml file")
+        raise NotFoundError(f"no experiment {name_or_path!r}; shipped: {', '.join(shipped_names())}; "
+                            "or give a path to a .yaml file")
     return shipped
+
+
+def shipped_names() -> list[str]:
+    return sorted(x.stem for x in EXPERIMENTS_DIR.glob("*.yaml"))
 
 
 def load(name_or_path: str) -> Experiment:
@@ -69,12 +117,92 @@ def load(name_or_path: str) -> Experiment:
     return plan(raw, str(path))
 
 
+# ----------------------------------------------------------------------------- matrix expansion
+
+def expand(config: dict[str, Any], descriptor=train_spec_pb2.TrainSpec.DESCRIPTOR) -> list[dict[str, Any]]:
+    """Every combination of the list-valued fields: ``{lora: {r: [32, 64]}, seed: [0, 1]}`` gives 4.
+    A repeated proto field (``lora.target_modules``) is a value, not an axis, unless it is a list of
+    lists."""
+    axes: list[list[Any]] = []
+    keys: list[str] = []
+    for k, v in config.items():
+        fd = descriptor.fields_by_name.get(k) if descriptor is not None else None
+        repeated = fd is not None and fd.is_repeated
+        if isinstance(v, dict):
+            options = expand(v, fd.message_type if fd is not None and fd.message_type else None)
+        elif isinstance(v, list) and (not repeated or (v and all(isinstance(x, list) for x in v))):
+            options = list(v)
+        else:
+            options = [v]
+        keys.append(k)
+        axes.append(options)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _get(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def matches(rule: dict[str, Any], fields: dict[str, Any]) -> bool:
+    """A rule matches when every field equals its value (or one of its values, for a list).
+    Dotted keys reach into nested fields (``lora.r``)."""
+    for k, want in rule.items():
+        have = _get(fields, k)
+        if have is None or have not in (want if isinstance(want, list) else [want]):
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------- validation + plan
+
 def _list(p: list[str], raw: dict, key: str) -> list:
     v = raw.get(key, [])
+    if v is None:
+        return []
     if not isinstance(v, list):
         p.append(f"{key}: must be a list")
         return []
     return v
+
+
+def _mapping(p: list[str], value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        p.append(f"{where}: must be a mapping")
+        return {}
+    return value
+
+
+def _rules(p: list[str], raw: dict, key: str) -> list[dict]:
+    rules = _list(p, raw, key)
+    for i, r in enumerate(rules):
+        if not isinstance(r, dict) or not r:
+            p.append(f"{key}[{i}]: a rule is a non-empty mapping of field -> value(s)")
+    return [r for r in rules if isinstance(r, dict) and r]
+
+
+def _proto_problems(where: str, spec: dict, message) -> list[str]:
+    try:
+        json_format.ParseDict(spec, message(), ignore_unknown_fields=False)
+        return []
+    except json_format.ParseError as exc:
+        return [f"{where}: {exc}"]
+
+
+def _known(d: dict | list | tuple) -> str:
+    return ", ".join(d)
 
 
 def plan(raw: Any, source: str = "<spec>") -> Experiment:
@@ -84,49 +212,165 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
     p += [f"unknown key {k!r} (known: {', '.join(sorted(TOP_KEYS))})" for k in raw if k not in TOP_KEYS]
     name = raw.get("name", "")
     p += check_name("name", name) if isinstance(name, str) else ["name: must be a string"]
-    bases, datasets, trains = _list(p, raw, "base_models"), _list(p, raw, "datasets"), _list(p, raw, "train")
-    p.append("base_models: at least one") if not bases else None
+    bases, datasets = _list(p, raw, "base_models"), _list(p, raw, "datasets")
+    trains = _list(p, raw, "train")
+    if not bases and trains:
+        p.append("base_models: at least one when there is a train section")
     for i, b in enumerate(bases):
         p += check_name(f"base_models[{i}]", str(b))
     for i, d in enumerate(datasets):
         p += check_name(f"datasets[{i}]", str(d))
-    quant = raw.get("quantize") or {}
-    methods = quant.get("methods", []) if isinstance(quant, dict) else []
-    p += [f"quantize.methods: unknown {m!r}; known: {', '.join(QUANT_METHODS)}" for m in methods if m not in QUANT_METHODS]
-    ev = raw.get("evaluate") or {}
-    if not isinstance(ev, dict):
-        p.append("evaluate: must be a mapping")
-        ev = {}
-    ev_tasks = ev.get("tasks", [])
-    p.append("evaluate.tasks: at least one task") if not ev_tasks else None
-    timeouts = {"train": 3600.0, "quantize": 1800.0, "evaluate": 3600.0, **(raw.get("timeouts_s") or {})}
-    for i, t in enumerate(trains):
-        if not isinstance(t, dict):
-            p.append(f"train[{i}]: must be a mapping of TrainSpec fields")
-        elif {"base_model", "dataset"} & set(t):
-            p.append(f"train[{i}]: base_model/dataset come from base_models x datasets, not the config")
-    if p:
-        raise ValidationError([f"{source}: {x}" for x in p])
+    if trains and not datasets:
+        p.append("datasets: at least one when there is a train section")
+    defaults = _mapping(p, raw.get("defaults"), "defaults")
+    includes, excludes = _rules(p, raw, "include"), _rules(p, raw, "exclude")
 
+    data = raw.get("data")
+    if data is not None:
+        data = _mapping(p, data, "data")
+        p += [f"data: unknown key {k!r} (known: path, source)" for k in data if k not in ("source", "path")]
+        if data.get("source", "seed") not in DATA_SOURCES:
+            p.append(f"data.source: unknown {data.get('source')!r}; known: {_known(DATA_SOURCES)}")
+        if data.get("source", "seed") != "hub" and not data.get("path"):
+            p.append("data.path: required for the seed and hf sources")
+
+    timeouts = dict(STAGE_TIMEOUTS)
+    for k, v in _mapping(p, raw.get("timeouts_s"), "timeouts_s").items():
+        if k not in STAGE_TIMEOUTS:
+            p.append(f"timeouts_s: unknown stage {k!r}; known: {_known(STAGE_TIMEOUTS)}")
+        elif not isinstance(v, (int, float)) or v <= 0:
+            p.append(f"timeouts_s.{k}: {v!r} must be a number of seconds > 0")
+        else:
+            timeouts[k] = float(v)
+
+    # --- train: configurations x base models x datasets, filtered by include/exclude
     steps: list[Step] = []
-    trained: list[str] = []
-    for base, dataset, t in itertools.product(bases, datasets, trains):
-        spec = {"base_model": base, "dataset": dataset, **t}
-        peft = t.get("peft_method", "lora")
-        r = (t.get("lora") or {}).get("r", 8)
-        out = t.get("output_name") or trained_model_name(base, dataset, peft, r, QuantMethod.NO_QUANT)
-        steps.append(Step("train", "trainer", spec, out, [base]))
-        trained.append(out)
-    quantized = []
-    for src, m in itertools.product(trained, methods):
-        out = quantized_model_name(src, QUANT_METHODS[m])
-        steps.append(Step("quantize", "quantizer", {"source_model": src, "method": m}, out, [src]))
-        quantized.append(out)
-    models = (list(bases) if ev.get("include_base", True) else []) + trained + quantized
-    for model in models:
+    trained: list[Step] = []
+    for i, t in enumerate(trains):
+        where = f"train[{i}]"
+        if not isinstance(t, dict):
+            p.append(f"{where}: must be a mapping of TrainSpec fields")
+            continue
+        if {"base_model", "dataset"} & set(t):
+            p.append(f"{where}: base_model/dataset come from base_models x datasets "
+                     "(restrict with base_models: [...] / datasets: [...] in the configuration)")
+            continue
+        t_bases = t.get("base_models", bases)
+        t_datasets = t.get("datasets", datasets)
+        for key, subset, full in (("base_models", t_bases, bases), ("datasets", t_datasets, datasets)):
+            if not isinstance(subset, list) or any(x not in full for x in subset):
+                p.append(f"{where}.{key}: {subset!r} must be a list drawn from the top-level {key} {full}")
+        config = _deep_merge(defaults, {k: v for k, v in t.items() if k not in TRAIN_ONLY_KEYS})
+        combos = expand(config)
+        for combo, base, dataset in itertools.product(combos, t_bases if isinstance(t_bases, list) else [],
+                                                      t_datasets if isinstance(t_datasets, list) else []):
+            spec = {"base_model": base, "dataset": dataset, **combo}
+            if (includes and not any(matches(r, spec) for r in includes)) or any(matches(r, spec) for r in excludes):
+                continue
+            bad = _proto_problems(where, spec, train_spec_pb2.TrainSpec)
+            peft = spec.get("peft_method") or "lora"
+            tq = spec.get("training_quant") or "none"
+            if peft not in PEFT_METHODS:
+                bad.append(f"{where}.peft_method: unknown {peft!r}; known: {_known(PEFT_METHODS)}")
+            if tq not in TRAINING_QUANT:
+                bad.append(f"{where}.training_quant: unknown {tq!r}; known: {_known(TRAINING_QUANT)}")
+            if bad:
+                p += [b for b in bad if b not in p]
+                continue
+            r = None if peft == "none" else (spec.get("lora") or {}).get("r", 8)
+            out = trained_model_name(base, dataset, peft, r, TRAINING_QUANT[tq])
+            if spec.get("output_name"):
+                out = str(spec["output_name"]).replace("{name}", out)
+                p += check_name(f"{where}.output_name", out)
+            spec["output_name"] = out
+            labels = {"base_model": base, "dataset": dataset, "peft_method": peft, "rank": r, "training_quant": tq}
+            trained.append(Step("train", "trainer", spec, out, [base], labels))
+    steps += trained
+
+    # --- post-training quantization of chosen trained outputs and/or base models
+    quant = raw.get("quantize")
+    q_entries = [quant] if isinstance(quant, dict) else _list(p, raw, "quantize")
+    quantized: list[Step] = []
+    for i, q in enumerate(q_entries):
+        where = f"quantize[{i}]" if isinstance(quant, list) else "quantize"
+        if not isinstance(q, dict):
+            p.append(f"{where}: must be a mapping (methods, sources, where, options)")
+            continue
+        p += [f"{where}: unknown key {k!r} (known: {_known(sorted(QUANT_KEYS))})" for k in q if k not in QUANT_KEYS]
+        methods = q.get("methods") or []
+        if not methods:
+            p.append(f"{where}.methods: at least one")
+        p += [f"{where}.methods: unknown {m!r}; known: {_known(QUANT_METHODS)}" for m in methods
+              if m not in QUANT_METHODS]
+        sources = q.get("sources", ["trained"])
+        p += [f"{where}.sources: unknown {s!r}; known: {_known(QUANT_SOURCES)}" for s in sources
+              if s not in QUANT_SOURCES]
+        rule = _mapping(p, q.get("where"), f"{where}.where")
+        options = _mapping(p, q.get("options"), f"{where}.options")
+        candidates = [(s.output, s.labels) for s in trained] if "trained" in sources else []
+        if "base" in sources:
+            candidates += [(b, {"base_model": b}) for b in bases]
+        for src, labels in candidates:
+            if not matches(rule, labels):
+                continue
+            for m in methods:
+                if m not in QUANT_METHODS:
+                    continue
+                spec = {"source_model": src, "method": m, **options}
+                bad = _proto_problems(where, spec, quantize_spec_pb2.QuantizeSpec)
+                if bad:
+                    p += [b for b in bad if b not in p]
+                    continue
+                out = quantized_model_name(src, QUANT_METHODS[m])
+                spec["output_name"] = out
+                quantized.append(Step("quantize", "quantizer", spec, out, [src],
+                                      {**labels, "ptq_method": m, "source_model": src}))
+    steps += quantized
+
+    # --- evaluation of base models, extra models, trained and quantized outputs
+    ev = _mapping(p, raw.get("evaluate"), "evaluate")
+    p += [f"evaluate: unknown key {k!r} (known: {_known(sorted(EVAL_KEYS))})" for k in ev if k not in EVAL_KEYS]
+    ev_tasks = []
+    for i, t in enumerate(ev.get("tasks") or []):
+        item = {"task": t} if isinstance(t, str) else t
+        if not isinstance(item, dict):
+            p.append(f"evaluate.tasks[{i}]: a task name or a mapping (task, limit, dataset, split)")
+            continue
+        item = {**({"limit": ev["limit"]} if "limit" in ev else {}), **item}
+        try:
+            item["task"] = get_task(item.get("task", "")).name
+        except ValidationError as exc:
+            p.append(f"evaluate.tasks[{i}].task: {exc}")
+        ev_tasks.append(item)
+    if "evaluate" in raw and not ev_tasks:  # no evaluate section: train/quantize only
+        p.append("evaluate.tasks: at least one task")
+    extra = _list(p, ev, "models")
+    for i, m in enumerate(extra):
+        p += check_name(f"evaluate.models[{i}]", str(m))
+    models = list(dict.fromkeys((bases if ev.get("include_base", True) else []) + extra))
+    evaluated = [(m, {"base_model": m}) for m in models] + [(s.output, s.labels) for s in trained + quantized]
+    if not ev_tasks:  # no evaluate section: nothing to evaluate
+        evaluated = []
+    for model, labels in evaluated:
         spec = {"model": model, "tasks": ev_tasks,
                 **{k: ev[k] for k in ("batch_size", "max_new_tokens", "seed") if k in ev}}
-        eval_id = f"{name}-{spec_hash(spec)[:10]}"
-        spec["eval_id"] = eval_id
-        steps.append(Step("evaluate", "evaluator", spec, f"{model}/{eval_id}", [model]))
-    return Experiment(name, raw.get("description", ""), raw, steps, timeouts)
+        bad = _proto_problems("evaluate", spec, evaluate_spec_pb2.EvaluateSpec)
+        if bad:
+            p += [b for b in bad if b not in p]
+            continue
+        spec["eval_id"] = f"{name}-{spec_hash(spec)[:10]}"
+        steps.append(Step("evaluate", "evaluator", spec, f"{model}/{spec['eval_id']}", [model],
+                          {**labels, "model": model}))
+
+    seen: dict[str, int] = {}
+    for s in steps:
+        seen[s.key] = seen.get(s.key, 0) + 1
+    p += [f"two configurations produce the same step {k!r} (differ them with output_name: '{{name}}-...')"
+          for k, n in seen.items() if n > 1]
+    if not steps and not p:
+        p.append("the plan is empty (check include/exclude and the evaluate section)")
+    if p:
+        raise ValidationError([f"{source}: {x}" for x in p])
+    needed = list(dict.fromkeys([s.spec["dataset"] for s in trained]
+                                + [t.get("dataset") or get_task(t["task"]).short for t in ev_tasks]))
+    return Experiment(str(name), raw.get("description", ""), raw, steps, timeouts, needed, data, source)

@@ -1,10 +1,13 @@
-"""The experiment flow: train -> quantize -> evaluate -> aggregate, as Prefect tasks.
+"""The experiment flow: data import -> train -> quantize -> evaluate -> aggregate, as Prefect tasks.
 
 Each step is an idempotent submit (request id from the experiment and the step's spec hash),
 a bounded wait through the service client, and a typed outcome. A step whose artifact is
-already committed is skipped, so rerunning after a crash only does what is missing. One failed
-configuration does not stop the others; its dependants are skipped and the report lists it.
-Model bytes never pass through Prefect: only names and URIs do."""
+already committed is skipped, so rerunning after a crash only does what is missing. Every step
+is submitted at once and starts as soon as the models it needs exist: the services' queues
+decide what runs concurrently (one training job per GPU). One failed configuration does not
+stop the others; its dependants are marked blocked and the report lists both. Cancelling or
+interrupting the flow run cancels its jobs in the services. Model bytes never pass through
+Prefect: only names and URIs do."""
 from __future__ import annotations
 
 import time
@@ -13,78 +16,161 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE as NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.aggregate import summary_table, write_report
 from flows.experiment import Experiment, Step, load
 from services.common import artifacts
-from services.common.clients import JobFailed, ServiceClient
+from services.common.clients import JobFailed, ServiceClient, state_name
 from services.common.errors import FtlabError
+from services.common.jobs import JobState
 from services.common.s3_store import store_from_env
+from services.common.settings import SERVICES
 
-STAGES = ("train", "quantize", "evaluate")
-BUCKET = {"train": "models", "quantize": "models", "evaluate": "evaluations"}
+DEFAULT_REPORT_DIR = ".ftlab/reports"
+ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+MAX_STEPS_IN_FLIGHT = 512
 
 
 def already_done(store, step: Step) -> bool:
-    return artifacts.read_manifest(store, BUCKET[step.stage], step.output) is not None
+    return artifacts.read_manifest(store, step.bucket, step.output) is not None
+
+
+def cancel_jobs(experiment: str) -> list[str]:
+    """Cancel every queued or running job of this experiment in the three services. The request
+    ids are derived from the experiment name (``Step.request_id``), so this finds the run's jobs
+    even from another process (a Prefect cancellation hook). Returns '<service>/<job_id>' of
+    the jobs asked to cancel."""
+    from services.common.generated.ftlab.v1 import jobs_pb2
+    states = [jobs_pb2.JobState.Value(f"JOB_STATE_{s.value}") for s in ACTIVE]  # QUEUED, RUNNING
+    cancelled = []
+    for service in SERVICES:
+        try:
+            with ServiceClient(service) as client:
+                for job in client.list_all(states):
+                    if job.request_id.startswith(f"{experiment}:"):
+                        client.cancel(job.job_id)
+                        cancelled.append(f"{service}/{job.job_id}")
+        except FtlabError:  # a service that is down has nothing running for us
+            continue
+    return cancelled
+
+
+def _cancel_hook(flow_obj, flow_run, state) -> None:
+    """on_cancellation / on_crashed: may run in another process (a worker), so it re-reads the
+    experiment from the run's parameters."""
+    try:
+        name = load(flow_run.parameters["experiment"]).name
+    except Exception:  # noqa: BLE001 - an unloadable spec never submitted anything
+        return
+    done = cancel_jobs(name)
+    print(f"flow run {state.name.lower()}: cancelled {len(done)} job(s) of {name}: {', '.join(done)}")
+
+
+# ----------------------------------------------------------------------------- tasks
+
+@task(name="import-data", cache_policy=NO_CACHE)
+def import_data(exp: Experiment) -> list[dict[str, Any]]:
+    """Datasets the plan reads that storage lacks, imported from the spec's data source (in the
+    flow: data import is torch-free and quick)."""
+    from services.common.data_import import import_dataset
+    store, out = store_from_env(), []
+    for name in exp.datasets:
+        step = {"key": f"data:{name}", "stage": "data", "output": name}
+        if artifacts.read_manifest(store, "datasets", name) is not None:
+            out.append(step | {"status": "skipped"})
+        elif not exp.data:
+            out.append(step | {"status": "failed", "error": f"dataset {name!r} is not in storage and the spec has "
+                                                             f"no data section; run `ftlab data import --task {name}`"})
+        else:
+            try:
+                m = import_dataset(store, name, exp.data.get("source", "seed"), exp.data.get("path"))
+                out.append(step | {"status": "succeeded", "outputs": {"dataset": m["uri"]}})
+            except (FtlabError, OSError) as exc:
+                out.append(step | {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+    return out
 
 
 # Skipping is decided by the committed manifest, not by Prefect's cache.
 @task(name="run-step", task_run_name="{step.stage}:{step.output}", cache_policy=NO_CACHE)
-def run_step(step: Step, experiment: str, timeout_s: float) -> dict[str, Any]:
+def run_step(step: Step, experiment: str, timeout_s: float, upstream: list[dict[str, Any]]) -> dict[str, Any]:
     logger = get_run_logger()
-    result = {"key": step.key, "stage": step.stage, "output": step.output}
+    result = {"key": step.key, "stage": step.stage, "output": step.output, "labels": step.labels}
     store = store_from_env()
     if already_done(store, step):
         logger.info("%s: already committed, skipped", step.key)
         return result | {"status": "skipped"}
-    with ServiceClient(step.service) as client:
-        last = {"pct": -1}
+    bad = [u["key"] for u in upstream if u["status"] in ("failed", "blocked", "cancelled")]
+    if bad:
+        return result | {"status": "blocked", "error": f"not run: {', '.join(bad)} did not succeed"}
+    t0 = time.time()
+    try:
+        with ServiceClient(step.service) as client:
+            last = {"pct": -1}
 
-        def on_event(ev):
-            if ev.total and (pct := int(100 * ev.step / ev.total)) // 25 != last["pct"] // 25:
-                last["pct"] = pct
-                logger.info("%s: %d/%d %s", step.key, ev.step, ev.total, ev.message)
-        try:
+            def on_event(ev):
+                if ev.total and (pct := int(100 * ev.step / ev.total)) // 25 != last["pct"] // 25:
+                    last["pct"] = pct
+                    logger.info("%s: %d/%d %s", step.key, ev.step, ev.total, ev.message)
             job = client.run(step.spec, step.request_id(experiment), timeout_s, on_event)
-        except JobFailed as exc:
-            logger.error("%s failed: %s", step.key, exc.job.error)
-            return result | {"status": "failed", "job_id": exc.job.job_id, "error": exc.job.error}
-        except (FtlabError, TimeoutError) as exc:
-            logger.error("%s failed: %s", step.key, exc)
-            return result | {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    except JobFailed as exc:
+        status = "cancelled" if state_name(exc.job.state) == "CANCELLED" else "failed"
+        logger.error("%s %s: %s", step.key, status, exc.job.error)
+        return result | {"status": status, "job_id": exc.job.job_id, "error": exc.job.error or status,
+                         "wall_s": round(time.time() - t0, 2)}
+    except (FtlabError, TimeoutError) as exc:
+        logger.error("%s failed: %s", step.key, exc)
+        return result | {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:  # noqa: BLE001 - one broken step must not stop the others
+        logger.exception("%s failed unexpectedly", step.key)
+        return result | {"status": "failed", "error": f"unexpected {type(exc).__name__}: {exc}"}
     logger.info("%s: succeeded (job %s)", step.key, job.job_id)
     return result | {"status": "succeeded", "job_id": job.job_id, "metrics": dict(job.metrics),
-                     "outputs": dict(job.outputs)}
+                     "outputs": dict(job.outputs), "wall_s": round(time.time() - t0, 2)}
 
 
-@flow(name="ftlab-experiment", log_prints=True)
-def experiment_flow(experiment: str, run_id: str = "", report_dir: str = ".ftlab/reports") -> dict[str, Any]:
+@task(name="aggregate", cache_policy=NO_CACHE)
+def aggregate(exp: Experiment, run_id: str, steps: list[dict[str, Any]], report_dir: str,
+              started_at: float, commands: list[str] | None = None) -> dict[str, Any]:
+    from flows.report import RunInfo, build_report
+    info = RunInfo(experiment=exp.name, run_id=run_id, source=exp.source, description=exp.description,
+                   started_at=started_at, finished_at=time.time(), spec=exp.raw, commands=commands or [])
+    return build_report(store_from_env(), info, steps, Path(report_dir) / exp.name / run_id)
+
+
+# ----------------------------------------------------------------------------- the flow
+
+def _submit_all(exp: Experiment) -> dict[str, Any]:
+    """Every step at once, each waiting (in its own thread) for the steps producing its inputs.
+    Submission order is the plan's order, so a thread never waits on a step not yet started."""
+    futures: dict[str, Any] = {}
+    producer = {s.output: s.key for s in exp.steps if s.stage in ("train", "quantize")}
+    for step in exp.steps:
+        upstream = [futures[producer[d]] for d in step.after if d in producer]
+        futures[step.key] = run_step.submit(step, exp.name, exp.timeouts_s[step.stage], upstream)
+    return futures
+
+
+# A step waiting on its job (or its upstream) holds only an idle thread; threads start lazily.
+@flow(name="ftlab-experiment", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=MAX_STEPS_IN_FLIGHT),
+      on_cancellation=[_cancel_hook], on_crashed=[_cancel_hook])
+def experiment_flow(experiment: str, run_id: str = "", report_dir: str = DEFAULT_REPORT_DIR) -> dict[str, Any]:
+    """Run one experiment spec (a shipped name such as ``phase1`` or a path to a YAML file)."""
     exp: Experiment = load(experiment)
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
     logger = get_run_logger()
-    results: dict[str, dict[str, Any]] = {}
-    for stage in STAGES:
-        futures = {}
-        for step in exp.stage(stage):
-            blocked = [d for d in step.after if results.get(f"train:{d}", {}).get("status") == "failed"
-                       or results.get(f"quantize:{d}", {}).get("status") == "failed"]
-            if blocked:
-                results[step.key] = {"key": step.key, "stage": stage, "output": step.output, "status": "failed",
-                                     "error": f"not run: upstream {', '.join(blocked)} failed"}
-                continue
-            # Submitted together: the services' queues decide what runs concurrently.
-            futures[step.key] = run_step.submit(step, exp.name, exp.timeouts_s[stage])
-        for key, fut in futures.items():
-            results[key] = fut.result()
-    store = store_from_env()
-    evaluations = [tuple(s.output.rsplit("/", 1)) for s in exp.stage("evaluate")
-                   if results[s.key]["status"] in ("succeeded", "skipped")]
-    table = summary_table(store, evaluations)
-    steps = [results[s.key] for s in exp.steps]
-    report = write_report(store, exp.name, run_id, table, steps, Path(report_dir) / exp.name / run_id)
-    failed = [s for s in steps if s["status"] == "failed"]
-    logger.info("experiment %s run %s: %d steps, %d failed; report %s", exp.name, run_id, len(steps),
+    started = time.time()
+    data_steps = import_data(exp)
+    try:
+        futures = _submit_all(exp)
+        results = {key: fut.result() for key, fut in futures.items()}
+    except BaseException:  # KeyboardInterrupt, Prefect's TerminationSignal, a crash: stop our jobs
+        done = cancel_jobs(exp.name)
+        logger.warning("interrupted: cancelled %d job(s): %s", len(done), ", ".join(done))
+        raise
+    steps = data_steps + [results[s.key] for s in exp.steps]
+    report = aggregate(exp, run_id, steps, report_dir, started)
+    failed = [s for s in steps if s["status"] in ("failed", "blocked", "cancelled")]
+    logger.info("experiment %s run %s: %d steps, %d not done; report %s", exp.name, run_id, len(steps),
                 len(failed), report["uri"])
     return {"experiment": exp.name, "run_id": run_id, "report": report, "steps": steps,
-            "table": table.to_dict(orient="records"), "failed": len(failed)}
+            "table": report.pop("table"), "failed": len(failed)}

@@ -98,6 +98,12 @@ def cmd_health(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_doctor(args) -> int:
+    from services.common import doctor
+    from services.common.stack import stack_env
+    return doctor.run(stack_env())
+
+
 def cmd_data_import(args) -> int:
     from services.common.data_import import import_dataset
     from services.common.tasks import list_tasks
@@ -146,19 +152,33 @@ def cmd_train(args) -> int:
     lora = {}
     _opt(lora, "r", args.r)
     _opt(lora, "alpha", args.alpha)
+    _opt(lora, "dropout", args.dropout)
+    _opt(lora, "d_initial", args.d_initial)
     if args.target_modules:
         lora["target_modules"] = args.target_modules.split(",")
     if lora:
         spec["lora"] = lora
     for key in ("task", "output_name", "max_steps", "learning_rate", "per_device_batch_size",
-                "gradient_accumulation_steps", "max_seq_length", "train_limit", "seed"):
+                "gradient_accumulation_steps", "max_seq_length", "train_limit", "seed", "training_quant",
+                "num_train_epochs", "weight_decay", "warmup_ratio", "max_grad_norm", "save_steps", "resume",
+                "optimizer", "lr_scheduler", "world_size", "packing", "group_by_length",
+                "gradient_checkpointing", "merge_after_train", "completion_only_loss"):
         _opt(spec, key, getattr(args, key))
     return _submit("trainer", spec, args)
 
 
 def cmd_quantize(args) -> int:
     spec = {"source_model": args.source_model, "method": args.method}
-    _opt(spec, "output_name", args.output_name)
+    for key in ("output_name", "llm_int8_threshold", "weights_bits", "bnb_4bit_quant_type", "double_quant",
+                "compute_dtype", "algorithm", "smoothing_strength", "group_size", "dataset"):
+        _opt(spec, key, getattr(args, key))
+    for sub, keys in (("calibration", ("split", "num_samples", "seed", "max_seq_length")),
+                      ("report", ("split", "num_prompts", "max_seq_length"))):
+        part = {}
+        for key in keys:
+            _opt(part, key, getattr(args, f"{sub}_{key}"))
+        if part:
+            spec[sub] = part
     return _submit("quantizer", spec, args)
 
 
@@ -169,9 +189,16 @@ def cmd_eval(args) -> int:
         _opt(item, "limit", args.limit)
         tasks.append(item)
     spec = {"model": args.model, "tasks": tasks}
-    for key in ("batch_size", "max_new_tokens", "eval_id"):
+    for key in ("batch_size", "max_new_tokens", "eval_id", "seed", "bootstrap_samples"):
         _opt(spec, key, getattr(args, key))
     return _submit("evaluator", spec, args)
+
+
+def cmd_compare(args) -> int:
+    from services.evaluator.compare import compare, format_table
+    result = compare(_store(), args.eval_a, args.eval_b, args.resamples, args.seed)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
 
 
 def cmd_jobs(args) -> int:
@@ -195,36 +222,72 @@ def cmd_run(args) -> int:
     from flows.experiment import load
     exp = load(args.experiment)
     if args.dry_run:
-        for s in exp.steps:
-            print(f"{s.stage:9s} {s.output}")
-        print(f"{len(exp.steps)} steps")
+        from flows.dryrun import render
+        try:
+            store = _store()
+            where = store.describe()
+        except FtlabError as exc:  # the plan still prints; what is done is then unknown ("?")
+            store, where = None, f"unreachable ({exc})"
+        print(render(exp, store, where))
         return 0
-    result = run_flow(args.experiment)
+    result = run_flow(args.experiment, args.run_id or "", args.report_dir)
     return 1 if result["failed"] else 0
 
 
-def run_flow(experiment: str) -> dict:
+def _prefect_defaults() -> None:
+    # The ephemeral Prefect server starts slowly on a busy 2-core machine (default timeout 20 s).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def run_flow(experiment: str, run_id: str = "", report_dir: str = ".ftlab/reports") -> dict:
     _store()  # sets the embedded storage defaults for the flow
+    _prefect_defaults()
     from flows.pipeline import experiment_flow
-    result = experiment_flow(experiment)
+    result = experiment_flow(experiment, run_id, report_dir)
     print_summary(result)
     return result
 
 
+def cmd_report(args) -> int:
+    from flows.report import rebuild_report
+    report = rebuild_report(_store(), args.experiment, args.run, args.report_dir)
+    print(f"report: {report['uri']}report.html")
+    print(f"local copy: {Path(report['local_dir']) / 'report.html'}")
+    return 0
+
+
+def cmd_evaluate_missing(args) -> int:
+    _store()
+    _prefect_defaults()
+    from flows.orchestrator import evaluate_missing_flow, plan_missing
+    if args.dry_run:
+        steps = plan_missing(_store(), args.task, args.limit, args.models, args.batch_size, args.max_new_tokens)
+        for s in steps:
+            print(f"evaluate {s.spec['model']:60s} {', '.join(t['task'] for t in s.spec['tasks'])}")
+        print(f"{len(steps)} model(s) lack an evaluation")
+        return 0
+    result = evaluate_missing_flow(args.task, args.limit, args.models, args.batch_size, args.max_new_tokens,
+                                   report_dir=args.report_dir)
+    print_summary(result)
+    return 1 if result["failed"] else 0
+
+
 def print_summary(result: dict) -> None:
     import pandas as pd
+    from flows.report import NOT_DONE, shown_columns
     table = pd.DataFrame(result["table"])
-    cols = [c for c in ["model", "ai2_arc__macro_f1", "ai2_arc__accuracy", "ai2_arc__format_success_rate",
-                        "ai2_arc__latency_mean_s", "eval_tokens_per_s", "train_peak_rss_gb", "eval_peak_rss_gb"]
-            if c in table.columns]
     print()
     print(f"== {result['experiment']} run {result['run_id']}: metrics_summary ==")
-    print(table[cols].to_string(index=False) if len(table) else "(no evaluations)")
+    print(table[shown_columns(table)].to_string(index=False) if len(table) else "(no evaluations)")
+    counts = {}
     for s in result["steps"]:
-        if s["status"] == "failed":
-            print(f"FAILED {s['key']}: {s['error']}")
-    print(f"report: {result['report']['uri']}metrics_summary.csv")
-    print(f"local copy: {result['report']['local_dir']}")
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+        if s["status"] in NOT_DONE:
+            print(f"{s['status'].upper()} {s['key']}: {s.get('error', '')}")
+    print("steps: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    print(f"report: {result['report']['uri']}report.html (metrics_summary.csv, plots beside it)")
+    print(f"local copy: {Path(result['report']['local_dir']) / 'report.html'}")
 
 
 def cmd_demo(args) -> int:
@@ -261,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="start the embedded stack (3 services on loopback)").set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the embedded stack").set_defaults(func=cmd_down)
     sub.add_parser("health", help="health of the three services").set_defaults(func=cmd_health)
+    sub.add_parser("doctor", help="check storage, services (health, auth, version), TLS/token settings and "
+                                  "GPU visibility; print fixes").set_defaults(func=cmd_doctor)
 
     d = sub.add_parser("demo", help="the main job: smoke experiment on the embedded stack")
     d.add_argument("--shared", default="../shared", help="the project's shared data folder")
@@ -310,13 +375,44 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-seq-length", type=int)
     t.add_argument("--train-limit", type=int)
     t.add_argument("--seed", type=int)
+    t.add_argument("--training-quant", help="none | qlora | int8")
+    t.add_argument("--dropout", type=float)
+    t.add_argument("--d-initial", type=float, help="VeRA only")
+    t.add_argument("--num-train-epochs", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--warmup-ratio", type=float)
+    t.add_argument("--max-grad-norm", type=float)
+    t.add_argument("--save-steps", type=int, help="checkpoint to storage every N steps (0: never)")
+    t.add_argument("--resume", help="auto | never")
+    t.add_argument("--optimizer", help="adamw_torch | adamw_8bit | paged_adamw_8bit | adafactor | sgd")
+    t.add_argument("--lr-scheduler", help="linear | cosine | constant_with_warmup")
+    t.add_argument("--world-size", type=int, help="processes under torchrun (DDP; FSDP for full FT on GPUs)")
+    for flag in ("packing", "group-by-length", "gradient-checkpointing", "merge-after-train",
+                 "completion-only-loss"):
+        t.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None)
     job_opts(t)
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("quantize", help="submit a post-training quantization job")
     q.add_argument("--source-model", required=True)
-    q.add_argument("--method", default="bnb_int8")
+    q.add_argument("--method", default="bnb_int8", help="bnb_int8 | bnb_4bit | smoothquant_w8a8 | w4a16")
     q.add_argument("--output-name")
+    q.add_argument("--llm-int8-threshold", type=float)
+    q.add_argument("--weights-bits", type=int)
+    q.add_argument("--bnb-4bit-quant-type", help="nf4 | fp4")
+    q.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=None)
+    q.add_argument("--compute-dtype", help="auto | bfloat16 | float16 | float32")
+    q.add_argument("--algorithm", help="gptq | rtn")
+    q.add_argument("--smoothing-strength", type=float, help="SmoothQuant alpha")
+    q.add_argument("--group-size", type=int)
+    q.add_argument("--dataset", help="calibration samples and held-out report prompts")
+    q.add_argument("--calibration-split")
+    q.add_argument("--calibration-num-samples", type=int)
+    q.add_argument("--calibration-seed", type=int)
+    q.add_argument("--calibration-max-seq-length", type=int)
+    q.add_argument("--report-split")
+    q.add_argument("--report-num-prompts", type=int)
+    q.add_argument("--report-max-seq-length", type=int)
     job_opts(q)
     q.set_defaults(func=cmd_quantize)
 
@@ -327,8 +423,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int)
     e.add_argument("--max-new-tokens", type=int)
     e.add_argument("--eval-id")
+    e.add_argument("--seed", type=int, help="seeds the bootstrap CIs (default 0)")
+    e.add_argument("--bootstrap-samples", type=int, help="resamples for the 95%% CIs (default 1000)")
     job_opts(e)
     e.set_defaults(func=cmd_eval)
+
+    cmp = sub.add_parser("compare", help="paired comparison of two evaluations on their shared items")
+    cmp.add_argument("eval_a", help="MODEL/EVAL_ID or s3://evaluations/MODEL/EVAL_ID/")
+    cmp.add_argument("eval_b")
+    cmp.add_argument("--resamples", type=int, default=1000)
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    cmp.set_defaults(func=cmd_compare)
 
     j = sub.add_parser("jobs", help="list | get | watch | cancel jobs of a service")
     j.add_argument("action", choices=["list", "get", "watch", "cancel"])
@@ -339,8 +445,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run an experiment flow (shipped name or path.yaml)")
     r.add_argument("experiment")
-    r.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    r.add_argument("--dry-run", action="store_true", help="print the plan (jobs, model names, memory "
+                   "estimates, what is done), run nothing")
+    r.add_argument("--run-id", help="name of this run (default: the start time)")
+    r.add_argument("--report-dir", default=".ftlab/reports", help="local folder for the report copy")
     r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("report", help="rebuild an experiment run's report from storage alone")
+    rp.add_argument("experiment")
+    rp.add_argument("--run", help="run id (default: the latest)")
+    rp.add_argument("--report-dir", default=".ftlab/reports", help="local folder for the copy")
+    rp.set_defaults(func=cmd_report)
+
+    em = sub.add_parser("evaluate-missing", help="evaluate every model in storage lacking an evaluation "
+                        "for the tasks (the study's evaluation orchestrator)")
+    em.add_argument("--task", action="append", required=True, help="repeatable: ai2_arc, squad_v2, ...")
+    em.add_argument("--limit", type=int, help="first N items per task")
+    em.add_argument("--models", default="*", help="only models matching this glob (e.g. 'Qwen3-8B-*')")
+    em.add_argument("--batch-size", type=int)
+    em.add_argument("--max-new-tokens", type=int)
+    em.add_argument("--dry-run", action="store_true", help="list what would be evaluated")
+    em.add_argument("--report-dir", default=".ftlab/reports")
+    em.set_defaults(func=cmd_evaluate_missing)
     return p
 
 

@@ -107,7 +107,7 @@ def make_tiny_qwen3(tokenizer_source: str, out_dir: str | os.PathLike, seed: int
 def download_hf_model(repo_or_path: str, out_dir: str | os.PathLike) -> dict[str, Any]:
     """A Hugging Face model (hub id on an online host, or a local folder) saved as-is."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    model = AutoModelForCausalLM.from_pretrained(repo_or_path, dtype="auto")
+    model = AutoModelForCausalLM.from_pretrained(repo_or_path, dtype="auto", use_safetensors=True)  # no pickles
     AutoTokenizer.from_pretrained(repo_or_path).save_pretrained(out_dir)
     model.save_pretrained(out_dir)
     return {"source": "huggingface", "repo": repo_or_path}
@@ -147,15 +147,16 @@ def load_tokenizer(path: str | os.PathLike, padding_side: str = "right"):
 
 
 def load_causal_lm(path: str | os.PathLike, dev: torch.device | None = None, for_training: bool = False):
-    """Load a fetched model folder: full weights (fp/bitsandbytes — the quantization config in
-    config.json is honoured), or an adapter-only folder on top of its base."""
+    """Load a fetched model folder: full weights (fp, bitsandbytes or compressed-tensors — the
+    quantization config in config.json is honoured; compressed-tensors layers decompress on the
+    first forward on CPU), or an adapter-only folder on top of its base."""
     from transformers import AutoModelForCausalLM
     path = Path(path)
     dev = dev or device()
     if not (path / "config.json").exists():
         raise ValidationError(f"{path.name}: not a Hugging Face model folder (no config.json)")
     cfg = json.loads((path / "config.json").read_text())
-    kwargs: dict[str, Any] = {"dtype": compute_dtype(dev)}
+    kwargs: dict[str, Any] = {"dtype": compute_dtype(dev), "use_safetensors": True}  # never unpickle weights
     if "quantization_config" in cfg:
         kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -38,7 +38,7 @@ def run_cli(args, services, tmp_path):
                           capture_output=True, text=True, timeout=900)
 
 
-def test_flow_runs_every_stage_then_a_rerun_skips_everything(services, tmp_path):
+def test_flow_runs_every_stage_then_a_rerun_skips_everything(services, tiny_model_dir, tmp_path):
     plan = tmp_path / "tinysmoke.yaml"
     plan.write_text(yaml.safe_dump(PLAN))
     first = run_cli(["run", str(plan)], services, tmp_path)
@@ -56,13 +56,36 @@ def test_flow_runs_every_stage_then_a_rerun_skips_everything(services, tmp_path)
     trained = table.set_index("model").loc["Qwen3-tiny-arc_SFT_LoRa4_NoQuant"]
     assert trained["parent_model"] == TINY and trained["quant_tag"] == "NoQuant" and trained["rank"] == 4
     steps = json.loads(store.get_bytes("reports", reports[0] + "/steps.json"))
-    assert [s["status"] for s in steps] == ["succeeded"] * 5
-    assert store.exists("reports", reports[0] + "/report.md")
+    assert [(s["key"], s["status"]) for s in steps][0] == ("data:arc", "skipped")  # already in storage
+    assert [s["status"] for s in steps[1:]] == ["succeeded"] * 5
+    for name in ("report.md", "report.html", "run.json"):
+        assert store.exists("reports", reports[0] + "/" + name)
+    plots = [k for k in store.list_keys("reports", reports[0] + "/") if k.endswith(".png")]
+    assert {k.rsplit("/", 1)[1] for k in plots} >= {"latency.png", "score_vs_memory.png", "rank_sweep.png",
+                                                     "ptq_size.png"}
+    for k in plots:
+        assert store.get_bytes("reports", k)[:8] == b"\x89PNG\r\n\x1a\n"
+    html = store.get_bytes("reports", reports[0] + "/report.html").decode()
+    assert "<img src='rank_sweep.png'" in html and "Qwen3-tiny-arc_SFT_LoRa4_Int8_BnB" in html
+    assert (tmp_path / ".ftlab" / "reports" / "tinysmoke").is_dir()  # the local copy the CLI printed
 
     jobs_before = {n: len(c.list_all()) for n, c in services["clients"].items()}
     second = run_cli(["run", str(plan)], services, tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     latest = sorted(artifacts.list_committed(store, "reports", "tinysmoke/"))[-1]
     steps2 = json.loads(store.get_bytes("reports", latest + "/steps.json"))
-    assert [s["status"] for s in steps2] == ["skipped"] * 5
+    assert [s["status"] for s in steps2] == ["skipped"] * 6
     assert {n: len(c.list_all()) for n, c in services["clients"].items()} == jobs_before  # no new job anywhere
+
+    dry = run_cli(["run", str(plan), "--dry-run"], services, tmp_path)
+    assert dry.returncode == 0 and "already done (will be skipped): 5; to run: 0" in dry.stdout, dry.stdout
+    rebuilt = run_cli(["report", "tinysmoke"], services, tmp_path)  # from storage alone
+    assert rebuilt.returncode == 0 and f"s3://reports/{latest}/report.html" in rebuilt.stdout, rebuilt.stderr
+
+    # The orchestrator: a model nobody evaluated yet gets an ARC evaluation, the others none.
+    from services.common import modeling
+    modeling.commit_base_model(store, "Qwen3-tiny2-base", tiny_model_dir, {"source": "tiny-random-qwen3"})
+    orch = run_cli(["evaluate-missing", "--task", "ai2_arc", "--limit", "2"], services, tmp_path)
+    assert orch.returncode == 0, orch.stdout + orch.stderr
+    assert [p.split("/")[0] for p in artifacts.list_committed(store, "evaluations")].count("Qwen3-tiny2-base") == 1
+    assert len(services["clients"]["evaluator"].list_all()) == jobs_before["evaluator"] + 1

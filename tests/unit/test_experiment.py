@@ -1,12 +1,22 @@
-"""Every shipped experiment YAML loads and plans; bad specs report every problem at once."""
+"""Every shipped experiment YAML loads and plans; matrices, include/exclude and quantization
+sources expand as written; bad specs report every problem at once."""
 from __future__ import annotations
+
+import csv
+from collections import Counter
 
 import pytest
 
-from flows.experiment import EXPERIMENTS_DIR, load, plan
+from flows.experiment import EXPERIMENTS_DIR, expand, load, matches, plan
 from services.common.errors import NotFoundError, ValidationError
+from tests.conftest import SHARED
 
 SHIPPED = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+EVAL = {"tasks": [{"task": "ai2_arc", "limit": 4}]}
+
+
+def spec(**kw):
+    return {"name": "t", "base_models": ["Qwen3-tiny-base"], "datasets": ["arc"], "evaluate": EVAL, **kw}
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -17,19 +27,84 @@ def test_shipped_experiments_plan(name):
     outputs = {s.output for s in exp.steps}
     for s in exp.steps:  # every dependency is an input model or produced by an earlier step
         for dep in s.after:
-            assert dep in exp.raw["base_models"] or dep in outputs
+            assert dep in exp.inputs or dep in outputs
+    assert set(exp.inputs) <= set(exp.raw["base_models"]) | set(exp.raw["evaluate"].get("models", []))
+
+
+def test_phase_plans_have_the_studys_shape():
+    counts = {n: Counter(s.stage for s in load(n).steps) for n in ("phase1", "phase2")}
+    # 2 sizes x 3 datasets x (6 ranks + full FT) trained; each evaluated, plus the 2 bases
+    assert counts["phase1"] == {"train": 42, "evaluate": 44}
+    # 3 datasets x (LoRA256, DoRA256, VeRA512, VeRA1024), plus the base
+    assert counts["phase2"] == {"train": 12, "evaluate": 13}
+    p1 = {s.output for s in load("phase1").stage("train")}
+    assert {"Qwen3-0.6B-arc_SFT_LoRa32_NoQuant", "Qwen3-1.7B-openmath_SFT_LoRa1024_NoQuant",
+            "Qwen3-1.7B-squad_SFT_NoPeft_NoQuant"} <= p1
+
+
+def test_phase3_contains_the_studys_twelve_models():
+    with open(SHARED / "seed" / "metrics_summary.csv") as fh:
+        study = [row["model"] for row in csv.DictReader(fh)]
+    assert len(study) == 12
+    evaluated = {s.spec["model"] for s in load("phase3").stage("evaluate")}
+    assert set(study) <= evaluated, set(study) - evaluated
 
 
 def test_smoke_plan_matches_the_study_naming():
     exp = load("smoke")
-    assert [s.output for s in exp.stage("train")] == ["Qwen3-tiny-arc_SFT_LoRa8_NoQuant"]
-    assert [s.output for s in exp.stage("quantize")] == ["Qwen3-tiny-arc_SFT_LoRa8_Int8_BnB"]
-    assert len(exp.stage("evaluate")) == 3
+    trained = {s.output for s in exp.stage("train")}
+    assert "Qwen3-tiny-arc_SFT_LoRa8_NoQuant" in trained
+    assert "Qwen3-tiny-arc_SFT_LoRa8_Int8_BnB" in {s.output for s in exp.stage("quantize")}
+    assert len(exp.stage("evaluate")) == len(exp.stage("train")) + len(exp.stage("quantize")) + 1
 
 
 def test_request_ids_are_stable_across_loads():
     a, b = load("smoke"), load("smoke")
     assert [s.request_id("smoke") for s in a.steps] == [s.request_id("smoke") for s in b.steps]
+    assert all(s.request_id("smoke").startswith("smoke:") for s in a.steps)
+
+
+def test_matrix_expands_lists_but_not_repeated_fields():
+    combos = expand({"peft_method": ["lora", "dora"], "lora": {"r": [4, 8, 16], "target_modules": ["q_proj", "v_proj"]}})
+    assert len(combos) == 6
+    assert all(c["lora"]["target_modules"] == ["q_proj", "v_proj"] for c in combos)
+    assert len(expand({"lora": {"target_modules": [["q_proj"], ["all-linear"]]}})) == 2  # a list of lists is an axis
+
+
+def test_rules_match_dotted_fields_and_value_lists():
+    job = {"peft_method": "lora", "lora": {"r": 64}, "dataset": "arc"}
+    assert matches({"lora.r": [32, 64]}, job) and matches({"peft_method": "lora", "dataset": "arc"}, job)
+    assert not matches({"lora.r": 128}, job) and not matches({"training_quant": "qlora"}, job)
+
+
+def test_defaults_matrix_include_exclude_and_restrictions():
+    exp = plan(spec(base_models=["Qwen3-tiny-base", "Qwen3-other-base"], datasets=["arc", "squad"],
+                    defaults={"max_steps": 2, "lora": {"dropout": 0.0}},
+                    train=[{"peft_method": "lora", "lora": {"r": [4, 8]}},
+                           {"peft_method": "none", "base_models": ["Qwen3-other-base"], "datasets": ["arc"]}],
+                    exclude=[{"dataset": "squad", "lora.r": 8}]))
+    names = [s.output for s in exp.stage("train")]
+    assert names == ["Qwen3-tiny-arc_SFT_LoRa4_NoQuant", "Qwen3-tiny-squad_SFT_LoRa4_NoQuant",
+                     "Qwen3-other-arc_SFT_LoRa4_NoQuant", "Qwen3-other-squad_SFT_LoRa4_NoQuant",
+                     "Qwen3-tiny-arc_SFT_LoRa8_NoQuant", "Qwen3-other-arc_SFT_LoRa8_NoQuant",
+                     "Qwen3-other-arc_SFT_NoPeft_NoQuant"]
+    first = exp.stage("train")[0].spec
+    assert first["max_steps"] == 2 and first["lora"] == {"dropout": 0.0, "r": 4}  # defaults deep-merged
+    assert exp.datasets == ["arc", "squad"]
+    only = plan(spec(train=[{"lora": {"r": [4, 8, 16]}}], include=[{"lora.r": [4, 16]}]))
+    assert [s.labels["rank"] for s in only.stage("train")] == [4, 16]
+
+
+def test_quantize_chosen_outputs_and_bases():
+    exp = plan(spec(base_models=["Qwen3-a-base", "Qwen3-b-base"],
+                    train=[{"peft_method": "lora", "lora": {"r": 4}}],
+                    quantize=[{"methods": ["bnb_int8"], "sources": ["base", "trained"],
+                               "where": {"base_model": "Qwen3-a-base"}}],
+                    evaluate={**EVAL, "models": ["Qwen3-ref-base"]}))
+    assert [s.output for s in exp.stage("quantize")] == ["Qwen3-a-arc_SFT_LoRa4_Int8_BnB", "Qwen3-a-base_Int8_BnB"]
+    evaluated = [s.spec["model"] for s in exp.stage("evaluate")]
+    assert evaluated[:3] == ["Qwen3-a-base", "Qwen3-b-base", "Qwen3-ref-base"] and len(evaluated) == 7
+    assert exp.inputs == ["Qwen3-a-base", "Qwen3-b-base", "Qwen3-ref-base"]
 
 
 def test_bad_experiment_reports_everything():
@@ -42,6 +117,35 @@ def test_bad_experiment_reports_everything():
         assert fragment in text, fragment
 
 
+def test_bad_fields_inside_configurations_are_named():
+    with pytest.raises(ValidationError) as exc:
+        plan(spec(train=[{"peft_method": ["lora", "loha"], "lora": {"r": 4}, "learning_rate": "fast"},
+                         {"training_quant": "int3", "colour": 1},
+                         {"base_models": ["Qwen3-missing-base"]}],
+                  quantize=[{"methods": ["bnb_int8"], "sources": ["adapter"], "flavour": 1}],
+                  evaluate={"tasks": [{"task": "hellaswag"}], "batch": 3}, timeouts_s={"train": -1, "deploy": 3},
+                  data={"source": "ftp"}))
+    text = "\n".join(exc.value.problems)
+    for fragment in ["'loha'", "learning_rate", "'int3'", "colour", "train[2].base_models",
+                     "quantize[0].sources: unknown 'adapter'", "unknown key 'flavour'", "hellaswag",
+                     "evaluate: unknown key 'batch'", "timeouts_s.train", "unknown stage 'deploy'", "data.source"]:
+        assert fragment in text, fragment
+
+
+def test_two_configurations_with_the_same_name_are_refused():
+    with pytest.raises(ValidationError, match="same step"):
+        plan(spec(train=[{"lora": {"r": 4}, "learning_rate": [0.001, 0.002]}]))
+    exp = plan(spec(train=[{"lora": {"r": 4}, "learning_rate": 0.001},
+                           {"lora": {"r": 4}, "learning_rate": 0.002, "output_name": "{name}-lr2e-3"}]))
+    assert [s.output for s in exp.stage("train")] == ["Qwen3-tiny-arc_SFT_LoRa4_NoQuant",
+                                                      "Qwen3-tiny-arc_SFT_LoRa4_NoQuant-lr2e-3"]
+
+
 def test_unknown_experiment_lists_shipped():
     with pytest.raises(NotFoundError, match="smoke"):
         load("phase9")
+
+
+def test_a_spec_without_evaluate_section_only_trains():
+    exp = plan({"name": "t", "base_models": ["Qwen3-tiny-base"], "datasets": ["arc"], "train": [{"lora": {"r": 4}}]})
+    assert [s.stage for s in exp.steps] == ["train"]

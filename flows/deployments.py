@@ -1,0 +1,53 @@
+"""Deployments of the experiment flows, so a GPU host triggers a phase with
+``prefect deployment run 'ftlab-experiment/phase3'``. The same list is in ``prefect.yaml`` (for
+``prefect deploy --all``; a test keeps the two equal). Without a worker,
+``python -m flows.deployments serve`` serves them from this process; with the compose stack's
+process worker, ``python -m flows.deployments deploy`` registers them on its work pool. Local
+runs (``ftlab run``) stay on ephemeral Prefect and need none of this."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flows.experiment import shipped_names
+from flows.orchestrator import evaluate_missing_flow
+from flows.pipeline import experiment_flow
+
+WORK_POOL = "ftlab-process"   # the compose stack's process worker (docker-compose.gpu.yml)
+ALL_TASKS = ["ai2_arc", "squad_v2", "OpenMathInstruct-2"]
+
+
+def deployments() -> list[dict]:
+    """name, entrypoint, flow, parameters, description of every deployment."""
+    out = [{"name": name, "entrypoint": "flows/pipeline.py:experiment_flow", "flow": experiment_flow,
+            "parameters": {"experiment": name}, "description": f"ftlab run {name}"} for name in shipped_names()]
+    out.append({"name": "evaluate-missing", "entrypoint": "flows/orchestrator.py:evaluate_missing_flow",
+                "flow": evaluate_missing_flow, "parameters": {"tasks": ALL_TASKS, "limit": 200},
+                "description": "evaluate every model lacking an evaluation (the study's orchestrator)"})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flows.deployments", description=__doc__.split("\n\n")[0])
+    p.add_argument("action", choices=["list", "serve", "deploy"])
+    p.add_argument("--work-pool", default=WORK_POOL)
+    args = p.parse_args(argv)
+    items = deployments()
+    if args.action == "list":
+        for d in items:
+            print(f"{d['flow'].name}/{d['name']:18s} {d['entrypoint']:42s} {d['parameters']}")
+        return 0
+    if args.action == "serve":
+        from prefect import serve
+        serve(*[d["flow"].to_deployment(name=d["name"], parameters=d["parameters"], description=d["description"])
+                for d in items])
+        return 0
+    for d in items:  # deploy: code is already in the worker's image (/app), nothing to build or push
+        d["flow"].from_source(source=".", entrypoint=d["entrypoint"]).deploy(
+            name=d["name"], work_pool_name=args.work_pool, parameters=d["parameters"],
+            description=d["description"], build=False, push=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The report's plots (PNG, matplotlib's Agg backend, no display needed), each from the summary
+table alone: score vs training peak memory with the Pareto front, latency per task and model,
+LoRA-rank sweeps with CI bands, post-training-quantization size vs score.
+A plot without data is not drawn; ``make_plots`` returns the ones it wrote."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from flows.aggregate import HEADLINE, train_memory_gb  # noqa: E402
+
+TITLES = {"score_vs_memory": "Score vs training peak memory (Pareto front)",
+          "latency": "Mean latency per task and model",
+          "rank_sweep": "Score vs adapter rank (95% CI bands)",
+          "ptq_size": "Model size vs score (post-training quantization)"}
+
+
+def _tasks(table: pd.DataFrame) -> list[str]:
+    return [t for t, (m, _) in HEADLINE.items() if f"{t}__{m}" in table.columns and table[f"{t}__{m}"].notna().any()]
+
+
+def _score_label(task: str) -> str:
+    metric, higher = HEADLINE[task]
+    return f"{task} {metric} ({'higher' if higher else 'lower'} is better)"
+
+
+def pareto_front(points: list[tuple[float, float]], higher_better: bool) -> list[tuple[float, float]]:
+    """The points no other point beats on both memory (lower) and score; sorted by memory."""
+    front, best = [], -math.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1] if higher_better else p[1])):
+        s = y if higher_better else -y
+        if s > best:
+            front.append((x, y))
+            best = s
+    return front
+
+
+def _grid(n: int, title: str):
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4.8), squeeze=False)
+    fig.suptitle(title, fontsize=13)
+    return fig, axes[0]
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_score_vs_memory(table: pd.DataFrame, path: Path) -> Path | None:
+    rows = [(r, *train_memory_gb(r)) for _, r in table.iterrows()]
+    rows = [(r, gb, kind) for r, gb, kind in rows if gb is not None]
+    tasks = _tasks(table)
+    if not rows or not tasks:
+        return None
+    kind = rows[0][2]
+    fig, axes = _grid(len(tasks), TITLES["score_vs_memory"])
+    for ax, task in zip(axes, tasks):
+        col, higher = f"{task}__{HEADLINE[task][0]}", HEADLINE[task][1]
+        pts = [(gb, float(r[col]), r["model"]) for r, gb, _ in rows if pd.notna(r.get(col))]
+        for x, y, name in pts:
+            ax.scatter(x, y, s=40)
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = pareto_front([(x, y) for x, y, _ in pts], higher)
+        if front:
+            ax.plot(*zip(*front), "--", color="crimson", label="Pareto front")
+            ax.legend(fontsize=8)
+        ax.set(title=task, xlabel=f"training peak memory, GB ({kind})", ylabel=_score_label(task))
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_latency(table: pd.DataFrame, path: Path) -> Path | None:
+    cols = [c for c in table.columns if c.endswith("__latency_mean_s") and table[c].notna().any()]
+    if not cols or table.empty:
+        return None
+    data = table.set_index("model")[cols].rename(columns=lambda c: c.removesuffix("__latency_mean_s"))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(data) + 3), 4.8 + 0.08 * max(len(m) for m in data.index)))
+    data.plot.bar(ax=ax, rot=30)
+    ax.set(title=TITLES["latency"], xlabel="model", ylabel="mean latency per item, s")
+    plt.setp(ax.get_xticklabels(), ha="right", fontsize=7)
+    ax.legend(title="task", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_rank_sweep(table: pd.DataFrame, path: Path) -> Path | None:
+    if "rank" not in table.columns:
+        return None
+    adapters = table[table["rank"].notna() & table["method"].isin(["lora", "dora", "vera"])
+                     & (table["ptq_method"].isna() if "ptq_method" in table.columns else True)]
+    tasks = _tasks(adapters) if len(adapters) else []
+    if not tasks:
+        return None
+    fig, axes = _grid(len(tasks), TITLES["rank_sweep"])
+    for ax, task in zip(axes, tasks):
+        metric = HEADLINE[task][0]
+        col, lo, hi = f"{task}__{metric}", f"{task}__{metric}__ci95_low", f"{task}__{metric}__ci95_high"
+        keys = ["base_model", "train_dataset", "method", "training_quant"]
+        for key, g in adapters.groupby([k for k in keys if k in adapters.columns], dropna=False):
+            g = g.sort_values("rank")
+            label = " / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)) if pd.notna(k))
+            ax.plot(g["rank"], g[col], "o-", label=label)
+            if lo in g.columns and g[lo].notna().any():
+                ax.fill_between(g["rank"], g[lo], g[hi], alpha=0.2)
+        ax.set_xscale("log", base=2)
+        ax.set(title=task, xlabel="rank r (log2)", ylabel=_score_label(task))
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_ptq_size(table: pd.DataFrame, path: Path) -> Path | None:
+    if "ptq_method" not in table.columns or table["ptq_method"].isna().all():
+        return None
+    # the quantized models and the models they were made from
+    sources = set(table.loc[table["ptq_method"].notna(), "parent_model"])
+    rows = table[table["ptq_method"].notna() | table["model"].isin(sources)]
+    rows = rows[rows["model_size_gb"].notna()]
+    tasks = _tasks(rows) if len(rows) else []
+    if not tasks:
+        return None
+    fig, axes = _grid(len(tasks), TITLES["ptq_size"])
+    for ax, task in zip(axes, tasks):
+        col = f"{task}__{HEADLINE[task][0]}"
+        for method, g in rows.groupby(rows["ptq_method"].fillna("none (source)")):
+            ax.scatter(g["model_size_gb"], g[col], s=45, label=method)
+            for _, r in g.iterrows():
+                ax.annotate(r["model"], (r["model_size_gb"], r[col]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        for _, r in rows[rows["ptq_method"].notna()].iterrows():  # arrow: source -> quantized
+            src = rows[rows["model"] == r["parent_model"]]
+            if len(src) and pd.notna(src.iloc[0][col]) and pd.notna(r[col]):
+                ax.annotate("", (r["model_size_gb"], r[col]), (src.iloc[0]["model_size_gb"], src.iloc[0][col]),
+                            arrowprops={"arrowstyle": "->", "color": "grey", "alpha": 0.6})
+        ax.set(title=task, xlabel="model size on disk, GB", ylabel=_score_label(task))
+        ax.legend(title="PTQ method", fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+PLOTS = {"score_vs_memory": plot_score_vs_memory, "latency": plot_latency,
+         "rank_sweep": plot_rank_sweep, "ptq_size": plot_ptq_size}
+
+
+def make_plots(table: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, fn in PLOTS.items():
+        p = fn(table, out_dir / f"{name}.png")
+        if p is not None:
+            written[name] = p
+    return written

@@ -1,0 +1,147 @@
+"""A run's report: metrics_summary.csv, the plots, report.md and report.html (tables, plots,
+failures, the commands to reproduce), plus steps.json and run.json, committed under
+``reports/<experiment>/<run>/`` (manifest last) and copied to a local folder.
+``rebuild_report`` makes the same files again from storage alone (``ftlab report``)."""
+from __future__ import annotations
+
+import html
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flows.aggregate import HEADLINE, summary_table
+from flows.plots import TITLES, make_plots
+from services.common import artifacts
+from services.common.errors import NotFoundError
+from services.common.storage import ObjectStore
+
+NOT_DONE = ("failed", "blocked", "cancelled")
+# The columns shown in the report's summary table (all of them are in the CSV).
+SHOWN = ["model", "method", "rank", "quant_tag", "ai2_arc__macro_f1", "ai2_arc__accuracy",
+         "squad_v2__F1", "OpenMathInstruct-2__avg_abs_diff", "OpenMathInstruct-2__accuracy",
+         "train_peak_vram_reserved_gb", "train_peak_rss_gb", "eval_tokens_per_s", "model_size_gb"]
+
+
+@dataclass
+class RunInfo:
+    experiment: str
+    run_id: str
+    source: str = ""
+    description: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    spec: dict[str, Any] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)   # to reproduce; default: ftlab run <experiment>
+
+
+def evaluations_of(steps: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(model, eval_id) of every evaluation step whose result exists."""
+    return [tuple(s["output"].rsplit("/", 1)) for s in steps
+            if s["stage"] == "evaluate" and s["status"] in ("succeeded", "skipped")]
+
+
+def shown_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in SHOWN if c in table.columns and (c == "model" or table[c].notna().any())]
+
+
+def _reproduce(info: RunInfo) -> list[str]:
+    if info.commands:
+        return info.commands + [f"ftlab report {info.experiment} --run {info.run_id}   # rebuild this report"]
+    target = info.experiment if not info.source or "/flows/experiments/" in info.source else info.source
+    return [f"ftlab run {target} --dry-run   # the plan, what is done", f"ftlab run {target}",
+            f"ftlab report {info.experiment} --run {info.run_id}   # rebuild this report from storage"]
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    return df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval="")
+
+
+def _markdown(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str, Path]) -> str:
+    bad = [s for s in steps if s["status"] in NOT_DONE]
+    counts = pd.Series([s["status"] for s in steps]).value_counts().to_dict() if steps else {}
+    lines = [f"# {info.experiment} — run {info.run_id}", "", info.description, "",
+             f"- steps: {len(steps)} ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))})",
+             f"- wall time: {info.finished_at - info.started_at:.0f} s" if info.finished_at else "",
+             f"- models in the table: {len(table)}", "", "## Summary", "",
+             "Headline metrics as in the study: " + ", ".join(
+                 f"{t} {m} ({'higher' if h else 'lower'} is better)" for t, (m, h) in HEADLINE.items())
+             + ". Every column is in `metrics_summary.csv` (the study's columns first).", "",
+             _md_table(table[shown_columns(table)]) if len(table) else "(no evaluations)",
+             "", "## Plots", ""]
+    lines += [f"### {TITLES[n]}\n\n![{TITLES[n]}]({p.name})\n" for n, p in plots.items()] or ["(no data to plot)"]
+    lines += ["", f"## Failures ({len(bad)})", ""]
+    lines += [f"- `{s['key']}` ({s['status']}): {s.get('error', '')}" for s in bad] or ["none"]
+    lines += ["", "## Steps", "", "| step | status | job | wall s |", "|---|---|---|---|"]
+    lines += [f"| {s['key']} | {s['status']} | {s.get('job_id', '')} | {s.get('wall_s', '')} |" for s in steps]
+    lines += ["", "## Reproduce", "", "```"] + _reproduce(info) + ["```", ""]
+    return "\n".join(lines)
+
+
+def _html(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str, Path]) -> str:
+    e = html.escape
+    bad = [s for s in steps if s["status"] in NOT_DONE]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(info.experiment)} {e(info.run_id)}</title>",
+             "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
+             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+             "th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}.failed{color:#b00}</style></head><body>",
+             f"<h1>{e(info.experiment)} — run {e(info.run_id)}</h1><p>{e(info.description)}</p>",
+             f"<p>{len(steps)} steps, {len(bad)} not done; {len(table)} models. "
+             "The full table is in <a href='metrics_summary.csv'>metrics_summary.csv</a>.</p>",
+             "<h2>Summary</h2>",
+             table[shown_columns(table)].to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="")
+             if len(table) else "<p>(no evaluations)</p>", "<h2>Plots</h2>"]
+    parts += [f"<h3>{e(TITLES[n])}</h3><img src='{e(p.name)}' alt='{e(TITLES[n])}'>" for n, p in plots.items()]
+    parts += [f"<h2>Failures ({len(bad)})</h2><ul>"]
+    parts += [f"<li class='failed'><code>{e(s['key'])}</code> ({e(s['status'])}): {e(str(s.get('error', '')))}</li>"
+              for s in bad] or ["<li>none</li>"]
+    parts += ["</ul><h2>Steps</h2><table><tr><th>step</th><th>status</th><th>job</th><th>wall s</th></tr>"]
+    parts += [f"<tr><td style='text-align:left'>{e(s['key'])}</td><td>{e(s['status'])}</td>"
+              f"<td>{e(str(s.get('job_id', '')))}</td><td>{e(str(s.get('wall_s', '')))}</td></tr>" for s in steps]
+    parts += ["</table><h2>Reproduce</h2><pre>" + e("\n".join(_reproduce(info))) + "</pre></body></html>"]
+    return "\n".join(parts)
+
+
+def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
+                 local_dir: str | Path) -> dict[str, Any]:
+    """Write every report file to ``local_dir`` and commit them to the reports bucket."""
+    out = Path(local_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):  # a rebuild must not keep plots that no longer have data
+        old.unlink()
+    table = summary_table(store, evaluations_of(steps))
+    table.to_csv(out / "metrics_summary.csv", index=False)
+    plots = make_plots(table, out)
+    (out / "report.md").write_text(_markdown(info, table, steps, plots))
+    (out / "report.html").write_text(_html(info, table, steps, plots))
+    (out / "steps.json").write_text(json.dumps(steps, indent=2, default=str))
+    (out / "run.json").write_text(json.dumps(asdict(info), indent=2, default=str))
+    manifest = artifacts.commit_dir(store, "reports", f"{info.experiment}/{info.run_id}", out, {
+        "kind": "report", "experiment": info.experiment, "run_id": info.run_id,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, overwrite=True)
+    return {"uri": manifest["uri"], "local_dir": str(out.resolve()), "plots": sorted(plots),
+            "table": json.loads(table.to_json(orient="records"))}
+
+
+def latest_run(store: ObjectStore, experiment: str) -> str:
+    runs = [p.split("/", 1)[1] for p in artifacts.list_committed(store, "reports", f"{experiment}/")]
+    if not runs:
+        raise NotFoundError(f"no report of experiment {experiment!r} in storage (run it with `ftlab run {experiment}`)")
+    return sorted(runs)[-1]
+
+
+def rebuild_report(store: ObjectStore, experiment: str, run_id: str | None, local_root: str | Path) -> dict[str, Any]:
+    """The report of a past run again, from storage alone (its steps.json and run.json, the
+    evaluations and model manifests): picks up evaluations that were added or re-run since."""
+    run_id = run_id or latest_run(store, experiment)
+    prefix = f"{experiment}/{run_id}"
+    if artifacts.read_manifest(store, "reports", prefix) is None:
+        known = ", ".join(p.split("/", 1)[1] for p in artifacts.list_committed(store, "reports", f"{experiment}/"))
+        raise NotFoundError(f"no report {experiment}/{run_id} in storage; runs: {known or 'none'}")
+    steps = artifacts.get_json(store, "reports", f"{prefix}/steps.json")
+    info = RunInfo(**artifacts.get_json(store, "reports", f"{prefix}/run.json"))
+    return build_report(store, info, steps, Path(local_root) / experiment / run_id)
+
