@@ -10,7 +10,12 @@ MODULES = ["services.common.cli", "services.common.clients", "services.common.ru
            "services.common.tasks", "services.common.data_import", "services.common.job_service",
            "services.common.grpc_server", "services.common.naming", "services.common.settings",
            "services.trainer.server", "services.quantizer.server", "services.evaluator.server",
-           "flows.experiment", "flows.aggregate", "flows.pipeline"]
+           "services.common.auth", "services.common.tls", "services.common.observability",
+           "services.common.doctor", "services.common.healthcheck",
+           "services.trainer.spec", "services.trainer.memory", "services.quantizer.spec", "services.quantizer.methods",
+           "services.evaluator.spec", "services.evaluator.compare", "services.evaluator.metrics",
+           "flows.experiment", "flows.aggregate", "flows.pipeline", "flows.dryrun", "flows.orchestrator",
+           "flows.report", "flows.deployments"]
 
 
 def test_imports_without_torch():
