@@ -84,9 +84,16 @@ def _require_id(job_id: str) -> str:
 
 
 class JobMethods:
-    """Mixin: the job RPCs, delegating to ``self.runtime``."""
+    """Mixin: the job RPCs, delegating to ``self.runtime``, and the one way a Submit RPC works."""
 
-    runtime: JobRuntime
+    def __init__(self, runtime: JobRuntime, store) -> None:
+        self.runtime, self.store = runtime, store
+
+    def submit(self, kind: str, request, resolve) -> jobs_pb2.Job:
+        """proto spec -> dict -> validated at the door by ``resolve(spec, store)`` -> queued job."""
+        spec = spec_to_dict(request.spec)
+        rec = self.runtime.submit(kind, spec, lambda: resolve(spec, self.store), request.request_id)
+        return self.job_proto(rec)
 
     def job_proto(self, rec: JobRecord) -> jobs_pb2.Job:
         return record_to_proto(rec, self.runtime.queue_position(rec.job_id))

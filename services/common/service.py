@@ -83,8 +83,3 @@ def main(sdef: ServiceDef) -> None:
                          metrics_port=settings.metrics_port)
     wait_for_termination(svc.server, svc.health, lambda: svc.runtime.shutdown(settings.cancel_grace_s))
 
-
-def channel(address: str) -> grpc.Channel:
-    """A client channel with the environment's TLS and token (see clients.secure_channel)."""
-    from services.common.clients import secure_channel
-    return secure_channel(address)

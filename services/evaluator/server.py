@@ -2,19 +2,15 @@
 from __future__ import annotations
 
 from services.common.generated.ftlab.v1 import evaluator_pb2_grpc
-from services.common.job_service import JobMethods, spec_to_dict
+from services.common.job_service import JobMethods
 from services.common.service import ServiceDef, main
 from services.evaluator.spec import resolve_evaluate_spec
 
 
-class EvaluatorServicer(JobMethods, evaluator_pb2_grpc.EvaluatorServiceServicer):  # JobMethods first: it overrides the stubs
-    def __init__(self, runtime, store):
-        self.runtime, self.store = runtime, store
-
+# JobMethods comes first: its job RPCs override the generated stubs' UNIMPLEMENTED ones.
+class EvaluatorServicer(JobMethods, evaluator_pb2_grpc.EvaluatorServiceServicer):
     def SubmitEvaluate(self, request, context):
-        spec = spec_to_dict(request.spec)
-        rec = self.runtime.submit("evaluate", spec, lambda: resolve_evaluate_spec(spec, self.store), request.request_id)
-        return self.job_proto(rec)
+        return self.submit("evaluate", request, resolve_evaluate_spec)
 
 
 SERVICE = ServiceDef(name="evaluator", full_name="ftlab.v1.EvaluatorService", servicer=EvaluatorServicer,

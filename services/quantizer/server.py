@@ -2,19 +2,15 @@
 from __future__ import annotations
 
 from services.common.generated.ftlab.v1 import quantizer_pb2_grpc
-from services.common.job_service import JobMethods, spec_to_dict
+from services.common.job_service import JobMethods
 from services.common.service import ServiceDef, main
 from services.quantizer.spec import resolve_quantize_spec
 
 
-class QuantizerServicer(JobMethods, quantizer_pb2_grpc.QuantizerServiceServicer):  # JobMethods first: it overrides the stubs
-    def __init__(self, runtime, store):
-        self.runtime, self.store = runtime, store
-
+# JobMethods comes first: its job RPCs override the generated stubs' UNIMPLEMENTED ones.
+class QuantizerServicer(JobMethods, quantizer_pb2_grpc.QuantizerServiceServicer):
     def SubmitQuantize(self, request, context):
-        spec = spec_to_dict(request.spec)
-        rec = self.runtime.submit("quantize", spec, lambda: resolve_quantize_spec(spec, self.store), request.request_id)
-        return self.job_proto(rec)
+        return self.submit("quantize", request, resolve_quantize_spec)
 
 
 SERVICE = ServiceDef(name="quantizer", full_name="ftlab.v1.QuantizerService", servicer=QuantizerServicer,

@@ -2,19 +2,15 @@
 from __future__ import annotations
 
 from services.common.generated.ftlab.v1 import trainer_pb2_grpc
-from services.common.job_service import JobMethods, spec_to_dict
+from services.common.job_service import JobMethods
 from services.common.service import ServiceDef, main
 from services.trainer.spec import resolve_train_spec
 
 
-class TrainerServicer(JobMethods, trainer_pb2_grpc.TrainerServiceServicer):  # JobMethods first: it overrides the stubs
-    def __init__(self, runtime, store):
-        self.runtime, self.store = runtime, store
-
+# JobMethods comes first: its job RPCs override the generated stubs' UNIMPLEMENTED ones.
+class TrainerServicer(JobMethods, trainer_pb2_grpc.TrainerServiceServicer):
     def SubmitTrain(self, request, context):
-        spec = spec_to_dict(request.spec)
-        rec = self.runtime.submit("train", spec, lambda: resolve_train_spec(spec, self.store), request.request_id)
-        return self.job_proto(rec)
+        return self.submit("train", request, resolve_train_spec)
 
     def job_proto(self, rec):
         """Every Job carries the memory estimate made at submit, from its first answer on."""
