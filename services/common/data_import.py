@@ -5,8 +5,10 @@ Sources:
   seed  a folder with the study's ``train-<seed_stem>.parquet`` / ``test-<seed_stem>.parquet``
   hf    a folder with ``<hf_stem>-train.jsonl`` / ``<hf_stem>-test.jsonl`` in Hugging Face schema
   hub   ``datasets.load_dataset`` from the Hugging Face hub (online hosts), seeded sampling
-Seed and hf rows are kept as they are (they already are the study's samples); rows whose gold answer
-cannot be put in canonical form (e.g. a symbolic OpenMath answer) are dropped and counted.
+Seed and hf rows are kept as they are (they already are the study's samples); a row that cannot be
+put in canonical form is dropped, and every import reports what it kept and what it dropped with the
+reason per kind (``DROP_REASONS``), in its return value and in the dataset manifest; ``strict=True``
+turns any drop into an error that writes nothing. SQuAD v2 rows keep every gold answer (``answers``).
 Data is read from the source at run time, never copied into the repository.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 import re
 import string
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -37,6 +39,23 @@ SCHEMA_VERSION = 1
 SOURCES = ("seed", "hf", "hub")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 _SPLIT_RE = re.compile(r"[a-z][a-z0-9_]*")
+
+
+# Why a source record did not become a dataset row (the manifest counts each kind).
+MISSING_FIELD = "missing_field"          # no question / context / gold in the record
+NON_NUMERIC_GOLD = "non_numeric_gold"    # math: the expected answer is not a single number
+INVALID_GOLD = "invalid_gold"            # multiple choice: the gold is not one of the option labels
+DUPLICATE_ID = "duplicate_id"            # the source id repeats an earlier record's
+UNUSABLE_GOLD = "unusable_gold"          # a converter refused the record without naming a reason
+DROP_REASONS = (MISSING_FIELD, NON_NUMERIC_GOLD, INVALID_GOLD, DUPLICATE_ID, UNUSABLE_GOLD)
+
+
+class Dropped(Exception):
+    """Raised by a converter for a record that cannot become a row; ``reason`` is one of DROP_REASONS."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 def validate_columns(task: str | T.TaskDef, df: pd.DataFrame) -> None:
@@ -74,30 +93,48 @@ def _mcq_row(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
             gold = string.ascii_uppercase[int(gold)] if 0 <= int(gold) < 26 else None
         elif _text(gold) in labels:
             gold = string.ascii_uppercase[labels.index(_text(gold))]
-    answer = T.normalise_answer(task, _text(gold)) if gold is not None else None
-    if not question or answer is None:
-        return None
+    if not question or gold is None or _text(gold).strip() == "":
+        raise Dropped(MISSING_FIELD)
+    answer = T.normalise_answer(task, _text(gold))
+    if answer is None:
+        raise Dropped(INVALID_GOLD)
     return {"id": _text(rec.get("id") or rec.get("title")), "question": question, "answer": answer}
 
 
+def _gold_texts(rec: Mapping[str, Any]) -> list[str]:
+    """Every gold answer in dataset order; [] when the dataset marks the question unanswerable.
+    Golds are never mapped through the no-answer synonyms: a gold span "None" stays a gold."""
+    if "answers" in rec and rec["answers"] is not None and not isinstance(rec["answers"], str):
+        answers = rec["answers"]  # official: [{"text", "answer_start"}]; hub: {"text": [...], ...}
+        texts = answers.get("text", []) if isinstance(answers, Mapping) else [
+            a["text"] if isinstance(a, Mapping) else a for a in answers]
+        texts = [str(t) for t in texts]
+    else:  # seed: one string, "" when unanswerable
+        one = _text(rec.get("answer", rec.get("answers")))
+        texts = [one] if one != "" else []
+    return [] if rec.get("is_impossible") is True else texts
+
+
 def _squad_row(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
-    if "answer" in rec:  # seed: one string, "" when unanswerable
-        answer = _text(rec["answer"])
-    else:  # HF: answers as [{"text", "answer_start"}] (official) or {"text": [...]} (hub)
-        answers = rec.get("answers") or []
-        texts = answers.get("text", []) if isinstance(answers, Mapping) else [a["text"] for a in answers]
-        answer = "" if rec.get("is_impossible") or not len(texts) else str(texts[0])
+    if "answer" not in rec and "answers" not in rec:
+        raise Dropped(MISSING_FIELD)
+    answers = _gold_texts(rec)
     row = {"id": _text(rec.get("id")), "title": _text(rec.get("title")), "context": _text(rec.get("context")),
-           "question": _text(rec.get("question")).strip(), "answer": answer}
-    return row if row["context"] and row["question"] else None
+           "question": _text(rec.get("question")).strip(), "answer": answers[0] if answers else "",
+           "answers": answers}
+    if not row["context"] or not row["question"]:
+        raise Dropped(MISSING_FIELD)
+    return row
 
 
 def _math_row(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
     question = _text(rec.get("question", rec.get("problem"))).strip()
     gold = rec.get("answer", rec.get("expected_answer"))
-    answer = None if gold is None else T.normalise_answer(task, gold)
-    if not question or answer is None:
-        return None
+    if not question or gold is None or _text(gold).strip() == "":
+        raise Dropped(MISSING_FIELD)
+    answer = T.normalise_answer(task, gold)
+    if answer is None:
+        raise Dropped(NON_NUMERIC_GOLD)
     return {"id": _text(rec.get("id")), "question": question, "answer": answer}
 
 
@@ -112,18 +149,67 @@ def _canonical(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
     return _CONVERTERS[task.type](task, rec)
 
 
+def convert_records(task: T.TaskDef, records: Iterable[Mapping[str, Any]]) -> tuple[list[dict], Counter]:
+    """Source records → canonical rows, in order, and a Counter of dropped records by reason
+    (``DROP_REASONS``). A record whose source id repeats an earlier kept one is dropped."""
+    rows, drops, seen = [], Counter(), set()
+    for rec in records:
+        try:
+            row = _canonical(task, rec)
+        except Dropped as d:
+            drops[d.reason] += 1
+            continue
+        if row is None:
+            drops[UNUSABLE_GOLD] += 1
+            continue
+        if row["id"]:
+            if row["id"] in seen:
+                drops[DUPLICATE_ID] += 1
+                continue
+            seen.add(row["id"])
+        rows.append(row)
+    return rows, drops
+
+
 def _content_key(row: dict) -> str:
     return row.get("context", "") + "\x00" + row["question"]
 
 
 def _frame(task: T.TaskDef, rows: list[dict]) -> pd.DataFrame:
-    """Rows → canonical frame; rows without an id get a content hash, and ids are made unique."""
+    """Rows → canonical frame; rows without a source id get a content hash, and a repeated content
+    (the same question twice in a pool) gets a suffix ("-2") so ids stay unique."""
     seen: dict[str, int] = defaultdict(int)
     for row in rows:
         base = row["id"] or f"{task.short}-{hashlib.sha1(_content_key(row).encode()).hexdigest()[:12]}"
         seen[base] += 1
         row["id"] = base if seen[base] == 1 else f"{base}-{seen[base]}"
-    return pd.DataFrame(rows, columns=list(task.columns), dtype="str")
+    return pd.DataFrame({c: pd.Series([r[c] for r in rows], dtype=object if c == "answers" else "str")
+                         for c in task.columns}, columns=list(task.columns))
+
+
+# Fixed writer options: the same rows give the same bytes (and sha256) on every run.
+_PARQUET_OPTIONS = dict(compression="snappy", version="2.6", data_page_version="1.0", use_dictionary=True,
+                        write_statistics=True, store_schema=False, row_group_size=1 << 20)
+
+
+def write_split(task: T.TaskDef, df: pd.DataFrame, path: str | Path) -> str:
+    """Write one canonical split as parquet with fixed options; returns its sha256. String columns
+    are plain strings, ``answers`` a list of strings; no pandas or arrow metadata is stored, so the
+    bytes depend on the rows only."""
+    arrays = {c: pa.array([list(v) for v in df[c]], pa.list_(pa.string())) if c == "answers"
+              else pa.array(df[c].tolist(), pa.string()) for c in task.columns}
+    pq.write_table(pa.table(arrays), path, **_PARQUET_OPTIONS)
+    return sha256_file(path)
+
+
+def drop_summary(split_info: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per split: 'train: kept 638 of 800; dropped 162 (non_numeric_gold 162)'."""
+    lines = []
+    for s, info in split_info.items():
+        why = ", ".join(f"{k} {v}" for k, v in sorted(info.get("drops", {}).items()))
+        lines.append(f"{s}: kept {info['rows']} of {info['read']}; dropped {info['dropped']}"
+                     + (f" ({why})" if why else ""))
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,34 +250,39 @@ def _seeded_order(ds: Any, seed: int) -> Iterator[Mapping[str, Any]]:
         yield from ds.shuffle(seed=seed, buffer_size=10_000)
 
 
-def _sample_hub(task: T.TaskDef, splits: list[str], sizes: dict[str, int], seed: int) -> dict[str, tuple[list, int]]:
+def _sample_hub(task: T.TaskDef, splits: list[str], sizes: dict[str, int],
+                seed: int) -> dict[str, tuple[list, Counter, int]]:
     """Seeded samples per split. Our splits that share a hub split are drawn from one shuffled order,
     test first (so the test set does not depend on train_size), with no question in two splits."""
     hub_of = dict(task.hub_splits)
     groups: dict[str, list[str]] = defaultdict(list)
     for split in sorted(splits, key=lambda s: s == "train"):
         groups[hub_of[split]].append(split)
-    out: dict[str, tuple[list, int]] = {}
+    out: dict[str, tuple[list, Counter, int]] = {}
     for hub_split, ours in groups.items():
         taken: dict[str, list[dict]] = {s: [] for s in ours}
-        dropped = {s: 0 for s in ours}  # rows skipped (unusable gold) while drawing that split
+        dropped = {s: Counter() for s in ours}  # records skipped while drawing that split, by reason
+        read = {s: 0 for s in ours}
         used: set[str] = set()
         pending = list(ours)
         for rec in _seeded_order(_load_hub_split(task, hub_split), seed):
             if not pending:
                 break
-            row = _canonical(task, rec)
-            if row is None:
-                dropped[pending[0]] += 1
+            read[pending[0]] += 1
+            rows, drops = convert_records(task, [rec])
+            if drops:
+                dropped[pending[0]] += drops
                 continue
-            if _content_key(row) in used:
+            row = rows[0]
+            if _content_key(row) in used:  # the same question again: not a new item, not a drop
+                read[pending[0]] -= 1
                 continue
             used.add(_content_key(row))
             taken[pending[0]].append(row)
             if len(taken[pending[0]]) >= sizes[pending[0]]:
                 pending.pop(0)
         for s in ours:
-            out[s] = (taken[s], dropped[s])
+            out[s] = (taken[s], dropped[s], read[s])
     return out
 
 
@@ -240,9 +331,12 @@ def _check_request(task_name, source, path, splits, train_size, test_size, name)
 
 def import_dataset(store: ObjectStore, task: str | T.TaskDef, source: str, path: str | Path | None = None,
                    splits: Iterable[str] = ("train", "test"), seed: int = 0, train_size: int = 1000,
-                   test_size: int = 200, name: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+                   test_size: int = 200, name: str | None = None, overwrite: bool = False,
+                   strict: bool = False) -> dict[str, Any]:
     """Import ``splits`` of ``task`` from ``source`` into ``datasets/{name or short}/{split}.parquet``
-    and commit it; returns the manifest. A rejected request writes nothing."""
+    and commit it; returns the manifest. Each split's entry says what was read, kept (``rows``) and
+    dropped, with ``drops`` = {reason: count} (``DROP_REASONS``). ``strict``: any drop is a
+    ValidationError. A rejected request writes nothing."""
     splits = list(splits) if not isinstance(splits, str) else splits
     taskdef, problems = _check_request(task, source, path, splits, train_size, test_size, name)
     if problems:
@@ -265,25 +359,28 @@ def import_dataset(store: ObjectStore, task: str | T.TaskDef, source: str, path:
             raise NotFoundError(f"{source} source for {taskdef.name} lacks: {', '.join(missing)}")
         sampled = {}
         for s, f in files.items():
-            rows = [_canonical(taskdef, rec) for rec in _read_records(f)]
-            kept = [r for r in rows if r is not None]
-            sampled[s] = (kept, len(rows) - len(kept))
+            records = _read_records(f)
+            kept, drops = convert_records(taskdef, records)
+            sampled[s] = (kept, drops, len(records))
         meta = {"source_path": str(root), "source_files": {s: f.name for s, f in files.items()}}
 
-    frames = {s: _frame(taskdef, rows) for s, (rows, _) in sampled.items()}
-    empty = [s for s, df in frames.items() if df.empty]
-    if empty:
-        raise ValidationError(f"no usable {taskdef.name} rows for split(s) {empty} from {source}")
+    problems = [f"{s}: dropped {sum(d.values())} of {n} record(s): "
+                + ", ".join(f"{k} {v}" for k, v in sorted(d.items()))
+                for s, (_, d, n) in sampled.items() if strict and d]
+    problems += [f"no usable {taskdef.name} rows for split {s!r} from {source}"
+                 for s, (rows, _, _) in sampled.items() if not rows]
+    if problems:
+        raise ValidationError(problems)
+    frames = {s: _frame(taskdef, rows) for s, (rows, _, _) in sampled.items()}
 
     with tempfile.TemporaryDirectory(prefix="ftlab-import-") as tmp:
         split_info = {}
         for s, df in frames.items():
             validate_columns(taskdef, df)
-            file = Path(tmp, f"{s}.parquet")
-            # Plain string columns, no pandas metadata: the bytes (and sha256) depend on the data only.
-            pq.write_table(pa.table({c: pa.array(df[c].tolist(), pa.string()) for c in taskdef.columns}), file)
-            split_info[s] = {"rows": len(df), "sha256": sha256_file(file), "columns": list(taskdef.columns),
-                             "dropped": sampled[s][1]}
+            _, drops, read = sampled[s]
+            split_info[s] = {"rows": len(df), "sha256": write_split(taskdef, df, Path(tmp, f"{s}.parquet")),
+                             "columns": list(taskdef.columns), "read": read, "dropped": sum(drops.values()),
+                             "drops": dict(sorted(drops.items()))}
         manifest = {"name": name, "task": taskdef.name, "task_type": taskdef.type.value, "source": source,
                     **meta, "splits": split_info, "schema_version": SCHEMA_VERSION}
         return commit_dir(store, BUCKET, name, tmp, manifest, overwrite=overwrite)

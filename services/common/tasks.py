@@ -31,7 +31,7 @@ class TaskType(str, Enum):
 # The canonical dataset columns per type (data_import writes exactly these).
 TYPE_COLUMNS: dict[TaskType, tuple[str, ...]] = {
     TaskType.MCQ4: ("id", "question", "answer"),
-    TaskType.SQUAD_V2: ("id", "title", "context", "question", "answer"),
+    TaskType.SQUAD_V2: ("id", "title", "context", "question", "answer", "answers"),
     TaskType.MATH_NUMERIC: ("id", "question", "answer"),
 }
 
@@ -106,7 +106,7 @@ def task_from_mapping(data: Any, source: str = "<mapping>") -> TaskDef:
         except ValueError as e:
             p.append(f"{source}: user_template is not a valid format string: {e}")
             used = []
-        allowed = [c for c in columns if c != "answer"]  # the gold must never leak into the prompt
+        allowed = [c for c in columns if c not in ("answer", "answers")]  # golds never leak into the prompt
         for f in used:
             if f not in allowed:
                 p.append(f"{source}: user_template field {{{f}}} is not one of {allowed}")
