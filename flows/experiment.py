@@ -91,6 +91,24 @@ class Experiment:
         return list(dict.fromkeys(d for s in self.steps for d in s.after if d not in produced))
 
 
+def _check_prepare(prepare: Any) -> list[str]:
+    """data.prepare: {dataset name: recipe (shipped name or YAML path)}; each recipe is validated
+    here, its source files only when the step runs (they may live on the GPU host)."""
+    if prepare is None:
+        return []
+    if not isinstance(prepare, dict) or not prepare:
+        return ["data.prepare: must map dataset names to recipes (e.g. {arc: study-arc})"]
+    from services.common.data_prepare import load_recipe
+    p = []
+    for name, recipe in prepare.items():
+        p += check_name(f"data.prepare.{name}", str(name))
+        try:
+            load_recipe(str(recipe), check_sources=False)
+        except (ValidationError, NotFoundError) as exc:
+            p += [f"data.prepare.{name}: {x}" for x in getattr(exc, "problems", [str(exc)])]
+    return p
+
+
 def resolve_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
@@ -228,11 +246,14 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
     data = raw.get("data")
     if data is not None:
         data = _mapping(p, data, "data")
-        p += [f"data: unknown key {k!r} (known: path, source)" for k in data if k not in ("source", "path")]
+        p += [f"data: unknown key {k!r} (known: path, prepare, source)" for k in data
+              if k not in ("source", "path", "prepare")]
         if data.get("source", "seed") not in DATA_SOURCES:
             p.append(f"data.source: unknown {data.get('source')!r}; known: {_known(DATA_SOURCES)}")
-        if data.get("source", "seed") != "hub" and not data.get("path"):
+        imports = "source" in data or "path" in data or "prepare" not in data
+        if imports and data.get("source", "seed") != "hub" and not data.get("path"):
             p.append("data.path: required for the seed and hf sources")
+        p += _check_prepare(data.get("prepare"))
 
     timeouts = dict(STAGE_TIMEOUTS)
     for k, v in _mapping(p, raw.get("timeouts_s"), "timeouts_s").items():

@@ -78,6 +78,8 @@ def import_data(exp: Experiment) -> list[dict[str, Any]]:
         step = {"key": f"data:{name}", "stage": "data", "output": name}
         if artifacts.read_manifest(store, "datasets", name) is not None:
             out.append(step | {"status": "skipped"})
+        elif name in (exp.data or {}).get("prepare", {}):
+            out.append(step | prepare_dataset(store, name, exp.data["prepare"][name]))
         elif not exp.data:
             out.append(step | {"status": "failed", "error": f"dataset {name!r} is not in storage and the spec has "
                                                              f"no data section; run `ftlab data import --task {name}`"})
@@ -88,6 +90,16 @@ def import_data(exp: Experiment) -> list[dict[str, Any]]:
             except (FtlabError, OSError) as exc:
                 out.append(step | {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
     return out
+
+
+def prepare_dataset(store, name: str, recipe: str) -> dict[str, Any]:
+    """A data step that draws dataset ``name`` from raw files by a recipe (``ftlab data prepare``)."""
+    from services.common.data_prepare import prepare
+    try:
+        m = prepare(store, recipe, name=name)
+    except (FtlabError, OSError) as exc:
+        return {"status": "failed", "error": f"prepare {recipe}: {type(exc).__name__}: {exc}"}
+    return {"status": "succeeded", "outputs": {"dataset": m["uri"], "recipe": str(recipe)}}
 
 
 # Skipping is decided by the committed manifest, not by Prefect's cache.

@@ -109,10 +109,63 @@ def cmd_data_import(args) -> int:
     from services.common.tasks import list_tasks
     store = _store()
     names = [t.short for t in list_tasks()] if args.task == "all" else [args.task]
+    from services.common.data_import import drop_summary
     for name in names:
-        m = import_dataset(store, name, args.source, args.path, overwrite=args.overwrite)
+        m = import_dataset(store, name, args.source, args.path, overwrite=args.overwrite,
+                           strict=getattr(args, "strict", False))
         rows = {s: v["rows"] for s, v in m["splits"].items()}
         print(f"imported {m['uri']} {rows}")
+        for line in drop_summary(m["splits"]):
+            print(f"  {line}")
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from services.common.data_prepare import describe, prepare
+    store = _store()
+    m = prepare(store, args.recipe, name=args.name, overwrite=args.overwrite)
+    print(f"prepared {m['uri']} {({s: v['rows'] for s, v in m['splits'].items()})}")
+    print(describe(store, m["name"]))
+    return 0
+
+
+def cmd_data_show(args) -> int:
+    from services.common import artifacts
+    from services.common.data_prepare import describe
+    store = _store()
+    if args.json:
+        print(json.dumps(artifacts.require_manifest(store, "datasets", args.name, what="dataset"), indent=2))
+    else:
+        print(describe(store, args.name))
+    return 0
+
+
+def cmd_data_list(args) -> int:
+    from services.common import artifacts
+    store = _store()
+    for name in artifacts.list_committed(store, "datasets"):
+        m = artifacts.read_manifest(store, "datasets", name) or {}
+        rows = {s: v.get("rows") for s, v in m.get("splits", {}).items()}
+        print(f"{name:24s} {m.get('task', '?'):20s} {m.get('source', '?'):8s} {rows}")
+    return 0
+
+
+def cmd_data_leakage(args) -> int:
+    from services.common import leakage
+    from services.common.data_import import convert_records, _frame
+    from services.common.data_prepare import read_source
+    from services.common.tasks import TaskType, get_task
+    task = get_task(args.task)
+    rows = []
+    for path in (args.train, args.test):
+        recs, _ = read_source({"path": path})
+        kept, _ = convert_records(task, recs)
+        _frame(task, kept)  # ids for rows without one
+        rows.append(kept)
+    report = leakage.check(rows[0], rows[1], pair=task.type is TaskType.SQUAD_V2, threshold=args.threshold,
+                           n=args.ngram, examples=args.examples)
+    print(json.dumps({k: v for k, v in report.items() if not k.startswith("train_ids")}, indent=2,
+                     ensure_ascii=False))
     return 0
 
 
@@ -338,7 +391,26 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--source", default="seed", choices=["seed", "hf", "hub"])
     di.add_argument("--path", help=f"folder for seed/hf sources ({SHARED_HINT})")
     di.add_argument("--overwrite", action="store_true")
+    di.add_argument("--strict", action="store_true", help="refuse the import (write nothing) if any row is dropped")
     di.set_defaults(func=cmd_data_import)
+    dp = data.add_parser("prepare", help="draw splits from raw files by a recipe (docs/DATA.md)")
+    dp.add_argument("recipe", help="a shipped recipe (study-arc, arc-raw, ...) or a recipe YAML file")
+    dp.add_argument("--name", help="dataset name (default: the recipe's name)")
+    dp.add_argument("--overwrite", action="store_true")
+    dp.set_defaults(func=cmd_data_prepare)
+    ds = data.add_parser("show", help="how a dataset was made: source, recipe, draws, drops, leakage")
+    ds.add_argument("name")
+    ds.add_argument("--json", action="store_true", help="the whole manifest")
+    ds.set_defaults(func=cmd_data_show)
+    data.add_parser("list", help="committed datasets").set_defaults(func=cmd_data_list)
+    dl = data.add_parser("leakage", help="test items duplicated in training, between two source files")
+    dl.add_argument("--task", required=True)
+    dl.add_argument("train", help="training file or folder")
+    dl.add_argument("test", help="test file or folder")
+    dl.add_argument("--threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold")
+    dl.add_argument("--ngram", type=int, default=3)
+    dl.add_argument("--examples", type=int, default=5)
+    dl.set_defaults(func=cmd_data_leakage)
 
     model = sub.add_parser("model", help="models").add_subparsers(dest="action", required=True)
     mt = model.add_parser("make-tiny", help="build the tiny random Qwen3 with the real tokenizer")
