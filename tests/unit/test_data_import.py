@@ -96,8 +96,11 @@ def test_squad_unanswerable_gold_is_empty(imported):
 def test_hf_openmath_drops_symbolic_answers_and_counts_them(imported):
     store, manifests = imported
     splits = manifests["openmath", "hf"]["splits"]
-    assert splits["test"]["rows"] == 200 and splits["test"]["dropped"] == 0
-    assert splits["train"]["rows"] + splits["train"]["dropped"] == 800 and splits["train"]["dropped"] > 0
+    assert splits["test"]["rows"] == 200 and splits["test"]["dropped"] == 0 and splits["test"]["drops"] == {}
+    assert (splits["train"]["read"], splits["train"]["rows"], splits["train"]["dropped"]) == (800, 638, 162)
+    assert splits["train"]["drops"] == {D.NON_NUMERIC_GOLD: 162}
+    assert D.drop_summary(splits) == ["train: kept 638 of 800; dropped 162 (non_numeric_gold 162)",
+                                      "test: kept 200 of 200; dropped 0"]
     answers = D.load_split(store, "openmath-hf", "train")["answer"]
     assert answers.map(lambda a: T.parse_number(a) is not None).all()
     assert "0.32653061224489793" in set(answers)  # \frac{16}{49}
@@ -128,6 +131,45 @@ def test_reimport_is_refused_unless_overwrite(imported):
     assert m["splits"]["test"]["sha256"] == manifests["arc", "seed"]["splits"]["test"]["sha256"]  # deterministic
     with pytest.raises(NotFoundError, match="no split 'train'"):
         D.load_split(store, "arc-seed", "train")
+
+
+def test_every_drop_kind_is_counted_and_strict_refuses_writing_nothing(tmp_path):
+    data = tmp_path / "hf"
+    data.mkdir()
+    recs = {"train": [{"id": "a", "title": "T", "context": "c1", "question": "q1?",
+                       "answers": [{"text": "x", "answer_start": 0}, {"text": "the x", "answer_start": 0}]},
+                      {"id": "a", "title": "T", "context": "c2", "question": "q2?", "answers": []},  # duplicate id
+                      {"id": "b", "title": "T", "context": "", "question": "q3?", "answers": []},   # no context
+                      {"id": "c", "title": "T", "context": "c4", "question": "q4?"},                # no answers
+                      {"id": "d", "title": "T", "context": "c5", "question": "q5?", "is_impossible": True,
+                       "answers": []}],
+            "test": [{"id": "e", "title": "T", "context": "c6", "question": "q6?",
+                      "answers": {"text": ["None", "none"], "answer_start": [0, 0]}}]}
+    for split, rows in recs.items():
+        (data / f"squad-{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store = LocalStore(tmp_path / "store")
+    store.ensure_buckets()
+    with pytest.raises(ValidationError) as e:
+        D.import_dataset(store, "squad", "hf", data, strict=True)
+    assert e.value.problems == ["train: dropped 3 of 5 record(s): duplicate_id 1, missing_field 2"]
+    assert all(store.list_keys(b) == [] for b in ("datasets",))
+    m = D.import_dataset(store, "squad", "hf", data)
+    assert m["splits"]["train"]["drops"] == {D.DUPLICATE_ID: 1, D.MISSING_FIELD: 2}
+    train, test = D.load_split(store, "squad", "train"), D.load_split(store, "squad", "test")
+    assert [list(a) for a in train["answers"]] == [["x", "the x"], []] and list(train["answer"]) == ["x", ""]
+    assert list(test["answers"][0]) == ["None", "none"] and test["answer"][0] == "None"  # a gold, not "no answer"
+
+
+def test_math_and_mcq_drop_reasons():
+    om, arc = T.get_task("openmath"), T.get_task("arc")
+    rows, drops = D.convert_records(om, [{"problem": "1+1?", "expected_answer": "2"},
+                                         {"problem": "x?", "expected_answer": "\\sqrt{2}"},
+                                         {"problem": "", "expected_answer": "3"}, {"problem": "y?"}])
+    assert len(rows) == 1 and drops == {D.NON_NUMERIC_GOLD: 1, D.MISSING_FIELD: 2}
+    rows, drops = D.convert_records(arc, [{"id": "1", "question": "q", "answer": "B"},
+                                          {"id": "2", "question": "q", "answer": "Z"},
+                                          {"id": "3", "question": "q"}])
+    assert len(rows) == 1 and drops == {D.INVALID_GOLD: 1, D.MISSING_FIELD: 1}
 
 
 # --- rejected requests write nothing ------------------------------------------------------------
@@ -222,6 +264,7 @@ def test_hub_squad_schema(tmp_path, monkeypatch):
     assert m["hub_splits"] == {"test": "validation"} and m["splits"]["test"]["rows"] == 5
     df = D.load_split(store, "squad", "test")
     assert all((a == "") == (int(i[1:]) % 2 == 0) for i, a in zip(df["id"], df["answer"]))
+    assert all(list(g) == ([a] if a else []) for a, g in zip(df["answer"], df["answers"]))
 
 
 # --- a new task from YAML only, imported end to end -------------------------------------------------
