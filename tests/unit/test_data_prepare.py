@@ -325,3 +325,10 @@ def test_flow_data_step_prepares_a_dataset_by_recipe(tmp_path, monkeypatch):
     m = read_manifest(LocalStore(tmp_path / "store"), "datasets", "arc")
     assert m["source"] == "prepare" and m["splits"]["train"]["rows"] == 1000
     assert [s["status"] for s in import_data.fn(exp)] == ["skipped"]
+
+
+def test_prepare_and_leakage_import_without_torch():
+    code = ("import sys\nfor m in ('torch', 'transformers', 'peft', 'bitsandbytes'):\n    sys.modules[m] = None\n"
+            "import services.common.data_prepare, services.common.leakage\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
