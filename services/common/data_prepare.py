@@ -410,7 +410,12 @@ def prepare(store: ObjectStore, recipe: str | os.PathLike | Mapping[str, Any], n
     info: dict[str, dict[str, Any]] = {}
     for s in order:
         spec = specs[s]
-        records, provenance = read_source(spec["source"])
+        try:
+            records, provenance = read_source(spec["source"])
+        except (OSError, ValueError, ValidationError, NotFoundError) as e:  # unreadable file, hub offline
+            problems.append(f"splits.{s}.source: cannot read: {e}")
+            drawn[s] = []
+            continue
         filters = spec.get("filters", {})
         drops: Counter = Counter()
         if filters.get("plain_number_gold"):

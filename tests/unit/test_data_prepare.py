@@ -332,3 +332,22 @@ def test_prepare_and_leakage_import_without_torch():
             "import services.common.data_prepare, services.common.leakage\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@needs_shared
+def test_hub_source_and_unreadable_sources(tmp_path, monkeypatch):
+    """study-squad's train split reads the hub: here the hub is replaced by the official raw train
+    file's records; the manifest names the hub split. An unreadable source is one more problem."""
+    raw_train = P.read_file(RAW / "squad" / "squad_v2_train_first10articles.json")
+    calls = []
+    monkeypatch.setattr(P, "load_hub", lambda hub, config, split: calls.append((hub, config, split)) or raw_train)
+    store = LocalStore(tmp_path / "store")
+    m = P.prepare(store, "study-squad")
+    assert calls == [("rajpurkar/squad_v2", None, "train")]
+    assert m["splits"]["train"]["source"] == {"hub": "rajpurkar/squad_v2", "config": None, "split": "train"}
+    assert m["splits"]["train"]["rows"] == 1000 and m["splits"]["train"]["read"] == 4719
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    with pytest.raises(ValidationError) as e:
+        P.prepare(store, _recipe(test={"source": {"path": str(tmp_path / "bad.jsonl")}, "n": 1},
+                                 train={"source": {"path": str(tmp_path / "bad.jsonl")}, "n": 1}), name="bad")
+    assert [x.split(":")[0] for x in e.value.problems] == ["splits.test.source", "splits.train.source"]
