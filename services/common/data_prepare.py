@@ -119,7 +119,8 @@ def validate_recipe(raw: Any, where: str = "<recipe>", check_sources: bool = Tru
     """Every problem of a recipe mapping (empty list: valid)."""
     if not isinstance(raw, Mapping):
         return [f"{where}: a recipe must be a mapping, got {type(raw).__name__}"]
-    p = [f"{where}: unknown key {k!r} (known: {', '.join(sorted(RECIPE_KEYS))})" for k in sorted(set(raw) - RECIPE_KEYS)]
+    p = [f"{where}: unknown key {k!r} (known: {', '.join(sorted(RECIPE_KEYS))})"
+         for k in sorted(set(raw) - RECIPE_KEYS) if not str(k).startswith("_")]  # _file, _sha256: load_recipe's
     task = None
     try:
         task = T.get_task(raw.get("task", ""))
@@ -313,7 +314,11 @@ def _is_plain_number(v: Any) -> bool:
 def prompt_token_counts(task: T.TaskDef, rows: list[dict], tokenizer: str) -> list[int]:
     """Tokens of each row's prompt (system + user through the chat template, thinking disabled, with
     the generation prompt), exactly what the evaluator feeds the model. Lazy transformers import."""
-    from transformers import AutoTokenizer
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise ValidationError("filters.max_prompt_tokens needs the transformers package (no torch needed): "
+                              "pip install transformers, or install ftlab[ml]") from None
     ref = str(_resolve(tokenizer)) if _resolve(tokenizer).is_dir() else tokenizer
     tok = AutoTokenizer.from_pretrained(ref)
     texts = [tok.apply_chat_template(T.build_messages(task, r), add_generation_prompt=True,
@@ -387,8 +392,9 @@ def prepare(store: ObjectStore, recipe: str | os.PathLike | Mapping[str, Any], n
         problems = validate_recipe(recipe)
         if problems:
             raise ValidationError(problems)
-        recipe = {**recipe, "_file": None, "_sha256": hashlib.sha256(
-            json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()}
+        if "_sha256" not in recipe:  # a mapping made in code: hash its canonical JSON
+            recipe = {**recipe, "_file": None, "_sha256": hashlib.sha256(
+                json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()}
     else:
         recipe = load_recipe(recipe)
     task = T.get_task(recipe["task"])

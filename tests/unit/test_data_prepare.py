@@ -79,7 +79,7 @@ def test_study_recipes_reproduce_the_studys_splits_exactly(prepared, tmp_path):
     # SQuAD: the test split (its pool is here; train needs the hub)
     squad = P.load_recipe("study-squad")
     del squad["splits"]["train"], squad["leakage"]
-    m = P.prepare(store, {k: v for k, v in squad.items() if not k.startswith("_")}, name="squad-study-test")
+    m = P.prepare(store, squad, name="squad-study-test")
     imported = D.import_dataset(seed, "squad", "seed", SEED, splits=("test",))
     assert m["splits"]["test"]["sha256"] == imported["splits"]["test"]["sha256"]
     assert manifests["study-openmath"]["leakage"]["exact"] == 3  # the study's own train/test overlap, reported
