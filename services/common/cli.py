@@ -152,16 +152,10 @@ def cmd_data_list(args) -> int:
 
 def cmd_data_leakage(args) -> int:
     from services.common import leakage
-    from services.common.data_import import convert_records, _frame
-    from services.common.data_prepare import read_source
+    from services.common.data_prepare import source_rows
     from services.common.tasks import TaskType, get_task
     task = get_task(args.task)
-    rows = []
-    for path in (args.train, args.test):
-        recs, _ = read_source({"path": path})
-        kept, _ = convert_records(task, recs)
-        _frame(task, kept)  # ids for rows without one
-        rows.append(kept)
+    rows = [source_rows(task, path) for path in (args.train, args.test)]
     report = leakage.check(rows[0], rows[1], pair=task.type is TaskType.SQUAD_V2, threshold=args.threshold,
                            n=args.ngram, examples=args.examples)
     print(json.dumps({k: v for k, v in report.items() if not k.startswith("train_ids")}, indent=2,

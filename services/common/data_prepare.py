@@ -298,6 +298,14 @@ def read_source(src: Mapping[str, Any]) -> tuple[list[dict], dict[str, Any]]:
     return records, {"path": str(src["path"]), "files": {f.name: sha256_file(f) for f in files}}
 
 
+def source_rows(task: T.TaskDef, path: str) -> list[dict]:
+    """Every canonical row of a file or folder, each with its id (``ftlab data leakage``)."""
+    records, _ = read_source({"path": path})
+    rows, _ = D.convert_records(task, records)
+    D._frame(task, rows)  # assigns content-hash ids to rows without one
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # Filters and draws
 
@@ -324,6 +332,22 @@ def prompt_token_counts(task: T.TaskDef, rows: list[dict], tokenizer: str) -> li
     texts = [tok.apply_chat_template(T.build_messages(task, r), add_generation_prompt=True,
                                      enable_thinking=False, tokenize=False) for r in rows]
     return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
+
+def candidates(task: T.TaskDef, records: list[dict], filters: Mapping[str, Any]) -> tuple[list[dict], Counter]:
+    """Source records → (canonical rows that pass the filters, in source order; drops by reason)."""
+    drops: Counter = Counter()
+    if filters.get("plain_number_gold"):
+        kept = [r for r in records if _gold_raw(r) is None or _is_plain_number(_gold_raw(r))]
+        drops[FILTER_PLAIN_NUMBER] = len(records) - len(kept)
+        records = kept
+    pool, conv_drops = D.convert_records(task, records)
+    drops += conv_drops
+    if "max_prompt_tokens" in filters and pool:
+        counts = prompt_token_counts(task, pool, filters["tokenizer"])
+        drops[FILTER_PROMPT_TOKENS] = sum(c > filters["max_prompt_tokens"] for c in counts)
+        pool = [r for r, c in zip(pool, counts) if c <= filters["max_prompt_tokens"]]
+    return pool, drops
 
 
 def stratum(task: T.TaskDef, strat: str, row: Mapping[str, Any]) -> str:
@@ -422,20 +446,7 @@ def prepare(store: ObjectStore, recipe: str | os.PathLike | Mapping[str, Any], n
             problems.append(f"splits.{s}.source: cannot read: {e}")
             drawn[s] = []
             continue
-        filters = spec.get("filters", {})
-        drops: Counter = Counter()
-        if filters.get("plain_number_gold"):
-            kept_recs = [r for r in records if _gold_raw(r) is None or _is_plain_number(_gold_raw(r))]
-            drops[FILTER_PLAIN_NUMBER] = len(records) - len(kept_recs)
-        else:
-            kept_recs = records
-        pool, conv_drops = D.convert_records(task, kept_recs)
-        drops += conv_drops
-        if "max_prompt_tokens" in filters and pool:
-            counts = prompt_token_counts(task, pool, filters["tokenizer"])
-            limit = filters["max_prompt_tokens"]
-            drops[FILTER_PROMPT_TOKENS] = sum(c > limit for c in counts)
-            pool = [r for r, c in zip(pool, counts) if c <= limit]
+        pool, drops = candidates(task, records, spec.get("filters", {}))
         if s == target and drop:
             others = [r for o in drawn.values() for r in o]
             pool, leaked = L.drop_leaks(pool, others, pair=pair)
