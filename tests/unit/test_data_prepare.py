@@ -307,6 +307,9 @@ def test_cli_import_reports_drops_strict_refuses_prepare_and_show(tmp_path):
     assert r.returncode == 0 and "arc-raw.yaml" in r.stdout and "draw: seeded n=1000 seed=42 stratify=answer" in r.stdout
     r = ftlab("data", "list")
     assert "arc" in r.stdout and "openmath" in r.stdout
+    r = ftlab("data", "leakage", "--task", "openmath", str(SEED / "train-OpenMathInstruct-2.parquet"),
+              str(SEED / "test-OpenMathInstruct-2.parquet"))
+    assert r.returncode == 0 and json.loads(r.stdout)["exact"] == 3  # the study's split, see docs/DATA.md
 
 
 @needs_shared
