@@ -209,7 +209,8 @@ def cmd_score(args) -> int:
         ids, outputs, golds = score.read_jsonl(args.file)
     else:
         ids, outputs, golds = score.read_evaluation(_store(), args.eval, args.task)
-    print(json.dumps(score.score_items(args.task, outputs, golds, args.profile, ids), indent=1))
+    print(json.dumps(score.score_items(args.task, outputs, golds, args.profile, ids, args.bootstrap_samples,
+                                       args.seed), indent=1))
     return 0
 
 
@@ -455,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--profile", default="ftlab", choices=["ftlab", "study"],
                     help="ftlab: corrected definitions (default); study: the study's scorer exactly")
     sc.add_argument("--eval", help="re-score a stored evaluation's predictions.parquet: MODEL/EVAL_ID")
+    sc.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples for the ftlab profile's 95%% CIs")
+    sc.add_argument("--seed", type=int, default=0, help="seeds the bootstrap")
     sc.set_defaults(func=cmd_score)
 
     j = sub.add_parser("jobs", help="list | get | watch | cancel jobs of a service")

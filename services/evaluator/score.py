@@ -60,12 +60,17 @@ def gold_problem(task: tasks.TaskDef, gold: Any) -> str | None:
 
 
 def score_items(task: str | tasks.TaskDef, outputs: list[str | None], golds: list, profile: str = "ftlab",
-                ids: list[str] | None = None) -> dict[str, Any]:
+                ids: list[str] | None = None, n_resamples: int = stats.DEFAULT_RESAMPLES,
+                seed: int = 0) -> dict[str, Any]:
     """Score raw outputs against golds (as in the JSONL format) under ``profile``; returns the
     task block plus ``task``, ``profile`` and ``items``. Raises ValidationError for bad golds."""
     task = tasks.get_task(task)
     if profile not in PROFILES:
         raise ValidationError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
+    if len(golds) != len(outputs):
+        raise ValidationError(f"{len(outputs)} outputs for {len(golds)} golds")
+    if not isinstance(n_resamples, int) or n_resamples < 100:
+        raise ValidationError(f"bootstrap samples must be an integer >= 100, got {n_resamples!r}")
     problems = [f"item {i}: {p}" for i, g in enumerate(golds) if (p := gold_problem(task, g))]
     if problems:
         raise ValidationError(problems)
@@ -74,7 +79,7 @@ def score_items(task: str | tasks.TaskDef, outputs: list[str | None], golds: lis
     if profile == "ftlab":
         preds = [tasks.parse_answer(task, o) for o in outputs]
         canon = [M.as_gold_list(g) if squad else tasks.normalise_answer(task, g) for g in golds]
-        block = ftlab_block(task, preds, canon)
+        block = ftlab_block(task, preds, canon, n_resamples, seed)
         flags = block.pop("_correct")
     else:
         # the study's gold: SQuAD the first answer ("" unanswerable); yes/no its "True"/"False"
