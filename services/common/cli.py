@@ -206,7 +206,7 @@ def cmd_score(args) -> int:
     if (args.file is None) == (args.eval is None):
         raise ValidationError("give exactly one of FILE (JSON Lines) or --eval MODEL/EVAL_ID")
     if args.file is not None:
-        ids, outputs, golds = score.read_jsonl(args.file)
+        ids, outputs, golds = score.read_jsonl(args.file, args.task)
     else:
         ids, outputs, golds = score.read_evaluation(_store(), args.eval, args.task)
     print(json.dumps(score.score_items(args.task, outputs, golds, args.profile, ids, args.bootstrap_samples,

@@ -92,8 +92,10 @@ def score_items(task: str | tasks.TaskDef, outputs: list[str | None], golds: lis
     return {"task": task.name, "profile": profile, **block, "items": items}
 
 
-def read_jsonl(path: str | Path) -> tuple[list[str], list[str | None], list[Any]]:
-    """(ids, outputs, golds) of a JSON Lines file; every bad line is reported at once."""
+def read_jsonl(path: str | Path, task: str | tasks.TaskDef | None = None) -> tuple[list[str], list[str | None], list[Any]]:
+    """(ids, outputs, golds) of a JSON Lines file; every bad line (and, given ``task``, every gold
+    that is not one of its answers) is reported at once."""
+    task = tasks.get_task(task) if task is not None else None
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
@@ -115,6 +117,8 @@ def read_jsonl(path: str | Path) -> tuple[list[str], list[str | None], list[Any]
                 problems.append(f"{path}:{n}: missing {k!r}")
         if rec.get("output") is not None and not isinstance(rec.get("output"), str):
             problems.append(f"{path}:{n}: output must be a string")
+        if task is not None and "gold" in rec and (why := gold_problem(task, rec["gold"])):
+            problems.append(f"{path}:{n}: {why}")
         ids.append(str(rec.get("id", n)))
         outputs.append(rec.get("output"))
         golds.append(rec.get("gold"))
