@@ -107,6 +107,12 @@ def test_both_profiles_stored_rescored_and_aggregated(store, tiny_model_dir, mon
         assert {k: got[k] for k in KEYS} == {k: prof["datasets"][name][k] for k in KEYS}
         assert len(got["items"]) == len(preds[preds.task == name])
 
+    # compare pairs SQuAD on every gold and knows the yes/no type
+    from services.evaluator.compare import compare
+    cmp = compare(store, f"{TINY}/e2e", f"{TINY}/e2e", n_resamples=100)
+    assert cmp["tasks"]["boolq"]["metrics"]["MCC"]["diff"] == 0.0
+    assert cmp["tasks"]["squad_v2"]["metrics"]["F1"]["a"] == ours["metrics"]["F1"]
+
     # The aggregation of this evaluation: the study's columns, then the __study ones.
     table = summary_table(store, [(TINY, "e2e")])
     study_cols = [c for c in table.columns if c.endswith("__study")]
