@@ -283,8 +283,12 @@ def gold_answers(task: str | TaskDef, row: Any) -> list[str]:
     if answers is None or (isinstance(answers, float) and math.isnan(answers)):
         first = values.get("answer")
         answers = [] if _missing(first) or str(first).strip() == "" else [first]
-    elif isinstance(answers, str):  # a JSON list written as text
-        answers = json.loads(answers) if answers.strip().startswith("[") else [answers]
+    elif isinstance(answers, str):  # a JSON list written as text, or one answer
+        try:
+            answers = json.loads(answers) if answers.strip() else []
+        except ValueError:
+            answers = [answers]
+        answers = answers if isinstance(answers, list) else [answers]
     return [str(a).strip() for a in answers if not _missing(a)]
 
 
