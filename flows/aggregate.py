@@ -23,7 +23,8 @@ STUDY_COLUMNS = [
 # whether higher is better. The study's scales: macro-F1 in [0, 1], SQuAD F1 in [0, 100].
 HEADLINE = {"ai2_arc": ("macro_f1", True), "squad_v2": ("F1", True), "OpenMathInstruct-2": ("avg_abs_diff", False)}
 # Our extra per-task metrics, when the evaluator reports them.
-TASK_EXTRA = {"ai2_arc": ["accuracy"], "squad_v2": ["EM", "accuracy"], "OpenMathInstruct-2": ["accuracy", "median_abs_diff"]}
+TASK_EXTRA = {"ai2_arc": ["accuracy"], "squad_v2": ["EM", "accuracy"], "OpenMathInstruct-2": ["accuracy", "median_abs_diff"],
+              "boolq": ["f1_pos", "MCC", "balanced_accuracy", "macro_f1"]}
 OUR_COLUMNS = ["train_peak_rss_gb", "eval_peak_rss_gb", "eval_tokens_per_s", "eval_samples_per_s",
                "train_time_s", "train_tokens_per_s", "model_size_gb", "method", "rank", "training_quant",
                "ptq_method", "quant_tag", "parent_model", "base_model", "train_dataset", "eval_id"]

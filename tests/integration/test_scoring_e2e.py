@@ -120,3 +120,4 @@ def test_both_profiles_stored_rescored_and_aggregated(store, tiny_model_dir, mon
     assert list(table.columns[len(STUDY_COLUMNS):len(STUDY_COLUMNS) + len(study_cols)]) == study_cols
     assert {"squad_v2__F1__study", "squad_v2__EM__study", "boolq__MCC__study", "boolq__accuracy__study"} <= set(study_cols)
     assert table.loc[0, "squad_v2__EM__study"] == 50.0 and table.loc[0, "squad_v2__EM"] == 0.0
+    assert table.loc[0, "boolq__MCC"] == metrics["datasets"]["boolq"]["metrics"]["MCC"]
