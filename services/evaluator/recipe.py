@@ -52,14 +52,15 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
         prompts = [generation.chat_prompt(tok, task, row) for row in rows]
         golds = [tasks.gold_answer(task, row) for row in rows]  # canonical; SQuAD: the first gold
         all_golds = [tasks.gold_answers(task, row) for row in rows]
+        scored = all_golds if task.type is tasks.TaskType.SQUAD_V2 else golds  # what the scorer takes
         parsed: dict[int, str | None] = {}
 
-        def on_batch(idx, gens, task=task, golds=golds, parsed=parsed):
+        def on_batch(idx, gens, task=task, scored=scored, parsed=parsed):
             nonlocal done
             for i, g in zip(idx, gens):
                 parsed[i] = tasks.parse_answer(task, g.text)
             done += len(idx)
-            ok = sum(parsed[i] is not None and parsed[i] == golds[i] for i in parsed)
+            ok = sum(score.ftlab_correct(task, [parsed[i]], [scored[i]])[0] for i in parsed)
             fmt = sum(p is not None for p in parsed.values())
             ctx.progress(done, total, {f"{task.name}__running_accuracy": 100.0 * ok / len(parsed),
                                        f"{task.name}__running_format_success_rate": 100.0 * fmt / len(parsed)},
@@ -69,7 +70,6 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
         gens = generation.generate(model, tok, prompts, cfg["max_new_tokens"], cfg["batch_size"], on_batch=on_batch)
         task_s = time.time() - t_task
         preds = [parsed[i] for i in range(len(rows))]
-        scored = all_golds if task.type is tasks.TaskType.SQUAD_V2 else golds
         block = score_task(task, preds, scored, gens, task_s, cfg)
         datasets_out[task_name] = block
         study_out[task_name] = study.dataset_block(task.type.value, [g.text for g in gens], golds,

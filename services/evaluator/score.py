@@ -46,6 +46,11 @@ def ftlab_block(task: tasks.TaskDef, preds: list, golds: list, n_resamples: int 
             "_correct": correct}
 
 
+def ftlab_correct(task: tasks.TaskDef, preds: list, golds: list) -> list[bool]:
+    """Per item right/wrong under the ``ftlab`` profile (SQuAD v2: EM against every gold)."""
+    return M.score(task, preds, golds)["correct"]
+
+
 def gold_problem(task: tasks.TaskDef, gold: Any) -> str | None:
     """Why ``gold`` is not a usable gold of ``task`` (None when it is)."""
     if task.type is tasks.TaskType.SQUAD_V2:
