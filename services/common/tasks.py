@@ -38,9 +38,6 @@ TYPE_COLUMNS: dict[TaskType, tuple[str, ...]] = {
     TaskType.MATH_NUMERIC: ("id", "question", "answer"),
     TaskType.BOOLQ: ("id", "context", "question", "answer"),
 }
-# Gold columns: never allowed in a prompt. SQuAD v2: ``answer`` is the first gold ("" when
-# unanswerable), ``answers`` every gold in dataset order ([] when unanswerable).
-GOLD_COLUMNS = ("answer", "answers")
 
 # What the model writes for "no answer in the passage"; the parser maps it (and the study's other
 # empty-like answers) to "", an abstention. Only PREDICTIONS are mapped: a gold is unanswerable
@@ -114,7 +111,7 @@ def task_from_mapping(data: Any, source: str = "<mapping>") -> TaskDef:
         except ValueError as e:
             p.append(f"{source}: user_template is not a valid format string: {e}")
             used = []
-        allowed = [c for c in columns if c not in GOLD_COLUMNS]  # the gold must never leak into the prompt
+        allowed = [c for c in columns if c not in ("answer", "answers")]  # golds never leak into the prompt
         for f in used:
             if f not in allowed:
                 p.append(f"{source}: user_template field {{{f}}} is not one of {allowed}")
