@@ -50,10 +50,10 @@ def test_builtin_tasks_match_the_study():
     }
     arc = T.get_task("ai2_arc")
     assert (arc.seed_stem, arc.hf_stem, arc.hub_id, arc.hub_config) == ("ai2_arc", "arc", "allenai/ai2_arc", "ARC-Challenge")
+    assert T.get_task("boolq").hub_id == "google/boolq"
     assert T.get_task("squad").hub_id == "rajpurkar/squad_v2"
     assert T.get_task("openmath").hub_id == "nvidia/OpenMathInstruct-2"
     assert T.get_task("squad").columns == ("id", "title", "context", "question", "answer", "answers")
-    assert T.get_task("boolq").hub_id == "google/boolq"
 
 
 @pytest.mark.parametrize("name", ["ai2_arc", "ARC", "arc", "Ai2_Arc"])
