@@ -259,6 +259,20 @@ def build_messages(task: str | TaskDef, row: Any) -> list[dict[str, str]]:
             {"role": "user", "content": task.user_template.format_map(values)}]
 
 
+def gold_answer(task: str | TaskDef, row: Any) -> str | None:
+    """The row's gold answer in canonical form (``parse_answer``'s form for predictions).
+
+    SQuAD v2: the first gold answer, "" when unanswerable (``gold_answers`` has them all)."""
+    task = get_task(task)
+    if task.type is TaskType.SQUAD_V2:
+        golds = gold_answers(task, row)
+        return golds[0] if golds else ""
+    value = _row_dict(row).get("answer")
+    if _missing(value):
+        return None  # no gold
+    return normalise_answer(task, value)
+
+
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -287,20 +301,6 @@ def gold_answers(task: str | TaskDef, row: Any) -> list[str]:
             answers = [answers]
         answers = answers if isinstance(answers, list) else [answers]
     return [str(a).strip() for a in answers if not _missing(a)]
-
-
-def gold_answer(task: str | TaskDef, row: Any) -> str | None:
-    """The row's gold answer in canonical form (``parse_answer``'s form for predictions).
-
-    SQuAD v2: the first gold answer, "" when unanswerable (``gold_answers`` has them all)."""
-    task = get_task(task)
-    if task.type is TaskType.SQUAD_V2:
-        golds = gold_answers(task, row)
-        return golds[0] if golds else ""
-    value = _row_dict(row).get("answer")
-    if _missing(value):
-        return None  # no gold
-    return normalise_answer(task, value)
 
 
 def with_answers(task: str | TaskDef, df: Any) -> Any:
