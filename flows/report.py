@@ -15,7 +15,6 @@ import pandas as pd
 
 from flows.aggregate import HEADLINE, summary_table
 from flows.plots import TITLES, make_plots
-from flows.report_profiles import profiles_html, profiles_markdown
 from services.common import artifacts
 from services.common.errors import NotFoundError
 from services.common.storage import ObjectStore
@@ -116,10 +115,10 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
     table = summary_table(store, evaluations_of(steps))
     table.to_csv(out / "metrics_summary.csv", index=False)
     plots = make_plots(table, out)
-    evals = evaluations_of(steps)
-    (out / "report.md").write_text(_markdown(info, table, steps, plots) + profiles_markdown(store, evals))
-    (out / "report.html").write_text(_html(info, table, steps, plots).replace(
-        "</body>", profiles_html(store, evals) + "</body>"))
+    (out / "report.md").write_text(_markdown(info, table, steps, plots))
+    (out / "report.html").write_text(_html(info, table, steps, plots))
+    from flows.report_profiles import add_profiles_section  # the ftlab vs study scoring section
+    add_profiles_section(store, evaluations_of(steps), out)
     (out / "steps.json").write_text(json.dumps(steps, indent=2, default=str))
     (out / "run.json").write_text(json.dumps(asdict(info), indent=2, default=str))
     manifest = artifacts.commit_dir(store, "reports", f"{info.experiment}/{info.run_id}", out, {

@@ -3,6 +3,7 @@ the same generations differ, and why (the definitions that differ, docs/EVALUATO
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Any
 
 from services.common import artifacts
@@ -66,3 +67,10 @@ def profiles_markdown(store: ObjectStore, evaluations: list[tuple[str, str]]) ->
 def profiles_html(store: ObjectStore, evaluations: list[tuple[str, str]]) -> str:
     return "<h2>Scoring profiles: ftlab vs study</h2><pre>" + html.escape(
         profiles_markdown(store, evaluations).split("\n", 3)[-1]) + "</pre>"
+
+
+def add_profiles_section(store: ObjectStore, evaluations: list[tuple[str, str]], out: Path) -> None:
+    """Append the section to ``out/report.md`` and ``out/report.html`` (written just before)."""
+    md, page = Path(out) / "report.md", Path(out) / "report.html"
+    md.write_text(md.read_text() + profiles_markdown(store, evaluations))
+    page.write_text(page.read_text().replace("</body>", profiles_html(store, evaluations) + "</body>"))
