@@ -117,10 +117,10 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
     plots = make_plots(table, out)
     (out / "report.md").write_text(_markdown(info, table, steps, plots))
     (out / "report.html").write_text(_html(info, table, steps, plots))
-    from flows.report_profiles import add_profiles_section  # the ftlab vs study scoring section
-    add_profiles_section(store, evaluations_of(steps), out)
     (out / "steps.json").write_text(json.dumps(steps, indent=2, default=str))
     (out / "run.json").write_text(json.dumps(asdict(info), indent=2, default=str))
+    from flows.report_profiles import add_profiles_section  # the ftlab vs study scoring section
+    add_profiles_section(store, evaluations_of(steps), out)
     manifest = artifacts.commit_dir(store, "reports", f"{info.experiment}/{info.run_id}", out, {
         "kind": "report", "experiment": info.experiment, "run_id": info.run_id,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, overwrite=True)
