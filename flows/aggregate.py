@@ -23,7 +23,8 @@ STUDY_COLUMNS = [
 # whether higher is better. The study's scales: macro-F1 in [0, 1], SQuAD F1 in [0, 100].
 HEADLINE = {"ai2_arc": ("macro_f1", True), "squad_v2": ("F1", True), "OpenMathInstruct-2": ("avg_abs_diff", False)}
 # Our extra per-task metrics, when the evaluator reports them.
-TASK_EXTRA = {"ai2_arc": ["accuracy"], "squad_v2": ["EM", "accuracy"], "OpenMathInstruct-2": ["accuracy", "median_abs_diff"]}
+TASK_EXTRA = {"ai2_arc": ["accuracy"], "squad_v2": ["EM", "accuracy"], "OpenMathInstruct-2": ["accuracy", "median_abs_diff"],
+              "boolq": ["f1_pos", "MCC", "balanced_accuracy", "macro_f1"]}
 OUR_COLUMNS = ["train_peak_rss_gb", "eval_peak_rss_gb", "eval_tokens_per_s", "eval_samples_per_s",
                "train_time_s", "train_tokens_per_s", "model_size_gb", "method", "rank", "training_quant",
                "ptq_method", "quant_tag", "parent_model", "base_model", "train_dataset", "eval_id"]
@@ -91,6 +92,7 @@ def summary_row(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
         for k, bounds in (m.get("ci95") or {}).items():
             if isinstance(bounds, (list, tuple)) and len(bounds) == 2:
                 row[f"{task}__{k}__ci95_low"], row[f"{task}__{k}__ci95_high"] = bounds
+    row |= study_profile_columns(ev)
     row |= {"train_peak_rss_gb": tmem.get("peak_rss_gb"), "eval_peak_rss_gb": s.get("peak_rss_gb"),
             "eval_tokens_per_s": s.get("throughput", {}).get("tokens_per_s"),
             "eval_samples_per_s": s.get("throughput", {}).get("samples_per_s"),
@@ -99,15 +101,30 @@ def summary_row(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
     return row
 
 
+def study_profile_columns(ev: dict[str, Any]) -> dict[str, Any]:
+    """``<task>__<metric>__study``: the same generations scored by the study's scorer (metrics.json's
+    ``study_profile``, absent in evaluations made before it existed): accuracy, format success
+    and every number of its metrics block."""
+    out: dict[str, Any] = {}
+    for task, d in (ev.get("study_profile") or {}).get("datasets", {}).items():
+        out[f"{task}__accuracy__study"] = d.get("accuracy")
+        out[f"{task}__format_success_rate__study"] = d.get("format_success_rate")
+        out |= {f"{task}__{k}__study": v for k, v in d.get("metrics", {}).items()
+                if k != "support" and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))}
+    return out
+
+
 def summary_table(store: ObjectStore, evaluations: list[tuple[str, str]]) -> pd.DataFrame:
-    """One row per model (its latest listed evaluation wins), the study's columns first."""
+    """One row per model (its latest listed evaluation wins): the study's columns first, then the
+    ``__study`` profile columns, then ours."""
     rows = {m: summary_row(store, m, e) for m, e in evaluations}
     df = pd.DataFrame(list(rows.values()))
     for c in STUDY_COLUMNS:
         if c not in df.columns:
             df[c] = math.nan
-    rest = [c for c in df.columns if c not in STUDY_COLUMNS and c not in OUR_COLUMNS]
-    return df[STUDY_COLUMNS + sorted(rest) + [c for c in OUR_COLUMNS if c in df.columns]]
+    study = sorted(c for c in df.columns if c.endswith("__study"))
+    rest = [c for c in df.columns if c not in STUDY_COLUMNS and c not in OUR_COLUMNS and c not in study]
+    return df[STUDY_COLUMNS + study + sorted(rest) + [c for c in OUR_COLUMNS if c in df.columns]]
 
 
 def train_memory_gb(row: pd.Series) -> tuple[float | None, str]:

@@ -119,6 +119,8 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
     (out / "report.html").write_text(_html(info, table, steps, plots))
     (out / "steps.json").write_text(json.dumps(steps, indent=2, default=str))
     (out / "run.json").write_text(json.dumps(asdict(info), indent=2, default=str))
+    from flows.report_profiles import add_profiles_section  # the ftlab vs study scoring section
+    add_profiles_section(store, evaluations_of(steps), out)
     manifest = artifacts.commit_dir(store, "reports", f"{info.experiment}/{info.run_id}", out, {
         "kind": "report", "experiment": info.experiment, "run_id": info.run_id,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, overwrite=True)

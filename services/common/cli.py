@@ -248,6 +248,19 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from services.evaluator import score
+    if (args.file is None) == (args.eval is None):
+        raise ValidationError("give exactly one of FILE (JSON Lines) or --eval MODEL/EVAL_ID")
+    if args.file is not None:
+        ids, outputs, golds = score.read_jsonl(args.file, args.task)
+    else:
+        ids, outputs, golds = score.read_evaluation(_store(), args.eval, args.task)
+    print(json.dumps(score.score_items(args.task, outputs, golds, args.profile, ids, args.bootstrap_samples,
+                                       args.seed), indent=1))
+    return 0
+
+
 def cmd_jobs(args) -> int:
     from services.common.clients import ServiceClient, state_name
     with ServiceClient(args.service) as c:
@@ -501,6 +514,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     cmp.set_defaults(func=cmd_compare)
+
+    sc = sub.add_parser("score", help="score raw model outputs (JSON Lines or a stored evaluation) "
+                        "without a model or a service; prints JSON")
+    sc.add_argument("file", nargs="?", help='JSON Lines: {"id": ..., "output": "<raw text>", "gold": ...} per line')
+    sc.add_argument("--task", required=True, help="ai2_arc, squad_v2, OpenMathInstruct-2, boolq, ...")
+    sc.add_argument("--profile", default="ftlab", choices=["ftlab", "study"],
+                    help="ftlab: corrected definitions (default); study: the study's scorer exactly")
+    sc.add_argument("--eval", help="re-score a stored evaluation's predictions.parquet: MODEL/EVAL_ID")
+    sc.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples for the ftlab profile's 95%% CIs")
+    sc.add_argument("--seed", type=int, default=0, help="seeds the bootstrap")
+    sc.set_defaults(func=cmd_score)
 
     j = sub.add_parser("jobs", help="list | get | watch | cancel jobs of a service")
     j.add_argument("action", choices=["list", "get", "watch", "cancel"])

@@ -138,7 +138,18 @@ def _math_row(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
     return {"id": _text(rec.get("id")), "question": question, "answer": answer}
 
 
-_CONVERTERS = {T.TaskType.MCQ4: _mcq_row, T.TaskType.SQUAD_V2: _squad_row, T.TaskType.MATH_NUMERIC: _math_row}
+def _yesno_row(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
+    # HF schema (google/boolq): question, passage, answer (bool); the study's seed: context for passage.
+    question = _text(rec.get("question")).strip()
+    answer = T.normalise_answer(task, rec.get("answer")) if rec.get("answer") is not None else None
+    if not question or answer is None:
+        return None
+    return {"id": _text(rec.get("id")), "context": _text(rec.get("passage", rec.get("context"))),
+            "question": question, "answer": answer}
+
+
+_CONVERTERS = {T.TaskType.MCQ4: _mcq_row, T.TaskType.SQUAD_V2: _squad_row, T.TaskType.MATH_NUMERIC: _math_row,
+               T.TaskType.BOOLQ: _yesno_row}
 
 
 def _canonical(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:

@@ -7,6 +7,7 @@ extractive or numeric dataset needs a YAML file, not code.
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
@@ -17,6 +18,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import yaml
 
 from services.common.errors import ValidationError
@@ -26,6 +28,7 @@ class TaskType(str, Enum):
     MCQ4 = "mcq4"                  # multiple choice, answer a letter
     SQUAD_V2 = "squad_v2"          # extractive span from a passage, may be unanswerable
     MATH_NUMERIC = "math_numeric"  # a single number
+    BOOLQ = "boolq"                # yes/no question about a passage (the study's kind name)
 
 
 # The canonical dataset columns per type (data_import writes exactly these).
@@ -33,10 +36,12 @@ TYPE_COLUMNS: dict[TaskType, tuple[str, ...]] = {
     TaskType.MCQ4: ("id", "question", "answer"),
     TaskType.SQUAD_V2: ("id", "title", "context", "question", "answer", "answers"),
     TaskType.MATH_NUMERIC: ("id", "question", "answer"),
+    TaskType.BOOLQ: ("id", "context", "question", "answer"),
 }
 
 # What the model writes for "no answer in the passage"; the parser maps it (and the study's other
-# empty-like answers) to "", the gold of an unanswerable question.
+# empty-like answers) to "", an abstention. Only PREDICTIONS are mapped: a gold is unanswerable
+# only when the dataset says so (an empty list of answers), never because its text is "None".
 UNANSWERABLE = "unanswerable"
 EMPTY_LIKE = frozenset({"", "unanswerable", "unknown", "no answer", "none", "null", "n/a", "empty"})
 
@@ -255,12 +260,58 @@ def build_messages(task: str | TaskDef, row: Any) -> list[dict[str, str]]:
 
 
 def gold_answer(task: str | TaskDef, row: Any) -> str | None:
-    """The row's gold answer, normalised exactly as ``parse_answer`` normalises a model's answer."""
+    """The row's gold answer in canonical form (``parse_answer``'s form for predictions).
+
+    SQuAD v2: the first gold answer, "" when unanswerable (``gold_answers`` has them all)."""
     task = get_task(task)
+    if task.type is TaskType.SQUAD_V2:
+        golds = gold_answers(task, row)
+        return golds[0] if golds else ""
     value = _row_dict(row).get("answer")
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        value = ""  # missing gold: unanswerable for SQuAD, no answer (None) for the other types
+    if _missing(value):
+        return None  # no gold
     return normalise_answer(task, value)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def gold_answers(task: str | TaskDef, row: Any) -> list[str]:
+    """SQuAD v2: every gold answer of the row, in dataset order, ``[]`` when unanswerable.
+
+    Reads the ``answers`` column (a list); a dataset imported before it existed has only
+    ``answer`` and falls back to ``[answer]`` (``[]`` when it is ""). Golds are stripped, never
+    mapped through ``EMPTY_LIKE``: the text "None" is an answer, not an abstention.
+    Other task types: ``[gold_answer(row)]`` (``[]`` when it has none).
+    """
+    task = get_task(task)
+    values = _row_dict(row)
+    if task.type is not TaskType.SQUAD_V2:
+        gold = gold_answer(task, row)
+        return [] if gold is None else [gold]
+    answers = values.get("answers")
+    if answers is None or (isinstance(answers, float) and math.isnan(answers)):
+        first = values.get("answer")
+        answers = [] if _missing(first) or str(first).strip() == "" else [first]
+    elif isinstance(answers, str):  # a JSON list written as text, or one answer
+        try:
+            answers = json.loads(answers) if answers.strip() else []
+        except ValueError:
+            answers = [answers]
+        answers = answers if isinstance(answers, list) else [answers]
+    return [str(a).strip() for a in answers if not _missing(a)]
+
+
+def with_answers(task: str | TaskDef, df: Any) -> Any:
+    """A SQuAD v2 frame from before the ``answers`` column, given it (``[answer]``, or ``[]`` when
+    unanswerable) so older datasets still load; other frames are returned unchanged."""
+    task = get_task(task)
+    if task.type is not TaskType.SQUAD_V2 or "answers" in df.columns:
+        return df
+    df = df.copy()
+    df["answers"] = [gold_answers(task, {"answer": a}) for a in df["answer"]]
+    return df
 
 
 def format_target(task: str | TaskDef, row: Any) -> str:
@@ -269,7 +320,7 @@ def format_target(task: str | TaskDef, row: Any) -> str:
     gold = gold_answer(task, row)
     if gold is None:
         raise ValidationError(f"task {task.name}: gold answer {_row_dict(row).get('answer')!r} cannot be normalised")
-    if task.type is TaskType.SQUAD_V2 and gold == "":
+    if task.type is TaskType.SQUAD_V2 and gold == "":  # trains on the first gold; none: abstain
         gold = UNANSWERABLE
     return f"\\boxed{{{gold}}}"
 
@@ -317,6 +368,8 @@ def normalise_answer(task: str | TaskDef, value: Any) -> str | None:
         return _norm_mcq(str(value), task.labels)
     if task.type is TaskType.SQUAD_V2:
         return _norm_span(str(value))
+    if task.type is TaskType.BOOLQ:
+        return _norm_bool(value)
     number = value if isinstance(value, numbers.Real) and not isinstance(value, bool) else parse_number(str(value))
     return canonical_number(number)
 
@@ -356,6 +409,14 @@ def _norm_mcq(s: str, labels: tuple[str, ...]) -> str | None:
 def _norm_span(s: str) -> str:
     s = _unwrap(s)
     return "" if s.lower().strip(" .!\"'") in EMPTY_LIKE else s
+
+
+def _norm_bool(value: Any) -> str | None:
+    """True / "true" / "Yes." / "\\text{yes}" → "True"; False / "false" / "no" → "False"; else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return "True" if value else "False"
+    s = _unwrap(str(value)).strip().strip(".!").strip().lower()
+    return {"true": "True", "yes": "True", "false": "False", "no": "False"}.get(s)
 
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"

@@ -12,9 +12,10 @@ from typing import Any
 
 import pandas as pd
 
-from services.common import artifacts
+from services.common import artifacts, tasks
 from services.common.errors import NotFoundError, ValidationError
 from services.common.storage import ObjectStore, parse_uri
+from services.evaluator import metrics as M
 from services.evaluator import stats
 
 BUCKET = "evaluations"
@@ -62,10 +63,21 @@ def compare(store: ObjectStore, ref_a: str, ref_b: str, n_resamples: int = stats
             golds_a, golds_b = _nullable(joined.gold_a), _nullable(joined.gold_b)
             entry["gold_mismatches"] = sum(x != y for x, y in zip(golds_a, golds_b))
             entry["prompt_mismatches"] = int((joined.prompt_sha256_a != joined.prompt_sha256_b).sum())
-            entry["metrics"] = stats.paired(ttype, _nullable(joined.parsed_a), _nullable(joined.parsed_b), golds_a,
-                                            n_resamples, seed)
+            scored = golds_a
+            if ttype == "squad_v2":  # every gold answer (older predictions have only the first)
+                scored = (list(map(list, joined.golds_a)) if "golds_a" in joined
+                          else [M.as_gold_list(g) for g in golds_a])
+            entry["metrics"] = stats.paired(ttype, _nullable(joined.parsed_a), _nullable(joined.parsed_b), scored,
+                                            n_resamples, seed, _labels(task))
         out["tasks"][task] = entry
     return out
+
+
+def _labels(task: str) -> tuple[str, ...]:
+    try:
+        return tasks.get_task(task).labels
+    except ValidationError:  # a task no longer registered here: the study's A-D
+        return M.MCQ_LABELS
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -2,8 +2,9 @@ r"""The evaluation recipe, read top to bottom. Runs in the job's child process.
 
 1. load the model (any kind the other services produce) and the tasks' items;
 2. per task: batched greedy generation, each row stopping once its ``\boxed{}`` answer closed;
-3. per task: the study's metrics, a seeded bootstrap 95% CI for every headline metric,
-   latency / token / throughput statistics;
+3. per task: the metrics in both profiles (``ftlab``: metrics.py, corrected definitions;
+   ``study``: study.py, the study's scorer exactly), a seeded bootstrap 95% CI for every headline
+   metric, latency / token / throughput statistics;
 4. write metrics.json (the study's layout + our fields) and predictions.parquet, commit with the
    manifest last.
 """
@@ -22,8 +23,7 @@ import torch
 
 from services.common import artifacts, data_import, modeling, tasks
 from services.common.runtime import JobContext
-from services.evaluator import generation, loading, stats
-from services.evaluator import metrics as task_metrics
+from services.evaluator import generation, loading, score, study
 
 
 def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -40,25 +40,27 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     items: dict[str, list[dict]] = {}
     for t in cfg["tasks"]:
         task = tasks.get_task(t["task"])
-        df = data_import.load_split(ctx.store, t["dataset"], t["split"])
+        df = tasks.with_answers(task, data_import.load_split(ctx.store, t["dataset"], t["split"]))
         data_import.validate_columns(task, df)
         items[task.name] = df.head(t["limit"]).to_dict("records") if t["limit"] else df.to_dict("records")
     total = sum(len(rows) for rows in items.values())
 
     # 2.-3. Generate and score, task by task.
-    datasets_out, pred_rows, job_metrics, done = {}, [], {}, 0
+    datasets_out, study_out, pred_rows, job_metrics, done = {}, {}, [], {}, 0
     for task_name, rows in items.items():
         task = tasks.get_task(task_name)
         prompts = [generation.chat_prompt(tok, task, row) for row in rows]
-        golds = [tasks.gold_answer(task, row) for row in rows]
+        golds = [tasks.gold_answer(task, row) for row in rows]  # canonical; SQuAD: the first gold
+        all_golds = [tasks.gold_answers(task, row) for row in rows]
+        scored = all_golds if task.type is tasks.TaskType.SQUAD_V2 else golds  # what the scorer takes
         parsed: dict[int, str | None] = {}
 
-        def on_batch(idx, gens, task=task, golds=golds, parsed=parsed):
+        def on_batch(idx, gens, task=task, scored=scored, parsed=parsed):
             nonlocal done
             for i, g in zip(idx, gens):
                 parsed[i] = tasks.parse_answer(task, g.text)
             done += len(idx)
-            ok = sum(parsed[i] is not None and parsed[i] == golds[i] for i in parsed)
+            ok = sum(score.ftlab_correct(task, [parsed[i]], [scored[i]])[0] for i in parsed)
             fmt = sum(p is not None for p in parsed.values())
             ctx.progress(done, total, {f"{task.name}__running_accuracy": 100.0 * ok / len(parsed),
                                        f"{task.name}__running_format_success_rate": 100.0 * fmt / len(parsed)},
@@ -68,11 +70,13 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
         gens = generation.generate(model, tok, prompts, cfg["max_new_tokens"], cfg["batch_size"], on_batch=on_batch)
         task_s = time.time() - t_task
         preds = [parsed[i] for i in range(len(rows))]
-        block = score_task(task, preds, golds, gens, task_s, cfg)
+        block = score_task(task, preds, scored, gens, task_s, cfg)
         datasets_out[task_name] = block
-        for row, g, p, gold, ok in zip(rows, gens, preds, golds, block.pop("_correct")):
+        study_out[task_name] = study.dataset_block(task.type.value, [g.text for g in gens], golds,
+                                                   [g.latency_s for g in gens], [g.generated_tokens for g in gens])
+        for row, g, p, gold, gl, ok in zip(rows, gens, preds, golds, all_golds, block.pop("_correct")):
             pred_rows.append({"task": task_name, "id": str(row["id"]), "prompt_sha256": g.prompt_sha256,
-                              "output": g.text, "parsed": p, "gold": gold, "correct": bool(ok),
+                              "output": g.text, "parsed": p, "gold": gold, "golds": gl, "correct": bool(ok),
                               "latency_s": g.latency_s, "prompt_tokens": g.prompt_tokens,
                               "generated_tokens": g.generated_tokens, "stop": g.stop})
         job_metrics |= task_job_metrics(task_name, block)
@@ -90,6 +94,7 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
         "hardware": {**modeling.hardware(), **memory, "torch_threads": torch.get_num_threads()},
         "model": model_info,
         "spec": cfg, "predictions_uri": uri + "predictions.parquet", "versions": versions(),
+        "study_profile": study_profile(study_out, pred_rows),
     }
     out = Path(ctx.workdir) / "eval"
     out.mkdir()
@@ -106,32 +111,31 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
             "metrics": job_metrics}
 
 
-PREDICTION_COLUMNS = ["task", "id", "prompt_sha256", "output", "parsed", "gold", "correct", "latency_s",
+# gold: the canonical gold (SQuAD: the first); golds: every gold (SQuAD: all answers, [] unanswerable)
+PREDICTION_COLUMNS = ["task", "id", "prompt_sha256", "output", "parsed", "gold", "golds", "correct", "latency_s",
                       "prompt_tokens", "generated_tokens", "stop"]
 
 
+def study_profile(study_out: dict[str, dict], pred_rows: list[dict]) -> dict[str, Any]:
+    """The same generations scored by the study's scorer (``study.py``): its summary and per-task
+    blocks in its layout. The top-level ``datasets`` hold the ``ftlab`` profile."""
+    return {"profile": "study", "definition": study.SOURCE,
+            "summary": study.summary(study_out, [r["latency_s"] for r in pred_rows],
+                                     [r["generated_tokens"] for r in pred_rows]),
+            "datasets": study_out}
+
+
 def score_task(task, preds, golds, gens, task_s: float, cfg: dict[str, Any]) -> dict[str, Any]:
-    """One task's block in the study's layout, plus ci95 (inside metrics) and throughput."""
-    score = task_metrics.SCORERS[task.type.value](preds, golds)
-    correct = score.pop("correct")
-    fsr = score.pop("format_success_rate")
-    accuracy = score.pop("accuracy")
-    n, n_ok = len(preds), int(sum(correct))
-    keys = task_metrics.METRICS_BLOCK_KEYS[task.type.value]
-    ci = stats.bootstrap_ci(task.type.value, preds, golds, cfg["bootstrap_samples"], cfg["seed"])
-    n_gen = sum(g.generated_tokens for g in gens)
-    return {
-        "type": task.type.value, "total_samples": n, "format_success_rate": fsr if n else 0.0, "correct": n_ok,
-        "incorrect": n - n_ok, "accuracy": accuracy if n else 0.0,
-        "metrics": {"task": task.title, **{k: score[k] for k in keys if k in score}, "ci95": ci,
-                    "ci95_method": f"percentile bootstrap, {cfg['bootstrap_samples']} resamples, seed {cfg['seed']}"},
+    """One task's block in the study's layout (``ftlab`` profile), plus ci95 and throughput."""
+    block = score.ftlab_block(task, preds, golds, cfg["bootstrap_samples"], cfg["seed"])
+    n, n_gen = len(preds), sum(g.generated_tokens for g in gens)
+    return block | {
         "latency_seconds": describe([g.latency_s for g in gens], 4),
         "tokens_generated": describe([g.generated_tokens for g in gens], 2),
         "prompt_tokens": describe([g.prompt_tokens for g in gens], 2, per_prompt=False),
         "stop_reasons": {r: sum(g.stop == r for g in gens) for r in ("boxed", "eos", "length")},
         "throughput": {"samples_per_s": round(n / max(task_s, 1e-9), 4), "tokens_per_s": round(n_gen / max(task_s, 1e-9), 2),
                        "wall_time_s": round(task_s, 3)},
-        "_correct": correct,
     }
 
 

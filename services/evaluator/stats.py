@@ -25,25 +25,33 @@ HEADLINE = {
     "squad_v2": ("accuracy", "EM", "F1", "HasAns_EM", "HasAns_F1", "NoAns_Accuracy", "AvNA_Accuracy",
                  "format_success_rate"),
     "math_numeric": ("accuracy", "avg_abs_diff", "median_abs_diff", "format_success_rate"),
+    "boolq": ("accuracy", "f1_pos", "balanced_accuracy", "MCC", "format_success_rate"),
 }
 # metric -> the per-item boolean column it averages (McNemar applies to these).
 BINARY = {"accuracy": "correct", "EM": "correct", "format_success_rate": "parsed_ok", "AvNA_Accuracy": "avna"}
 
 
-def item_columns(task_type: str, preds: list[str | None], golds: list[str | None]) -> dict[str, np.ndarray]:
-    """Per-item arrays from which every headline metric of ``task_type`` is a reduction."""
+def item_columns(task_type: str, preds: list[str | None], golds: list,
+                 labels: tuple[str, ...] = M.MCQ_LABELS) -> dict[str, np.ndarray]:
+    """Per-item arrays from which every headline metric of ``task_type`` is a reduction.
+    ``golds`` as the scorers take them (SQuAD v2: a list of answers per item); ``labels``: the
+    mcq4 task's label set, over which macro-F1 averages."""
     ok = np.array([p is not None for p in preds])
-    if task_type == "mcq4":  # macro-F1 over A-D as in the study (the scorer's default labels)
-        code = {c: i for i, c in enumerate(M.MCQ_LABELS)}
-        return {"correct": np.array(M.score_mcq4(preds, golds)["correct"]), "parsed_ok": ok,
-                "n_labels": np.array(len(M.MCQ_LABELS)),
+    if task_type == "mcq4":  # macro-F1 over the task's full label set, as the scorer
+        code = {c: i for i, c in enumerate(labels)}
+        return {"correct": np.array(M.score_mcq4(preds, golds, labels)["correct"]), "parsed_ok": ok,
+                "n_labels": np.array(len(labels)),
                 "pred": np.array([code.get(p, -1) for p in preds]), "gold": np.array([code.get(g, -1) for g in golds])}
     if task_type == "squad_v2":
-        em = np.array([p is not None and M.normalize_squad(p) == M.normalize_squad(g or "") for p, g in zip(preds, golds)])
-        has = np.array([bool(M.normalize_squad(g or "")) for g in golds])
-        return {"correct": em, "parsed_ok": ok, "has": has,
-                "f1": np.array([M.squad_f1(p, g or "") if p is not None else 0.0 for p, g in zip(preds, golds)]),
+        items = [M.squad_item(p, g) for p, g in zip(preds, golds)]
+        has = np.array([h for _, _, h in items], dtype=bool)
+        return {"correct": np.array([e for e, _, _ in items], dtype=bool), "parsed_ok": ok, "has": has,
+                "f1": np.array([f for _, f, _ in items], dtype=float),
                 "avna": np.array([p is not None and bool(M.normalize_squad(p)) == h for p, h in zip(preds, has)])}
+    if task_type == "boolq":
+        c = np.array([p is not None and p == g for p, g in zip(preds, golds)])
+        gold = np.array([g == "True" for g in golds])
+        return {"correct": c, "parsed_ok": ok, "gold_pos": gold, "pred_pos": np.where(c, gold, ~gold)}
     if task_type == "math_numeric":
         diff = np.array([abs(float(p) - float(g)) if p is not None and g is not None else np.nan
                          for p, g in zip(preds, golds)])
@@ -63,18 +71,13 @@ def headline_metrics(task_type: str, cols: dict[str, np.ndarray], idx: np.ndarra
            "format_success_rate": 100.0 * cols["parsed_ok"][idx].mean(1)}
     if task_type == "mcq4":
         pred, gold = cols["pred"][idx], cols["gold"][idx]
-        f1s, present = [], []
+        f1s = []
         for c in range(int(cols["n_labels"])):
             tp = ((pred == c) & (gold == c)).sum(1)
             npred, nact = (pred == c).sum(1), (gold == c).sum(1)
             prec, rec = np.where(npred > 0, tp / np.maximum(npred, 1), 0.0), np.where(nact > 0, tp / np.maximum(nact, 1), 0.0)
             f1s.append(np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0))
-            present.append((npred + nact) > 0)
-        if f1s:
-            f1s, present = np.stack(f1s), np.stack(present)
-            out["macro_f1"] = (f1s * present).sum(0) / np.maximum(present.sum(0), 1)
-        else:
-            out["macro_f1"] = np.zeros(idx.shape[0])
+        out["macro_f1"] = np.stack(f1s).mean(0) if f1s else np.zeros(idx.shape[0])
     elif task_type == "squad_v2":
         has = cols["has"][idx]
         em, f1 = cols["correct"][idx], cols["f1"][idx]
@@ -82,6 +85,18 @@ def headline_metrics(task_type: str, cols: dict[str, np.ndarray], idx: np.ndarra
                 "HasAns_EM": _ratio((em & has).sum(1), has.sum(1)), "HasAns_F1": _ratio((f1 * has).sum(1), has.sum(1)),
                 "NoAns_Accuracy": _ratio((em & ~has).sum(1), n - has.sum(1)),
                 "AvNA_Accuracy": 100.0 * cols["avna"][idx].mean(1)}
+    elif task_type == "boolq":  # as metrics.score_boolq, from the confusion counts of each resample
+        g, p = cols["gold_pos"][idx], cols["pred_pos"][idx]
+        tp, tn = (g & p).sum(1).astype(float), (~g & ~p).sum(1).astype(float)
+        fp, fn = (~g & p).sum(1).astype(float), (g & ~p).sum(1).astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            prec, rec = np.where(tp + fp > 0, tp / (tp + fp), 0.0), np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+            out["f1_pos"] = np.where(prec + rec > 0, 2 * prec * rec / (prec + rec), 0.0)
+            rec_n = np.where(tn + fp > 0, tn / (tn + fp), 0.0)
+            classes = (tp + fn > 0).astype(float) + (tn + fp > 0)
+            out["balanced_accuracy"] = np.where(classes > 0, (rec + rec_n) / np.maximum(classes, 1), 0.0)
+            denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+            out["MCC"] = np.where(denom > 0, (tp * tn - fp * fn) / np.where(denom > 0, denom, 1), 0.0)
     elif task_type == "math_numeric":
         d = cols["diff"][idx]
         with warnings.catch_warnings():  # a resample with no parsed answer: NaN, not a warning
@@ -103,11 +118,11 @@ def _interval(values: np.ndarray, digits: int = 4) -> list[float] | None:
 
 
 def bootstrap_ci(task_type: str, preds: list, golds: list, n_resamples: int = DEFAULT_RESAMPLES,
-                 seed: int = 0) -> dict[str, list[float] | None]:
+                 seed: int = 0, labels: tuple[str, ...] = M.MCQ_LABELS) -> dict[str, list[float] | None]:
     """95% percentile bootstrap CI per headline metric: ``{metric: [low, high]}`` (None if undefined)."""
     if not preds:
         return {m: None for m in HEADLINE[task_type]}
-    cols = item_columns(task_type, preds, golds)
+    cols = item_columns(task_type, preds, golds, labels)
     boot = headline_metrics(task_type, cols, _resamples(len(preds), n_resamples, seed))
     return {m: _interval(boot[m]) for m in HEADLINE[task_type]}
 
@@ -125,11 +140,11 @@ def mcnemar_p(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def paired(task_type: str, preds_a: list, preds_b: list, golds: list, n_resamples: int = DEFAULT_RESAMPLES,
-           seed: int = 0) -> dict[str, dict[str, Any]]:
+           seed: int = 0, labels: tuple[str, ...] = M.MCQ_LABELS) -> dict[str, dict[str, Any]]:
     """B - A for each headline metric on the same items: point difference, 95% paired-bootstrap CI
     (both evaluations resampled with the same item indices) and, for the metrics that average a
     per-item right/wrong, the exact McNemar p-value and the discordant counts."""
-    ca, cb = item_columns(task_type, preds_a, golds), item_columns(task_type, preds_b, golds)
+    ca, cb = item_columns(task_type, preds_a, golds, labels), item_columns(task_type, preds_b, golds, labels)
     full = np.arange(len(golds))[None, :]
     point_a, point_b = headline_metrics(task_type, ca, full), headline_metrics(task_type, cb, full)
     idx = _resamples(len(golds), n_resamples, seed)

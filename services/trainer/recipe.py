@@ -33,7 +33,7 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     # 1. Inputs from storage.
     ctx.log(f"fetching base model {cfg['base_model']} and dataset {cfg['dataset']}")
     base_dir, base_manifest = modeling.fetch_model(ctx.store, cfg["base_model"], workdir)
-    df = data_import.load_split(ctx.store, cfg["dataset"], "train")
+    df = tasks.with_answers(task, data_import.load_split(ctx.store, cfg["dataset"], "train"))  # older SQuAD sets
     data_import.validate_columns(task, df)
     if cfg["train_limit"]:
         df = df.head(cfg["train_limit"])

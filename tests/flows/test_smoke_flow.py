@@ -53,6 +53,10 @@ def test_flow_runs_every_stage_then_a_rerun_skips_everything(services, tiny_mode
     assert sorted(table["model"]) == sorted([TINY, "Qwen3-tiny-arc_SFT_LoRa4_NoQuant",
                                              "Qwen3-tiny-arc_SFT_LoRa4_Int8_BnB"])
     assert table["ai2_arc__macro_f1"].notna().all()
+    # both scoring profiles: the study's scorer's numbers right after the study's columns
+    n, study = len(STUDY_COLUMNS), [c for c in table.columns if c.endswith("__study")]
+    assert "ai2_arc__macro_f1__study" in study and list(table.columns[n:n + len(study)]) == study
+    assert table["ai2_arc__macro_f1__study"].notna().all()
     trained = table.set_index("model").loc["Qwen3-tiny-arc_SFT_LoRa4_NoQuant"]
     assert trained["parent_model"] == TINY and trained["quant_tag"] == "NoQuant" and trained["rank"] == 4
     steps = json.loads(store.get_bytes("reports", reports[0] + "/steps.json"))

@@ -39,8 +39,8 @@ def test_mcq_from_parsed_text_with_numeric_labels():
     r = M.score_mcq4(preds, golds)
     assert preds == ["B", "B", None, "D"] and golds == ["B", "B", "B", "D"]
     assert r["accuracy"] == 75.0 and r["format_success_rate"] == 75.0
-    # B: P 2/2 R 2/3 F1 0.8 | D: 1 1 1 | A, C absent from golds and predictions: not averaged
-    assert r["macro_f1"] == 0.9
+    # B: P 2/2 R 2/3 F1 0.8 | D: 1 1 1 | A, C absent from golds and predictions: F1 0, still averaged
+    assert r["macro_f1"] == 0.45
     assert r["per_class"]["A"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
 
 

@@ -43,7 +43,8 @@ def test_ci_is_seeded_reproducible_and_brackets_the_estimate(task_type):
 
 def test_constant_outcomes_give_a_zero_width_ci():
     ci = S.bootstrap_ci("mcq4", ["A"] * 10, ["A"] * 10, 200)
-    assert ci["accuracy"] == [100.0, 100.0] and ci["macro_f1"] == [1.0, 1.0]
+    # macro-F1 averages the task's four labels: A has F1 1, B-D (absent) 0
+    assert ci["accuracy"] == [100.0, 100.0] and ci["macro_f1"] == [0.25, 0.25]
     assert S.bootstrap_ci("math_numeric", [None] * 4, ["1"] * 4, 200)["avg_abs_diff"] is None
 
 

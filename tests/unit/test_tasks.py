@@ -33,7 +33,7 @@ def task_dirs():
 # --- registry -----------------------------------------------------------------------------------
 
 def test_every_shipped_yaml_loads_and_validates():
-    assert len(BUILTIN_YAMLS) == 3
+    assert len(BUILTIN_YAMLS) == 4
     for path in BUILTIN_YAMLS:
         task = T.task_from_mapping(__import__("yaml").safe_load(path.read_text()), str(path))
         assert "\\boxed" in task.system_prompt
@@ -46,9 +46,11 @@ def test_builtin_tasks_match_the_study():
         ("ai2_arc", "arc", T.TaskType.MCQ4, "ARC (4-way MCQ)"),
         ("squad_v2", "squad", T.TaskType.SQUAD_V2, "SQuAD v2"),
         ("OpenMathInstruct-2", "openmath", T.TaskType.MATH_NUMERIC, "OpenMathInstruct-2 (numeric)"),
+        ("boolq", "boolq", T.TaskType.BOOLQ, "BoolQ (binary)"),
     }
     arc = T.get_task("ai2_arc")
     assert (arc.seed_stem, arc.hf_stem, arc.hub_id, arc.hub_config) == ("ai2_arc", "arc", "allenai/ai2_arc", "ARC-Challenge")
+    assert T.get_task("boolq").hub_id == "google/boolq"
     assert T.get_task("squad").hub_id == "rajpurkar/squad_v2"
     assert T.get_task("openmath").hub_id == "nvidia/OpenMathInstruct-2"
     assert T.get_task("squad").columns == ("id", "title", "context", "question", "answer", "answers")

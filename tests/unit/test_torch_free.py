@@ -14,6 +14,7 @@ MODULES = ["services.common.cli", "services.common.clients", "services.common.ru
            "services.common.doctor", "services.common.healthcheck",
            "services.trainer.spec", "services.trainer.memory", "services.quantizer.spec", "services.quantizer.methods",
            "services.evaluator.spec", "services.evaluator.compare", "services.evaluator.metrics",
+           "services.evaluator.study", "services.evaluator.score", "flows.report_profiles",
            "flows.experiment", "flows.aggregate", "flows.pipeline", "flows.dryrun", "flows.orchestrator",
            "flows.report", "flows.deployments"]
 
