@@ -51,7 +51,7 @@ def test_arc_and_math_and_yes_no_jsonl(tmp_path):
                             {"id": 2, "output": "\\boxed{(C)}", "gold": "3"}], "arc.jsonl")
     r = json.loads(_run("--task", "arc", arc).stdout)
     assert r["accuracy"] == 100.0 and [i["parsed"] for i in r["items"]] == ["B", "C"]
-    assert r["metrics"]["macro_f1"] == 0.4  # 2 of ARC's 5 labels (A-E) are perfect, 3 absent
+    assert r["metrics"]["macro_f1"] == 0.5  # 2 of ARC's 4 labels (A-D) are perfect, 2 absent
     math = _jsonl(tmp_path, [{"id": "m", "output": "\\boxed{1,234}", "gold": 1234}], "m.jsonl")
     assert json.loads(_run("--task", "openmath", math).stdout)["accuracy"] == 100.0
     assert json.loads(_run("--task", "openmath", "--profile", "study", math).stdout)["accuracy"] == 0.0
@@ -68,7 +68,7 @@ def test_bad_input_names_every_problem_and_prints_nothing(tmp_path):
     out = _run("--task", "arc", str(f))
     assert out.returncode == 2 and out.stdout == ""
     assert f"{f}:2: not JSON" in out.stderr and f"{f}:3: missing 'output'" in out.stderr
-    assert f"{f}:4: gold must be one of ['A', 'B', 'C', 'D', 'E'] or 1-5, got 'Q'" in out.stderr
+    assert f"{f}:4: gold must be one of ['A', 'B', 'C', 'D'] or 1-4, got 'Q'" in out.stderr
     out = _run("--task", "nope", str(f))
     assert out.returncode == 2 and "unknown task 'nope'" in out.stderr
     assert _run("--task", "arc").returncode == 2  # neither FILE nor --eval

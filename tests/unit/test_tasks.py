@@ -172,7 +172,7 @@ def test_format_target_is_exactly_boxed_gold():
 
 
 @pytest.mark.parametrize("task,row", [
-    ("arc", {"answer": "A"}), ("arc", {"answer": "4"}), ("arc", {"answer": "E"}),
+    ("arc", {"answer": "A"}), ("arc", {"answer": "4"}), ("arc", {"answer": "D"}),
     ("squad", {"answer": ""}), ("squad", {"answer": "Franklin D. Roosevelt"}), ("squad", {"answer": "f(x) = {1}"}),
     ("openmath", {"answer": -2.0}), ("openmath", {"answer": 0.1}), ("openmath", {"answer": "\\frac{1}{3}"}),
     ("openmath", {"answer": 1e20}), ("openmath", {"answer": 987654321.0}),
