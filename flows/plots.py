@@ -90,17 +90,21 @@ def _color(i: int):
     return plt.get_cmap("tab20")(i % 20)
 
 
-def _model_key(fig, names: list[str]) -> None:
-    """The numbered models as a legend under the panels, in as many columns as fit."""
+def _model_key(fig, names: list[str], colored: bool = True) -> None:
+    """The numbered models as a legend under the panels, in as many columns as fit (``colored``:
+    the points are drawn in ``_color(i)``; else the key has plain numbers)."""
     from matplotlib.lines import Line2D
-    handles = [Line2D([], [], marker="o", linestyle="", color=_color(i), label=f"{i + 1}  {n}")
+    handles = [Line2D([], [], marker="o" if colored else "", linestyle="", color=_color(i), label=f"{i + 1}  {n}")
                for i, n in enumerate(names)]
     width = fig.get_figwidth()
     ncol = max(1, min(len(names), int(width * 72 / (6.5 * max(len(n) for n in names) + 40))))
-    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     rows = math.ceil(len(names) / ncol)
-    fig.subplots_adjust(bottom=min(0.6, 0.12 + 0.045 * rows))
-    fig.set_figheight(fig.get_figheight() + 0.22 * rows)
+    key_h = 0.2 * rows + 0.15                       # inches taken by the key
+    panels_h = fig.get_figheight()
+    fig.set_figheight(panels_h + key_h)
+    fig.tight_layout(rect=(0, key_h / (panels_h + key_h), 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
 
 
 def plot_loss_curves(store, models: list[str], path: Path) -> Path | None:
@@ -197,7 +201,7 @@ def plot_ptq_size(table: pd.DataFrame, path: Path) -> Path | None:
         ax.set(title=task, xlabel="model size on disk, GB", ylabel=_score_label(task))
         ax.legend(title="PTQ method", fontsize=8)
         ax.grid(alpha=0.3)
-    _model_key(fig, list(rows["model"]))
+    _model_key(fig, list(rows["model"]), colored=False)  # colours here are the PTQ methods
     return _save(fig, path)
 
 
