@@ -58,5 +58,7 @@ def test_short_lora_fine_tune_changes_held_out_format_success(real_model_dir, tm
 
     base, tuned = parsed(real_model_dir), parsed(out)
     result = stats.paired("mcq4", base, tuned, golds, n_resamples=1000, seed=0)["format_success_rate"]
+    print(f"format success on {HELD_OUT} held-out ARC items: base {result['a']}%, LoRA {result['b']}%, "
+          f"diff {result['diff']} CI {result['ci95']}, McNemar p {result['mcnemar_p']}; loss {curve}")
     assert result["diff"] > 0 and result["ci95"][0] > 0, result     # more answers in the parsed format
     assert result["mcnemar_p"] < 0.05, result
