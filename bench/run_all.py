@@ -7,7 +7,8 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ["bench_trainer", "bench_quantizer", "bench_evaluator", "bench_overhead", "bench_load"]
+BENCHMARKS = ["bench_trainer", "bench_quantizer", "bench_evaluator", "bench_overhead", "bench_load",
+              "bench_real_model"]
 
 
 def main() -> int:

@@ -69,8 +69,9 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
     for model in exp.inputs:
         state = "?" if store is None else ("present" if artifacts.read_manifest(store, "models", model) else "MISSING")
         if state != "present":
-            missing.append(f"  {model}: {state} — import it with `ftlab model import Qwen/{model.removesuffix('-base')} "
-                           f"--name {model}`")
+            how = ("ftlab model import --gguf smollm2" if model == "SmolLM2-135M-Instruct"
+                   else f"ftlab model import Qwen/{model.removesuffix('-base')} --name {model}")
+            missing.append(f"  {model}: {state} — import it with `{how}`")
     stages = Counter(s.stage for s in exp.steps)
     done = sum(r["status"] == "done" for r in rows if r["stage"] != "data")
     lines += ["", f"{len(exp.steps)} jobs: " + ", ".join(f"{stages[k]} {k}" for k in ("train", "quantize", "evaluate")),

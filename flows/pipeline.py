@@ -181,6 +181,8 @@ def experiment_flow(experiment: str, run_id: str = "", report_dir: str = DEFAULT
         raise
     steps = data_steps + [results[s.key] for s in exp.steps]
     report = aggregate(exp, run_id, steps, report_dir, started)
+    from flows.publish import publish
+    publish(exp.name, run_id, report)   # comparison/summary tables and the report link in the Prefect UI
     failed = [s for s in steps if s["status"] in ("failed", "blocked", "cancelled")]
     logger.info("experiment %s run %s: %d steps, %d not done; report %s", exp.name, run_id, len(steps),
                 len(failed), report["uri"])

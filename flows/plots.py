@@ -18,7 +18,8 @@ from flows.aggregate import HEADLINE, train_memory_gb  # noqa: E402
 TITLES = {"score_vs_memory": "Score vs training peak memory (Pareto front)",
           "latency": "Mean latency per task and model",
           "rank_sweep": "Score vs adapter rank (95% CI bands)",
-          "ptq_size": "Model size vs score (post-training quantization)"}
+          "ptq_size": "Model size vs score (post-training quantization)",
+          "loss_curves": "Training loss curves"}
 
 
 def _tasks(table: pd.DataFrame) -> list[str]:
@@ -48,8 +49,9 @@ def _grid(n: int, title: str):
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if not fig.legends:  # a figure-level model key sets its own margins
+        fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -61,20 +63,75 @@ def plot_score_vs_memory(table: pd.DataFrame, path: Path) -> Path | None:
     if not rows or not tasks:
         return None
     kind = rows[0][2]
-    fig, axes = _grid(len(tasks), TITLES["score_vs_memory"])
-    for ax, task in zip(axes, tasks):
-        col, higher = f"{task}__{HEADLINE[task][0]}", HEADLINE[task][1]
-        pts = [(gb, float(r[col]), r["model"]) for r, gb, _ in rows if pd.notna(r.get(col))]
-        for x, y, name in pts:
-            ax.scatter(x, y, s=40)
-            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    panels = [(t, HEADLINE[t][0], HEADLINE[t][1]) for t in tasks]
+    # Format success too where it varies: for a small model it is what fine-tuning changes first.
+    panels += [(t, "format_success_rate", True) for t in tasks if f"{t}__format_success_rate" in table.columns
+               and table[f"{t}__format_success_rate"].nunique(dropna=True) > 1]
+    names = [r["model"] for r, _, _ in rows]
+    fig, axes = _grid(len(panels), TITLES["score_vs_memory"])
+    for ax, (task, metric, higher) in zip(axes, panels):
+        col = f"{task}__{metric}"
+        pts = [(gb, float(r[col]), i) for i, (r, gb, _) in enumerate(rows) if pd.notna(r.get(col))]
+        for x, y, i in pts:  # numbered points, names in the legend below: no overlapping labels
+            ax.scatter(x, y, s=60, color=_color(i), zorder=3)
+            ax.annotate(str(i + 1), (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
         front = pareto_front([(x, y) for x, y, _ in pts], higher)
         if front:
             ax.plot(*zip(*front), "--", color="crimson", label="Pareto front")
-            ax.legend(fontsize=8)
-        ax.set(title=task, xlabel=f"training peak memory, GB ({kind})", ylabel=_score_label(task))
+            ax.legend(fontsize=8, loc="best")
+        ax.set(title=f"{task} {metric}", xlabel=f"training peak memory, GB ({kind})",
+               ylabel=f"{metric} ({'higher' if higher else 'lower'} is better)")
         ax.grid(alpha=0.3)
+    _model_key(fig, names)
     return _save(fig, path)
+
+
+def _color(i: int):
+    return plt.get_cmap("tab20")(i % 20)
+
+
+def _model_key(fig, names: list[str], colored: bool = True) -> None:
+    """The numbered models as a legend under the panels, in as many columns as fit (``colored``:
+    the points are drawn in ``_color(i)``; else the key has plain numbers)."""
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], marker="o" if colored else "", linestyle="", color=_color(i), label=f"{i + 1}  {n}")
+               for i, n in enumerate(names)]
+    width = fig.get_figwidth()
+    ncol = max(1, min(len(names), int(width * 72 / (6.5 * max(len(n) for n in names) + 40))))
+    rows = math.ceil(len(names) / ncol)
+    key_h = 0.2 * rows + 0.15                       # inches taken by the key
+    panels_h = fig.get_figheight()
+    fig.set_figheight(panels_h + key_h)
+    fig.tight_layout(rect=(0, key_h / (panels_h + key_h), 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+
+
+def plot_loss_curves(store, models: list[str], path: Path) -> Path | None:
+    """Training loss per optimizer step of every trained model in the table (training_metadata.json)."""
+    import json
+    from services.common.errors import NotFoundError
+    curves = {}
+    for m in models:
+        try:
+            meta = json.loads(store.get_bytes("models", f"{m}/training_metadata.json"))
+        except NotFoundError:
+            continue
+        if meta.get("loss_curve"):
+            curves[m] = meta["loss_curve"]
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for i, (m, c) in enumerate(curves.items()):
+        ax.plot([p["step"] for p in c], [p["loss"] for p in c], "o-", ms=3, color=_color(i), label=m)
+    ax.set(title=TITLES["loss_curves"], xlabel="optimizer step", ylabel="training loss (answer tokens, nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1 if len(curves) < 6 else 2,
+              frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def plot_latency(table: pd.DataFrame, path: Path) -> Path | None:
@@ -128,12 +185,13 @@ def plot_ptq_size(table: pd.DataFrame, path: Path) -> Path | None:
     if not tasks:
         return None
     fig, axes = _grid(len(tasks), TITLES["ptq_size"])
+    number = {m: i for i, m in enumerate(rows["model"])}
     for ax, task in zip(axes, tasks):
         col = f"{task}__{HEADLINE[task][0]}"
         for method, g in rows.groupby(rows["ptq_method"].fillna("none (source)")):
             ax.scatter(g["model_size_gb"], g[col], s=45, label=method)
-            for _, r in g.iterrows():
-                ax.annotate(r["model"], (r["model_size_gb"], r[col]), fontsize=7, xytext=(3, 3),
+            for _, r in g.iterrows():  # numbered; the names are in the key under the panels
+                ax.annotate(str(number[r["model"]] + 1), (r["model_size_gb"], r[col]), fontsize=8, xytext=(4, 4),
                             textcoords="offset points")
         for _, r in rows[rows["ptq_method"].notna()].iterrows():  # arrow: source -> quantized
             src = rows[rows["model"] == r["parent_model"]]
@@ -143,6 +201,7 @@ def plot_ptq_size(table: pd.DataFrame, path: Path) -> Path | None:
         ax.set(title=task, xlabel="model size on disk, GB", ylabel=_score_label(task))
         ax.legend(title="PTQ method", fontsize=8)
         ax.grid(alpha=0.3)
+    _model_key(fig, list(rows["model"]), colored=False)  # colours here are the PTQ methods
     return _save(fig, path)
 
 

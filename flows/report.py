@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 
 from flows.aggregate import HEADLINE, summary_table
-from flows.plots import TITLES, make_plots
+from flows.comparisons import vs_parent_table
+from flows.plots import TITLES, make_plots, plot_loss_curves
 from services.common import artifacts
 from services.common.errors import NotFoundError
 from services.common.storage import ObjectStore
@@ -60,13 +61,42 @@ def _md_table(df: pd.DataFrame) -> str:
     return df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval="")
 
 
-def _markdown(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str, Path]) -> str:
+def _lead_md(vs: pd.DataFrame | None) -> list[str]:
+    """What was learned: each configuration against the model it was made from (flows/comparisons.py)."""
+    if vs is None or vs.empty:
+        return []
+    from flows.comparisons import lead_table
+    n_clear = int(vs["clear"].sum())
+    return ["## What changed against the base", "",
+            f"{n_clear} of {len(vs)} differences are statistically clear (95% paired-bootstrap CI excludes 0, "
+            "McNemar p < 0.05 where the metric is per-item right/wrong). Paired on the same held-out items; "
+            "`ftlab compare` gives each one in full; all rows are in `comparisons.csv`.", "",
+            _md_table(lead_table(vs)), ""]
+
+
+def _lead_html(vs: pd.DataFrame | None) -> list[str]:
+    if vs is None or vs.empty:
+        return []
+    from flows.comparisons import lead_table
+    n_clear = int(vs["clear"].sum())
+    t = lead_table(vs)
+    body = t.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="", escape=True)
+    body = body.replace("<td>yes</td>", "<td class='clear'>yes</td>")
+    return ["<h2>What changed against the base</h2>",
+            f"<p><b>{n_clear} of {len(vs)}</b> differences are statistically clear (95% paired-bootstrap CI "
+            "excludes 0, McNemar p &lt; 0.05 where the metric is per-item right/wrong), paired on the same "
+            "held-out items. All rows: <a href='comparisons.csv'>comparisons.csv</a>; one pair in full: "
+            "<code>ftlab compare PARENT/EVAL MODEL/EVAL</code>.</p>", body]
+
+
+def _markdown(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str, Path],
+              vs: pd.DataFrame | None = None) -> str:
     bad = [s for s in steps if s["status"] in NOT_DONE]
     counts = pd.Series([s["status"] for s in steps]).value_counts().to_dict() if steps else {}
     lines = [f"# {info.experiment} — run {info.run_id}", "", info.description, "",
              f"- steps: {len(steps)} ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))})",
              f"- wall time: {info.finished_at - info.started_at:.0f} s" if info.finished_at else "",
-             f"- models in the table: {len(table)}", "", "## Summary", "",
+             f"- models in the table: {len(table)}", "", *_lead_md(vs), "## Summary", "",
              "Headline metrics as in the study: " + ", ".join(
                  f"{t} {m} ({'higher' if h else 'lower'} is better)" for t, (m, h) in HEADLINE.items())
              + ". Every column is in `metrics_summary.csv` (the study's columns first).", "",
@@ -81,17 +111,19 @@ def _markdown(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict
     return "\n".join(lines)
 
 
-def _html(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str, Path]) -> str:
+def _html(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str, Path],
+          vs: pd.DataFrame | None = None) -> str:
     e = html.escape
     bad = [s for s in steps if s["status"] in NOT_DONE]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(info.experiment)} {e(info.run_id)}</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
              "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-             "th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}.failed{color:#b00}</style></head><body>",
+             "th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}.failed{color:#b00}"
+             "td.clear{background:#dfd;font-weight:bold}</style></head><body>",
              f"<h1>{e(info.experiment)} — run {e(info.run_id)}</h1><p>{e(info.description)}</p>",
              f"<p>{len(steps)} steps, {len(bad)} not done; {len(table)} models. "
              "The full table is in <a href='metrics_summary.csv'>metrics_summary.csv</a>.</p>",
-             "<h2>Summary</h2>",
+             *_lead_html(vs), "<h2>Summary</h2>",
              table[shown_columns(table)].to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="")
              if len(table) else "<p>(no evaluations)</p>", "<h2>Plots</h2>"]
     parts += [f"<h3>{e(TITLES[n])}</h3><img src='{e(p.name)}' alt='{e(TITLES[n])}'>" for n, p in plots.items()]
@@ -114,9 +146,13 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
         old.unlink()
     table = summary_table(store, evaluations_of(steps))
     table.to_csv(out / "metrics_summary.csv", index=False)
+    vs = vs_parent_table(store, evaluations_of(steps))
+    vs.to_csv(out / "comparisons.csv", index=False)
     plots = make_plots(table, out)
-    (out / "report.md").write_text(_markdown(info, table, steps, plots))
-    (out / "report.html").write_text(_html(info, table, steps, plots))
+    if (p := plot_loss_curves(store, list(table["model"]) if len(table) else [], out / "loss_curves.png")):
+        plots["loss_curves"] = p
+    (out / "report.md").write_text(_markdown(info, table, steps, plots, vs))
+    (out / "report.html").write_text(_html(info, table, steps, plots, vs))
     (out / "steps.json").write_text(json.dumps(steps, indent=2, default=str))
     (out / "run.json").write_text(json.dumps(asdict(info), indent=2, default=str))
     from flows.report_profiles import add_profiles_section  # the ftlab vs study scoring section
@@ -125,7 +161,8 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
         "kind": "report", "experiment": info.experiment, "run_id": info.run_id,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, overwrite=True)
     return {"uri": manifest["uri"], "local_dir": str(out.resolve()), "plots": sorted(plots),
-            "table": json.loads(table.to_json(orient="records"))}
+            "table": json.loads(table.to_json(orient="records")),
+            "comparisons": json.loads(vs.to_json(orient="records"))}
 
 
 def latest_run(store: ObjectStore, experiment: str) -> str:

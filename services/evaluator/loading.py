@@ -47,11 +47,11 @@ def quantization_spec(model_dir: Path, manifest: dict[str, Any]) -> dict[str, An
     return {**NO_QUANT, "source": "default"}
 
 
-def _load_base_as_trained(base_dir: Path, quant: dict[str, Any], dev: torch.device):
+def _load_base_as_trained(base_dir: Path, quant: dict[str, Any], dev: torch.device, dtype=None):
     """The base the adapter was trained on: the adapter's deltas were fitted to that exact function."""
     method = quant.get("method")
     if method not in ("QLORA", "INT8"):
-        return modeling.load_causal_lm(base_dir, dev)
+        return modeling.load_causal_lm(base_dir, dev, dtype=dtype)
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     dtype = modeling.compute_dtype(dev)
     bnb = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -61,8 +61,9 @@ def _load_base_as_trained(base_dir: Path, quant: dict[str, Any], dev: torch.devi
         device_map={"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}).eval()
 
 
-def load_for_eval(store: ObjectStore, name: str, workdir: str, dev: torch.device):
-    """(model, tokenizer with left padding, manifest, info) for the model named ``name``."""
+def load_for_eval(store: ObjectStore, name: str, workdir: str, dev: torch.device, dtype=None):
+    """(model, tokenizer with left padding, manifest, info) for the model named ``name``;
+    ``dtype`` for unquantized weights (default: the compute dtype)."""
     model_dir, manifest = modeling.fetch_model(store, name, workdir)
     quant = quantization_spec(model_dir, manifest)
     info: dict[str, Any] = {"name": name, "kind": manifest.get("kind"), "quantization": quant,
@@ -73,17 +74,18 @@ def load_for_eval(store: ObjectStore, name: str, workdir: str, dev: torch.device
         if base is None or artifacts.read_manifest(store, modeling.MODELS, base) is None:
             raise NotFoundError(f"model {name!r} is an adapter whose base {base!r} is not in the models bucket")
         base_dir, _ = modeling.fetch_model(store, base, workdir)
-        model = PeftModel.from_pretrained(_load_base_as_trained(base_dir, quant, dev),
+        model = PeftModel.from_pretrained(_load_base_as_trained(base_dir, quant, dev, dtype),
                                           model_dir / manifest["adapter_path"]).eval()
         tok_dir = model_dir if (model_dir / "tokenizer_config.json").exists() else base_dir
         info |= {"loaded_as": "base+adapter", "base_model": base, "adapter_path": manifest["adapter_path"]}
     else:
-        model = modeling.load_causal_lm(model_dir, dev)
+        model = modeling.load_causal_lm(model_dir, dev, dtype=dtype)
         tok_dir = model_dir
         qcfg = getattr(model.config, "quantization_config", None)
         info["loaded_as"] = "full"
         if qcfg is not None:
             qd = qcfg if isinstance(qcfg, dict) else qcfg.to_dict()
             info["quantization_config"] = {"quant_method": str(qd.get("quant_method")), "format": qd.get("format")}
+    info["dtype"] = str(model.dtype).removeprefix("torch.")
     tok = modeling.load_tokenizer(tok_dir, padding_side="left")  # left padding for batched generation
     return model, tok, manifest, info

@@ -35,8 +35,9 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
 
     # 1. Model and items.
     ctx.log(f"fetching {cfg['model']}")
-    model, tok, manifest, model_info = loading.load_for_eval(ctx.store, cfg["model"], ctx.workdir, dev)
-    ctx.log(f"loaded {cfg['model']} as {model_info['loaded_as']} on {dev}")
+    model, tok, manifest, model_info = loading.load_for_eval(ctx.store, cfg["model"], ctx.workdir, dev,
+                                                             modeling.eval_dtype(dev))
+    ctx.log(f"loaded {cfg['model']} as {model_info['loaded_as']} on {dev} in {model_info['dtype']}")
     items: dict[str, list[dict]] = {}
     for t in cfg["tasks"]:
         task = tasks.get_task(t["task"])
@@ -91,7 +92,8 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
         "summary": summarize(datasets_out, pred_rows, quantization, memory, time.time() - t_start),
         "datasets": datasets_out,
         "quantization": quantization,
-        "hardware": {**modeling.hardware(), **memory, "torch_threads": torch.get_num_threads()},
+        "hardware": {**modeling.hardware(), **memory, "torch_threads": torch.get_num_threads(),
+                     "dtype": model_info["dtype"]},
         "model": model_info,
         "spec": cfg, "predictions_uri": uri + "predictions.parquet", "versions": versions(),
         "study_profile": study_profile(study_out, pred_rows),
