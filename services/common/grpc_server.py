@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.auth import AuthInterceptor, is_loopback
 from services.common.errors import (FtlabError, NotFoundError, PreconditionError, StorageError,
-                                    ValidationError)
+                                    ValidationError, shorten)
 
 log = logging.getLogger("ftlab.grpc")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -84,7 +84,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
             code = status_for(exc)
             if not isinstance(exc, FtlabError):
                 log.exception("%s failed", method)
-            context.abort(code, str(exc) or type(exc).__name__)
+            context.abort(code, shorten(str(exc) or type(exc).__name__))  # fits gRPC's metadata limit
 
         if handler.unary_unary:
             inner = handler.unary_unary

@@ -2,7 +2,9 @@
 and lists the not-found problems too)."""
 from __future__ import annotations
 
-from services.common.errors import NotFoundError, ValidationError
+import re
+
+from services.common.errors import NotFoundError, ValidationError, quote
 
 
 class Problems:
@@ -31,6 +33,24 @@ class Problems:
 def in_range(p: Problems, spec: dict, field: str, default, lo, hi, lo_open: bool = False):
     """``spec[field]`` (proto JSON; absent = default) checked against [lo, hi] (or (lo, hi])."""
     value = spec.get(field, default)
-    ok = (lo < value if lo_open else lo <= value) and value <= hi
-    p.require(ok, f"{field}: {value!r} must be in {'(' if lo_open else '['}{lo}, {hi}]")
+    ok = isinstance(value, (int, float)) and (lo < value if lo_open else lo <= value) and value <= hi
+    p.require(ok, f"{field}: {quote(value)} must be in {'(' if lo_open else '['}{lo}, {hi}]")
     return value
+
+
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+
+
+def check_module_names(p: Problems, field: str, names: list[str], max_items: int = 64) -> None:
+    """Module names (peft ``target_modules``): dotted Python identifiers of at most 128
+    characters each, no duplicates, at most ``max_items``; ``all-linear`` (peft's shorthand)
+    is the one other name allowed, and stands alone."""
+    p.require(len(names) <= max_items, f"{field}: at most {max_items} names (got {len(names)})")
+    for i, name in enumerate(names[:max_items]):
+        if name != "all-linear" and not (len(name) <= 128 and MODULE_RE.match(name)):
+            p.invalid.append(f"{field}[{i}]: {quote(name)} is not a module name (a dotted Python "
+                             "identifier of at most 128 characters, e.g. q_proj or mlp.down_proj)")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    p.require(not dupes, f"{field}: each name at most once (repeated: {quote(dupes)})")
+    if "all-linear" in names and len(names) > 1:
+        p.invalid.append(f"{field}: 'all-linear' stands alone")
