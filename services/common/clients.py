@@ -14,7 +14,7 @@ from services.common.errors import FtlabError, NotFoundError, PreconditionError,
 from services.common.generated.ftlab.v1 import (evaluate_spec_pb2, evaluator_pb2, evaluator_pb2_grpc, jobs_pb2,
                                                 quantize_spec_pb2, quantizer_pb2, quantizer_pb2_grpc, train_spec_pb2,
                                                 trainer_pb2, trainer_pb2_grpc)
-from services.common.settings import service_address
+from services.common.settings import grpc_message_options, service_address
 
 _FROM_ENV: Any = object()  # "read it from the environment"
 
@@ -75,7 +75,9 @@ def secure_channel(address: str, token: str | None = _FROM_ENV,
     from services.common.tls import channel_credentials
     token = client_token() if token is _FROM_ENV else token
     credentials = channel_credentials() if credentials is _FROM_ENV else credentials
-    ch = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    options = grpc_message_options()  # the servers' limit: a client reads whatever a server may send
+    ch = (grpc.secure_channel(address, credentials, options=options) if credentials
+          else grpc.insecure_channel(address, options=options))
     return grpc.intercept_channel(ch, BearerClientInterceptor(token)) if token else ch
 
 

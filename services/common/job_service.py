@@ -12,9 +12,11 @@ from services.common.generated.ftlab.v1 import jobs_pb2
 from services.common.jobs import EventType, JobRecord, JobState
 from services.common.naming import check_name
 from services.common.runtime import JobRuntime
+from services.common.settings import max_message_bytes
 
 log = logging.getLogger("ftlab.validation")
 
+PAGE_MARGIN_BYTES = 1024  # room for the page token and framing
 SPEC_FIELD = {"train": "train", "quantize": "quantize", "evaluate": "evaluate"}  # kind -> Job.spec oneof
 
 
@@ -138,7 +140,16 @@ class JobMethods:
         if problems:
             raise ValidationError(problems)
         recs, token = self.runtime.list(states or None, request.page_size, request.page_token)
-        return jobs_pb2.ListJobsResponse(jobs=[self.job_proto(r) for r in recs], next_page_token=token)
+        # bounded in bytes too: the page ends early (at least one job) before it would pass the limit
+        budget, jobs = max_message_bytes() - PAGE_MARGIN_BYTES, []
+        for i, rec in enumerate(recs):
+            job = self.job_proto(rec)
+            budget -= job.ByteSize() + 8  # + the field's tag and length
+            if budget < 0 and jobs:
+                token = recs[i - 1].job_id
+                break
+            jobs.append(job)
+        return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     def WatchJob(self, request, context):
         job_id = _require_id(request.job_id)

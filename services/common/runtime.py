@@ -565,7 +565,7 @@ class JobRuntime:
                 rec.metrics.update(result["metrics"])
                 rec.transition(JobState.SUCCEEDED, "succeeded")
             else:
-                rec.error = error["message"] if error else f"child process {_describe_exit(exitcode)}"
+                rec.set_error(error["message"] if error else f"child process {_describe_exit(exitcode)}")
                 rec.transition(JobState.FAILED, rec.error)
             self._persist(rec)
             self._cond.notify_all()
