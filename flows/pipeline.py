@@ -66,9 +66,11 @@ def cancel_jobs(experiment: str) -> list[str]:
     return cancelled
 
 
-def _cancel_hook(flow_obj, flow_run, state) -> None:
-    """on_cancellation / on_crashed: may run in another process (a worker), so it re-reads the
-    experiment from the run's parameters."""
+def _cancel_hook(flow, flow_run, state) -> None:
+    """on_cancellation / on_crashed. Prefect calls hooks with keyword arguments ``flow``,
+    ``flow_run``, ``state`` (so these names are fixed); under a worker they run in the worker's
+    process (a killed flow process runs nothing), so this re-reads the experiment from the run's
+    parameters and reaches the services through the worker's FTLAB_* environment."""
     try:
         name = load(flow_run.parameters["experiment"]).name
     except Exception:  # noqa: BLE001 - an unloadable spec never submitted anything
