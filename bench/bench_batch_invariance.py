@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     p.add_argument("--items", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--precisions", default="fp32,int8,nf4")
+    p.add_argument("--precisions", default="int8,nf4,fp32")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a small shared CPU)")
     args = p.parse_args(argv)
     from services.common.gguf_import import converted_smollm2
     from services.common.modeling import load_tokenizer
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     tok = load_tokenizer(model_dir, padding_side="left")
     task = tasks.get_task("ai2_arc")
     rows = pd.read_parquet(SEED_TEST).head(args.items).to_dict("records")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     out = {"model": "SmolLM2-135M-Instruct", "task": task.name, "cpu": platform.processor() or platform.machine(),
            "torch": torch.__version__, "results": {}}
     for precision in args.precisions.split(","):
