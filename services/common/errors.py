@@ -6,8 +6,8 @@ bad value would turn INVALID_ARGUMENT into RESOURCE_EXHAUSTED. So checks quote v
 whole reply at ``MAX_ERROR_CHARS`` (:func:`shorten`: head and tail kept, the cut counted)."""
 from __future__ import annotations
 
-MAX_ERROR_CHARS = 2000    # an error reply's text at most
-MAX_PROBLEM_CHARS = 400   # one problem's text at most
+MAX_ERROR_CHARS = 2000    # an error reply's text at most (<= 8 KB of UTF-8: gRPC metadata)
+MAX_PROBLEM_CHARS = 1000  # one problem's text at most
 QUOTE_CHARS = 40          # how much of a bad value an error text repeats
 
 
