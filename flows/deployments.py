@@ -2,8 +2,10 @@
 ``prefect deployment run 'ftlab-experiment/phase3'``. The same list is in ``prefect.yaml`` (for
 ``prefect deploy --all``; a test keeps the two equal). Without a worker,
 ``python -m flows.deployments serve`` serves them from this process; with the compose stack's
-process worker, ``python -m flows.deployments deploy`` registers them on its work pool. Local
-runs (``ftlab run``) stay on ephemeral Prefect and need none of this."""
+process worker, ``python -m flows.deployments deploy`` registers them on its work pool; the worker
+runs them from ``--code-dir`` (default: the current directory — a checkout, or /app in the flows
+image), exactly as ``prefect deploy --all`` does. Local runs (``ftlab run``) stay on ephemeral
+Prefect and need none of this."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.deployments", description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=["list", "serve", "deploy"])
     p.add_argument("--work-pool", default=WORK_POOL)
+    p.add_argument("--code-dir", default=".", help="where the worker finds this repository (default: here)")
     args = p.parse_args(argv)
     items = deployments()
     if args.action == "list":
@@ -42,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         serve(*[d["flow"].to_deployment(name=d["name"], parameters=d["parameters"], description=d["description"])
                 for d in items])
         return 0
-    for d in items:  # deploy: code is already in the worker's image (/app), nothing to build or push
-        d["flow"].from_source(source=".", entrypoint=d["entrypoint"]).deploy(
+    from pathlib import Path
+    code_dir = str(Path(args.code_dir).resolve())
+    for d in items:  # deploy: the code is where the worker runs (checkout or image), nothing to build or push
+        d["flow"].from_source(source=code_dir, entrypoint=d["entrypoint"]).deploy(
             name=d["name"], work_pool_name=args.work_pool, parameters=d["parameters"],
             description=d["description"], build=False, push=False)
     return 0

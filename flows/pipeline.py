@@ -22,6 +22,7 @@ from flows.experiment import Experiment, Step, load
 from services.common import artifacts
 from services.common.clients import JobFailed, ServiceClient, state_name
 from services.common.errors import FtlabError
+from services.common.generated.ftlab.v1 import jobs_pb2
 from services.common.jobs import JobState
 from services.common.s3_store import store_from_env
 from services.common.settings import SERVICES
@@ -32,7 +33,17 @@ MAX_STEPS_IN_FLIGHT = 512
 
 
 def already_done(store, step: Step) -> bool:
+    """The step's output artifact is committed now (its manifest exists): not a job's old state."""
     return artifacts.read_manifest(store, step.bucket, step.output) is not None
+
+
+def _logger():
+    """The Prefect run logger; the module logger when called outside a run (``run_step.fn``)."""
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - prefect's MissingContextError
+        import logging
+        return logging.getLogger("ftlab.flows")
 
 
 def cancel_jobs(experiment: str) -> list[str]:
@@ -55,9 +66,11 @@ def cancel_jobs(experiment: str) -> list[str]:
     return cancelled
 
 
-def _cancel_hook(flow_obj, flow_run, state) -> None:
-    """on_cancellation / on_crashed: may run in another process (a worker), so it re-reads the
-    experiment from the run's parameters."""
+def _cancel_hook(flow, flow_run, state) -> None:
+    """on_cancellation / on_crashed. Prefect calls hooks with keyword arguments ``flow``,
+    ``flow_run``, ``state`` (so these names are fixed); under a worker they run in the worker's
+    process (a killed flow process runs nothing), so this re-reads the experiment from the run's
+    parameters and reaches the services through the worker's FTLAB_* environment."""
     try:
         name = load(flow_run.parameters["experiment"]).name
     except Exception:  # noqa: BLE001 - an unloadable spec never submitted anything
@@ -105,9 +118,14 @@ def prepare_dataset(store, name: str, recipe: str) -> dict[str, Any]:
 # Skipping is decided by the committed manifest, not by Prefect's cache.
 @task(name="run-step", task_run_name="{step.stage}:{step.output}", cache_policy=NO_CACHE)
 def run_step(step: Step, experiment: str, timeout_s: float, upstream: list[dict[str, Any]]) -> dict[str, Any]:
-    logger = get_run_logger()
+    logger = _logger()
     result = {"key": step.key, "stage": step.stage, "output": step.output, "labels": step.labels}
     store = store_from_env()
+    reruns: list[str] = []  # why earlier jobs of this step were not reused (the report shows it)
+
+    def on_retry(reason: str) -> None:
+        reruns.append(reason)
+        logger.warning("%s: %s", step.key, reason)
     if already_done(store, step):
         logger.info("%s: already committed, skipped", step.key)
         return result | {"status": "skipped"}
@@ -123,7 +141,8 @@ def run_step(step: Step, experiment: str, timeout_s: float, upstream: list[dict[
                 if ev.total and (pct := int(100 * ev.step / ev.total)) // 25 != last["pct"] // 25:
                     last["pct"] = pct
                     logger.info("%s: %d/%d %s", step.key, ev.step, ev.total, ev.message)
-            job = client.run(step.spec, step.request_id(experiment), timeout_s, on_event)
+            job = client.run(step.spec, step.request_id(experiment), timeout_s, on_event,
+                             committed=lambda _job: already_done(store, step), on_retry=on_retry)
     except JobFailed as exc:
         status = "cancelled" if state_name(exc.job.state) == "CANCELLED" else "failed"
         logger.error("%s %s: %s", step.key, status, exc.job.error)
@@ -136,8 +155,12 @@ def run_step(step: Step, experiment: str, timeout_s: float, upstream: list[dict[
         logger.exception("%s failed unexpectedly", step.key)
         return result | {"status": "failed", "error": f"unexpected {type(exc).__name__}: {exc}"}
     logger.info("%s: succeeded (job %s)", step.key, job.job_id)
+    if job.state == jobs_pb2.JOB_STATE_SUCCEEDED and not already_done(store, step):  # e.g. deleted meanwhile
+        return result | {"status": "failed", "job_id": job.job_id, "rerun": "; ".join(reruns),
+                         "error": f"job {job.job_id} SUCCEEDED but {step.bucket}/{step.output} is not committed"}
     return result | {"status": "succeeded", "job_id": job.job_id, "metrics": dict(job.metrics),
-                     "outputs": dict(job.outputs), "wall_s": round(time.time() - t0, 2)}
+                     "outputs": dict(job.outputs), "wall_s": round(time.time() - t0, 2)} | (
+        {"rerun": "; ".join(reruns)} if reruns else {})
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)

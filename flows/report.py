@@ -105,6 +105,8 @@ def _markdown(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict
     lines += [f"### {TITLES[n]}\n\n![{TITLES[n]}]({p.name})\n" for n, p in plots.items()] or ["(no data to plot)"]
     lines += ["", f"## Failures ({len(bad)})", ""]
     lines += [f"- `{s['key']}` ({s['status']}): {s.get('error', '')}" for s in bad] or ["none"]
+    reruns = [f"- `{s['key']}`: {s['rerun']}" for s in steps if s.get("rerun")]  # and why
+    lines += (["", "## Re-run steps", ""] + reruns) if reruns else []
     lines += ["", "## Steps", "", "| step | status | job | wall s |", "|---|---|---|---|"]
     lines += [f"| {s['key']} | {s['status']} | {s.get('job_id', '')} | {s.get('wall_s', '')} |" for s in steps]
     lines += ["", "## Reproduce", "", "```"] + _reproduce(info) + ["```", ""]
@@ -130,6 +132,8 @@ def _html(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str
     parts += [f"<h2>Failures ({len(bad)})</h2><ul>"]
     parts += [f"<li class='failed'><code>{e(s['key'])}</code> ({e(s['status'])}): {e(str(s.get('error', '')))}</li>"
               for s in bad] or ["<li>none</li>"]
+    reruns = [f"<li><code>{e(s['key'])}</code>: {e(s['rerun'])}</li>" for s in steps if s.get("rerun")]
+    parts += (["</ul><h2>Re-run steps</h2><ul>"] + reruns) if reruns else []
     parts += ["</ul><h2>Steps</h2><table><tr><th>step</th><th>status</th><th>job</th><th>wall s</th></tr>"]
     parts += [f"<tr><td style='text-align:left'>{e(s['key'])}</td><td>{e(s['status'])}</td>"
               f"<td>{e(str(s.get('job_id', '')))}</td><td>{e(str(s.get('wall_s', '')))}</td></tr>" for s in steps]

@@ -72,6 +72,21 @@ def service_def():
     return replace(SERVICE, recipes={"quantize": "tests.hardening:quantize_like"})
 
 
+def evaluate_like(ctx, cfg):
+    """Evaluator-shaped and torch-free: commits an evaluation artifact where the evaluator would."""
+    out = Path(ctx.workdir) / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"summary": {}, "datasets": {}}')  # no scores: not a real evaluation
+    prefix = f"{cfg['model']}/{cfg['eval_id']}"
+    artifacts.commit_dir(ctx.store, "evaluations", prefix, out, {"kind": "evaluation", "model": cfg["model"]})
+    return {"outputs": {"evaluation": make_uri("evaluations", prefix + "/")}}
+
+
+def evaluator_def():
+    from services.evaluator.server import SERVICE
+    return replace(SERVICE, recipes={"evaluate": "tests.hardening:evaluate_like"})
+
+
 def make_source(store, name: str = SOURCE, tmp: Path | None = None) -> None:
     """A committed (tiny, fake) model the quantizer's validation accepts as a source."""
     import tempfile

@@ -14,7 +14,7 @@ from services.common.errors import FtlabError, NotFoundError, PreconditionError,
 from services.common.generated.ftlab.v1 import (evaluate_spec_pb2, evaluator_pb2, evaluator_pb2_grpc, jobs_pb2,
                                                 quantize_spec_pb2, quantizer_pb2, quantizer_pb2_grpc, train_spec_pb2,
                                                 trainer_pb2, trainer_pb2_grpc)
-from services.common.settings import service_address
+from services.common.settings import grpc_message_options, service_address
 
 _FROM_ENV: Any = object()  # "read it from the environment"
 
@@ -75,7 +75,9 @@ def secure_channel(address: str, token: str | None = _FROM_ENV,
     from services.common.tls import channel_credentials
     token = client_token() if token is _FROM_ENV else token
     credentials = channel_credentials() if credentials is _FROM_ENV else credentials
-    ch = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    options = grpc_message_options()  # the servers' limit: a client reads whatever a server may send
+    ch = (grpc.secure_channel(address, credentials, options=options) if credentials
+          else grpc.insecure_channel(address, options=options))
     return grpc.intercept_channel(ch, BearerClientInterceptor(token)) if token else ch
 
 
@@ -167,22 +169,34 @@ class ServiceClient:
                 raise TimeoutError(f"{self.service} job {job_id} still {state_name(job.state)} after {timeout_s:.0f}s")
 
     def run(self, spec, request_id: str | None = None, timeout_s: float = 3600.0,
-            on_event=None) -> jobs_pb2.Job:
-        """Submit (idempotently), wait, and raise JobFailed unless the job SUCCEEDED."""
-        job = self.submit_fresh(spec, request_id or uuid.uuid4().hex)
+            on_event=None, committed: Callable[[jobs_pb2.Job], bool] | None = None,
+            on_retry: Callable[[str], None] | None = None) -> jobs_pb2.Job:
+        """Submit (idempotently, see :meth:`submit_fresh`), wait, and raise JobFailed unless the job
+        SUCCEEDED."""
+        job = self.submit_fresh(spec, request_id or uuid.uuid4().hex, committed=committed, on_retry=on_retry)
         job = self.wait(job.job_id, timeout_s, on_event)
         if job.state != jobs_pb2.JOB_STATE_SUCCEEDED:
             raise JobFailed(job)
         return job
 
-    def submit_fresh(self, spec, request_id: str, max_attempts: int = 100) -> jobs_pb2.Job:
+    def submit_fresh(self, spec, request_id: str, max_attempts: int = 100,
+                     committed: Callable[[jobs_pb2.Job], bool] | None = None,
+                     on_retry: Callable[[str], None] | None = None) -> jobs_pb2.Job:
         """Idempotent submit that still allows a retry: the request id returns the job already
-        queued, running or succeeded; if that job FAILED or was CANCELLED, the next attempt id
-        (``<id>:attempt-N``) is used, so rerunning a flow retries only what did not succeed."""
+        queued, running or succeeded; if that job FAILED or was CANCELLED — or SUCCEEDED but
+        ``committed(job)`` says its output artifact is not committed now (deleted since) — the next
+        attempt id (``<id>:attempt-N``) is used, so rerunning a flow redoes only what is missing.
+        ``on_retry(reason)`` hears why each earlier attempt was not reused."""
         for attempt in range(1, max_attempts + 1):
             job = self.submit(spec, request_id if attempt == 1 else f"{request_id}:attempt-{attempt}")
-            if job.state not in (jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED):
+            if job.state in (jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED):
+                reason = f"job {job.job_id} ended {state_name(job.state)}: {job.error[:200]}"
+            elif job.state == jobs_pb2.JOB_STATE_SUCCEEDED and committed is not None and not committed(job):
+                reason = f"job {job.job_id} SUCCEEDED but its output is no longer committed (no manifest)"
+            else:
                 return job
+            if on_retry is not None:
+                on_retry(f"{reason}; re-run as attempt {attempt + 1}")
         raise PreconditionError(f"request {request_id!r} failed {max_attempts} times; use a new request id")
 
     def healthy(self, timeout_s: float = 2.0) -> bool:

@@ -12,11 +12,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.auth import AuthInterceptor, is_loopback
+from services.common.settings import grpc_message_options
 from services.common.errors import (FtlabError, NotFoundError, PreconditionError, StorageError,
-                                    ValidationError)
+                                    ValidationError, shorten)
 
 log = logging.getLogger("ftlab.grpc")
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 VERSION_KEY = "ftlab-version"  # trailing metadata of every answered RPC (`ftlab doctor` reads it)
 
 
@@ -84,7 +84,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
             code = status_for(exc)
             if not isinstance(exc, FtlabError):
                 log.exception("%s failed", method)
-            context.abort(code, str(exc) or type(exc).__name__)
+            context.abort(code, shorten(str(exc) or type(exc).__name__))  # fits gRPC's metadata limit
 
         if handler.unary_unary:
             inner = handler.unary_unary
@@ -127,8 +127,7 @@ def build_server(address: str, servicer, add_to_server, service_full_name: str,
     interceptors = ([AuthInterceptor(list(tokens))] if tokens else []) + [ErrorMappingInterceptor()]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                          interceptors=interceptors,
-                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+                         options=grpc_message_options())
     add_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

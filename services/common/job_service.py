@@ -2,15 +2,21 @@
 domain <-> proto translation. Servicers inherit :class:`JobMethods` and add their Submit RPC."""
 from __future__ import annotations
 
+import logging
 import math
 
 from google.protobuf import json_format, timestamp_pb2
 
-from services.common.errors import ValidationError
+from services.common.errors import FtlabError, ValidationError, shorten
 from services.common.generated.ftlab.v1 import jobs_pb2
 from services.common.jobs import EventType, JobRecord, JobState
+from services.common.naming import check_name
 from services.common.runtime import JobRuntime
+from services.common.settings import max_message_bytes
 
+log = logging.getLogger("ftlab.validation")
+
+PAGE_MARGIN_BYTES = 1024  # room for the page token and framing
 SPEC_FIELD = {"train": "train", "quantize": "quantize", "evaluate": "evaluate"}  # kind -> Job.spec oneof
 
 
@@ -77,10 +83,28 @@ def event_to_proto(job_id: str, ev: dict) -> jobs_pb2.JobEvent:
                              total=ev["total"], message=ev["message"], metrics=ev["metrics"])
 
 
-def _require_id(job_id: str) -> str:
+def _require_id(job_id: str, field: str = "job_id") -> str:
+    """Job ids are names (``train-20261130-001122-1a2b3c4d``): a malformed one is INVALID_ARGUMENT."""
     if not job_id:
-        raise ValidationError("job_id: required")
+        raise ValidationError(f"{field}: required")
+    problems = check_name(field, job_id)
+    if problems:
+        raise ValidationError(problems)
     return job_id
+
+
+def _guarded(resolve, spec: dict, store) -> dict:
+    """Run the door's checks; a check that crashes (a bug: e.g. one running on a value another
+    check refused) still answers INVALID_ARGUMENT, never INTERNAL, and is logged with its traceback
+    so it gets fixed. Nothing has been written at this point."""
+    try:
+        return resolve(spec, store)
+    except FtlabError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported to the caller, logged for us
+        log.exception("validation crashed on a request (a bug in the checks; answered INVALID_ARGUMENT)")
+        raise ValidationError(f"spec: could not be validated ({type(exc).__name__}: "
+                              f"{shorten(str(exc), 200)}); the request was refused and nothing was written") from exc
 
 
 class JobMethods:
@@ -92,7 +116,7 @@ class JobMethods:
     def submit(self, kind: str, request, resolve) -> jobs_pb2.Job:
         """proto spec -> dict -> validated at the door by ``resolve(spec, store)`` -> queued job."""
         spec = spec_to_dict(request.spec)
-        rec = self.runtime.submit(kind, spec, lambda: resolve(spec, self.store), request.request_id)
+        rec = self.runtime.submit(kind, spec, lambda: _guarded(resolve, spec, self.store), request.request_id)
         return self.job_proto(rec)
 
     def job_proto(self, rec: JobRecord) -> jobs_pb2.Job:
@@ -111,10 +135,21 @@ class JobMethods:
                 states.add(state_from_proto(s))
             except (ValueError, ValidationError) as exc:
                 problems.append(f"states: {exc}")
+        if request.page_token:
+            problems += check_name("page_token", request.page_token)
         if problems:
             raise ValidationError(problems)
         recs, token = self.runtime.list(states or None, request.page_size, request.page_token)
-        return jobs_pb2.ListJobsResponse(jobs=[self.job_proto(r) for r in recs], next_page_token=token)
+        # bounded in bytes too: the page ends early (at least one job) before it would pass the limit
+        budget, jobs = max_message_bytes() - PAGE_MARGIN_BYTES, []
+        for i, rec in enumerate(recs):
+            job = self.job_proto(rec)
+            budget -= job.ByteSize() + 8  # + the field's tag and length
+            if budget < 0 and jobs:
+                token = recs[i - 1].job_id
+                break
+            jobs.append(job)
+        return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     def WatchJob(self, request, context):
         job_id = _require_id(request.job_id)

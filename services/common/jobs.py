@@ -8,7 +8,14 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from services.common.errors import shorten
+
 MAX_EVENTS = 5000  # per job; older events are dropped (the record stays small in storage)
+# A job's error text and each event's message (log lines) are capped, head and tail kept with the
+# number of characters cut between them: one huge traceback or log line must not make the record,
+# GetJob or a ListJobs page exceed gRPC's message limit.
+MAX_JOB_ERROR_CHARS = 8_000      # <= 32 KB of UTF-8: a Job always fits the 64 KiB minimum message limit
+MAX_EVENT_MESSAGE_CHARS = 2_000
 
 
 class JobState(str, enum.Enum):
@@ -77,10 +84,14 @@ class JobRecord:
                   metrics: dict[str, float] | None = None) -> dict[str, Any]:
         seq = self.events[-1]["seq"] + 1 if self.events else 1
         ev = {"seq": seq, "time": now(), "type": type.value, "state": self.state.value,
-              "step": step, "total": total, "message": message, "metrics": dict(metrics or {})}
+              "step": step, "total": total, "message": shorten(message, MAX_EVENT_MESSAGE_CHARS), "metrics": dict(metrics or {})}
         self.events.append(ev)
         del self.events[:-MAX_EVENTS]
         return ev
+
+    def set_error(self, text: str) -> None:
+        """The job's error text, capped at ``MAX_JOB_ERROR_CHARS`` (head and tail kept)."""
+        self.error = shorten(text, MAX_JOB_ERROR_CHARS)
 
     def transition(self, new: JobState, message: str = "") -> dict[str, Any]:
         if new not in _ALLOWED.get(self.state, set()):
@@ -102,4 +113,6 @@ class JobRecord:
         d = json.loads(data)
         d["state"] = JobState(d["state"])
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})  # records from newer versions load
+        rec = cls(**{k: v for k, v in d.items() if k in known})  # records from newer versions load
+        rec.set_error(rec.error)  # records written before the cap
+        return rec

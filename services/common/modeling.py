@@ -160,6 +160,48 @@ def model_manifest(store: ObjectStore, name: str) -> dict[str, Any]:
     return m
 
 
+# Training-time quantization of a base (the study's QuantMethod values) -> how it is loaded.
+TRAINING_QUANT_METHODS = ("QLORA", "INT8")
+
+
+def load_quantized_base(base_dir: str | os.PathLike, method: str, dev: torch.device | None = None):
+    """The base exactly as a run with training-time quantization ``method`` loads it — one
+    definition for the trainer and every merge: QLORA = the study's QLoRA (NF4, double quant,
+    bf16 compute, lm_head left unquantized in bf16); INT8 = bitsandbytes LLM.int8 (lm_head
+    unquantized, compute dtype of the device). Raises ValueError for another method."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    dev = dev or device()
+    if method == "QLORA":
+        qconf = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["lm_head"])
+        dtype = torch.bfloat16
+    elif method == "INT8":
+        qconf, dtype = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head"]), compute_dtype(dev)
+    else:
+        raise ValueError(f"not a training-time quantization: {method!r} (known: {', '.join(TRAINING_QUANT_METHODS)})")
+    return AutoModelForCausalLM.from_pretrained(
+        base_dir, quantization_config=qconf, dtype=dtype, use_safetensors=True,
+        device_map={"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"})
+
+
+def merge_adapter(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike, trained_on: str | None,
+                  dev: torch.device | None = None):
+    """The one way any service merges an adapter into its base; returns the merged (unquantized)
+    model. ``trained_on``: the training-time quantization of the base the adapter was fitted to
+    (the model manifest's ``quantization.method``). For QLORA / INT8 the adapter is merged onto
+    that quantized base *dequantized* — the very function trained (merging into 4/8-bit blocks
+    would round the update away; merging onto the full-precision base would add back the
+    quantization error the adapter learned around). Otherwise onto the base as stored."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    if trained_on in TRAINING_QUANT_METHODS:
+        base = load_quantized_base(base_dir, trained_on, dev)
+        base.dequantize()
+    else:
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto", use_safetensors=True)
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+
+
 def load_tokenizer(path: str | os.PathLike, padding_side: str = "right"):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import re
 
-from services.common.errors import ValidationError
+from services.common.errors import ValidationError, quote
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -50,8 +50,8 @@ def tag_quant(method: QuantMethod) -> str:
 
 def check_name(field: str, value: str) -> list[str]:
     """Names become object-key prefixes: no '/', '..', spaces or control characters."""
-    if not NAME_RE.match(value or "") or ".." in value:
-        return [f"{field}: {value!r} is not a valid name (1-128 of letters, digits, '.', '_', '-'; "
+    if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
+        return [f"{field}: {quote(value)} is not a valid name (1-128 of letters, digits, '.', '_', '-'; "
                 "starting with a letter or digit; no '..')"]
     return []
 

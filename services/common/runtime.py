@@ -23,7 +23,7 @@ import traceback
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
-from services.common.errors import FtlabError, NotFoundError, PreconditionError, ValidationError
+from services.common.errors import FtlabError, NotFoundError, PreconditionError, ValidationError, quote
 from services.common.jobs import EventType, JobRecord, JobState, new_job_id, spec_hash
 from services.common.storage import ObjectStore, open_store
 
@@ -259,7 +259,7 @@ class JobRuntime:
             return None
         existing = self._jobs[self._by_request[request_id]]
         if spec_hash(existing.spec) != spec_hash(spec):
-            raise PreconditionError(f"request_id {request_id!r} was already used for job "
+            raise PreconditionError(f"request_id {quote(request_id)} was already used for job "
                                     f"{existing.job_id} with a different spec")
         return self._snapshot(existing)
 
@@ -284,7 +284,7 @@ class JobRuntime:
             if page_token:
                 ids = [r.job_id for r in recs]
                 if page_token not in ids:
-                    raise ValidationError(f"page_token {page_token!r} is not a job of this service")
+                    raise ValidationError(f"page_token: {quote(page_token)} is not a job of this service")
                 recs = recs[ids.index(page_token) + 1:]
             page = [self._snapshot(r) for r in recs[:page_size]]
             return page, (page[-1].job_id if len(recs) > page_size else "")
@@ -346,7 +346,7 @@ class JobRuntime:
     def _require(self, job_id: str) -> JobRecord:
         rec = self._jobs.get(job_id)
         if rec is None:
-            raise NotFoundError(f"job {job_id!r} not found in the {self.service} service")
+            raise NotFoundError(f"job {quote(job_id)} not found in the {self.service} service")
         return rec
 
     @staticmethod
@@ -565,7 +565,7 @@ class JobRuntime:
                 rec.metrics.update(result["metrics"])
                 rec.transition(JobState.SUCCEEDED, "succeeded")
             else:
-                rec.error = error["message"] if error else f"child process {_describe_exit(exitcode)}"
+                rec.set_error(error["message"] if error else f"child process {_describe_exit(exitcode)}")
                 rec.transition(JobState.FAILED, rec.error)
             self._persist(rec)
             self._cond.notify_all()

@@ -18,6 +18,31 @@ def service_address(service: str, env=os.environ) -> str:
     return env.get(f"FTLAB_{service.upper()}_ADDR", f"127.0.0.1:{DEFAULT_PORTS[service]}")
 
 
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def max_message_bytes(env=os.environ) -> int:
+    """The one gRPC message size limit (FTLAB_GRPC_MAX_MESSAGE_BYTES, default 16 MiB) that servers
+    (send and receive) and clients (send and receive) both use, so a client can always read what a
+    server may send. ListJobs pages stay under it (see ``JobMethods.ListJobs``)."""
+    raw = env.get("FTLAB_GRPC_MAX_MESSAGE_BYTES", "").strip()
+    if not raw:
+        return DEFAULT_MAX_MESSAGE_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 64 * 1024:
+        raise ValidationError(f"FTLAB_GRPC_MAX_MESSAGE_BYTES={raw[:40]!r}: must be a whole number of bytes >= 65536")
+    return value
+
+
+def grpc_message_options(env=os.environ) -> list[tuple[str, int]]:
+    """Channel/server options for :func:`max_message_bytes`."""
+    limit = max_message_bytes(env)
+    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     service: str

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
-from services.common.errors import ValidationError
+from services.common.errors import ValidationError, quote
 
 
 class TaskType(str, Enum):
@@ -236,7 +236,7 @@ def get_task(name: str | TaskDef) -> TaskDef:
         if key in (task.name.lower(), task.short.lower()):
             return task
     known = ", ".join(f"{t.name} ({t.short})" for t in list_tasks())
-    raise ValidationError(f"unknown task {name!r}; known tasks: {known}")
+    raise ValidationError(f"unknown task {quote(name)}; known tasks: {known}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 and lists the not-found problems too)."""
 from __future__ import annotations
 
-from services.common.errors import NotFoundError, ValidationError
+import re
+
+from services.common.errors import NotFoundError, ValidationError, quote
 
 
 class Problems:
@@ -31,6 +33,67 @@ class Problems:
 def in_range(p: Problems, spec: dict, field: str, default, lo, hi, lo_open: bool = False):
     """``spec[field]`` (proto JSON; absent = default) checked against [lo, hi] (or (lo, hi])."""
     value = spec.get(field, default)
-    ok = (lo < value if lo_open else lo <= value) and value <= hi
-    p.require(ok, f"{field}: {value!r} must be in {'(' if lo_open else '['}{lo}, {hi}]")
+    ok = isinstance(value, (int, float)) and (lo < value if lo_open else lo <= value) and value <= hi
+    p.require(ok, f"{field}: {quote(value)} must be in {'(' if lo_open else '['}{lo}, {hi}]")
     return value
+
+
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+
+
+def check_module_names(p: Problems, field: str, names: list[str], max_items: int = 64) -> None:
+    """Module names (peft ``target_modules``): dotted Python identifiers of at most 128
+    characters each, no duplicates, at most ``max_items``; ``all-linear`` (peft's shorthand)
+    is the one other name allowed, and stands alone."""
+    p.require(len(names) <= max_items, f"{field}: at most {max_items} names (got {len(names)})")
+    for i, name in enumerate(names[:max_items]):
+        if name != "all-linear" and not (len(name) <= 128 and MODULE_RE.match(name)):
+            p.invalid.append(f"{field}[{i}]: {quote(name)} is not a module name (a dotted Python "
+                             "identifier of at most 128 characters, e.g. q_proj or mlp.down_proj)")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    p.require(not dupes, f"{field}: each name at most once (repeated: {quote(dupes)})")
+    if "all-linear" in names and len(names) > 1:
+        p.invalid.append(f"{field}: 'all-linear' stands alone")
+
+
+# --- checks that compare a request with what storage holds (the child could only fail on these)
+
+def task_mismatch(where: str, requested: str, dataset: str, manifest: dict) -> list[str]:
+    """The requested task against the task the dataset was imported for (its manifest's ``task``):
+    a dataset of one task cannot train or evaluate another (its gold answers have another format)."""
+    from services.common.tasks import get_task
+    held = manifest.get("task") or ""
+    try:
+        if not held or get_task(held).name == get_task(requested).name:
+            return []
+    except ValidationError:
+        return []  # an unknown task is reported by the caller's own check
+    return [f"{where}: task {get_task(requested).name!r} requested but dataset {quote(dataset)} holds "
+            f"{get_task(held).name!r} items (its manifest); use a {get_task(requested).name} dataset, "
+            f"or task {get_task(held).name!r}"]
+
+
+def split_rows(where: str, dataset: str, manifest: dict, split: str, limit: int | None) -> list[str]:
+    """An empty split, or a limit larger than the split (the child would quietly use fewer rows)."""
+    rows = manifest.get("splits", {}).get(split, {}).get("rows")
+    if not isinstance(rows, int):
+        return []  # a manifest without row counts: nothing to compare
+    if rows == 0:
+        return [f"{where}: dataset {quote(dataset)} split {quote(split)} has no rows"]
+    if limit and limit > rows:
+        return [f"{where}: limit {limit} but dataset {quote(dataset)} split {quote(split)} has only {rows} rows"]
+    return []
+
+
+def model_weights_problem(field: str, name: str, manifest: dict, purpose: str) -> str | None:
+    """A model that holds no full weights (an adapter, or no config.json) or quantized weights,
+    where ``purpose`` needs a full-precision model (training a base, for instance)."""
+    files = {f.get("path") for f in manifest.get("files", [])}
+    if manifest.get("kind") == "quantized":
+        return (f"{field}: {quote(name)} is quantized ({manifest.get('quantization', {}).get('quant_tag', '?')}); "
+                f"{purpose} needs a full-precision model: use its source")
+    if "config.json" not in files:
+        what = "an adapter without its base weights" if manifest.get("adapter_path") else "not a model folder"
+        return (f"{field}: {quote(name)} is {what} (no config.json); {purpose} needs full weights: "
+                "use a merged model (merge_after_train) or its base")
+    return None

@@ -116,3 +116,36 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: in
         if on_batch:
             on_batch(idx, gens)
     return results  # type: ignore[return-value]
+
+
+# Quantizations whose matmuls pick work by the whole batch: bitsandbytes LLM.int8 keeps the input
+# columns holding any |value| > threshold *anywhere in the batch* in 16-bit and the rest in int8,
+# so a row's logits depend on its companions (INT8 PTQ, and INT8-trained adapters on their base).
+BATCH_DEPENDENT = {"INT8"}
+WEIGHT_ONLY_4BIT = {"BNB4BIT", "BNB4BIT_FP4", "QLORA", "W4A16_GPTQ", "W4A16_RTN"}
+
+
+def batch_composition(quantization: dict, batch_size: int) -> dict:
+    """What metrics.json records about batching (issue 14): whether this model's answers can
+    depend on which prompts shared its batches, why, and the exact mode (``batch_size: 1``).
+    ``effect``: ``none`` (batch_size 1: each prompt alone), ``int8_outlier_columns`` (LLM.int8:
+    measured on SmolLM2-135M-Instruct, see docs/EVALUATOR.md), or ``float_rounding`` (other
+    matmul shapes round differently; rarely flips a near-tie greedy token)."""
+    method = (quantization or {}).get("method", "NoQuant")
+    if batch_size == 1:
+        effect = "none"
+    elif method in BATCH_DEPENDENT:
+        effect = "int8_outlier_columns"
+    else:
+        effect = "float_rounding"
+    notes = {"none": "each prompt generated alone: outputs do not depend on other prompts",
+             "int8_outlier_columns": "bitsandbytes LLM.int8 chooses outlier columns per batch, so batch "
+                                     "composition can change this model's outputs (docs/EVALUATOR.md gives "
+                                     "the measured rate); batch_size: 1 is exact",
+             "float_rounding": "batched matmuls round differently from single ones; greedy outputs can "
+                               "differ where two tokens nearly tie" + (" (4-bit weights: see docs/EVALUATOR.md)"
+                                                                      if method in WEIGHT_ONLY_4BIT else "")
+                               + "; batch_size: 1 is exact"}
+    return {"batch_size": batch_size, "exact": batch_size == 1, "quant_method": method,
+            "outputs_may_depend_on_batch": effect != "none", "effect": effect, "note": notes[effect],
+            "exact_mode": {"batch_size": 1}}

@@ -92,6 +92,7 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
         "summary": summarize(datasets_out, pred_rows, quantization, memory, time.time() - t_start),
         "datasets": datasets_out,
         "quantization": quantization,
+        "batch_composition": generation.batch_composition(quantization, cfg["batch_size"]),
         "hardware": {**modeling.hardware(), **memory, "torch_threads": torch.get_num_threads(),
                      "dtype": model_info["dtype"]},
         "model": model_info,

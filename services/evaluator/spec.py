@@ -4,16 +4,17 @@ from __future__ import annotations
 from typing import Any
 
 from services.common import artifacts
-from services.common.errors import PreconditionError, ValidationError
+from services.common.errors import PreconditionError, ValidationError, quote
 from services.common.jobs import spec_hash
 from services.common.naming import check_name
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task
-from services.common.validation import Problems, in_range
+from services.common.validation import Problems, in_range, split_rows, task_mismatch
 
 
 def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, Any]:
     p = Problems()
+    blocked = ""  # FAILED_PRECONDITION: the model exists but cannot be evaluated
     model = spec.get("model", "")
     p.require(bool(model), "model: required") and p.add(check_name("model", model))
     batch_size = in_range(p, spec, "batch_size", 8, 1, 512)
@@ -43,6 +44,8 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
             cols = set(ds["splits"][split].get("columns", []))
             missing = [c for c in task.columns if c not in cols]
             p.require(not missing, f"{where}.dataset: {dataset!r} lacks the {task.name} columns {missing}")
+            p.add(task_mismatch(f"{where}.task", task.name, dataset, ds))
+            p.add(split_rows(f"{where}.limit" if limit else f"{where}.split", dataset, ds, split, limit))
         tasks.append({"task": task.name, "dataset": dataset, "split": split, "limit": limit})
     names = [t["task"] for t in tasks]
     p.require(len(names) == len(set(names)), f"tasks: each task at most once (got {names})")
@@ -54,10 +57,14 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
             base = manifest.get("base_model") or next(iter(manifest.get("parents") or []), None)
             if not base or artifacts.read_manifest(store, "models", base) is None:
                 p.not_found(f"model: {model!r} is an adapter whose base model {base!r} is not in the models bucket")
+        elif "config.json" not in {f.get("path") for f in manifest.get("files", [])}:
+            blocked = f"model: {quote(model)} holds no model weights (no config.json) and no adapter"
     eval_id = spec.get("eval_id", "")
     if eval_id:
         p.add(check_name("eval_id", eval_id))
     p.raise_if_any()
+    if blocked:
+        raise PreconditionError(blocked)
     cfg = {"model": model, "tasks": tasks, "batch_size": batch_size, "max_new_tokens": max_new, "seed": seed,
            "bootstrap_samples": n_boot}
     cfg["eval_id"] = eval_id or "eval-" + spec_hash(cfg)

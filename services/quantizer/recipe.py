@@ -33,7 +33,7 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     src_dir, src_manifest = modeling.fetch_model(ctx.store, cfg["source_model"], work)
     merged_from = None
     if cfg["adapter"]:
-        src_dir, merged_from = _merge_adapter(ctx, cfg, src_dir, work)
+        src_dir, merged_from = _merge_adapter(ctx, cfg, src_dir, work, src_manifest)
     tok = modeling.load_tokenizer(src_dir)
     ctx.progress(1, STEPS, message="source ready" + (" (adapter merged into its base)" if merged_from else ""))
 
@@ -128,16 +128,18 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- steps
 
 
-def _merge_adapter(ctx: JobContext, cfg: dict[str, Any], adapter_root: Path, work: Path):
-    """Merge an adapter into its (fetched) base; the quantizer then treats the merge as its source."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+def _merge_adapter(ctx: JobContext, cfg: dict[str, Any], adapter_root: Path, work: Path,
+                   manifest: dict[str, Any] | None = None):
+    """Merge an adapter into its (fetched) base — onto the dequantized quantized base when the
+    manifest says it was trained on one (modeling.merge_adapter, shared with the trainer); the
+    quantizer then treats the merge as its source."""
     base = cfg["adapter"]["base_model"]
-    ctx.log(f"{cfg['source_model']} is an adapter: merging it into {base} first")
+    trained_on = ((manifest or {}).get("quantization") or {}).get("method")
+    ctx.log(f"{cfg['source_model']} is an adapter: merging it into {base} first"
+            + (f" (dequantized {trained_on} base, as trained)" if trained_on in modeling.TRAINING_QUANT_METHODS else ""))
     base_dir, base_manifest = modeling.fetch_model(ctx.store, base, work)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
     adapter_dir = adapter_root / cfg["adapter"]["path"] if cfg["adapter"]["path"] else adapter_root
-    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    merged = modeling.merge_adapter(base_dir, adapter_dir, trained_on)
     merged_dir = work / "merged"
     merged.save_pretrained(merged_dir)
     tok_src = adapter_root if (adapter_root / "tokenizer_config.json").exists() else base_dir

@@ -42,6 +42,9 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         p.add(check_name("output_name", spec["output_name"]))
     if spec.get("dataset"):
         p.add(check_name("dataset", spec["dataset"]))
+    for sub, block in (("calibration", calib_in), ("report", report_in)):  # split names, used or not
+        if block.get("split"):
+            p.add(check_name(f"{sub}.split", block["split"]))
     algorithm = opts.get("bnb_4bit_quant_type") or opts.get("algorithm") or (method.algorithms[0] if method else "")
     needs_calibration = method is not None and algorithm in method.calibrated
 
@@ -53,7 +56,7 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     if manifest is not None:
         adapter, model_config, problems = _source_layout(store, source, manifest, p)
         blocked += problems
-    if method is not None and "group_size" in opts and model_config is not None:
+    if method is not None and opts.get("group_size", 0) >= 1 and model_config is not None:  # 0: refused above
         p.add(_group_size_problems(opts["group_size"], model_config))
 
     dataset = spec.get("dataset") or (manifest or {}).get("dataset") or ""

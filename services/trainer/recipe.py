@@ -217,22 +217,12 @@ def train(cfg: dict[str, Any], base_dir: Path, examples: list[dict], out: Path, 
 def build_model(cfg: dict[str, Any], base_dir: Path, dev: torch.device):
     """The base (full precision, NF4 or int8) with the chosen adapter, or bare for full FT."""
     from peft import LoraConfig, VeraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     tq, peft = cfg["training_quant"], cfg["peft_method"]
     if tq == "none":
         model = modeling.load_causal_lm(base_dir, dev, for_training=True)
-    else:
-        if tq == "qlora":  # the study's QLoRA: NF4, double quant, bf16 compute, lm_head left in bf16
-            qconf = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                       bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["lm_head"])
-            dtype = torch.bfloat16
-        else:
-            qconf = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head"])
-            dtype = modeling.compute_dtype(dev)
-        model = AutoModelForCausalLM.from_pretrained(
-            base_dir, quantization_config=qconf, dtype=dtype,
-            device_map={"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"})
+    else:  # the study's QLoRA (NF4) or INT8 base, defined once in modeling
+        model = modeling.load_quantized_base(base_dir, TRAINING_QUANT[tq].value, dev)
         # Not peft's prepare_model_for_kbit_training: it would upcast lm_head to fp32.
         for p in model.parameters():
             p.requires_grad_(False)
@@ -296,14 +286,9 @@ def save_model(trainer, model, tok, cfg: dict[str, Any], out: Path, base_dir: Pa
     model.save_pretrained(out / "adapter")
     if cfg["merge_after_train"] and cfg["training_quant"] == "none":
         model.merge_and_unload().save_pretrained(out)
-    elif cfg["merge_after_train"]:
-        # Merging into 4/8-bit blocks would round the update away: merge onto the quantized base
-        # dequantized (the very weights the adapter was trained against), saved unquantized.
-        from peft import PeftModel
-        base = build_model({**cfg, "peft_method": "none", "gradient_checkpointing": False}, base_dir,
-                           modeling.device())
-        base.dequantize()
-        PeftModel.from_pretrained(base, out / "adapter").merge_and_unload().save_pretrained(out)
+    elif cfg["merge_after_train"]:  # onto the quantized base dequantized: the shared merge
+        modeling.merge_adapter(base_dir, out / "adapter", TRAINING_QUANT[cfg["training_quant"]].value,
+                               modeling.device()).save_pretrained(out)
     tok.save_pretrained(out)
 
 

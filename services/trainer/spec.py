@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from services.common import artifacts
-from services.common.errors import NotFoundError, PreconditionError, ValidationError
+from services.common.errors import NotFoundError, PreconditionError, ValidationError, quote
 from services.common.naming import PEFT_TAGS, QuantMethod, check_name, trained_model_name
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task
-from services.common.validation import Problems, in_range
+from services.common.validation import (Problems, check_module_names, in_range, model_weights_problem, split_rows,
+                                        task_mismatch)
 
 # PEFT method -> what it is (each has the study's name fragment in naming.PEFT_TAGS).
 PEFT_METHODS = {
@@ -62,9 +63,7 @@ def _adapter_block(p: Problems, spec: dict[str, Any], peft: str) -> dict[str, An
     dropout = block.get("dropout", 0.05)
     p.require(0 <= dropout < 1, f"lora.dropout: {dropout} must be in [0, 1)")
     targets = list(block.get("target_modules") or DEFAULT_TARGETS)
-    p.require(all(t.strip() for t in targets), "lora.target_modules: names must be non-empty")
-    if "all-linear" in targets and len(targets) > 1:
-        p.invalid.append("lora.target_modules: 'all-linear' stands alone")
+    check_module_names(p, "lora.target_modules", targets)
     out: dict[str, Any] = {"r": r, "dropout": dropout, "target_modules": targets}
     if peft == "vera":
         p.require("alpha" not in block, "lora.alpha: VeRA has no alpha (its scaling is the trained vectors)")
@@ -79,7 +78,7 @@ def _adapter_block(p: Problems, spec: dict[str, Any], peft: str) -> dict[str, An
 
 def _choice(p: Problems, spec: dict, field: str, known, default: str) -> str:
     value = spec.get(field) or default
-    p.require(value in known, f"{field}: unknown {value!r}; known: {', '.join(known)}")
+    p.require(value in known, f"{field}: unknown {quote(value)}; known: {', '.join(known)}")
     return value
 
 
@@ -125,15 +124,22 @@ def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, An
         p.invalid.append("group_by_length: packing already removes padding; set packing false to group by length")
 
     task_name = spec.get("task", "")
-    if base and not p.invalid and artifacts.read_manifest(store, "models", base) is None:
+    base_manifest = artifacts.read_manifest(store, "models", base) if base and not p.invalid else None
+    if base and not p.invalid and base_manifest is None:
         p.not_found(f"base_model: model {base!r} not found in the models bucket")
+    weights = model_weights_problem("base_model", base, base_manifest, "training") if base_manifest else None
     ds_manifest = artifacts.read_manifest(store, "datasets", dataset) if dataset and not p.invalid else None
     if dataset and not p.invalid and ds_manifest is None:
         p.not_found(f"dataset: {dataset!r} not found in the datasets bucket")
     if ds_manifest is not None:
+        if task_name:  # the requested task must be the one the dataset was imported for
+            p.add(task_mismatch("task", task_name, dataset, ds_manifest))
         task_name = task_name or ds_manifest.get("task", "")
         if "train" not in ds_manifest.get("splits", {}):
             p.invalid.append(f"dataset: {dataset!r} has no train split")
+        else:
+            p.add(split_rows("train_limit" if cfg["train_limit"] else "dataset", dataset, ds_manifest, "train",
+                             cfg["train_limit"]))
     try:
         task = get_task(task_name or dataset)
         cfg["task"] = task.name
@@ -151,6 +157,8 @@ def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, An
         p.add(check_name("output_name", out))
     cfg["output_name"] = out
     p.raise_if_any()
+    if weights:
+        raise PreconditionError(weights)
 
     _check_preconditions(cfg)
     if artifacts.read_manifest(store, "models", out) is not None:
@@ -189,7 +197,11 @@ def _attach_memory_estimate(cfg: dict[str, Any], store: ObjectStore) -> None:
     except NotFoundError:
         cfg["memory_estimate"], cfg["memory_estimate_gb"] = None, 0.0
         return
-    est = estimate_training_memory(model_config, cfg)
+    try:
+        est = estimate_training_memory(model_config, cfg)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):  # a config.json this estimator can't read
+        cfg["memory_estimate"], cfg["memory_estimate_gb"] = None, 0.0
+        return
     cfg["memory_estimate"], cfg["memory_estimate_gb"] = est, est["total_gb"]
     budget = device_budget_gb()
     if budget is not None and est["total_gb"] > budget:

@@ -68,6 +68,7 @@ def test_three_tasks_end_to_end_rerun_and_compare(ev, capsys, monkeypatch):
     s = metrics["summary"]
     assert s["total_samples"] == 10 and s["num_datasets"] == 3 and s["throughput"]["samples_per_s"] > 0
     assert metrics["quantization"]["quant_tag"] == "NoQuant" and metrics["spec"]["bootstrap_samples"] == 200
+    assert metrics["batch_composition"]["effect"] == "float_rounding"  # batch_size 3, full precision
     assert {"torch", "transformers"} <= set(metrics["versions"]) and metrics["hardware"]["peak_rss_gb"] > 0
     assert metrics["predictions_uri"] == f"s3://evaluations/{prefix}predictions.parquet"
 
