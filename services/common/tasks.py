@@ -38,6 +38,9 @@ TYPE_COLUMNS: dict[TaskType, tuple[str, ...]] = {
     TaskType.MATH_NUMERIC: ("id", "question", "answer"),
     TaskType.BOOLQ: ("id", "context", "question", "answer"),
 }
+# Columns a reader can do without: a SQuAD set imported before ``answers`` existed falls back to
+# its single ``answer`` (``gold_answers``), so the services' doors accept it.
+OPTIONAL_COLUMNS = frozenset({"answers"})
 
 # What the model writes for "no answer in the passage"; the parser maps it (and the study's other
 # empty-like answers) to "", an abstention. Only PREDICTIONS are mapped: a gold is unanswerable
@@ -283,6 +286,11 @@ def gold_answer(task: str | TaskDef, row: Any) -> str | None:
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def required_columns(task: str | TaskDef) -> list[str]:
+    """The canonical columns a stored dataset must have for ``task`` (``OPTIONAL_COLUMNS`` aside)."""
+    return [c for c in get_task(task).columns if c not in OPTIONAL_COLUMNS]
 
 
 def gold_answers(task: str | TaskDef, row: Any) -> list[str]:

@@ -8,7 +8,7 @@ from services.common.errors import PreconditionError, ValidationError, quote
 from services.common.jobs import spec_hash
 from services.common.naming import check_name
 from services.common.storage import ObjectStore
-from services.common.tasks import get_task
+from services.common.tasks import get_task, required_columns
 from services.common.validation import Problems, in_range, split_rows, task_mismatch
 
 
@@ -42,7 +42,7 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
                              f"(has: {', '.join(sorted(ds.get('splits', {})))})")
         else:
             cols = set(ds["splits"][split].get("columns", []))
-            missing = [c for c in task.columns if c not in cols]
+            missing = [c for c in required_columns(task) if c not in cols]
             p.require(not missing, f"{where}.dataset: {dataset!r} lacks the {task.name} columns {missing}")
             p.add(task_mismatch(f"{where}.task", task.name, dataset, ds))
             p.add(split_rows(f"{where}.limit" if limit else f"{where}.split", dataset, ds, split, limit))

@@ -9,7 +9,7 @@ from services.common import artifacts
 from services.common.errors import NotFoundError, PreconditionError, ValidationError
 from services.common.naming import check_name, quantized_model_name, tag_quant
 from services.common.storage import ObjectStore
-from services.common.tasks import get_task
+from services.common.tasks import get_task, required_columns
 from services.common.validation import Problems, in_range
 from services.quantizer.methods import COMPUTE_DTYPES, METHOD_OPTIONS, METHODS, REGISTRY, MethodDef
 
@@ -223,7 +223,7 @@ def _dataset_problems(p: Problems, name: str, manifest: dict[str, Any], calibrat
         if split not in splits:
             p.invalid.append(f"dataset: {name!r} has no split {split!r} (has: {', '.join(sorted(splits))})")
         else:
-            missing = [c for c in task.columns if c not in splits[split].get("columns", task.columns)]
+            missing = [c for c in required_columns(task) if c not in splits[split].get("columns", task.columns)]
             p.require(not missing, f"dataset: {name!r} split {split!r} lacks the {task.name} columns {missing}")
     rows = splits.get(calibration["split"], {}).get("rows", 0)
     if needs_calibration and calibration["split"] in splits and rows < calibration["num_samples"]:

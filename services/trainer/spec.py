@@ -13,7 +13,7 @@ from services.common import artifacts
 from services.common.errors import NotFoundError, PreconditionError, ValidationError, quote
 from services.common.naming import PEFT_TAGS, QuantMethod, check_name, trained_model_name
 from services.common.storage import ObjectStore
-from services.common.tasks import get_task
+from services.common.tasks import get_task, required_columns
 from services.common.validation import (Problems, check_module_names, in_range, model_weights_problem, split_rows,
                                         task_mismatch)
 
@@ -145,7 +145,7 @@ def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, An
         cfg["task"] = task.name
         if ds_manifest is not None:
             cols = set(ds_manifest.get("splits", {}).get("train", {}).get("columns", []))
-            missing = [c for c in task.columns if c not in cols]
+            missing = [c for c in required_columns(task) if c not in cols]
             p.require(not missing, f"dataset: {dataset!r} lacks the {task.name} columns {missing}")
     except ValidationError as exc:
         p.invalid.append(f"task: {exc}")
