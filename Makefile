@@ -31,6 +31,16 @@ $(EVAL_BIN)/.installed: pyproject.toml
 	$(EVAL_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
+# Benchmark peers (lm-evaluation-harness) in a bench-only venv layered over the evaluator's: it sees
+# vLLM, torch and ftlab from .venv-evaluator and installs only lm-eval and what it adds.
+BENCH_BIN := .venv-bench/bin
+PURELIB   := import sysconfig; print(sysconfig.get_paths()["purelib"])
+$(BENCH_BIN)/.installed: $(EVAL_BIN)/.installed
+	test -x $(BENCH_BIN)/python || $(PYTHON) -m venv .venv-bench
+	echo "import site; site.addsitedir('$$($(EVAL_BIN)/python -c '$(PURELIB)')')" > "$$($(BENCH_BIN)/python -c '$(PURELIB)')/ftlab-evaluator.pth"
+	$(BENCH_BIN)/pip install -q lm-eval==0.4.13
+	touch $@
+
 install: $(BIN)/.installed $(EVAL_BIN)/.installed
 
 demo: $(BIN)/.installed $(EVAL_BIN)/.installed
@@ -42,7 +52,7 @@ test: $(BIN)/.installed $(EVAL_BIN)/.installed
 proto: $(BIN)/.installed
 	$(BIN)/python scripts/gen_proto.py
 
-bench: $(BIN)/.installed $(EVAL_BIN)/.installed
+bench: $(BIN)/.installed $(EVAL_BIN)/.installed $(BENCH_BIN)/.installed
 	$(BIN)/python -m bench.run_all $(BENCH)
 
 clean:

@@ -56,7 +56,18 @@ def vllm_refusal(config: dict[str, Any], quant: dict[str, Any], adapter_only: bo
         return "bitsandbytes checkpoint (vLLM: unknown quantization method on this build)"
     if adapter_only and quant.get("method") in ("QLORA", "INT8"):
         return f"adapter on a bitsandbytes-loaded base ({quant.get('method')})"
+    head = config.get("head_dim") or (config["hidden_size"] // config["num_attention_heads"]
+                                      if config.get("hidden_size") and config.get("num_attention_heads") else None)
+    if head and on_cpu() and vllm_installed():
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+        if not CPUAttentionBackend.supports_head_size(head):
+            return f"head_dim {head} is not supported by vLLM's CPU attention ({CPUAttentionBackend.get_supported_head_sizes()})"
     return None
+
+
+def on_cpu() -> bool:
+    import torch
+    return not torch.cuda.is_available() or os.environ.get("FTLAB_DEVICE", "auto") == "cpu"
 
 
 def choose(requested: str, refusal: str | None) -> tuple[str, str]:
@@ -86,6 +97,9 @@ def select(store, model: str, requested: str) -> tuple[str, str]:
             doc = json.loads(store.get_bytes(modeling.MODELS, f"{model}/{key}"))
             config = doc if key == "config.json" else config
             quant = quant or doc.get("quantization") or {}
+    base = loading.base_of(manifest) if adapter else None
+    if base and not config and store.exists(modeling.MODELS, f"{base}/config.json"):  # the adapter's architecture
+        config = json.loads(store.get_bytes(modeling.MODELS, f"{base}/config.json"))
     return choose(requested, vllm_refusal(config, quant, adapter))
 
 
@@ -147,18 +161,17 @@ class VLLMGenerator:
 
     def __init__(self, model_dir: str | Path, tok, dtype: str, batch_size: int, max_new_tokens: int,
                  seed: int = 0, max_prompt_tokens: int = 4096):
-        import torch
         from transformers import AutoConfig
         from vllm import LLM
-        on_cpu = not torch.cuda.is_available() or os.environ.get("FTLAB_DEVICE", "auto") == "cpu"
-        if on_cpu:
+        cpu = on_cpu()
+        if cpu:
             cpu_env_defaults()
         cfg = AutoConfig.from_pretrained(model_dir)
         max_pos = getattr(cfg, "max_position_embeddings", None) or (max_prompt_tokens + max_new_tokens)
         self.tok, self.dtype = tok, dtype
         self.llm = LLM(model=str(model_dir), tokenizer=str(model_dir), dtype=dtype, seed=seed,
                        max_num_seqs=batch_size, max_model_len=min(max_pos, max_prompt_tokens + max_new_tokens),
-                       enforce_eager=on_cpu, distributed_executor_backend="uni", enable_prefix_caching=True)
+                       enforce_eager=cpu, distributed_executor_backend="uni", enable_prefix_caching=True)
         self.eos = eos_ids(model_dir, tok)
         decoded = tok.batch_decode([[i] for i in range(len(tok))])
         self.closers = {i for i, text in enumerate(decoded) if "}" in text}  # RowStop's test, per token
