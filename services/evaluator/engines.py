@@ -61,7 +61,8 @@ def vllm_refusal(config: dict[str, Any], quant: dict[str, Any], adapter_only: bo
     if head and on_cpu() and vllm_installed():
         from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
         if not CPUAttentionBackend.supports_head_size(head):
-            return f"head_dim {head} is not supported by vLLM's CPU attention ({CPUAttentionBackend.get_supported_head_sizes()})"
+            sizes = CPUAttentionBackend.get_supported_head_sizes()
+            return f"head_dim {head} is not supported by vLLM's CPU attention ({sizes})"
     return None
 
 
