@@ -12,7 +12,7 @@ Same model, same chat-templated prompts (first N ARC seed test items), same batc
 and each way's time is its median over rounds. Each row gives items/s, the ratio to lm-eval's HF
 backend, and the parsed-answer agreement (and identical texts) with lm-eval's outputs.
 
-Needs the bench environment (lm-eval beside the evaluator's vLLM environment; ``make bench-env``):
+Needs the bench environment (lm-eval layered over the evaluator's vLLM environment; ``make bench`` creates it):
 ``.venv-bench/bin/python -m bench.bench_eval_peers [--model real|tiny] [--items 50] [--batch-size 8]``
 """
 from __future__ import annotations
