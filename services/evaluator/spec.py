@@ -1,6 +1,7 @@
 """EvaluateSpec validation at the door (every problem at once; nothing written)."""
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from services.common import artifacts
@@ -10,6 +11,8 @@ from services.common.naming import check_name
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
 from services.common.validation import Problems, in_range, split_rows, task_mismatch
+
+ENGINES = ("auto", "hf", "vllm")  # generation engines (services/evaluator/engines.py)
 
 
 def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, Any]:
@@ -21,6 +24,11 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     max_new = in_range(p, spec, "max_new_tokens", 1000, 1, 32768)
     seed = in_range(p, spec, "seed", 0, 0, 2**31 - 1)
     n_boot = in_range(p, spec, "bootstrap_samples", 1000, 100, 100_000)
+    engine = spec.get("engine") or "auto"
+    p.require(engine in ENGINES, f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
+    p.require(engine != "vllm" or importlib.util.find_spec("vllm") is not None,
+              "engine: 'vllm' requested but vLLM is not installed in the evaluator's environment")
+    engine_check = in_range(p, spec, "engine_check", 0, 0, 1_000_000)
     p.require(bool(spec.get("tasks")), "tasks: at least one task is required")
     tasks = []
     for i, t in enumerate(spec.get("tasks", [])):
@@ -67,6 +75,8 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         raise PreconditionError(blocked)
     cfg = {"model": model, "tasks": tasks, "batch_size": batch_size, "max_new_tokens": max_new, "seed": seed,
            "bootstrap_samples": n_boot}
+    if engine != "auto" or engine_check:  # absent when default: earlier evaluations keep their ids
+        cfg |= {"engine": engine, "engine_check": engine_check}
     cfg["eval_id"] = eval_id or "eval-" + spec_hash(cfg)
     if artifacts.read_manifest(store, "evaluations", f"{model}/{cfg['eval_id']}") is not None:
         raise PreconditionError(f"evaluation {model}/{cfg['eval_id']} already exists")
