@@ -15,6 +15,7 @@ import pandas as pd
 
 from flows.aggregate import HEADLINE, summary_table
 from flows.plots import TITLES, make_plots
+from flows.report_ptq import degradation_table, markdown_section
 from services.common import artifacts
 from services.common.errors import NotFoundError
 from services.common.storage import ObjectStore
@@ -115,7 +116,11 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
     table = summary_table(store, evaluations_of(steps))
     table.to_csv(out / "metrics_summary.csv", index=False)
     plots = make_plots(table, out)
-    (out / "report.md").write_text(_markdown(info, table, steps, plots))
+    ptq = degradation_table(store, sorted({s["output"] for s in steps if s["stage"] == "quantize"
+                                           and s["status"] in ("succeeded", "skipped")}))
+    if not ptq.empty:
+        ptq.to_csv(out / "ptq_degradation.csv", index=False)
+    (out / "report.md").write_text(_markdown(info, table, steps, plots) + "\n".join(markdown_section(ptq)))
     (out / "report.html").write_text(_html(info, table, steps, plots))
     (out / "steps.json").write_text(json.dumps(steps, indent=2, default=str))
     (out / "run.json").write_text(json.dumps(asdict(info), indent=2, default=str))

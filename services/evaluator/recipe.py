@@ -22,7 +22,7 @@ import torch
 
 from services.common import artifacts, data_import, modeling, tasks
 from services.common.runtime import JobContext
-from services.evaluator import generation, loading, stats
+from services.evaluator import generation, kv_cache, loading, stats
 from services.evaluator import metrics as task_metrics
 
 
@@ -65,7 +65,8 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
                          message=f"{task.name}: {len(parsed)}/{len(rows)}")
 
         t_task = time.time()
-        gens = generation.generate(model, tok, prompts, cfg["max_new_tokens"], cfg["batch_size"], on_batch=on_batch)
+        gens = generation.generate(model, tok, prompts, cfg["max_new_tokens"], cfg["batch_size"], on_batch=on_batch,
+                                   cache=kv_cache.generate_kwargs(cfg.get("kv_cache_dtype", "auto")))
         task_s = time.time() - t_task
         preds = [parsed[i] for i in range(len(rows))]
         block = score_task(task, preds, golds, gens, task_s, cfg)
@@ -81,7 +82,8 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     # 4. metrics.json + predictions.parquet, manifest last.
     memory = modeling.peak_memory()
     uri = f"s3://evaluations/{cfg['model']}/{cfg['eval_id']}/"
-    quantization = model_info["quantization"]
+    quantization = kv_cache.record(cfg.get("kv_cache_dtype", "auto"), str(model.dtype).removeprefix("torch."),
+                                   model_info["quantization"])
     result = {
         "model_name": cfg["model"], "eval_id": cfg["eval_id"], "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "summary": summarize(datasets_out, pred_rows, quantization, memory, time.time() - t_start),

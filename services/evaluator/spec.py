@@ -10,6 +10,7 @@ from services.common.naming import check_name
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task
 from services.common.validation import Problems, in_range
+from services.evaluator.kv_cache import KV_CACHE_DTYPES
 
 
 def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, Any]:
@@ -20,6 +21,8 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     max_new = in_range(p, spec, "max_new_tokens", 1000, 1, 32768)
     seed = in_range(p, spec, "seed", 0, 0, 2**31 - 1)
     n_boot = in_range(p, spec, "bootstrap_samples", 1000, 100, 100_000)
+    kv_cache = spec.get("kv_cache_dtype") or "auto"
+    p.require(kv_cache in KV_CACHE_DTYPES, f"kv_cache_dtype: unknown {str(kv_cache)[:40]!r}; known: {', '.join(KV_CACHE_DTYPES)}")
     p.require(bool(spec.get("tasks")), "tasks: at least one task is required")
     tasks = []
     for i, t in enumerate(spec.get("tasks", [])):
@@ -60,6 +63,8 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     p.raise_if_any()
     cfg = {"model": model, "tasks": tasks, "batch_size": batch_size, "max_new_tokens": max_new, "seed": seed,
            "bootstrap_samples": n_boot}
+    if kv_cache != "auto":  # only when set, so the default spec keeps its eval_id
+        cfg["kv_cache_dtype"] = kv_cache
     cfg["eval_id"] = eval_id or "eval-" + spec_hash(cfg)
     if artifacts.read_manifest(store, "evaluations", f"{model}/{cfg['eval_id']}") is not None:
         raise PreconditionError(f"evaluation {model}/{cfg['eval_id']} already exists")

@@ -63,7 +63,8 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         blocked.append(f"method: {name} needs a CUDA GPU ({method.needs_gpu}) and this quantizer runs on CPU "
                        f"(FTLAB_DEVICE={os.environ.get('FTLAB_DEVICE', 'auto')}); run it on a GPU host, "
                        "or use gptq or awq (same bits, calibrated) here")
-    opts, ok = _options(p, spec, method)
+    opts, bad = _options(p, spec, method)
+    ok = method is not None and not bad
     calib_in, report_in = spec.get("calibration") or {}, spec.get("report") or {}
     calibration = {"split": calib_in.get("split") or "train",
                    "num_samples": _sub_range(p, "calibration", calib_in, "num_samples", 128, 1, 100_000),
@@ -81,7 +82,7 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         p.add(check_name("output_name", spec["output_name"]))
     if spec.get("dataset"):
         p.add(check_name("dataset", spec["dataset"]))
-    algorithm = _algorithm(method, opts) if ok else ""
+    algorithm = _algorithm(method, opts) if method and not bad & {"algorithm", "bnb_4bit_quant_type"} else ""
     needs_calibration = method is not None and algorithm in method.calibrated
 
     # --- storage: the source model (or adapter + its base), its layer widths, the dataset
@@ -92,7 +93,7 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     if manifest is not None:
         adapter, model_config, problems = _source_layout(store, source, manifest, p)
         blocked += problems
-    if ok and "group_size" in opts and model_config is not None:
+    if "group_size" in opts and "group_size" not in bad and model_config is not None:
         p.add(_group_size_problems(opts["group_size"], model_config))
 
     dataset = spec.get("dataset") or (manifest or {}).get("dataset") or ""
@@ -184,41 +185,41 @@ def _number(p: Problems, where: str, value: Any, kind: type, lo, hi) -> bool:
     return True
 
 
-def _options(p: Problems, spec: dict[str, Any], method: MethodDef | None) -> tuple[dict[str, Any], bool]:
-    """(the method's options with defaults, whether every one is valid). Each option is checked on
-    its own first (type, range, choices) whatever the method, so one answer reports every problem;
-    options the method does not take are errors."""
-    ok = True
+def _options(p: Problems, spec: dict[str, Any], method: MethodDef | None) -> tuple[dict[str, Any], set[str]]:
+    """(the method's options with defaults, the fields found bad). Each option is checked on its
+    own first (type, range, choices) whatever the method, so one answer reports every problem;
+    options the method does not take are errors. Later checks read only fields not in the bad set."""
+    bad: set[str] = set()
     for f, (kind, lo, hi) in _RANGES.items():
-        if spec.get(f) is not None:
-            ok &= _number(p, f, spec[f], kind, lo, hi)
+        if spec.get(f) is not None and not _number(p, f, spec[f], kind, lo, hi):
+            bad.add(f)
     for f, known in _CHOICES.items():
         if spec.get(f) not in (None, "") and spec[f] not in known:
             p.invalid.append(f"{f}: unknown {_short(spec[f])}; known: {', '.join(known)}")
-            ok = False
+            bad.add(f)
     if spec.get("double_quant") is not None and not isinstance(spec["double_quant"], bool):
         p.invalid.append(f"double_quant: {_short(spec['double_quant'])} must be true or false")
-        ok = False
+        bad.add("double_quant")
     if method is None:
-        return {}, False
+        return {}, bad | {"method"}
     for f in sorted(METHOD_OPTIONS - method.options - {"weights_bits"}):
         if spec.get(f) not in (None, ""):
             p.invalid.append(f"{f}: does not apply to method {method.name} "
                              f"(its options: {', '.join(sorted(method.options)) or 'none'})")
-            ok = False
+            bad.add(f)
     bits = spec.get("weights_bits")
     bits = method.weights_bits[0] if bits is None else bits
     if bits not in method.weights_bits:
-        if isinstance(bits, int) and not isinstance(bits, bool):  # a bad type was reported above
+        if "weights_bits" not in bad:  # a bad type or range was reported above
             p.invalid.append(f"weights_bits: {bits} is not supported by {method.name} "
                              f"(supports: {', '.join(map(str, method.weights_bits))})")
-        ok = False
+        bad.add("weights_bits")
     opts: dict[str, Any] = {"weights_bits": bits}
     for f in sorted(method.options):
         opts[f] = spec[f] if spec.get(f) not in (None, "") else method.defaults[f]
-    if ok and isinstance(opts.get("group_size"), float):  # proto JSON may carry 64.0
+    if "group_size" not in bad and isinstance(opts.get("group_size"), float):  # proto JSON may carry 64.0
         opts["group_size"] = int(opts["group_size"])
-    return opts, ok
+    return opts, bad
 
 
 def _sub_range(p: Problems, message: str, spec: dict[str, Any], field: str, default, lo, hi):
