@@ -149,7 +149,7 @@ def quant_tag(method: MethodDef, opts: dict[str, Any], gpu: bool) -> str:
         return tag_quant(q) + (f"_{variant}" if variant else "")
     extras: dict[str, Any] = {}
     if "smoothing_strength" in method.options and opts["smoothing_strength"] != method.defaults["smoothing_strength"]:
-        extras["alpha"] = float(opts["smoothing_strength"])
+        extras["alpha"] = opts["smoothing_strength"]
     if "algorithm" in method.options and opts["algorithm"] != method.defaults["algorithm"]:
         extras[opts["algorithm"]] = True
     acts = None if method.activations_bits in (8, 16) else method.activations_bits
