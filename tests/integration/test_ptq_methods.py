@@ -45,7 +45,10 @@ def test_study_methods_quantize_reload_and_are_scored(services, tmp_path, monkey
         rep = json.loads(store.get_bytes("models", f"{name}/quantization_report.json"))
         row = rep["degradation"]
         assert row["method"] == JOBS[name]["method"] and name.endswith(row["quant_tag"])
-        assert math.isfinite(row["kl_mean"]) and 0 <= row["top1_agreement"] <= 1 and row["memory_ratio"] < 1
+        assert math.isfinite(row["kl_mean"]) and 0 <= row["top1_agreement"] <= 1
+        # QuaRot unties the embeddings (the rotated lm_head differs): on this embedding-heavy model
+        # that doubles the memory; every other method shrinks it.
+        assert (row["memory_ratio"] > 1.5) if "QuaRot" in name else (row["memory_ratio"] < 1), row
         meta = json.loads(store.get_bytes("models", f"{name}/quantization_metadata.json"))["quantization"]
         assert meta["lm_head_dtype"] == "fp32" and meta["calibration_size"] == 4
         local = tmp_path / name  # plain transformers loads the folder and generates
