@@ -29,6 +29,7 @@ EVAL = {"tasks": [{"task": "arc", "limit": 2}], "batch_size": 2, "max_new_tokens
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ten jobs, each a child process: minutes on a loaded 2-core CPU
 def test_study_methods_quantize_reload_and_are_scored(services, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     monkeypatch.setenv("FTLAB_DEVICE", "cpu")  # the door's answer for this CPU-only service

@@ -43,6 +43,7 @@ def real_services(real_store):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ten jobs, each a child process: minutes on a loaded 2-core CPU
 def test_study_methods_on_the_real_model(real_store, real_services, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     monkeypatch.setenv("FTLAB_DEVICE", "cpu")
