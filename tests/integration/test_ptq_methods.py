@@ -78,7 +78,7 @@ def test_study_methods_quantize_reload_and_are_scored(services, tmp_path, monkey
     for _, r in table.iterrows():
         assert r["disk_ratio"] > 0 and math.isfinite(r["kl_mean"]) and math.isfinite(r["ppl_delta"])
         assert r["ai2_arc__n"] == 2 and r["ai2_arc__mcnemar_p"] is not None and r["eval_speed_ratio"] > 0
-    assert "| Qwen3-tiny-base_AWQ_w4_g32_headfp32 |" in "\n".join(markdown_section(table))
+    assert "| Qwen3-tiny-base_AWQ_w4_g32_headfp32 " in "\n".join(markdown_section(table))
 
 
 def test_gpu_only_and_unavailable_methods_are_refused_at_the_door(services, monkeypatch):
