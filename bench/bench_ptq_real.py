@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--methods", help="comma-separated subset of the method names")
     ap.add_argument("--no-kv", action="store_true", help="skip the parent's evaluation with a 4-bit KV cache")
+    ap.add_argument("--spec", action="append", default=[], help='a method spec as JSON instead of the list, '
+                    'repeatable: --spec \'{"method": "smoothquant", "algorithm": "rtn"}\'')
     ap.add_argument("--out", default=".ftlab/bench-ptq-real", help="table (md, csv) and rows (json) go here")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -80,7 +82,7 @@ def main() -> None:
                 log.append({"model": BASE, "kv_cache_dtype": "int4", "eval_s": round(time.time() - t0, 1),
                             **{k: job.metrics[k] for k in ("overall_accuracy", "tokens_per_s")}})
             print(json.dumps(log), flush=True)
-            for spec in METHODS:
+            for spec in [json.loads(x) for x in args.spec] or METHODS:
                 if wanted and spec["method"] not in wanted:
                     continue
                 full = {"source_model": BASE, "dataset": "arc", **spec,
