@@ -56,6 +56,18 @@ sed -e "s/^name: smoke/name: gpu-smoke/" -e "s/Qwen3-tiny-base/$NAME/" flows/exp
 start=$SECONDS
 status=0
 ftlab run "$FTLAB_HOME/gpu-smoke.yaml" || status=$?
+# The methods that need CUDA (refused at the door on a CPU-only quantizer): HQQ, quantized then
+# scored by the evaluator, also with a 4-bit quantized KV cache.
+if [ "$status" = 0 ]; then
+  HQQ_NAME=$(ftlab quantize --source-model "$NAME" --method hqq --weights-bits 4 --group-size 64 --dataset arc \
+             --wait | sed -n 's#.*s3://models/\([^/]*\)/.*#\1#p' | tail -1)
+  if [ -n "$HQQ_NAME" ]; then
+    ftlab eval --model "$HQQ_NAME" --task ai2_arc --limit 20 --wait || status=$?
+    ftlab eval --model "$HQQ_NAME" --task ai2_arc --limit 20 --kv-cache-dtype int4 --wait || status=$?
+  else
+    echo "== HQQ quantization FAILED"; status=1
+  fi
+fi
 outcome=$([ "$status" = 0 ] && echo succeeded || echo "FAILED (exit $status)")
 peak=$(sort -n "$FTLAB_HOME/gpu-mem.log" 2>/dev/null | tail -1)
 echo "== gpu-smoke with $NAME on $gpu: flow $outcome in $((SECONDS - start)) s," \

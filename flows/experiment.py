@@ -32,9 +32,10 @@ from google.protobuf import json_format
 from services.common.errors import NotFoundError, ValidationError
 from services.common.generated.ftlab.v1 import evaluate_spec_pb2, quantize_spec_pb2, train_spec_pb2
 from services.common.jobs import spec_hash
-from services.common.naming import check_name, quantized_model_name, trained_model_name
+from services.common.naming import check_name, trained_model_name
 from services.common.tasks import get_task
 from services.quantizer.spec import METHODS as QUANT_METHODS
+from services.quantizer.spec import default_output_name
 from services.trainer.spec import PEFT_METHODS, TRAINING_QUANT
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
@@ -342,7 +343,7 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
                 if bad:
                     p += [b for b in bad if b not in p]
                     continue
-                out = quantized_model_name(src, QUANT_METHODS[m])
+                out = default_output_name(spec)  # the study's tag with the step's options (GPTQ_w4_g64_...)
                 spec["output_name"] = out
                 quantized.append(Step("quantize", "quantizer", spec, out, [src],
                                       {**labels, "ptq_method": m, "source_model": src}))

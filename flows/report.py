@@ -16,6 +16,7 @@ import pandas as pd
 from flows.aggregate import HEADLINE, summary_table
 from flows.comparisons import vs_parent_table
 from flows.plots import TITLES, make_plots, plot_loss_curves
+from flows.report_ptq import degradation_table, markdown_section
 from services.common import artifacts
 from services.common.errors import NotFoundError
 from services.common.storage import ObjectStore
@@ -155,7 +156,11 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
     plots = make_plots(table, out)
     if (p := plot_loss_curves(store, list(table["model"]) if len(table) else [], out / "loss_curves.png")):
         plots["loss_curves"] = p
-    (out / "report.md").write_text(_markdown(info, table, steps, plots, vs))
+    ptq = degradation_table(store, sorted({s["output"] for s in steps if s["stage"] == "quantize"
+                                           and s["status"] in ("succeeded", "skipped")}))
+    if not ptq.empty:
+        ptq.to_csv(out / "ptq_degradation.csv", index=False)
+    (out / "report.md").write_text(_markdown(info, table, steps, plots, vs) + "\n".join(markdown_section(ptq)))
     (out / "report.html").write_text(_html(info, table, steps, plots, vs))
     (out / "steps.json").write_text(json.dumps(steps, indent=2, default=str))
     (out / "run.json").write_text(json.dumps(asdict(info), indent=2, default=str))

@@ -246,7 +246,8 @@ def cmd_eval(args) -> int:
         _opt(item, "limit", args.limit)
         tasks.append(item)
     spec = {"model": args.model, "tasks": tasks}
-    for key in ("batch_size", "max_new_tokens", "eval_id", "seed", "bootstrap_samples", "engine", "engine_check"):
+    for key in ("batch_size", "max_new_tokens", "eval_id", "seed", "bootstrap_samples", "engine", "engine_check",
+                "kv_cache_dtype"):
         _opt(spec, key, getattr(args, key))
     return _submit("evaluator", spec, args)
 
@@ -526,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quantize", help="submit a post-training quantization job")
     q.add_argument("--source-model", required=True)
-    q.add_argument("--method", default="bnb_int8", help="bnb_int8 | bnb_4bit | smoothquant_w8a8 | w4a16")
+    q.add_argument("--method", default="bnb_int8", help="gptq | awq | hqq | quarot | smoothquant | bnb_int8 | bnb_4bit | "
+                   "smoothquant_w8a8 | w4a16 (adaround, brecq: refused, see docs/QUANTIZER.md)")
     q.add_argument("--output-name")
     q.add_argument("--llm-int8-threshold", type=float)
     q.add_argument("--weights-bits", type=int)
@@ -558,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bootstrap-samples", type=int, help="resamples for the 95%% CIs (default 1000)")
     e.add_argument("--engine", choices=["auto", "hf", "vllm"], help="generation engine (default auto: vLLM where installed)")
     e.add_argument("--engine-check", type=int, help="vLLM runs: first N items per task also through HF; agreement recorded")
+    e.add_argument("--kv-cache-dtype", help="auto (default) | int8 | int4 | int2: quantized KV cache while generating")
     job_opts(e)
     e.set_defaults(func=cmd_eval)
 

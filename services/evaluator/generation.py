@@ -76,9 +76,10 @@ class RowStop:
         return torch.tensor([i in self.steps for i in range(len(last))], device=input_ids.device)
 
 
-def generate_batch(model, tok, prompts: list[str], max_new_tokens: int, stop_at_boxed: bool = True
-                   ) -> list[Generation]:
-    """Greedy generation for one batch of prompt strings (left padding, KV cache)."""
+def generate_batch(model, tok, prompts: list[str], max_new_tokens: int, stop_at_boxed: bool = True,
+                   cache: dict | None = None) -> list[Generation]:
+    """Greedy generation for one batch of prompt strings (left padding, KV cache; ``cache``: extra
+    ``generate`` arguments choosing the cache, e.g. a quantized one, see ``kv_cache.py``)."""
     dev = model.device
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
     width = enc["input_ids"].shape[1]
@@ -88,7 +89,7 @@ def generate_batch(model, tok, prompts: list[str], max_new_tokens: int, stop_at_
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
                              temperature=None, stopping_criteria=[stop], pad_token_id=tok.pad_token_id,
-                             eos_token_id=sorted(eos), use_cache=True)
+                             eos_token_id=sorted(eos), use_cache=True, **(cache or {}))
     total = time.perf_counter() - t0
     results = []
     for i, prompt in enumerate(prompts):
@@ -102,7 +103,8 @@ def generate_batch(model, tok, prompts: list[str], max_new_tokens: int, stop_at_
 
 
 def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int, stop_at_boxed: bool = True,
-             on_batch: Callable[[list[int], list[Generation]], None] | None = None) -> list[Generation]:
+             on_batch: Callable[[list[int], list[Generation]], None] | None = None,
+             cache: dict | None = None) -> list[Generation]:
     """All prompts, longest first in batches of ``batch_size``; results in the input order.
     ``on_batch(indices, generations)`` is called after each batch (progress reporting)."""
     lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
@@ -110,7 +112,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: in
     results: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         idx = order[start: start + batch_size]
-        gens = generate_batch(model, tok, [prompts[i] for i in idx], max_new_tokens, stop_at_boxed)
+        gens = generate_batch(model, tok, [prompts[i] for i in idx], max_new_tokens, stop_at_boxed, cache)
         for i, g in zip(idx, gens):
             results[i] = g
         if on_batch:

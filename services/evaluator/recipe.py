@@ -23,7 +23,7 @@ import torch
 
 from services.common import artifacts, data_import, modeling, tasks
 from services.common.runtime import JobContext
-from services.evaluator import engines, generation, loading, score, study
+from services.evaluator import engines, generation, kv_cache, loading, score, study
 
 
 def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +37,8 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     ctx.log(f"fetching {cfg['model']}")
     dtype = modeling.eval_dtype(dev)
     engine, why = engines.select(ctx.store, cfg["model"], cfg.get("engine", "auto"))
+    if engine == "vllm" and cfg.get("kv_cache_dtype", "auto") != "auto":  # the door refuses an explicit vllm
+        engine, why = "hf", f"kv_cache_dtype {cfg['kv_cache_dtype']} runs on transformers' QuantizedCache"
     if engine == "vllm":
         model, tok, manifest, model_info = engines.load_vllm(
             ctx.store, cfg["model"], ctx.workdir, dev, {**cfg, "dtype": str(dtype).removeprefix("torch.")})
@@ -80,7 +82,8 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
         if engine == "vllm":
             gens = model.generate(prompts, cfg["max_new_tokens"], cfg["batch_size"], on_batch=on_batch)
         else:
-            gens = generation.generate(model, tok, prompts, cfg["max_new_tokens"], cfg["batch_size"], on_batch=on_batch)
+            gens = generation.generate(model, tok, prompts, cfg["max_new_tokens"], cfg["batch_size"], on_batch=on_batch,
+                                       cache=kv_cache.generate_kwargs(cfg.get("kv_cache_dtype", "auto")))
         task_s = time.time() - t_task
         preds = [parsed[i] for i in range(len(rows))]
         block = score_task(task, preds, scored, gens, task_s, cfg)
@@ -103,7 +106,8 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     # 4. metrics.json + predictions.parquet, manifest last.
     memory = modeling.peak_memory()
     uri = f"s3://evaluations/{cfg['model']}/{cfg['eval_id']}/"
-    quantization = model_info["quantization"]
+    quantization = kv_cache.record(cfg.get("kv_cache_dtype", "auto"), str(model.dtype).removeprefix("torch."),
+                                   model_info["quantization"])
     result = {
         "model_name": cfg["model"], "eval_id": cfg["eval_id"], "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "summary": summarize(datasets_out, pred_rows, quantization, memory, time.time() - t_start),

@@ -11,6 +11,7 @@ from services.common.naming import check_name
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
 from services.common.validation import Problems, in_range, split_rows, task_mismatch
+from services.evaluator.kv_cache import KV_CACHE_DTYPES
 
 ENGINES = ("auto", "hf", "vllm")  # generation engines (services/evaluator/engines.py)
 
@@ -29,6 +30,10 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     p.require(engine != "vllm" or importlib.util.find_spec("vllm") is not None,
               "engine: 'vllm' requested but vLLM is not installed in the evaluator's environment")
     engine_check = in_range(p, spec, "engine_check", 0, 0, 1_000_000)
+    kv_cache = spec.get("kv_cache_dtype") or "auto"
+    p.require(kv_cache in KV_CACHE_DTYPES, f"kv_cache_dtype: unknown {str(kv_cache)[:40]!r}; known: {', '.join(KV_CACHE_DTYPES)}")
+    p.require(kv_cache == "auto" or engine != "vllm",
+              "kv_cache_dtype: a quantized KV cache runs on HF generate; it cannot be combined with engine 'vllm'")
     p.require(bool(spec.get("tasks")), "tasks: at least one task is required")
     tasks = []
     for i, t in enumerate(spec.get("tasks", [])):
@@ -77,6 +82,8 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
            "bootstrap_samples": n_boot}
     if engine != "auto" or engine_check:  # absent when default: earlier evaluations keep their ids
         cfg |= {"engine": engine, "engine_check": engine_check}
+    if kv_cache != "auto":  # only when set, so the default spec keeps its eval_id
+        cfg["kv_cache_dtype"] = kv_cache
     cfg["eval_id"] = eval_id or "eval-" + spec_hash(cfg)
     if artifacts.read_manifest(store, "evaluations", f"{model}/{cfg['eval_id']}") is not None:
         raise PreconditionError(f"evaluation {model}/{cfg['eval_id']} already exists")

@@ -2,7 +2,7 @@
 
 1. fetch the source (an adapter is merged into its base first)   4. reload both the way users do
 2. draw calibration samples and held-out report prompts          5. report: size, weights, outliers, quality
-3. quantize: bitsandbytes, or llm-compressor's oneshot            6. commit: metadata, report, manifest last
+3. quantize: bitsandbytes, HQQ, or llm-compressor's oneshot       6. commit: metadata, report, manifest last
 """
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     t_quant = time.time()
     if cfg["backend"] == "bitsandbytes":
         _quantize_bnb(cfg, src_dir, out, dev, dtype)
+    elif cfg["backend"] == "hqq":
+        _quantize_hqq(cfg, src_dir, out, dev, dtype)
     else:
         _quantize_llmcompressor(ctx, cfg, src_dir, out, tok, calib, dtype)
     tok.save_pretrained(out)
@@ -63,7 +65,9 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     # 5. Report: size, per-layer weight error, source activation outliers, output quality.
     # Size first: compressed-tensors layers decompress on the first forward on CPU.
     size = report.size_report(src_dir, out, list(report.quantizable_linears(q_model)), src_model, q_model)
-    errors = report.weight_errors(src_model, q_model, dtype, dev)
+    # Rotations (QuaRot) change every weight's basis: a per-layer weight comparison would measure the
+    # rotation, not the quantization; the output-level quality section is the comparison then.
+    errors = [] if cfg["method"] == "quarot" else report.weight_errors(src_model, q_model, dtype, dev)
     ctx.metrics({"size_ratio": size["size_ratio"], "quantized_layers_ratio": size["quantized_layers_bytes"]["ratio"],
                  "weight_memory_ratio": size["weight_memory_bytes"]["ratio"]}, message="size")
     err_summary = report.summarize_errors(errors)
@@ -83,6 +87,7 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
                     message=f"quality on {qual['prompts']} held-out prompts")
     else:
         ctx.log(f"quality: skipped ({qual['skipped']})")
+    degradation = report.degradation_row(cfg, size, qual)
     ctx.progress(5, STEPS, message="report measured")
     del src_model, q_model
     gc.collect()
@@ -90,7 +95,8 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     # 6. Metadata (the study's QuantizationSpec fields), report, manifest last with lineage.
     spec = {"method": cfg["quant_method"], "weights_bits": cfg["weights_bits"],
             "activations_bits": cfg["activations_bits"], "group_size": cfg["options"].get("group_size"),
-            "lm_head_dtype": str(dtype).removeprefix("torch."), "backend": cfg["backend"], "kv_cache_dtype": None,
+            "lm_head_dtype": cfg.get("lm_head_dtype") or str(dtype).removeprefix("torch."), "backend": cfg["backend"],
+            "kv_cache_dtype": None,
             "calibration_size": len(calib) if calib else None, "calibration_hash": calib_hash,
             "quant_tag": cfg["quant_tag"], "service_method": cfg["method"], "algorithm": cfg["algorithm"],
             "options": cfg["options"]}
@@ -101,8 +107,9 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
                 "wall_time_s": round(wall, 3), "quantize_time_s": round(quant_s, 3), "hardware": modeling.hardware(),
                 "versions": _versions()}
     full_report = {"model_name": cfg["output_name"], "source_model": cfg["source_model"], "quant_tag": cfg["quant_tag"],
-                   "source_kind": src_manifest.get("kind"), "size": size, "quality": qual,
-                   "weights": {"summary": err_summary, "layers": errors},
+                   "source_kind": src_manifest.get("kind"), "degradation": degradation, "size": size, "quality": qual,
+                   "weights": {"summary": err_summary, "layers": errors,
+                               **({"skipped": "rotated weights (QuaRot): compare outputs (quality)"} if not errors else {})},
                    "activation_outliers": {"of": "source model, linear-layer inputs", "summary": out_summary,
                                            "texts": "calibration" if calib else "held-out", "layers": outliers},
                    "note": _note(src_manifest)}
@@ -164,32 +171,61 @@ def _quantize_bnb(cfg: dict[str, Any], src_dir: Path, out: Path, dev: torch.devi
     model.save_pretrained(out)
 
 
+def _quantize_hqq(cfg: dict[str, Any], src_dir: Path, out: Path, dev: torch.device, dtype: torch.dtype) -> None:
+    """HQQ quantizes while loading (calibration-free); transformers saves it and loads it back.
+    CUDA only: transformers' HQQ integration refuses CPU device maps (the door refuses it on CPU)."""
+    from transformers import AutoModelForCausalLM, HqqConfig
+    o = cfg["options"]
+    hqq = HqqConfig(nbits=cfg["weights_bits"], group_size=o["group_size"], skip_modules=["lm_head"])
+    model = AutoModelForCausalLM.from_pretrained(src_dir, quantization_config=hqq, dtype=dtype,
+                                                 device_map={"": dev.index or 0})
+    model.save_pretrained(out)
+
+
+def _weights(bits: int, group_size: int, symmetric: bool = True):
+    """Weight-only int quantization of every decoder Linear (lm_head stays in full precision)."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    weights = QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy="group", group_size=group_size)
+    return {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
+
+
+def _llmcompressor_recipe(cfg: dict[str, Any]) -> list:
+    """The modifiers of each llm-compressor method. Mappings (which norm smooths or balances which
+    layers, which layers a rotation spans) come from llm-compressor's registries for the architecture."""
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+    from llmcompressor.modifiers.transform import AWQModifier, SmoothQuantModifier, SpinQuantModifier
+    o, bits, method = cfg["options"], cfg["weights_bits"], cfg["method"]
+    quantizer = GPTQModifier if cfg["algorithm"] == "gptq" else QuantizationModifier  # gptq | rtn
+    if method in ("smoothquant_w8a8", "smoothquant"):
+        return [SmoothQuantModifier(smoothing_strength=o["smoothing_strength"]),
+                quantizer(targets="Linear", scheme="W8A8", ignore=["lm_head"])]
+    if method == "awq":  # AWQ's scales, then asymmetric round-to-nearest weights (its W4A16_ASYM)
+        return [AWQModifier(), QuantizationModifier(config_groups=_weights(bits, o["group_size"], symmetric=False),
+                                                    ignore=["lm_head"])]
+    if method == "quarot":  # QuaRot-style: Hadamard rotations R1 (residual) and R2 (heads), fused, then GPTQ
+        return [SpinQuantModifier(rotations=["R1", "R2"], transform_type="random-hadamard"),
+                GPTQModifier(config_groups=_weights(bits, o["group_size"]), ignore=["lm_head"])]
+    return [quantizer(config_groups=_weights(bits, o["group_size"]), ignore=["lm_head"])]  # gptq, w4a16
+
+
 def _quantize_llmcompressor(ctx: JobContext, cfg: dict[str, Any], src_dir: Path, out: Path, tok,
                             calib: list[str], dtype: torch.dtype) -> None:
-    """SmoothQuant W8A8 or W4A16 via llm-compressor's oneshot, saved compressed (compressed-tensors)."""
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    """GPTQ, AWQ, QuaRot-style rotation + GPTQ, SmoothQuant W8A8 or W4A16 via llm-compressor's oneshot,
+    saved compressed (compressed-tensors)."""
     from datasets import Dataset
     from llmcompressor import oneshot
-    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
-    from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
     from transformers import AutoModelForCausalLM
 
     o = cfg["options"]
     model = AutoModelForCausalLM.from_pretrained(src_dir, dtype=dtype)
-    quantizer = GPTQModifier if cfg["algorithm"] == "gptq" else QuantizationModifier
-    if cfg["method"] == "smoothquant_w8a8":
-        # Mappings (which norm smooths which layers) come from llm-compressor's registry for the architecture.
-        recipe = [SmoothQuantModifier(smoothing_strength=o["smoothing_strength"]),
-                  quantizer(targets="Linear", scheme="W8A8", ignore=["lm_head"])]
-    else:
+    if "group_size" in o:
         bad = [f"{n} (in_features {m.in_features})" for n, m in report.quantizable_linears(model).items()
                if m.in_features % o["group_size"]]
         if bad:  # the door checks Llama/Qwen configs; this catches every other architecture
             raise ValueError(f"group_size: {o['group_size']} does not divide the in-features of {', '.join(bad)}")
-        weights = QuantizationArgs(num_bits=cfg["weights_bits"], type="int", symmetric=True, strategy="group",
-                                   group_size=o["group_size"])
-        recipe = [quantizer(config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
-                            ignore=["lm_head"])]
+    recipe = _llmcompressor_recipe(cfg)
+    if not torch.cuda.is_available():
+        _no_pinned_memory()
     ctx.log(f"llm-compressor oneshot: {', '.join(type(m).__name__ for m in recipe)} on {len(calib)} samples")
     kwargs: dict[str, Any] = {}
     if calib:
@@ -206,10 +242,17 @@ def _quantize_llmcompressor(ctx: JobContext, cfg: dict[str, Any], src_dir: Path,
     gc.collect()
 
 
+def _no_pinned_memory() -> None:
+    """llm-compressor 0.14's AWQ pins its activation cache for faster GPU copies; pinning needs an
+    accelerator, so on a CPU-only torch it raises. Pinning is only a transfer optimisation: skip it."""
+    from llmcompressor.pipelines.cache import IntermediatesCache
+    IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+
+
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
     versions = modeling.library_versions()
-    for pkg in ("llmcompressor", "compressed-tensors"):
+    for pkg in ("llmcompressor", "compressed-tensors", "hqq"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -192,3 +192,18 @@ def summarize_outliers(rows: list[dict[str, Any]]) -> dict[str, Any]:
     worst = max(rows, key=lambda r: r["max_over_median"] or 0)
     return {"layers": len(rows), "max_over_median_max": max(ratios), "worst_layer": worst["layer"],
             "layers_with_channels_over_threshold": sum(1 for r in rows if r["channels_over_threshold"])}
+
+
+# The degradation table's columns measured by the quantizer (the evaluator adds task scores and
+# speed; flows/report_ptq.py joins them). One row per quantized model.
+DEGRADATION_COLUMNS = ["method", "quant_tag", "backend", "disk_ratio", "memory_ratio", "disk_bytes", "memory_bytes",
+                       "kl_mean", "top1_agreement", "ppl_source", "ppl_quantized", "ppl_delta"]
+
+
+def degradation_row(cfg: dict[str, Any], size: dict[str, Any], qual: dict[str, Any]) -> dict[str, Any]:
+    """This model against its unquantized source: size on disk and in memory (bytes and ratio
+    quantized/source), and the teacher-forced quality numbers (None when quality was skipped)."""
+    return {"method": cfg["method"], "quant_tag": cfg["quant_tag"], "backend": cfg["backend"],
+            "disk_ratio": size["disk_bytes"]["ratio"], "memory_ratio": size["weight_memory_bytes"]["ratio"],
+            "disk_bytes": size["disk_bytes"]["quantized"], "memory_bytes": size["weight_memory_bytes"]["quantized"],
+            **{k: qual.get(k) for k in ("kl_mean", "top1_agreement", "ppl_source", "ppl_quantized", "ppl_delta")}}

@@ -1,24 +1,51 @@
 """QuantizeSpec validation at the door: every problem at once, defaults resolved into the config the
-quantization child runs. Torch-free (runs in the server); reads manifests and config.json only."""
+quantization child runs. Torch-free (runs in the server); reads manifests and config.json only.
+Every check reads only values earlier checks accepted, so no request can crash the door."""
 from __future__ import annotations
 
+import glob
 import json
+import math
+import os
 from typing import Any
 
 from services.common import artifacts
 from services.common.errors import NotFoundError, PreconditionError, ValidationError
-from services.common.naming import check_name, quantized_model_name, tag_quant
+from services.common.naming import _short, check_name, quantized_model_name, tag_quant
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems, in_range
-from services.quantizer.methods import COMPUTE_DTYPES, METHOD_OPTIONS, METHODS, REGISTRY, MethodDef
+from services.common.validation import Problems
+from services.quantizer.methods import ALGORITHMS, COMPUTE_DTYPES, METHOD_OPTIONS, METHODS, REGISTRY, MethodDef
 
-__all__ = ["METHODS", "default_output_name", "resolve_quantize_spec", "linear_in_features"]
+__all__ = ["METHODS", "default_output_name", "resolve_quantize_spec", "linear_in_features", "service_has_gpu"]
 
 # Llama/Qwen-style decoder layers: module (under model.layers.N.) -> config key of its in-features.
 _LAYER_INPUTS = {"self_attn.q_proj": "hidden", "self_attn.k_proj": "hidden", "self_attn.v_proj": "hidden",
                  "self_attn.o_proj": "attn", "mlp.gate_proj": "hidden", "mlp.up_proj": "hidden",
                  "mlp.down_proj": "intermediate"}
+# Numeric options: (type, lowest, highest). Booleans are not numbers here.
+_RANGES = {"llm_int8_threshold": (float, 0.0, 1e4), "smoothing_strength": (float, 0.0, 1.0),
+           "group_size": (int, 1, 65_536), "weights_bits": (int, 1, 16)}
+_CHOICES = {"bnb_4bit_quant_type": ("nf4", "fp4"), "compute_dtype": COMPUTE_DTYPES, "algorithm": ALGORITHMS}
+
+
+def service_has_gpu() -> bool:
+    """Whether this service's jobs run on a CUDA GPU, decided without torch (the door is torch-free):
+    FTLAB_DEVICE=cuda[:N] yes, cpu no; auto (the default): an NVIDIA device node is present and
+    CUDA_VISIBLE_DEVICES does not hide it (what ``modeling.device()`` then finds with torch)."""
+    want = os.environ.get("FTLAB_DEVICE", "auto").strip().lower()
+    if want.startswith("cuda"):
+        return True
+    if want != "auto":
+        return False
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def head_dtype(gpu: bool) -> str:
+    """The lm_head's precision (never quantized): the recipe's compute dtype, bf16 on GPU, fp32 on CPU."""
+    return "bf16" if gpu else "fp32"
 
 
 def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, Any]:
@@ -27,10 +54,18 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     source = spec.get("source_model", "")
     p.require(bool(source), "source_model: required") and p.add(check_name("source_model", source))
     name = spec.get("method", "")
-    method = REGISTRY.get(name)
-    p.require(method is not None, f"method: unknown {name!r}; known: {', '.join(REGISTRY)}")
-    opts = _options(p, spec, method)
-    calib_in, report_in = spec.get("calibration", {}), spec.get("report", {})
+    method = REGISTRY.get(name) if isinstance(name, str) else None
+    p.require(method is not None, f"method: unknown {_short(name)}; known: {', '.join(REGISTRY)}")
+    gpu = service_has_gpu()
+    if method is not None and method.unavailable:
+        blocked.append(f"method: {method.unavailable}")
+    elif method is not None and method.needs_gpu and not gpu:
+        blocked.append(f"method: {name} needs a CUDA GPU ({method.needs_gpu}) and this quantizer runs on CPU "
+                       f"(FTLAB_DEVICE={os.environ.get('FTLAB_DEVICE', 'auto')}); run it on a GPU host, "
+                       "or use gptq or awq (same bits, calibrated) here")
+    opts, bad = _options(p, spec, method)
+    ok = method is not None and not bad
+    calib_in, report_in = spec.get("calibration") or {}, spec.get("report") or {}
     calibration = {"split": calib_in.get("split") or "train",
                    "num_samples": _sub_range(p, "calibration", calib_in, "num_samples", 128, 1, 100_000),
                    "seed": _sub_range(p, "calibration", calib_in, "seed", 0, 0, 2**31 - 1),
@@ -38,14 +73,16 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     report = {"split": report_in.get("split") or "",
               "num_prompts": _sub_range(p, "report", report_in, "num_prompts", 16, 0, 10_000),
               "max_seq_length": _sub_range(p, "report", report_in, "max_seq_length", 256, 16, 131_072)}
+    for f in ("calibration", "report"):
+        split = (calib_in if f == "calibration" else report_in).get("split")
+        if split:
+            p.add(check_name(f"{f}.split", split))
+    calib_ok = None not in calibration.values()
     if spec.get("output_name"):
         p.add(check_name("output_name", spec["output_name"]))
     if spec.get("dataset"):
         p.add(check_name("dataset", spec["dataset"]))
-    for sub, block in (("calibration", calib_in), ("report", report_in)):  # split names, used or not
-        if block.get("split"):
-            p.add(check_name(f"{sub}.split", block["split"]))
-    algorithm = opts.get("bnb_4bit_quant_type") or opts.get("algorithm") or (method.algorithms[0] if method else "")
+    algorithm = _algorithm(method, opts) if method and not bad & {"algorithm", "bnb_4bit_quant_type"} else ""
     needs_calibration = method is not None and algorithm in method.calibrated
 
     # --- storage: the source model (or adapter + its base), its layer widths, the dataset
@@ -56,7 +93,7 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     if manifest is not None:
         adapter, model_config, problems = _source_layout(store, source, manifest, p)
         blocked += problems
-    if method is not None and opts.get("group_size", 0) >= 1 and model_config is not None:  # 0: refused above
+    if "group_size" in opts and "group_size" not in bad and model_config is not None:
         p.add(_group_size_problems(opts["group_size"], model_config))
 
     dataset = spec.get("dataset") or (manifest or {}).get("dataset") or ""
@@ -67,14 +104,14 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     ds_manifest = artifacts.read_manifest(store, "datasets", dataset) if _valid(dataset) else None
     if dataset and ds_manifest is None:
         if spec.get("dataset") or needs_calibration:
-            p.not_found(f"dataset: {dataset!r} not found in the datasets bucket")
+            p.not_found(f"dataset: {_short(dataset)} not found in the datasets bucket")
         dataset = ""  # the source model's dataset is gone: the report skips its quality section
-    if ds_manifest is not None:
+    if ds_manifest is not None and calib_ok and None not in report.values():
         task = _dataset_problems(p, dataset, ds_manifest, calibration, report, needs_calibration, report_in)
 
     out = spec.get("output_name") or ""
-    if method is not None and algorithm in method.quant_methods and source and not out:
-        out = default_output_name({**spec, **opts})
+    if ok and method is not None and not out and _valid(source):
+        out = default_output_name({**spec, **opts}, gpu=gpu)
     if _valid(out) and artifacts.read_manifest(store, "models", out) is not None:
         blocked.append(f"output model {out!r} already exists; choose another output_name or delete it first")
     if p.invalid:
@@ -82,64 +119,119 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     p.raise_if_any()
     if blocked:
         raise PreconditionError("; ".join(blocked))
-    quant, variant = method.quant_methods[algorithm], _variant(method, opts)
+    quant = method.quant_methods[algorithm]
     return {"source_model": source, "method": name, "output_name": out, "quant_method": quant.value,
-            "quant_tag": tag_quant(quant) + (f"_{variant}" if variant else ""), "backend": method.backend,
+            "quant_tag": quant_tag(method, opts, gpu), "backend": method.backend,
             "algorithm": algorithm, "weights_bits": opts["weights_bits"], "activations_bits": method.activations_bits,
+            "lm_head_dtype": head_dtype(gpu),
             "options": opts, "adapter": adapter, "dataset": dataset or None, "task": task,
             "calibration": calibration if needs_calibration else None, "report": report}
 
 
-def default_output_name(spec: dict[str, Any]) -> str:
-    """The model name a valid spec without ``output_name`` gets: the study's naming, with a suffix
-    for options that change the weights (``Qwen3-8B-base_W4A16_GPTQ_g64``). Flows use it to know
-    a step's output before submitting it."""
+def _algorithm(method: MethodDef | None, opts: dict[str, Any]) -> str:
+    if method is None:
+        return ""
+    if "bnb_4bit_quant_type" in method.options:
+        return opts["bnb_4bit_quant_type"]
+    if "algorithm" in method.options:
+        return opts["algorithm"]
+    return method.algorithms[0]
+
+
+def quant_tag(method: MethodDef, opts: dict[str, Any], gpu: bool) -> str:
+    """The tag of a valid method + options: the study's parametric one (``GPTQ_w4_g64_headbf16``,
+    ``SmoothQuant_w8_alpha0.5_headfp32``) or, for ftlab's first methods, the literal one with a
+    suffix for options that change the weights (``W4A16_GPTQ_g32``). Activation bits of 8 and 16
+    stay out, as in the study's ``QuantizationSpec.tag``."""
+    q = method.quant_methods[_algorithm(method, opts)]
+    if not method.study_tag:
+        variant = _variant(method, opts)
+        return tag_quant(q) + (f"_{variant}" if variant else "")
+    extras: dict[str, Any] = {}
+    if "smoothing_strength" in method.options and opts["smoothing_strength"] != method.defaults["smoothing_strength"]:
+        extras["alpha"] = opts["smoothing_strength"]
+    if "algorithm" in method.options and opts["algorithm"] != method.defaults["algorithm"]:
+        extras[opts["algorithm"]] = True
+    acts = None if method.activations_bits in (8, 16) else method.activations_bits
+    return tag_quant(q, bits=opts["weights_bits"], group_size=opts.get("group_size"), acts_bits=acts,
+                     head=head_dtype(gpu), extras=extras)
+
+
+def default_output_name(spec: dict[str, Any], gpu: bool | None = None) -> str:
+    """The model name a valid spec without ``output_name`` gets: the study's naming
+    (``Qwen3-8B-base_GPTQ_w4_g64_headbf16``; ``Qwen3-4B-base_Int8_BnB``). ``gpu``: whether the
+    quantizer runs on a GPU (the lm_head precision in the study's tags); default: this host's.
+    Flows use it to know a step's output before submitting it."""
     method = REGISTRY[spec["method"]]
     opts = {f: spec.get(f, method.defaults[f]) for f in method.options}
-    algorithm = opts.get("bnb_4bit_quant_type") or opts.get("algorithm") or method.algorithms[0]
-    return quantized_model_name(spec["source_model"], method.quant_methods[algorithm], _variant(method, opts))
+    opts["weights_bits"] = spec.get("weights_bits", method.weights_bits[0])
+    return quantized_model_name(spec["source_model"], quant_tag(method, opts, service_has_gpu() if gpu is None else gpu))
 
 
-def _valid(name: str) -> bool:
+def _valid(name: Any) -> bool:
     """A non-empty, well-formed name (safe to look up in storage)."""
-    return bool(name) and not check_name("name", name)
+    return isinstance(name, str) and bool(name) and not check_name("name", name)
 
 
-def _options(p: Problems, spec: dict[str, Any], method: MethodDef | None) -> dict[str, Any]:
-    """The method's options with defaults; set options the method does not take are errors."""
-    ranges = {"llm_int8_threshold": (0.0, 1e4), "smoothing_strength": (0.0, 1.0), "group_size": (1, 65_536)}
-    choices = {"bnb_4bit_quant_type": ("nf4", "fp4"), "compute_dtype": COMPUTE_DTYPES, "algorithm": ("gptq", "rtn")}
-    for f, (lo, hi) in ranges.items():  # range checks whatever the method: report every problem
-        if f in spec:
-            in_range(p, spec, f, None, lo, hi)
-    for f, known in choices.items():
-        if spec.get(f) and spec[f] not in known:
-            p.invalid.append(f"{f}: unknown {spec[f]!r}; known: {', '.join(known)}")
+def _number(p: Problems, where: str, value: Any, kind: type, lo, hi) -> bool:
+    """``value`` is a finite ``kind`` in [lo, hi] (ints for int fields; bools are not numbers)."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        numeric = numeric and float(value).is_integer()
+    if not numeric or not math.isfinite(value) or not lo <= value <= hi:
+        p.invalid.append(f"{where}: {_short(value)} must be {'an integer' if kind is int else 'a number'} "
+                         f"in [{lo:g}, {hi:g}]")
+        return False
+    return True
+
+
+def _options(p: Problems, spec: dict[str, Any], method: MethodDef | None) -> tuple[dict[str, Any], set[str]]:
+    """(the method's options with defaults, the fields found bad). Each option is checked on its
+    own first (type, range, choices) whatever the method, so one answer reports every problem;
+    options the method does not take are errors. Later checks read only fields not in the bad set."""
+    bad: set[str] = set()
+    for f, (kind, lo, hi) in _RANGES.items():
+        if spec.get(f) is not None and not _number(p, f, spec[f], kind, lo, hi):
+            bad.add(f)
+    for f, known in _CHOICES.items():
+        if spec.get(f) not in (None, "") and spec[f] not in known:
+            p.invalid.append(f"{f}: unknown {_short(spec[f])}; known: {', '.join(known)}")
+            bad.add(f)
+    if spec.get("double_quant") is not None and not isinstance(spec["double_quant"], bool):
+        p.invalid.append(f"double_quant: {_short(spec['double_quant'])} must be true or false")
+        bad.add("double_quant")
     if method is None:
-        return {}
+        return {}, bad | {"method"}
     for f in sorted(METHOD_OPTIONS - method.options - {"weights_bits"}):
         if spec.get(f) not in (None, ""):
             p.invalid.append(f"{f}: does not apply to method {method.name} "
-                             f"(its options: {', '.join(sorted(method.options))})")
-    opts: dict[str, Any] = {"weights_bits": spec.get("weights_bits", method.weights_bits[0])}
-    p.require(opts["weights_bits"] in method.weights_bits,
-              f"weights_bits: {opts['weights_bits']} is not supported by {method.name} "
-              f"(supports: {', '.join(map(str, method.weights_bits))})")
+                             f"(its options: {', '.join(sorted(method.options)) or 'none'})")
+            bad.add(f)
+    bits = spec.get("weights_bits")
+    bits = method.weights_bits[0] if bits is None else bits
+    if bits not in method.weights_bits:
+        if "weights_bits" not in bad:  # a bad type or range was reported above
+            p.invalid.append(f"weights_bits: {bits} is not supported by {method.name} "
+                             f"(supports: {', '.join(map(str, method.weights_bits))})")
+        bad.add("weights_bits")
+    opts: dict[str, Any] = {"weights_bits": bits}
     for f in sorted(method.options):
         opts[f] = spec[f] if spec.get(f) not in (None, "") else method.defaults[f]
-    return opts
+    if "group_size" not in bad and isinstance(opts.get("group_size"), float):  # proto JSON may carry 64.0
+        opts["group_size"] = int(opts["group_size"])
+    return opts, bad
 
 
 def _sub_range(p: Problems, message: str, spec: dict[str, Any], field: str, default, lo, hi):
-    """in_range for a sub-message field, reported with its path (``calibration.num_samples``)."""
-    sub = Problems()
-    value = in_range(sub, spec, field, default, lo, hi)
-    p.add([f"{message}.{m}" for m in sub.invalid])
-    return value
+    """A sub-message integer field, reported with its path (``calibration.num_samples``); None if bad."""
+    value = spec.get(field)
+    if value is None:
+        return default
+    return int(value) if _number(p, f"{message}.{field}", value, int, lo, hi) else None
 
 
 def _variant(method: MethodDef, opts: dict[str, Any]) -> str:
-    """Non-default options that change the weights, for the model name (defaults: the bare tag)."""
+    """Non-default options that change the weights, for ftlab's literal tags (defaults: the bare tag)."""
     parts = []
     if method.name == "bnb_int8" and opts["llm_int8_threshold"] != method.defaults["llm_int8_threshold"]:
         parts.append(f"t{opts['llm_int8_threshold']:g}")
@@ -192,18 +284,21 @@ def _source_layout(store: ObjectStore, source: str, manifest: dict[str, Any], p:
 def linear_in_features(config: dict[str, Any]) -> dict[str, int]:
     """Decoder-layer linear module (``self_attn.q_proj``...) -> in-features, from a Llama/Qwen-style
     config.json; empty for architectures it does not know (the recipe checks the real modules)."""
-    cfg = config.get("text_config", config)
+    cfg = config.get("text_config", config) if isinstance(config, dict) else None
     try:
         widths = {"hidden": cfg["hidden_size"], "intermediate": cfg["intermediate_size"],
                   "attn": cfg["num_attention_heads"] * cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])}
-    except (KeyError, TypeError, ZeroDivisionError):
+    except (KeyError, TypeError, ZeroDivisionError, AttributeError):
         return {}
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in widths.values()):
+        return {}  # a malformed config.json: the recipe checks the real modules
     return {module: widths[kind] for module, kind in _LAYER_INPUTS.items()}
 
 
 def _group_size_problems(group_size: int, config: dict[str, Any]) -> list[str]:
     layers = config.get("text_config", config).get("num_hidden_layers", 0)
-    bad = [f"model.layers.{{0..{layers - 1}}}.{m} (in_features {n})"
+    where = f"{{0..{layers - 1}}}" if isinstance(layers, int) and layers > 0 else "N"
+    bad = [f"model.layers.{where}.{m} (in_features {n})"
            for m, n in linear_in_features(config).items() if n % group_size]
     if not bad:
         return []
@@ -221,21 +316,21 @@ def _dataset_problems(p: Problems, name: str, manifest: dict[str, Any], calibrat
         return None
     for split in {calibration["split"] if needs_calibration else None, report["split"] or None} - {None}:
         if split not in splits:
-            p.invalid.append(f"dataset: {name!r} has no split {split!r} (has: {', '.join(sorted(splits))})")
+            p.invalid.append(f"dataset: {name!r} has no split {_short(split)} (has: {', '.join(sorted(splits))})")
         else:
             missing = [c for c in required_columns(task) if c not in splits[split].get("columns", task.columns)]
-            p.require(not missing, f"dataset: {name!r} split {split!r} lacks the {task.name} columns {missing}")
+            p.require(not missing, f"dataset: {name!r} split {_short(split)} lacks the {task.name} columns {missing}")
     rows = splits.get(calibration["split"], {}).get("rows", 0)
     if needs_calibration and calibration["split"] in splits and rows < calibration["num_samples"]:
         p.invalid.append(f"calibration.num_samples: {calibration['num_samples']} but dataset {name!r} split "
-                         f"{calibration['split']!r} has only {rows} rows (too small for calibration)")
+                         f"{_short(calibration['split'])} has only {rows} rows (too small for calibration)")
     if not report["split"]:  # held out: the test split, else the calibration split's other rows
         report["split"] = "test" if "test" in splits else calibration["split"]
     same = needs_calibration and report["split"] == calibration["split"]
     available = splits.get(report["split"], {}).get("rows", 0) - (calibration["num_samples"] if same else 0)
     if "num_prompts" in report_in and report["num_prompts"] > max(available, 0):
         p.invalid.append(f"report.num_prompts: {report['num_prompts']} but only {max(available, 0)} held-out rows "
-                         f"in {name!r} split {report['split']!r}")
+                         f"in {name!r} split {_short(report['split'])}")
     report["num_prompts"] = max(0, min(report["num_prompts"], available))
     report["exclude_calibration"] = same
     return task.name

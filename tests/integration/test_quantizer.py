@@ -132,9 +132,9 @@ def _already_quantized_import(store, tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("spec,error,expected", [
-    ({"source_model": TINY, "method": "awq", "llm_int8_threshold": -1.0},
-     ValidationError, ["method: unknown 'awq'; known: bnb_int8, bnb_4bit, smoothquant_w8a8, w4a16",
-                       "llm_int8_threshold: -1.0"]),
+    ({"source_model": TINY, "method": "awq9", "llm_int8_threshold": -1.0},
+     ValidationError, ["method: unknown 'awq9'; known: gptq, awq, hqq, quarot, smoothquant, adaround, brecq, "
+                       "bnb_int8, bnb_4bit, smoothquant_w8a8, w4a16", "llm_int8_threshold: -1.0"]),
     ({"source_model": TINY, "method": "w4a16", "group_size": 48, "weights_bits": 8, "double_quant": False,
       "algorithm": "awq", "dataset": "arc"},
      ValidationError, ["group_size: 48 does not divide", "model.layers.{0..1}.self_attn.q_proj (in_features 64)",
@@ -145,7 +145,7 @@ def _already_quantized_import(store, tiny_model_dir, tmp_path):
     ({"source_model": TINY, "method": "bnb_4bit", "weights_bits": 3, "bnb_4bit_quant_type": "int4",
       "smoothing_strength": 2.0},
      ValidationError, ["weights_bits: 3 is not supported by bnb_4bit", "bnb_4bit_quant_type: unknown 'int4'",
-                       "smoothing_strength: 2.0 must be in [0.0, 1.0]", "smoothing_strength: does not apply"]),
+                       "smoothing_strength: 2.0 must be a number in [0, 1]", "smoothing_strength: does not apply"]),
     ({"source_model": TINY, "method": "smoothquant_w8a8"},
      ValidationError, ["dataset: required for smoothquant_w8a8 with gptq"]),
     ({"source_model": TINY, "method": "smoothquant_w8a8", "dataset": "arc",

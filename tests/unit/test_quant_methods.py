@@ -9,14 +9,18 @@ from services.quantizer.spec import linear_in_features
 
 
 def test_registry_is_consistent():
-    assert list(METHODS) == ["bnb_int8", "bnb_4bit", "smoothquant_w8a8", "w4a16"]
+    assert list(METHODS) == ["gptq", "awq", "hqq", "quarot", "smoothquant", "adaround", "brecq",
+                             "bnb_int8", "bnb_4bit", "smoothquant_w8a8", "w4a16"]
     assert all(isinstance(q, QuantMethod) for q in METHODS.values())
+    # every PTQ method of the study's vocabulary has a service method (QLORA is training-time)
+    study_ptq = {"INT8", "BNB4BIT", "GPTQ", "QuaRot", "AdaRound", "BRECQ", "AWQ", "HQQ", "SmoothQuant"}
+    assert study_ptq <= {q.value for m in REGISTRY.values() for q in m.quant_methods.values()}
     for m in REGISTRY.values():
         assert set(m.defaults) == set(m.options), m.name  # every option has its default
         assert m.options <= METHOD_OPTIONS and m.weights_bits
-        assert all(q in QUANT_TAGS for q in m.quant_methods.values())
+        assert m.study_tag or all(q in QUANT_TAGS for q in m.quant_methods.values())
         assert m.calibrated <= set(m.algorithms)
-    assert all(q in QUANT_TAGS for q in QuantMethod)  # every QuantMethod has its tag
+        assert bool(m.backend) != bool(m.unavailable), m.name
 
 
 @pytest.mark.parametrize("source,method,variant,expected", [
@@ -38,6 +42,16 @@ def test_default_output_names_follow_the_options():
     assert default_output_name({"source_model": "M", "method": "w4a16", "algorithm": "rtn",
                                 "group_size": 32}) == "M_W4A16_RTN_g32"
     assert default_output_name({"source_model": "M", "method": "smoothquant_w8a8"}) == "M_W8A8_SQ_GPTQ"
+    # the study's vocabulary: its parametric tags, with the lm_head precision of the quantizer's device
+    assert default_output_name({"source_model": "Qwen3-4B-base", "method": "gptq"}, gpu=True) == \
+        "Qwen3-4B-base_GPTQ_w4_g64_headbf16"
+    assert default_output_name({"source_model": "M_NoQuant", "method": "awq", "weights_bits": 8,
+                                "group_size": 128}, gpu=False) == "M_AWQ_w8_g128_headfp32"
+    assert default_output_name({"source_model": "M", "method": "hqq", "weights_bits": 3}, gpu=True) == \
+        "M_HQQ_w3_g64_headbf16"
+    assert default_output_name({"source_model": "M", "method": "quarot"}, gpu=False) == "M_QuaRot_w4_g64_headfp32"
+    assert default_output_name({"source_model": "M", "method": "smoothquant", "algorithm": "rtn",
+                                "smoothing_strength": 0.5}, gpu=False) == "M_SmoothQuant_w8_alpha0.5_headfp32_rtn"
 
 
 def test_layer_widths_from_a_qwen3_config():

@@ -19,7 +19,7 @@ class EvalTask(_message.Message):
     def __init__(self, task: _Optional[str] = ..., dataset: _Optional[str] = ..., split: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class EvaluateSpec(_message.Message):
-    __slots__ = ("model", "tasks", "batch_size", "max_new_tokens", "seed", "eval_id", "bootstrap_samples", "engine", "engine_check")
+    __slots__ = ("model", "tasks", "batch_size", "max_new_tokens", "seed", "eval_id", "bootstrap_samples", "kv_cache_dtype", "engine", "engine_check")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class EvaluateSpec(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     EVAL_ID_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     ENGINE_CHECK_FIELD_NUMBER: _ClassVar[int]
     model: str
@@ -36,6 +37,7 @@ class EvaluateSpec(_message.Message):
     seed: int
     eval_id: str
     bootstrap_samples: int
+    kv_cache_dtype: str
     engine: str
     engine_check: int
-    def __init__(self, model: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[EvalTask, _Mapping]]] = ..., batch_size: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., eval_id: _Optional[str] = ..., bootstrap_samples: _Optional[int] = ..., engine: _Optional[str] = ..., engine_check: _Optional[int] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[EvalTask, _Mapping]]] = ..., batch_size: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., eval_id: _Optional[str] = ..., bootstrap_samples: _Optional[int] = ..., kv_cache_dtype: _Optional[str] = ..., engine: _Optional[str] = ..., engine_check: _Optional[int] = ...) -> None: ...

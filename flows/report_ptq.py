@@ -1,0 +1,134 @@
+"""The per-method degradation table of post-training quantization: one row per quantized model
+against its unquantized parent, so a user can pick a method from one table.
+
+Columns: the quantizer's own measurements (``quantization_report.json``: size on disk and in memory
+as bytes and ratios, mean KL(parent ‖ quantized), top-1 agreement, perplexity of each and the
+delta, on held-out prompts) and, where both models were evaluated on the same tasks, each task's
+headline score difference quantized − parent on the shared items with its paired-bootstrap 95% CI
+and exact McNemar p (``services.evaluator.compare``), plus the evaluation speed ratio
+(generated tokens/s quantized ÷ parent). Torch-free: reads storage only."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from services.common import artifacts
+from services.common.errors import FtlabError, NotFoundError
+from services.common.storage import ObjectStore
+from services.evaluator import compare
+
+BASE_COLUMNS = ["model", "parent", "method", "quant_tag", "backend", "disk_ratio", "memory_ratio", "disk_mb",
+                "memory_mb", "kl_mean", "top1_agreement", "ppl_parent", "ppl_quantized", "ppl_delta",
+                "eval_speed_ratio"]
+
+
+def _report(store: ObjectStore, model: str) -> dict[str, Any]:
+    try:
+        return json.loads(store.get_bytes("models", f"{model}/quantization_report.json"))
+    except NotFoundError:
+        return {}
+
+
+def _metrics(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
+    return json.loads(store.get_bytes("evaluations", f"{model}/{eval_id}/metrics.json"))
+
+
+def _evaluations(store: ObjectStore, model: str) -> dict[tuple, str]:
+    """Task set (+ limits and KV cache) -> the newest evaluation id of ``model`` with it."""
+    found: dict[tuple, tuple[str, str]] = {}
+    for prefix in artifacts.list_committed(store, "evaluations", f"{model}/"):
+        eval_id = prefix.split("/", 1)[1]
+        try:
+            spec = _metrics(store, model, eval_id).get("spec", {})
+        except (NotFoundError, ValueError):
+            continue
+        key = (tuple(sorted((t["task"], t.get("limit") or 0) for t in spec.get("tasks", []))),
+               spec.get("kv_cache_dtype", "auto"))
+        stamp = (artifacts.read_manifest(store, "evaluations", prefix) or {}).get("created_at", "")
+        if key not in found or str(stamp) > str(found[key][0]):
+            found[key] = (str(stamp), eval_id)
+    return {k: v[1] for k, v in found.items()}
+
+
+def degradation_row(store: ObjectStore, model: str, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One quantized model's row (see the module docstring); task columns ``<task>__diff``,
+    ``<task>__ci95``, ``<task>__mcnemar_p``, ``<task>__n`` for its headline accuracy-type metric."""
+    manifest = manifest or artifacts.read_manifest(store, "models", model) or {}
+    parent = manifest.get("source_model") or next(iter(manifest.get("parents") or []), "")
+    rep = _report(store, model)
+    deg, size, qual = rep.get("degradation") or {}, rep.get("size") or {}, rep.get("quality") or {}
+    q = manifest.get("quantization") or {}
+    row: dict[str, Any] = {
+        "model": model, "parent": parent, "method": deg.get("method") or q.get("service_method") or q.get("method"),
+        "quant_tag": q.get("quant_tag"), "backend": q.get("backend"),
+        "disk_ratio": (size.get("disk_bytes") or {}).get("ratio"),
+        "memory_ratio": (size.get("weight_memory_bytes") or {}).get("ratio"),
+        "disk_mb": _mb((size.get("disk_bytes") or {}).get("quantized")),
+        "memory_mb": _mb((size.get("weight_memory_bytes") or {}).get("quantized")),
+        "kl_mean": qual.get("kl_mean"), "top1_agreement": qual.get("top1_agreement"),
+        "ppl_parent": qual.get("ppl_source"), "ppl_quantized": qual.get("ppl_quantized"),
+        "ppl_delta": qual.get("ppl_delta"), "eval_speed_ratio": None}
+    if not parent:
+        return row
+    mine, theirs = _evaluations(store, model), _evaluations(store, parent)
+    shared = [k for k in mine if k in theirs]
+    if not shared:
+        return row
+    key = max(shared, key=lambda k: len(k[0]))  # the evaluation covering the most tasks
+    try:
+        result = compare.compare(store, f"{parent}/{theirs[key]}", f"{model}/{mine[key]}")
+        m_q, m_p = _metrics(store, model, mine[key]), _metrics(store, parent, theirs[key])
+    except (FtlabError, ValueError):
+        return row
+    tps_q = m_q.get("summary", {}).get("throughput", {}).get("tokens_per_s")
+    tps_p = m_p.get("summary", {}).get("throughput", {}).get("tokens_per_s")
+    row["eval_speed_ratio"] = round(tps_q / tps_p, 4) if tps_q and tps_p else None
+    row["eval_tokens_per_s"] = tps_q
+    for task, entry in result["tasks"].items():
+        metrics = entry.get("metrics") or {}
+        name = next((m for m in metrics if "mcnemar_p" in metrics[m]), next(iter(metrics), None))
+        if name is None:
+            continue
+        r = metrics[name]
+        row |= {f"{task}__metric": name, f"{task}__diff": r["diff"], f"{task}__ci95": r["ci95"],
+                f"{task}__mcnemar_p": r.get("mcnemar_p"), f"{task}__n": entry["shared_items"]}
+    return row
+
+
+def _mb(n: int | None) -> float | None:
+    return round(n / 2**20, 3) if n else None
+
+
+def degradation_table(store: ObjectStore, models: list[str] | None = None) -> pd.DataFrame:
+    """One row per quantized model (``models``: these names; default: every quantized model in
+    storage), sorted by parent then KL. Empty DataFrame when there are none."""
+    names = models if models is not None else artifacts.list_committed(store, "models")
+    rows = []
+    for name in names:
+        manifest = artifacts.read_manifest(store, "models", name)
+        if manifest and manifest.get("kind") == "quantized":
+            rows.append(degradation_row(store, name, manifest))
+    if not rows:
+        return pd.DataFrame(columns=BASE_COLUMNS)
+    df = pd.DataFrame(rows)
+    rest = sorted(c for c in df.columns if c not in BASE_COLUMNS)
+    return df[BASE_COLUMNS + rest].sort_values(["parent", "kl_mean"], na_position="last").reset_index(drop=True)
+
+
+def markdown_section(table: pd.DataFrame) -> list[str]:
+    """The report's section: the table (or a line saying there is no quantized model)."""
+    lines = ["## Post-training quantization: degradation per method", ""]
+    if table.empty:
+        return lines + ["(no quantized model in this run)", ""]
+    lines += ["Each quantized model against its unquantized parent: size ratios (quantized ÷ parent), mean "
+              "KL(parent ‖ quantized) and top-1 agreement of next-token distributions, perplexity delta on "
+              "held-out prompts (quantizer report); per task, the headline score difference quantized − parent "
+              "on shared items with its 95% paired-bootstrap CI and McNemar p; evaluation speed ratio "
+              "(tokens/s quantized ÷ parent).", ""]
+    shown = table.copy()
+    for c in [c for c in shown.columns if c.endswith("__ci95")]:
+        shown[c] = shown[c].map(lambda v: f"[{v[0]:.3g}, {v[1]:.3g}]" if isinstance(v, (list, tuple)) else "")
+    lines += [shown.astype(object).where(shown.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval=""), ""]
+    return lines
