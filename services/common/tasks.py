@@ -254,6 +254,14 @@ def build_messages(task: str | TaskDef, row: Any) -> list[dict[str, str]]:
             {"role": "user", "content": task.user_template.format_map(values)}]
 
 
+def render_prompt(tok, messages: list[dict[str, str]]) -> str:
+    """``messages`` through the tokenizer's chat template with the generation prompt, as text.
+    Thinking is switched off where the template has the switch (Qwen3's ``enable_thinking``);
+    other templates (SmolLM2, Llama...) get no extra variable."""
+    extra = {"enable_thinking": False} if "enable_thinking" in str(tok.chat_template or "") else {}
+    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
+
+
 def gold_answer(task: str | TaskDef, row: Any) -> str | None:
     """The row's gold answer, normalised exactly as ``parse_answer`` normalises a model's answer."""
     task = get_task(task)

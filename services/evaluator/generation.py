@@ -34,8 +34,7 @@ class Generation:
 
 def chat_prompt(tok, task, row) -> str:
     """The task's system + user messages through the chat template, thinking disabled."""
-    return tok.apply_chat_template(tasks.build_messages(task, row), add_generation_prompt=True,
-                                   enable_thinking=False, tokenize=False)
+    return tasks.render_prompt(tok, tasks.build_messages(task, row))
 
 
 def prompt_hash(prompt: str) -> str:

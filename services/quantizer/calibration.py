@@ -16,8 +16,7 @@ from services.common.storage import ObjectStore
 
 def format_text(tok, task: str, row: dict[str, Any]) -> str:
     """Prompt (chat template, generation prompt, enable_thinking=False) + gold answer + EOS."""
-    prompt = tok.apply_chat_template(tasks.build_messages(task, row), add_generation_prompt=True,
-                                     enable_thinking=False, tokenize=False)
+    prompt = tasks.render_prompt(tok, tasks.build_messages(task, row))
     return prompt + tasks.format_target(task, row) + tok.eos_token
 
 

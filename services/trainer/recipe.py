@@ -244,7 +244,7 @@ def build_model(cfg: dict[str, Any], base_dir: Path, dev: torch.device):
     if peft == "none":
         return model
     a = cfg["lora"]
-    targets = "all-linear" if a["target_modules"] == ["all-linear"] else a["target_modules"]
+    targets = lora_targets(model, a["target_modules"])
     if peft == "vera":
         pconf = VeraConfig(r=a["r"], target_modules=targets, vera_dropout=a["dropout"], d_initial=a["d_initial"],
                            projection_prng_key=cfg["seed"], save_projection=True, task_type="CAUSAL_LM")
@@ -252,6 +252,27 @@ def build_model(cfg: dict[str, Any], base_dir: Path, dev: torch.device):
         pconf = LoraConfig(r=a["r"], lora_alpha=a["alpha"], lora_dropout=a["dropout"], target_modules=targets,
                            use_dora=peft == "dora", task_type="CAUSAL_LM")
     return get_peft_model(model, pconf)
+
+
+def lora_targets(model, wanted: list[str]) -> str | list[str]:
+    """The adapter's target modules on this architecture. ``all-linear`` and names the model has
+    are used as given; the default (q/k/v/o_proj, the study's, present in Llama, Qwen, Mistral...)
+    falls back to peft's per-architecture default where the model names its projections otherwise
+    (GPT-2's ``c_attn``, Falcon's ``query_key_value``). Raises ValidationError when none match."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    from services.common.errors import ValidationError
+    from services.trainer.spec import DEFAULT_TARGETS
+    if wanted == ["all-linear"]:
+        return "all-linear"
+    linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    if set(wanted) & linear:
+        return list(wanted)
+    arch = getattr(model.config, "model_type", "")
+    if list(wanted) == DEFAULT_TARGETS and arch in PEFT_DEFAULTS:
+        return list(PEFT_DEFAULTS[arch])
+    raise ValidationError(f"lora.target_modules {wanted} match no linear module of this {arch or 'model'}; "
+                          f"its linear modules: {', '.join(sorted(linear))}")
 
 
 def fsdp_args(cfg: dict[str, Any], model, dev: torch.device) -> dict[str, Any]:
@@ -317,8 +338,9 @@ class _Checkpoints(TrainerCallback):
 
 
 def encode_example(tok, task, row: dict, max_len: int, completion_only: bool = True) -> dict[str, list[int]]:
-    prompt = tok.apply_chat_template(tasks.build_messages(task, row), add_generation_prompt=True,
-                                     enable_thinking=False, tokenize=False)
+    prompt = tasks.render_prompt(tok, tasks.build_messages(task, row))
+    # The EOS (the chat template's end token, e.g. <|im_end|>) is labelled: the model learns to
+    # stop. The labels come from here, not from the pad id, so pad == EOS (SmolLM2) keeps it.
     answer = tasks.format_target(task, row) + tok.eos_token + "\n"
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     a_ids = tok(answer, add_special_tokens=False)["input_ids"]

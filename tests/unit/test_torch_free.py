@@ -11,7 +11,7 @@ MODULES = ["services.common.cli", "services.common.clients", "services.common.ru
            "services.common.grpc_server", "services.common.naming", "services.common.settings",
            "services.trainer.server", "services.quantizer.server", "services.evaluator.server",
            "services.common.auth", "services.common.tls", "services.common.observability",
-           "services.common.doctor", "services.common.healthcheck",
+           "services.common.doctor", "services.common.healthcheck", "services.common.gguf_import",
            "services.trainer.spec", "services.trainer.memory", "services.quantizer.spec", "services.quantizer.methods",
            "services.evaluator.spec", "services.evaluator.compare", "services.evaluator.metrics",
            "flows.experiment", "flows.aggregate", "flows.pipeline", "flows.dryrun", "flows.orchestrator",
