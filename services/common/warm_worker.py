@@ -14,6 +14,9 @@ What a spawned child got from the service at start — its environment, working 
 ``sys.path`` — the forked child would instead inherit from the fork server as it was when the
 server started; :func:`process` passes them along, so a job sees exactly what it saw under spawn.
 
+On hosts where a job may use CUDA, the server preloads torch alone: bitsandbytes (which peft
+imports) initialises CUDA at import, and a CUDA context cannot cross a fork.
+
 ``FTLAB_WORKER=spawn`` turns it off (a fresh interpreter per job, the previous behaviour).
 """
 from __future__ import annotations
@@ -51,10 +54,28 @@ def context(recipes: Iterable[str]):
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     with _lock:
-        _preload.update(r.partition(":")[0] for r in recipes)
+        if _cuda_possible():
+            # bitsandbytes (imported by peft at import time) initialises CUDA when it loads, and a
+            # CUDA context cannot cross a fork: on GPU hosts the server preloads torch alone
+            # (torch's import does not touch CUDA); each job imports the rest itself.
+            _preload.add("torch")
+        else:
+            _preload.update(r.partition(":")[0] for r in recipes)
         _preload.add(__name__)
         ctx.set_forkserver_preload(sorted(_preload))
     return ctx
+
+
+def _cuda_possible() -> bool:
+    """Could a job here use CUDA? (torch-free: FTLAB_DEVICE, else an NVIDIA device node.)"""
+    want = os.environ.get("FTLAB_DEVICE", "auto").strip().lower()
+    if want == "cpu":
+        return False
+    if want.startswith("cuda"):
+        return True
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
 
 
 def process(ctx, target: Callable[..., Any], args: tuple, name: str, service: str = ""):

@@ -48,3 +48,11 @@ def test_spawn_stays_available(monkeypatch):
     monkeypatch.setenv("FTLAB_WORKER", "threads")
     with pytest.raises(ValueError, match="forkserver"):
         warm_worker.mode()
+
+
+def test_gpu_hosts_preload_only_torch(monkeypatch):
+    """bitsandbytes initialises CUDA at import and a CUDA context cannot cross a fork."""
+    monkeypatch.setenv("FTLAB_DEVICE", "cuda")
+    assert warm_worker._cuda_possible()
+    monkeypatch.setenv("FTLAB_DEVICE", "cpu")
+    assert not warm_worker._cuda_possible()
