@@ -53,6 +53,7 @@ proto: $(BIN)/.installed
 	$(BIN)/python scripts/gen_proto.py
 
 bench: $(BIN)/.installed $(EVAL_BIN)/.installed $(BENCH_BIN)/.installed
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run_all $(BENCH)
 
 clean:

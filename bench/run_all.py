@@ -1,10 +1,13 @@
 """`make bench`: every benchmark, one after the other, each as its own process (as you would run
 it by hand: `.venv/bin/python -m bench.bench_<name>`). Results go to docs/BENCHMARKS.md by hand:
-each benchmark prints the table its section shows."""
+each benchmark prints the table its section shows. Then the peers table: one row per comparison
+with a tool users would pick instead, each a ratio (ours / peer) with the agreement beside it."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,12 +16,13 @@ BENCHMARKS = ["bench_trainer", "bench_quantizer", "bench_evaluator", "bench_over
 # benchmarks that need peers installed apart (`make bench` makes .venv-bench): name -> interpreter
 ROOT = Path(__file__).resolve().parents[1]
 PYTHONS = {"bench_eval_peers": ROOT / ".venv-bench" / "bin" / "python"}
+PEERS = "peers"  # `make bench BENCH=peers`: only the peers table
 
 
 def main() -> int:
-    names = sys.argv[1:] or BENCHMARKS
+    names = sys.argv[1:] or BENCHMARKS + [PEERS]
     failed = []
-    for name in names:
+    for name in [n for n in names if n != PEERS]:
         print(f"\n===== bench.{name}", flush=True)
         t0 = time.time()
         python = PYTHONS.get(name, Path(sys.executable))
@@ -29,9 +33,37 @@ def main() -> int:
         print(f"===== bench.{name}: exit {rc} in {time.time() - t0:.0f}s", flush=True)
         if rc:
             failed.append(name)
+    if PEERS in names:
+        rows = []
+        for collect in PEER_ROWS:
+            try:
+                rows += collect()
+            except Exception as exc:  # one peer missing (not installed) must not hide the others
+                print(f"peer rows {collect.__name__} failed: {exc}", flush=True)
+                failed.append(collect.__name__)
+        print("\n===== peers (ratio = ours / peer; agreement of losses or answers beside it)")
+        print("| what | vs | ratio (ours / peer) | agreement |\n|---|---|---:|---|")
+        for row in rows:
+            print(row)
     if failed:
         print("failed: " + ", ".join(failed))
     return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- training peers
+
+def training_peer_rows() -> list[str]:
+    """ftlab trainer vs TRL SFTTrainer on the tiny and the real model (bench/bench_peers_train.py)."""
+    from bench.bench_peers_train import format_row
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "train.json"
+        rc = subprocess.call([sys.executable, "-m", "bench.bench_peers_train", "--model", "both", "--json", str(out)])
+        if rc:
+            raise RuntimeError(f"bench.bench_peers_train exited {rc}")
+        return [format_row(r) for r in json.loads(out.read_text())]
+
+
+PEER_ROWS = [training_peer_rows]  # each returns table rows; evaluation peers add theirs here
 
 
 if __name__ == "__main__":

@@ -28,6 +28,18 @@ def require_shared() -> None:
         pytest.skip(f"needs the project's shared data at {SHARED}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory):
+    """One model cache (services/common/model_cache.py) for the session's services, not ~/.cache."""
+    old = os.environ.get("FTLAB_MODEL_CACHE_DIR")
+    os.environ["FTLAB_MODEL_CACHE_DIR"] = str(tmp_path_factory.mktemp("model-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FTLAB_MODEL_CACHE_DIR", None)
+    else:
+        os.environ["FTLAB_MODEL_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def store(tmp_path) -> LocalStore:
     s = LocalStore(tmp_path / "storage")

@@ -34,3 +34,9 @@ def raises(ctx, cfg):
 
 def killed(ctx, cfg):
     os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+
+
+def report_env(ctx, cfg):
+    """What the job's process sees: its parent, its working directory, an environment variable."""
+    return {"outputs": {"env": os.environ.get(cfg["var"], ""), "cwd": os.getcwd(),
+                        "ppid": str(os.getppid()), "service": os.environ.get("FTLAB_SERVICE", "")}}

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from services.common import artifacts
-from services.common.errors import NotFoundError, ValidationError
+from services.common.errors import NotFoundError, PreconditionError, ValidationError
 from services.common.storage import ObjectStore
 
 MODELS = "models"
@@ -148,9 +148,19 @@ def commit_base_model(store: ObjectStore, name: str, local_dir: str | os.PathLik
 
 
 def fetch_model(store: ObjectStore, name: str, workdir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """Model ``name`` into ``workdir/models/name``, through the service's model cache
+    (services/common/model_cache.py: keyed by manifest digest, LRU, size-bounded)."""
+    from services.common import model_cache
     dest = Path(workdir) / "models" / name
-    manifest = artifacts.fetch_dir(store, MODELS, name, dest)
+    manifest = artifacts.require_manifest(store, MODELS, name, "model")
+    model_cache.fetch(manifest, lambda folder: _fetch_exact(store, name, folder, manifest), dest)
     return dest, manifest
+
+
+def _fetch_exact(store: ObjectStore, name: str, folder: Path, manifest: dict[str, Any]) -> None:
+    got = artifacts.fetch_dir(store, MODELS, name, folder)
+    if artifacts.manifest_digest(got) != artifacts.manifest_digest(manifest):  # re-committed meanwhile
+        raise PreconditionError(f"model {name!r} was re-committed while it was being fetched; submit again")
 
 
 def model_manifest(store: ObjectStore, name: str) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 events piped back, real cancel, and job records persisted in the `jobs` bucket.
 
 A servicer only validates a request and calls :meth:`JobRuntime.submit`; the recipe (the
-service's training / quantization / evaluation code) runs in a spawned child process, so a
-CUDA crash or an OOM kill never takes the server down, and cancel is a signal, not a flag.
+service's training / quantization / evaluation code) runs in a child process (forked from the
+service's warm fork server, services/common/warm_worker.py), so a CUDA crash or an OOM kill
+never takes the server down, and cancel is a signal, not a flag.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from typing import Any, Callable, Iterator
 from services.common.errors import FtlabError, NotFoundError, PreconditionError, ValidationError, quote
 from services.common.jobs import EventType, JobRecord, JobState, new_job_id, spec_hash
 from services.common.storage import ObjectStore, open_store
+from services.common import warm_worker
 
 log = logging.getLogger("ftlab.runtime")
 JOBS_BUCKET = "jobs"
@@ -130,7 +132,7 @@ class JobRuntime:
         self._writer_stop = False
         self._dispatcher: threading.Thread | None = None
         self._writer: threading.Thread | None = None
-        self._mp = mp.get_context("spawn")
+        self._mp = warm_worker.context(recipes.values())  # children fork from a warm, pre-imported server
         self.owner = options.replica_id or f"{socket.gethostname()}:{os.getpid()}"
 
     # -- lifecycle
@@ -145,6 +147,7 @@ class JobRuntime:
         self._writer.start()
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name=f"{self.service}-dispatch", daemon=True)
         self._dispatcher.start()
+        warm_worker.warm_up(self._mp)
 
     def _recover(self) -> None:
         """Reload history from storage, so a restarted service still knows its jobs.
@@ -498,9 +501,9 @@ class JobRuntime:
         rec.attempts += 1
         rec.transition(JobState.RUNNING, "started" if rec.attempts == 1 else f"started (attempt {rec.attempts})")
         events = self._mp.Queue()
-        proc = self._mp.Process(target=_child_main, name=f"ftlab-{job_id}", daemon=False,
-                                args=(self.recipes[rec.kind], job_id, rec.attempts, rec.config,
-                                      self.store.config(), events))
+        proc = warm_worker.process(self._mp, _child_main, name=f"ftlab-{job_id}", service=self.service,
+                                   args=(self.recipes[rec.kind], job_id, rec.attempts, rec.config,
+                                         self.store.config(), events))
         self._procs[job_id] = proc
         self._persist(rec)
         self._cond.notify_all()

@@ -132,8 +132,28 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     thr = result["summary"]["throughput"]
     job_metrics |= {"overall_accuracy": result["summary"]["overall_accuracy"], "tokens_per_s": thr["tokens_per_s"],
                     "samples_per_s": thr["samples_per_s"], "wall_time_s": thr["wall_time_s"], **memory}
+    job_metrics |= generation_mfu(model, pred_rows, thr.get("generation_s", 0.0), dev)
     return {"outputs": {"evaluation": uri, "metrics": uri + "metrics.json", "predictions": uri + "predictions.parquet"},
             "metrics": job_metrics}
+
+
+def generation_mfu(model, pred_rows: list[dict], seconds: float, dev) -> dict[str, float]:
+    """MFU of the generation (services/common/mfu.py: 2·N per prompt and generated token plus
+    attention, over the measured matmul peak of this machine, dtype and thread count)."""
+    from services.common import mfu
+    if not pred_rows or seconds <= 0 or not hasattr(model, "config"):  # vLLM engine: no HF model here
+        return {}
+    prompt = sum(r["prompt_tokens"] for r in pred_rows)
+    new = sum(r["generated_tokens"] for r in pred_rows)
+    try:
+        flops = mfu.generation_flops(model.config.to_dict(), prompt, new, (prompt + new / 2) / len(pred_rows))
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        if dtype not in ("float32", "bfloat16", "float16"):
+            dtype = "bfloat16" if dev.type == "cuda" else "float32"  # quantized storage: compute dtype
+        out = mfu.mfu(flops, seconds, dtype, "cuda" if dev.type == "cuda" else "cpu")
+    except (KeyError, TypeError, ValueError):  # an architecture whose config lacks the usual fields
+        return {}
+    return {"mfu": out["mfu"], "achieved_gflops": out["achieved_gflops"], "peak_gflops": out["peak_gflops"]}
 
 
 # gold: the canonical gold (SQuAD: the first); golds: every gold (SQuAD: all answers, [] unanswerable)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from services.common import artifacts, data_import, modeling, tasks
+from services.common import artifacts, modeling, tasks
 from services.common.errors import PreconditionError
 from services.common.runtime import JobContext
 from services.trainer import checkpoints
@@ -26,6 +26,7 @@ from services.trainer.spec import OPTIMIZERS, TRAINING_QUANT
 
 
 def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
+    from services.common import data_import  # pandas/pyarrow: bench/gpu_bench.py imports this module without
     t_start = time.time()
     task = tasks.get_task(cfg["task"])
     workdir = Path(ctx.workdir)
@@ -93,6 +94,7 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
                                                               / max(measured, 1e-9), 1)},
         "wall_time_s": round(time.time() - t_start, 3), "train_time_s": round(stats["train_s"], 3),
         "tokens_per_s": round(stats["tokens"] / max(stats["train_s"], 1e-9), 2), "tokens_seen": stats["tokens"],
+        "mfu": _mfu(stats, cfg),
         "final_loss": stats["loss_curve"][-1]["loss"] if stats["loss_curve"] else None,
         "loss_curve": stats["loss_curve"], "resumed_from_step": resume[0] if resume else 0,
         "attempt": ctx.attempt, "device": stats["device"], "hardware": modeling.hardware(),
@@ -114,11 +116,24 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     return {"outputs": {"model": f"s3://models/{cfg['output_name']}/"},
             "metrics": {"final_loss": metadata["final_loss"] or 0.0, "train_time_s": stats["train_s"],
                         "tokens_per_s": metadata["tokens_per_s"], "peak_rss_gb": mem["peak_rss_gb"],
+                        "mfu": metadata["mfu"].get("mfu", 0.0),
                         "peak_vram_reserved_gb": mem["peak_vram_reserved_gb"],
                         "peak_vram_allocated_gb": mem["peak_vram_allocated_gb"],
                         "trainable_params": stats["trainable_params"],
                         "memory_estimate_gb": cfg["memory_estimate_gb"],
                         "resumed_from_step": metadata["resumed_from_step"]}}
+
+
+def _mfu(stats: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Achieved model FLOP/s over the measured matmul peak of this machine, dtype and thread count
+    (services/common/mfu.py; under DDP the peak of one device times the world size)."""
+    from services.common import mfu
+    if "flops" not in stats:
+        return {}
+    dev = stats["device"]
+    out = mfu.mfu(stats["flops"] / cfg["world_size"], stats["train_s"], stats["dtype"],
+                  "cuda" if dev.startswith("cuda") else "cpu")
+    return {**out, "model_flops": stats["flops"], "dtype": stats["dtype"], "torch_threads": torch.get_num_threads()}
 
 
 def planned_steps(cfg: dict[str, Any], n_examples: int) -> int:
@@ -163,15 +178,17 @@ def train(cfg: dict[str, Any], base_dir: Path, examples: list[dict], out: Path, 
     model = build_model(cfg, base_dir, dev)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    seen = {"tokens": 0, "micro_batch_tokens": 0, "logit_rows": 0}
+    seen = {"tokens": 0, "micro_batch_tokens": 0, "logit_rows": 0, "logit_total": 0, "examples": 0}
 
     def collate_counting(batch):
         seen["tokens"] += sum(len(b["input_ids"]) for b in batch)
         out_batch = collate(batch, tok.pad_token_id, cfg["packing"], cfg["max_seq_length"],
                             cfg["completion_only_loss"] and cfg.get("answer_logits_only", True))
         seen["micro_batch_tokens"] = max(seen["micro_batch_tokens"], out_batch["input_ids"].numel())
-        seen["logit_rows"] = max(seen["logit_rows"], out_batch["shift_labels"].numel()
-                                 if "shift_labels" in out_batch else out_batch["input_ids"].numel())
+        rows = out_batch["shift_labels"].numel() if "shift_labels" in out_batch else out_batch["input_ids"].numel()
+        seen["logit_rows"] = max(seen["logit_rows"], rows)
+        seen["logit_total"] += rows  # for MFU (services/common/mfu.py)
+        seen["examples"] += len(batch)
         return out_batch
 
     distributed = cfg["world_size"] > 1
@@ -211,7 +228,18 @@ def train(cfg: dict[str, Any], base_dir: Path, examples: list[dict], out: Path, 
     return {"trainable_params": trainable, "total_params": total, "loss_curve": curve, "tokens": tokens,
             "train_s": train_s, "memory": modeling.peak_memory(),
             "micro_batch_tokens": seen["micro_batch_tokens"], "logit_rows": seen["logit_rows"],
-            "device": str(dev)}
+            "device": str(dev), "flops": _train_flops(model, cfg, seen, trainable, distributed),
+            "dtype": str(modeling.compute_dtype(dev)).removeprefix("torch.")}
+
+
+def _train_flops(model, cfg: dict[str, Any], seen: dict, trainable: int, distributed: bool) -> float:
+    """Model FLOPs of this process's training (services/common/mfu.py), times the world size."""
+    from services.common import mfu
+    n = max(seen["examples"], 1)
+    flops = mfu.training_flops(model.config.to_dict(), seen["tokens"], seen["logit_total"], seen["tokens"] / n,
+                               full=cfg["peft_method"] == "none" and cfg["training_quant"] == "none",
+                               trainable_params=trainable)
+    return flops * (cfg["world_size"] if distributed else 1)
 
 
 def build_model(cfg: dict[str, Any], base_dir: Path, dev: torch.device):

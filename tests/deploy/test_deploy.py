@@ -37,6 +37,7 @@ LOCAL_ONLY = {
     "FTLAB_HOME": "state dir of the embedded `ftlab up` stack; the images set it where they need it",
     "FTLAB_LOCAL_ROOT": "root of the local-directory store; deployments use FTLAB_STORAGE=s3",
     "FTLAB_CACHE_DIR": "where `ftlab model import --gguf smollm2` caches the wheel and converted model (CLI/tests)",
+    "FTLAB_SERVICE": "set by the job runtime in each job's child (names its model cache); never configured",
 }
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH_STRING")  # user names and paths are not secrets
 

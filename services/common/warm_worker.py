@@ -1,0 +1,139 @@
+"""The warm job runtime: each job's child process is forked from a per-service *fork server*
+that has already imported the service's recipe modules (torch, transformers, peft...), instead
+of being spawned as a fresh interpreter that pays those imports again for every job.
+
+It is Python's own ``multiprocessing`` "forkserver" start method with a preload list
+(``set_forkserver_preload``), so what the runtime relies on stays as it was: every job is still
+its own process (own pid, own process group, killed with SIGTERM → SIGKILL on cancel; a job that
+crashes or is OOM-killed takes only itself down), and the fork server is single-threaded, so
+forking it is safe. The fork server dies with the service (it exits when the service's end of
+its "alive" pipe closes; jobs drop their inherited copy, see :func:`_detach_from_server`), and
+its children die with it (``PR_SET_PDEATHSIG`` in the child).
+
+What a spawned child got from the service at start — its environment, working directory and
+``sys.path`` — the forked child would instead inherit from the fork server as it was when the
+server started; :func:`process` passes them along, so a job sees exactly what it saw under spawn.
+
+On hosts where a job may use CUDA, the server preloads torch alone: bitsandbytes (which peft
+imports) initialises CUDA at import, and a CUDA context cannot cross a fork.
+
+``FTLAB_WORKER=spawn`` turns it off (a fresh interpreter per job, the previous behaviour).
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import sys
+import threading
+from typing import Any, Callable, Iterable
+
+log = logging.getLogger("ftlab.runtime")
+_preload: set[str] = set()
+_lock = threading.Lock()
+
+
+def mode() -> str:
+    """``forkserver`` (default where the platform has it) or ``spawn``."""
+    want = os.environ.get("FTLAB_WORKER", "forkserver").strip().lower()
+    if want not in ("forkserver", "spawn"):
+        raise ValueError(f"FTLAB_WORKER={want!r}: expected 'forkserver' or 'spawn'")
+    if want == "forkserver" and "forkserver" not in mp.get_all_start_methods():
+        return "spawn"
+    return want
+
+
+def context(recipes: Iterable[str]):
+    """The multiprocessing context a runtime starts its jobs with. ``recipes`` are the
+    ``module:function`` strings it runs; their modules are imported once in the fork server.
+
+    The fork server is one per process: in a process that hosts several runtimes (tests, the
+    embedded stack's in-process mode), the union of their modules is preloaded, as far as it is
+    known when the server starts; a module it lacks is simply imported in the child."""
+    if mode() == "spawn":
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    with _lock:
+        if _cuda_possible():
+            # bitsandbytes (imported by peft at import time) initialises CUDA when it loads, and a
+            # CUDA context cannot cross a fork: on GPU hosts the server preloads torch alone
+            # (torch's import does not touch CUDA); each job imports the rest itself.
+            _preload.add("torch")
+        else:
+            _preload.update(r.partition(":")[0] for r in recipes)
+        _preload.add(__name__)
+        ctx.set_forkserver_preload(sorted(_preload))
+    return ctx
+
+
+def _cuda_possible() -> bool:
+    """Could a job here use CUDA? (torch-free: FTLAB_DEVICE, else an NVIDIA device node.)"""
+    want = os.environ.get("FTLAB_DEVICE", "auto").strip().lower()
+    if want == "cpu":
+        return False
+    if want.startswith("cuda"):
+        return True
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
+def process(ctx, target: Callable[..., Any], args: tuple, name: str, service: str = ""):
+    """``ctx.Process`` running ``target(*args)`` in the environment, working directory and
+    ``sys.path`` the caller has now (as a spawned child would), plus ``FTLAB_SERVICE`` (which
+    names the service's model cache, services/common/model_cache.py)."""
+    env = dict(os.environ)
+    if service:
+        env["FTLAB_SERVICE"] = service
+    return ctx.Process(target=_enter, name=name, daemon=False,
+                       args=(env, os.getcwd(), list(sys.path), target, args))
+
+
+def _enter(environ: dict[str, str], cwd: str, path: list[str], target: Callable[..., Any], args: tuple) -> None:
+    _detach_from_server()
+    os.environ.clear()
+    os.environ.update(environ)
+    try:
+        os.chdir(cwd)
+    except OSError:
+        pass  # the service's folder is gone; the job never relied on it (spawn would have failed)
+    sys.path[:] = path
+    target(*args)
+
+
+def _detach_from_server() -> None:
+    """Close this child's copy of the fork server's "alive" pipe. multiprocessing hands every
+    forked child that write end (so the child could start processes through the same server);
+    but the server exits only at EOF on it, so while a job held it, a SIGKILLed service would
+    leave its fork server alive, and the job with it (``PR_SET_PDEATHSIG`` fires when the
+    *fork server* dies). Closed, the server dies with the service and takes its jobs along."""
+    from multiprocessing import forkserver
+    fd = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        forkserver._forkserver._forkserver_alive_fd = None
+        forkserver._forkserver._forkserver_pid = None  # a process this job starts gets its own server
+
+
+def warm_up(ctx) -> None:
+    """Start the fork server now, in the background, so the first job does not wait for the
+    imports. (No-op under spawn.)"""
+    if getattr(ctx, "_name", "") != "forkserver":
+        return
+
+    def _go():
+        try:
+            p = ctx.Process(target=_noop, name="ftlab-warm-up", daemon=True)
+            p.start()
+            p.join()
+        except Exception:  # the first job starts the server then, and reports what is wrong
+            log.exception("could not warm up the job fork server")
+
+    threading.Thread(target=_go, name="ftlab-warm-up", daemon=True).start()
+
+
+def _noop() -> None:
+    pass
