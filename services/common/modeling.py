@@ -54,7 +54,7 @@ def eval_dtype(dev: torch.device) -> torch.dtype:
     """Evaluation dtype: FTLAB_EVAL_DTYPE (float32 | bfloat16 | auto, default auto). auto = the
     training compute dtype on GPU; on CPU bf16 where the CPU has native bf16 (greedy evaluation
     of SmolLM2-135M ran ~2x faster with the same parsed answers, docs/BENCHMARKS.md), else fp32."""
-    want = os.environ.get("FTLAB_EVAL_DTYPE", "auto")
+    want = os.environ.get("FTLAB_EVAL_DTYPE") or "auto"  # empty (compose default) = auto
     if want not in ("auto", "float32", "bfloat16"):
         raise ValidationError(f"FTLAB_EVAL_DTYPE={want!r}: expected auto, float32 or bfloat16")
     if want != "auto":
