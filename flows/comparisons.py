@@ -68,7 +68,7 @@ def lead_table(vs: pd.DataFrame) -> pd.DataFrame:
         return vs
     t = vs.copy()
     t["95% CI"] = [f"[{lo:+.3g}, {hi:+.3g}]" if pd.notna(lo) else "" for lo, hi in zip(t.ci95_low, t.ci95_high)]
-    t["p (McNemar)"] = [f"{p:.2g}" if pd.notna(p) else "" for p in t.mcnemar_p]
+    t["p (McNemar)"] = [f"{p:.2g}" if pd.notna(p) else "—" for p in t.mcnemar_p]  # —: not a right/wrong metric
     t["clear?"] = ["yes" if c else "no" for c in t.clear]
     t = t.sort_values(["clear", "relation", "model"], ascending=[False, True, True], kind="stable")
     return t[["model", "vs", "task", "metric", "items", "parent_value", "value", "diff", "95% CI",

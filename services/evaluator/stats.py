@@ -156,7 +156,7 @@ def paired(task_type: str, preds_a: list, preds_b: list, golds: list, n_resample
                                "ci95": _interval(boot_b[m] - boot_a[m])}
         if m in BINARY:
             xa, xb = ca[BINARY[m]].astype(bool), cb[BINARY[m]].astype(bool)
-            row |= {"mcnemar_p": round(mcnemar_p(xa, xb), 6),
+            row |= {"mcnemar_p": float(f"{mcnemar_p(xa, xb):.4g}"),  # 4 significant digits: tiny p stay > 0
                     "a_only": int((xa & ~xb).sum()), "b_only": int((~xa & xb).sum())}
         out[m] = row
     return out

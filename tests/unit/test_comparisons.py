@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from flows.comparisons import lead_table, vs_parent_table
 from services.common import artifacts
@@ -38,10 +39,10 @@ def test_fine_tune_vs_base_and_ptq_vs_source(store, tmp_path):
     fmt = vs[(vs.model == "ft") & (vs.metric == "format_success_rate")].iloc[0]
     assert fmt.vs == "base" and fmt.relation == "fine-tune vs base" and fmt["items"] == 20
     assert (fmt.parent_value, fmt.value, fmt["diff"]) == (0.0, 100.0, 100.0)
-    assert fmt.mcnemar_p == round(2 * 0.5 ** 20, 6) and fmt.clear          # 20 discordant pairs, all one way
+    assert fmt.mcnemar_p == pytest.approx(2 * 0.5 ** 20, rel=1e-3) and fmt.clear          # 20 discordant pairs, all one way
     acc = vs[(vs.model == "ft") & (vs.metric == "accuracy")].iloc[0]
     # 5 discordant pairs all one way: p = 0.0625, not clear whatever the bootstrap says
-    assert acc["diff"] == 25.0 and acc.mcnemar_p == round(2 * 0.5 ** 5, 6) and not acc.clear
+    assert acc["diff"] == 25.0 and acc.mcnemar_p == pytest.approx(2 * 0.5 ** 5, rel=1e-3) and not acc.clear
     q = vs[(vs.model == "ft_q") & (vs.metric == "format_success_rate")].iloc[0]
     assert q.vs == "ft" and q.relation == "PTQ vs source" and q["diff"] == -5.0 and not q.clear
     assert not (vs.model == "base").any()                                   # a base has no parent
