@@ -118,7 +118,8 @@ def load_vllm(store, model: str, workdir: str, dev, cfg: dict[str, Any]):
             raise NotFoundError(f"model {model!r} is an adapter whose base {base!r} is not in the models bucket")
         base_dir, _ = modeling.fetch_model(store, base, workdir)
         tok_dir = model_dir if (model_dir / "tokenizer_config.json").exists() else base_dir
-        run_dir = merge_adapter(base_dir, model_dir / manifest["adapter_path"], Path(workdir) / "merged")
+        run_dir = merge_adapter(base_dir, model_dir / manifest["adapter_path"], Path(workdir) / "merged",
+                                (manifest.get("quantization") or {}).get("method"))
         modeling.load_tokenizer(tok_dir).save_pretrained(run_dir)
         info |= {"loaded_as": "base+adapter (merged for vLLM)", "base_model": base,
                  "adapter_path": manifest["adapter_path"]}
@@ -134,14 +135,11 @@ def load_vllm(store, model: str, workdir: str, dev, cfg: dict[str, Any]):
     return gen, tok, manifest, info
 
 
-def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
-    """Base + PEFT adapter merged into one plain HF folder (full precision), for vLLM to load."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    merged.save_pretrained(out_dir)
+def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, trained_on: str | None = None) -> Path:
+    """Base + PEFT adapter merged into one plain HF folder for vLLM to load, through the one shared
+    merge (``modeling.merge_adapter``: onto the dequantized base where the adapter was trained on a
+    quantized one)."""
+    modeling.merge_adapter(base_dir, adapter_dir, trained_on).save_pretrained(out_dir)
     return out_dir
 
 
