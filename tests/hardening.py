@@ -41,8 +41,9 @@ def _wait_for(name: str, timeout_s: float = 120) -> None:
         time.sleep(0.05)
 
 
-def quantize_like(ctx, cfg):
-    """Quantizer-shaped and torch-free: some steps, then a 3-file artifact committed manifest-last."""
+def quantize_like(ctx, cfg, with_config: bool = False):
+    """Quantizer-shaped and torch-free: some steps, then a 3-file artifact committed manifest-last
+    (``with_config``: plus a config.json, so the evaluator's door takes it for a model)."""
     if os.environ.get(CTL_ENV):
         Path(os.environ[CTL_ENV], f"run-{ctx.job_id}-{ctx.attempt}-{os.getpid()}").touch()
     ctx.log(f"attempt {ctx.attempt}: quantizing {cfg['source_model']} from the start")
@@ -56,6 +57,8 @@ def quantize_like(ctx, cfg):
     out.mkdir()
     for i in range(3):
         (out / f"part-{i}.bin").write_bytes(os.urandom(32 * 1024))
+    if with_config:
+        (out / "config.json").write_text('{"model_type": "qwen3"}')
 
     def on_file(done, total):
         ctx.log(f"uploaded {done}/{total}")
@@ -70,6 +73,16 @@ def quantize_like(ctx, cfg):
 def service_def():
     from services.quantizer.server import SERVICE
     return replace(SERVICE, recipes={"quantize": "tests.hardening:quantize_like"})
+
+
+def quantize_model_like(ctx, cfg):
+    return quantize_like(ctx, cfg, with_config=True)
+
+
+def model_service_def():
+    """The light quantizer whose outputs look like models (a config.json) to the evaluator's door."""
+    from services.quantizer.server import SERVICE
+    return replace(SERVICE, recipes={"quantize": "tests.hardening:quantize_model_like"})
 
 
 def evaluate_like(ctx, cfg):

@@ -45,9 +45,9 @@ def test_a_step_whose_artifact_was_deleted_runs_again(services, monkeypatch, tmp
     monkeypatch.setenv("FTLAB_LOCAL_ROOT", str(store.root))
     from services.common.runtime import RuntimeOptions
     from services.common.service import RunningService, Security
-    from tests.hardening import evaluator_def, service_def
+    from tests.hardening import evaluator_def, model_service_def
     light = [RunningService(d, store, "127.0.0.1:0", RuntimeOptions(), security=Security())
-             for d in (service_def(), evaluator_def())]
+             for d in (model_service_def(), evaluator_def())]
     request.addfinalizer(lambda: [s.stop(1.0) for s in light])
     monkeypatch.setenv("FTLAB_TRAINER_ADDR", services["running"]["trainer"].address)
     monkeypatch.setenv("FTLAB_QUANTIZER_ADDR", light[0].address)
