@@ -27,7 +27,8 @@ def test_vllm_engine_on_the_real_model_agrees_with_hf(real_store):
     assert stack.service_python("evaluator") == str(EVAL_PYTHON)  # what `ftlab up` runs it with
     store, addr = real_store, f"127.0.0.1:{_free_port()}"
     env = {**os.environ, "FTLAB_STORAGE": "local", "FTLAB_LOCAL_ROOT": str(store.root), "FTLAB_EVALUATOR_ADDR": addr,
-           "FTLAB_LOG_FORMAT": "text", "HF_HUB_OFFLINE": "1"}
+           "FTLAB_LOG_FORMAT": "text", "HF_HUB_OFFLINE": "1",
+           "FTLAB_EVAL_DTYPE": "float32"}  # both engines in fp32: texts must agree (bf16 would drift)
     env.pop("FTLAB_LISTEN", None)
     proc = subprocess.Popen([str(EVAL_PYTHON), "-m", "services.evaluator.server"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
