@@ -426,7 +426,7 @@ def prepare(store: ObjectStore, recipe: str | os.PathLike | Mapping[str, Any], n
     if not D._NAME_RE.fullmatch(name):
         raise ValidationError(f"dataset name {name!r} must match {D._NAME_RE.pattern}")
     if read_manifest(store, D.BUCKET, name) is not None and not overwrite:
-        raise PreconditionError(f"dataset {make_uri(D.BUCKET, name + '/')} already exists (overwrite to replace it)")
+        raise PreconditionError(f"dataset {make_uri(D.BUCKET, name + '/')} already exists (--overwrite replaces it)")
 
     specs: dict[str, Mapping[str, Any]] = recipe["splits"]
     leak_cfg = recipe.get("leakage", {})
