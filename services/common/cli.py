@@ -154,8 +154,30 @@ def cmd_data_leakage(args) -> int:
     from services.common import leakage
     from services.common.data_prepare import source_rows
     from services.common.tasks import TaskType, get_task
-    task = get_task(args.task)
-    rows = [source_rows(task, path) for path in (args.train, args.test)]
+    problems = []
+    try:
+        task = get_task(args.task)
+    except ValidationError as exc:
+        problems += [f"--task: {x}" for x in exc.problems]
+    for flag, path in (("TRAIN", args.train), ("TEST", args.test)):
+        if not Path(path).exists():
+            problems.append(f"{flag}: no file or folder {str(path)[:200]!r}")
+    if not 0 < args.threshold <= 1:
+        problems.append(f"--threshold: {args.threshold} must be in (0, 1]")
+    if args.ngram < 1:
+        problems.append(f"--ngram: {args.ngram} must be >= 1")
+    if args.examples < 0:
+        problems.append(f"--examples: {args.examples} must be >= 0")
+    if problems:  # every problem at once, before reading anything
+        raise ValidationError(problems)
+    rows = []
+    for path in (args.train, args.test):  # both files read before any problem is reported
+        try:
+            rows.append(source_rows(task, path))
+        except ValidationError as exc:
+            problems += exc.problems
+    if problems:
+        raise ValidationError(problems)
     report = leakage.check(rows[0], rows[1], pair=task.type is TaskType.SQUAD_V2, threshold=args.threshold,
                            n=args.ngram, examples=args.examples)
     print(json.dumps({k: v for k, v in report.items() if not k.startswith("train_ids")}, indent=2,
