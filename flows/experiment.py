@@ -36,7 +36,8 @@ from services.common.naming import check_name, trained_model_name
 from services.common.tasks import get_task
 from services.quantizer.spec import METHODS as QUANT_METHODS
 from services.quantizer.spec import default_output_name
-from services.trainer.spec import PEFT_METHODS, TRAINING_QUANT
+from services.common.validation import Problems
+from services.trainer.spec import PEFT_METHODS, TRAINING_QUANT, _adapter_block
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 TOP_KEYS = {"name", "description", "base_models", "datasets", "data", "defaults", "train", "include", "exclude",
@@ -296,6 +297,10 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
                 bad.append(f"{where}.peft_method: unknown {peft!r}; known: {_known(PEFT_METHODS)}")
             if tq not in TRAINING_QUANT:
                 bad.append(f"{where}.training_quant: unknown {tq!r}; known: {_known(TRAINING_QUANT)}")
+            if not bad and peft != "none":  # the trainer's adapter value checks (lora.r -1 planned "..._LoRa-1_...")
+                adapter = Problems()
+                _adapter_block(adapter, spec, peft)
+                bad += [f"{where}.{x}" for x in adapter.invalid]
             if bad:
                 p += [b for b in bad if b not in p]
                 continue
@@ -359,6 +364,9 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
             p.append(f"evaluate.tasks[{i}]: a task name or a mapping (task, limit, dataset, split)")
             continue
         item = {**({"limit": ev["limit"]} if "limit" in ev else {}), **item}
+        limit = item.get("limit")  # the evaluator's door ranges, checked here for the whole file at once
+        if isinstance(limit, int) and not 1 <= limit <= 1_000_000:
+            p.append(f"evaluate.tasks[{i}].limit: {limit} must be in [1, 1000000]")
         try:
             item["task"] = get_task(item.get("task", "")).name
         except ValidationError as exc:
@@ -366,6 +374,9 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
         ev_tasks.append(item)
     if "evaluate" in raw and not ev_tasks:  # no evaluate section: train/quantize only
         p.append("evaluate.tasks: at least one task")
+    for key, hi in (("batch_size", 512), ("max_new_tokens", 32768)):
+        if isinstance(ev.get(key), int) and not 1 <= ev[key] <= hi:
+            p.append(f"evaluate.{key}: {ev[key]} must be in [1, {hi}]")
     extra = _list(p, ev, "models")
     for i, m in enumerate(extra):
         p += check_name(f"evaluate.models[{i}]", str(m))

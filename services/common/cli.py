@@ -154,8 +154,30 @@ def cmd_data_leakage(args) -> int:
     from services.common import leakage
     from services.common.data_prepare import source_rows
     from services.common.tasks import TaskType, get_task
-    task = get_task(args.task)
-    rows = [source_rows(task, path) for path in (args.train, args.test)]
+    problems = []
+    try:
+        task = get_task(args.task)
+    except ValidationError as exc:
+        problems += [f"--task: {x}" for x in exc.problems]
+    for flag, path in (("TRAIN", args.train), ("TEST", args.test)):
+        if not Path(path).exists():
+            problems.append(f"{flag}: no file or folder {str(path)[:200]!r}")
+    if not 0 < args.threshold <= 1:
+        problems.append(f"--threshold: {args.threshold} must be in (0, 1]")
+    if args.ngram < 1:
+        problems.append(f"--ngram: {args.ngram} must be >= 1")
+    if args.examples < 0:
+        problems.append(f"--examples: {args.examples} must be >= 0")
+    if problems:  # every problem at once, before reading anything
+        raise ValidationError(problems)
+    rows = []
+    for path in (args.train, args.test):  # both files read before any problem is reported
+        try:
+            rows.append(source_rows(task, path))
+        except ValidationError as exc:
+            problems += exc.problems
+    if problems:
+        raise ValidationError(problems)
     report = leakage.check(rows[0], rows[1], pair=task.type is TaskType.SQUAD_V2, threshold=args.threshold,
                            n=args.ngram, examples=args.examples)
     print(json.dumps({k: v for k, v in report.items() if not k.startswith("train_ids")}, indent=2,
@@ -427,8 +449,36 @@ def cmd_demo(args) -> int:
 
 # ------------------------------------------------------------------ parser
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default in ``--help`` where the CLI itself sets one (options left unset
+    take the service's default, which their help text names)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if _shows_default(action.default) and action.option_strings and "default" not in text:
+            text += (" " if text else "") + "(default: %(default)s)"
+        return text
+
+
+def _shows_default(default) -> bool:
+    return not (default is None or default is False or default is argparse.SUPPRESS)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's parser: add_subparsers builds nested parsers with type(self)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        if kwargs.get("help") is None and _shows_default(kwargs.get("default")) and args[0].startswith("-"):
+            kwargs["help"] = "(default: %(default)s)"  # argparse prints nothing for an option without help
+        return super().add_argument(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ftlab", description="ftlab: LLM fine-tuning research as trainer, quantizer and evaluator services.")
+    p = _Parser(prog="ftlab", description="ftlab: LLM fine-tuning research as trainer, quantizer and evaluator services.")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("up", help="start the embedded stack (3 services on loopback)").set_defaults(func=cmd_up)
@@ -489,18 +539,18 @@ def build_parser() -> argparse.ArgumentParser:
     def job_opts(sp):
         sp.add_argument("--request-id", help="idempotency key")
         sp.add_argument("--wait", action="store_true", help="watch the job with a progress bar")
-        sp.add_argument("--timeout", type=float, default=24 * 3600)
+        sp.add_argument("--timeout", type=float, default=24 * 3600, help="seconds --wait waits (default: %(default)s)")
 
     t = sub.add_parser("train", help="submit a training job")
     t.add_argument("--base-model", required=True)
     t.add_argument("--dataset", required=True)
     t.add_argument("--task")
-    t.add_argument("--peft", default="lora")
-    t.add_argument("--r", type=int)
+    t.add_argument("--peft", default="lora", help="lora | dora | vera | none (full fine-tuning)")
+    t.add_argument("--r", type=int, help="adapter rank (default 8)")
     t.add_argument("--alpha", type=int)
     t.add_argument("--target-modules")
     t.add_argument("--output-name")
-    t.add_argument("--max-steps", type=int)
+    t.add_argument("--max-steps", type=int, help="optimizer steps (default: train by --num-train-epochs, 1)")
     t.add_argument("--learning-rate", type=float)
     t.add_argument("--per-device-batch-size", type=int)
     t.add_argument("--gradient-accumulation-steps", type=int)
@@ -552,9 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="submit an evaluation job")
     e.add_argument("--model", required=True)
     e.add_argument("--task", action="append", required=True, help="repeatable: ai2_arc, squad_v2, ...")
-    e.add_argument("--limit", type=int)
-    e.add_argument("--batch-size", type=int)
-    e.add_argument("--max-new-tokens", type=int)
+    e.add_argument("--limit", type=int, help="first N items of each task's test split (default: all)")
+    e.add_argument("--batch-size", type=int, help="prompts generated together (default 8; 1: exact mode)")
+    e.add_argument("--max-new-tokens", type=int, help="generation limit per item (default 1000, as the study)")
     e.add_argument("--eval-id")
     e.add_argument("--seed", type=int, help="seeds the bootstrap CIs (default 0)")
     e.add_argument("--bootstrap-samples", type=int, help="resamples for the 95%% CIs (default 1000)")
@@ -632,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `ftlab score ... | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one at exit's flush
+        return 141
 
 
 if __name__ == "__main__":

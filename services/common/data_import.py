@@ -354,7 +354,7 @@ def import_dataset(store: ObjectStore, task: str | T.TaskDef, source: str, path:
         raise ValidationError(problems)
     name = name or taskdef.short
     if read_manifest(store, BUCKET, name) is not None and not overwrite:
-        raise PreconditionError(f"dataset {make_uri(BUCKET, name + '/')} already exists (pass overwrite=True to replace it)")
+        raise PreconditionError(f"dataset {make_uri(BUCKET, name + '/')} already exists (--overwrite replaces it)")
 
     meta: dict[str, Any] = {}
     if source == "hub":

@@ -266,7 +266,18 @@ def _flatten_squad(doc: Mapping[str, Any]) -> list[dict]:
 
 
 def read_file(path: Path) -> list[dict]:
-    """One source file's records: parquet rows, JSON Lines, a JSON array, or official SQuAD JSON."""
+    """One source file's records: parquet rows, JSON Lines, a JSON array, or official SQuAD JSON.
+    A file that is none of these is a ValidationError naming it (never a parser's traceback)."""
+    try:
+        return _read_file(path)
+    except ValidationError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError, UnicodeDecodeError, ArrowInvalid
+        raise ValidationError(f"{path}: cannot read it as .parquet, JSON Lines or .json records: "
+                              f"{type(e).__name__}: {str(e)[:200]}") from None
+
+
+def _read_file(path: Path) -> list[dict]:
     if path.suffix == ".json":
         doc = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(doc, Mapping) and "data" in doc:
@@ -301,7 +312,11 @@ def read_source(src: Mapping[str, Any]) -> tuple[list[dict], dict[str, Any]]:
 def source_rows(task: T.TaskDef, path: str) -> list[dict]:
     """Every canonical row of a file or folder, each with its id (``ftlab data leakage``)."""
     records, _ = read_source({"path": path})
-    rows, _ = D.convert_records(task, records)
+    rows, drops = D.convert_records(task, records)
+    if not rows:  # e.g. a SQuAD file checked as ARC: say so instead of reporting 0 leaks
+        why = ", ".join(f"{k} {n}" for k, n in sorted(drops.items())) or "no records"
+        raise ValidationError(f"{path}: no {task.name} rows in {len(records)} records ({why}); "
+                              f"is it a {task.name} file?")
     D._frame(task, rows)  # assigns content-hash ids to rows without one
     return rows
 
@@ -426,7 +441,7 @@ def prepare(store: ObjectStore, recipe: str | os.PathLike | Mapping[str, Any], n
     if not D._NAME_RE.fullmatch(name):
         raise ValidationError(f"dataset name {name!r} must match {D._NAME_RE.pattern}")
     if read_manifest(store, D.BUCKET, name) is not None and not overwrite:
-        raise PreconditionError(f"dataset {make_uri(D.BUCKET, name + '/')} already exists (overwrite to replace it)")
+        raise PreconditionError(f"dataset {make_uri(D.BUCKET, name + '/')} already exists (--overwrite replaces it)")
 
     specs: dict[str, Mapping[str, Any]] = recipe["splits"]
     leak_cfg = recipe.get("leakage", {})

@@ -197,6 +197,10 @@ def import_gguf(store, file: str, name: str | None = None, overwrite: bool = Fal
         origin = read_origin(folder)
         return modeling.commit_base_model(store, name, folder, origin, overwrite=overwrite)
     path = resolve_gguf(file)
+    with open(path, "rb") as fh:  # a clear refusal instead of transformers' traceback
+        if fh.read(4) != b"GGUF":
+            raise ValidationError(f"--gguf {str(file)[:200]}: not a GGUF file (it does not start with "
+                                  "the GGUF magic bytes)")
     with tempfile.TemporaryDirectory() as tmp:
         origin = convert_gguf(path, tmp)
         return modeling.commit_base_model(store, name, tmp, origin, overwrite=overwrite)

@@ -113,7 +113,11 @@ def peak_memory() -> dict[str, float]:
 def make_tiny_qwen3(tokenizer_source: str, out_dir: str | os.PathLike, seed: int = 0) -> dict[str, Any]:
     """A deterministic random-weight Qwen3 with the real tokenizer and chat template."""
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-    tok = AutoTokenizer.from_pretrained(tokenizer_source)
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_source)
+    except (OSError, ValueError) as e:  # no such folder, not a tokenizer, an invalid hub id, offline
+        raise ValidationError(f"--tokenizer {str(tokenizer_source)[:200]}: cannot load a tokenizer "
+                              f"(a folder such as ../shared/tokenizers/qwen3, or a hub id): {str(e)[:200]}") from None
     cfg = Qwen3Config(**TINY_QWEN3, bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
                       eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
                       pad_token_id=tok.pad_token_id)

@@ -38,6 +38,8 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     tasks = []
     for i, t in enumerate(spec.get("tasks", [])):
         where = f"tasks[{i}]"
+        limit = t.get("limit")  # checked before the task, so an unknown task does not hide a bad limit
+        p.require(limit is None or 1 <= limit <= 1_000_000, f"{where}.limit: {limit} must be in [1, 1000000]")
         try:
             task = get_task(t.get("task", ""))
         except ValidationError as exc:
@@ -45,8 +47,6 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
             continue
         dataset, split = t.get("dataset") or task.short, t.get("split") or "test"
         p.add(check_name(f"{where}.dataset", dataset))
-        limit = t.get("limit")
-        p.require(limit is None or 1 <= limit <= 1_000_000, f"{where}.limit: {limit} must be in [1, 1000000]")
         ds = artifacts.read_manifest(store, "datasets", dataset) if not check_name("d", dataset) else None
         if ds is None:
             p.not_found(f"{where}.dataset: {dataset!r} not found in the datasets bucket")

@@ -99,8 +99,9 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     dataset = spec.get("dataset") or (manifest or {}).get("dataset") or ""
     task = None
     if needs_calibration and not dataset:
-        p.invalid.append(f"dataset: required for {name} with {algorithm} (calibration samples); "
-                         f"the source model names no dataset")
+        how = name if algorithm in (None, name) else f"{name} with {algorithm}"  # not "gptq with gptq"
+        p.invalid.append(f"dataset: required for {how} (calibration samples); "
+                         f"the source model names no dataset (ftlab quantize --dataset arc)")
     ds_manifest = artifacts.read_manifest(store, "datasets", dataset) if _valid(dataset) else None
     if dataset and ds_manifest is None:
         if spec.get("dataset") or needs_calibration:

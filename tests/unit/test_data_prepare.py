@@ -183,7 +183,7 @@ def test_same_recipe_same_bytes_another_seed_other_bytes(prepared, tmp_path):
     recipe["splits"]["test"]["seed"] = 7
     other = P.prepare(again, recipe, name="arc-seed7")
     assert other["splits"]["test"]["sha256"] != manifests["arc-raw"]["splits"]["test"]["sha256"]
-    with pytest.raises(PreconditionError, match="already exists"):
+    with pytest.raises(PreconditionError, match="already exists \\(--overwrite replaces it\\)"):
         P.prepare(again, "squad-raw")
 
 

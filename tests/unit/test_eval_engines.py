@@ -53,6 +53,15 @@ def test_spec_engine_at_the_door(seeded_store):
     assert "engine: 'tgi' is not one of auto, hf, vllm" in msg and "engine_check" in msg and "batch_size" in msg
 
 
+
+def test_unknown_task_does_not_hide_a_bad_limit(seeded_store):
+    # `ftlab eval --task nosuch --limit -1` reported only the task: every problem at once
+    with pytest.raises(ValidationError) as err:
+        resolve_evaluate_spec({"model": "Qwen3-tiny-base", "tasks": [{"task": "nosuch", "limit": -1}]},
+                              seeded_store)
+    msg = str(err.value)
+    assert "tasks[0].task: unknown task 'nosuch'" in msg and "tasks[0].limit: -1 must be in" in msg
+
 def test_stack_runs_a_service_from_its_own_environment(monkeypatch):
     monkeypatch.setenv("FTLAB_EVALUATOR_PYTHON", "/opt/eval/bin/python")
     assert stack.service_python("evaluator") == "/opt/eval/bin/python"

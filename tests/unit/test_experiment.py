@@ -132,6 +132,19 @@ def test_bad_fields_inside_configurations_are_named():
         assert fragment in text, fragment
 
 
+
+def test_out_of_range_values_are_refused_at_load():
+    # lora.r -1 planned "Qwen3-tiny-arc_SFT_LoRa-1_NoQuant" and limit -3 an evaluation; both fail only at the door
+    with pytest.raises(ValidationError) as exc:
+        plan(spec(train=[{"peft_method": ["lora", "vera"], "lora": {"r": -1, "dropout": 2.0}}],
+                  evaluate={"tasks": ["ai2_arc", {"task": "squad_v2", "limit": 0}], "limit": -3, "batch_size": 0,
+                            "max_new_tokens": -1}))
+    text = "\n".join(exc.value.problems)
+    for fragment in ["train[0].lora.r: -1 must be in [1, 4096]", "train[0].lora.dropout: 2.0",
+                     "evaluate.tasks[0].limit: -3", "evaluate.tasks[1].limit: 0", "evaluate.batch_size: 0",
+                     "evaluate.max_new_tokens: -1"]:
+        assert fragment in text, fragment
+
 def test_two_configurations_with_the_same_name_are_refused():
     with pytest.raises(ValidationError, match="same step"):
         plan(spec(train=[{"lora": {"r": 4}, "learning_rate": [0.001, 0.002]}]))

@@ -69,6 +69,15 @@ def test_group_size_zero_and_non_dividing(door):
     assert isinstance(out, ValidationError) and "does not divide" in str(out)
 
 
+
+def test_missing_calibration_dataset_names_the_method_once(door):
+    # `ftlab quantize --source-model BASE --method gptq` said "required for gptq with gptq"
+    out = _resolve(door, {"source_model": "src", "method": "gptq"})
+    assert isinstance(out, ValidationError) and "dataset: required for gptq (calibration samples)" in str(out)
+    assert "--dataset" in str(out)
+    out = _resolve(door, {"source_model": "src", "method": "smoothquant_w8a8"})
+    assert "dataset: required for smoothquant_w8a8 with gptq" in str(out)
+
 def test_unavailable_and_gpu_only_methods_are_failed_precondition(door, monkeypatch):
     for name in ("adaround", "brecq"):
         out = _resolve(door, {"source_model": "src", "method": name, "dataset": "arc"})

@@ -72,3 +72,21 @@ def test_bad_input_names_every_problem_and_prints_nothing(tmp_path):
     out = _run("--task", "nope", str(f))
     assert out.returncode == 2 and "unknown task 'nope'" in out.stderr
     assert _run("--task", "arc").returncode == 2  # neither FILE nor --eval
+
+
+def test_reader_closing_the_pipe_is_not_a_traceback(tmp_path):
+    # `ftlab score --task ai2_arc out.jsonl | head -30` printed a BrokenPipeError traceback
+    f = _jsonl(tmp_path, [{"id": "q1", "output": "\\boxed{B}", "gold": "B"}])
+    proc = subprocess.Popen([FTLAB, "score", "--task", "ai2_arc", f], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the JSON is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_help_shows_the_cli_defaults():
+    out = subprocess.run([FTLAB, "train", "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert "lora | dora | vera | none" in out and "(default:" in out
+    out = subprocess.run([FTLAB, "data", "leakage", "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert "(default: 3)" in out and "(default: 0.8)" in out
