@@ -70,7 +70,7 @@ def test_study_methods_quantize_reload_and_are_scored(services, tmp_path, monkey
             assert (q["kv_cache_dtype"], q["kv_cache_bits"], q["quant_tag"]) == ("int4", 4, "NoQuant_kv4")
             assert q["kv_cache"]["backend"] == "quanto" and metrics["spec"]["kv_cache_dtype"] == "int4"
         elif name == "parent":
-            assert metrics["quantization"]["kv_cache_dtype"] == "float32"
+            assert metrics["quantization"]["kv_cache_dtype"] == metrics["hardware"]["dtype"]  # auto: the model's
 
     # One row per method against the parent: size, KL, top-1, perplexity, task diff + paired test, speed.
     table = degradation_table(store)
