@@ -25,8 +25,8 @@ def _run(rt, cfg):
     return final.outputs
 
 
-@pytest.mark.skipif(warm_worker.mode() != "forkserver", reason="FTLAB_WORKER=spawn")
 def test_children_fork_from_the_warm_server_and_see_the_current_environment(store, monkeypatch, tmp_path):
+    monkeypatch.setenv("FTLAB_WORKER", "forkserver")  # opt-in (spawn is the default)
     rt = JobRuntime("warmsvc", store, {"report_env": "tests.recipes:report_env"}, RuntimeOptions())
     rt.start()
     try:
