@@ -40,3 +40,16 @@ def report_env(ctx, cfg):
     """What the job's process sees: its parent, its working directory, an environment variable."""
     return {"outputs": {"env": os.environ.get(cfg["var"], ""), "cwd": os.getcwd(),
                         "ppid": str(os.getppid()), "service": os.environ.get("FTLAB_SERVICE", "")}}
+
+
+def fill_workdir_then(ctx, cfg):
+    """Writes into its scratch folder, records the folder, then ends as ``cfg["end"]`` says."""
+    with open(os.path.join(ctx.workdir, "weights.bin"), "wb") as fh:
+        fh.write(b"\0" * 4096)
+    with open(os.path.join(cfg["pid_dir"], "workdir"), "w") as fh:
+        fh.write(ctx.workdir)
+    if cfg["end"] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if cfg["end"] == "raise":
+        raise ValueError("failed after writing")
+    return {"outputs": {}, "metrics": {}}

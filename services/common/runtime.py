@@ -8,12 +8,14 @@ never takes the server down, and cancel is a signal, not a flag.
 """
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import logging
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import signal
 import socket
 import sys
@@ -68,7 +70,7 @@ class JobContext:
 
 
 def _child_main(recipe: str, job_id: str, attempt: int, config: dict, store_config: dict,
-                events: "mp.Queue") -> None:
+                events: "mp.Queue", workdir: str) -> None:
     # Own process group: cancel signals the whole group, so helpers the recipe starts die too.
     os.setpgrp()
     _die_with_parent()
@@ -76,9 +78,8 @@ def _child_main(recipe: str, job_id: str, attempt: int, config: dict, store_conf
     try:
         module, _, func = recipe.partition(":")
         run = getattr(importlib.import_module(module), func)
-        with tempfile.TemporaryDirectory(prefix=f"ftlab-{job_id}-") as workdir:
-            ctx = JobContext(job_id, open_store(store_config), events, workdir, attempt)
-            result = run(ctx, config) or {}
+        ctx = JobContext(job_id, open_store(store_config), events, workdir, attempt)
+        result = run(ctx, config) or {}
         events.put({"type": "result", "outputs": result.get("outputs", {}),
                     "metrics": {k: float(v) for k, v in result.get("metrics", {}).items()}})
     except SystemExit:
@@ -100,6 +101,47 @@ def _die_with_parent() -> None:
         import ctypes
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- scratch folders
+
+def scratch_root() -> str:
+    """Where jobs' scratch folders live: ``$TMPDIR/ftlab-scratch`` (``FTLAB_SCRATCH_DIR`` overrides)."""
+    return os.environ.get("FTLAB_SCRATCH_DIR") or os.path.join(tempfile.gettempdir(), "ftlab-scratch")
+
+
+def _hold_lock(path: str):
+    """An open file holding an exclusive ``flock`` on ``path``, or None when another process holds it."""
+    fh = open(path, "a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    return fh
+
+
+def sweep_stale_scratch(root: str | None = None) -> list[str]:
+    """Remove the scratch folders of service processes that are gone.
+
+    Each runtime holds an ``flock`` on ``<its folder>/.lock`` while it lives (the kernel drops
+    it when the process dies, even by SIGKILL; a pid would not do, containers reuse them).
+    The service removes a job's folder when its child exits; a SIGKILLed service cannot, and a
+    job's folder holds whole model copies (hundreds of MB), so the next service start sweeps.
+    Returns the names of the folders removed."""
+    root = root or scratch_root()
+    removed = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        folder = os.path.join(root, name)
+        lock = os.path.join(folder, ".lock")
+        if not os.path.isdir(folder) or not os.path.exists(lock):
+            continue  # not ours, or a runtime that is just taking its lock
+        held = _hold_lock(lock)
+        if held is not None:
+            with held:
+                shutil.rmtree(folder, ignore_errors=True)
+            removed.append(name)
+    return removed
 
 
 # --------------------------------------------------------------------------- server side
@@ -134,11 +176,19 @@ class JobRuntime:
         self._writer: threading.Thread | None = None
         self._mp = warm_worker.context(recipes.values())  # children fork from a warm, pre-imported server
         self.owner = options.replica_id or f"{socket.gethostname()}:{os.getpid()}"
+        self._scratch: str | None = None   # jobs' work folders (start() makes it)
+        self._scratch_lock = None
 
     # -- lifecycle
 
     def start(self) -> None:
         self.store.ensure_buckets([JOBS_BUCKET])
+        swept = sweep_stale_scratch()
+        if swept:
+            log.info("removed scratch folders of stopped services: %s", ", ".join(swept))
+        os.makedirs(scratch_root(), exist_ok=True)
+        self._scratch = tempfile.mkdtemp(prefix=f"{self.service}-{os.getpid()}-", dir=scratch_root())
+        self._scratch_lock = _hold_lock(os.path.join(self._scratch, ".lock"))
         with self._cond:  # nothing else runs yet; _persist expects the lock
             self._recover()
         # Record writes happen on their own thread, outside the lock: a storage outage (retried for
@@ -212,6 +262,10 @@ class JobRuntime:
             self._cond.notify_all()
         if self._writer is not None:
             self._writer.join(30)  # the last records (the jobs the shutdown failed) reach storage
+        if self._scratch_lock is not None:  # no job runs any more: the folder goes with its lock
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch_lock.close()
+            self._scratch_lock = None
 
     # -- API used by servicers
 
@@ -501,17 +555,20 @@ class JobRuntime:
         rec.attempts += 1
         rec.transition(JobState.RUNNING, "started" if rec.attempts == 1 else f"started (attempt {rec.attempts})")
         events = self._mp.Queue()
+        # The service owns the scratch folder and removes it when the child exits, however it
+        # exits: a killed or cancelled child cannot clean up after itself.
+        workdir = tempfile.mkdtemp(prefix=f"{job_id}-", dir=self._scratch)
         proc = warm_worker.process(self._mp, _child_main, name=f"ftlab-{job_id}", service=self.service,
                                    args=(self.recipes[rec.kind], job_id, rec.attempts, rec.config,
-                                         self.store.config(), events))
+                                         self.store.config(), events, workdir))
         self._procs[job_id] = proc
         self._persist(rec)
         self._cond.notify_all()
         proc.start()  # under the lock, so a cancel always finds a pid to signal
-        threading.Thread(target=self._supervise, args=(job_id, proc, events), daemon=True,
+        threading.Thread(target=self._supervise, args=(job_id, proc, events, workdir), daemon=True,
                          name=f"supervise-{job_id}").start()
 
-    def _supervise(self, job_id: str, proc: mp.Process, events: "mp.Queue") -> None:
+    def _supervise(self, job_id: str, proc: mp.Process, events: "mp.Queue", workdir: str) -> None:
         result, error = None, None
         log.info("job %s: child pid %s started", job_id, proc.pid, extra=_extra(self._jobs[job_id]))
         renew_every, renewed = self.options.lease_ttl_s / 3, time.time()
@@ -536,6 +593,7 @@ class JobRuntime:
             else:
                 self._on_event(job_id, msg)
         proc.join()
+        shutil.rmtree(workdir, ignore_errors=True)
         self._finish(job_id, proc.exitcode, result, error)
 
     def _on_event(self, job_id: str, msg: dict[str, Any]) -> None:

@@ -10,7 +10,8 @@ from services.common.errors import NotFoundError, PreconditionError, ValidationE
 from services.common.jobs import JobState
 from services.common.runtime import JobRuntime, RuntimeOptions
 
-RECIPES = {k: f"tests.recipes:{k}" for k in ("sleepy", "record_pid_then_sleep", "ignore_sigterm", "raises", "killed")}
+RECIPES = {k: f"tests.recipes:{k}" for k in ("sleepy", "record_pid_then_sleep", "ignore_sigterm", "raises", "killed",
+                                                   "fill_workdir_then")}
 
 
 @pytest.fixture
@@ -184,3 +185,36 @@ def test_a_refused_spec_writes_nothing(runtime, store):
         runtime.submit("sleepy", {"x": 1}, refuse)
     assert exc.value.problems == ["a: bad", "b: bad"]
     assert store.list_keys("jobs") == before
+
+
+@pytest.mark.parametrize("end", ["return", "raise", "kill"])
+def test_the_job_scratch_folder_is_removed_however_the_child_ends(runtime, tmp_path, end):
+    rec = submit(runtime, "fill_workdir_then", {"pid_dir": str(tmp_path), "end": end})
+    final = wait_state(runtime, rec.job_id, {JobState.SUCCEEDED, JobState.FAILED})
+    assert final.state is (JobState.SUCCEEDED if end == "return" else JobState.FAILED)
+    workdir = (tmp_path / "workdir").read_text()
+    assert os.path.basename(workdir).startswith(rec.job_id)
+    assert not os.path.exists(workdir)
+
+
+def test_scratch_of_a_dead_service_is_swept_and_a_live_ones_is_kept(tmp_path, monkeypatch, store):
+    import subprocess
+    import sys
+    from services.common.runtime import sweep_stale_scratch
+    monkeypatch.setenv("FTLAB_SCRATCH_DIR", str(tmp_path))
+    # A service process that took its folder and was SIGKILLed: the kernel dropped its lock.
+    code = ("from services.common.runtime import JobRuntime; from services.common.storage import LocalStore; "
+            f"JobRuntime('trainer', LocalStore({str(tmp_path / 's')!r}), {{}}).start(); import os; os.kill(os.getpid(), 9)")
+    subprocess.run([sys.executable, "-c", code], check=False)
+    dead = [p.name for p in tmp_path.iterdir() if p.name.startswith("trainer-")]
+    assert len(dead) == 1
+    (tmp_path / dead[0] / "job-1").mkdir()
+    live = JobRuntime("trainer", store, {})
+    live.start()
+    try:
+        assert not (tmp_path / dead[0]).exists()  # swept by the start
+        mine = [p.name for p in tmp_path.iterdir() if p.name.startswith("trainer-")]
+        assert len(mine) == 1 and sweep_stale_scratch(str(tmp_path)) == []  # a live one is kept
+    finally:
+        live.shutdown(1.0)
+    assert not any(p.name.startswith("trainer-") for p in tmp_path.iterdir())  # shutdown removes its own
