@@ -46,11 +46,39 @@ def _nullable(values) -> list:
     return [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in values]
 
 
+# What shapes the generations besides the model: (label, where it is in metrics.json, its default).
+GENERATION_SETTINGS = (
+    ("max_new_tokens", ("spec", "max_new_tokens"), None),
+    ("engine", ("spec", "engine"), "hf"),
+    ("kv_cache_dtype", ("spec", "kv_cache_dtype"), "auto"),
+    ("batch_size", ("spec", "batch_size"), None),
+    ("dtype", ("hardware", "dtype"), None),
+)
+
+
+def setting_differences(ma: dict[str, Any], mb: dict[str, Any]) -> list[dict[str, Any]]:
+    """The generation settings on which two evaluations' ``metrics.json`` differ, as
+    ``[{"setting", "a", "b"}]``. A difference means B - A mixes the model's change with the
+    setting's (a shorter ``max_new_tokens`` cuts answers; a quantized KV cache or another dtype
+    or batch composition changes logits), so the comparison is not of models alone."""
+    def get(m, path, default):
+        v = m
+        for k in path:
+            v = v.get(k) if isinstance(v, dict) else None
+        return default if v is None else v
+    diffs = []
+    for label, path, default in GENERATION_SETTINGS:
+        a, b = get(ma, path, default), get(mb, path, default)
+        if a != b:
+            diffs.append({"setting": label, "a": a, "b": b})
+    return diffs
+
+
 def compare(store: ObjectStore, ref_a: str, ref_b: str, n_resamples: int = stats.DEFAULT_RESAMPLES,
             seed: int = 0) -> dict[str, Any]:
     (ma, pa), (mb, pb) = load_eval(store, ref_a), load_eval(store, ref_b)
     out: dict[str, Any] = {"a": eval_prefix(ref_a), "b": eval_prefix(ref_b), "resamples": n_resamples,
-                           "seed": seed, "tasks": {}}
+                           "seed": seed, "settings_differ": setting_differences(ma, mb), "tasks": {}}
     shared = [t for t in ma["datasets"] if t in mb["datasets"]]
     if not shared:
         raise ValidationError(f"{out['a']} and {out['b']} share no task ({list(ma['datasets'])} vs {list(mb['datasets'])})")
@@ -84,6 +112,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"A = {result['a']}", f"B = {result['b']}",
              f"B - A on shared items; 95% paired-bootstrap CI ({result['resamples']} resamples, seed {result['seed']}); "
              "McNemar exact p for per-item right/wrong metrics"]
+    for d in result.get("settings_differ", []):
+        lines.append(f"warning: generated with different {d['setting']} (A {d['a']}, B {d['b']}): "
+                     "B - A is not the models' difference alone")
     head = f"{'task':20s} {'metric':20s} {'A':>9s} {'B':>9s} {'B-A':>9s} {'95% CI':>21s} {'McNemar p':>10s}"
     for task, e in result["tasks"].items():
         lines += ["", f"{task} ({e['type']}): {e['shared_items']} shared items (A {e['items_a']}, B {e['items_b']})"]

@@ -97,8 +97,10 @@ def test_three_tasks_end_to_end_rerun_and_compare(ev, capsys, monkeypatch):
     assert cli.main(["compare", f"{TINY}/first", f"s3://evaluations/{TINY}/second/", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert cli.main(["compare", f"{TINY}/first", f"{TINY}/second"]) == 0
-    assert "McNemar" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "McNemar" in table and "warning: generated with different" not in table
     assert cli.main(["compare", f"{TINY}/first", f"{TINY}/nope"]) == 1
+    assert out["settings_differ"] == []
     arc = out["tasks"]["ai2_arc"]
     assert arc["shared_items"] == 4 and arc["metrics"]["accuracy"]["diff"] == 0.0
     assert arc["metrics"]["accuracy"]["mcnemar_p"] == 1.0 and arc["metrics"]["accuracy"]["ci95"] == [0.0, 0.0]
