@@ -106,8 +106,8 @@ def _die_with_parent() -> None:
 # --------------------------------------------------------------------------- scratch folders
 
 def scratch_root() -> str:
-    """Where jobs' scratch folders live: ``$TMPDIR/ftlab-scratch`` (``FTLAB_SCRATCH_DIR`` overrides)."""
-    return os.environ.get("FTLAB_SCRATCH_DIR") or os.path.join(tempfile.gettempdir(), "ftlab-scratch")
+    """Where jobs' scratch folders live: ``$TMPDIR/ftlab-scratch`` (the images set ``TMPDIR`` to a volume)."""
+    return os.path.join(tempfile.gettempdir(), "ftlab-scratch")
 
 
 def _hold_lock(path: str):

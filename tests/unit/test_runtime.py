@@ -201,20 +201,23 @@ def test_scratch_of_a_dead_service_is_swept_and_a_live_ones_is_kept(tmp_path, mo
     import subprocess
     import sys
     from services.common.runtime import sweep_stale_scratch
-    monkeypatch.setenv("FTLAB_SCRATCH_DIR", str(tmp_path))
+    import tempfile
+    monkeypatch.setenv("TMPDIR", str(tmp_path))        # the subprocess's tempfile.gettempdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this process's
     # A service process that took its folder and was SIGKILLed: the kernel dropped its lock.
     code = ("from services.common.runtime import JobRuntime; from services.common.storage import LocalStore; "
             f"JobRuntime('trainer', LocalStore({str(tmp_path / 's')!r}), {{}}).start(); import os; os.kill(os.getpid(), 9)")
     subprocess.run([sys.executable, "-c", code], check=False)
-    dead = [p.name for p in tmp_path.iterdir() if p.name.startswith("trainer-")]
+    root = tmp_path / "ftlab-scratch"
+    dead = [p.name for p in root.iterdir() if p.name.startswith("trainer-")]
     assert len(dead) == 1
-    (tmp_path / dead[0] / "job-1").mkdir()
+    (root / dead[0] / "job-1").mkdir()
     live = JobRuntime("trainer", store, {})
     live.start()
     try:
-        assert not (tmp_path / dead[0]).exists()  # swept by the start
-        mine = [p.name for p in tmp_path.iterdir() if p.name.startswith("trainer-")]
-        assert len(mine) == 1 and sweep_stale_scratch(str(tmp_path)) == []  # a live one is kept
+        assert not (root / dead[0]).exists()  # swept by the start
+        mine = [p.name for p in root.iterdir() if p.name.startswith("trainer-")]
+        assert len(mine) == 1 and sweep_stale_scratch(str(root)) == []  # a live one is kept
     finally:
         live.shutdown(1.0)
-    assert not any(p.name.startswith("trainer-") for p in tmp_path.iterdir())  # shutdown removes its own
+    assert not any(p.name.startswith("trainer-") for p in root.iterdir())  # shutdown removes its own
