@@ -13,7 +13,7 @@ MODULES = ["ftlab.cli", "services.common.clients", "services.common.job_runtime"
            "services.common.grpc_server", "services.common.naming", "services.common.settings",
            "services.trainer.server", "services.quantizer.server", "services.evaluator.server",
            "services.common.auth", "services.common.tls", "services.common.observability",
-           "ftlab.doctor", "services.common.healthcheck", "services.common.gguf_import", "flows.comparisons",
+           "ftlab.doctor", "ftlab.listing", "services.common.healthcheck", "services.common.gguf_import", "flows.comparisons",
            "services.trainer.spec", "services.trainer.memory", "services.quantizer.spec", "services.quantizer.methods",
            "services.evaluator.spec", "services.evaluator.compare", "services.evaluator.metrics",
            "services.evaluator.study", "services.evaluator.score", "flows.report_profiles",
