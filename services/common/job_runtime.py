@@ -64,17 +64,17 @@ class RuntimeOptions:
 
 
 class JobRuntime:
-    """The jobs of one service process.
+    """One service's jobs: a persistent queue in the ``jobs`` bucket, up to ``max_running`` child
+    processes, leases shared by replicas on one store, cancel (SIGTERM, then SIGKILL after
+    ``cancel_grace_s`` seconds) and re-queue after a crash (at most ``max_attempts`` starts).
 
-    ``service``: the service's name (``trainer`` | ``quantizer`` | ``evaluator``); its records are
-    ``jobs/<service>/<job_id>.json`` in ``store``. ``recipes``: job kind -> ``"module:function"``,
-    the function called in the child as ``run(ctx: JobContext, config: dict) -> {"outputs": {name:
-    uri}, "metrics": {name: float}}``; ``config`` is what the servicer's ``resolve`` returned at
-    submit. ``options``: concurrency (``max_running`` children), the cancel grace in seconds, retries
-    after a crash, the lease TTL in seconds. Errors: :meth:`submit` raises ``ValidationError``
-    (unknown kind, bad request id, or whatever ``resolve`` raises) and ``PreconditionError`` (request
-    id reused with another spec, shutting down); :meth:`get`/:meth:`cancel` raise ``NotFoundError``;
-    storage errors surface as ``StorageError``. :meth:`start` before use, :meth:`shutdown` after."""
+    ``recipes`` maps a job kind to ``"module:function"``. :meth:`submit` takes the request's spec
+    (proto JSON) and a ``resolve`` callable, the service's door, which returns the job's config
+    as a JSON-able dict (``TrainConfig.to_dict()`` and the like: services/<service>/config.py) or
+    raises ValidationError / NotFoundError / PreconditionError listing every problem; nothing is
+    written then. The record keeps spec and config; the child calls ``function(ctx, config)``
+    with a JobContext (store, workdir, attempt, progress/log/metrics) and that dict, and the
+    recipe's ``{"outputs": {name: uri}, "metrics": {name: float}}`` becomes the job's result."""
 
     def __init__(self, service: str, store: ObjectStore, recipes: dict[str, str],
                  options: RuntimeOptions = RuntimeOptions()):
