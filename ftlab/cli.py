@@ -681,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--dry-run", action="store_true", help="list what would be evaluated")
     em.add_argument("--report-dir", default=".ftlab/reports")
     em.set_defaults(func=cmd_evaluate_missing)
+    sub.choices["eval"].epilog = "what evaluations storage holds: ftlab eval list"  # routed in main()
     return p
 
 
