@@ -63,3 +63,6 @@ def test_eval_list_of_an_empty_store_says_so_and_eval_still_submits(listed, caps
     with pytest.raises(SystemExit) as exc:
         cli.main(["eval", "list", "--model", TINY])  # list takes no job options
     assert exc.value.code == 2
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--help"])
+    assert "ftlab eval list" in capsys.readouterr().out
