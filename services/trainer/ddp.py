@@ -76,7 +76,7 @@ def main(payload_path: str) -> None:
     _die_with_parent()
     import torch
 
-    from services.common.storage import open_store
+    from services.common.store_factory import open_store
     from services.trainer.recipe import train
     p = json.loads(Path(payload_path).read_text())
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])

@@ -1,5 +1,5 @@
 """The training recipe: supervised fine-tuning of a model from storage on a dataset from storage,
-read top to bottom. Runs in the job's child process (see services/common/runtime.py); with
+read top to bottom. Runs in the job's child process (see services/common/job_runtime.py); with
 ``world_size > 1`` the same :func:`train` runs in every torchrun worker (services/trainer/ddp.py).
 
 Data formatting comes from the shared task definitions, so the model learns exactly the
@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 
 from services.common import artifacts, modeling, tasks
 from services.common.errors import PreconditionError
-from services.common.runtime import JobContext
+from services.common.job_context import JobContext
 from services.trainer import checkpoints
 from services.trainer.memory import estimate_training_memory
 from services.trainer.spec import OPTIMIZERS, TRAINING_QUANT
