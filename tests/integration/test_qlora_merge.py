@@ -12,11 +12,12 @@ from types import SimpleNamespace
 import torch
 
 from services.common import artifacts, modeling
+from services.trainer.config import TrainConfig
 from tests.conftest import TINY
 
-CFG = {"training_quant": "qlora", "peft_method": "lora", "gradient_checkpointing": False, "seed": 0,
-       "merge_after_train": True,
-       "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}
+CFG = TrainConfig.from_dict({"base_model": TINY, "dataset": "arc", "training_quant": "qlora", "peft_method": "lora",
+                             "gradient_checkpointing": False, "seed": 0, "merge_after_train": True,
+                             "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}})
 
 
 class _RankZero:
@@ -36,7 +37,7 @@ def test_trainer_and_quantizer_merge_a_qlora_adapter_alike(tiny_model_dir, store
     from transformers import AutoModelForCausalLM
 
     from services.quantizer.recipe import _merge_adapter
-    from services.trainer.recipe import build_model, save_model
+    from services.trainer.loop import build_model, save_model
     dev = torch.device("cpu")
     # 1. The trainer's QLoRA model with a "trained" adapter (lora_B away from its zero init).
     model = build_model(CFG, tiny_model_dir, dev)
