@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common import artifacts
-from services.common.errors import NotFoundError, PreconditionError, ValidationError
+from services.common.errors import NotFoundError, PreconditionError, ValidationError, quote
 from services.common.naming import QuantMethod, check_name, trained_model_name
 from services.common.params import Param
 from services.common.storage import ObjectStore
@@ -208,7 +208,8 @@ def _adapter(p: Problems, block: dict[str, Any], method: PeftMethod) -> AdapterC
             p.require(param.key not in block, f"{param.name}: {method.name} takes no {param.key} "
                                               f"(its fields: {', '.join(method.adapter_fields)})")
         elif param.key == "alpha" and "alpha" not in block:
-            values["alpha"] = 2 * max(values["r"], 1)  # the default scaling alpha/r = 2
+            r = values["r"]  # the default scaling alpha/r = 2 (an invalid r was reported above)
+            values["alpha"] = 2 * max(r, 1) if isinstance(r, int) else None
         elif param.key == "target_modules":
             values["target_modules"] = list(block.get("target_modules") or param.default)
             check_module_names(p, param.name, values["target_modules"])
@@ -236,7 +237,11 @@ def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> Trai
         p.add(check_name("output_name", values["output_name"]))
     # the adapter is checked even when the method is unknown (as LoRA's)
     method = PEFT_METHODS.get(values["peft_method"], PEFT_METHODS["lora"])
-    adapter = _adapter(p, spec.get("lora") or {}, method)
+    block = spec.get("lora") or {}
+    if not isinstance(block, dict):
+        p.invalid.append(f"lora: {quote(block)} must be a mapping of adapter fields")
+        block = {}
+    adapter = _adapter(p, block, method)
     cfg = TrainConfig(adapter=adapter, device_type=device_type or target_device(), **values)
     if not values["output_name"] and values["base_model"] and not p.invalid:
         cfg = dataclasses.replace(cfg, output_name=model_name(cfg))
