@@ -34,8 +34,8 @@ from services.common.generated.ftlab.v1 import evaluate_spec_pb2, quantize_spec_
 from services.common.jobs import spec_hash
 from services.common.naming import check_name
 from services.common.tasks import get_task
-from services.quantizer.spec import METHODS as QUANT_METHODS
-from services.quantizer.spec import default_output_name
+from services.quantizer.config import METHODS as QUANT_METHODS
+from services.quantizer.config import default_output_name
 from services.trainer.config import TrainConfig
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"

@@ -59,8 +59,8 @@ def test_trainer_and_quantizer_merge_a_qlora_adapter_alike(tiny_model_dir, store
     work = tmp_path / "work"
     src_dir, manifest = modeling.fetch_model(store, "tiny-qlora-adapter", work)
     ctx = SimpleNamespace(store=store, log=lambda message: None)
-    merged_dir, _ = _merge_adapter(ctx, {"source_model": "tiny-qlora-adapter",
-                                         "adapter": {"path": "adapter", "base_model": TINY}}, src_dir, work, manifest)
+    merged_dir, _ = _merge_adapter(ctx, "tiny-qlora-adapter", {"path": "adapter", "base_model": TINY}, src_dir, work,
+                                   manifest)
 
     ids = torch.tensor([[9707, 11, 1879, 0, 25, 220, 16, 10, 16, 28]])
     nf4 = modeling.load_quantized_base(tiny_model_dir, "QLORA", dev)
