@@ -36,6 +36,8 @@ from services.common.naming import check_name
 from services.common.tasks import get_task
 from services.quantizer.config import METHODS as QUANT_METHODS
 from services.quantizer.config import default_output_name
+from services.common.validation import Problems
+from services.evaluator.config import PARAMS as EVAL_PARAMS
 from services.trainer.config import TrainConfig
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
@@ -366,9 +368,9 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
             p.append(f"evaluate.tasks[{i}]: a task name or a mapping (task, limit, dataset, split)")
             continue
         item = {**({"limit": ev["limit"]} if "limit" in ev else {}), **item}
-        limit = item.get("limit")  # the evaluator's door ranges, checked here for the whole file at once
-        if isinstance(limit, int) and not 1 <= limit <= 1_000_000:
-            p.append(f"evaluate.tasks[{i}].limit: {limit} must be in [1, 1000000]")
+        if isinstance(item.get("limit"), int):  # the evaluator's door ranges, checked here for the whole file at once
+            EVAL_PARAMS["tasks.limit"].read(limit_problems := Problems(), item)
+            p += [f"evaluate.tasks[{i}].limit:" + x.split(":", 1)[1] for x in limit_problems.invalid]
         try:
             item["task"] = get_task(item.get("task", "")).name
         except ValidationError as exc:
@@ -376,9 +378,10 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
         ev_tasks.append(item)
     if "evaluate" in raw and not ev_tasks:  # no evaluate section: train/quantize only
         p.append("evaluate.tasks: at least one task")
-    for key, hi in (("batch_size", 512), ("max_new_tokens", 32768)):
-        if isinstance(ev.get(key), int) and not 1 <= ev[key] <= hi:
-            p.append(f"evaluate.{key}: {ev[key]} must be in [1, {hi}]")
+    for key in ("batch_size", "max_new_tokens"):
+        if isinstance(ev.get(key), int):
+            EVAL_PARAMS[key].read(ranges := Problems(), ev)
+            p += [f"evaluate.{x}" for x in ranges.invalid]
     extra = _list(p, ev, "models")
     for i, m in enumerate(extra):
         p += check_name(f"evaluate.models[{i}]", str(m))

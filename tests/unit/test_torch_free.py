@@ -13,7 +13,7 @@ MODULES = ["services.common.cli", "services.common.clients", "services.common.ru
            "services.common.auth", "services.common.tls", "services.common.observability",
            "services.common.doctor", "services.common.healthcheck", "services.common.gguf_import", "flows.comparisons",
            "services.trainer.config", "services.trainer.peft_types", "services.trainer.memory", "services.common.params", "services.quantizer.config", "services.quantizer.methods",
-           "services.evaluator.spec", "services.evaluator.compare", "services.evaluator.metrics",
+           "services.evaluator.config", "services.evaluator.compare", "services.evaluator.metrics",
            "services.evaluator.study", "services.evaluator.score", "flows.report_profiles",
            "flows.experiment", "flows.aggregate", "flows.pipeline", "flows.dryrun", "flows.orchestrator",
            "flows.report", "flows.deployments"]
