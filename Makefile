@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # The evaluator's own environment: vLLM (CPU build here) with its pins; the embedded stack runs the
-# evaluator from it when it exists (services/common/stack.py). docs/ENVIRONMENTS.md
+# evaluator from it when it exists (ftlab/stack.py). docs/ENVIRONMENTS.md
 EVAL_VENV := .venv-evaluator
 EVAL_BIN  := $(EVAL_VENV)/bin
 SHARED ?= ../shared

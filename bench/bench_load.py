@@ -40,8 +40,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from services.common.clients import ServiceClient
-    from services.common.runtime import RuntimeOptions
-    from services.common.service import RunningService, Security
+    from services.common.job_runtime import RuntimeOptions
+    from services.common.service_main import RunningService, Security
     from services.common.settings import configure_logging
     from services.common.storage import LocalStore
     from tests.hardening import CTL_ENV, make_source, service_def, spec

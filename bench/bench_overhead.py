@@ -45,7 +45,7 @@ def seed_store(root: Path, shared: Path):
 
 
 def in_process(store, steps: int, workdir: Path) -> float:
-    from services.common.runtime import JobContext
+    from services.common.job_context import JobContext
     from services.trainer import recipe
     from services.trainer.config import resolve_train_spec
     t0 = time.perf_counter()
@@ -60,8 +60,8 @@ def through_flow(store, steps: int, root: Path) -> tuple[float, float]:
     import yaml
     from prefect import flow
 
-    from services.common.runtime import RuntimeOptions
-    from services.common.service import RunningService
+    from services.common.job_runtime import RuntimeOptions
+    from services.common.service_main import RunningService
     from services.trainer.server import SERVICE as TRAINER
     svc = RunningService(TRAINER, store, "127.0.0.1:0", RuntimeOptions(cancel_grace_s=2.0))
     os.environ.update({"FTLAB_STORAGE": "local", "FTLAB_LOCAL_ROOT": str(store.root),

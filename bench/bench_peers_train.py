@@ -63,7 +63,7 @@ def spec(which: str, args, name: str) -> dict:
 
 
 def run_ours(store, which: str, args, name: str) -> dict:
-    from services.common.runtime import JobContext
+    from services.common.job_context import JobContext
     from services.trainer import recipe
     from services.trainer.config import resolve_train_spec
     cfg = resolve_train_spec(spec(which, args, name), store)

@@ -52,7 +52,7 @@ def main() -> None:
     from services.common.clients import ServiceClient
     from services.common.data_import import import_dataset
     from services.common.gguf_import import converted_smollm2, read_origin
-    from services.common.service import RunningService
+    from services.common.service_main import RunningService
     from services.common.storage import LocalStore
     from services.evaluator.server import SERVICE as EVALUATOR
     from services.quantizer.server import SERVICE as QUANTIZER

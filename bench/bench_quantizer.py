@@ -44,7 +44,7 @@ def main() -> None:
     from services.common import modeling
     from services.common.clients import ServiceClient
     from services.common.data_import import import_dataset
-    from services.common.service import RunningService
+    from services.common.service_main import RunningService
     from services.common.storage import LocalStore
     from services.quantizer.server import SERVICE
 

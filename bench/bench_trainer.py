@@ -40,7 +40,7 @@ class _Events:
 
 def run_one(store_root: str, spec: dict, study: bool) -> dict:
     """One configuration in this process: resolve the spec as the service does, run the recipe."""
-    from services.common.runtime import JobContext
+    from services.common.job_context import JobContext
     from services.common.storage import LocalStore
     from services.trainer import recipe
     from services.trainer.config import resolve_train_spec

@@ -26,7 +26,7 @@ def noop(ctx, cfg):
 
 
 def one_mode(jobs: int) -> list[float]:
-    from services.common.runtime import JobRuntime, RuntimeOptions
+    from services.common.job_runtime import JobRuntime, RuntimeOptions
     from services.common.storage import LocalStore
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalStore(tmp)

@@ -31,7 +31,7 @@ from google.protobuf import json_format
 
 from services.common.errors import NotFoundError, ValidationError
 from services.common.generated.ftlab.v1 import evaluate_spec_pb2, quantize_spec_pb2, train_spec_pb2
-from services.common.jobs import spec_hash
+from services.common.job_record import spec_hash
 from services.common.naming import check_name
 from services.common.tasks import get_task
 from services.quantizer.config import METHODS as QUANT_METHODS

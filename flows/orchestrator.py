@@ -15,8 +15,8 @@ from flows.experiment import Step
 from flows.pipeline import DEFAULT_REPORT_DIR, MAX_STEPS_IN_FLIGHT, aggregate, cancel_jobs, run_step
 from services.common import artifacts
 from services.common.errors import ValidationError
-from services.common.jobs import spec_hash
-from services.common.s3_store import store_from_env
+from services.common.job_record import spec_hash
+from services.common.store_factory import store_from_env
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task
 

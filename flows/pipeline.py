@@ -23,8 +23,8 @@ from services.common import artifacts
 from services.common.clients import JobFailed, ServiceClient, state_name
 from services.common.errors import FtlabError
 from services.common.generated.ftlab.v1 import jobs_pb2
-from services.common.jobs import JobState
-from services.common.s3_store import store_from_env
+from services.common.job_record import JobState
+from services.common.store_factory import store_from_env
 from services.common.settings import SERVICES
 
 DEFAULT_REPORT_DIR = ".ftlab/reports"

@@ -97,8 +97,8 @@ def snapshot(store) -> dict[str, list[str]]:
 def services(seeded_store):
     """The three real services on loopback ports (cancel grace 2 s), over the seeded store."""
     from services.common.clients import ServiceClient
-    from services.common.runtime import RuntimeOptions
-    from services.common.service import RunningService
+    from services.common.job_runtime import RuntimeOptions
+    from services.common.service_main import RunningService
     from services.evaluator.server import SERVICE as EVALUATOR
     from services.quantizer.server import SERVICE as QUANTIZER
     from services.trainer.server import SERVICE as TRAINER

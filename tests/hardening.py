@@ -147,8 +147,8 @@ class ServiceProcess:
 
 
 def main(argv=None) -> None:
-    from services.common.runtime import RuntimeOptions
-    from services.common.service import RunningService
+    from services.common.job_runtime import RuntimeOptions
+    from services.common.service_main import RunningService
     from services.common.settings import configure_logging
     from services.common.storage import LocalStore
     p = argparse.ArgumentParser()

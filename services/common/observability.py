@@ -16,7 +16,7 @@ import time
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
-from services.common.jobs import JobState
+from services.common.job_record import JobState
 
 log = logging.getLogger("ftlab.metrics")
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 48 * 3600)

@@ -8,7 +8,7 @@ import io
 import logging
 import os
 import time
-from typing import Iterable, Mapping
+from typing import Iterable
 from urllib.parse import urlsplit
 
 import certifi
@@ -18,7 +18,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 
 from services.common.errors import NotFoundError, StorageError, ValidationError
-from services.common.storage import BUCKETS, LocalStore, ObjectStore, StorageUnavailable, check_key, make_uri
+from services.common.storage import BUCKETS, ObjectStore, StorageUnavailable, check_key, make_uri
 
 log = logging.getLogger("ftlab.storage")
 DEFAULT_RETRY_S = 120.0  # FTLAB_STORAGE_RETRY_S: how long an operation retries through an outage
@@ -205,51 +205,3 @@ class S3Store(ObjectStore):
 
     def config(self) -> dict:
         return {"kind": "s3", **self._settings}
-
-
-_BOOLS = {"1": True, "true": True, "0": False, "false": False}
-
-
-def store_from_env(env: Mapping[str, str] = os.environ) -> ObjectStore:
-    """The store that ``FTLAB_STORAGE`` (``local``, the default, or ``s3``) and its settings describe,
-    with every bucket created. Reports all bad settings at once."""
-    kind = env.get("FTLAB_STORAGE", "local").strip().lower() or "local"
-    if kind == "local":
-        store: ObjectStore = LocalStore(env.get("FTLAB_LOCAL_ROOT") or ".ftlab/storage")
-    elif kind == "s3":
-        problems = []
-        endpoint = env.get("FTLAB_S3_ENDPOINT", "").strip()
-        raw_secure = (env.get("FTLAB_S3_SECURE") or "").strip().lower()
-        if raw_secure and raw_secure not in _BOOLS:
-            problems.append(f"FTLAB_S3_SECURE={raw_secure!r} must be one of: {', '.join(_BOOLS)}")
-        secure = _BOOLS.get(raw_secure, False)
-        if not endpoint:
-            problems.append("FTLAB_S3_ENDPOINT is required when FTLAB_STORAGE=s3 (host:port or http(s)://host:port)")
-        else:
-            try:
-                endpoint, url_secure = parse_endpoint(endpoint, secure)
-                if raw_secure in _BOOLS and url_secure != secure:
-                    problems.append(f"FTLAB_S3_SECURE={raw_secure!r} contradicts the scheme of FTLAB_S3_ENDPOINT")
-                secure = url_secure
-            except ValidationError as e:
-                problems.append(f"FTLAB_S3_ENDPOINT: {e}")
-        access_key, secret_key = env.get("FTLAB_S3_ACCESS_KEY") or None, env.get("FTLAB_S3_SECRET_KEY") or None
-        if (access_key is None) != (secret_key is None):
-            problems.append("FTLAB_S3_ACCESS_KEY and FTLAB_S3_SECRET_KEY must be set together")
-        if problems:
-            raise ValidationError(problems)
-        try:
-            retry_s = float(env.get("FTLAB_STORAGE_RETRY_S") or DEFAULT_RETRY_S)
-            if retry_s < 0:
-                raise ValueError
-        except ValueError:
-            problems.append(f"FTLAB_STORAGE_RETRY_S={env.get('FTLAB_STORAGE_RETRY_S')!r}: must be seconds >= 0")
-            retry_s = DEFAULT_RETRY_S
-        if problems:
-            raise ValidationError(problems)
-        store = S3Store(endpoint, access_key, secret_key, secure=secure, region=env.get("FTLAB_S3_REGION") or None,
-                        retry_deadline_s=retry_s)
-    else:
-        raise ValidationError(f"FTLAB_STORAGE={kind!r} is not a known storage; use one of: local, s3")
-    store.ensure_buckets()
-    return store

@@ -101,16 +101,6 @@ class ObjectStore(abc.ABC):
         processes reopen the store from this; a live client is not sent across processes)."""
 
 
-def open_store(config: dict) -> ObjectStore:
-    kind = config.get("kind")
-    if kind == "local":
-        return LocalStore(config["root"])
-    if kind == "s3":
-        from services.common.s3_store import S3Store
-        return S3Store(**{k: v for k, v in config.items() if k != "kind"})
-    raise ValidationError(f"unknown store kind {kind!r}; known: local, s3")
-
-
 class LocalStore(ObjectStore):
     """Buckets are folders under ``root``; writes go through a temp file + rename, so readers
     never see half an object."""

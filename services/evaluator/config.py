@@ -11,7 +11,7 @@ from typing import Any
 
 from services.common import artifacts
 from services.common.errors import PreconditionError, ValidationError, quote
-from services.common.jobs import spec_hash
+from services.common.job_record import spec_hash
 from services.common.naming import check_name
 from services.common.params import Param
 from services.common.storage import ObjectStore

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from services.common import artifacts, data_import, modeling, tasks
-from services.common.runtime import JobContext
+from services.common.job_context import JobContext
 from services.evaluator import engines, generation, kv_cache, loading, score, study
 from services.evaluator.config import EvaluateConfig
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from services.common import artifacts, modeling
-from services.common.runtime import JobContext
+from services.common.job_context import JobContext
 from services.quantizer import calibration, report
 from services.quantizer.config import QuantizeConfig
 

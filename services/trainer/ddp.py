@@ -79,7 +79,7 @@ def main(payload_path: str) -> None:
     _die_with_parent()
     import torch
 
-    from services.common.storage import open_store
+    from services.common.store_factory import open_store
     from services.trainer.config import TrainConfig
     from services.trainer.loop import train
     p = json.loads(Path(payload_path).read_text())

@@ -1,5 +1,5 @@
 """The training recipe: supervised fine-tuning of a model from storage on a dataset from storage,
-read top to bottom. Runs in the job's child process (see services/common/runtime.py); the loop
+read top to bottom. Runs in the job's child process (see services/common/job_runtime.py); the loop
 itself is services/trainer/loop.py, run here or, with ``world_size > 1``, in every torchrun
 worker (services/trainer/ddp.py).
 
@@ -19,7 +19,7 @@ import torch
 
 from services.common import artifacts, modeling, tasks
 from services.common.errors import PreconditionError
-from services.common.runtime import JobContext
+from services.common.job_context import JobContext
 from services.trainer import checkpoints
 from services.trainer.config import TrainConfig
 from services.trainer.loop import train

@@ -199,7 +199,7 @@ def test_compose_images_are_pinned(gpu_config, cpu_config):
 
 def env_vars_read_by_code() -> set[str]:
     names = set()
-    for top in ("services", "flows"):
+    for top in ("ftlab", "services", "flows"):
         for path in (ROOT / top).rglob("*.py"):
             if "generated" not in path.parts:
                 names |= {n for n in re.findall(r"FTLAB_[A-Z0-9_]+", path.read_text()) if not n.endswith("_")}
@@ -338,7 +338,7 @@ def test_kustomization_renders_without_the_secret_template():
 # ------------------------------------------------------------------ the HEALTHCHECK command
 
 def test_healthcheck_script_against_a_real_service(tmp_path):
-    from services.common.service import RunningService
+    from services.common.service_main import RunningService
     from services.common.storage import LocalStore
     from services.trainer.server import SERVICE
 

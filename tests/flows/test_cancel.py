@@ -61,7 +61,7 @@ def test_interrupting_a_flow_run_cancels_its_running_job(services, tmp_path):
     env = dict(os.environ, FTLAB_STORAGE="local", FTLAB_LOCAL_ROOT=str(services["store"].root),
                PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                **{f"FTLAB_{n.upper()}_ADDR": s.address for n, s in services["running"].items()})
-    proc = subprocess.Popen([sys.executable, "-m", "services.common.cli", "run", str(plan_file)], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "ftlab.cli", "run", str(plan_file)], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     trainer = services["clients"]["trainer"]
     try:

@@ -34,7 +34,7 @@ def run_cli(args, services, tmp_path):
     env = dict(os.environ, FTLAB_STORAGE="local", FTLAB_LOCAL_ROOT=str(services["store"].root),
                PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                **{f"FTLAB_{n.upper()}_ADDR": s.address for n, s in services["running"].items()})
-    return subprocess.run([sys.executable, "-m", "services.common.cli", *args], cwd=tmp_path, env=env,
+    return subprocess.run([sys.executable, "-m", "ftlab.cli", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
 
 

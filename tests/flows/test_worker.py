@@ -57,8 +57,8 @@ def _wait(what, check, timeout=240.0, every=0.5):
 def stack(tmp_path_factory, tiny_model_dir):
     from services.common import modeling
     from services.common.data_import import import_dataset
-    from services.common.runtime import RuntimeOptions
-    from services.common.service import RunningService, Security
+    from services.common.job_runtime import RuntimeOptions
+    from services.common.service_main import RunningService, Security
     from services.common.storage import LocalStore
     from services.evaluator.server import SERVICE as EVALUATOR
     from services.quantizer.server import SERVICE as QUANTIZER

@@ -14,7 +14,7 @@ from google.protobuf import json_format
 
 from services.common.clients import _SERVICES
 from services.common.generated.ftlab.v1 import jobs_pb2
-from services.common.service import RunningService, Security
+from services.common.service_main import RunningService, Security
 from tests.conftest import snapshot
 from tests.hardening import make_source
 

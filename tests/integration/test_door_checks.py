@@ -13,8 +13,8 @@ import pytest
 from services.common import artifacts
 from services.common.clients import ServiceClient
 from services.common.errors import FtlabError, PreconditionError, ValidationError
-from services.common.runtime import RuntimeOptions
-from services.common.service import RunningService, Security
+from services.common.job_runtime import RuntimeOptions
+from services.common.service_main import RunningService, Security
 from tests.conftest import snapshot
 
 SQUAD_COLS = ["id", "title", "context", "question", "answer"]

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from services.common import stack
+from ftlab import stack
 from services.common.clients import ServiceClient, state_name
 from tests.conftest import REAL, ROOT
 from tests.integration.test_trainer_resume import _free_port

@@ -91,7 +91,7 @@ def test_three_tasks_end_to_end_rerun_and_compare(ev, capsys, monkeypatch):
     pd.testing.assert_frame_equal(preds[cols], preds2[cols])
 
     # ftlab compare on the two: no difference, p = 1, through the CLI (table and JSON).
-    from services.common import cli
+    from ftlab import cli
     monkeypatch.setenv("FTLAB_STORAGE", "local")
     monkeypatch.setenv("FTLAB_LOCAL_ROOT", str(store.root))
     assert cli.main(["compare", f"{TINY}/first", f"s3://evaluations/{TINY}/second/", "--json"]) == 0

@@ -12,10 +12,10 @@ import pytest
 
 from services.common import artifacts
 from services.common.clients import ServiceClient, state_name
-from services.common.jobs import JobRecord, JobState
-from services.common.runtime import RuntimeOptions
+from services.common.job_record import JobRecord, JobState
+from services.common.job_runtime import RuntimeOptions
 from services.common.s3_store import S3Store
-from services.common.service import RunningService, Security
+from services.common.service_main import RunningService, Security
 from services.common.storage import LocalStore
 from tests.hardening import CTL_ENV, ServiceProcess, make_source, service_def, spec
 from tests.s3_server import TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoServer, TcpRelay, free_port

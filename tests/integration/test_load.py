@@ -12,8 +12,8 @@ import pytest
 
 from services.common.clients import TERMINAL, ServiceClient, state_name
 from services.common.generated.ftlab.v1 import jobs_pb2, quantizer_pb2_grpc
-from services.common.runtime import RuntimeOptions
-from services.common.service import RunningService, Security
+from services.common.job_runtime import RuntimeOptions
+from services.common.service_main import RunningService, Security
 from tests.hardening import CTL_ENV, make_source, service_def, spec
 
 
@@ -72,7 +72,7 @@ def test_50_concurrent_submissions_make_exactly_the_distinct_jobs(svc):
 
 def _watch_threads() -> int:
     """Server threads currently inside a WatchJob stream."""
-    return sum(any(f.f_code.co_name == "watch" and f.f_code.co_filename.endswith("runtime.py")
+    return sum(any(f.f_code.co_name == "watch" and f.f_code.co_filename.endswith("job_runtime.py")
                    for f in _stack(frame)) for frame in sys._current_frames().values())
 
 

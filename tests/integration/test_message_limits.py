@@ -8,9 +8,9 @@ from dataclasses import replace
 
 from services.common.clients import ServiceClient
 from services.common.generated.ftlab.v1 import jobs_pb2
-from services.common.jobs import MAX_EVENT_MESSAGE_CHARS, MAX_JOB_ERROR_CHARS
-from services.common.runtime import RuntimeOptions
-from services.common.service import RunningService, Security
+from services.common.job_record import MAX_EVENT_MESSAGE_CHARS, MAX_JOB_ERROR_CHARS
+from services.common.job_runtime import RuntimeOptions
+from services.common.service_main import RunningService, Security
 from tests.hardening import SOURCE, make_source
 
 FIVE_MIB = 5 * 1024 * 1024

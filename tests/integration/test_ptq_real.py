@@ -30,7 +30,7 @@ EVAL = {"tasks": [{"task": "arc", "limit": 3}], "batch_size": 3, "max_new_tokens
 @pytest.fixture
 def real_services(real_store):
     from services.common.clients import ServiceClient
-    from services.common.service import RunningService
+    from services.common.service_main import RunningService
     from services.evaluator.server import SERVICE as EVALUATOR
     from services.quantizer.server import SERVICE as QUANTIZER
     running = {s.name: RunningService(s, real_store, "127.0.0.1:0") for s in (QUANTIZER, EVALUATOR)}

@@ -20,8 +20,8 @@ from services.common import artifacts
 from services.common.clients import _SERVICES
 from services.common.generated.ftlab.v1 import jobs_pb2
 from services.common.errors import MAX_ERROR_CHARS
-from services.common.runtime import RuntimeOptions
-from services.common.service import RunningService, Security
+from services.common.job_runtime import RuntimeOptions
+from services.common.service_main import RunningService, Security
 from tests.conftest import snapshot
 
 OK_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,

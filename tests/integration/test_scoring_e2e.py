@@ -60,8 +60,8 @@ def test_both_profiles_stored_rescored_and_aggregated(store, tiny_model_dir, mon
     from flows.aggregate import STUDY_COLUMNS, summary_table
     from services.common import modeling
     from services.common.clients import ServiceClient
-    from services.common.runtime import RuntimeOptions
-    from services.common.service import RunningService
+    from services.common.job_runtime import RuntimeOptions
+    from services.common.service_main import RunningService
     from services.evaluator.server import SERVICE as EVALUATOR
 
     monkeypatch.setenv("FTLAB_CPU_THREADS", "1")

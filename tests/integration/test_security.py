@@ -17,8 +17,8 @@ from services.common.auth import load_tokens
 from services.common.clients import ServiceClient, ServiceUnavailable, Unauthenticated, state_name
 from services.common.errors import NotFoundError, ValidationError
 from services.common.generated.ftlab.v1 import jobs_pb2, quantizer_pb2, quantizer_pb2_grpc
-from services.common.runtime import RuntimeOptions
-from services.common.service import RunningService, Security
+from services.common.job_runtime import RuntimeOptions
+from services.common.service_main import RunningService, Security
 from services.common.tls import channel_credentials, server_credentials
 from tests.conftest import snapshot
 from tests.hardening import make_source, service_def, spec

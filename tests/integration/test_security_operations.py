@@ -9,10 +9,10 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.common import doctor
+from ftlab import doctor
 from services.common.clients import ServiceClient, state_name
-from services.common.runtime import RuntimeOptions
-from services.common.service import RunningService, Security
+from services.common.job_runtime import RuntimeOptions
+from services.common.service_main import RunningService, Security
 from services.common.settings import JsonFormatter, ServiceSettings
 from tests.hardening import CTL_ENV, make_source, service_def, spec
 from tests.s3_server import free_port

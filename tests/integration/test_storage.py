@@ -9,8 +9,9 @@ import pytest
 
 from services.common import artifacts
 from services.common.errors import NotFoundError, PreconditionError, StorageError, ValidationError
-from services.common.s3_store import S3Store, store_from_env
-from services.common.storage import BUCKETS, LocalStore, open_store
+from services.common.s3_store import S3Store
+from services.common.store_factory import open_store, store_from_env
+from services.common.storage import BUCKETS, LocalStore
 from tests.s3_server import TEST_ACCESS_KEY, TEST_SECRET_KEY, free_port
 
 MiB = 1024 * 1024

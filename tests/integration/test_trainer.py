@@ -20,8 +20,8 @@ FAST = {"base_model": TINY, "dataset": "arc", "max_steps": 2, "train_limit": 4, 
 def trainer(tmp_path_factory, tiny_model_dir):
     from services.common import modeling
     from services.common.data_import import import_dataset
-    from services.common.runtime import RuntimeOptions
-    from services.common.service import RunningService
+    from services.common.job_runtime import RuntimeOptions
+    from services.common.service_main import RunningService
     from services.common.storage import LocalStore
     from services.trainer.server import SERVICE
     store = LocalStore(tmp_path_factory.mktemp("trainer-store"))

@@ -292,7 +292,7 @@ def test_cli_import_reports_drops_strict_refuses_prepare_and_show(tmp_path):
            "FTLAB_SHARED_DIR": str(SHARED), "HF_HUB_OFFLINE": "1"}
 
     def ftlab(*args):
-        return subprocess.run([sys.executable, "-m", "services.common.cli", *args], cwd=ROOT, env=env,
+        return subprocess.run([sys.executable, "-m", "ftlab.cli", *args], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=300)
 
     hf = str(SHARED / "datasets" / "hf")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from services.common import stack
+from ftlab import stack
 from services.common.errors import ValidationError
 from services.evaluator import engines
 from services.evaluator.config import resolve_evaluate_spec

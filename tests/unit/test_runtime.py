@@ -7,8 +7,8 @@ import time
 import pytest
 
 from services.common.errors import NotFoundError, PreconditionError, ValidationError
-from services.common.jobs import JobState
-from services.common.runtime import JobRuntime, RuntimeOptions
+from services.common.job_record import JobState
+from services.common.job_runtime import JobRuntime, RuntimeOptions
 
 RECIPES = {k: f"tests.recipes:{k}" for k in ("sleepy", "record_pid_then_sleep", "ignore_sigterm", "raises", "killed",
                                                    "fill_workdir_then")}
@@ -200,10 +200,10 @@ def test_the_job_scratch_folder_is_removed_however_the_child_ends(runtime, tmp_p
 def test_scratch_of_a_dead_service_is_swept_and_a_live_ones_is_kept(tmp_path, monkeypatch, store):
     import subprocess
     import sys
-    from services.common.runtime import sweep_stale_scratch
+    from services.common.job_runtime import sweep_stale_scratch
     monkeypatch.setenv("FTLAB_SCRATCH_DIR", str(tmp_path))
     # A service process that took its folder and was SIGKILLed: the kernel dropped its lock.
-    code = ("from services.common.runtime import JobRuntime; from services.common.storage import LocalStore; "
+    code = ("from services.common.job_runtime import JobRuntime; from services.common.storage import LocalStore; "
             f"JobRuntime('trainer', LocalStore({str(tmp_path / 's')!r}), {{}}).start(); import os; os.kill(os.getpid(), 9)")
     subprocess.run([sys.executable, "-c", code], check=False)
     dead = [p.name for p in tmp_path.iterdir() if p.name.startswith("trainer-")]

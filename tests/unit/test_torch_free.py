@@ -1,18 +1,20 @@
-"""services/common (but modeling) and flows import without torch: the CLI, clients and flows run
-on machines without it."""
+"""ftlab/, services/common (but modeling) and flows import without torch: the CLI, clients and flows
+run on machines without it."""
 from __future__ import annotations
 
 import subprocess
 import sys
 
-MODULES = ["services.common.cli", "services.common.clients", "services.common.runtime", "services.common.service",
-           "services.common.stack", "services.common.storage", "services.common.s3_store", "services.common.artifacts",
-           "services.common.tasks", "services.common.data_import", "services.common.job_service",
+MODULES = ["ftlab.cli", "services.common.clients", "services.common.job_runtime", "services.common.service_main",
+           "ftlab.stack", "services.common.storage", "services.common.s3_store", "services.common.artifacts",
+           "services.common.tasks", "services.common.data_import", "services.common.job_servicer",
+           "services.common.job_context", "services.common.job_record", "services.common.store_factory",
            "services.common.grpc_server", "services.common.naming", "services.common.settings",
            "services.trainer.server", "services.quantizer.server", "services.evaluator.server",
            "services.common.auth", "services.common.tls", "services.common.observability",
-           "services.common.doctor", "services.common.healthcheck", "services.common.gguf_import", "flows.comparisons",
-           "services.trainer.config", "services.trainer.peft_types", "services.trainer.memory", "services.common.params", "services.quantizer.config", "services.quantizer.methods",
+           "ftlab.doctor", "services.common.healthcheck", "services.common.gguf_import", "flows.comparisons",
+           "services.trainer.config", "services.trainer.peft_types", "services.trainer.memory", "services.common.params",
+           "services.quantizer.config", "services.quantizer.methods",
            "services.evaluator.config", "services.evaluator.compare", "services.evaluator.metrics",
            "services.evaluator.study", "services.evaluator.score", "flows.report_profiles",
            "flows.experiment", "flows.aggregate", "flows.pipeline", "flows.dryrun", "flows.orchestrator",

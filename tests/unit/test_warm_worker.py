@@ -10,8 +10,8 @@ import time
 import pytest
 
 from services.common import warm_worker
-from services.common.jobs import JobState
-from services.common.runtime import JobRuntime, RuntimeOptions
+from services.common.job_record import JobState
+from services.common.job_runtime import JobRuntime, RuntimeOptions
 
 
 def _run(rt, cfg):

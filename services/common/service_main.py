@@ -11,7 +11,7 @@ import grpc
 
 from services.common.auth import is_loopback, load_tokens
 from services.common.grpc_server import build_server, wait_for_termination
-from services.common.runtime import JobRuntime, RuntimeOptions
+from services.common.job_runtime import JobRuntime, RuntimeOptions
 from services.common.settings import ServiceSettings, configure_logging
 from services.common.storage import ObjectStore
 from services.common.tls import server_credentials
@@ -74,7 +74,7 @@ class RunningService:
 
 
 def main(sdef: ServiceDef) -> None:
-    from services.common.s3_store import store_from_env
+    from services.common.store_factory import store_from_env
     configure_logging()
     settings = ServiceSettings.from_env(sdef.name)
     svc = RunningService(sdef, store_from_env(), settings.listen,

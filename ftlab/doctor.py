@@ -43,7 +43,7 @@ def check_settings(env: Mapping[str, str]) -> list[Check]:
 
 
 def check_storage(env: Mapping[str, str]) -> list[Check]:
-    from services.common.s3_store import store_from_env
+    from services.common.store_factory import store_from_env
     env = {**env, "FTLAB_STORAGE_RETRY_S": "0"}  # report an outage now, don't wait it out
     try:
         store = store_from_env(env)

@@ -42,7 +42,7 @@ def service_python(service: str) -> str:
     else this one. ``FTLAB_<SERVICE>_PYTHON`` overrides."""
     if (override := os.environ.get(f"FTLAB_{service.upper()}_PYTHON")):
         return override
-    own = Path(__file__).resolve().parents[2] / f".venv-{service}" / "bin" / "python"
+    own = Path(__file__).resolve().parents[1] / f".venv-{service}" / "bin" / "python"
     return str(own) if own.exists() else sys.executable
 
 

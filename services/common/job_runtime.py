@@ -3,13 +3,12 @@ events piped back, real cancel, and job records persisted in the `jobs` bucket.
 
 A servicer only validates a request and calls :meth:`JobRuntime.submit`; the recipe (the
 service's training / quantization / evaluation code) runs in a child process (forked from the
-service's warm fork server, services/common/warm_worker.py), so a CUDA crash or an OOM kill
+service's warm fork server, services/common/warm_worker.py; its side: services/common/job_context.py), so a CUDA crash or an OOM kill
 never takes the server down, and cancel is a signal, not a flag.
 """
 from __future__ import annotations
 
 import fcntl
-import importlib
 import json
 import logging
 import multiprocessing as mp
@@ -18,17 +17,16 @@ import queue
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
-import traceback
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 from services.common.errors import FtlabError, NotFoundError, PreconditionError, ValidationError, quote
-from services.common.jobs import EventType, JobRecord, JobState, new_job_id, spec_hash
-from services.common.storage import ObjectStore, open_store
+from services.common.job_context import child_main
+from services.common.job_record import EventType, JobRecord, JobState, new_job_id, spec_hash
+from services.common.storage import ObjectStore
 from services.common import warm_worker
 
 log = logging.getLogger("ftlab.runtime")
@@ -46,61 +44,6 @@ def _extra(rec: "JobRecord | None" = None, **kw) -> dict[str, Any]:
         if rec.request_id:
             kw.setdefault("request_id", rec.request_id)
     return kw
-
-
-# --------------------------------------------------------------------------- child side
-
-class JobContext:
-    """What a recipe gets: the store, a scratch folder, and ways to report progress."""
-
-    def __init__(self, job_id: str, store: ObjectStore, events: "mp.Queue", workdir: str, attempt: int = 1):
-        self.job_id, self.store, self._q, self.workdir = job_id, store, events, workdir
-        self.attempt = attempt  # > 1 when a restarted service re-queued this job
-
-    def progress(self, step: int, total: int, metrics: dict[str, float] | None = None, message: str = ""):
-        self._q.put({"type": EventType.PROGRESS.value, "step": int(step), "total": int(total),
-                     "metrics": {k: float(v) for k, v in (metrics or {}).items()}, "message": message})
-
-    def log(self, message: str) -> None:
-        self._q.put({"type": EventType.LOG.value, "message": message})
-
-    def metrics(self, metrics: dict[str, float], message: str = "") -> None:
-        self._q.put({"type": EventType.METRICS.value, "message": message,
-                     "metrics": {k: float(v) for k, v in metrics.items()}})
-
-
-def _child_main(recipe: str, job_id: str, attempt: int, config: dict, store_config: dict,
-                events: "mp.Queue", workdir: str) -> None:
-    # Own process group: cancel signals the whole group, so helpers the recipe starts die too.
-    os.setpgrp()
-    _die_with_parent()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    try:
-        module, _, func = recipe.partition(":")
-        run = getattr(importlib.import_module(module), func)
-        ctx = JobContext(job_id, open_store(store_config), events, workdir, attempt)
-        result = run(ctx, config) or {}
-        events.put({"type": "result", "outputs": result.get("outputs", {}),
-                    "metrics": {k: float(v) for k, v in result.get("metrics", {}).items()}})
-    except SystemExit:
-        raise
-    except BaseException as exc:  # report, then exit non-zero
-        events.put({"type": "error", "message": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exc()})
-        sys.exit(1)
-    finally:
-        events.close()
-        events.join_thread()
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this child when the service process dies, even by SIGKILL, so a killed
-    service leaves no orphan job running (and committing) behind its back. (The signal follows
-    the parent *thread* that started the child: the long-lived dispatcher thread.)"""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- scratch folders
@@ -558,7 +501,7 @@ class JobRuntime:
         # The service owns the scratch folder and removes it when the child exits, however it
         # exits: a killed or cancelled child cannot clean up after itself.
         workdir = tempfile.mkdtemp(prefix=f"{job_id}-", dir=self._scratch)
-        proc = warm_worker.process(self._mp, _child_main, name=f"ftlab-{job_id}", service=self.service,
+        proc = warm_worker.process(self._mp, child_main, name=f"ftlab-{job_id}", service=self.service,
                                    args=(self.recipes[rec.kind], job_id, rec.attempts, rec.config,
                                          self.store.config(), events, workdir))
         self._procs[job_id] = proc

@@ -20,8 +20,8 @@ SHARED_HINT = "e.g. ../shared/datasets/seed"
 # ------------------------------------------------------------------ helpers
 
 def _store():
-    from services.common.s3_store import store_from_env
-    from services.common.stack import stack_env
+    from services.common.store_factory import store_from_env
+    from ftlab.stack import stack_env
     os.environ.update({k: v for k, v in stack_env().items() if k.startswith("FTLAB_")})
     return store_from_env()
 
@@ -75,14 +75,14 @@ def _opt(d: dict, key: str, value) -> None:
 # ------------------------------------------------------------------ commands
 
 def cmd_up(args) -> int:
-    from services.common.stack import up
+    from ftlab.stack import up
     for svc, addr in up().items():
         print(f"{svc:10s} {addr}")
     return 0
 
 
 def cmd_down(args) -> int:
-    from services.common.stack import down
+    from ftlab.stack import down
     print("stopped: " + (", ".join(down()) or "nothing was running"))
     return 0
 
@@ -99,8 +99,8 @@ def cmd_health(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from services.common import doctor
-    from services.common.stack import stack_env
+    from ftlab import doctor
+    from ftlab.stack import stack_env
     return doctor.run(stack_env())
 
 
@@ -412,7 +412,7 @@ def cmd_demo(args) -> int:
     (``demo``: the real SmolLM2-135M-Instruct), stack down, with the time of each stage."""
     from flows.experiment import load
     from services.common import artifacts
-    from services.common.stack import down, up
+    from ftlab.stack import down, up
     t0 = time.time()
     store = _store()
     shared = Path(args.shared)

@@ -9,9 +9,9 @@ from google.protobuf import json_format, timestamp_pb2
 
 from services.common.errors import FtlabError, ValidationError, shorten
 from services.common.generated.ftlab.v1 import jobs_pb2
-from services.common.jobs import EventType, JobRecord, JobState
+from services.common.job_record import EventType, JobRecord, JobState
 from services.common.naming import check_name
-from services.common.runtime import JobRuntime
+from services.common.job_runtime import JobRuntime
 from services.common.settings import max_message_bytes
 
 log = logging.getLogger("ftlab.validation")

@@ -1,0 +1,67 @@
+"""The child side of a job: what a recipe gets (:class:`JobContext`) and the entry point of the
+child process the job runtime (services/common/job_runtime.py) starts for each job."""
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import os
+import signal
+import sys
+import traceback
+
+from services.common.job_record import EventType
+from services.common.storage import ObjectStore
+from services.common.store_factory import open_store
+
+
+class JobContext:
+    """What a recipe gets: the store, a scratch folder, and ways to report progress."""
+
+    def __init__(self, job_id: str, store: ObjectStore, events: "mp.Queue", workdir: str, attempt: int = 1):
+        self.job_id, self.store, self._q, self.workdir = job_id, store, events, workdir
+        self.attempt = attempt  # > 1 when a restarted service re-queued this job
+
+    def progress(self, step: int, total: int, metrics: dict[str, float] | None = None, message: str = ""):
+        self._q.put({"type": EventType.PROGRESS.value, "step": int(step), "total": int(total),
+                     "metrics": {k: float(v) for k, v in (metrics or {}).items()}, "message": message})
+
+    def log(self, message: str) -> None:
+        self._q.put({"type": EventType.LOG.value, "message": message})
+
+    def metrics(self, metrics: dict[str, float], message: str = "") -> None:
+        self._q.put({"type": EventType.METRICS.value, "message": message,
+                     "metrics": {k: float(v) for k, v in metrics.items()}})
+
+
+def child_main(recipe: str, job_id: str, attempt: int, config: dict, store_config: dict,
+                events: "mp.Queue", workdir: str) -> None:
+    # Own process group: cancel signals the whole group, so helpers the recipe starts die too.
+    os.setpgrp()
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        module, _, func = recipe.partition(":")
+        run = getattr(importlib.import_module(module), func)
+        ctx = JobContext(job_id, open_store(store_config), events, workdir, attempt)
+        result = run(ctx, config) or {}
+        events.put({"type": "result", "outputs": result.get("outputs", {}),
+                    "metrics": {k: float(v) for k, v in result.get("metrics", {}).items()}})
+    except SystemExit:
+        raise
+    except BaseException as exc:  # report, then exit non-zero
+        events.put({"type": "error", "message": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc()})
+        sys.exit(1)
+    finally:
+        events.close()
+        events.join_thread()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this child when the service process dies, even by SIGKILL, so a killed
+    service leaves no orphan job running (and committing) behind its back. (The signal follows
+    the parent *thread* that started the child: the long-lived dispatcher thread.)"""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
