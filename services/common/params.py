@@ -13,7 +13,7 @@ from services.common.validation import Problems
 @dataclass(frozen=True)
 class Param:
     """A spec field. ``name`` is its path in the spec (``lora.r`` inside a sub-message);
-    ``default`` None means required or derived (``help`` says how)."""
+    ``default`` None: required (``required``) or derived (``help`` says how)."""
     name: str
     default: Any
     help: str
@@ -24,6 +24,7 @@ class Param:
     hi_open: bool = False
     choices: tuple[str, ...] = ()
     flag: str = ""                    # the CLI flag, when not --<name> with '-' for '_' and '.'
+    required: bool = False            # the spec must give it (a required CLI flag)
 
     @property
     def key(self) -> str:

@@ -23,8 +23,11 @@ ENGINES = ("auto", "hf", "vllm")  # generation engines (services/evaluator/engin
 
 # EvaluateSpec fields (proto/ftlab/v1/evaluate_spec.proto); tasks[i].limit is the CLI's --limit.
 EVALUATE_PARAMS: tuple[Param, ...] = (
-    Param("model", None, "a model in the models bucket (required)"),
-    Param("tasks.task", None, "repeatable: ai2_arc, squad_v2, ... (at least one)", flag="--task"),
+    Param("model", None, "a model in the models bucket", required=True),
+    Param("tasks.task", None, "repeatable: ai2_arc, squad_v2, ... (at least one)", flag="--task", required=True),
+    Param("tasks.dataset", None, "dataset each task reads (default: the task's short name: arc, squad...)",
+          flag="--dataset"),
+    Param("tasks.split", "test", "split each task reads", flag="--split"),
     Param("tasks.limit", None, "first N items of each task's split (default: all)", int, 1, 1_000_000,
           flag="--limit"),
     Param("batch_size", 8, "prompts generated together (1: exact mode)", int, 1, 512),
@@ -34,7 +37,7 @@ EVALUATE_PARAMS: tuple[Param, ...] = (
     Param("engine", "auto", "generation engine (auto: vLLM where installed)", choices=ENGINES),
     Param("engine_check", 0, "vLLM runs: first N items per task also through HF; agreement recorded",
           int, 0, 1_000_000),
-    Param("kv_cache_dtype", "auto", "quantized KV cache while generating", choices=KV_CACHE_DTYPES),
+    Param("kv_cache_dtype", "auto", "quantized KV cache while generating", choices=tuple(KV_CACHE_DTYPES)),
     Param("eval_id", "", "the evaluation's name (default: eval- + the config's hash)"),
 )
 PARAMS = {p.name: p for p in EVALUATE_PARAMS}
@@ -125,7 +128,7 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         except ValidationError as exc:
             p.invalid.append(f"{where}.task: {exc}")
             continue
-        dataset, split = t.get("dataset") or task.short, t.get("split") or "test"
+        dataset, split = t.get("dataset") or task.short, t.get("split") or PARAMS["tasks.split"].default
         p.add(check_name(f"{where}.dataset", dataset))
         ds = artifacts.read_manifest(store, "datasets", dataset) if not check_name("d", dataset) else None
         if ds is None:

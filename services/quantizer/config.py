@@ -30,25 +30,38 @@ __all__ = ["METHODS", "QuantizeConfig", "default_output_name", "resolve_quantize
 _LAYER_INPUTS = {"self_attn.q_proj": "hidden", "self_attn.k_proj": "hidden", "self_attn.v_proj": "hidden",
                  "self_attn.o_proj": "attn", "mlp.gate_proj": "hidden", "mlp.up_proj": "hidden",
                  "mlp.down_proj": "intermediate"}
+def method_defaults(field: str) -> str:
+    """The registry's defaults of a method option, for help texts: ``default: 64 for gptq, awq;
+    128 for w4a16`` (``weights_bits``: each method's first supported)."""
+    by_value: dict[str, list[str]] = {}
+    for m in REGISTRY.values():
+        if field == "weights_bits" or field in m.options:
+            value = m.weights_bits[0] if field == "weights_bits" else m.defaults[field]
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            by_value.setdefault(text, []).append(m.name)
+    return "default: " + "; ".join(f"{v} for {', '.join(names)}" for v, names in by_value.items())
+
+
 # QuantizeSpec fields (proto/ftlab/v1/quantize_spec.proto). The method options' defaults are the
 # method's (its registry entry); ``method`` is required at the door (bnb_int8 is the CLI's default).
 QUANTIZE_PARAMS: tuple[Param, ...] = (
-    Param("source_model", None, "a model in the models bucket: base, merged fine-tune or adapter (required)"),
+    Param("source_model", None, "a model in the models bucket: base, merged fine-tune or adapter", required=True),
     Param("method", "bnb_int8", "PTQ method (adaround, brecq: refused, see docs/QUANTIZER.md)",
           choices=tuple(REGISTRY)),
     Param("output_name", "", "model name (default: the source's name + the method's tag)"),
-    Param("weights_bits", None, "weight bits (default: the method's first supported)", int, 1, 16),
-    Param("llm_int8_threshold", None, "bnb_int8: LLM.int8 outlier threshold (default 6.0)", float, 0.0, 1e4),
-    Param("bnb_4bit_quant_type", None, "bnb_4bit: 4-bit data type (default nf4)", choices=("nf4", "fp4")),
-    Param("double_quant", None, "bnb_4bit: quantize the quantization constants too (default true)", bool),
-    Param("compute_dtype", None, "bnb_4bit: matmul dtype (default auto: bf16 on GPU, fp32 on CPU)",
+    Param("weights_bits", None, f"weight bits ({method_defaults('weights_bits')})", int, 1, 16),
+    Param("llm_int8_threshold", None, f"LLM.int8 outlier threshold ({method_defaults('llm_int8_threshold')})",
+          float, 0.0, 1e4),
+    Param("bnb_4bit_quant_type", None, f"4-bit data type ({method_defaults('bnb_4bit_quant_type')})",
+          choices=("nf4", "fp4")),
+    Param("double_quant", None, f"quantize the quantization constants too ({method_defaults('double_quant')})",
+          bool),
+    Param("compute_dtype", None, f"matmul dtype, auto: bf16 on GPU, fp32 on CPU ({method_defaults('compute_dtype')})",
           choices=COMPUTE_DTYPES),
-    Param("algorithm", None, "smoothquant, smoothquant_w8a8, w4a16: weight rounding (default gptq)",
-          choices=ALGORITHMS),
-    Param("smoothing_strength", None, "smoothquant, smoothquant_w8a8: SmoothQuant alpha (default 0.8)",
+    Param("algorithm", None, f"weight rounding ({method_defaults('algorithm')})", choices=ALGORITHMS),
+    Param("smoothing_strength", None, f"SmoothQuant alpha ({method_defaults('smoothing_strength')})",
           float, 0.0, 1.0),
-    Param("group_size", None, "gptq, awq, hqq, quarot (default 64), w4a16 (default 128): weights per scale",
-          int, 1, 65_536),
+    Param("group_size", None, f"weights per scale ({method_defaults('group_size')})", int, 1, 65_536),
     Param("dataset", "", "calibration samples and held-out report prompts (default: the source's dataset)"),
     Param("calibration.split", "train", "split the calibration samples are drawn from"),
     Param("calibration.num_samples", 128, "calibration samples", int, 1, 100_000),

@@ -36,14 +36,14 @@ DEVICE_TYPES = ("cuda", "cpu")
 
 # TrainSpec fields (proto/ftlab/v1/train_spec.proto), in the config's order.
 TRAIN_PARAMS: tuple[Param, ...] = (
-    Param("base_model", None, "a model in the models bucket (required)"),
-    Param("dataset", None, "a dataset in the datasets bucket (required)"),
+    Param("base_model", None, "a model in the models bucket", required=True),
+    Param("dataset", None, "a dataset in the datasets bucket", required=True),
     Param("task", "", "task definition (default: the dataset's task)"),
     Param("output_name", "", "model name (default: the study's {base}-{dataset}_SFT_{Peft}{r}_{quant})"),
     Param("peft_method", "lora", "PEFT method (none: full fine-tuning)", choices=tuple(PEFT_METHODS), flag="--peft"),
     Param("training_quant", "none", "quantization of the base while training (qlora: NF4)",
           choices=tuple(TRAINING_QUANT)),
-    Param("max_steps", 0, "optimizer steps (default: train by --num-train-epochs)", int, 0, 1_000_000),
+    Param("max_steps", 0, "optimizer steps (default: train by --num-train-epochs)", int, 1, 1_000_000),
     Param("num_train_epochs", 1.0, "epochs over the training rows", float, 0, 100, lo_open=True),
     Param("per_device_batch_size", 4, "examples per micro-batch and process", int, 1, 1024),
     Param("gradient_accumulation_steps", 2, "micro-batches per optimizer step", int, 1, 1024),
@@ -221,11 +221,11 @@ def _adapter(p: Problems, block: dict[str, Any], method: PeftMethod) -> AdapterC
 def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> TrainConfig:
     values: dict[str, Any] = {}
     for param in TRAIN_PARAMS:
-        if param.default is None:  # required names
+        if param.required:  # names
             value = spec.get(param.name, "")
             p.require(bool(value), f"{param.name}: required") and p.add(check_name(param.name, value))
-        elif param.name == "max_steps" and param.name not in spec:
-            value = 0  # unset: train by epochs
+        elif param.name == "max_steps" and spec.get("max_steps", 0) == 0:
+            value = 0  # unset: train by epochs (an explicit 0 is refused below)
         else:
             value = param.read(p, spec)
         values[param.name] = value
