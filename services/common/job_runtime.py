@@ -101,6 +101,18 @@ class RuntimeOptions:
 
 
 class JobRuntime:
+    """One service's jobs: a persistent queue in the ``jobs`` bucket, up to ``max_running`` child
+    processes, leases shared by replicas on one store, cancel (SIGTERM, then SIGKILL after
+    ``cancel_grace_s`` seconds) and re-queue after a crash (at most ``max_attempts`` starts).
+
+    ``recipes`` maps a job kind to ``"module:function"``. :meth:`submit` takes the request's spec
+    (proto JSON) and a ``resolve`` callable, the service's door, which returns the job's config
+    as a JSON-able dict (``TrainConfig.to_dict()`` and the like: services/<service>/config.py) or
+    raises ValidationError / NotFoundError / PreconditionError listing every problem; nothing is
+    written then. The record keeps spec and config; the child calls ``function(ctx, config)``
+    with a JobContext (store, workdir, attempt, progress/log/metrics) and that dict, and the
+    recipe's ``{"outputs": {name: uri}, "metrics": {name: float}}`` becomes the job's result."""
+
     def __init__(self, service: str, store: ObjectStore, recipes: dict[str, str],
                  options: RuntimeOptions = RuntimeOptions()):
         self.service, self.store, self.recipes, self.options = service, store, recipes, options

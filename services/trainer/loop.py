@@ -63,9 +63,9 @@ def train(cfg: TrainConfig, base_dir: Path, examples: list[dict], out: Path, res
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate_counting,
                       callbacks=[_Events(report, total_steps, seen), _Checkpoints(store, cfg)])
     if trainer.is_world_process_zero():
-        report.log(f"training {cfg['output_name']}: {total_steps} steps, {len(examples)} examples, "
+        report.log(f"training {cfg.output_name}: {total_steps} steps, {len(examples)} examples, "
                    f"{trainable:,}/{total:,} trainable parameters on {dev}"
-                   + (f" x {cfg['world_size']} processes" if distributed else ""))
+                   + (f" x {cfg.world_size} processes" if distributed else ""))
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
     train_s = time.time() - t0
