@@ -136,12 +136,8 @@ def cmd_data_show(args) -> int:
 
 
 def cmd_data_list(args) -> int:
-    from services.common import artifacts
-    store = _store()
-    for name in artifacts.list_committed(store, "datasets"):
-        m = artifacts.read_manifest(store, "datasets", name) or {}
-        rows = {s: v.get("rows") for s, v in m.get("splits", {}).items()}
-        print(f"{name:24s} {m.get('task', '?'):20s} {m.get('source', '?'):8s} {rows}")
+    from ftlab import listing
+    print(listing.render(listing.datasets(_store()), "datasets", args.json))
     return 0
 
 
@@ -213,11 +209,14 @@ def cmd_model_import(args) -> int:
 
 
 def cmd_model_list(args) -> int:
-    from services.common import artifacts
-    store = _store()
-    for name in artifacts.list_committed(store, "models"):
-        m = artifacts.read_manifest(store, "models", name)
-        print(f"{name:60s} {m.get('kind', ''):10s} {m.get('quantization', {}).get('quant_tag', '')}")
+    from ftlab import listing
+    print(listing.render(listing.models(_store()), "models", args.json))
+    return 0
+
+
+def cmd_eval_list(args) -> int:
+    from ftlab import listing
+    print(listing.render(listing.evaluations(_store()), "evaluations", args.json))
     return 0
 
 
@@ -511,8 +510,26 @@ class _Parser(argparse.ArgumentParser):
         return super().add_argument(*args, **kwargs)
 
 
+def _list_parser(actions, help_text: str, func) -> argparse.ArgumentParser:
+    """``<noun> list``: the same form for datasets, models and evaluations (ftlab/listing.py)."""
+    lp = actions.add_parser("list", help=help_text, description=help_text)
+    lp.add_argument("--json", action="store_true", help="print the rows as JSON")
+    lp.set_defaults(func=func)
+    return lp
+
+
+def eval_list_parser() -> argparse.ArgumentParser:
+    """``ftlab eval list``: ``ftlab eval`` itself submits a job (its options are the evaluation's),
+    so :func:`main` routes ``eval list`` here."""
+    p = _Parser(prog="ftlab eval")
+    _list_parser(p.add_subparsers(dest="action", required=True),
+                 "committed evaluations, one row per task: accuracy, samples, created", cmd_eval_list)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="ftlab", description="ftlab: LLM fine-tuning research as trainer, quantizer and evaluator services.")
+    p = _Parser(prog="ftlab", description="ftlab: LLM fine-tuning research as trainer, quantizer and evaluator services.",
+                epilog="what storage holds: ftlab data list | ftlab model list | ftlab eval list")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("up", help="start the embedded stack (3 services on loopback)").set_defaults(func=cmd_up)
@@ -544,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("name")
     ds.add_argument("--json", action="store_true", help="the whole manifest")
     ds.set_defaults(func=cmd_data_show)
-    data.add_parser("list", help="committed datasets").set_defaults(func=cmd_data_list)
+    _list_parser(data, "committed datasets: task, source, rows per split, created", cmd_data_list)
     dl = data.add_parser("leakage", help="test items duplicated in training, between two source files")
     dl.add_argument("--task", required=True)
     dl.add_argument("train", help="training file or folder")
@@ -568,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--name", help="e.g. Qwen3-8B-base (default for --gguf: the file's stem)")
     mi.add_argument("--overwrite", action="store_true")
     mi.set_defaults(func=cmd_model_import)
-    model.add_parser("list", help="committed models").set_defaults(func=cmd_model_list)
+    _list_parser(model, "committed models: kind, parent, quantization, created", cmd_model_list)
 
     def job_opts(sp):
         sp.add_argument("--request-id", help="idempotency key")
@@ -645,11 +662,16 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--dry-run", action="store_true", help="list what would be evaluated")
     em.add_argument("--report-dir", default=".ftlab/reports")
     em.set_defaults(func=cmd_evaluate_missing)
+    sub.choices["eval"].epilog = "what evaluations storage holds: ftlab eval list"  # routed in main()
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["eval", "list"]:
+        args = eval_list_parser().parse_args(argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     if getattr(args, "action", None) in ("get", "watch", "cancel") and not args.job_id:
         print("ftlab: error: job_id is required", file=sys.stderr)
         return 2

@@ -15,13 +15,18 @@ from services.common.store_factory import open_store
 
 
 class JobContext:
-    """What a recipe gets: the store, a scratch folder, and ways to report progress."""
+    """What a recipe gets: the store, a scratch folder, and ways to report progress.
+
+    ``workdir``: the job's scratch folder, the service's to remove when the child exits (however it
+    ends). ``attempt``: 1, or more when a restarted service re-queued the job. Events go to the
+    service through a queue; each becomes one event of the job's record (WatchJob streams them)."""
 
     def __init__(self, job_id: str, store: ObjectStore, events: "mp.Queue", workdir: str, attempt: int = 1):
         self.job_id, self.store, self._q, self.workdir = job_id, store, events, workdir
         self.attempt = attempt  # > 1 when a restarted service re-queued this job
 
     def progress(self, step: int, total: int, metrics: dict[str, float] | None = None, message: str = ""):
+        """``step`` of ``total`` (the recipe's own unit: optimizer steps, items, layers)."""
         self._q.put({"type": EventType.PROGRESS.value, "step": int(step), "total": int(total),
                      "metrics": {k: float(v) for k, v in (metrics or {}).items()}, "message": message})
 
@@ -34,7 +39,10 @@ class JobContext:
 
 
 def child_main(recipe: str, job_id: str, attempt: int, config: dict, store_config: dict,
-                events: "mp.Queue", workdir: str) -> None:
+               events: "mp.Queue", workdir: str) -> None:
+    """The job's child process: reopen the store from ``store_config``, call the recipe
+    (``"module:function"``) as ``run(ctx, config)`` and send its result (``{"outputs": {name: uri},
+    "metrics": {name: float}}``) or its error (exit code 1) back through ``events``."""
     # Own process group: cancel signals the whole group, so helpers the recipe starts die too.
     os.setpgrp()
     _die_with_parent()

@@ -10,6 +10,7 @@ from typing import Any
 
 from services.common.errors import shorten
 
+JOBS_BUCKET = "jobs"  # job records: <service>/<job_id>.json; leases: leases/<service>/<job_id>
 MAX_EVENTS = 5000  # per job; older events are dropped (the record stays small in storage)
 # A job's error text and each event's message (log lines) are capped, head and tail kept with the
 # number of characters cut between them: one huge traceback or log line must not make the record,

@@ -2,13 +2,16 @@
 events piped back, real cancel, and job records persisted in the `jobs` bucket.
 
 A servicer only validates a request and calls :meth:`JobRuntime.submit`; the recipe (the
-service's training / quantization / evaluation code) runs in a child process (forked from the
-service's warm fork server, services/common/warm_worker.py; its side: services/common/job_context.py), so a CUDA crash or an OOM kill
+service's training / quantization / evaluation code) runs in a child process (spawned, or forked
+from the opt-in warm fork server in services/common/warm_worker.py), so a CUDA crash or an OOM kill
 never takes the server down, and cancel is a signal, not a flag.
+
+Its parts: the child side (services/common/job_context.py), the leases that let replicas share a
+store (job_leases.py), the jobs' scratch folders (job_scratch.py); the queue and the supervision
+of children are here.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import multiprocessing as mp
@@ -25,12 +28,13 @@ from typing import Any, Callable, Iterator
 
 from services.common.errors import FtlabError, NotFoundError, PreconditionError, ValidationError, quote
 from services.common.job_context import child_main
-from services.common.job_record import EventType, JobRecord, JobState, new_job_id, spec_hash
+from services.common.job_leases import Leases
+from services.common.job_record import JOBS_BUCKET, EventType, JobRecord, JobState, new_job_id, spec_hash
+from services.common.job_scratch import hold_lock, scratch_root, sweep_stale_scratch
 from services.common.storage import ObjectStore
 from services.common import warm_worker
 
 log = logging.getLogger("ftlab.runtime")
-JOBS_BUCKET = "jobs"
 PERSIST_EVERY_S = 2.0  # progress is persisted at most this often; state changes always
 MAX_REQUEST_ID = 256
 LEASE_RETRY_S = 5.0    # how often a replica re-tries a job whose lease another replica holds
@@ -44,47 +48,6 @@ def _extra(rec: "JobRecord | None" = None, **kw) -> dict[str, Any]:
         if rec.request_id:
             kw.setdefault("request_id", rec.request_id)
     return kw
-
-
-# --------------------------------------------------------------------------- scratch folders
-
-def scratch_root() -> str:
-    """Where jobs' scratch folders live: ``$TMPDIR/ftlab-scratch`` (``FTLAB_SCRATCH_DIR`` overrides)."""
-    return os.environ.get("FTLAB_SCRATCH_DIR") or os.path.join(tempfile.gettempdir(), "ftlab-scratch")
-
-
-def _hold_lock(path: str):
-    """An open file holding an exclusive ``flock`` on ``path``, or None when another process holds it."""
-    fh = open(path, "a")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        return None
-    return fh
-
-
-def sweep_stale_scratch(root: str | None = None) -> list[str]:
-    """Remove the scratch folders of service processes that are gone.
-
-    Each runtime holds an ``flock`` on ``<its folder>/.lock`` while it lives (the kernel drops
-    it when the process dies, even by SIGKILL; a pid would not do, containers reuse them).
-    The service removes a job's folder when its child exits; a SIGKILLed service cannot, and a
-    job's folder holds whole model copies (hundreds of MB), so the next service start sweeps.
-    Returns the names of the folders removed."""
-    root = root or scratch_root()
-    removed = []
-    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        folder = os.path.join(root, name)
-        lock = os.path.join(folder, ".lock")
-        if not os.path.isdir(folder) or not os.path.exists(lock):
-            continue  # not ours, or a runtime that is just taking its lock
-        held = _hold_lock(lock)
-        if held is not None:
-            with held:
-                shutil.rmtree(folder, ignore_errors=True)
-            removed.append(name)
-    return removed
 
 
 # --------------------------------------------------------------------------- server side
@@ -131,6 +94,7 @@ class JobRuntime:
         self._writer: threading.Thread | None = None
         self._mp = warm_worker.context(recipes.values())  # children fork from a warm, pre-imported server
         self.owner = options.replica_id or f"{socket.gethostname()}:{os.getpid()}"
+        self._leases = Leases(store, service, self.owner, options.lease_ttl_s)
         self._scratch: str | None = None   # jobs' work folders (start() makes it)
         self._scratch_lock = None
 
@@ -143,7 +107,7 @@ class JobRuntime:
             log.info("removed scratch folders of stopped services: %s", ", ".join(swept))
         os.makedirs(scratch_root(), exist_ok=True)
         self._scratch = tempfile.mkdtemp(prefix=f"{self.service}-{os.getpid()}-", dir=scratch_root())
-        self._scratch_lock = _hold_lock(os.path.join(self._scratch, ".lock"))
+        self._scratch_lock = hold_lock(os.path.join(self._scratch, ".lock"))
         with self._cond:  # nothing else runs yet; _persist expects the lock
             self._recover()
         # Record writes happen on their own thread, outside the lock: a storage outage (retried for
@@ -168,8 +132,8 @@ class JobRuntime:
             rec = JobRecord.from_json(self.store.get_bytes(JOBS_BUCKET, key))
             # a record this start-up rewrites (RUNNING, CANCELLING) needs the lease first, so two
             # replicas starting together can't both rewrite it
-            if (rec.state in (JobState.RUNNING, JobState.CANCELLING) and not self._claim(rec.job_id)) or \
-                    (rec.state is JobState.QUEUED and self._held_elsewhere(rec.job_id)):
+            if (rec.state in (JobState.RUNNING, JobState.CANCELLING) and not self._leases.claim(rec.job_id)) or \
+                    (rec.state is JobState.QUEUED and self._leases.held_elsewhere(rec.job_id)):
                 self._jobs[rec.job_id] = rec
                 if rec.request_id:
                     self._by_request[rec.request_id] = rec.job_id
@@ -387,7 +351,7 @@ class JobRuntime:
             try:
                 self.store.put_bytes(JOBS_BUCKET, self._record_key(job_id), data)
                 if JobState(json.loads(data)["state"]).is_terminal():
-                    self._release(job_id)
+                    self._leases.release(job_id)
             except Exception:  # the in-memory record stays authoritative; retried below
                 log.exception("job %s: could not persist the job record; retrying", job_id, extra=_extra(job_id=job_id))
                 with self._cond:
@@ -395,56 +359,6 @@ class JobRuntime:
                     if self._writer_stop:
                         return  # shutting down with storage gone: give up, the log says so
                     self._cond.wait(1.0)
-
-    # -- leases: one replica runs a job
-
-    def _lease_key(self, job_id: str) -> str:
-        return f"leases/{self.service}/{job_id}"
-
-    def _lease_body(self) -> bytes:
-        return json.dumps({"owner": self.owner, "expires_at": time.time() + self.options.lease_ttl_s}).encode()
-
-    def _read_lease(self, job_id: str) -> dict | None:
-        try:
-            return json.loads(self.store.get_bytes(JOBS_BUCKET, self._lease_key(job_id)))
-        except NotFoundError:
-            return None
-
-    def _held_elsewhere(self, job_id: str) -> bool:
-        lease = self._read_lease(job_id)
-        return bool(lease) and lease.get("owner") != self.owner and lease.get("expires_at", 0) > time.time()
-
-    def _claim(self, job_id: str) -> bool:
-        """Create the lease (conditional write); an expired lease is deleted and the create retried
-        once. Two replicas taking over the same expired lease at the same instant could both delete
-        and one re-create: the re-read after creating catches all but a sub-millisecond window."""
-        for _ in range(2):
-            if self.store.put_if_absent(JOBS_BUCKET, self._lease_key(job_id), self._lease_body()):
-                lease = self._read_lease(job_id)
-                return bool(lease) and lease.get("owner") == self.owner
-            lease = self._read_lease(job_id)
-            if lease is None:
-                continue
-            if lease.get("owner") == self.owner:
-                self._renew(job_id)
-                return True
-            if lease.get("expires_at", 0) > time.time():
-                return False
-            log.warning("job %s: taking over the expired lease of %s", job_id, lease.get("owner"),
-                        extra=_extra(job_id=job_id))
-            self.store.delete(JOBS_BUCKET, self._lease_key(job_id))
-        return False
-
-    def _renew(self, job_id: str) -> None:
-        try:
-            self.store.put_bytes(JOBS_BUCKET, self._lease_key(job_id), self._lease_body())
-        except FtlabError as exc:
-            log.warning("job %s: could not renew its lease: %s", job_id, exc, extra=_extra(job_id=job_id))
-
-    def _release(self, job_id: str) -> None:
-        lease = self._read_lease(job_id)
-        if lease and lease.get("owner") == self.owner:
-            self.store.delete(JOBS_BUCKET, self._lease_key(job_id))
 
     def _next_job(self) -> str | None:
         """Under the lock: wait for a runnable job (None = stopping). Jobs whose lease another
@@ -467,7 +381,7 @@ class JobRuntime:
                 if job_id is None:
                     return
             try:  # storage I/O outside the lock
-                claimed = self._claim(job_id)
+                claimed = self._leases.claim(job_id)
                 stored = None
                 if claimed:
                     try:
@@ -502,7 +416,7 @@ class JobRuntime:
                 if not release:
                     self._start_child(rec)
                     continue
-            self._release(job_id)
+            self._leases.release(job_id)
 
     def _start_child(self, rec: JobRecord) -> None:
         """Under the lock, with the lease held: RUNNING, spawn the child, supervise it."""
@@ -529,7 +443,7 @@ class JobRuntime:
         renew_every, renewed = self.options.lease_ttl_s / 3, time.time()
         while True:
             if time.time() - renewed > renew_every:  # heartbeat: the lease stays ours while we run it
-                self._renew(job_id)
+                self._leases.renew(job_id)
                 renewed = time.time()
             try:
                 msg = events.get(timeout=0.2)

@@ -11,6 +11,8 @@ from services.common.storage import LocalStore, ObjectStore
 
 
 def open_store(config: dict) -> ObjectStore:
+    """The store a live store's ``config()`` describes: ``{"kind": "local", "root": path}`` or
+    ``{"kind": "s3", ...}`` (S3Store's settings). Raises ``ValidationError`` for another kind."""
     kind = config.get("kind")
     if kind == "local":
         return LocalStore(config["root"])

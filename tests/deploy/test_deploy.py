@@ -38,6 +38,8 @@ LOCAL_ONLY = {
     "FTLAB_LOCAL_ROOT": "root of the local-directory store; deployments use FTLAB_STORAGE=s3",
     "FTLAB_CACHE_DIR": "where `ftlab model import --gguf smollm2` caches the wheel and converted model (CLI/tests)",
     "FTLAB_SERVICE": "set by the job runtime in each job's child (names its model cache); never configured",
+    "FTLAB_SCRATCH_DIR": "jobs' scratch root, default $TMPDIR/ftlab-scratch: the images set TMPDIR to the "
+                         "scratch volume (/data/tmp), so deployments need not set it",
 }
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH_STRING")  # user names and paths are not secrets
 

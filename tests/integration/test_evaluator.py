@@ -103,6 +103,21 @@ def test_three_tasks_end_to_end_rerun_and_compare(ev, capsys, monkeypatch):
     assert arc["shared_items"] == 4 and arc["metrics"]["accuracy"]["diff"] == 0.0
     assert arc["metrics"]["accuracy"]["mcnemar_p"] == 1.0 and arc["metrics"]["accuracy"]["ci95"] == [0.0, 0.0]
 
+    # ftlab eval list: one row per task of each evaluation, the numbers metrics.json holds.
+    capsys.readouterr()
+    assert cli.main(["eval", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["model"], r["eval_id"], r["task"]) for r in rows] == [
+        (TINY, e, t) for e in ("first", "second") for t in sorted(metrics["datasets"])]
+    assert {r["task"]: (r["accuracy"], r["samples"]) for r in rows if r["eval_id"] == "first"} == {
+        t: (b["accuracy"], b["total_samples"]) for t, b in metrics["datasets"].items()}
+    assert all(r["created"] == artifacts.read_manifest(store, "evaluations", prefix)["created_at"]
+               for r in rows if r["eval_id"] == "first")
+    assert cli.main(["eval", "list"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["model", "eval", "id", "task", "accuracy", "%", "samples", "created"]
+    assert len(table) == 7 and table[1].split()[:5] == [TINY, "first", "OpenMathInstruct-2", "0.00", "3"]
+
 
 def test_adapter_only_model_is_base_plus_adapter(ev, tmp_path):
     """A trainer output with merged: false (adapter/ only) is loaded as its base + the PEFT adapter."""

@@ -200,7 +200,7 @@ def test_the_job_scratch_folder_is_removed_however_the_child_ends(runtime, tmp_p
 def test_scratch_of_a_dead_service_is_swept_and_a_live_ones_is_kept(tmp_path, monkeypatch, store):
     import subprocess
     import sys
-    from services.common.job_runtime import sweep_stale_scratch
+    from services.common.job_scratch import sweep_stale_scratch
     monkeypatch.setenv("FTLAB_SCRATCH_DIR", str(tmp_path))
     # A service process that took its folder and was SIGKILLed: the kernel dropped its lock.
     code = ("from services.common.job_runtime import JobRuntime; from services.common.storage import LocalStore; "

@@ -9,6 +9,7 @@ MODULES = ["ftlab.cli", "services.common.clients", "services.common.job_runtime"
            "ftlab.stack", "services.common.storage", "services.common.s3_store", "services.common.artifacts",
            "services.common.tasks", "services.common.data_import", "services.common.job_servicer",
            "services.common.job_context", "services.common.job_record", "services.common.store_factory",
+           "services.common.job_leases", "services.common.job_scratch", "ftlab.listing",
            "services.common.grpc_server", "services.common.naming", "services.common.settings",
            "services.trainer.server", "services.quantizer.server", "services.evaluator.server",
            "services.common.auth", "services.common.tls", "services.common.observability",
