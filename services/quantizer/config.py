@@ -16,7 +16,7 @@ from typing import Any
 
 from services.common import artifacts
 from services.common.errors import NotFoundError, PreconditionError, ValidationError
-from services.common.naming import _short, check_name, quantized_model_name, tag_quant
+from services.common.naming import _short, check_name, parse_tag, quantized_model_name, tag_quant
 from services.common.params import Param
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
@@ -202,8 +202,14 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         task = _dataset_problems(p, dataset, ds_manifest, calibration, report, needs_calibration, report_in)
 
     out = spec.get("output_name") or ""
-    if ok and method is not None and not out and _valid(source):
-        out = default_output_name({**spec, **opts}, gpu=gpu)
+    if ok and method is not None and _valid(source):
+        own = default_output_name({**spec, **opts}, gpu=gpu)
+        if not out:
+            out = own
+        elif out != own and _study_name_of(source, out):  # a free name is fine; a wrong study name is not
+            p.invalid.append(f"output_name: {_short(out)} is the study's name of other quantization settings "
+                             f"(or of another device's lm_head); this quantizer names this job {own!r}: leave "
+                             "output_name unset, or choose a name that is not a study name")
     if _valid(out) and artifacts.read_manifest(store, "models", out) is not None:
         blocked.append(f"output model {out!r} already exists; choose another output_name or delete it first")
     if p.invalid:
@@ -258,6 +264,18 @@ def default_output_name(spec: dict[str, Any], gpu: bool | None = None) -> str:
     opts = {f: spec.get(f, method.defaults[f]) for f in method.options}
     opts["weights_bits"] = spec.get("weights_bits", method.weights_bits[0])
     return quantized_model_name(spec["source_model"], quant_tag(method, opts, service_has_gpu() if gpu is None else gpu))
+
+
+def _study_name_of(source: str, name: str) -> bool:
+    """``name`` is ``source``'s name with a quantization tag (``<source>_GPTQ_w4_g64_headfp32``)."""
+    stem = quantized_model_name(source, "T")[:-1]
+    if not name.startswith(stem):
+        return False
+    try:
+        parse_tag(name[len(stem):])
+        return True
+    except ValidationError:
+        return False
 
 
 def _valid(name: Any) -> bool:

@@ -10,6 +10,7 @@ import pytest
 from flows.dryrun import plan_rows, step_estimate
 from flows.experiment import EXPERIMENTS_DIR, as_sent, load, plan
 from services.common import artifacts
+from services.common.errors import ValidationError
 from services.common.generated.ftlab.v1 import quantize_spec_pb2, train_spec_pb2
 from services.common.storage import LocalStore
 from services.quantizer.methods import REGISTRY
@@ -105,3 +106,18 @@ def test_w4a16_rtn_g64_is_not_named_after_the_default_variant(door_store, monkey
     (step,) = exp.stage("quantize")
     assert step.output == f"{QWEN_06B}_W4A16_RTN_g64"
     assert "w4a16" in REGISTRY
+
+
+def test_the_quantizer_refuses_a_forced_study_name_that_is_not_its_own(door_store, monkeypatch):
+    """The flows force the name they planned; a plan made on a host whose lm_head precision differs
+    from the quantizer's (headbf16 vs headfp32) or with other options is refused, not committed
+    under a wrong name. Free names stay free."""
+    monkeypatch.setenv("FTLAB_DEVICE", "cpu")
+    spec = {"source_model": QWEN_06B, "method": "gptq", "dataset": "arc"}
+    own = resolve_quantize_spec(spec, door_store)["output_name"]
+    assert own == f"{QWEN_06B}_GPTQ_w4_g64_headfp32"
+    for wrong in (f"{QWEN_06B}_GPTQ_w4_g64_headbf16", f"{QWEN_06B}_GPTQ_w4_g128_headfp32"):
+        with pytest.raises(ValidationError, match="this quantizer names this job"):
+            resolve_quantize_spec({**spec, "output_name": wrong}, door_store)
+    for free in (own, "my-gptq-model", f"{QWEN_06B}_mine"):
+        assert resolve_quantize_spec({**spec, "output_name": free}, door_store)["output_name"] == free
