@@ -71,6 +71,13 @@ class EvaluateConfig:
     eval_id: str = ""
 
     @classmethod
+    def resolve(cls, spec: dict[str, Any], store: ObjectStore) -> "EvaluateConfig":
+        """An EvaluateSpec (proto JSON) -> the config, through the door's checks
+        (:func:`resolve_evaluate_spec`: every problem at once; it reads the model's and the
+        datasets' manifests, so it needs ``store``)."""
+        return cls.from_dict(resolve_evaluate_spec(spec, store))
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvaluateConfig":
         """The config back from the job record's JSON (:meth:`to_dict`)."""
         return cls(**{**d, "tasks": tuple(EvalTask(**t) for t in d["tasks"])})

@@ -108,6 +108,13 @@ class QuantizeConfig:
         return REGISTRY[self.method]
 
     @classmethod
+    def resolve(cls, spec: dict[str, Any], store: ObjectStore) -> "QuantizeConfig":
+        """A QuantizeSpec (proto JSON) -> the config, through the door's checks
+        (:func:`resolve_quantize_spec`: every problem at once; it reads the source's and the
+        dataset's manifests, so it needs ``store``)."""
+        return cls.from_dict(resolve_quantize_spec(spec, store))
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QuantizeConfig":
         """The config back from the job record's JSON (:meth:`to_dict`)."""
         return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)})

@@ -14,7 +14,7 @@ from services.common.errors import ValidationError
 from services.common.generated.ftlab.v1 import quantize_spec_pb2, train_spec_pb2
 from services.common.storage import LocalStore
 from services.quantizer.methods import REGISTRY
-from services.quantizer.config import resolve_quantize_spec
+from services.quantizer.config import QuantizeConfig, resolve_quantize_spec
 from services.trainer.config import TrainConfig, resolve_train_spec
 from services.trainer.memory import catalogue, estimate_training_memory
 from tests.conftest import SEED_DATA
@@ -93,6 +93,7 @@ def test_a_ptq_step_with_options_gets_the_quantizers_own_name(door_store, monkey
     (step,) = exp.stage("quantize")
     spec = as_sent(quantize_spec_pb2.QuantizeSpec, step.spec, drop=("output_name",))
     assert step.output == resolve_quantize_spec(spec, door_store)["output_name"]
+    assert QuantizeConfig.resolve(spec, door_store).output_name == step.output
     # and the forced name the flow sends is that name, accepted as such
     assert resolve_quantize_spec(as_sent(quantize_spec_pb2.QuantizeSpec, step.spec), door_store)["output_name"] \
         == step.output
