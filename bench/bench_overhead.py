@@ -47,7 +47,7 @@ def seed_store(root: Path, shared: Path):
 def in_process(store, steps: int, workdir: Path) -> float:
     from services.common.job_context import JobContext
     from services.trainer import recipe
-    from services.trainer.spec import resolve_train_spec
+    from services.trainer.config import resolve_train_spec
     t0 = time.perf_counter()
     cfg = resolve_train_spec({"base_model": TINY, "dataset": "arc", **train_spec(steps),
                               "output_name": "bench-inprocess"}, store)

@@ -65,7 +65,7 @@ def spec(which: str, args, name: str) -> dict:
 def run_ours(store, which: str, args, name: str) -> dict:
     from services.common.job_context import JobContext
     from services.trainer import recipe
-    from services.trainer.spec import resolve_train_spec
+    from services.trainer.config import resolve_train_spec
     cfg = resolve_train_spec(spec(which, args, name), store)
     with tempfile.TemporaryDirectory() as wd:
         recipe.run(JobContext("bench", store, _Events(), wd), cfg)
@@ -84,7 +84,8 @@ def run_trl(store, which: str, args, name: str) -> dict:
 
     from services.common import data_import, mfu, modeling, tasks
     from services.trainer import recipe
-    from services.trainer.spec import OPTIMIZERS, resolve_train_spec
+    from services.trainer import loop
+    from services.trainer.config import OPTIMIZERS, resolve_train_spec
     cfg = resolve_train_spec(spec(which, args, name), store)
     task = tasks.get_task(cfg["task"])
     with tempfile.TemporaryDirectory() as wd:
@@ -95,7 +96,7 @@ def run_trl(store, which: str, args, name: str) -> dict:
         model = modeling.load_causal_lm(base_dir, torch.device("cpu"), for_training=True)
         if args.dtype != "float32":
             model.to(getattr(torch, args.dtype))
-        targets = recipe.lora_targets(model, cfg["lora"]["target_modules"])
+        targets = loop.lora_targets(model, cfg["lora"]["target_modules"])
         peft_config = LoraConfig(r=cfg["lora"]["r"], lora_alpha=cfg["lora"]["alpha"], lora_dropout=0.0,
                                  target_modules=targets, task_type="CAUSAL_LM")
         sft = SFTConfig(output_dir=str(Path(wd) / "trl"), max_steps=cfg["max_steps"],

@@ -32,7 +32,9 @@ def main() -> None:
     from services.common import modeling, tasks
     from services.common.gguf_import import converted_smollm2
     from services.evaluator import generation
-    from services.trainer.recipe import encode_example, train
+    from services.trainer.config import TrainConfig
+    from services.trainer.loop import train
+    from services.trainer.recipe import encode_example
     base = converted_smollm2()
     seed = SHARED / "datasets" / "seed"
     task = tasks.get_task("arc")
@@ -41,7 +43,7 @@ def main() -> None:
 
     tok = modeling.load_tokenizer(base)
     rows = pd.read_parquet(seed / "train-ai2_arc.parquet").head(args.steps * args.batch).to_dict("records")
-    cfg = {"training_quant": "none", "peft_method": "lora", "gradient_checkpointing": False, "seed": 0,
+    cfg = {"base_model": "SmolLM2-135M-Instruct", "dataset": "arc", "training_quant": "none", "peft_method": "lora", "gradient_checkpointing": False, "seed": 0,
            "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
            "packing": True, "max_seq_length": 512, "completion_only_loss": True, "per_device_batch_size": args.batch,
            "gradient_accumulation_steps": 1, "learning_rate": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0,
@@ -55,7 +57,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         ex = [encode_example(tok, task, r, 512) for r in rows]
-        st = train(cfg, base, ex, Path(tmp) / "out", None, None, Quiet(), args.steps, torch.device("cpu"))
+        st = train(TrainConfig.from_dict(cfg), base, ex, Path(tmp) / "out", None, None, Quiet(), args.steps, torch.device("cpu"))
         print(f"| LoRA r8 train, batch {args.batch}, {args.steps} steps | {st['tokens'] / st['train_s']:.0f} tokens/s | "
               f"{st['train_s'] / args.steps:.2f} s/step | peak RSS {st['memory']['peak_rss_gb']:.2f} GB |")
         left = modeling.load_tokenizer(base, padding_side="left")

@@ -43,7 +43,7 @@ def run_one(store_root: str, spec: dict, study: bool) -> dict:
     from services.common.job_context import JobContext
     from services.common.storage import LocalStore
     from services.trainer import recipe
-    from services.trainer.spec import resolve_train_spec
+    from services.trainer.config import resolve_train_spec
     store = LocalStore(store_root)
     cfg = resolve_train_spec(spec, store)
     cfg["answer_logits_only"] = not study  # the study's SFT computed logits over the whole sequence

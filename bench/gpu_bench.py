@@ -2,7 +2,7 @@
 study's Phase-3 training configurations on the Qwen3-8B and Qwen3-4B architectures with random
 weights (bench/gpu_configs/*.json, the public config.json files; speed and memory do not depend on
 the weights), built and trained through our recipe's own model construction
-(``services.trainer.recipe.build_model``, ``collate`` with logits at the answer tokens only) —
+(``services.trainer.loop.build_model``, ``collate`` with logits at the answer tokens only) —
 then the peak memory next to the study's table and our memory estimator, tokens/s and MFU, and
 greedy-generation items/s on the 8B.
 
@@ -31,8 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bench" / "gpu_configs"
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, vocab_size=2048, max_window_layers=2)
-LORA256 = {"r": 256, "alpha": 512, "dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-           "d_initial": 0.1}
+LORA256 = {"r": 256, "alpha": 512, "dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 # name -> (config file, our recipe's cfg, the study's figure: (kind, GB))
 CASES = {
     "Qwen3-8B LoRA r256": ("qwen3-8b.json", {"peft_method": "lora", "lora": LORA256, "training_quant": "none",
@@ -41,7 +40,7 @@ CASES = {
     "Qwen3-8B QLoRA r256": ("qwen3-8b.json", {"peft_method": "lora", "lora": LORA256, "training_quant": "qlora",
                                               "gradient_checkpointing": True, "learning_rate": 2e-4},
                             ("allocated", 7.61)),
-    "Qwen3-4B full FT": ("qwen3-4b.json", {"peft_method": "none", "lora": LORA256, "training_quant": "none",
+    "Qwen3-4B full FT": ("qwen3-4b.json", {"peft_method": "none", "training_quant": "none",
                                            "gradient_checkpointing": True, "learning_rate": 1e-5},
                          ("reserved", 33.1)),
 }
@@ -70,7 +69,7 @@ def build_random(config: dict, out: Path, dev) -> None:
 def batch(args, vocab: int, gen):
     import torch
 
-    from services.trainer.recipe import collate
+    from services.trainer.loop import collate
     examples = []
     for _ in range(args.batch):
         ids = torch.randint(10, vocab, (args.seq,), generator=gen).tolist()
@@ -94,13 +93,16 @@ def train_case(name: str, args, dev, work: Path) -> dict:
 
     from services.common import mfu, modeling
     from services.trainer.memory import estimate_training_memory
-    from services.trainer.recipe import build_model
+    from services.trainer.config import TrainConfig
+    from services.trainer.loop import build_model
     file, cfg, (kind, study_gb) = CASES[name]
     config = model_config(file, args.dry_run)
     base = work / file.removesuffix(".json")
     if not base.exists():
         build_random(config, base, dev)
-    cfg = {**cfg, "seed": 0, "per_device_batch_size": args.batch, "max_seq_length": args.seq}
+    cfg = TrainConfig.from_dict({"base_model": file.removesuffix(".json"), "dataset": "random", **cfg, "seed": 0,
+                                 "per_device_batch_size": args.batch, "max_seq_length": args.seq,
+                                 "device_type": dev.type, "optimizer": "adamw_torch"})
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
@@ -108,7 +110,7 @@ def train_case(name: str, args, dev, work: Path) -> dict:
     model = build_model(cfg, base, dev)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg["learning_rate"])
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate)
     gen = torch.Generator().manual_seed(0)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -131,10 +133,9 @@ def train_case(name: str, args, dev, work: Path) -> dict:
     seconds = time.perf_counter() - t0
     mem = peak(dev)
     logit_rows = args.batch * args.answer
-    est = estimate_training_memory(config, {**cfg, "device_type": dev.type, "micro_batch_tokens": args.batch * args.seq,
-                                            "logit_tokens": logit_rows, "optimizer": "adamw_torch"})
+    est = estimate_training_memory(config, cfg, args.batch * args.seq, logit_rows)
     flops = mfu.training_flops(config, tokens, logit_rows * args.steps, args.seq,
-                               full=cfg["peft_method"] == "none", trainable_params=sum(p.numel() for p in params))
+                               full=cfg.method.full, trainable_params=sum(p.numel() for p in params))
     dtype = "bfloat16" if dev.type == "cuda" else "float32"
     m = mfu.mfu(flops, seconds, dtype, "cuda" if dev.type == "cuda" else "cpu")
     measured = mem[f"{kind}_gb"]

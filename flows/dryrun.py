@@ -3,44 +3,43 @@ model name, the trainer's memory estimate for training steps, and what storage a
 (those steps will be skipped)."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 from typing import Any
 
-from flows.experiment import Experiment
+from flows.experiment import Experiment, Step, as_sent
 from services.common import artifacts
 from services.common.errors import FtlabError
+from services.common.generated.ftlab.v1 import train_spec_pb2
 from services.common.storage import ObjectStore
+from services.trainer.config import TrainConfig, estimate_at_submit, target_device
 
 
-def memory_estimator():
-    """The trainer's estimate, when this install has it: (model_config_for, estimate_training_memory)."""
+def estimate_device() -> str:
+    """The device the estimates are for: the trainer's (FTLAB_DEVICE, cpu | cuda[:N]) where set,
+    else a CUDA GPU (the experiments' target)."""
+    return target_device() if os.environ.get("FTLAB_DEVICE", "auto") != "auto" else "cuda"
+
+
+def step_estimate(step: Step, store: ObjectStore | None, device_type: str | None = None) -> dict[str, float] | None:
+    """The trainer's at-submit memory estimate of a training step (GiB by component, see
+    services/trainer/memory.py): the step's spec resolved as the trainer's door resolves it
+    (TrainConfig.resolve: the same defaults), then the same estimator. None when the model is
+    unknown (no config.json in storage, no Qwen3 size in its name)."""
+    cfg = TrainConfig.resolve(as_sent(train_spec_pb2.TrainSpec, step.spec), device_type or estimate_device())
+    return estimate_at_submit(cfg, store)
+
+
+def _estimate(step: Step, store: ObjectStore | None) -> str:
     try:
-        from services.trainer.memory import estimate_training_memory, model_config_for
-    except ImportError:
-        return None
-    return model_config_for, estimate_training_memory
-
-
-def _estimate(est, step, store) -> str:
-    if est is None:
-        return "n/a"
-    model_config_for, estimate = est
-    try:
-        config = model_config_for(step.spec["base_model"], store)
-        if config is None:
-            return "n/a (unknown model)"
-        gb = estimate(config, step.spec)
-    except (FtlabError, KeyError, ValueError, TypeError) as exc:
+        est = step_estimate(step, store)
+    except FtlabError as exc:
         return f"n/a ({type(exc).__name__})"
-    total = gb.get("total_gb") if isinstance(gb, dict) else None
-    if total is None and isinstance(gb, dict):
-        total = sum(v for k, v in gb.items() if isinstance(v, (int, float)) and k.endswith("_gb"))
-    return f"{total:.1f} GB" if isinstance(total, (int, float)) else "n/a"
+    return "n/a (unknown model)" if est is None else f"{est['total_gb']:.1f} GB"
 
 
 def plan_rows(exp: Experiment, store: ObjectStore | None) -> list[dict[str, Any]]:
     """One row per step (datasets first): stage, output, status (done/todo/?), memory estimate."""
-    est = memory_estimator()
 
     def exists(bucket: str, prefix: str) -> str:
         if store is None:
@@ -54,7 +53,7 @@ def plan_rows(exp: Experiment, store: ObjectStore | None) -> list[dict[str, Any]
              "request_id": ""} for d in exp.datasets]
     for s in exp.steps:
         rows.append({"stage": s.stage, "output": s.output, "status": exists(s.bucket, s.output),
-                     "memory": _estimate(est, s, store) if s.stage == "train" else "",
+                     "memory": _estimate(s, store) if s.stage == "train" else "",
                      "request_id": s.request_id(exp.name)})
     return rows
 
@@ -63,7 +62,8 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
     rows = plan_rows(exp, store)
     width = max(len(r["output"]) for r in rows)
     lines = [f"experiment {exp.name} ({exp.source}): {exp.description}", f"storage: {where}", "",
-             f"{'stage':9s} {'status':6s} {'output (model or model/eval_id)':{width}s}  train memory est. (GPU, bf16)"]
+             f"{'stage':9s} {'status':6s} {'output (model or model/eval_id)':{width}s}  train memory est. "
+             + ("(GPU, bf16)" if estimate_device() == "cuda" else "(CPU, fp32)")]
     lines += [f"{r['stage']:9s} {r['status']:6s} {r['output']:{width}s}  {r['memory']}" for r in rows]
     missing = []
     for model in exp.inputs:
@@ -80,7 +80,7 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
                                        for r in rows if r["stage"] == "data")]
     if any(r["memory"].startswith("n/a") for r in rows):
         lines.append("memory estimates: n/a where the trainer's estimator (services/trainer/memory.py) "
-                     "is not installed or does not know the model")
+                     "does not know the model (no config.json in storage, no Qwen3 size in its name)")
     if missing:
         lines += ["input models not in storage:"] + missing
     return "\n".join(lines)

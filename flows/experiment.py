@@ -32,12 +32,13 @@ from google.protobuf import json_format
 from services.common.errors import NotFoundError, ValidationError
 from services.common.generated.ftlab.v1 import evaluate_spec_pb2, quantize_spec_pb2, train_spec_pb2
 from services.common.job_record import spec_hash
-from services.common.naming import check_name, trained_model_name
+from services.common.naming import check_name
 from services.common.tasks import get_task
-from services.quantizer.spec import METHODS as QUANT_METHODS
-from services.quantizer.spec import default_output_name
+from services.quantizer.config import METHODS as QUANT_METHODS
+from services.quantizer.config import default_output_name
 from services.common.validation import Problems
-from services.trainer.spec import PEFT_METHODS, TRAINING_QUANT, _adapter_block
+from services.evaluator.config import PARAMS as EVAL_PARAMS
+from services.trainer.config import TrainConfig
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 TOP_KEYS = {"name", "description", "base_models", "datasets", "data", "defaults", "train", "include", "exclude",
@@ -221,6 +222,13 @@ def _proto_problems(where: str, spec: dict, message) -> list[str]:
         return [f"{where}: {exc}"]
 
 
+def as_sent(message, spec: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``spec`` as the service reads it: through the proto message and back to JSON (YAML's
+    ``1e-4`` is a string, ints become floats where the field is a double), less ``drop``."""
+    parsed = json_format.ParseDict({k: v for k, v in spec.items() if k not in drop}, message())
+    return json_format.MessageToDict(parsed, preserving_proto_field_name=True)
+
+
 def _known(d: dict | list | tuple) -> str:
     return ", ".join(d)
 
@@ -291,26 +299,22 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
             if (includes and not any(matches(r, spec) for r in includes)) or any(matches(r, spec) for r in excludes):
                 continue
             bad = _proto_problems(where, spec, train_spec_pb2.TrainSpec)
-            peft = spec.get("peft_method") or "lora"
-            tq = spec.get("training_quant") or "none"
-            if peft not in PEFT_METHODS:
-                bad.append(f"{where}.peft_method: unknown {peft!r}; known: {_known(PEFT_METHODS)}")
-            if tq not in TRAINING_QUANT:
-                bad.append(f"{where}.training_quant: unknown {tq!r}; known: {_known(TRAINING_QUANT)}")
-            if not bad and peft != "none":  # the trainer's adapter value checks (lora.r -1 planned "..._LoRa-1_...")
-                adapter = Problems()
-                _adapter_block(adapter, spec, peft)
-                bad += [f"{where}.{x}" for x in adapter.invalid]
+            try:  # the trainer's own checks and name (its door adds only what storage says)
+                cfg = TrainConfig.resolve({k: v for k, v in spec.items() if k != "output_name"} if bad else
+                                          as_sent(train_spec_pb2.TrainSpec, spec, drop=("output_name",)))
+            except ValidationError as exc:
+                bad += [f"{where}.{x}" for x in exc.problems]
             if bad:
                 p += [b for b in bad if b not in p]
                 continue
-            r = None if peft == "none" else (spec.get("lora") or {}).get("r", 8)
-            out = trained_model_name(base, dataset, peft, r, TRAINING_QUANT[tq])
+            r = cfg.adapter.r if cfg.adapter else None
+            out = cfg.output_name
             if spec.get("output_name"):
                 out = str(spec["output_name"]).replace("{name}", out)
                 p += check_name(f"{where}.output_name", out)
             spec["output_name"] = out
-            labels = {"base_model": base, "dataset": dataset, "peft_method": peft, "rank": r, "training_quant": tq}
+            labels = {"base_model": base, "dataset": dataset, "peft_method": cfg.peft_method, "rank": r,
+                      "training_quant": cfg.training_quant}
             trained.append(Step("train", "trainer", spec, out, [base], labels))
     steps += trained
 
@@ -364,9 +368,9 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
             p.append(f"evaluate.tasks[{i}]: a task name or a mapping (task, limit, dataset, split)")
             continue
         item = {**({"limit": ev["limit"]} if "limit" in ev else {}), **item}
-        limit = item.get("limit")  # the evaluator's door ranges, checked here for the whole file at once
-        if isinstance(limit, int) and not 1 <= limit <= 1_000_000:
-            p.append(f"evaluate.tasks[{i}].limit: {limit} must be in [1, 1000000]")
+        if isinstance(item.get("limit"), int):  # the evaluator's door ranges, checked here for the whole file at once
+            EVAL_PARAMS["tasks.limit"].read(limit_problems := Problems(), item)
+            p += [f"evaluate.tasks[{i}].limit:" + x.split(":", 1)[1] for x in limit_problems.invalid]
         try:
             item["task"] = get_task(item.get("task", "")).name
         except ValidationError as exc:
@@ -374,9 +378,10 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
         ev_tasks.append(item)
     if "evaluate" in raw and not ev_tasks:  # no evaluate section: train/quantize only
         p.append("evaluate.tasks: at least one task")
-    for key, hi in (("batch_size", 512), ("max_new_tokens", 32768)):
-        if isinstance(ev.get(key), int) and not 1 <= ev[key] <= hi:
-            p.append(f"evaluate.{key}: {ev[key]} must be in [1, {hi}]")
+    for key in ("batch_size", "max_new_tokens"):
+        if isinstance(ev.get(key), int):
+            EVAL_PARAMS[key].read(ranges := Problems(), ev)
+            p += [f"evaluate.{x}" for x in ranges.invalid]
     extra = _list(p, ev, "models")
     for i, m in enumerate(extra):
         p += check_name(f"evaluate.models[{i}]", str(m))

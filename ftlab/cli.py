@@ -67,11 +67,6 @@ def _submit(service: str, spec: dict, args) -> int:
         return 0 if state_name(job.state) == "SUCCEEDED" else 1
 
 
-def _opt(d: dict, key: str, value) -> None:
-    if value is not None:
-        d[key] = value
-
-
 # ------------------------------------------------------------------ commands
 
 def cmd_up(args) -> int:
@@ -226,51 +221,18 @@ def cmd_eval_list(args) -> int:
 
 
 def cmd_train(args) -> int:
-    spec = {"base_model": args.base_model, "dataset": args.dataset, "peft_method": args.peft}
-    lora = {}
-    _opt(lora, "r", args.r)
-    _opt(lora, "alpha", args.alpha)
-    _opt(lora, "dropout", args.dropout)
-    _opt(lora, "d_initial", args.d_initial)
-    if args.target_modules:
-        lora["target_modules"] = args.target_modules.split(",")
-    if lora:
-        spec["lora"] = lora
-    for key in ("task", "output_name", "max_steps", "learning_rate", "per_device_batch_size",
-                "gradient_accumulation_steps", "max_seq_length", "train_limit", "seed", "training_quant",
-                "num_train_epochs", "weight_decay", "warmup_ratio", "max_grad_norm", "save_steps", "resume",
-                "optimizer", "lr_scheduler", "world_size", "packing", "group_by_length",
-                "gradient_checkpointing", "merge_after_train", "completion_only_loss"):
-        _opt(spec, key, getattr(args, key))
-    return _submit("trainer", spec, args)
+    from services.trainer.config import ADAPTER_PARAMS, TRAIN_PARAMS
+    return _submit("trainer", spec_from_args(args, TRAIN_PARAMS + ADAPTER_PARAMS), args)
 
 
 def cmd_quantize(args) -> int:
-    spec = {"source_model": args.source_model, "method": args.method}
-    for key in ("output_name", "llm_int8_threshold", "weights_bits", "bnb_4bit_quant_type", "double_quant",
-                "compute_dtype", "algorithm", "smoothing_strength", "group_size", "dataset"):
-        _opt(spec, key, getattr(args, key))
-    for sub, keys in (("calibration", ("split", "num_samples", "seed", "max_seq_length")),
-                      ("report", ("split", "num_prompts", "max_seq_length"))):
-        part = {}
-        for key in keys:
-            _opt(part, key, getattr(args, f"{sub}_{key}"))
-        if part:
-            spec[sub] = part
-    return _submit("quantizer", spec, args)
+    from services.quantizer.config import QUANTIZE_PARAMS
+    return _submit("quantizer", spec_from_args(args, QUANTIZE_PARAMS), args)
 
 
 def cmd_eval(args) -> int:
-    tasks = []
-    for t in args.task:
-        item = {"task": t}
-        _opt(item, "limit", args.limit)
-        tasks.append(item)
-    spec = {"model": args.model, "tasks": tasks}
-    for key in ("batch_size", "max_new_tokens", "eval_id", "seed", "bootstrap_samples", "engine", "engine_check",
-                "kv_cache_dtype"):
-        _opt(spec, key, getattr(args, key))
-    return _submit("evaluator", spec, args)
+    from services.evaluator.config import EVALUATE_PARAMS
+    return _submit("evaluator", spec_from_args(args, EVALUATE_PARAMS), args)
 
 
 def cmd_compare(args) -> int:
@@ -448,6 +410,78 @@ def cmd_demo(args) -> int:
 
 # ------------------------------------------------------------------ parser
 
+# ------------------------------------------------------------------ job flags from the configs
+
+REPEATED = ("tasks.task",)   # flags given once per item (--task arc --task squad)
+PER_ITEM = ("tasks.limit", "tasks.dataset", "tasks.split")  # apply to every item of the repeated field
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return ",".join(value) if isinstance(value, list) else str(value)
+
+
+def param_help(prm) -> str:
+    """A Param's help line: what it is, its range, its default (argparse %-escaped)."""
+    text = prm.help
+    if prm.lo is not None:
+        text += f", in {prm.range_text()}"
+    if prm.default not in (None, "") and "default" not in text:
+        text += f" (default: {_show(prm.default)})"
+    return text.replace("%", "%%")
+
+
+def add_param_flags(parser, params, sent_defaults: tuple[str, ...] = ()) -> None:
+    """One flag per Param (services/<service>/config.py): ``--peft {lora,dora,vera,none}`` with its
+    help, range and default. Required fields (default None, not derived) are required flags;
+    ``sent_defaults`` are fields the CLI always sends (the service requires them)."""
+    for prm in params:
+        kw = {"dest": prm.dest, "help": param_help(prm), "default": None}
+        if prm.name in sent_defaults:
+            kw["default"] = prm.default
+        elif prm.required:
+            kw["required"] = True
+        if prm.kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif prm.kind in (int, float):
+            kw["type"] = prm.kind
+        if prm.choices:
+            kw["choices"] = prm.choices
+        if prm.name in REPEATED:
+            kw["action"] = "append"
+        parser.add_argument(prm.cli_flag, **kw)
+
+
+def spec_from_args(args, params) -> dict:
+    """The spec (proto JSON shape) from parsed flags: only the fields given, dotted names nested
+    (``lora.r`` -> ``{"lora": {"r": ...}}``), list fields split at commas; a repeated field's items
+    each get the per-item fields (``--task arc --task squad --limit 50``)."""
+    spec: dict = {}
+    items: list[dict] = []
+    for prm in params:
+        value = getattr(args, prm.dest)
+        if value is None or prm.name in PER_ITEM:
+            continue
+        if prm.kind is list:
+            value = [v for v in value.split(",") if v]
+        if prm.name in REPEATED:
+            head, key = prm.name.split(".")
+            items = [{key: v} for v in value]
+            spec[head] = items
+            continue
+        *path, key = prm.name.split(".")
+        node = spec
+        for part in path:
+            node = node.setdefault(part, {})
+        node[key] = value
+    for prm in params:
+        if prm.name in PER_ITEM and getattr(args, prm.dest) is not None:
+            for item in items:
+                item[prm.key] = getattr(args, prm.dest)
+    return spec
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Shows an option's default in ``--help`` where the CLI itself sets one (options left unset
     take the service's default, which their help text names)."""
@@ -558,76 +592,23 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--wait", action="store_true", help="watch the job with a progress bar")
         sp.add_argument("--timeout", type=float, default=24 * 3600, help="seconds --wait waits (default: %(default)s)")
 
+    # Job flags come from the job configs' Params: one flag per spec field, its choices, range and
+    # default shown as the service will apply them (an unset flag leaves the field to the service).
+    from services.evaluator.config import EVALUATE_PARAMS
+    from services.quantizer.config import QUANTIZE_PARAMS
+    from services.trainer.config import ADAPTER_PARAMS, TRAIN_PARAMS
     t = sub.add_parser("train", help="submit a training job")
-    t.add_argument("--base-model", required=True)
-    t.add_argument("--dataset", required=True)
-    t.add_argument("--task")
-    t.add_argument("--peft", default="lora", help="lora | dora | vera | none (full fine-tuning)")
-    t.add_argument("--r", type=int, help="adapter rank (default 8)")
-    t.add_argument("--alpha", type=int)
-    t.add_argument("--target-modules")
-    t.add_argument("--output-name")
-    t.add_argument("--max-steps", type=int, help="optimizer steps (default: train by --num-train-epochs, 1)")
-    t.add_argument("--learning-rate", type=float)
-    t.add_argument("--per-device-batch-size", type=int)
-    t.add_argument("--gradient-accumulation-steps", type=int)
-    t.add_argument("--max-seq-length", type=int)
-    t.add_argument("--train-limit", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--training-quant", help="none | qlora | int8")
-    t.add_argument("--dropout", type=float)
-    t.add_argument("--d-initial", type=float, help="VeRA only")
-    t.add_argument("--num-train-epochs", type=float)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--warmup-ratio", type=float)
-    t.add_argument("--max-grad-norm", type=float)
-    t.add_argument("--save-steps", type=int, help="checkpoint to storage every N steps (0: never)")
-    t.add_argument("--resume", help="auto | never")
-    t.add_argument("--optimizer", help="adamw_torch | adamw_8bit | paged_adamw_8bit | adafactor | sgd")
-    t.add_argument("--lr-scheduler", help="linear | cosine | constant_with_warmup")
-    t.add_argument("--world-size", type=int, help="processes under torchrun (DDP; FSDP for full FT on GPUs)")
-    for flag in ("packing", "group-by-length", "gradient-checkpointing", "merge-after-train",
-                 "completion-only-loss"):
-        t.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None)
+    add_param_flags(t, TRAIN_PARAMS + ADAPTER_PARAMS)
     job_opts(t)
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("quantize", help="submit a post-training quantization job")
-    q.add_argument("--source-model", required=True)
-    q.add_argument("--method", default="bnb_int8", help="gptq | awq | hqq | quarot | smoothquant | bnb_int8 | bnb_4bit | "
-                   "smoothquant_w8a8 | w4a16 (adaround, brecq: refused, see docs/QUANTIZER.md)")
-    q.add_argument("--output-name")
-    q.add_argument("--llm-int8-threshold", type=float)
-    q.add_argument("--weights-bits", type=int)
-    q.add_argument("--bnb-4bit-quant-type", help="nf4 | fp4")
-    q.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=None)
-    q.add_argument("--compute-dtype", help="auto | bfloat16 | float16 | float32")
-    q.add_argument("--algorithm", help="gptq | rtn")
-    q.add_argument("--smoothing-strength", type=float, help="SmoothQuant alpha")
-    q.add_argument("--group-size", type=int)
-    q.add_argument("--dataset", help="calibration samples and held-out report prompts")
-    q.add_argument("--calibration-split")
-    q.add_argument("--calibration-num-samples", type=int)
-    q.add_argument("--calibration-seed", type=int)
-    q.add_argument("--calibration-max-seq-length", type=int)
-    q.add_argument("--report-split")
-    q.add_argument("--report-num-prompts", type=int)
-    q.add_argument("--report-max-seq-length", type=int)
+    add_param_flags(q, QUANTIZE_PARAMS, sent_defaults=("method",))
     job_opts(q)
     q.set_defaults(func=cmd_quantize)
 
     e = sub.add_parser("eval", help="submit an evaluation job")
-    e.add_argument("--model", required=True)
-    e.add_argument("--task", action="append", required=True, help="repeatable: ai2_arc, squad_v2, ...")
-    e.add_argument("--limit", type=int, help="first N items of each task's test split (default: all)")
-    e.add_argument("--batch-size", type=int, help="prompts generated together (default 8; 1: exact mode)")
-    e.add_argument("--max-new-tokens", type=int, help="generation limit per item (default 1000, as the study)")
-    e.add_argument("--eval-id")
-    e.add_argument("--seed", type=int, help="seeds the bootstrap CIs (default 0)")
-    e.add_argument("--bootstrap-samples", type=int, help="resamples for the 95%% CIs (default 1000)")
-    e.add_argument("--engine", choices=["auto", "hf", "vllm"], help="generation engine (default auto: vLLM where installed)")
-    e.add_argument("--engine-check", type=int, help="vLLM runs: first N items per task also through HF; agreement recorded")
-    e.add_argument("--kv-cache-dtype", help="auto (default) | int8 | int4 | int2: quantized KV cache while generating")
+    add_param_flags(e, EVALUATE_PARAMS)
     job_opts(e)
     e.set_defaults(func=cmd_eval)
 

@@ -79,10 +79,6 @@ _LITERALS = sorted(((t, m) for m, t in QUANT_TAGS.items() if m not in (QuantMeth
 # Extra keys whose values start with letters (``headbf16``): parsed by known key, not by letters.
 EXTRA_KEYS = ("head", "alpha")
 
-# PEFT method -> the study's name fragment ("LoRa256", "DoRa256", "VeRa512", "NoPeft").
-PEFT_TAGS = {"lora": "LoRa", "dora": "DoRa", "vera": "VeRa", "none": "NoPeft"}
-
-
 def _segment(value: Any) -> str:
     """The study's ``_sanitize_segment``: 0.5 -> '0.5', 6.0 -> '6', True -> '1', text -> alnum, '-', '.'."""
     if isinstance(value, bool):
@@ -209,8 +205,11 @@ def base_stem(base_model: str) -> str:
     return base_model[: -len("-base")] if base_model.endswith("-base") else base_model
 
 
-def trained_model_name(base_model: str, dataset: str, peft: str, r: int | None, quant: QuantMethod) -> str:
-    peft_part = PEFT_TAGS[peft] + ("" if peft == "none" or r is None else str(r))
+def trained_model_name(base_model: str, dataset: str, peft_tag: str, r: int | None, quant: QuantMethod) -> str:
+    """The study's trained-model name: ``Qwen3-8B-arc_SFT_LoRa256_NoQuant``. ``peft_tag``: the PEFT
+    method's name fragment (services/trainer/peft_types.py: ``LoRa``, ``NoPeft``); ``r``: its rank,
+    None for full fine-tuning."""
+    peft_part = peft_tag + ("" if r is None else str(r))
     return f"{base_stem(base_model)}-{dataset}_SFT_{peft_part}_{tag_quant(quant)}"
 
 

@@ -30,14 +30,6 @@ class Problems:
             raise NotFoundError("; ".join(self.missing))
 
 
-def in_range(p: Problems, spec: dict, field: str, default, lo, hi, lo_open: bool = False):
-    """``spec[field]`` (proto JSON; absent = default) checked against [lo, hi] (or (lo, hi])."""
-    value = spec.get(field, default)
-    ok = isinstance(value, (int, float)) and (lo < value if lo_open else lo <= value) and value <= hi
-    p.require(ok, f"{field}: {quote(value)} must be in {'(' if lo_open else '['}{lo}, {hi}]")
-    return value
-
-
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
 

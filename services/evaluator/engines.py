@@ -24,12 +24,15 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from services.common import artifacts, modeling, tasks
 from services.common.errors import NotFoundError
 from services.evaluator import loading
 from services.evaluator.generation import Generation, prompt_hash
+
+if TYPE_CHECKING:
+    from services.evaluator.config import EvaluateConfig
 
 ENGINES = ("auto", "hf", "vllm")
 
@@ -104,10 +107,10 @@ def select(store, model: str, requested: str) -> tuple[str, str]:
     return choose(requested, vllm_refusal(config, quant, adapter))
 
 
-def load_vllm(store, model: str, workdir: str, dev, cfg: dict[str, Any]):
+def load_vllm(store, model: str, workdir: str, dev, cfg: "EvaluateConfig", dtype: str = ""):
     """(VLLMGenerator, tokenizer, manifest, info) for ``model``, as ``loading.load_for_eval`` gives for HF.
-    An adapter-only model is merged into its base first; dtype is the HF path's (fp32 on CPU,
-    bf16 on GPUs that have it) unless ``cfg['dtype']`` names one."""
+    An adapter-only model is merged into its base first; ``dtype`` (torch's name: bfloat16...) is
+    the HF path's (fp32 on CPU, bf16 on GPUs that have it) unless given."""
     model_dir, manifest = modeling.fetch_model(store, model, workdir)
     quant = loading.quantization_spec(model_dir, manifest)
     info: dict[str, Any] = {"name": model, "kind": manifest.get("kind"), "quantization": quant,
@@ -129,9 +132,9 @@ def load_vllm(store, model: str, workdir: str, dev, cfg: dict[str, Any]):
         qd = json.loads((model_dir / "config.json").read_text()).get("quantization_config")
         if qd:
             info["quantization_config"] = {"quant_method": str(qd.get("quant_method")), "format": qd.get("format")}
-    dtype = cfg.get("dtype") or str(modeling.compute_dtype(dev)).removeprefix("torch.")
+    dtype = dtype or str(modeling.compute_dtype(dev)).removeprefix("torch.")
     tok = modeling.load_tokenizer(run_dir, padding_side="left")
-    gen = VLLMGenerator(run_dir, tok, dtype, cfg["batch_size"], cfg["max_new_tokens"], seed=cfg["seed"])
+    gen = VLLMGenerator(run_dir, tok, dtype, cfg.batch_size, cfg.max_new_tokens, seed=cfg.seed)
     return gen, tok, manifest, info
 
 

@@ -24,37 +24,45 @@ import torch
 from services.common import artifacts, data_import, modeling, tasks
 from services.common.job_context import JobContext
 from services.evaluator import engines, generation, kv_cache, loading, score, study
+from services.evaluator.config import EvaluateConfig
 
 
-def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate ``config`` (the door's :func:`~services.evaluator.config.resolve_evaluate_spec` output
+    as the job record stores it: :meth:`EvaluateConfig.to_dict`) and commit
+    ``evaluations/<model>/<eval_id>/``: per-task scores with bootstrap 95% CIs, predictions.parquet
+    (one row per item), speed (items/s, tokens/s) and memory. Returns ``{"outputs": {"evaluation":
+    uri}, "metrics": {...}}``. Library errors (out of memory, a model the engine cannot load)
+    propagate and fail the job."""
+    cfg = EvaluateConfig.from_dict(config)
     t_start = time.time()
     _cpu_threads()
     dev = modeling.device()
     modeling.reset_peak_memory()
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(cfg.seed)
 
     # 1. Model and items.
-    ctx.log(f"fetching {cfg['model']}")
+    ctx.log(f"fetching {cfg.model}")
     dtype = modeling.eval_dtype(dev)
-    engine, why = engines.select(ctx.store, cfg["model"], cfg.get("engine", "auto"))
-    if engine == "vllm" and cfg.get("kv_cache_dtype", "auto") != "auto":  # the door refuses an explicit vllm
-        engine, why = "hf", f"kv_cache_dtype {cfg['kv_cache_dtype']} runs on transformers' QuantizedCache"
+    engine, why = engines.select(ctx.store, cfg.model, cfg.engine)
+    if engine == "vllm" and cfg.kv_cache_dtype != "auto":  # the door refuses an explicit vllm
+        engine, why = "hf", f"kv_cache_dtype {cfg.kv_cache_dtype} runs on transformers' QuantizedCache"
     if engine == "vllm":
         model, tok, manifest, model_info = engines.load_vllm(
-            ctx.store, cfg["model"], ctx.workdir, dev, {**cfg, "dtype": str(dtype).removeprefix("torch.")})
+            ctx.store, cfg.model, ctx.workdir, dev, cfg, str(dtype).removeprefix("torch."))
         model_info["dtype"] = str(dtype).removeprefix("torch.")
     else:
-        model, tok, manifest, model_info = loading.load_for_eval(ctx.store, cfg["model"], ctx.workdir, dev, dtype)
+        model, tok, manifest, model_info = loading.load_for_eval(ctx.store, cfg.model, ctx.workdir, dev, dtype)
     engine_block = engines.engine_info(engine, why, model_info["dtype"])
-    ctx.log(f"loaded {cfg['model']} as {model_info['loaded_as']} on {dev} in {model_info['dtype']}; "
+    ctx.log(f"loaded {cfg.model} as {model_info['loaded_as']} on {dev} in {model_info['dtype']}; "
             f"engine {engine} ({why})")
     hf_ref = None  # HF model for the engine check, loaded on first use
     items: dict[str, list[dict]] = {}
-    for t in cfg["tasks"]:
-        task = tasks.get_task(t["task"])
-        df = tasks.with_answers(task, data_import.load_split(ctx.store, t["dataset"], t["split"]))
+    for t in cfg.tasks:
+        task = tasks.get_task(t.task)
+        df = tasks.with_answers(task, data_import.load_split(ctx.store, t.dataset, t.split))
         data_import.validate_columns(task, df)
-        items[task.name] = df.head(t["limit"]).to_dict("records") if t["limit"] else df.to_dict("records")
+        items[task.name] = df.head(t.limit).to_dict("records") if t.limit else df.to_dict("records")
     total = sum(len(rows) for rows in items.values())
 
     # 2.-3. Generate and score, task by task.
@@ -80,18 +88,18 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
 
         t_task = time.time()
         if engine == "vllm":
-            gens = model.generate(prompts, cfg["max_new_tokens"], cfg["batch_size"], on_batch=on_batch)
+            gens = model.generate(prompts, cfg.max_new_tokens, cfg.batch_size, on_batch=on_batch)
         else:
-            gens = generation.generate(model, tok, prompts, cfg["max_new_tokens"], cfg["batch_size"], on_batch=on_batch,
-                                       cache=kv_cache.generate_kwargs(cfg.get("kv_cache_dtype", "auto")))
+            gens = generation.generate(model, tok, prompts, cfg.max_new_tokens, cfg.batch_size, on_batch=on_batch,
+                                       cache=kv_cache.generate_kwargs(cfg.kv_cache_dtype))
         task_s = time.time() - t_task
         preds = [parsed[i] for i in range(len(rows))]
         block = score_task(task, preds, scored, gens, task_s, cfg)
-        if engine == "vllm" and cfg.get("engine_check"):  # the same first items through HF generate
-            hf_ref = hf_ref or loading.load_for_eval(ctx.store, cfg["model"], str(Path(ctx.workdir) / "hf"), dev,
+        if engine == "vllm" and cfg.engine_check:  # the same first items through HF generate
+            hf_ref = hf_ref or loading.load_for_eval(ctx.store, cfg.model, str(Path(ctx.workdir) / "hf"), dev,
                                                      dtype)[:2]
-            block["engine_check"] = engines.agreement_with_hf(task, prompts, gens[: cfg["engine_check"]], *hf_ref,
-                                                              cfg["max_new_tokens"], cfg["batch_size"])
+            block["engine_check"] = engines.agreement_with_hf(task, prompts, gens[: cfg.engine_check], *hf_ref,
+                                                              cfg.max_new_tokens, cfg.batch_size)
         datasets_out[task_name] = block
         study_out[task_name] = study.dataset_block(task.type.value, [g.text for g in gens], golds,
                                                    [g.latency_s for g in gens], [g.generated_tokens for g in gens])
@@ -105,28 +113,28 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
 
     # 4. metrics.json + predictions.parquet, manifest last.
     memory = modeling.peak_memory()
-    uri = f"s3://evaluations/{cfg['model']}/{cfg['eval_id']}/"
-    quantization = kv_cache.record(cfg.get("kv_cache_dtype", "auto"), str(model.dtype).removeprefix("torch."),
+    uri = f"s3://evaluations/{cfg.model}/{cfg.eval_id}/"
+    quantization = kv_cache.record(cfg.kv_cache_dtype, str(model.dtype).removeprefix("torch."),
                                    model_info["quantization"])
     result = {
-        "model_name": cfg["model"], "eval_id": cfg["eval_id"], "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "model_name": cfg.model, "eval_id": cfg.eval_id, "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "summary": summarize(datasets_out, pred_rows, quantization, memory, time.time() - t_start),
         "datasets": datasets_out,
         "quantization": quantization,
-        "batch_composition": generation.batch_composition(quantization, cfg["batch_size"]),
+        "batch_composition": generation.batch_composition(quantization, cfg.batch_size),
         "hardware": {**modeling.hardware(), **memory, "torch_threads": torch.get_num_threads(),
                      "dtype": model_info["dtype"]},
         "model": model_info, "engine": engine_block,
-        "spec": cfg, "predictions_uri": uri + "predictions.parquet", "versions": versions(),
+        "spec": config, "predictions_uri": uri + "predictions.parquet", "versions": versions(),
         "study_profile": study_profile(study_out, pred_rows),
     }
     out = Path(ctx.workdir) / "eval"
     out.mkdir()
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     pd.DataFrame(pred_rows, columns=PREDICTION_COLUMNS).to_parquet(out / "predictions.parquet", index=False)
-    artifacts.commit_dir(ctx.store, "evaluations", f"{cfg['model']}/{cfg['eval_id']}", out, {
-        "kind": "evaluation", "model": cfg["model"], "eval_id": cfg["eval_id"], "parents": [cfg["model"]],
-        "model_manifest_sha": model_info["manifest_sha"], "tasks": list(datasets_out), "spec": cfg,
+    artifacts.commit_dir(ctx.store, "evaluations", f"{cfg.model}/{cfg.eval_id}", out, {
+        "kind": "evaluation", "model": cfg.model, "eval_id": cfg.eval_id, "parents": [cfg.model],
+        "model_manifest_sha": model_info["manifest_sha"], "tasks": list(datasets_out), "spec": config,
         "quantization": quantization, "engine": engine_block, "versions": result["versions"],
         "git_commit": modeling.git_commit()})
     thr = result["summary"]["throughput"]
@@ -170,9 +178,9 @@ def study_profile(study_out: dict[str, dict], pred_rows: list[dict]) -> dict[str
             "datasets": study_out}
 
 
-def score_task(task, preds, golds, gens, task_s: float, cfg: dict[str, Any]) -> dict[str, Any]:
+def score_task(task, preds, golds, gens, task_s: float, cfg: EvaluateConfig) -> dict[str, Any]:
     """One task's block in the study's layout (``ftlab`` profile), plus ci95 and throughput."""
-    block = score.ftlab_block(task, preds, golds, cfg["bootstrap_samples"], cfg["seed"])
+    block = score.ftlab_block(task, preds, golds, cfg.bootstrap_samples, cfg.seed)
     n, n_gen = len(preds), sum(g.generated_tokens for g in gens)
     return block | {
         "latency_seconds": describe([g.latency_s for g in gens], 4),

@@ -12,6 +12,7 @@ import pandas as pd
 from services.common import tasks
 from services.common.data_import import load_split
 from services.common.storage import ObjectStore
+from services.quantizer.config import QuantizeConfig
 
 
 def format_text(tok, task: str, row: dict[str, Any]) -> str:
@@ -25,28 +26,28 @@ def texts_hash(texts: list[str]) -> str:
     return hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
 
 
-def draw(store: ObjectStore, cfg: dict[str, Any], tok) -> tuple[list[str], list[str], dict[str, Any]]:
+def draw(store: ObjectStore, cfg: QuantizeConfig, tok) -> tuple[list[str], list[str], dict[str, Any]]:
     """(calibration texts, held-out report texts, what was drawn). Rows are drawn with the
     calibration seed; report rows never overlap the calibration rows."""
-    calib, report, info = [], [], {"dataset": cfg["dataset"], "task": cfg["task"]}
-    if not cfg["dataset"]:
+    calib, report, info = [], [], {"dataset": cfg.dataset, "task": cfg.task}
+    if not cfg.dataset:
         return calib, report, info
-    c, r = cfg["calibration"], cfg["report"]
+    c, r = cfg.calibration, cfg.report
     used_ids: set[str] = set()
     if c is not None:
-        df = load_split(store, cfg["dataset"], c["split"])
+        df = load_split(store, cfg.dataset, c["split"])
         rows = df.sample(n=c["num_samples"], random_state=c["seed"])
         used_ids = set(rows["id"])
-        calib = [format_text(tok, cfg["task"], row) for row in rows.to_dict("records")]
+        calib = [format_text(tok, cfg.task, row) for row in rows.to_dict("records")]
         info["calibration"] = {"split": c["split"], "seed": c["seed"], "size": len(calib),
                                "hash": texts_hash(calib), "ids": sorted(used_ids)}
     if r["num_prompts"]:
-        df = load_split(store, cfg["dataset"], r["split"])
+        df = load_split(store, cfg.dataset, r["split"])
         if r["exclude_calibration"]:
             df = df[~df["id"].isin(used_ids)]
         seed = c["seed"] if c is not None else 0
         rows = df.sample(n=min(r["num_prompts"], len(df)), random_state=seed + 1) if len(df) else pd.DataFrame()
-        report = [format_text(tok, cfg["task"], row) for row in rows.to_dict("records")]
+        report = [format_text(tok, cfg.task, row) for row in rows.to_dict("records")]
         info["report"] = {"split": r["split"], "size": len(report), "hash": texts_hash(report),
                           "disjoint_from_calibration": not (set(rows.get("id", [])) & used_ids)}
     return calib, report, info

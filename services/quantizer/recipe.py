@@ -17,11 +17,20 @@ import torch
 from services.common import artifacts, modeling
 from services.common.job_context import JobContext
 from services.quantizer import calibration, report
+from services.quantizer.config import QuantizeConfig
 
 STEPS = 6
 
 
-def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
+    """Quantize ``config`` (the door's :func:`~services.quantizer.config.resolve_quantize_spec`
+    output as the job record stores it: :meth:`QuantizeConfig.to_dict`) and commit
+    ``models/<output_name>/``: the quantized weights, ``quantization_metadata.json`` and
+    ``quantization_report.json`` (size in bytes, per-layer weight error, KL, top-1 agreement and
+    perplexity delta on held-out prompts, activation outliers). Returns ``{"outputs": {"model":
+    uri}, "metrics": {...}}`` (seconds, bytes, ratios). Library errors (a kernel missing on this
+    device, out of memory) propagate and fail the job."""
+    cfg = QuantizeConfig.from_dict(config)
     t0 = time.time()
     dev = modeling.device()
     dtype = modeling.compute_dtype(dev)
@@ -29,11 +38,11 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     work = Path(ctx.workdir)
 
     # 1. Source model: a full model folder, or an adapter merged into its base here.
-    ctx.log(f"fetching {cfg['source_model']}")
-    src_dir, src_manifest = modeling.fetch_model(ctx.store, cfg["source_model"], work)
+    ctx.log(f"fetching {cfg.source_model}")
+    src_dir, src_manifest = modeling.fetch_model(ctx.store, cfg.source_model, work)
     merged_from = None
-    if cfg["adapter"]:
-        src_dir, merged_from = _merge_adapter(ctx, cfg, src_dir, work, src_manifest)
+    if cfg.adapter:
+        src_dir, merged_from = _merge_adapter(ctx, cfg.source_model, cfg.adapter, src_dir, work, src_manifest)
     tok = modeling.load_tokenizer(src_dir)
     ctx.progress(1, STEPS, message="source ready" + (" (adapter merged into its base)" if merged_from else ""))
 
@@ -41,21 +50,21 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     calib, held_out, drawn = calibration.draw(ctx.store, cfg, tok)
     calib_hash = drawn.get("calibration", {}).get("hash")
     ctx.log(f"calibration: {len(calib)} samples" + (f" (sha256 {calib_hash[:12]})" if calib else "")
-            + f"; report: {len(held_out)} held-out prompts from {cfg['dataset'] or 'no dataset'}")
+            + f"; report: {len(held_out)} held-out prompts from {cfg.dataset or 'no dataset'}")
     ctx.progress(2, STEPS, message="calibration drawn")
 
     # 3. Quantize and save a folder plain from_pretrained loads.
     out = work / "out"
     t_quant = time.time()
-    if cfg["backend"] == "bitsandbytes":
+    if cfg.backend == "bitsandbytes":
         _quantize_bnb(cfg, src_dir, out, dev, dtype)
-    elif cfg["backend"] == "hqq":
+    elif cfg.backend == "hqq":
         _quantize_hqq(cfg, src_dir, out, dev, dtype)
     else:
         _quantize_llmcompressor(ctx, cfg, src_dir, out, tok, calib, dtype)
     tok.save_pretrained(out)
     quant_s = time.time() - t_quant
-    ctx.progress(3, STEPS, {"quantize_time_s": quant_s}, message=f"quantized with {cfg['method']} ({cfg['quant_tag']})")
+    ctx.progress(3, STEPS, {"quantize_time_s": quant_s}, message=f"quantized with {cfg.method} ({cfg.quant_tag})")
 
     # 4. Both models as users load them (the quantized one from the saved folder).
     src_model = modeling.load_causal_lm(src_dir, dev)
@@ -67,14 +76,14 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     size = report.size_report(src_dir, out, list(report.quantizable_linears(q_model)), src_model, q_model)
     # Rotations (QuaRot) change every weight's basis: a per-layer weight comparison would measure the
     # rotation, not the quantization; the output-level quality section is the comparison then.
-    errors = [] if cfg["method"] == "quarot" else report.weight_errors(src_model, q_model, dtype, dev)
+    errors = [] if cfg.method == "quarot" else report.weight_errors(src_model, q_model, dtype, dev)
     ctx.metrics({"size_ratio": size["size_ratio"], "quantized_layers_ratio": size["quantized_layers_bytes"]["ratio"],
                  "weight_memory_ratio": size["weight_memory_bytes"]["ratio"]}, message="size")
     err_summary = report.summarize_errors(errors)
     ctx.metrics({"weight_rel_error_mean": err_summary.get("rel_error_mean", 0.0),
                  "weight_rel_error_max": err_summary.get("rel_error_max", 0.0)},
                 message=f"weight reconstruction error; worst layer {err_summary.get('worst_layer')}")
-    max_len = cfg["report"]["max_seq_length"]
+    max_len = cfg.report["max_seq_length"]
     outliers = report.activation_outliers(src_model, tok, calib or held_out, max_len, dev)
     out_summary = report.summarize_outliers(outliers)
     if out_summary:
@@ -93,20 +102,20 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
 
     # 6. Metadata (the study's QuantizationSpec fields), report, manifest last with lineage.
-    spec = {"method": cfg["quant_method"], "weights_bits": cfg["weights_bits"],
-            "activations_bits": cfg["activations_bits"], "group_size": cfg["options"].get("group_size"),
-            "lm_head_dtype": cfg.get("lm_head_dtype") or str(dtype).removeprefix("torch."), "backend": cfg["backend"],
+    spec = {"method": cfg.quant_method, "weights_bits": cfg.weights_bits,
+            "activations_bits": cfg.activations_bits, "group_size": cfg.options.get("group_size"),
+            "lm_head_dtype": cfg.lm_head_dtype or str(dtype).removeprefix("torch."), "backend": cfg.backend,
             "kv_cache_dtype": None,
             "calibration_size": len(calib) if calib else None, "calibration_hash": calib_hash,
-            "quant_tag": cfg["quant_tag"], "service_method": cfg["method"], "algorithm": cfg["algorithm"],
-            "options": cfg["options"]}
+            "quant_tag": cfg.quant_tag, "service_method": cfg.method, "algorithm": cfg.algorithm,
+            "options": cfg.options}
     memory = modeling.peak_memory()
     wall = time.time() - t0
-    metadata = {"model_name": cfg["output_name"], "source_model": cfg["source_model"], "merged_adapter": merged_from,
+    metadata = {"model_name": cfg.output_name, "source_model": cfg.source_model, "merged_adapter": merged_from,
                 "quantization": spec, "calibration": drawn, "size": size, "memory": memory,
                 "wall_time_s": round(wall, 3), "quantize_time_s": round(quant_s, 3), "hardware": modeling.hardware(),
                 "versions": _versions()}
-    full_report = {"model_name": cfg["output_name"], "source_model": cfg["source_model"], "quant_tag": cfg["quant_tag"],
+    full_report = {"model_name": cfg.output_name, "source_model": cfg.source_model, "quant_tag": cfg.quant_tag,
                    "source_kind": src_manifest.get("kind"), "degradation": degradation, "size": size, "quality": qual,
                    "weights": {"summary": err_summary, "layers": errors,
                                **({"skipped": "rotated weights (QuaRot): compare outputs (quality)"} if not errors else {})},
@@ -115,12 +124,12 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
                    "note": _note(src_manifest)}
     (out / "quantization_metadata.json").write_text(json.dumps(metadata, indent=2))
     (out / "quantization_report.json").write_text(json.dumps(full_report, indent=2))
-    artifacts.commit_dir(ctx.store, "models", cfg["output_name"], out, {
-        "kind": "quantized", "name": cfg["output_name"], "parents": [cfg["source_model"]],
-        "source_model": cfg["source_model"], "source_manifest_sha": artifacts.manifest_digest(src_manifest),
-        "merged_adapter": merged_from, "task": src_manifest.get("task") or cfg["task"],
-        "dataset": src_manifest.get("dataset"), "calibration_dataset": cfg["dataset"] if calib else None,
-        "spec": cfg, "quantization": spec, "versions": _versions(), "git_commit": modeling.git_commit()})
+    artifacts.commit_dir(ctx.store, "models", cfg.output_name, out, {
+        "kind": "quantized", "name": cfg.output_name, "parents": [cfg.source_model],
+        "source_model": cfg.source_model, "source_manifest_sha": artifacts.manifest_digest(src_manifest),
+        "merged_adapter": merged_from, "task": src_manifest.get("task") or cfg.task,
+        "dataset": src_manifest.get("dataset"), "calibration_dataset": cfg.dataset if calib else None,
+        "spec": cfg.to_dict(), "quantization": spec, "versions": _versions(), "git_commit": modeling.git_commit()})
     ctx.progress(6, STEPS, message="committed")
     metrics = {"size_ratio": size["size_ratio"], "quantized_layers_ratio": size["quantized_layers_bytes"]["ratio"],
                "weight_memory_ratio": size["weight_memory_bytes"]["ratio"],
@@ -129,37 +138,38 @@ def run(ctx: JobContext, cfg: dict[str, Any]) -> dict[str, Any]:
                "peak_rss_gb": memory["peak_rss_gb"], "peak_vram_reserved_gb": memory["peak_vram_reserved_gb"],
                "calibration_size": len(calib)}
     metrics.update({k: qual[k] for k in ("kl_mean", "top1_agreement", "ppl_delta") if k in qual})
-    return {"outputs": {"model": f"s3://models/{cfg['output_name']}/"}, "metrics": metrics}
+    return {"outputs": {"model": f"s3://models/{cfg.output_name}/"}, "metrics": metrics}
 
 
 # ----------------------------------------------------------------------------- steps
 
 
-def _merge_adapter(ctx: JobContext, cfg: dict[str, Any], adapter_root: Path, work: Path,
+def _merge_adapter(ctx: JobContext, source_model: str, adapter: dict[str, str], adapter_root: Path, work: Path,
                    manifest: dict[str, Any] | None = None):
     """Merge an adapter into its (fetched) base — onto the dequantized quantized base when the
     manifest says it was trained on one (modeling.merge_adapter, shared with the trainer); the
-    quantizer then treats the merge as its source."""
-    base = cfg["adapter"]["base_model"]
+    quantizer then treats the merge as its source. ``adapter``: {path (in the source folder),
+    base_model} as the door found them."""
+    base = adapter["base_model"]
     trained_on = ((manifest or {}).get("quantization") or {}).get("method")
-    ctx.log(f"{cfg['source_model']} is an adapter: merging it into {base} first"
+    ctx.log(f"{source_model} is an adapter: merging it into {base} first"
             + (f" (dequantized {trained_on} base, as trained)" if trained_on in modeling.TRAINING_QUANT_METHODS else ""))
     base_dir, base_manifest = modeling.fetch_model(ctx.store, base, work)
-    adapter_dir = adapter_root / cfg["adapter"]["path"] if cfg["adapter"]["path"] else adapter_root
+    adapter_dir = adapter_root / adapter["path"] if adapter["path"] else adapter_root
     merged = modeling.merge_adapter(base_dir, adapter_dir, trained_on)
     merged_dir = work / "merged"
     merged.save_pretrained(merged_dir)
     tok_src = adapter_root if (adapter_root / "tokenizer_config.json").exists() else base_dir
     modeling.load_tokenizer(tok_src).save_pretrained(merged_dir)
     return merged_dir, {"base_model": base, "base_manifest_sha": artifacts.manifest_digest(base_manifest),
-                        "adapter_path": cfg["adapter"]["path"] or "."}
+                        "adapter_path": adapter["path"] or "."}
 
 
-def _quantize_bnb(cfg: dict[str, Any], src_dir: Path, out: Path, dev: torch.device, dtype: torch.dtype) -> None:
+def _quantize_bnb(cfg: QuantizeConfig, src_dir: Path, out: Path, dev: torch.device, dtype: torch.dtype) -> None:
     """bitsandbytes quantizes while loading; lm_head stays in full precision (its default)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-    o = cfg["options"]
-    if cfg["method"] == "bnb_int8":
+    o = cfg.options
+    if cfg.method == "bnb_int8":
         bnb = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=o["llm_int8_threshold"])
     else:
         compute = dtype if o["compute_dtype"] == "auto" else getattr(torch, o["compute_dtype"])
@@ -171,12 +181,12 @@ def _quantize_bnb(cfg: dict[str, Any], src_dir: Path, out: Path, dev: torch.devi
     model.save_pretrained(out)
 
 
-def _quantize_hqq(cfg: dict[str, Any], src_dir: Path, out: Path, dev: torch.device, dtype: torch.dtype) -> None:
+def _quantize_hqq(cfg: QuantizeConfig, src_dir: Path, out: Path, dev: torch.device, dtype: torch.dtype) -> None:
     """HQQ quantizes while loading (calibration-free); transformers saves it and loads it back.
     CUDA only: transformers' HQQ integration refuses CPU device maps (the door refuses it on CPU)."""
     from transformers import AutoModelForCausalLM, HqqConfig
-    o = cfg["options"]
-    hqq = HqqConfig(nbits=cfg["weights_bits"], group_size=o["group_size"], skip_modules=["lm_head"])
+    o = cfg.options
+    hqq = HqqConfig(nbits=cfg.weights_bits, group_size=o["group_size"], skip_modules=["lm_head"])
     model = AutoModelForCausalLM.from_pretrained(src_dir, quantization_config=hqq, dtype=dtype,
                                                  device_map={"": dev.index or 0})
     model.save_pretrained(out)
@@ -189,13 +199,13 @@ def _weights(bits: int, group_size: int, symmetric: bool = True):
     return {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
 
 
-def _llmcompressor_recipe(cfg: dict[str, Any]) -> list:
+def _llmcompressor_recipe(cfg: QuantizeConfig) -> list:
     """The modifiers of each llm-compressor method. Mappings (which norm smooths or balances which
     layers, which layers a rotation spans) come from llm-compressor's registries for the architecture."""
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
     from llmcompressor.modifiers.transform import AWQModifier, SmoothQuantModifier, SpinQuantModifier
-    o, bits, method = cfg["options"], cfg["weights_bits"], cfg["method"]
-    quantizer = GPTQModifier if cfg["algorithm"] == "gptq" else QuantizationModifier  # gptq | rtn
+    o, bits, method = cfg.options, cfg.weights_bits, cfg.method
+    quantizer = GPTQModifier if cfg.algorithm == "gptq" else QuantizationModifier  # gptq | rtn
     if method in ("smoothquant_w8a8", "smoothquant"):
         return [SmoothQuantModifier(smoothing_strength=o["smoothing_strength"]),
                 quantizer(targets="Linear", scheme="W8A8", ignore=["lm_head"])]
@@ -208,7 +218,7 @@ def _llmcompressor_recipe(cfg: dict[str, Any]) -> list:
     return [quantizer(config_groups=_weights(bits, o["group_size"]), ignore=["lm_head"])]  # gptq, w4a16
 
 
-def _quantize_llmcompressor(ctx: JobContext, cfg: dict[str, Any], src_dir: Path, out: Path, tok,
+def _quantize_llmcompressor(ctx: JobContext, cfg: QuantizeConfig, src_dir: Path, out: Path, tok,
                             calib: list[str], dtype: torch.dtype) -> None:
     """GPTQ, AWQ, QuaRot-style rotation + GPTQ, SmoothQuant W8A8 or W4A16 via llm-compressor's oneshot,
     saved compressed (compressed-tensors)."""
@@ -216,7 +226,7 @@ def _quantize_llmcompressor(ctx: JobContext, cfg: dict[str, Any], src_dir: Path,
     from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM
 
-    o = cfg["options"]
+    o = cfg.options
     model = AutoModelForCausalLM.from_pretrained(src_dir, dtype=dtype)
     if "group_size" in o:
         bad = [f"{n} (in_features {m.in_features})" for n, m in report.quantizable_linears(model).items()
@@ -229,7 +239,7 @@ def _quantize_llmcompressor(ctx: JobContext, cfg: dict[str, Any], src_dir: Path,
     ctx.log(f"llm-compressor oneshot: {', '.join(type(m).__name__ for m in recipe)} on {len(calib)} samples")
     kwargs: dict[str, Any] = {}
     if calib:
-        c = cfg["calibration"]
+        c = cfg.calibration
         # Tokenized here (the texts already carry the chat template): llm-compressor then skips its
         # own datasets.map, whose fingerprinting pickles the whole tokenizer (~20 s on a small CPU).
         enc = tok(calib, add_special_tokens=False, truncation=True, max_length=c["max_seq_length"])

@@ -7,9 +7,12 @@ import json
 import math
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from services.quantizer.config import QuantizeConfig
 
 # Layers after a norm whose weights SmoothQuant rescales (the norm absorbs 1/s): compare them as
 # composed with that norm, or the smoothing itself would read as reconstruction error.
@@ -200,10 +203,10 @@ DEGRADATION_COLUMNS = ["method", "quant_tag", "backend", "disk_ratio", "memory_r
                        "kl_mean", "top1_agreement", "ppl_source", "ppl_quantized", "ppl_delta"]
 
 
-def degradation_row(cfg: dict[str, Any], size: dict[str, Any], qual: dict[str, Any]) -> dict[str, Any]:
+def degradation_row(cfg: QuantizeConfig, size: dict[str, Any], qual: dict[str, Any]) -> dict[str, Any]:
     """This model against its unquantized source: size on disk and in memory (bytes and ratio
     quantized/source), and the teacher-forced quality numbers (None when quality was skipped)."""
-    return {"method": cfg["method"], "quant_tag": cfg["quant_tag"], "backend": cfg["backend"],
+    return {"method": cfg.method, "quant_tag": cfg.quant_tag, "backend": cfg.backend,
             "disk_ratio": size["disk_bytes"]["ratio"], "memory_ratio": size["weight_memory_bytes"]["ratio"],
             "disk_bytes": size["disk_bytes"]["quantized"], "memory_bytes": size["weight_memory_bytes"]["quantized"],
             **{k: qual.get(k) for k in ("kl_mean", "top1_agreement", "ppl_source", "ppl_quantized", "ppl_delta")}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from services.common.generated.ftlab.v1 import quantizer_pb2_grpc
 from services.common.job_servicer import JobMethods
 from services.common.service_main import ServiceDef, main
-from services.quantizer.spec import resolve_quantize_spec
+from services.quantizer.config import resolve_quantize_spec
 
 
 # JobMethods comes first: its job RPCs override the generated stubs' UNIMPLEMENTED ones.

@@ -1,10 +1,10 @@
-"""More than one process: the recipe's :func:`~services.trainer.recipe.train` under torchrun.
+"""More than one process: the training loop (:func:`services.trainer.loop.train`) under torchrun.
 
 The job's child (recipe.run) fetched the inputs and tokenized the examples; it writes them with
 the config to a payload file and starts ``torchrun --nproc_per_node=<world_size> -m
 services.trainer.ddp <payload>``. Every worker runs the same ``train``: transformers' Trainer
 sees the torchrun environment and wraps the model in DDP (gloo on CPU, NCCL on GPUs; FSDP for
-full fine-tuning on GPUs, see recipe.fsdp_args). Rank 0 relays its events as JSON lines on
+full fine-tuning on GPUs, see loop.fsdp_args). Rank 0 relays its events as JSON lines on
 stdout, commits checkpoints and saves the model; the parent forwards the events to the job and
 commits the model as in the one-process case."""
 from __future__ import annotations
@@ -16,7 +16,10 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.trainer.config import TrainConfig
 
 EVENT = "@ftlab-event "  # marks the rank-0 event lines on stdout
 
@@ -34,14 +37,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(cfg: dict[str, Any], base_dir: Path, examples: list[dict], out: Path, resume_dir: Path | None,
+def launch(cfg: "TrainConfig", base_dir: Path, examples: list[dict], out: Path, resume_dir: Path | None,
            store, report, total_steps: int) -> dict[str, Any]:
     work = out.parent
-    payload = {"cfg": cfg, "base_dir": str(base_dir), "examples": examples, "out": str(out),
+    payload = {"cfg": cfg.to_dict(), "base_dir": str(base_dir), "examples": examples, "out": str(out),
                "resume_dir": str(resume_dir) if resume_dir else None, "store": store.config(),
                "total_steps": total_steps, "stats": str(work / "ddp_stats.json")}
     (work / "ddp_payload.json").write_text(json.dumps(payload))
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={cfg['world_size']}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={cfg.world_size}",
            "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
            "-m", "services.trainer.ddp", str(work / "ddp_payload.json")]
     report.log("launching: " + " ".join(cmd[2:]))
@@ -77,14 +80,15 @@ def main(payload_path: str) -> None:
     import torch
 
     from services.common.store_factory import open_store
-    from services.trainer.recipe import train
+    from services.trainer.config import TrainConfig
+    from services.trainer.loop import train
     p = json.loads(Path(payload_path).read_text())
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     dev = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() and os.environ.get(
         "FTLAB_DEVICE", "auto") != "cpu" else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    stats = train(p["cfg"], Path(p["base_dir"]), p["examples"], Path(p["out"]),
+    stats = train(TrainConfig.from_dict(p["cfg"]), Path(p["base_dir"]), p["examples"], Path(p["out"]),
                   Path(p["resume_dir"]) if p["resume_dir"] else None, open_store(p["store"]), _Relay,
                   p["total_steps"], dev)
     if rank == 0:

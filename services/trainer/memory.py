@@ -8,9 +8,9 @@ q/k/v/o attention projections, gate/up/down MLP); :func:`model_config_for` finds
 What it counts, per component (bytes):
 - weights: linear layers at 2 (bf16, GPU) or 4 (fp32, CPU), ~0.52 (NF4 + double-quant
   constants) or ~1 (int8); embeddings and lm_head stay in the compute dtype.
-- trainable parameters: the adapter (LoRA r*(in+out) per target, DoRA + a magnitude per output,
-  VeRA a d and b vector per target plus the frozen shared projections) in fp32, or every weight
-  for full fine-tuning (in the weight dtype). Gradients are one copy of them.
+- trainable parameters: the PEFT method's formula (services/trainer/peft_types.py: LoRA
+  r*(in+out) per target, DoRA + a magnitude per output, VeRA a d and b vector per target plus the
+  frozen shared projections) in fp32, or every weight for full fine-tuning (in the weight dtype). Gradients are one copy of them.
 - optimizer: AdamW two states per trainable parameter in its dtype; 8-bit AdamW 2 bytes;
   Adafactor ~ factored (rows + cols); SGD none.
 - activations: per token per layer what autograd keeps (norm inputs/outputs, q/k/v, attention
@@ -26,9 +26,14 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from services.trainer.config import DEFAULT_TARGETS
+
+if TYPE_CHECKING:
+    from services.trainer.config import TrainConfig
 
 GIB = 1024 ** 3
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -68,25 +73,30 @@ def _linear_shapes(mc: dict[str, Any]) -> dict[str, tuple[int, int]]:
             "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
 
 
-def _targets(cfg: dict[str, Any]) -> list[str]:
-    t = (cfg.get("lora") or {}).get("target_modules") or ["q_proj", "k_proj", "v_proj", "o_proj"]
+def _targets(cfg: "TrainConfig") -> list[str]:
+    t = cfg.adapter.target_modules if cfg.adapter else DEFAULT_TARGETS
     return list(LINEAR) if "all-linear" in t else [m for m in t if m in LINEAR]
 
 
-def estimate_training_memory(model_config: dict[str, Any], cfg: dict[str, Any]) -> dict[str, float]:
-    """Peak training memory of one process, in GiB by component, plus ``total_gb``.
+def estimate_training_memory(model_config: dict[str, Any], cfg: "TrainConfig", micro_batch_tokens: int = 0,
+                             logit_tokens: int = 0) -> dict[str, float]:
+    """Peak training memory of one process, in GiB by component, plus ``total_gb``,
+    ``trainable_params`` and ``total_params`` (counts).
 
-    ``cfg`` is the resolved train config (services.trainer.spec): peft_method, lora,
-    training_quant, optimizer, per_device_batch_size, max_seq_length, gradient_checkpointing,
-    packing, and ``device_type`` (cuda | cpu; default cuda). ``seq_length`` (optional) replaces
-    max_seq_length by the real longest row once the data is tokenized."""
+    ``cfg``: the resolved config (services/trainer/config.py); it reads peft_method (the
+    registry's trainable-parameter formula), adapter, training_quant, optimizer,
+    per_device_batch_size, max_seq_length, gradient_checkpointing, completion_only_loss,
+    answer_logits_only and device_type (cuda | cpu). At submit the activations are the worst case,
+    batch x max_seq_length tokens; the recipe re-estimates with the measured tokens of its largest
+    micro-batch (``micro_batch_tokens``) and logit rows (``logit_tokens``). Raises KeyError or
+    ZeroDivisionError on a config.json without the Llama-style fields."""
     mc = model_config
-    dev = cfg.get("device_type", "cuda")
+    dev = cfg.device_type
     wbytes = 2 if dev == "cuda" else 4                 # bf16 on GPU, fp32 on CPU
-    quant = cfg.get("training_quant", "none")
+    quant = cfg.training_quant
     if quant == "qlora":
         wbytes = 2                                     # bf16 compute, bf16 embeddings and lm_head
-    peft = cfg.get("peft_method", "lora")
+    method = cfg.method
     L, h, V = mc["num_hidden_layers"], mc["hidden_size"], mc["vocab_size"]
     shapes = _linear_shapes(mc)
     lin_per_layer = sum(i * o for i, o in shapes.values())
@@ -98,26 +108,17 @@ def estimate_training_memory(model_config: dict[str, Any], cfg: dict[str, Any]) 
     lin_bytes = {"none": wbytes, "qlora": NF4_BYTES, "int8": 1.0}[quant]
     weights = n_linear * lin_bytes + n_other * wbytes
 
-    # Trainable parameters and their dtype.
-    r = (cfg.get("lora") or {}).get("r", 8)
+    # Trainable parameters (the PEFT method's formula) and their dtype.
     targets = _targets(cfg)
-    frozen_extra = 0.0
-    if peft in ("lora", "dora"):
-        trainable = L * sum(r * (shapes[t][0] + shapes[t][1]) for t in targets)
-        if peft == "dora":
-            trainable += L * sum(shapes[t][1] for t in targets)
-        tbytes = 4
-    elif peft == "vera":
-        trainable = L * sum(r + shapes[t][1] for t in targets)
-        max_in = max(shapes[t][0] for t in targets)
-        max_out = max(shapes[t][1] for t in targets)
-        frozen_extra = r * (max_in + max_out) * 4      # the shared random projections (fp32)
-        tbytes = 4
-    else:                                               # full fine-tuning: every weight
-        trainable, tbytes = n_linear + n_other, wbytes
-    trainable_bytes = trainable * tbytes if peft != "none" else 0.0  # full FT: already in `weights`
+    if method.full:                                     # full fine-tuning: every weight
+        trainable, frozen_extra, tbytes = n_linear + n_other, 0.0, wbytes
+        trainable_bytes = 0.0                           # already in `weights`
+    else:                                               # adapters train in fp32
+        trainable, frozen = method.trainable(shapes, targets, L, cfg.adapter.r)
+        tbytes, frozen_extra = 4, frozen * 4
+        trainable_bytes = trainable * tbytes
     grads = trainable * tbytes
-    opt = cfg.get("optimizer", "adamw_torch")
+    opt = cfg.optimizer
     if opt in ("adamw_8bit", "paged_adamw_8bit"):
         optim = trainable * 2.0
     elif opt == "adafactor":
@@ -127,18 +128,17 @@ def estimate_training_memory(model_config: dict[str, Any], cfg: dict[str, Any]) 
     else:
         optim = trainable * tbytes * 2
 
-    # Activations: tokens of one micro-batch; at submit the worst case, batch x max_seq_length
-    # (the recipe re-estimates with the measured ``micro_batch_tokens`` and ``logit_tokens``).
-    seq = cfg.get("max_seq_length", 1024)
-    batch = cfg.get("per_device_batch_size", 1)
-    tokens = cfg.get("micro_batch_tokens") or batch * seq
+    # Activations: tokens of one micro-batch; at submit the worst case, batch x max_seq_length.
+    seq = cfg.max_seq_length
+    batch = cfg.per_device_batch_size
+    tokens = micro_batch_tokens or batch * seq
     abytes = 2 if (dev == "cuda" or quant == "qlora") else 4
     q_dim, kv_dim = shapes["q_proj"][1], shapes["k_proj"][1]
     inter = mc["intermediate_size"]
     per_token_layer = 6 * h + 4 * q_dim + 4 * kv_dim + 5 * inter
-    if peft != "none" and (cfg.get("lora") or {}).get("dropout", 0.05) > 0:
+    if not method.full and cfg.adapter.dropout > 0:
         per_token_layer += sum(shapes[t][0] for t in targets)   # dropout keeps a copy of each input
-    if cfg.get("gradient_checkpointing"):
+    if cfg.gradient_checkpointing:
         act = tokens * (L * h + per_token_layer) * abytes
     else:
         act = tokens * L * per_token_layer * abytes
@@ -146,9 +146,8 @@ def estimate_training_memory(model_config: dict[str, Any], cfg: dict[str, Any]) 
         act += L * mc["num_attention_heads"] * tokens * min(tokens, seq) * abytes
     # Logits, their fp32 upcast and the fp32 log-softmax the loss keeps. With the completion-only
     # loss the recipe computes them at the answer tokens only (ANSWER_TOKENS per example at most).
-    logit_tokens = cfg.get("logit_tokens") or (
-        batch * min(ANSWER_TOKENS, seq) if cfg.get("completion_only_loss", True)
-        and cfg.get("answer_logits_only", True) else tokens)
+    logit_tokens = logit_tokens or (
+        batch * min(ANSWER_TOKENS, seq) if cfg.completion_only_loss and cfg.answer_logits_only else tokens)
     logits = logit_tokens * V * (abytes + 4 + 4)
 
     out = {"weights_gb": weights, "adapter_gb": trainable_bytes + frozen_extra, "gradients_gb": grads,
@@ -157,5 +156,5 @@ def estimate_training_memory(model_config: dict[str, Any], cfg: dict[str, Any]) 
     out["overhead_gb"] = OVERHEAD_GB.get(dev, 0.6)
     out["total_gb"] = sum(out.values())
     out["trainable_params"] = float(trainable)
-    out["total_params"] = float(n_linear + n_other + (0 if peft == "none" else trainable))
+    out["total_params"] = float(n_linear + n_other + (0 if method.full else trainable))
     return {k: round(v, 4) if k.endswith("_gb") else v for k, v in out.items()}

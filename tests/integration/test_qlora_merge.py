@@ -12,11 +12,12 @@ from types import SimpleNamespace
 import torch
 
 from services.common import artifacts, modeling
+from services.trainer.config import TrainConfig
 from tests.conftest import TINY
 
-CFG = {"training_quant": "qlora", "peft_method": "lora", "gradient_checkpointing": False, "seed": 0,
-       "merge_after_train": True,
-       "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}
+CFG = TrainConfig.from_dict({"base_model": TINY, "dataset": "arc", "training_quant": "qlora", "peft_method": "lora",
+                             "gradient_checkpointing": False, "seed": 0, "merge_after_train": True,
+                             "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}})
 
 
 class _RankZero:
@@ -36,7 +37,7 @@ def test_trainer_and_quantizer_merge_a_qlora_adapter_alike(tiny_model_dir, store
     from transformers import AutoModelForCausalLM
 
     from services.quantizer.recipe import _merge_adapter
-    from services.trainer.recipe import build_model, save_model
+    from services.trainer.loop import build_model, save_model
     dev = torch.device("cpu")
     # 1. The trainer's QLoRA model with a "trained" adapter (lora_B away from its zero init).
     model = build_model(CFG, tiny_model_dir, dev)
@@ -58,8 +59,8 @@ def test_trainer_and_quantizer_merge_a_qlora_adapter_alike(tiny_model_dir, store
     work = tmp_path / "work"
     src_dir, manifest = modeling.fetch_model(store, "tiny-qlora-adapter", work)
     ctx = SimpleNamespace(store=store, log=lambda message: None)
-    merged_dir, _ = _merge_adapter(ctx, {"source_model": "tiny-qlora-adapter",
-                                         "adapter": {"path": "adapter", "base_model": TINY}}, src_dir, work, manifest)
+    merged_dir, _ = _merge_adapter(ctx, "tiny-qlora-adapter", {"path": "adapter", "base_model": TINY}, src_dir, work,
+                                   manifest)
 
     ids = torch.tensor([[9707, 11, 1879, 0, 25, 220, 16, 10, 16, 28]])
     nf4 = modeling.load_quantized_base(tiny_model_dir, "QLORA", dev)

@@ -24,14 +24,16 @@ def test_short_lora_fine_tune_changes_held_out_format_success(real_model_dir, tm
     import torch
     from services.common import modeling
     from services.evaluator import generation, stats
-    from services.trainer.recipe import encode_example, train
+    from services.trainer.config import TrainConfig
+    from services.trainer.loop import train
+    from services.trainer.recipe import encode_example
     task = tasks.get_task("arc")
     train_rows = pd.read_parquet(next(SEED_DATA.glob("train-ai2_arc*.parquet"))).head(STEPS * BATCH)
     test_rows = pd.read_parquet(next(SEED_DATA.glob("test-ai2_arc*.parquet"))).head(HELD_OUT)
     assert not set(train_rows.question) & set(test_rows.question)   # held out
     tok = modeling.load_tokenizer(real_model_dir)
     examples = [encode_example(tok, task, r, 512) for r in train_rows.to_dict("records")]
-    cfg = {"training_quant": "none", "peft_method": "lora", "gradient_checkpointing": False, "seed": 0,
+    cfg = {"base_model": "SmolLM2-135M-Instruct", "dataset": "arc", "training_quant": "none", "peft_method": "lora", "gradient_checkpointing": False, "seed": 0,
            "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
            "packing": True, "max_seq_length": 512, "completion_only_loss": True, "per_device_batch_size": BATCH,
            "gradient_accumulation_steps": 1, "learning_rate": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0,
@@ -44,7 +46,7 @@ def test_short_lora_fine_tune_changes_held_out_format_success(real_model_dir, tm
         def log(self, *a, **k): ...
 
     out = tmp_path / "lora"
-    stats_ = train(cfg, real_model_dir, examples, out, None, None, Quiet(), STEPS, torch.device("cpu"))
+    stats_ = train(TrainConfig.from_dict(cfg), real_model_dir, examples, out, None, None, Quiet(), STEPS, torch.device("cpu"))
     curve = [p["loss"] for p in stats_["loss_curve"]]
     assert curve[-1] < curve[0]
 

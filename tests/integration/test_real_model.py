@@ -33,7 +33,8 @@ def test_eos_stays_in_the_loss_when_pad_is_eos(real_model_dir):
     learns to stop with — neither in a padded batch, nor packed, nor in the answer-only logits."""
     require_shared()
     from services.common import modeling
-    from services.trainer.recipe import collate, encode_example
+    from services.trainer.loop import collate
+    from services.trainer.recipe import encode_example
     tok = modeling.load_tokenizer(real_model_dir)
     assert tok.pad_token_id == tok.eos_token_id == 2
     task = tasks.get_task("arc")
@@ -53,8 +54,8 @@ def test_eos_stays_in_the_loss_when_pad_is_eos(real_model_dir):
 def test_default_targets_follow_the_architecture(real_model_dir):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
-    from services.trainer.recipe import lora_targets
-    from services.trainer.spec import DEFAULT_TARGETS
+    from services.trainer.loop import lora_targets
+    from services.trainer.config import DEFAULT_TARGETS
     from services.common.errors import ValidationError
     cfg = AutoConfig.from_pretrained(real_model_dir)
     cfg.num_hidden_layers = 1
@@ -69,16 +70,18 @@ def test_default_targets_follow_the_architecture(real_model_dir):
 
 def test_naming_of_the_real_model():
     from services.common.naming import QuantMethod, quantized_model_name, trained_model_name
-    name = trained_model_name(REAL, "arc", "lora", 8, QuantMethod.NO_QUANT)
+    name = trained_model_name(REAL, "arc", "LoRa", 8, QuantMethod.NO_QUANT)
     assert name == "SmolLM2-135M-Instruct-arc_SFT_LoRa8_NoQuant"
     assert quantized_model_name(name, QuantMethod.INT8) == "SmolLM2-135M-Instruct-arc_SFT_LoRa8_Int8_BnB"
 
 
 def test_memory_estimate_reads_the_llama_config(real_model_dir):
+    from services.trainer.config import TrainConfig
     from services.trainer.memory import estimate_training_memory
     mc = json.loads((real_model_dir / "config.json").read_text())
-    est = estimate_training_memory(mc, {"peft_method": "lora", "lora": {"r": 8}, "device_type": "cpu",
-                                        "per_device_batch_size": 8, "max_seq_length": 256})
+    cfg = TrainConfig.resolve({"base_model": REAL, "dataset": "arc", "peft_method": "lora", "lora": {"r": 8},
+                               "per_device_batch_size": 8, "max_seq_length": 256}, device_type="cpu")
+    est = estimate_training_memory(mc, cfg)
     # 134.5M parameters (tied embeddings), fp32 on CPU: ~0.5 GiB of weights
     assert 130e6 < est["total_params"] < 140e6 and 0.45 < est["weights_gb"] < 0.55
 
@@ -125,8 +128,9 @@ def test_every_training_configuration_steps_on_the_real_model(real_train_store, 
     import math
     import torch
     from services.common import modeling
-    from services.trainer.recipe import encode_example, train
-    from services.trainer.spec import resolve_train_spec
+    from services.trainer.config import TrainConfig, resolve_train_spec
+    from services.trainer.loop import train
+    from services.trainer.recipe import encode_example
     spec = {"base_model": REAL, "dataset": "arc", "peft_method": peft, "training_quant": quant, "max_steps": 1,
             "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "max_seq_length": 256, "save_steps": 0,
             "merge_after_train": quant == "qlora" and peft == "lora"}
@@ -139,7 +143,7 @@ def test_every_training_configuration_steps_on_the_real_model(real_train_store, 
     examples = [encode_example(tok, tasks.get_task("arc"), r, 256) for r in _rows(2)]
     report = _Report()
     out = tmp_path / "out"
-    stats = train(cfg, real_model_dir, examples, out, None, real_train_store, report, 1, torch.device("cpu"))
+    stats = train(TrainConfig.from_dict(cfg), real_model_dir, examples, out, None, real_train_store, report, 1, torch.device("cpu"))
     loss = stats["loss_curve"][0]["loss"]
     # a pretrained model: its loss on the boxed answer is a few nats, not log(49152) = 10.8
     assert math.isfinite(loss) and 0 < loss < 6, loss

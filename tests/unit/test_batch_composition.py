@@ -4,7 +4,7 @@ measured on the real model by ``bench/bench_batch_invariance.py`` (docs/EVALUATO
 from __future__ import annotations
 
 from services.evaluator.generation import batch_composition
-from services.evaluator.spec import resolve_evaluate_spec
+from services.evaluator.config import resolve_evaluate_spec
 
 
 def test_int8_batches_are_flagged_and_batch_size_one_is_exact():

@@ -9,7 +9,7 @@ import pytest
 from ftlab import stack
 from services.common.errors import ValidationError
 from services.evaluator import engines
-from services.evaluator.spec import resolve_evaluate_spec
+from services.evaluator.config import resolve_evaluate_spec
 
 BNB = {"quantization_config": {"quant_method": "bitsandbytes", "load_in_8bit": True}}
 LLAMA = {"hidden_size": 576, "num_attention_heads": 9}  # SmolLM2-135M: head_dim 64

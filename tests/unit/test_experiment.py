@@ -81,13 +81,18 @@ def test_defaults_matrix_include_exclude_and_restrictions():
     exp = plan(spec(base_models=["Qwen3-tiny-base", "Qwen3-other-base"], datasets=["arc", "squad"],
                     defaults={"max_steps": 2, "lora": {"dropout": 0.0}},
                     train=[{"peft_method": "lora", "lora": {"r": [4, 8]}},
-                           {"peft_method": "none", "base_models": ["Qwen3-other-base"], "datasets": ["arc"]}],
+                           {"peft_method": "vera", "lora": {"r": 2}, "base_models": ["Qwen3-other-base"],
+                            "datasets": ["arc"]}],
                     exclude=[{"dataset": "squad", "lora.r": 8}]))
     names = [s.output for s in exp.stage("train")]
     assert names == ["Qwen3-tiny-arc_SFT_LoRa4_NoQuant", "Qwen3-tiny-squad_SFT_LoRa4_NoQuant",
                      "Qwen3-other-arc_SFT_LoRa4_NoQuant", "Qwen3-other-squad_SFT_LoRa4_NoQuant",
                      "Qwen3-tiny-arc_SFT_LoRa8_NoQuant", "Qwen3-other-arc_SFT_LoRa8_NoQuant",
-                     "Qwen3-other-arc_SFT_NoPeft_NoQuant"]
+                     "Qwen3-other-arc_SFT_VeRa2_NoQuant"]
+    # the plan checks each configuration as the trainer's door will: an adapter default under a
+    # full fine-tune is refused here, not after the other steps ran
+    with pytest.raises(ValidationError, match=r"train\[1\]\.lora: adapter settings given but peft_method is 'none'"):
+        plan(spec(defaults={"lora": {"dropout": 0.0}}, train=[{"lora": {"r": 4}}, {"peft_method": "none"}]))
     first = exp.stage("train")[0].spec
     assert first["max_steps"] == 2 and first["lora"] == {"dropout": 0.0, "r": 4}  # defaults deep-merged
     assert exp.datasets == ["arc", "squad"]

@@ -81,7 +81,7 @@ def test_names_without_a_tag_and_unknown_methods():
 
 
 def test_study_model_names_are_built():
-    assert trained_model_name("Qwen3-8B-base", "openmath", "lora", 256, QuantMethod.QLORA) == \
+    assert trained_model_name("Qwen3-8B-base", "openmath", "LoRa", 256, QuantMethod.QLORA) == \
         "Qwen3-8B-openmath_SFT_LoRa256_QLORA_w4_headbf16"
     assert quantized_model_name("Qwen3-4B-openmath_SFT_NoPeft_NoQuant", QuantMethod.INT8) == \
         "Qwen3-4B-openmath_SFT_NoPeft_Int8_BnB"

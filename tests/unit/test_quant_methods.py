@@ -5,7 +5,7 @@ import pytest
 
 from services.common.naming import QUANT_TAGS, QuantMethod, quantized_model_name
 from services.quantizer.methods import METHOD_OPTIONS, METHODS, REGISTRY
-from services.quantizer.spec import linear_in_features
+from services.quantizer.config import linear_in_features
 
 
 def test_registry_is_consistent():
@@ -35,7 +35,7 @@ def test_quantized_names(source, method, variant, expected):
 
 
 def test_default_output_names_follow_the_options():
-    from services.quantizer.spec import default_output_name
+    from services.quantizer.config import default_output_name
     assert default_output_name({"source_model": "Qwen3-4B-base", "method": "bnb_4bit"}) == "Qwen3-4B-base_4bit_BnB"
     assert default_output_name({"source_model": "M", "method": "bnb_4bit", "bnb_4bit_quant_type": "fp4",
                                 "double_quant": False}) == "M_4bit_FP4_BnB_noDQ"

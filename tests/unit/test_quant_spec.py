@@ -14,7 +14,7 @@ from services.common import artifacts
 from services.common.errors import PreconditionError, ValidationError
 from services.common.storage import LocalStore
 from services.quantizer.methods import REGISTRY
-from services.quantizer.spec import resolve_quantize_spec
+from services.quantizer.config import resolve_quantize_spec
 
 CONFIG = {"model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
           "head_dim": 16, "num_hidden_layers": 2}

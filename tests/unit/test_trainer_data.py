@@ -35,7 +35,7 @@ def test_target_is_the_evaluators_boxed_answer_and_only_it_carries_loss(batch_an
 def test_packing_and_answer_only_logits_keep_the_loss(batch_and_model, packing, answer_only):
     import torch
 
-    from services.trainer.recipe import collate
+    from services.trainer.loop import collate
     examples, model, tok = batch_and_model
     with torch.no_grad():
         ref = model(**collate(examples, tok.pad_token_id)).loss

@@ -6,7 +6,8 @@ import pytest
 
 from services.common.errors import NotFoundError, PreconditionError, ValidationError
 from services.trainer import memory
-from services.trainer.spec import PEFT_METHODS, TRAINING_QUANT, resolve_train_spec, run_key
+from services.trainer.config import TRAINING_QUANT, TrainConfig, resolve_train_spec
+from services.trainer.peft_types import PEFT_METHODS
 from tests.conftest import TINY, snapshot
 
 BASE = {"base_model": TINY, "dataset": "arc"}
@@ -59,7 +60,7 @@ def test_every_problem_is_named_and_nothing_written(tiny_store):
         resolve_train_spec({**BASE, "lora": {"r": -1, "alpha": -2, "target_modules": [""]}}, tiny_store)
     for fragment in ("lora.r: -1", "lora.alpha: -2", "lora.target_modules"):
         assert fragment in str(exc.value)
-    with pytest.raises(ValidationError, match="VeRA has no alpha"):
+    with pytest.raises(ValidationError, match="vera takes no alpha"):
         resolve_train_spec({**BASE, "peft_method": "vera", "lora": {"alpha": 8}}, tiny_store)
     with pytest.raises(ValidationError, match="peft_method is 'none'"):
         resolve_train_spec({**BASE, "peft_method": "none", "lora": {"r": 8}}, tiny_store)
@@ -103,9 +104,11 @@ def test_over_the_device_budget_is_refused_with_the_estimate(tiny_store, monkeyp
 
 
 def test_run_key_names_the_settings_not_the_bookkeeping(tiny_store):
-    a = resolve_train_spec(BASE, tiny_store)
-    assert run_key(a) == run_key({**a, "save_steps": 7, "resume": "never"})
-    assert run_key(a) != run_key({**a, "learning_rate": 1e-3})
+    import dataclasses
+    a = TrainConfig.from_dict(resolve_train_spec(BASE, tiny_store))
+    assert a.checkpoint_prefix.endswith("-" + a.run_key())
+    assert a.run_key() == dataclasses.replace(a, save_steps=7, resume="never").run_key()
+    assert a.run_key() != dataclasses.replace(a, learning_rate=1e-3).run_key()
 
 
 def test_catalogue_and_storage_configs():
@@ -122,7 +125,9 @@ def test_catalogue_prefers_the_models_own_config(tiny_store):
 
 
 def test_estimate_counts_the_known_parameter_totals_and_orders_the_methods():
-    est = lambda mc, **c: memory.estimate_training_memory(mc, {"per_device_batch_size": 1, "max_seq_length": 512, **c})
+    est = lambda mc, **c: memory.estimate_training_memory(mc, TrainConfig.resolve(
+        {"base_model": "Qwen3-8B-base", "dataset": "arc", "per_device_batch_size": 1, "max_seq_length": 512, **c},
+        device_type="cuda"))
     c8, c06 = memory.model_config_for("Qwen3-8B"), memory.model_config_for("Qwen3-0.6B")
     full8 = est(c8, peft_method="none")
     assert 8.1e9 < full8["trainable_params"] < 8.3e9          # Qwen3-8B: 8.2B parameters
@@ -139,7 +144,7 @@ def test_trainer_door_imports_without_torch():
     import subprocess
     import sys
     code = ("import sys\nfor m in ('torch', 'transformers', 'peft', 'bitsandbytes'):\n    sys.modules[m] = None\n"
-            "import services.trainer.spec, services.trainer.memory, services.trainer.checkpoints, "
+            "import services.trainer.config, services.trainer.peft_types, services.trainer.memory, services.trainer.checkpoints, "
             "services.trainer.server\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -1,32 +1,126 @@
-"""QuantizeSpec validation at the door: every problem at once, defaults resolved into the config the
-quantization child runs. Torch-free (runs in the server); reads manifests and config.json only.
-Every check reads only values earlier checks accepted, so no request can crash the door."""
+"""The quantization job's configuration, in one place: the QuantizeSpec fields' defaults, ranges
+and choices (:data:`QUANTIZE_PARAMS`; each method's own options and defaults live in its
+registry entry, services/quantizer/methods.py), the typed :class:`QuantizeConfig` the child runs,
+and the model name (:func:`default_output_name`). The door (:func:`resolve_quantize_spec`)
+checks every problem at once; every check reads only values earlier checks accepted, so no
+request can crash it. Torch-free (runs in the server); reads manifests and config.json only."""
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from services.common import artifacts
 from services.common.errors import NotFoundError, PreconditionError, ValidationError
-from services.common.naming import _short, check_name, quantized_model_name, tag_quant
+from services.common.naming import _short, check_name, parse_tag, quantized_model_name, tag_quant
+from services.common.params import Param
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
 from services.common.validation import Problems
 from services.quantizer.methods import ALGORITHMS, COMPUTE_DTYPES, METHOD_OPTIONS, METHODS, REGISTRY, MethodDef
 
-__all__ = ["METHODS", "default_output_name", "resolve_quantize_spec", "linear_in_features", "service_has_gpu"]
+__all__ = ["METHODS", "QuantizeConfig", "default_output_name", "resolve_quantize_spec", "linear_in_features",
+           "service_has_gpu"]
 
 # Llama/Qwen-style decoder layers: module (under model.layers.N.) -> config key of its in-features.
 _LAYER_INPUTS = {"self_attn.q_proj": "hidden", "self_attn.k_proj": "hidden", "self_attn.v_proj": "hidden",
                  "self_attn.o_proj": "attn", "mlp.gate_proj": "hidden", "mlp.up_proj": "hidden",
                  "mlp.down_proj": "intermediate"}
+def method_defaults(field: str) -> str:
+    """The registry's defaults of a method option, for help texts: ``default: 64 for gptq, awq;
+    128 for w4a16`` (``weights_bits``: each method's first supported)."""
+    by_value: dict[str, list[str]] = {}
+    for m in REGISTRY.values():
+        if field == "weights_bits" or field in m.options:
+            value = m.weights_bits[0] if field == "weights_bits" else m.defaults[field]
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            by_value.setdefault(text, []).append(m.name)
+    return "default: " + "; ".join(f"{v} for {', '.join(names)}" for v, names in by_value.items())
+
+
+# QuantizeSpec fields (proto/ftlab/v1/quantize_spec.proto). The method options' defaults are the
+# method's (its registry entry); ``method`` is required at the door (bnb_int8 is the CLI's default).
+QUANTIZE_PARAMS: tuple[Param, ...] = (
+    Param("source_model", None, "a model in the models bucket: base, merged fine-tune or adapter", required=True),
+    Param("method", "bnb_int8", "PTQ method (adaround, brecq: refused, see docs/QUANTIZER.md)",
+          choices=tuple(REGISTRY)),
+    Param("output_name", "", "model name (default: the source's name + the method's tag)"),
+    Param("weights_bits", None, f"weight bits ({method_defaults('weights_bits')})", int, 1, 16),
+    Param("llm_int8_threshold", None, f"LLM.int8 outlier threshold ({method_defaults('llm_int8_threshold')})",
+          float, 0.0, 1e4),
+    Param("bnb_4bit_quant_type", None, f"4-bit data type ({method_defaults('bnb_4bit_quant_type')})",
+          choices=("nf4", "fp4")),
+    Param("double_quant", None, f"quantize the quantization constants too ({method_defaults('double_quant')})",
+          bool),
+    Param("compute_dtype", None, f"matmul dtype, auto: bf16 on GPU, fp32 on CPU ({method_defaults('compute_dtype')})",
+          choices=COMPUTE_DTYPES),
+    Param("algorithm", None, f"weight rounding ({method_defaults('algorithm')})", choices=ALGORITHMS),
+    Param("smoothing_strength", None, f"SmoothQuant alpha ({method_defaults('smoothing_strength')})",
+          float, 0.0, 1.0),
+    Param("group_size", None, f"weights per scale ({method_defaults('group_size')})", int, 1, 65_536),
+    Param("dataset", "", "calibration samples and held-out report prompts (default: the source's dataset)"),
+    Param("calibration.split", "train", "split the calibration samples are drawn from"),
+    Param("calibration.num_samples", 128, "calibration samples", int, 1, 100_000),
+    Param("calibration.seed", 0, "seeds the calibration draw", int, 0, 2**31 - 1),
+    Param("calibration.max_seq_length", 512, "tokens per calibration sample", int, 16, 131_072),
+    Param("report.split", "", "held-out prompts (default: test, else the calibration split's other rows)"),
+    Param("report.num_prompts", 16, "held-out prompts compared (0: no quality section)", int, 0, 10_000),
+    Param("report.max_seq_length", 256, "tokens per report prompt", int, 16, 131_072),
+)
+PARAMS = {p.name: p for p in QUANTIZE_PARAMS}
 # Numeric options: (type, lowest, highest). Booleans are not numbers here.
-_RANGES = {"llm_int8_threshold": (float, 0.0, 1e4), "smoothing_strength": (float, 0.0, 1.0),
-           "group_size": (int, 1, 65_536), "weights_bits": (int, 1, 16)}
-_CHOICES = {"bnb_4bit_quant_type": ("nf4", "fp4"), "compute_dtype": COMPUTE_DTYPES, "algorithm": ALGORITHMS}
+_RANGES = {f: (PARAMS[f].kind, PARAMS[f].lo, PARAMS[f].hi)
+           for f in ("llm_int8_threshold", "smoothing_strength", "group_size", "weights_bits")}
+_CHOICES = {p.name: p.choices for p in QUANTIZE_PARAMS if p.choices and p.name in METHOD_OPTIONS}
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """What a quantization job runs. ``options``: every option of the method with its value
+    (defaults filled from the registry); ``weights_bits``/``activations_bits`` in bits;
+    ``adapter`` ({path, base_model}) when the source is an adapter to merge first;
+    ``calibration`` ({split, num_samples, seed, max_seq_length}) only for calibrated algorithms;
+    ``report`` ({split, num_prompts, max_seq_length, exclude_calibration}); ``dataset``/``task``
+    None without a dataset."""
+    source_model: str
+    method: str
+    output_name: str
+    quant_method: str
+    quant_tag: str
+    backend: str
+    algorithm: str
+    weights_bits: int
+    activations_bits: int
+    lm_head_dtype: str
+    options: dict[str, Any]
+    adapter: dict[str, str] | None
+    dataset: str | None
+    task: str | None
+    calibration: dict[str, Any] | None
+    report: dict[str, Any]
+
+    @property
+    def method_def(self) -> MethodDef:
+        return REGISTRY[self.method]
+
+    @classmethod
+    def resolve(cls, spec: dict[str, Any], store: ObjectStore) -> "QuantizeConfig":
+        """A QuantizeSpec (proto JSON) -> the config, through the door's checks
+        (:func:`resolve_quantize_spec`: every problem at once; it reads the source's and the
+        dataset's manifests, so it needs ``store``)."""
+        return cls.from_dict(resolve_quantize_spec(spec, store))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QuantizeConfig":
+        """The config back from the job record's JSON (:meth:`to_dict`)."""
+        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def service_has_gpu() -> bool:
@@ -49,6 +143,12 @@ def head_dtype(gpu: bool) -> str:
 
 
 def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, Any]:
+    """The quantizer's door: a QuantizeSpec as proto JSON -> the config the child runs
+    (:meth:`QuantizeConfig.to_dict`, the job record's form), the output name derived by
+    :func:`default_output_name` unless given. Reads the source's manifest and config.json
+    (group_size must divide every quantized layer's in-features) and the dataset's manifest.
+    Raises ValidationError (every problem), NotFoundError, or PreconditionError (a method this
+    host cannot run, an already quantized source, an existing output); writes nothing."""
     p = Problems()
     blocked: list[str] = []  # FAILED_PRECONDITION problems (reported after the invalid ones)
     source = spec.get("source_model", "")
@@ -66,13 +166,11 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     opts, bad = _options(p, spec, method)
     ok = method is not None and not bad
     calib_in, report_in = spec.get("calibration") or {}, spec.get("report") or {}
-    calibration = {"split": calib_in.get("split") or "train",
-                   "num_samples": _sub_range(p, "calibration", calib_in, "num_samples", 128, 1, 100_000),
-                   "seed": _sub_range(p, "calibration", calib_in, "seed", 0, 0, 2**31 - 1),
-                   "max_seq_length": _sub_range(p, "calibration", calib_in, "max_seq_length", 512, 16, 131_072)}
-    report = {"split": report_in.get("split") or "",
-              "num_prompts": _sub_range(p, "report", report_in, "num_prompts", 16, 0, 10_000),
-              "max_seq_length": _sub_range(p, "report", report_in, "max_seq_length", 256, 16, 131_072)}
+    calibration = {"split": calib_in.get("split") or PARAMS["calibration.split"].default,
+                   **{k: _sub_range(p, calib_in, PARAMS[f"calibration.{k}"]) for k in ("num_samples", "seed",
+                                                                                     "max_seq_length")}}
+    report = {"split": report_in.get("split") or PARAMS["report.split"].default,
+              **{k: _sub_range(p, report_in, PARAMS[f"report.{k}"]) for k in ("num_prompts", "max_seq_length")}}
     for f in ("calibration", "report"):
         split = (calib_in if f == "calibration" else report_in).get("split")
         if split:
@@ -111,8 +209,14 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         task = _dataset_problems(p, dataset, ds_manifest, calibration, report, needs_calibration, report_in)
 
     out = spec.get("output_name") or ""
-    if ok and method is not None and not out and _valid(source):
-        out = default_output_name({**spec, **opts}, gpu=gpu)
+    if ok and method is not None and _valid(source):
+        own = default_output_name({**spec, **opts}, gpu=gpu)
+        if not out:
+            out = own
+        elif out != own and _study_name_of(source, out):  # a free name is fine; a wrong study name is not
+            p.invalid.append(f"output_name: {_short(out)} is the study's name of other quantization settings "
+                             f"(or of another device's lm_head); this quantizer names this job {own!r}: leave "
+                             "output_name unset, or choose a name that is not a study name")
     if _valid(out) and artifacts.read_manifest(store, "models", out) is not None:
         blocked.append(f"output model {out!r} already exists; choose another output_name or delete it first")
     if p.invalid:
@@ -121,12 +225,12 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     if blocked:
         raise PreconditionError("; ".join(blocked))
     quant = method.quant_methods[algorithm]
-    return {"source_model": source, "method": name, "output_name": out, "quant_method": quant.value,
-            "quant_tag": quant_tag(method, opts, gpu), "backend": method.backend,
-            "algorithm": algorithm, "weights_bits": opts["weights_bits"], "activations_bits": method.activations_bits,
-            "lm_head_dtype": head_dtype(gpu),
-            "options": opts, "adapter": adapter, "dataset": dataset or None, "task": task,
-            "calibration": calibration if needs_calibration else None, "report": report}
+    return QuantizeConfig(
+        source_model=source, method=name, output_name=out, quant_method=quant.value,
+        quant_tag=quant_tag(method, opts, gpu), backend=method.backend, algorithm=algorithm,
+        weights_bits=opts["weights_bits"], activations_bits=method.activations_bits, lm_head_dtype=head_dtype(gpu),
+        options=opts, adapter=adapter, dataset=dataset or None, task=task,
+        calibration=calibration if needs_calibration else None, report=report).to_dict()
 
 
 def _algorithm(method: MethodDef | None, opts: dict[str, Any]) -> str:
@@ -167,6 +271,18 @@ def default_output_name(spec: dict[str, Any], gpu: bool | None = None) -> str:
     opts = {f: spec.get(f, method.defaults[f]) for f in method.options}
     opts["weights_bits"] = spec.get("weights_bits", method.weights_bits[0])
     return quantized_model_name(spec["source_model"], quant_tag(method, opts, service_has_gpu() if gpu is None else gpu))
+
+
+def _study_name_of(source: str, name: str) -> bool:
+    """``name`` is ``source``'s name with a quantization tag (``<source>_GPTQ_w4_g64_headfp32``)."""
+    stem = quantized_model_name(source, "T")[:-1]
+    if not name.startswith(stem):
+        return False
+    try:
+        parse_tag(name[len(stem):])
+        return True
+    except ValidationError:
+        return False
 
 
 def _valid(name: Any) -> bool:
@@ -223,12 +339,12 @@ def _options(p: Problems, spec: dict[str, Any], method: MethodDef | None) -> tup
     return opts, bad
 
 
-def _sub_range(p: Problems, message: str, spec: dict[str, Any], field: str, default, lo, hi):
+def _sub_range(p: Problems, spec: dict[str, Any], param: Param):
     """A sub-message integer field, reported with its path (``calibration.num_samples``); None if bad."""
-    value = spec.get(field)
+    value = spec.get(param.key)
     if value is None:
-        return default
-    return int(value) if _number(p, f"{message}.{field}", value, int, lo, hi) else None
+        return param.default
+    return int(value) if _number(p, param.name, value, int, param.lo, param.hi) else None
 
 
 def _variant(method: MethodDef, opts: dict[str, Any]) -> str:

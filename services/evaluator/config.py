@@ -1,0 +1,175 @@
+"""The evaluation job's configuration, in one place: the EvaluateSpec fields' defaults, ranges and
+choices (:data:`EVALUATE_PARAMS`), the typed :class:`EvaluateConfig` the child runs and its
+``eval_id`` (the evaluation's name and idempotency key). The door (:func:`resolve_evaluate_spec`)
+reports every problem at once and writes nothing. Torch-free."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from services.common import artifacts
+from services.common.errors import PreconditionError, ValidationError, quote
+from services.common.job_record import spec_hash
+from services.common.naming import check_name
+from services.common.params import Param
+from services.common.storage import ObjectStore
+from services.common.tasks import get_task, required_columns
+from services.common.validation import Problems, split_rows, task_mismatch
+from services.evaluator.kv_cache import KV_CACHE_DTYPES
+
+ENGINES = ("auto", "hf", "vllm")  # generation engines (services/evaluator/engines.py)
+
+# EvaluateSpec fields (proto/ftlab/v1/evaluate_spec.proto); tasks[i].limit is the CLI's --limit.
+EVALUATE_PARAMS: tuple[Param, ...] = (
+    Param("model", None, "a model in the models bucket", required=True),
+    Param("tasks.task", None, "repeatable: ai2_arc, squad_v2, ... (at least one)", flag="--task", required=True),
+    Param("tasks.dataset", None, "dataset each task reads (default: the task's short name: arc, squad...)",
+          flag="--dataset"),
+    Param("tasks.split", "test", "split each task reads", flag="--split"),
+    Param("tasks.limit", None, "first N items of each task's split (default: all)", int, 1, 1_000_000,
+          flag="--limit"),
+    Param("batch_size", 8, "prompts generated together (1: exact mode)", int, 1, 512),
+    Param("max_new_tokens", 1000, "generation limit per item, as the study", int, 1, 32768),
+    Param("seed", 0, "seeds the bootstrap CIs", int, 0, 2**31 - 1),
+    Param("bootstrap_samples", 1000, "resamples for the 95% CIs", int, 100, 100_000),
+    Param("engine", "auto", "generation engine (auto: vLLM where installed)", choices=ENGINES),
+    Param("engine_check", 0, "vLLM runs: first N items per task also through HF; agreement recorded",
+          int, 0, 1_000_000),
+    Param("kv_cache_dtype", "auto", "quantized KV cache while generating", choices=tuple(KV_CACHE_DTYPES)),
+    Param("eval_id", "", "the evaluation's name (default: eval- + the config's hash)"),
+)
+PARAMS = {p.name: p for p in EVALUATE_PARAMS}
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """One task of an evaluation: the task's canonical name, the dataset and split it reads, and
+    ``limit`` (first N items; None: all)."""
+    task: str
+    dataset: str
+    split: str
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What an evaluation job runs: ``batch_size`` prompts per generate call, ``max_new_tokens``
+    per item, ``bootstrap_samples`` resamples (seeded by ``seed``) for the 95% CIs; ``engine``,
+    ``engine_check`` and ``kv_cache_dtype`` as in :data:`EVALUATE_PARAMS`. ``eval_id`` names the
+    result (``evaluations/<model>/<eval_id>/``)."""
+    model: str
+    tasks: tuple[EvalTask, ...]
+    batch_size: int = 8
+    max_new_tokens: int = 1000
+    seed: int = 0
+    bootstrap_samples: int = 1000
+    engine: str = "auto"
+    engine_check: int = 0
+    kv_cache_dtype: str = "auto"
+    eval_id: str = ""
+
+    @classmethod
+    def resolve(cls, spec: dict[str, Any], store: ObjectStore) -> "EvaluateConfig":
+        """An EvaluateSpec (proto JSON) -> the config, through the door's checks
+        (:func:`resolve_evaluate_spec`: every problem at once; it reads the model's and the
+        datasets' manifests, so it needs ``store``)."""
+        return cls.from_dict(resolve_evaluate_spec(spec, store))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvaluateConfig":
+        """The config back from the job record's JSON (:meth:`to_dict`)."""
+        return cls(**{**d, "tasks": tuple(EvalTask(**t) for t in d["tasks"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able. The engine and KV-cache entries appear only when not the default, so the
+        configs (and eval ids) of evaluations from before those options stay the same."""
+        out = {"model": self.model, "tasks": [dataclasses.asdict(t) for t in self.tasks],
+               "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
+               "bootstrap_samples": self.bootstrap_samples}
+        if self.engine != "auto" or self.engine_check:
+            out |= {"engine": self.engine, "engine_check": self.engine_check}
+        if self.kv_cache_dtype != "auto":
+            out["kv_cache_dtype"] = self.kv_cache_dtype
+        if self.eval_id:
+            out["eval_id"] = self.eval_id
+        return out
+
+    def default_eval_id(self) -> str:
+        """``eval-`` + 16 hex digits of the config's hash (without eval_id): the same settings
+        always get the same id, so a resubmission finds the committed result."""
+        return "eval-" + spec_hash(dataclasses.replace(self, eval_id="").to_dict())
+
+
+def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, Any]:
+    """The evaluator's door: an EvaluateSpec as proto JSON -> the config the child runs
+    (:meth:`EvaluateConfig.to_dict`, the job record's form), ``eval_id`` derived unless given.
+    Reads the model's and each dataset's manifest. Raises ValidationError (every problem),
+    NotFoundError, or PreconditionError (a model without weights, an existing evaluation);
+    writes nothing."""
+    p = Problems()
+    blocked = ""  # FAILED_PRECONDITION: the model exists but cannot be evaluated
+    model = spec.get("model", "")
+    p.require(bool(model), "model: required") and p.add(check_name("model", model))
+    batch_size, max_new, seed, n_boot = (PARAMS[f].read(p, spec) for f in ("batch_size", "max_new_tokens", "seed",
+                                                                          "bootstrap_samples"))
+    engine = spec.get("engine") or PARAMS["engine"].default
+    p.require(engine in ENGINES, f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
+    p.require(engine != "vllm" or importlib.util.find_spec("vllm") is not None,
+              "engine: 'vllm' requested but vLLM is not installed in the evaluator's environment")
+    engine_check = PARAMS["engine_check"].read(p, spec)
+    kv_cache = spec.get("kv_cache_dtype") or PARAMS["kv_cache_dtype"].default
+    p.require(kv_cache in KV_CACHE_DTYPES, f"kv_cache_dtype: unknown {str(kv_cache)[:40]!r}; known: {', '.join(KV_CACHE_DTYPES)}")
+    p.require(kv_cache == "auto" or engine != "vllm",
+              "kv_cache_dtype: a quantized KV cache runs on HF generate; it cannot be combined with engine 'vllm'")
+    p.require(bool(spec.get("tasks")), "tasks: at least one task is required")
+    tasks = []
+    for i, t in enumerate(spec.get("tasks", [])):
+        where = f"tasks[{i}]"
+        limit = t.get("limit")  # checked before the task, so an unknown task does not hide a bad limit
+        lim = PARAMS["tasks.limit"]
+        p.require(limit is None or lim.lo <= limit <= lim.hi, f"{where}.limit: {limit} must be in {lim.range_text()}")
+        try:
+            task = get_task(t.get("task", ""))
+        except ValidationError as exc:
+            p.invalid.append(f"{where}.task: {exc}")
+            continue
+        dataset, split = t.get("dataset") or task.short, t.get("split") or PARAMS["tasks.split"].default
+        p.add(check_name(f"{where}.dataset", dataset))
+        ds = artifacts.read_manifest(store, "datasets", dataset) if not check_name("d", dataset) else None
+        if ds is None:
+            p.not_found(f"{where}.dataset: {dataset!r} not found in the datasets bucket")
+        elif split not in ds.get("splits", {}):
+            p.invalid.append(f"{where}.split: dataset {dataset!r} has no split {split!r} "
+                             f"(has: {', '.join(sorted(ds.get('splits', {})))})")
+        else:
+            cols = set(ds["splits"][split].get("columns", []))
+            missing = [c for c in required_columns(task) if c not in cols]
+            p.require(not missing, f"{where}.dataset: {dataset!r} lacks the {task.name} columns {missing}")
+            p.add(task_mismatch(f"{where}.task", task.name, dataset, ds))
+            p.add(split_rows(f"{where}.limit" if limit else f"{where}.split", dataset, ds, split, limit))
+        tasks.append(EvalTask(task.name, dataset, split, limit))
+    names = [t.task for t in tasks]
+    p.require(len(names) == len(set(names)), f"tasks: each task at most once (got {names})")
+    if model and not p.invalid:
+        manifest = artifacts.read_manifest(store, "models", model)
+        if manifest is None:
+            p.not_found(f"model: {model!r} not found in the models bucket")
+        elif manifest.get("merged") is False and manifest.get("adapter_path"):  # adapter-only: needs its base
+            base = manifest.get("base_model") or next(iter(manifest.get("parents") or []), None)
+            if not base or artifacts.read_manifest(store, "models", base) is None:
+                p.not_found(f"model: {model!r} is an adapter whose base model {base!r} is not in the models bucket")
+        elif "config.json" not in {f.get("path") for f in manifest.get("files", [])}:
+            blocked = f"model: {quote(model)} holds no model weights (no config.json) and no adapter"
+    eval_id = spec.get("eval_id", "")
+    if eval_id:
+        p.add(check_name("eval_id", eval_id))
+    p.raise_if_any()
+    if blocked:
+        raise PreconditionError(blocked)
+    cfg = EvaluateConfig(model, tuple(tasks), batch_size, max_new, seed, n_boot, engine, engine_check, kv_cache)
+    cfg = dataclasses.replace(cfg, eval_id=eval_id or cfg.default_eval_id())
+    if artifacts.read_manifest(store, "evaluations", f"{model}/{cfg.eval_id}") is not None:
+        raise PreconditionError(f"evaluation {model}/{cfg.eval_id} already exists")
+    return cfg.to_dict()

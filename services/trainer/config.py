@@ -1,0 +1,339 @@
+"""The training job's configuration, in one place: every TrainSpec field's default, range or
+choices (:data:`TRAIN_PARAMS`, :data:`ADAPTER_PARAMS`), the typed :class:`TrainConfig` the
+training child runs, its model name and its run key. The servicer's door
+(:func:`resolve_train_spec`), the recipe, the memory estimator, the flows, the dry run and the
+CLI all read these; nobody else holds a default. Torch-free."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.common import artifacts
+from services.common.errors import NotFoundError, PreconditionError, ValidationError, quote
+from services.common.naming import QuantMethod, check_name, trained_model_name
+from services.common.params import Param
+from services.common.storage import ObjectStore
+from services.common.tasks import get_task, required_columns
+from services.common.validation import Problems, check_module_names, model_weights_problem, split_rows, task_mismatch
+from services.trainer.peft_types import PEFT_METHODS, PeftMethod
+
+# Training-time quantization of the base -> the study's QuantMethod (the name tag).
+TRAINING_QUANT = {"none": QuantMethod.NO_QUANT, "qlora": QuantMethod.QLORA, "int8": QuantMethod.INT8}
+# Optimizer -> transformers' `optim` name; the 8-bit ones need bitsandbytes' CUDA kernels.
+OPTIMIZERS = {"adamw_torch": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit",
+              "paged_adamw_8bit": "paged_adamw_8bit", "adafactor": "adafactor", "sgd": "sgd"}
+GPU_ONLY_OPTIMIZERS = {"adamw_8bit", "paged_adamw_8bit"}
+LR_SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
+RESUME = ("auto", "never")
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+CHECKPOINTS_PREFIX = "checkpoints/trainer"  # in the `jobs` bucket; job records live under trainer/
+DEVICE_TYPES = ("cuda", "cpu")
+
+# TrainSpec fields (proto/ftlab/v1/train_spec.proto), in the config's order.
+TRAIN_PARAMS: tuple[Param, ...] = (
+    Param("base_model", None, "a model in the models bucket", required=True),
+    Param("dataset", None, "a dataset in the datasets bucket", required=True),
+    Param("task", "", "task definition (default: the dataset's task)"),
+    Param("output_name", "", "model name (default: the study's {base}-{dataset}_SFT_{Peft}{r}_{quant})"),
+    Param("peft_method", "lora", "PEFT method (none: full fine-tuning)", choices=tuple(PEFT_METHODS), flag="--peft"),
+    Param("training_quant", "none", "quantization of the base while training (qlora: NF4)",
+          choices=tuple(TRAINING_QUANT)),
+    Param("max_steps", 0, "optimizer steps (default: train by --num-train-epochs)", int, 1, 1_000_000),
+    Param("num_train_epochs", 1.0, "epochs over the training rows", float, 0, 100, lo_open=True),
+    Param("per_device_batch_size", 4, "examples per micro-batch and process", int, 1, 1024),
+    Param("gradient_accumulation_steps", 2, "micro-batches per optimizer step", int, 1, 1024),
+    Param("learning_rate", 2e-4, "peak learning rate", float, 0, 1, lo_open=True),
+    Param("weight_decay", 0.0, "AdamW weight decay", float, 0, 1),
+    Param("warmup_ratio", 0.03, "fraction of the steps warming the learning rate up", float, 0, 1),
+    Param("max_grad_norm", 1.0, "gradient clipping norm", float, 0, 1e6, lo_open=True),
+    Param("max_seq_length", 1024, "tokens per example (longer prompts lose their start)", int, 16, 131072),
+    Param("seed", 42, "seeds the model's init, the data order and VeRA's projections", int, 0, 2**31 - 1),
+    Param("merge_after_train", True, "also save the adapter merged into the base", bool),
+    Param("train_limit", 0, "first N training rows (0: all)", int, 0, 10_000_000),
+    Param("gradient_checkpointing", False, "recompute activations in the backward pass (less memory)", bool),
+    Param("save_steps", 50, "checkpoint to storage every N steps (0: never)", int, 0, 1_000_000),
+    Param("resume", "auto", "auto: continue from this run's last checkpoint", choices=RESUME),
+    Param("optimizer", "adamw_torch", "the 8-bit ones need a CUDA GPU", choices=tuple(OPTIMIZERS)),
+    Param("packing", True, "pack a micro-batch into rows (block-diagonal attention)", bool),
+    Param("group_by_length", False, "batches of similar length (needs --no-packing)", bool),
+    Param("completion_only_loss", True, "loss on the answer only", bool),
+    Param("lr_scheduler", "linear", "learning-rate schedule", choices=LR_SCHEDULERS),
+    Param("world_size", 1, "processes under torchrun (DDP; FSDP for full FT on GPUs)", int, 1, 64),
+    Param("logging_steps", 1, "loss/lr events every N steps", int, 1, 100_000),
+)
+# TrainSpec.lora: the adapter's fields; each PEFT method takes the ones its registry entry names.
+ADAPTER_PARAMS: tuple[Param, ...] = (
+    Param("lora.r", 8, "adapter rank", int, 1, 4096, flag="--r"),
+    Param("lora.alpha", None, "LoRA/DoRA scaling numerator (default: 2 x r)", int, 0, 2**31 - 1, lo_open=True,
+          flag="--alpha"),
+    Param("lora.dropout", 0.05, "dropout on the adapter's input", float, 0, 1, hi_open=True, flag="--dropout"),
+    Param("lora.target_modules", DEFAULT_TARGETS, "comma-separated module names, or all-linear", list,
+          flag="--target-modules"),
+    Param("lora.d_initial", 0.1, "VeRA: initial value of the scaling vector d", float, 0, 10, lo_open=True,
+          flag="--d-initial"),
+)
+PARAMS = {p.name: p for p in TRAIN_PARAMS + ADAPTER_PARAMS}
+# Config entries that do not change what is trained: left out of the run key.
+BOOKKEEPING = ("resume", "save_steps", "logging_steps", "device_type", "checkpoint_prefix", "memory_estimate",
+               "memory_estimate_gb")
+
+
+def target_device() -> str:
+    """Where this trainer's jobs run, known without torch: FTLAB_DEVICE (cpu | cuda[:N]), else
+    cuda when the NVIDIA driver's device node exists."""
+    want = os.environ.get("FTLAB_DEVICE", "auto")
+    if want != "auto":
+        return "cuda" if want.startswith("cuda") else "cpu"
+    return "cuda" if Path("/dev/nvidiactl").exists() else "cpu"
+
+
+def device_budget_gb() -> float | None:
+    raw = os.environ.get("FTLAB_DEVICE_MEMORY_GB", "")
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        raise PreconditionError(f"FTLAB_DEVICE_MEMORY_GB={raw!r} is not a number (GiB per device)") from None
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """TrainSpec.lora resolved: rank ``r``, ``dropout`` probability, ``target_modules`` (module
+    names or ``["all-linear"]``); ``alpha`` for LoRA/DoRA (scaling alpha/r), ``d_initial`` for VeRA."""
+    r: int
+    dropout: float
+    target_modules: list[str]
+    alpha: int | None = None
+    d_initial: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"r": self.r, "dropout": self.dropout, "target_modules": list(self.target_modules)}
+        return out | {k: getattr(self, k) for k in ("alpha", "d_initial") if getattr(self, k) is not None}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What a training job runs. Units: steps and rows are counts, ``learning_rate`` per step,
+    ``max_seq_length`` in tokens, ``memory_estimate_gb`` in GiB per device. ``adapter`` is None
+    for full fine-tuning (peft_method ``none``). ``task``, ``checkpoint_prefix`` and the memory
+    estimate are filled at the door (they read storage); ``answer_logits_only`` is not a spec
+    field (benchmarks turn it off to compute the study's full-sequence logits)."""
+    base_model: str
+    dataset: str
+    peft_method: str = "lora"
+    training_quant: str = "none"
+    adapter: AdapterConfig | None = None
+    max_steps: int = 0
+    num_train_epochs: float = 1.0
+    per_device_batch_size: int = 4
+    gradient_accumulation_steps: int = 2
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    max_seq_length: int = 1024
+    seed: int = 42
+    merge_after_train: bool = True
+    train_limit: int = 0
+    gradient_checkpointing: bool = False
+    save_steps: int = 50
+    resume: str = "auto"
+    optimizer: str = "adamw_torch"
+    packing: bool = True
+    group_by_length: bool = False
+    completion_only_loss: bool = True
+    lr_scheduler: str = "linear"
+    world_size: int = 1
+    logging_steps: int = 1
+    device_type: str = "cuda"
+    task: str = ""
+    output_name: str = ""
+    checkpoint_prefix: str = ""
+    memory_estimate: dict[str, float] | None = field(default=None, compare=False)
+    memory_estimate_gb: float = 0.0
+    answer_logits_only: bool = True
+
+    @property
+    def method(self) -> PeftMethod:
+        return PEFT_METHODS[self.peft_method]
+
+    @property
+    def quant(self) -> QuantMethod:
+        return TRAINING_QUANT[self.training_quant]
+
+    @classmethod
+    def resolve(cls, spec: dict[str, Any], device_type: str | None = None) -> "TrainConfig":
+        """A TrainSpec as proto JSON (``spec_to_dict``; YAML gives the same shape) -> the config,
+        defaults filled, the output name derived (``trained_model_name``), without storage:
+        ``task`` stays as given. ``device_type`` (cuda | cpu): the trainer's, default
+        :func:`target_device`. Raises ValidationError listing every problem."""
+        p = Problems()
+        cfg = _resolve(p, spec, device_type)
+        p.raise_if_any()
+        return cfg
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """The config back from :meth:`to_dict` (the job record's JSON, the DDP payload)."""
+        d = dict(d)
+        lora = d.pop("lora", None)
+        return cls(adapter=AdapterConfig(**lora) if lora else None, **d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able, with the adapter under ``lora`` as in the spec (the job record's config)."""
+        out = {("lora" if f.name == "adapter" else f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["lora"] = self.adapter.to_dict() if self.adapter else None
+        if self.answer_logits_only:  # the default stays out of the record (and of the run key)
+            del out["answer_logits_only"]
+        return out
+
+    def run_key(self) -> str:
+        """Identifies a training run across attempts and resubmissions: the same settings resume
+        the same checkpoints; different settings never do (12 hex digits of a sha256)."""
+        keep = {k: v for k, v in self.to_dict().items() if k not in BOOKKEEPING}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _adapter(p: Problems, block: dict[str, Any], method: PeftMethod) -> AdapterConfig | None:
+    if method.full:
+        p.require(not block, f"lora: adapter settings given but peft_method is {method.name!r} (full fine-tuning)")
+        return None
+    values: dict[str, Any] = {}
+    for param in ADAPTER_PARAMS:
+        if param.key not in method.adapter_fields:
+            p.require(param.key not in block, f"{param.name}: {method.name} takes no {param.key} "
+                                              f"(its fields: {', '.join(method.adapter_fields)})")
+        elif param.key == "alpha" and "alpha" not in block:
+            r = values["r"]  # the default scaling alpha/r = 2 (an invalid r was reported above)
+            values["alpha"] = 2 * max(r, 1) if isinstance(r, int) else None
+        elif param.key == "target_modules":
+            values["target_modules"] = list(block.get("target_modules") or param.default)
+            check_module_names(p, param.name, values["target_modules"])
+        else:
+            values[param.key] = param.read(p, block)
+    return AdapterConfig(**values)
+
+
+def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> TrainConfig:
+    values: dict[str, Any] = {}
+    for param in TRAIN_PARAMS:
+        if param.required:  # names
+            value = spec.get(param.name, "")
+            p.require(bool(value), f"{param.name}: required") and p.add(check_name(param.name, value))
+        elif param.name == "max_steps" and spec.get("max_steps", 0) == 0:
+            value = 0  # unset: train by epochs (an explicit 0 is refused below)
+        else:
+            value = param.read(p, spec)
+        values[param.name] = value
+    if "max_steps" in spec and values["max_steps"] == 0:
+        p.invalid.append("max_steps: 0 must be > 0 (leave it unset to train by epochs)")
+    if values["packing"] and values["group_by_length"]:
+        p.invalid.append("group_by_length: packing already removes padding; set packing false to group by length")
+    if values["output_name"]:
+        p.add(check_name("output_name", values["output_name"]))
+    # the adapter is checked even when the method is unknown (as LoRA's)
+    method = PEFT_METHODS.get(values["peft_method"], PEFT_METHODS["lora"])
+    block = spec.get("lora") or {}
+    if not isinstance(block, dict):
+        p.invalid.append(f"lora: {quote(block)} must be a mapping of adapter fields")
+        block = {}
+    adapter = _adapter(p, block, method)
+    cfg = TrainConfig(adapter=adapter, device_type=device_type or target_device(), **values)
+    if not values["output_name"] and values["base_model"] and not p.invalid:
+        cfg = dataclasses.replace(cfg, output_name=model_name(cfg))
+    return cfg
+
+
+def model_name(cfg: TrainConfig) -> str:
+    """The study's name of a valid config: ``{base stem}-{dataset}_SFT_{tag}{r}_{quant tag}``
+    (``Qwen3-8B-arc_SFT_LoRa256_NoQuant``; full fine-tuning ``..._NoPeft_...``)."""
+    return trained_model_name(cfg.base_model, cfg.dataset, cfg.method.tag, cfg.adapter and cfg.adapter.r, cfg.quant)
+
+
+def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, Any]:
+    """The trainer's door: :meth:`TrainConfig.resolve` plus what storage says (base model and
+    dataset exist, the dataset's task and columns, the output is new), the preconditions (method
+    x quantization, GPU-only optimizers) and the memory estimate against FTLAB_DEVICE_MEMORY_GB.
+    Returns the config as the job record stores it (:meth:`TrainConfig.to_dict`). Raises
+    ValidationError (every problem), NotFoundError or PreconditionError; writes nothing."""
+    p = Problems()
+    cfg = _resolve(p, spec, None)
+    base, dataset = cfg.base_model, cfg.dataset
+    base_manifest = artifacts.read_manifest(store, "models", base) if base and not p.invalid else None
+    if base and not p.invalid and base_manifest is None:
+        p.not_found(f"base_model: model {base!r} not found in the models bucket")
+    weights = model_weights_problem("base_model", base, base_manifest, "training") if base_manifest else None
+    ds_manifest = artifacts.read_manifest(store, "datasets", dataset) if dataset and not p.invalid else None
+    if dataset and not p.invalid and ds_manifest is None:
+        p.not_found(f"dataset: {dataset!r} not found in the datasets bucket")
+    task_name = cfg.task
+    if ds_manifest is not None:
+        if task_name:  # the requested task must be the one the dataset was imported for
+            p.add(task_mismatch("task", task_name, dataset, ds_manifest))
+        task_name = task_name or ds_manifest.get("task", "")
+        if "train" not in ds_manifest.get("splits", {}):
+            p.invalid.append(f"dataset: {dataset!r} has no train split")
+        else:
+            p.add(split_rows("train_limit" if cfg.train_limit else "dataset", dataset, ds_manifest, "train",
+                             cfg.train_limit))
+    try:
+        task = get_task(task_name or dataset)
+        cfg = dataclasses.replace(cfg, task=task.name)
+        if ds_manifest is not None:
+            cols = set(ds_manifest.get("splits", {}).get("train", {}).get("columns", []))
+            missing = [c for c in required_columns(task) if c not in cols]
+            p.require(not missing, f"dataset: {dataset!r} lacks the {task.name} columns {missing}")
+    except ValidationError as exc:
+        p.invalid.append(f"task: {exc}")
+    p.raise_if_any()
+    if weights:
+        raise PreconditionError(weights)
+
+    _check_preconditions(cfg)
+    if artifacts.read_manifest(store, "models", cfg.output_name) is not None:
+        raise PreconditionError(f"output model {cfg.output_name!r} already exists; choose another output_name "
+                                "or delete it first")
+    cfg = dataclasses.replace(cfg, checkpoint_prefix=f"{CHECKPOINTS_PREFIX}/{cfg.output_name}-{cfg.run_key()}")
+    est = estimate_at_submit(cfg, store)
+    cfg = dataclasses.replace(cfg, memory_estimate=est, memory_estimate_gb=est["total_gb"] if est else 0.0)
+    budget = device_budget_gb()
+    if est and budget is not None and est["total_gb"] > budget:
+        parts = ", ".join(f"{k[:-3]} {v:.2f}" for k, v in est.items() if k.endswith("_gb") and k != "total_gb")
+        raise PreconditionError(
+            f"estimated training memory {est['total_gb']:.2f} GiB per device exceeds the device budget "
+            f"FTLAB_DEVICE_MEMORY_GB={budget:g} ({parts} GiB); lower per_device_batch_size or max_seq_length, "
+            "enable gradient_checkpointing, use training_quant qlora, or a smaller r")
+    return cfg.to_dict()
+
+
+def _check_preconditions(cfg: TrainConfig) -> None:
+    """Well-formed requests that cannot run, each with the reason (FAILED_PRECONDITION)."""
+    reasons = []
+    if cfg.method.full and cfg.training_quant != "none":
+        reasons.append(f"peft_method 'none' with training_quant {cfg.training_quant!r}: full fine-tuning "
+                       "cannot update bitsandbytes-quantized weights (they are frozen integer blocks); train an "
+                       "adapter (lora, dora, vera) on the quantized base, or use training_quant 'none'")
+    if cfg.optimizer in GPU_ONLY_OPTIMIZERS and cfg.device_type != "cuda":
+        reasons.append(f"optimizer {cfg.optimizer!r} needs a CUDA GPU (bitsandbytes' 8-bit optimizer "
+                       "kernels); this trainer runs on CPU: use adamw_torch, adafactor or sgd")
+    if reasons:
+        raise PreconditionError("; ".join(reasons))
+
+
+def estimate_at_submit(cfg: TrainConfig, store: ObjectStore | None) -> dict[str, float] | None:
+    """The memory estimate of a resolved config before any data is read (GiB by component, see
+    services/trainer/memory.py), from the base's config.json in ``store`` or the Qwen3 catalogue;
+    None when neither describes the model. The door and ``ftlab run --dry-run`` both call this."""
+    from services.trainer.memory import estimate_training_memory, model_config_for
+    try:
+        model_config = model_config_for(cfg.base_model, store)
+    except NotFoundError:
+        return None
+    try:
+        return estimate_training_memory(model_config, cfg)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):  # a config.json this estimator can't read
+        return None

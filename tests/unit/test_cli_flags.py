@@ -1,0 +1,104 @@
+"""The CLI's job flags are the job configs' Params: every spec field (proto) has a flag, no flag
+lacks a field, the help shows choices and defaults, and a command line maps onto the config."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from google.protobuf import json_format
+
+from ftlab.cli import build_parser, spec_from_args
+from services.common.generated.ftlab.v1 import evaluate_spec_pb2, quantize_spec_pb2, train_spec_pb2
+from services.evaluator.config import EVALUATE_PARAMS
+from services.quantizer.config import QUANTIZE_PARAMS
+from services.trainer.config import ADAPTER_PARAMS, TRAIN_PARAMS, TrainConfig
+
+JOB_FLAGS = {"-h", "--help", "--request-id", "--wait", "--timeout"}
+COMMANDS = {"train": (TRAIN_PARAMS + ADAPTER_PARAMS, train_spec_pb2.TrainSpec),
+            "quantize": (QUANTIZE_PARAMS, quantize_spec_pb2.QuantizeSpec),
+            "eval": (EVALUATE_PARAMS, evaluate_spec_pb2.EvaluateSpec)}
+
+
+def _subparser(command: str) -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+def _proto_fields(descriptor, prefix: str = "") -> set[str]:
+    out = set()
+    for f in descriptor.fields:
+        if f.message_type is not None:
+            out |= _proto_fields(f.message_type, f"{prefix}{f.name}.")
+        else:
+            out.add(prefix + f.name)
+    return out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_one_flag_per_spec_field_and_no_other(command):
+    params, message = COMMANDS[command]
+    assert {p.name for p in params} == _proto_fields(message.DESCRIPTOR)   # every field is a Param
+    flags = {s for a in _subparser(command)._actions for s in a.option_strings} - JOB_FLAGS
+    flags -= {f"--no-{p.cli_flag[2:]}" for p in params if p.kind is bool}
+    assert flags == {p.cli_flag for p in params}                              # ... and a flag
+
+
+def test_help_shows_choices_and_the_services_defaults():
+    text = _subparser("train").format_help()
+    assert "--peft {lora,dora,vera,none}" in text and "(default: lora)" in text
+    assert "(default: 8)" in text and "(default: 2 x r)" in text
+    quant = " ".join(_subparser("quantize").format_help().split())
+    assert "64 for gptq, awq, hqq, quarot; 128 for w4a16" in quant
+
+
+def _sample(p):
+    """A valid value unlike the default, and its command-line form."""
+    if p.kind is bool:
+        return (not p.default), [p.cli_flag if not p.default else f"--no-{p.cli_flag[2:]}"]
+    if p.choices:
+        value = next(c for c in p.choices[1:] if c != p.default)
+    elif p.kind is list:
+        return ["q_proj", "v_proj"], [p.cli_flag, "q_proj,v_proj"]
+    elif p.kind is int:
+        value = int(p.lo) + 3
+    elif p.kind is float:
+        value = p.lo + (min(p.hi, 1.0) - p.lo) / 4
+    else:
+        value = f"x-{p.key.replace('_', '-')}"
+    return value, [p.cli_flag, str(value)]
+
+
+@pytest.mark.parametrize("peft", ["dora", "vera"])
+def test_a_train_command_line_maps_onto_the_config(peft):
+    argv, want = ["train"], {}
+    skip = {"peft_method", "lora.alpha" if peft == "vera" else "lora.d_initial"}
+    for p in TRAIN_PARAMS + ADAPTER_PARAMS:
+        if p.name in skip:
+            continue
+        want[p.name], flag = _sample(p)
+        argv += flag
+    args = build_parser().parse_args(argv + ["--peft", peft])
+    cfg = TrainConfig.resolve(spec_from_args(args, TRAIN_PARAMS + ADAPTER_PARAMS))
+    assert cfg.peft_method == peft
+    for name, value in want.items():
+        head, _, key = name.partition(".")
+        got = getattr(cfg.adapter, key) if key else getattr(cfg, name)
+        assert got == value, name
+
+
+@pytest.mark.parametrize("command", ["quantize", "eval"])
+def test_quantize_and_eval_command_lines_reach_every_spec_field(command):
+    params, message = COMMANDS[command]
+    argv, want = [command], {}
+    for p in params:
+        want[p.name], flag = _sample(p)
+        argv += flag
+    args = build_parser().parse_args(argv)
+    spec = spec_from_args(args, params)
+    json_format.ParseDict(spec, message())  # a valid proto spec
+    for name, value in want.items():
+        node = spec
+        for part in name.split("."):
+            node = node[0] if isinstance(node, list) else node
+            node = node[part]
+        assert node == value, name
