@@ -55,3 +55,13 @@ def test_models_without_an_evaluated_parent_are_left_out(store, tmp_path):
     _model(store, tmp_path, "ft", {"kind": "trained", "base_model": "missing", "parents": ["missing"]})
     _evaluation(store, tmp_path, "ft", ["A"], ["A"])
     assert vs_parent_table(store, [("ft", "e1")]).empty
+
+
+def test_report_records_keep_small_p_values_and_nan_as_none():
+    import numpy as np
+    import pandas as pd
+    from flows.report import records
+    df = pd.DataFrame({"mcnemar_p": [1.8e-12, np.nan], "n": np.array([40, 40], dtype=np.int64),
+                       "clear": [True, False], "model": ["a", "b"]})
+    assert records(df) == [{"mcnemar_p": 1.8e-12, "n": 40, "clear": True, "model": "a"},
+                           {"mcnemar_p": None, "n": 40, "clear": False, "model": "b"}]
