@@ -53,8 +53,27 @@ def state_name(state: int) -> str:
     return jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
 
 
+def _problems(exc: grpc.RpcError) -> list[str] | None:
+    """The problems of an INVALID_ARGUMENT, one each, from its ``google.rpc.BadRequest`` detail
+    (services/common/grpc_server.py), or None when the server sent none."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:  # a status detail that does not match the call's own status
+        return None
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return [v.description for v in bad.field_violations] or None
+    return None
+
+
 def _translate(exc: grpc.RpcError, service: str, address: str) -> FtlabError:
     code = exc.code()
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return ValidationError(_problems(exc) or exc.details())
     if code in _CODES:
         return _CODES[code](exc.details())
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):

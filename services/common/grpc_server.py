@@ -8,6 +8,7 @@ import threading
 from concurrent import futures
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -18,6 +19,8 @@ from services.common.errors import (FtlabError, NotFoundError, PreconditionError
 
 log = logging.getLogger("ftlab.grpc")
 VERSION_KEY = "ftlab-version"  # trailing metadata of every answered RPC (`ftlab doctor` reads it)
+STATUS_DETAILS_KEY = "grpc-status-details-bin"  # google.rpc.Status, as grpcio-status reads it
+MAX_DETAILS_BYTES = 4096  # the problems list's share of gRPC's 8 KiB metadata budget
 
 
 def ftlab_version() -> str:
@@ -33,6 +36,25 @@ _STATUS = [
     (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (StorageError, grpc.StatusCode.UNAVAILABLE),
 ]
+
+
+def bad_request_status(code: grpc.StatusCode, message: str, problems: list[str]) -> status_pb2.Status:
+    """The standard rich error (``google.rpc.Status`` with a ``google.rpc.BadRequest`` detail, one
+    field violation per problem; ``field`` is the problem's leading ``path:`` when it has one) that
+    grpcio-status' ``rpc_status.from_call`` and grpcurl read. Problems past ``MAX_DETAILS_BYTES``
+    are counted in a last violation; ``message`` (the status text) still holds them all."""
+    bad, used = error_details_pb2.BadRequest(), 0
+    for i, problem in enumerate(problems):
+        head, sep, _ = problem.partition(": ")
+        field = head if sep and " " not in head else ""
+        if used + len(problem.encode()) > MAX_DETAILS_BYTES:
+            bad.field_violations.add(description=f"... and {len(problems) - i} more (see the status message)")
+            break
+        bad.field_violations.add(field=field, description=problem)
+        used += len(problem.encode()) + len(field)
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.add().Pack(bad)
+    return status
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
@@ -84,7 +106,11 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
             code = status_for(exc)
             if not isinstance(exc, FtlabError):
                 log.exception("%s failed", method)
-            context.abort(code, shorten(str(exc) or type(exc).__name__))  # fits gRPC's metadata limit
+            message = shorten(str(exc) or type(exc).__name__)  # fits gRPC's metadata limit
+            if isinstance(exc, ValidationError):  # each problem apart, for clients that list them
+                context.set_trailing_metadata(version_md + (
+                    (STATUS_DETAILS_KEY, bad_request_status(code, message, exc.problems).SerializeToString()),))
+            context.abort(code, message)
 
         if handler.unary_unary:
             inner = handler.unary_unary

@@ -194,3 +194,27 @@ def test_bad_job_rpcs(world, service):
         with pytest.raises(grpc.RpcError) as exc:
             ch.unary_unary(f"{prefix}/GetJob")(b"\xff\xff")
         assert exc.value.code() == BAD and "request: not a valid GetJob" in exc.value.details()
+
+
+def test_every_problem_arrives_apart_as_a_standard_bad_request(world):
+    """INVALID_ARGUMENT carries a google.rpc.BadRequest (one field violation per problem), which
+    grpcio-status reads; the client turns it into a ValidationError listing each problem."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+    from services.common.clients import ServiceClient
+    from services.common.errors import ValidationError
+    spec = {**T, "lora": {"r": -4, "dropout": 1.5}, "learning_rate": -1.0}
+    err = _call(world, "trainer", lambda ch: _submit(spec)(ch, "trainer"))
+    bad = error_details_pb2.BadRequest()
+    rpc_status.from_call(err).details[0].Unpack(bad)
+    fields = [v.field for v in bad.field_violations]
+    assert {"lora.r", "lora.dropout", "learning_rate"} <= set(fields), fields
+    assert all(v.description in err.details() for v in bad.field_violations)
+    client = ServiceClient("trainer", world[1]["trainer"].address)
+    try:
+        with pytest.raises(ValidationError) as exc:
+            client.submit(spec, "two-problems")
+    finally:
+        client.close()
+    assert [p for p in exc.value.problems if p.startswith(("lora.", "learning_rate"))] == \
+        [v.description for v in bad.field_violations if v.field in ("lora.r", "lora.dropout", "learning_rate")]
