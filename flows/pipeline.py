@@ -142,7 +142,8 @@ def run_step(step: Step, experiment: str, timeout_s: float, upstream: list[dict[
                     last["pct"] = pct
                     logger.info("%s: %d/%d %s", step.key, ev.step, ev.total, ev.message)
             job = client.run(step.spec, step.request_id(experiment), timeout_s, on_event,
-                             committed=lambda _job: already_done(store, step), on_retry=on_retry)
+                             committed=lambda _job: already_done(store, step), on_retry=on_retry,
+                             cancel_on_timeout=True)
     except JobFailed as exc:
         status = "cancelled" if state_name(exc.job.state) == "CANCELLED" else "failed"
         logger.error("%s %s: %s", step.key, status, exc.job.error)

@@ -189,11 +189,18 @@ class ServiceClient:
 
     def run(self, spec, request_id: str | None = None, timeout_s: float = 3600.0,
             on_event=None, committed: Callable[[jobs_pb2.Job], bool] | None = None,
-            on_retry: Callable[[str], None] | None = None) -> jobs_pb2.Job:
+            on_retry: Callable[[str], None] | None = None, cancel_on_timeout: bool = False) -> jobs_pb2.Job:
         """Submit (idempotently, see :meth:`submit_fresh`), wait, and raise JobFailed unless the job
-        SUCCEEDED."""
+        SUCCEEDED. After ``timeout_s`` raise TimeoutError; with ``cancel_on_timeout`` the job is
+        cancelled first (a flow step that gives up must not leave its job holding the device)."""
         job = self.submit_fresh(spec, request_id or uuid.uuid4().hex, committed=committed, on_retry=on_retry)
-        job = self.wait(job.job_id, timeout_s, on_event)
+        try:
+            job = self.wait(job.job_id, timeout_s, on_event)
+        except TimeoutError as exc:
+            if not cancel_on_timeout:
+                raise
+            self.cancel(job.job_id)
+            raise TimeoutError(f"{exc}; cancelled it") from exc
         if job.state != jobs_pb2.JOB_STATE_SUCCEEDED:
             raise JobFailed(job)
         return job

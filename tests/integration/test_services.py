@@ -102,6 +102,16 @@ def test_cancel_running_training_within_10s(services):
     assert artifacts.read_manifest(services["store"], "models", TRAINED) is None  # nothing committed
 
 
+def test_a_run_that_times_out_cancels_its_job_when_asked(services):
+    """What a flow step does when its stage's timeout passes: the job is cancelled, not left running."""
+    t = services["clients"]["trainer"]
+    with pytest.raises(TimeoutError, match="cancelled it"):
+        t.run(dict(TRAIN, max_steps=100000), "gives-up", timeout_s=1.0, cancel_on_timeout=True)
+    final = t.wait(t.submit(dict(TRAIN, max_steps=100000), "gives-up").job_id, 30)  # same request id: same job
+    assert state_name(final.state) == "CANCELLED"
+    assert artifacts.read_manifest(services["store"], "models", TRAINED) is None
+
+
 @pytest.mark.parametrize("service,spec,expected", [
     ("trainer", {"base_model": TINY, "dataset": "arc", "peft_method": "lorax", "lora": {"r": 0, "alpha": -1},
                  "learning_rate": -1.0, "max_steps": 0},
