@@ -71,12 +71,16 @@ def summary_row(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
     train = _json(store, "models", f"{model}/training_metadata.json") or {}
     tmem = train.get("memory", {})
     s = ev["summary"]
+    # VRAM columns stay empty for a job that ran on no GPU (its 0.0 would read as "measured: none");
+    # an untrained model keeps the study's 0.0 for training.
+    on_gpu_train = not train or str(train.get("device", "cuda")).startswith("cuda")
+    on_gpu_eval = str((ev.get("hardware") or {}).get("device", "cuda")).startswith("cuda")
     row: dict[str, Any] = {
         "model": model,
-        "train_peak_vram_reserved_gb": tmem.get("peak_vram_reserved_gb", 0.0),
-        "train_peak_vram_allocated_gb": tmem.get("peak_vram_allocated_gb", 0.0),
-        "eval_peak_vram_reserved_gb": s.get("peak_vram_reserved_gb", 0.0),
-        "eval_peak_vram_allocated_gb": s.get("peak_vram_allocated_gb", 0.0),
+        "train_peak_vram_reserved_gb": tmem.get("peak_vram_reserved_gb", 0.0) if on_gpu_train else None,
+        "train_peak_vram_allocated_gb": tmem.get("peak_vram_allocated_gb", 0.0) if on_gpu_train else None,
+        "eval_peak_vram_reserved_gb": s.get("peak_vram_reserved_gb", 0.0) if on_gpu_eval else None,
+        "eval_peak_vram_allocated_gb": s.get("peak_vram_allocated_gb", 0.0) if on_gpu_eval else None,
     }
     for task, d in ev["datasets"].items():
         m = d["metrics"]

@@ -53,7 +53,7 @@ def seed_study(store, tmp_path, ci: bool = True) -> list[tuple[str, str]]:
             manifest |= {"parents": [f["base"]], "base_model": f["base"], "dataset": "openmath",
                          "spec": {"peft_method": f["peft"], "lora": {"r": f["r"] or 8}, "training_quant": f["tq"]},
                          "quantization": {"quant_tag": "QLORA_w4_headbf16" if f["tq"] == "qlora" else "NoQuant"}}
-            (d / "training_metadata.json").write_text(json.dumps({"memory": {
+            (d / "training_metadata.json").write_text(json.dumps({"device": "cuda:0", "memory": {
                 "peak_vram_reserved_gb": float(row["train_peak_vram_reserved_gb"]),
                 "peak_vram_allocated_gb": float(row["train_peak_vram_allocated_gb"]), "peak_rss_gb": 3.0}}))
         if f["kind"] == "quantized":
@@ -68,7 +68,7 @@ def seed_study(store, tmp_path, ci: bool = True) -> list[tuple[str, str]]:
                               "accuracy": 50.0, "format_success_rate": 100.0, "total_samples": 50}
         ev = tmp_path / f"{name}-eval"
         ev.mkdir()
-        (ev / "metrics.json").write_text(json.dumps({"datasets": datasets, "summary": {
+        (ev / "metrics.json").write_text(json.dumps({"datasets": datasets, "hardware": {"device": "cuda:0"}, "summary": {
             "peak_vram_reserved_gb": float(row["eval_peak_vram_reserved_gb"]),
             "peak_vram_allocated_gb": float(row["eval_peak_vram_allocated_gb"]),
             "throughput": {"tokens_per_s": 10.0 + i}}}))
@@ -94,6 +94,19 @@ def test_the_study_table_comes_back_from_evaluations_in_its_layout(store, tmp_pa
     assert by.loc["Qwen3-8B-base", "squad_v2__F1__ci95_high"] == pytest.approx(55.0)
     for col in ("ai2_arc__accuracy", "OpenMathInstruct-2__format_success_rate", "eval_tokens_per_s", "model_size_gb"):
         assert table[col].notna().all(), col
+
+
+def test_vram_columns_are_empty_for_jobs_that_ran_on_no_gpu(store, tmp_path):
+    from flows.aggregate import summary_row
+    name = next(m for m, _ in seed_study(store, tmp_path) if "_SFT_LoRa" in m)  # a trained one
+    for bucket, key, device_at in (("models", f"{name}/training_metadata.json", ()),
+                                   ("evaluations", f"{name}/e1/metrics.json", ("hardware",))):
+        doc = json.loads(store.get_bytes(bucket, key))
+        (doc[device_at[0]] if device_at else doc)["device"] = "cpu"
+        store.put_bytes(bucket, key, json.dumps(doc).encode())
+    row = summary_row(store, name, "e1")
+    assert [row[f"{s}_peak_vram_{k}_gb"] for s in ("train", "eval") for k in ("reserved", "allocated")] == [None] * 4
+    assert row["train_peak_rss_gb"] == 3.0  # what a CPU run measured instead
 
 
 def test_model_facts_of_an_unknown_model_are_those_of_a_base(store):
