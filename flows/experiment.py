@@ -36,6 +36,7 @@ from services.common.naming import check_name
 from services.common.tasks import get_task
 from services.quantizer.config import METHODS as QUANT_METHODS
 from services.quantizer.config import default_output_name
+from services.quantizer.config import spec_problems as ptq_spec_problems
 from services.common.validation import Problems
 from services.evaluator.config import PARAMS as EVAL_PARAMS
 from services.trainer.config import TrainConfig
@@ -349,6 +350,8 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
                     continue
                 spec = {"source_model": src, "method": m, **options}
                 bad = _proto_problems(where, spec, quantize_spec_pb2.QuantizeSpec)
+                if not bad:  # the quantizer's own checks (no storage) before naming the step
+                    bad = [f"{where}.{x}" for x in ptq_spec_problems(as_sent(quantize_spec_pb2.QuantizeSpec, spec))]
                 if bad:
                     p += [b for b in bad if b not in p]
                     continue
