@@ -2,6 +2,8 @@
 as the same domain errors the services raised; a job that ends badly raises :class:`JobFailed`."""
 from __future__ import annotations
 
+import json
+import math
 import time
 import uuid
 from typing import Any, Callable, Iterator
@@ -49,12 +51,42 @@ _CODES = {grpc.StatusCode.INVALID_ARGUMENT: ValidationError, grpc.StatusCode.NOT
           grpc.StatusCode.FAILED_PRECONDITION: PreconditionError}
 
 
+def proto_json(value: Any) -> Any:
+    """``value`` with non-finite floats spelled as proto JSON spells them ("NaN", "Infinity",
+    "-Infinity"; json_format refuses the bare floats), so ``--learning-rate nan`` reaches the
+    door, which reports it with every other problem."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: proto_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [proto_json(v) for v in value]
+    return value
+
+
 def state_name(state: int) -> str:
     return jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
 
 
+def _problems(exc: grpc.RpcError) -> list[str]:
+    """A refused request's problems one by one, from the trailing metadata the services attach
+    (services/common/grpc_server.py: ``ftlab-problems-bin``); [] when absent or when the list was
+    cut for its size (the status text, which holds them all, is then the one problem)."""
+    try:
+        for key, value in exc.trailing_metadata() or ():
+            if key == "ftlab-problems-bin":
+                problems = json.loads(value.decode() if isinstance(value, bytes) else value)
+                if isinstance(problems, list) and problems and all(isinstance(x, str) for x in problems):
+                    return problems if "; ".join(problems) == exc.details() else []
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return []
+
+
 def _translate(exc: grpc.RpcError, service: str, address: str) -> FtlabError:
     code = exc.code()
+    if code == grpc.StatusCode.INVALID_ARGUMENT and (problems := _problems(exc)):
+        return ValidationError(problems)
     if code in _CODES:
         return _CODES[code](exc.details())
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
@@ -112,7 +144,10 @@ class ServiceClient:
 
     def submit(self, spec: dict[str, Any] | Any, request_id: str = "") -> jobs_pb2.Job:
         if isinstance(spec, dict):
-            spec = json_format.ParseDict(spec, self.spec_cls())
+            try:
+                spec = json_format.ParseDict(proto_json(spec), self.spec_cls())
+            except json_format.ParseError as exc:  # a field or value the message cannot hold
+                raise ValidationError(f"spec: {exc}") from None
         return self._call(self._submit_rpc, self._request_cls(spec=spec, request_id=request_id))
 
     def get(self, job_id: str) -> jobs_pb2.Job:

@@ -2,6 +2,7 @@
 optional (mutual) TLS, one error-mapping interceptor, graceful shutdown on SIGTERM/SIGINT."""
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -13,11 +14,24 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.auth import AuthInterceptor, is_loopback
 from services.common.settings import grpc_message_options
-from services.common.errors import (FtlabError, NotFoundError, PreconditionError, StorageError,
+from services.common.errors import (MAX_ERROR_CHARS, FtlabError, NotFoundError, PreconditionError, StorageError,
                                     ValidationError, shorten)
 
 log = logging.getLogger("ftlab.grpc")
 VERSION_KEY = "ftlab-version"  # trailing metadata of every answered RPC (`ftlab doctor` reads it)
+PROBLEMS_KEY = "ftlab-problems-bin"  # INVALID_ARGUMENT's problems, one per item (JSON list, UTF-8)
+
+
+def problems_metadata(exc: ValidationError) -> tuple[tuple[str, bytes], ...]:
+    """The problems of a refused request as trailing metadata, so a client lists them one by one
+    (the status text joins them with "; ", which problems themselves use). As many as fit in
+    MAX_ERROR_CHARS; none when even the first does not."""
+    kept: list[str] = []
+    for problem in exc.problems:
+        if len(json.dumps(kept + [problem], ensure_ascii=False).encode()) > MAX_ERROR_CHARS:
+            break
+        kept.append(problem)
+    return ((PROBLEMS_KEY, json.dumps(kept, ensure_ascii=False).encode()),) if kept else ()
 
 
 def ftlab_version() -> str:
@@ -84,6 +98,8 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
             code = status_for(exc)
             if not isinstance(exc, FtlabError):
                 log.exception("%s failed", method)
+            if isinstance(exc, ValidationError):
+                context.set_trailing_metadata(version_md + problems_metadata(exc))
             context.abort(code, shorten(str(exc) or type(exc).__name__))  # fits gRPC's metadata limit
 
         if handler.unary_unary:
