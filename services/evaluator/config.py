@@ -152,7 +152,7 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         tasks.append(EvalTask(task.name, dataset, split, limit))
     names = [t.task for t in tasks]
     p.require(len(names) == len(set(names)), f"tasks: each task at most once (got {names})")
-    if model and not p.invalid:
+    if model and not check_name("model", model):  # listed with the other problems
         manifest = artifacts.read_manifest(store, "models", model)
         if manifest is None:
             p.not_found(f"model: {model!r} not found in the models bucket")

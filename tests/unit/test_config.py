@@ -122,3 +122,12 @@ def test_the_quantizer_refuses_a_forced_study_name_that_is_not_its_own(door_stor
             resolve_quantize_spec({**spec, "output_name": wrong}, door_store)
     for free in (own, "my-gptq-model", f"{QWEN_06B}_mine"):
         assert resolve_quantize_spec({**spec, "output_name": free}, door_store)["output_name"] == free
+
+
+def test_the_evaluators_door_lists_a_missing_model_with_the_other_problems(door_store):
+    from services.evaluator.config import resolve_evaluate_spec
+    with pytest.raises(ValidationError) as exc:
+        resolve_evaluate_spec({"model": "nope", "tasks": [{"task": "ai2_arc", "limit": 0}], "batch_size": 0},
+                              door_store)
+    assert "model: 'nope' not found in the models bucket" in exc.value.problems
+    assert any(x.startswith("tasks[0].limit: 0") for x in exc.value.problems)
