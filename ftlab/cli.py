@@ -255,8 +255,23 @@ def cmd_score(args) -> int:
     return 0
 
 
+JOB_KINDS = {"train": "trainer", "quantize": "quantizer", "evaluate": "evaluator"}  # job id prefix -> service
+
+
+def job_service(job_id: str) -> str | None:
+    """The service a job id belongs to, from its kind prefix (``train-20261130-...``); None if unknown."""
+    return JOB_KINDS.get(job_id.split("-", 1)[0])
+
+
 def cmd_jobs(args) -> int:
     from services.common.clients import ServiceClient, state_name
+    if args.action != "list" and not args.service:
+        args.service = job_service(args.job_id)
+        if args.service is None:
+            raise ValidationError(f"--service: required for job id {args.job_id!r} (ids start with "
+                                  f"{', '.join(k + '-' for k in JOB_KINDS)}: {', '.join(JOB_KINDS.values())})")
+    if args.action == "list" and not args.service:  # every service's jobs
+        return max(cmd_jobs(argparse.Namespace(**{**vars(args), "service": svc})) for svc in SERVICES)
     with ServiceClient(args.service) as c:
         if args.action == "list":
             for j in c.list_all():
@@ -527,6 +542,23 @@ def eval_list_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _jobs_arguments(j: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    j.add_argument("action", choices=["list", "get", "watch", "cancel"])
+    j.add_argument("job_id", nargs="?", help="for get, watch, cancel")
+    j.add_argument("--service", choices=SERVICES, help="default: the job id's (train-... is the trainer's); "
+                   "list: every service")
+    j.add_argument("--timeout", type=float, default=24 * 3600, help="seconds watch waits (default: %(default)s)")
+    j.set_defaults(func=cmd_jobs)
+    return j
+
+
+def jobs_parser() -> argparse.ArgumentParser:
+    """``ftlab jobs``, parsed on its own with options anywhere (``jobs get --service trainer ID``:
+    argparse's subcommands would take ``get`` alone for both positionals), so :func:`main`
+    routes ``jobs`` here."""
+    return _jobs_arguments(_Parser(prog="ftlab jobs"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ftlab", description="ftlab: LLM fine-tuning research as trainer, quantizer and evaluator services.",
                 epilog="what storage holds: ftlab data list | ftlab model list | ftlab eval list")
@@ -631,12 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--seed", type=int, default=0, help="seeds the bootstrap")
     sc.set_defaults(func=cmd_score)
 
-    j = sub.add_parser("jobs", help="list | get | watch | cancel jobs of a service")
-    j.add_argument("action", choices=["list", "get", "watch", "cancel"])
-    j.add_argument("job_id", nargs="?")
-    j.add_argument("--service", required=True, choices=SERVICES)
-    j.add_argument("--timeout", type=float, default=24 * 3600)
-    j.set_defaults(func=cmd_jobs)
+    _jobs_arguments(sub.add_parser("jobs", help="list | get | watch | cancel jobs of a service"))
 
     r = sub.add_parser("run", help="run an experiment flow (shipped name or path.yaml)")
     r.add_argument("experiment")
@@ -670,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:2] == ["eval", "list"]:
         args = eval_list_parser().parse_args(argv[1:])
+    elif argv[:1] == ["jobs"]:
+        args = jobs_parser().parse_intermixed_args(argv[1:])
     else:
         args = build_parser().parse_args(argv)
     if getattr(args, "action", None) in ("get", "watch", "cancel") and not args.job_id:

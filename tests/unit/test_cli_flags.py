@@ -102,3 +102,37 @@ def test_quantize_and_eval_command_lines_reach_every_spec_field(command):
             node = node[0] if isinstance(node, list) else node
             node = node[part]
         assert node == value, name
+
+
+def test_jobs_takes_options_anywhere_and_the_service_from_the_job_id(monkeypatch):
+    from ftlab import cli
+    # "jobs get --service trainer ID" was refused: argparse gave "get" to both positionals
+    for argv in (["get", "--service", "trainer", "train-1-x"], ["--service", "trainer", "get", "train-1-x"],
+                 ["get", "train-1-x", "--service", "trainer"]):
+        args = cli.jobs_parser().parse_intermixed_args(argv)
+        assert (args.action, args.job_id, args.service) == ("get", "train-1-x", "trainer"), argv
+    assert [cli.job_service(j) for j in ("train-20261130-042549-1129a086", "quantize-1-a", "evaluate-1-b", "x")] == \
+        ["trainer", "quantizer", "evaluator", None]
+    seen = []
+
+    class Client:
+        def __init__(self, service):
+            seen.append(service)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def get(self, job_id):
+            from services.common.generated.ftlab.v1 import jobs_pb2
+            return jobs_pb2.Job(job_id=job_id)
+
+        def list_all(self):
+            return []
+
+    monkeypatch.setattr("services.common.clients.ServiceClient", Client)
+    assert cli.main(["jobs", "get", "quantize-1-a"]) == 0 and seen == ["quantizer"]
+    assert cli.main(["jobs", "list"]) == 0 and seen[1:] == ["trainer", "quantizer", "evaluator"]
+    assert cli.main(["jobs", "get", "nope"]) == 2
