@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 from typing import Any, Callable, Iterator
@@ -62,6 +63,24 @@ def proto_json(value: Any) -> Any:
     if isinstance(value, list):
         return [proto_json(v) for v in value]
     return value
+
+
+def parse_error_text(exc: json_format.ParseError, message_cls) -> str:
+    """A proto JSON parse error in the spec's own words: an unknown key named with the fields
+    of its message as written in YAML and the CLI (snake_case), not json_format's camelCase."""
+    text = str(exc)
+    m = re.search(r'has no field named "([^"]+)" at "([^"]+)"', text)
+    if not m:
+        return text.split("\n")[0]
+    desc, path = message_cls.DESCRIPTOR, m.group(2).split(".")[1:]
+    for part in path:
+        field = desc.fields_by_name.get(part)
+        if field is None or field.message_type is None:
+            return text.split("\n")[0]
+        desc = field.message_type
+    where = ".".join(path + [m.group(1)])
+    return f"{where}: unknown key (known{' in ' + '.'.join(path) if path else ''}: " \
+           f"{', '.join(f.name for f in desc.fields)})"
 
 
 def state_name(state: int) -> str:
@@ -147,7 +166,7 @@ class ServiceClient:
             try:
                 spec = json_format.ParseDict(proto_json(spec), self.spec_cls())
             except json_format.ParseError as exc:  # a field or value the message cannot hold
-                raise ValidationError(f"spec: {exc}") from None
+                raise ValidationError(f"spec: {parse_error_text(exc, self.spec_cls)}") from None
         return self._call(self._submit_rpc, self._request_cls(spec=spec, request_id=request_id))
 
     def get(self, job_id: str) -> jobs_pb2.Job:

@@ -183,3 +183,20 @@ def test_ptq_options_are_checked_as_the_quantizer_checks_them():
                      "quantize[2].weights_bits: 3 is not supported by gptq",
                      "quantize[2].calibration.num_samples: 0"]:
         assert fragment in text, fragment
+
+
+def test_unknown_keys_are_named_as_written_and_ptq_options_checked_without_sources():
+    # json_format's text listed camelCase fields ("baseModel"); PTQ options were checked only for
+    # steps that had a source, so a file whose training failed hid them; YAML's .nan was a ParseError
+    with pytest.raises(ValidationError) as exc:
+        plan(spec(train=[{"trainng_quant": "qlora"}, {"lora": {"rr": 4}}, {"learning_rate": float("nan")}],
+                  quantize=[{"methods": ["gptq"], "options": {"calibration": {"nums": 2}}},
+                            {"methods": ["bnb_int8"], "options": {"llm_int8_threshold": float("nan")}}]))
+    text = "\n".join(exc.value.problems)
+    for fragment in ["train[0].trainng_quant: unknown key (known: base_model, dataset,",
+                     "train[1].lora.rr: unknown key (known in lora: r, alpha,",
+                     "train[2].learning_rate: 'NaN' must be in (0, 1]",
+                     "quantize[0].calibration.nums: unknown key (known in calibration: split, num_samples",
+                     "quantize[1].llm_int8_threshold: 'NaN' must be a number"]:
+        assert fragment in text, fragment
+    assert "baseModel" not in text
