@@ -131,3 +131,19 @@ def test_the_evaluators_door_lists_a_missing_model_with_the_other_problems(door_
                               door_store)
     assert "model: 'nope' not found in the models bucket" in exc.value.problems
     assert any(x.startswith("tasks[0].limit: 0") for x in exc.value.problems)
+
+
+def test_dry_run_says_when_memory_and_ptq_names_assume_different_devices(monkeypatch):
+    from flows.dryrun import render
+    monkeypatch.setattr("services.quantizer.config.service_has_gpu", lambda: False)  # this host: no GPU
+    monkeypatch.delenv("FTLAB_DEVICE", raising=False)  # estimates: for a CUDA GPU
+    exp = plan({"name": "t", "base_models": [QWEN_06B], "datasets": ["arc"], "train": [{"lora": {"r": 4}}],
+                "quantize": [{"methods": ["gptq"]}], "evaluate": {"tasks": ["ai2_arc"]}})
+    assert exp.stage("quantize")[0].output.endswith("_headfp32")
+    assert "devices: the memory column is for a CUDA GPU" in render(exp, None, "none")
+    monkeypatch.setenv("FTLAB_DEVICE", "cpu")
+    assert "devices:" not in render(exp, None, "none")
+    int8 = plan({"name": "t", "base_models": [QWEN_06B], "datasets": ["arc"], "train": [{"lora": {"r": 4}}],
+                 "quantize": [{"methods": ["bnb_int8"]}], "evaluate": {"tasks": ["ai2_arc"]}})
+    monkeypatch.delenv("FTLAB_DEVICE")
+    assert "devices:" not in render(int8, None, "none")  # Int8_BnB names no lm_head precision
