@@ -136,3 +136,11 @@ def test_jobs_takes_options_anywhere_and_the_service_from_the_job_id(monkeypatch
     assert cli.main(["jobs", "get", "quantize-1-a"]) == 0 and seen == ["quantizer"]
     assert cli.main(["jobs", "list"]) == 0 and seen[1:] == ["trainer", "quantizer", "evaluator"]
     assert cli.main(["jobs", "get", "nope"]) == 2
+
+
+def test_python_dash_m_ftlab_is_the_command():
+    import subprocess
+    import sys
+    for module in ("ftlab", "ftlab.cli"):
+        out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "usage: ftlab" in out.stdout, (module, out.stderr)
