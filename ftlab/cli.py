@@ -563,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ftlab", description="ftlab: LLM fine-tuning research as trainer, quantizer and evaluator services.",
                 epilog="what storage holds: ftlab data list | ftlab model list | ftlab eval list")
     sub = p.add_subparsers(dest="command", required=True)
+    from services.common.tasks import list_tasks
+    tasks = list_tasks()  # the task registry (services/common/tasks/*.yaml, FTLAB_TASK_DIRS)
+    task_names = "one of " + ", ".join(f"{t.name} ({t.short})" for t in tasks)
 
     sub.add_parser("up", help="start the embedded stack (3 services on loopback)").set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the embedded stack").set_defaults(func=cmd_down)
@@ -578,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
     di = data.add_parser("import", help="import a task's dataset into the datasets bucket")
-    di.add_argument("--task", required=True, help="arc | squad | openmath | all")
+    di.add_argument("--task", required=True, help=f"{' | '.join(t.short for t in tasks)} | all")
     di.add_argument("--source", default="seed", choices=["seed", "hf", "hub"])
     di.add_argument("--path", help=f"folder for seed/hf sources ({SHARED_HINT})")
     di.add_argument("--overwrite", action="store_true")
@@ -595,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.set_defaults(func=cmd_data_show)
     _list_parser(data, "committed datasets: task, source, rows per split, created", cmd_data_list)
     dl = data.add_parser("leakage", help="test items duplicated in training, between two source files")
-    dl.add_argument("--task", required=True)
+    dl.add_argument("--task", required=True, help=task_names)
     dl.add_argument("train", help="training file or folder")
     dl.add_argument("test", help="test file or folder")
     dl.add_argument("--threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold")
@@ -641,6 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="submit an evaluation job")
     add_param_flags(e, EVALUATE_PARAMS)
+    task_flag = next(a for a in e._actions if "--task" in a.option_strings)
+    task_flag.help = task_flag.help.replace("ai2_arc, squad_v2, ...", task_names)  # the registry's, not typed here
     job_opts(e)
     e.set_defaults(func=cmd_eval)
 
@@ -655,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="score raw model outputs (JSON Lines or a stored evaluation) "
                         "without a model or a service; prints JSON")
     sc.add_argument("file", nargs="?", help='JSON Lines: {"id": ..., "output": "<raw text>", "gold": ...} per line')
-    sc.add_argument("--task", required=True, help="ai2_arc, squad_v2, OpenMathInstruct-2, boolq, ...")
+    sc.add_argument("--task", required=True, help=task_names)
     sc.add_argument("--profile", default="ftlab", choices=["ftlab", "study"],
                     help="ftlab: corrected definitions (default); study: the study's scorer exactly")
     sc.add_argument("--eval", help="re-score a stored evaluation's predictions.parquet: MODEL/EVAL_ID")
@@ -681,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     em = sub.add_parser("evaluate-missing", help="evaluate every model in storage lacking an evaluation "
                         "for the tasks (the study's evaluation orchestrator)")
-    em.add_argument("--task", action="append", required=True, help="repeatable: ai2_arc, squad_v2, ...")
+    em.add_argument("--task", action="append", required=True, help=f"repeatable: {task_names}")
     em.add_argument("--limit", type=int, help="first N items per task")
     em.add_argument("--models", default="*", help="only models matching this glob (e.g. 'Qwen3-8B-*')")
     em.add_argument("--batch-size", type=int)

@@ -144,3 +144,15 @@ def test_python_dash_m_ftlab_is_the_command():
     for module in ("ftlab", "ftlab.cli"):
         out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "usage: ftlab" in out.stdout, (module, out.stderr)
+
+
+def test_task_flags_list_the_task_registry():
+    from services.common.tasks import list_tasks
+    names = [t.name for t in list_tasks()]
+    assert "boolq" in names  # "data import --task" listed arc | squad | openmath only
+    for command in ("eval", "score", "evaluate-missing"):
+        flag = next(a for a in _subparser(command)._actions if "--task" in a.option_strings)
+        assert all(n in flag.help for n in names), (command, flag.help)
+    data = next(a for a in _subparser("data")._actions if isinstance(a, argparse._SubParsersAction))
+    flag = next(a for a in data.choices["import"]._actions if "--task" in a.option_strings)
+    assert all(t.short in flag.help for t in list_tasks())
