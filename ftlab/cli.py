@@ -17,6 +17,12 @@ from services.common.settings import SERVICES
 SHARED_HINT = "e.g. ../shared/datasets/seed"
 
 
+def report_dir_default() -> str:
+    """Local report copies go under the embedded stack's folder: ``$FTLAB_HOME/reports``
+    (FTLAB_HOME defaults to ./.ftlab, as in ftlab/stack.py)."""
+    return os.path.join(os.environ.get("FTLAB_HOME", ".ftlab"), "reports")
+
+
 # ------------------------------------------------------------------ helpers
 
 def _store():
@@ -309,7 +315,8 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def run_flow(experiment: str, run_id: str = "", report_dir: str = ".ftlab/reports") -> dict:
+def run_flow(experiment: str, run_id: str = "", report_dir: str | None = None) -> dict:
+    report_dir = report_dir or report_dir_default()
     _store()  # sets the embedded storage defaults for the flow
     _prefect_defaults()
     from flows.pipeline import experiment_flow
@@ -400,7 +407,7 @@ def cmd_demo(args) -> int:
     # evaluator leaves the other core to the trainer (two spinning OpenMP threads per process
     # against each other cost far more than they give; docs/BENCHMARKS.md).
     os.environ.setdefault("FTLAB_CPU_THREADS", "1")
-    print("== starting the embedded stack (local storage under .ftlab/storage)")
+    print(f"== starting the embedded stack (storage: {store.describe()})")
     up()
     stages["stack up"] = time.time() - t0
     try:
@@ -675,13 +682,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="print the plan (jobs, model names, memory "
                    "estimates, what is done), run nothing")
     r.add_argument("--run-id", help="name of this run (default: the start time)")
-    r.add_argument("--report-dir", default=".ftlab/reports", help="local folder for the report copy")
+    r.add_argument("--report-dir", default=report_dir_default(), help="local folder for the report copy "
+                   "($FTLAB_HOME/reports)")
     r.set_defaults(func=cmd_run)
 
     rp = sub.add_parser("report", help="rebuild an experiment run's report from storage alone")
     rp.add_argument("experiment")
     rp.add_argument("--run", help="run id (default: the latest)")
-    rp.add_argument("--report-dir", default=".ftlab/reports", help="local folder for the copy")
+    rp.add_argument("--report-dir", default=report_dir_default(), help="local folder for the copy ($FTLAB_HOME/reports)")
     rp.set_defaults(func=cmd_report)
 
     em = sub.add_parser("evaluate-missing", help="evaluate every model in storage lacking an evaluation "
@@ -692,7 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--batch-size", type=int)
     em.add_argument("--max-new-tokens", type=int)
     em.add_argument("--dry-run", action="store_true", help="list what would be evaluated")
-    em.add_argument("--report-dir", default=".ftlab/reports")
+    em.add_argument("--report-dir", default=report_dir_default(), help="local folder for the report copy "
+                    "($FTLAB_HOME/reports)")
     em.set_defaults(func=cmd_evaluate_missing)
     sub.choices["eval"].epilog = "what evaluations storage holds: ftlab eval list"  # routed in main()
     return p

@@ -156,3 +156,13 @@ def test_task_flags_list_the_task_registry():
     data = next(a for a in _subparser("data")._actions if isinstance(a, argparse._SubParsersAction))
     flag = next(a for a in data.choices["import"]._actions if "--task" in a.option_strings)
     assert all(t.short in flag.help for t in list_tasks())
+
+
+def test_report_copies_go_under_ftlab_home(monkeypatch, tmp_path):
+    # --report-dir defaulted to ./.ftlab/reports whatever FTLAB_HOME said
+    from ftlab import cli
+    monkeypatch.setenv("FTLAB_HOME", str(tmp_path))
+    for argv in (["run", "smoke"], ["report", "smoke"], ["evaluate-missing", "--task", "ai2_arc"]):
+        assert cli.build_parser().parse_args(argv).report_dir == str(tmp_path / "reports"), argv
+    monkeypatch.delenv("FTLAB_HOME")
+    assert cli.report_dir_default() == ".ftlab/reports"
