@@ -171,5 +171,7 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     cfg = EvaluateConfig(model, tuple(tasks), batch_size, max_new, seed, n_boot, engine, engine_check, kv_cache)
     cfg = dataclasses.replace(cfg, eval_id=eval_id or cfg.default_eval_id())
     if artifacts.read_manifest(store, "evaluations", f"{model}/{cfg.eval_id}") is not None:
-        raise PreconditionError(f"evaluation {model}/{cfg.eval_id} already exists")
+        raise PreconditionError(f"evaluation {model}/{cfg.eval_id} already exists: it is these settings' result "
+                                f"(s3://evaluations/{model}/{cfg.eval_id}/, ftlab eval list); give another eval_id "
+                                "to evaluate again")
     return cfg.to_dict()

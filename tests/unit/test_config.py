@@ -147,3 +147,16 @@ def test_dry_run_says_when_memory_and_ptq_names_assume_different_devices(monkeyp
                  "quantize": [{"methods": ["bnb_int8"]}], "evaluate": {"tasks": ["ai2_arc"]}})
     monkeypatch.delenv("FTLAB_DEVICE")
     assert "devices:" not in render(int8, None, "none")  # Int8_BnB names no lm_head precision
+
+
+def test_an_existing_evaluation_says_where_it_is(door_store):
+    from services.common.errors import PreconditionError
+    from services.evaluator.config import resolve_evaluate_spec
+    spec = {"model": QWEN_06B, "tasks": [{"task": "ai2_arc", "limit": 2}]}
+    eval_id = resolve_evaluate_spec(spec, door_store)["eval_id"]
+    door_store.put_bytes("evaluations", f"{QWEN_06B}/{eval_id}/manifest.json", b"{}")
+    try:
+        with pytest.raises(PreconditionError, match=f"s3://evaluations/{QWEN_06B}/{eval_id}/.*another eval_id"):
+            resolve_evaluate_spec(spec, door_store)
+    finally:
+        door_store.delete("evaluations", f"{QWEN_06B}/{eval_id}/manifest.json")
