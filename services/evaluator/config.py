@@ -16,7 +16,7 @@ from services.common.naming import check_name
 from services.common.params import Param
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems, split_rows, task_mismatch
+from services.common.validation import Problems, held, split_rows, task_mismatch
 from services.evaluator.kv_cache import KV_CACHE_DTYPES
 
 ENGINES = ("auto", "hf", "vllm")  # generation engines (services/evaluator/engines.py)
@@ -139,7 +139,7 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         p.add(check_name(f"{where}.dataset", dataset))
         ds = artifacts.read_manifest(store, "datasets", dataset) if not check_name("d", dataset) else None
         if ds is None:
-            p.not_found(f"{where}.dataset: {dataset!r} not found in the datasets bucket")
+            p.not_found(f"{where}.dataset: {dataset!r} not found in the datasets bucket" + held(store, "datasets"))
         elif split not in ds.get("splits", {}):
             p.invalid.append(f"{where}.split: dataset {dataset!r} has no split {split!r} "
                              f"(has: {', '.join(sorted(ds.get('splits', {})))})")
@@ -155,7 +155,7 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     if model and not check_name("model", model):  # listed with the other problems
         manifest = artifacts.read_manifest(store, "models", model)
         if manifest is None:
-            p.not_found(f"model: {model!r} not found in the models bucket")
+            p.not_found(f"model: {model!r} not found in the models bucket" + held(store, "models"))
         elif manifest.get("merged") is False and manifest.get("adapter_path"):  # adapter-only: needs its base
             base = manifest.get("base_model") or next(iter(manifest.get("parents") or []), None)
             if not base or artifacts.read_manifest(store, "models", base) is None:

@@ -20,7 +20,7 @@ from services.common.naming import _short, check_name, parse_tag, quantized_mode
 from services.common.params import Param
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems
+from services.common.validation import Problems, held
 from services.quantizer.methods import ALGORITHMS, COMPUTE_DTYPES, METHOD_OPTIONS, METHODS, REGISTRY, MethodDef
 
 __all__ = ["METHODS", "QuantizeConfig", "default_output_name", "resolve_quantize_spec", "linear_in_features",
@@ -175,7 +175,7 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     # --- storage: the source model (or adapter + its base), its layer widths, the dataset
     manifest = artifacts.read_manifest(store, "models", source) if _valid(source) else None
     if _valid(source) and manifest is None:
-        p.not_found(f"source_model: model {source!r} not found in the models bucket")
+        p.not_found(f"source_model: model {source!r} not found in the models bucket" + held(store, "models"))
     adapter, model_config = None, None
     if manifest is not None:
         adapter, model_config, problems = _source_layout(store, source, manifest, p)
@@ -192,7 +192,7 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     ds_manifest = artifacts.read_manifest(store, "datasets", dataset) if _valid(dataset) else None
     if dataset and ds_manifest is None:
         if spec.get("dataset") or needs_calibration:
-            p.not_found(f"dataset: {_short(dataset)} not found in the datasets bucket")
+            p.not_found(f"dataset: {_short(dataset)} not found in the datasets bucket" + held(store, "datasets"))
         dataset = ""  # the source model's dataset is gone: the report skips its quality section
     if ds_manifest is not None and calib_ok and None not in report.values():
         task = _dataset_problems(p, dataset, ds_manifest, calibration, report, needs_calibration, report_in)

@@ -19,7 +19,7 @@ from services.common.naming import QuantMethod, check_name, trained_model_name
 from services.common.params import Param
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems, check_module_names, model_weights_problem, split_rows, task_mismatch
+from services.common.validation import Problems, check_module_names, held, model_weights_problem, split_rows, task_mismatch
 from services.trainer.peft_types import PEFT_METHODS, PeftMethod
 
 # Training-time quantization of the base -> the study's QuantMethod (the name tag).
@@ -267,11 +267,11 @@ def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, An
     base_ok, dataset_ok = (bool(n) and not check_name("n", n) for n in (base, dataset))
     base_manifest = artifacts.read_manifest(store, "models", base) if base_ok else None
     if base_ok and base_manifest is None:
-        p.not_found(f"base_model: model {base!r} not found in the models bucket")
+        p.not_found(f"base_model: model {base!r} not found in the models bucket" + held(store, "models"))
     weights = model_weights_problem("base_model", base, base_manifest, "training") if base_manifest else None
     ds_manifest = artifacts.read_manifest(store, "datasets", dataset) if dataset_ok else None
     if dataset_ok and ds_manifest is None:
-        p.not_found(f"dataset: {dataset!r} not found in the datasets bucket")
+        p.not_found(f"dataset: {dataset!r} not found in the datasets bucket" + held(store, "datasets"))
     task_name = cfg.task
     if ds_manifest is not None:
         if task_name:  # the requested task must be the one the dataset was imported for

@@ -129,7 +129,7 @@ def test_the_evaluators_door_lists_a_missing_model_with_the_other_problems(door_
     with pytest.raises(ValidationError) as exc:
         resolve_evaluate_spec({"model": "nope", "tasks": [{"task": "ai2_arc", "limit": 0}], "batch_size": 0},
                               door_store)
-    assert "model: 'nope' not found in the models bucket" in exc.value.problems
+    assert any(x.startswith("model: 'nope' not found in the models bucket (it holds: ") for x in exc.value.problems)
     assert any(x.startswith("tasks[0].limit: 0") for x in exc.value.problems)
 
 

@@ -65,3 +65,16 @@ def test_a_non_finite_number_is_reported_with_the_doors_problems():
     with pytest.raises(ValidationError) as exc:
         JobMethods(None, None).submit("train", request, missing)
     assert exc.value.problems[1].startswith("base_model: model 'b' not found")
+
+
+def test_a_missing_name_is_told_what_the_bucket_holds(tmp_path):
+    from services.common.storage import LocalStore
+    from services.common.validation import held
+    store = LocalStore(tmp_path)
+    store.ensure_buckets()
+    assert held(store, "models") == " (it is empty)"
+    for i in range(12):
+        store.put_bytes("models", f"m{i:02d}/manifest.json", b"{}")
+    store.put_bytes("models", "half/config.json", b"{}")  # not committed: not named
+    assert held(store, "models") == (" (it holds: m00, m01, m02, m03, m04, m05, m06, m07, m08, m09, … 2 more; "
+                                     "ftlab model list)")

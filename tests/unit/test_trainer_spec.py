@@ -156,5 +156,6 @@ def test_a_missing_model_or_dataset_is_listed_with_the_other_problems(tiny_store
     with pytest.raises(ValidationError) as exc:
         resolve_train_spec({"base_model": "Qwen3-none-base", "dataset": "nope", "lora": {"r": 0}}, tiny_store)
     assert exc.value.problems == ["lora.r: 0 must be in [1, 4096]",
-                                  "base_model: model 'Qwen3-none-base' not found in the models bucket",
-                                  "dataset: 'nope' not found in the datasets bucket"]
+                                  f"base_model: model 'Qwen3-none-base' not found in the models bucket (it holds: {TINY}; "
+                                  "ftlab model list)",
+                                  "dataset: 'nope' not found in the datasets bucket (it holds: arc; ftlab data list)"]
