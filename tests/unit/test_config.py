@@ -140,13 +140,17 @@ def test_dry_run_says_when_memory_and_ptq_names_assume_different_devices(monkeyp
     exp = plan({"name": "t", "base_models": [QWEN_06B], "datasets": ["arc"], "train": [{"lora": {"r": 4}}],
                 "quantize": [{"methods": ["gptq"]}], "evaluate": {"tasks": ["ai2_arc"]}})
     assert exp.stage("quantize")[0].output.endswith("_headfp32")
-    assert "devices: the memory column is for a CUDA GPU" in render(exp, None, "none")
+    text = render(exp, None, "none")
+    assert "devices: the memory column is for a CUDA GPU" in text and "…_headbf16" in text
     monkeypatch.setenv("FTLAB_DEVICE", "cpu")
     assert "devices:" not in render(exp, None, "none")
     int8 = plan({"name": "t", "base_models": [QWEN_06B], "datasets": ["arc"], "train": [{"lora": {"r": 4}}],
                  "quantize": [{"methods": ["bnb_int8"]}], "evaluate": {"tasks": ["ai2_arc"]}})
     monkeypatch.delenv("FTLAB_DEVICE")
-    assert "devices:" not in render(int8, None, "none")  # Int8_BnB names no lm_head precision
+    text = render(int8, None, "none")
+    assert "trainer here estimates for CPU" in text and "…_headbf16" not in text  # Int8_BnB names no lm_head
+    monkeypatch.setattr("services.quantizer.config.service_has_gpu", lambda: True)  # a GPU host: one device
+    assert "devices:" not in render(exp, None, "none")
 
 
 def test_an_existing_evaluation_says_where_it_is(door_store):
