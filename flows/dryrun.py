@@ -12,6 +12,8 @@ from services.common import artifacts
 from services.common.errors import FtlabError
 from services.common.generated.ftlab.v1 import train_spec_pb2
 from services.common.storage import ObjectStore
+from services.quantizer import config as quantizer_config
+from services.quantizer.config import default_output_name
 from services.trainer.config import TrainConfig, estimate_at_submit, target_device
 
 
@@ -78,6 +80,13 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
               f"already done (will be skipped): {done}; to run: {len(exp.steps) - done}",
               "datasets: " + ", ".join(f"{r['output']} ({'present' if r['status'] == 'done' else r['status']})"
                                        for r in rows if r["stage"] == "data")]
+    if estimate_device() == "cuda" and not quantizer_config.service_has_gpu():
+        note = ("devices: the memory column is for a CUDA GPU (the experiments' target); this host has no GPU, so a "
+                "trainer here estimates for CPU, fp32 (FTLAB_DEVICE=cpu shows that)")
+        if any(s.stage == "quantize" and default_output_name(s.spec, gpu=True) != s.output for s in exp.steps):
+            note += (", and PTQ names carry this host's lm_head precision (…_headfp32; a GPU quantizer would name "
+                     "them …_headbf16 and refuse these)")
+        lines.append(note + "; set FTLAB_DEVICE=cuda or cpu to plan for one device")
     if any(r["memory"].startswith("n/a") for r in rows):
         lines.append("memory estimates: n/a where the trainer's estimator (services/trainer/memory.py) "
                      "does not know the model (no config.json in storage, no Qwen3 size in its name)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import yaml
 from google.protobuf import json_format
 
+from services.common.clients import parse_error_text, proto_json
 from services.common.errors import NotFoundError, ValidationError
 from services.common.generated.ftlab.v1 import evaluate_spec_pb2, quantize_spec_pb2, train_spec_pb2
 from services.common.job_record import spec_hash
@@ -36,6 +38,7 @@ from services.common.naming import check_name
 from services.common.tasks import get_task
 from services.quantizer.config import METHODS as QUANT_METHODS
 from services.quantizer.config import default_output_name
+from services.quantizer.config import spec_problems as ptq_spec_problems
 from services.common.validation import Problems
 from services.evaluator.config import PARAMS as EVAL_PARAMS
 from services.trainer.config import TrainConfig
@@ -216,16 +219,17 @@ def _rules(p: list[str], raw: dict, key: str) -> list[dict]:
 
 def _proto_problems(where: str, spec: dict, message) -> list[str]:
     try:
-        json_format.ParseDict(spec, message(), ignore_unknown_fields=False)
+        json_format.ParseDict(proto_json(spec), message(), ignore_unknown_fields=False)
         return []
     except json_format.ParseError as exc:
-        return [f"{where}: {exc}"]
+        text = parse_error_text(exc, message)
+        return [f"{where}.{text}" if re.match(r"^[a-z_.]+: ", text) else f"{where}: {text}"]
 
 
 def as_sent(message, spec: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """``spec`` as the service reads it: through the proto message and back to JSON (YAML's
     ``1e-4`` is a string, ints become floats where the field is a double), less ``drop``."""
-    parsed = json_format.ParseDict({k: v for k, v in spec.items() if k not in drop}, message())
+    parsed = json_format.ParseDict(proto_json({k: v for k, v in spec.items() if k not in drop}), message())
     return json_format.MessageToDict(parsed, preserving_proto_field_name=True)
 
 
@@ -341,17 +345,22 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
         candidates = [(s.output, s.labels) for s in trained] if "trained" in sources else []
         if "base" in sources:
             candidates += [(b, {"base_model": b}) for b in bases]
+        valid = []  # methods whose options the quantizer accepts (checked once, with or without sources)
+        for m in methods:
+            if m not in QUANT_METHODS:
+                continue
+            probe = {"source_model": "source", "method": m, **options}
+            bad = _proto_problems(where, probe, quantize_spec_pb2.QuantizeSpec)
+            if not bad:  # the quantizer's own checks (no storage) before naming the step
+                bad = [f"{where}.{x}" for x in ptq_spec_problems(as_sent(quantize_spec_pb2.QuantizeSpec, probe))]
+            p += [b for b in bad if b not in p]
+            if not bad:
+                valid.append(m)
         for src, labels in candidates:
             if not matches(rule, labels):
                 continue
-            for m in methods:
-                if m not in QUANT_METHODS:
-                    continue
+            for m in valid:
                 spec = {"source_model": src, "method": m, **options}
-                bad = _proto_problems(where, spec, quantize_spec_pb2.QuantizeSpec)
-                if bad:
-                    p += [b for b in bad if b not in p]
-                    continue
                 out = default_output_name(spec)  # the study's tag with the step's options (GPTQ_w4_g64_...)
                 spec["output_name"] = out
                 quantized.append(Step("quantize", "quantizer", spec, out, [src],

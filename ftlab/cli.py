@@ -17,6 +17,12 @@ from services.common.settings import SERVICES
 SHARED_HINT = "e.g. ../shared/datasets/seed"
 
 
+def report_dir_default() -> str:
+    """Local report copies go under the embedded stack's folder: ``$FTLAB_HOME/reports``
+    (FTLAB_HOME defaults to ./.ftlab, as in ftlab/stack.py)."""
+    return os.path.join(os.environ.get("FTLAB_HOME", ".ftlab"), "reports")
+
+
 # ------------------------------------------------------------------ helpers
 
 def _store():
@@ -255,8 +261,23 @@ def cmd_score(args) -> int:
     return 0
 
 
+JOB_KINDS = {"train": "trainer", "quantize": "quantizer", "evaluate": "evaluator"}  # job id prefix -> service
+
+
+def job_service(job_id: str) -> str | None:
+    """The service a job id belongs to, from its kind prefix (``train-20261130-...``); None if unknown."""
+    return JOB_KINDS.get(job_id.split("-", 1)[0])
+
+
 def cmd_jobs(args) -> int:
     from services.common.clients import ServiceClient, state_name
+    if args.action != "list" and not args.service:
+        args.service = job_service(args.job_id)
+        if args.service is None:
+            raise ValidationError(f"--service: required for job id {args.job_id!r} (ids start with "
+                                  f"{', '.join(k + '-' for k in JOB_KINDS)}: {', '.join(JOB_KINDS.values())})")
+    if args.action == "list" and not args.service:  # every service's jobs
+        return max(cmd_jobs(argparse.Namespace(**{**vars(args), "service": svc})) for svc in SERVICES)
     with ServiceClient(args.service) as c:
         if args.action == "list":
             for j in c.list_all():
@@ -294,7 +315,8 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def run_flow(experiment: str, run_id: str = "", report_dir: str = ".ftlab/reports") -> dict:
+def run_flow(experiment: str, run_id: str = "", report_dir: str | None = None) -> dict:
+    report_dir = report_dir or report_dir_default()
     _store()  # sets the embedded storage defaults for the flow
     _prefect_defaults()
     from flows.pipeline import experiment_flow
@@ -385,7 +407,7 @@ def cmd_demo(args) -> int:
     # evaluator leaves the other core to the trainer (two spinning OpenMP threads per process
     # against each other cost far more than they give; docs/BENCHMARKS.md).
     os.environ.setdefault("FTLAB_CPU_THREADS", "1")
-    print("== starting the embedded stack (local storage under .ftlab/storage)")
+    print(f"== starting the embedded stack (storage: {store.describe()})")
     up()
     stages["stack up"] = time.time() - t0
     try:
@@ -527,10 +549,30 @@ def eval_list_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _jobs_arguments(j: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    j.add_argument("action", choices=["list", "get", "watch", "cancel"])
+    j.add_argument("job_id", nargs="?", help="for get, watch, cancel")
+    j.add_argument("--service", choices=SERVICES, help="default: the job id's (train-... is the trainer's); "
+                   "list: every service")
+    j.add_argument("--timeout", type=float, default=24 * 3600, help="seconds watch waits (default: %(default)s)")
+    j.set_defaults(func=cmd_jobs)
+    return j
+
+
+def jobs_parser() -> argparse.ArgumentParser:
+    """``ftlab jobs``, parsed on its own with options anywhere (``jobs get --service trainer ID``:
+    argparse's subcommands would take ``get`` alone for both positionals), so :func:`main`
+    routes ``jobs`` here."""
+    return _jobs_arguments(_Parser(prog="ftlab jobs"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ftlab", description="ftlab: LLM fine-tuning research as trainer, quantizer and evaluator services.",
                 epilog="what storage holds: ftlab data list | ftlab model list | ftlab eval list")
     sub = p.add_subparsers(dest="command", required=True)
+    from services.common.tasks import list_tasks
+    tasks = list_tasks()  # the task registry (services/common/tasks/*.yaml, FTLAB_TASK_DIRS)
+    task_names = "one of " + ", ".join(f"{t.name} ({t.short})" for t in tasks)
 
     sub.add_parser("up", help="start the embedded stack (3 services on loopback)").set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the embedded stack").set_defaults(func=cmd_down)
@@ -546,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
     di = data.add_parser("import", help="import a task's dataset into the datasets bucket")
-    di.add_argument("--task", required=True, help="arc | squad | openmath | all")
+    di.add_argument("--task", required=True, help=f"{' | '.join(t.short for t in tasks)} | all")
     di.add_argument("--source", default="seed", choices=["seed", "hf", "hub"])
     di.add_argument("--path", help=f"folder for seed/hf sources ({SHARED_HINT})")
     di.add_argument("--overwrite", action="store_true")
@@ -563,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.set_defaults(func=cmd_data_show)
     _list_parser(data, "committed datasets: task, source, rows per split, created", cmd_data_list)
     dl = data.add_parser("leakage", help="test items duplicated in training, between two source files")
-    dl.add_argument("--task", required=True)
+    dl.add_argument("--task", required=True, help=task_names)
     dl.add_argument("train", help="training file or folder")
     dl.add_argument("test", help="test file or folder")
     dl.add_argument("--threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold")
@@ -609,6 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="submit an evaluation job")
     add_param_flags(e, EVALUATE_PARAMS)
+    task_flag = next(a for a in e._actions if "--task" in a.option_strings)
+    task_flag.help = task_flag.help.replace("ai2_arc, squad_v2, ...", task_names)  # the registry's, not typed here
     job_opts(e)
     e.set_defaults(func=cmd_eval)
 
@@ -623,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="score raw model outputs (JSON Lines or a stored evaluation) "
                         "without a model or a service; prints JSON")
     sc.add_argument("file", nargs="?", help='JSON Lines: {"id": ..., "output": "<raw text>", "gold": ...} per line')
-    sc.add_argument("--task", required=True, help="ai2_arc, squad_v2, OpenMathInstruct-2, boolq, ...")
+    sc.add_argument("--task", required=True, help=task_names)
     sc.add_argument("--profile", default="ftlab", choices=["ftlab", "study"],
                     help="ftlab: corrected definitions (default); study: the study's scorer exactly")
     sc.add_argument("--eval", help="re-score a stored evaluation's predictions.parquet: MODEL/EVAL_ID")
@@ -631,36 +675,33 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--seed", type=int, default=0, help="seeds the bootstrap")
     sc.set_defaults(func=cmd_score)
 
-    j = sub.add_parser("jobs", help="list | get | watch | cancel jobs of a service")
-    j.add_argument("action", choices=["list", "get", "watch", "cancel"])
-    j.add_argument("job_id", nargs="?")
-    j.add_argument("--service", required=True, choices=SERVICES)
-    j.add_argument("--timeout", type=float, default=24 * 3600)
-    j.set_defaults(func=cmd_jobs)
+    _jobs_arguments(sub.add_parser("jobs", help="list | get | watch | cancel jobs of a service"))
 
     r = sub.add_parser("run", help="run an experiment flow (shipped name or path.yaml)")
     r.add_argument("experiment")
     r.add_argument("--dry-run", action="store_true", help="print the plan (jobs, model names, memory "
                    "estimates, what is done), run nothing")
     r.add_argument("--run-id", help="name of this run (default: the start time)")
-    r.add_argument("--report-dir", default=".ftlab/reports", help="local folder for the report copy")
+    r.add_argument("--report-dir", default=report_dir_default(), help="local folder for the report copy "
+                   "($FTLAB_HOME/reports)")
     r.set_defaults(func=cmd_run)
 
     rp = sub.add_parser("report", help="rebuild an experiment run's report from storage alone")
     rp.add_argument("experiment")
     rp.add_argument("--run", help="run id (default: the latest)")
-    rp.add_argument("--report-dir", default=".ftlab/reports", help="local folder for the copy")
+    rp.add_argument("--report-dir", default=report_dir_default(), help="local folder for the copy ($FTLAB_HOME/reports)")
     rp.set_defaults(func=cmd_report)
 
     em = sub.add_parser("evaluate-missing", help="evaluate every model in storage lacking an evaluation "
                         "for the tasks (the study's evaluation orchestrator)")
-    em.add_argument("--task", action="append", required=True, help="repeatable: ai2_arc, squad_v2, ...")
+    em.add_argument("--task", action="append", required=True, help=f"repeatable: {task_names}")
     em.add_argument("--limit", type=int, help="first N items per task")
     em.add_argument("--models", default="*", help="only models matching this glob (e.g. 'Qwen3-8B-*')")
     em.add_argument("--batch-size", type=int)
     em.add_argument("--max-new-tokens", type=int)
     em.add_argument("--dry-run", action="store_true", help="list what would be evaluated")
-    em.add_argument("--report-dir", default=".ftlab/reports")
+    em.add_argument("--report-dir", default=report_dir_default(), help="local folder for the report copy "
+                    "($FTLAB_HOME/reports)")
     em.set_defaults(func=cmd_evaluate_missing)
     sub.choices["eval"].epilog = "what evaluations storage holds: ftlab eval list"  # routed in main()
     return p
@@ -670,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:2] == ["eval", "list"]:
         args = eval_list_parser().parse_args(argv[1:])
+    elif argv[:1] == ["jobs"]:
+        args = jobs_parser().parse_intermixed_args(argv[1:])
     else:
         args = build_parser().parse_args(argv)
     if getattr(args, "action", None) in ("get", "watch", "cancel") and not args.job_id:

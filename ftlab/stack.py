@@ -2,8 +2,10 @@
 with local storage under ./.ftlab/ (``ftlab up`` / ``ftlab down``)."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,12 +55,36 @@ def stack_env() -> dict[str, str]:
     return env
 
 
+def port_in_use(address: str) -> bool:
+    """Whether something already listens on ``address`` (host:port) here: a health check there
+    would answer for that other process (another stack on the default ports), not for ours."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is not "in use"
+            s.bind((host, int(port)))
+    except OSError as exc:
+        return exc.errno == errno.EADDRINUSE
+    except ValueError:
+        return False
+    return False
+
+
 def up(timeout_s: float = 120.0) -> dict[str, str]:
-    """Start whichever services are not running; wait until all report SERVING."""
-    (STATE_DIR / "run").mkdir(parents=True, exist_ok=True)
-    (STATE_DIR / "logs").mkdir(parents=True, exist_ok=True)
+    """Start whichever services are not running; wait until all report SERVING. A service whose
+    address another process already listens on is refused before anything starts."""
     already = running()
     env = stack_env()
+    taken = [f"{svc} {service_address(svc, env)}" for svc in SERVICES
+             if svc not in already and port_in_use(service_address(svc, env))]
+    if taken:
+        raise ServiceUnavailable(f"already in use by another process (another ftlab stack?): {', '.join(taken)}; "
+                                 "set FTLAB_TRAINER_ADDR, FTLAB_QUANTIZER_ADDR, FTLAB_EVALUATOR_ADDR to free "
+                                 "ports (and FTLAB_HOME to a folder of its own), or stop that process")
+    (STATE_DIR / "run").mkdir(parents=True, exist_ok=True)
+    (STATE_DIR / "logs").mkdir(parents=True, exist_ok=True)
     for svc in SERVICES:
         if svc in already:
             continue

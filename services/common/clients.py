@@ -2,6 +2,8 @@
 as the same domain errors the services raised; a job that ends badly raises :class:`JobFailed`."""
 from __future__ import annotations
 
+import math
+import re
 import time
 import uuid
 from typing import Any, Callable, Iterator
@@ -47,6 +49,37 @@ _SERVICES = {
 }
 _CODES = {grpc.StatusCode.INVALID_ARGUMENT: ValidationError, grpc.StatusCode.NOT_FOUND: NotFoundError,
           grpc.StatusCode.FAILED_PRECONDITION: PreconditionError}
+
+
+def proto_json(value: Any) -> Any:
+    """``value`` with non-finite floats spelled as proto JSON spells them ("NaN", "Infinity",
+    "-Infinity"; json_format refuses the bare floats), so ``--learning-rate nan`` reaches the
+    door, which reports it with every other problem."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: proto_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [proto_json(v) for v in value]
+    return value
+
+
+def parse_error_text(exc: json_format.ParseError, message_cls) -> str:
+    """A proto JSON parse error in the spec's own words: an unknown key named with the fields
+    of its message as written in YAML and the CLI (snake_case), not json_format's camelCase."""
+    text = str(exc)
+    m = re.search(r'has no field named "([^"]+)" at "([^"]+)"', text)
+    if not m:
+        return text.split("\n")[0]
+    desc, path = message_cls.DESCRIPTOR, m.group(2).split(".")[1:]
+    for part in path:
+        field = desc.fields_by_name.get(part)
+        if field is None or field.message_type is None:
+            return text.split("\n")[0]
+        desc = field.message_type
+    where = ".".join(path + [m.group(1)])
+    return f"{where}: unknown key (known{' in ' + '.'.join(path) if path else ''}: " \
+           f"{', '.join(f.name for f in desc.fields)})"
 
 
 def state_name(state: int) -> str:
@@ -131,7 +164,10 @@ class ServiceClient:
 
     def submit(self, spec: dict[str, Any] | Any, request_id: str = "") -> jobs_pb2.Job:
         if isinstance(spec, dict):
-            spec = json_format.ParseDict(spec, self.spec_cls())
+            try:
+                spec = json_format.ParseDict(proto_json(spec), self.spec_cls())
+            except json_format.ParseError as exc:  # a field or value the message cannot hold
+                raise ValidationError(f"spec: {parse_error_text(exc, self.spec_cls)}") from None
         return self._call(self._submit_rpc, self._request_cls(spec=spec, request_id=request_id))
 
     def get(self, job_id: str) -> jobs_pb2.Job:

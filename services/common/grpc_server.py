@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.auth import AuthInterceptor, is_loopback
 from services.common.settings import grpc_message_options
-from services.common.errors import (FtlabError, NotFoundError, PreconditionError, StorageError,
+from services.common.errors import (MAX_ERROR_CHARS, FtlabError, NotFoundError, PreconditionError, StorageError,
                                     ValidationError, shorten)
 
 log = logging.getLogger("ftlab.grpc")
@@ -151,9 +151,11 @@ def build_server(address: str, servicer, add_to_server, service_full_name: str,
                     "so only holders of the token can submit jobs", address)
     # auth first (outermost): a refused call never reaches the servicer or the error mapping
     interceptors = ([AuthInterceptor(list(tokens))] if tokens else []) + [ErrorMappingInterceptor()]
+    # so_reuseport off: gRPC's default lets a second server bind a port one already serves, and
+    # the kernel then splits connections between them (two stacks on one port, jobs on either)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                          interceptors=interceptors,
-                         options=grpc_message_options())
+                         options=grpc_message_options() + [("grpc.so_reuseport", 0)])
     add_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

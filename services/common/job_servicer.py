@@ -7,7 +7,7 @@ import math
 
 from google.protobuf import json_format, timestamp_pb2
 
-from services.common.errors import FtlabError, ValidationError, shorten
+from services.common.errors import FtlabError, NotFoundError, ValidationError, shorten
 from services.common.generated.ftlab.v1 import jobs_pb2
 from services.common.job_record import EventType, JobRecord, JobState
 from services.common.naming import check_name
@@ -63,6 +63,17 @@ def _non_finite(message, prefix: str = "") -> list[str]:
     return out
 
 
+def _clear_non_finite(message) -> None:
+    """Clear every field of ``message`` (in place) that :func:`_non_finite` names."""
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
+            for v in (list(value) if field.is_repeated else [value]):
+                _clear_non_finite(v)
+        elif field.type in (field.TYPE_DOUBLE, field.TYPE_FLOAT):
+            if any(not math.isfinite(v) for v in (list(value) if field.is_repeated else [value])):
+                message.ClearField(field.name)
+
+
 def record_to_proto(rec: JobRecord, queue_position: int = 0) -> jobs_pb2.Job:
     job = jobs_pb2.Job(job_id=rec.job_id, service=rec.service, request_id=rec.request_id,
                        state=state_to_proto(rec.state), error=rec.error, outputs=rec.outputs,
@@ -115,6 +126,21 @@ class JobMethods:
 
     def submit(self, kind: str, request, resolve) -> jobs_pb2.Job:
         """proto spec -> dict -> validated at the door by ``resolve(spec, store)`` -> queued job."""
+        bad = _non_finite(request.spec)
+        if bad:  # refused, with every other problem the door finds in the rest of the spec
+            rest = type(request.spec)()
+            rest.CopyFrom(request.spec)
+            _clear_non_finite(rest)
+            problems = [f"{path}: must be a finite number" for path in bad]
+            try:
+                _guarded(resolve, spec_to_dict(rest), self.store)
+            except ValidationError as exc:
+                problems += exc.problems
+            except NotFoundError as exc:
+                problems.append(str(exc))
+            except FtlabError:
+                pass  # a precondition is reported once the request is valid
+            raise ValidationError(problems)
         spec = spec_to_dict(request.spec)
         rec = self.runtime.submit(kind, spec, lambda: _guarded(resolve, spec, self.store), request.request_id)
         return self.job_proto(rec)

@@ -50,6 +50,24 @@ def check_module_names(p: Problems, field: str, names: list[str], max_items: int
 
 # --- checks that compare a request with what storage holds (the child could only fail on these)
 
+LIST_COMMANDS = {"models": "ftlab model list", "datasets": "ftlab data list"}
+
+
+def held(store, bucket: str, limit: int = 10) -> str:
+    """What ``bucket`` holds, for a not-found message: `` (it holds: a, b; ftlab model list)``,
+    the first ``limit`` names; `` (it is empty)``; "" when storage cannot say."""
+    from services.common import artifacts
+    from services.common.errors import FtlabError
+    try:
+        names = [n for n in artifacts.list_committed(store, bucket) if "/" not in n]
+    except FtlabError:
+        return ""
+    if not names:
+        return " (it is empty)"
+    more = f", … {len(names) - limit} more" if len(names) > limit else ""
+    return f" (it holds: {', '.join(names[:limit])}{more}; {LIST_COMMANDS.get(bucket, 'ftlab ' + bucket + ' list')})"
+
+
 def task_mismatch(where: str, requested: str, dataset: str, manifest: dict) -> list[str]:
     """The requested task against the task the dataset was imported for (its manifest's ``task``):
     a dataset of one task cannot train or evaluate another (its gold answers have another format)."""

@@ -15,6 +15,7 @@ import pandas as pd
 from services.common import artifacts, tasks
 from services.common.errors import NotFoundError, ValidationError
 from services.common.storage import ObjectStore, parse_uri
+from services.common.validation import Problems
 from services.evaluator import metrics as M
 from services.evaluator import stats
 
@@ -74,8 +75,29 @@ def setting_differences(ma: dict[str, Any], mb: dict[str, Any]) -> list[dict[str
     return diffs
 
 
+def _check_refs(store: ObjectStore, refs: tuple[str, ...]) -> None:
+    """Both references at once: malformed ones, then missing ones with the evaluations their
+    model has (ValidationError listing every problem, or NotFoundError)."""
+    p = Problems()
+    for ref in refs:
+        try:
+            prefix = eval_prefix(ref)
+        except ValidationError as exc:
+            p.add(exc.problems)
+            continue
+        if artifacts.read_manifest(store, BUCKET, prefix) is None:
+            model = prefix.split("/")[0]
+            held = sorted({k.split("/")[1] for k in store.list_keys(BUCKET, model + "/")
+                           if k.endswith("/manifest.json") and k.count("/") == 2})
+            p.not_found(f"evaluation s3://{BUCKET}/{prefix}/ not found (no manifest.json): "
+                        + (f"{model} has: {', '.join(held)}" if held else f"no evaluation of {model!r} in storage "
+                           "(ftlab eval list)"))
+    p.raise_if_any()
+
+
 def compare(store: ObjectStore, ref_a: str, ref_b: str, n_resamples: int = stats.DEFAULT_RESAMPLES,
             seed: int = 0) -> dict[str, Any]:
+    _check_refs(store, (ref_a, ref_b))
     (ma, pa), (mb, pb) = load_eval(store, ref_a), load_eval(store, ref_b)
     out: dict[str, Any] = {"a": eval_prefix(ref_a), "b": eval_prefix(ref_b), "resamples": n_resamples,
                            "seed": seed, "settings_differ": setting_differences(ma, mb), "tasks": {}}

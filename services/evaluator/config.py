@@ -16,7 +16,7 @@ from services.common.naming import check_name
 from services.common.params import Param
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems, split_rows, task_mismatch
+from services.common.validation import Problems, held, split_rows, task_mismatch
 from services.evaluator.kv_cache import KV_CACHE_DTYPES
 
 ENGINES = ("auto", "hf", "vllm")  # generation engines (services/evaluator/engines.py)
@@ -139,7 +139,7 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         p.add(check_name(f"{where}.dataset", dataset))
         ds = artifacts.read_manifest(store, "datasets", dataset) if not check_name("d", dataset) else None
         if ds is None:
-            p.not_found(f"{where}.dataset: {dataset!r} not found in the datasets bucket")
+            p.not_found(f"{where}.dataset: {dataset!r} not found in the datasets bucket" + held(store, "datasets"))
         elif split not in ds.get("splits", {}):
             p.invalid.append(f"{where}.split: dataset {dataset!r} has no split {split!r} "
                              f"(has: {', '.join(sorted(ds.get('splits', {})))})")
@@ -152,10 +152,10 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         tasks.append(EvalTask(task.name, dataset, split, limit))
     names = [t.task for t in tasks]
     p.require(len(names) == len(set(names)), f"tasks: each task at most once (got {names})")
-    if model and not p.invalid:
+    if model and not check_name("model", model):  # listed with the other problems
         manifest = artifacts.read_manifest(store, "models", model)
         if manifest is None:
-            p.not_found(f"model: {model!r} not found in the models bucket")
+            p.not_found(f"model: {model!r} not found in the models bucket" + held(store, "models"))
         elif manifest.get("merged") is False and manifest.get("adapter_path"):  # adapter-only: needs its base
             base = manifest.get("base_model") or next(iter(manifest.get("parents") or []), None)
             if not base or artifacts.read_manifest(store, "models", base) is None:
@@ -171,5 +171,7 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     cfg = EvaluateConfig(model, tuple(tasks), batch_size, max_new, seed, n_boot, engine, engine_check, kv_cache)
     cfg = dataclasses.replace(cfg, eval_id=eval_id or cfg.default_eval_id())
     if artifacts.read_manifest(store, "evaluations", f"{model}/{cfg.eval_id}") is not None:
-        raise PreconditionError(f"evaluation {model}/{cfg.eval_id} already exists")
+        raise PreconditionError(f"evaluation {model}/{cfg.eval_id} already exists: it is these settings' result "
+                                f"(s3://evaluations/{model}/{cfg.eval_id}/, ftlab eval list); give another eval_id "
+                                "to evaluate again")
     return cfg.to_dict()

@@ -20,11 +20,11 @@ from services.common.naming import _short, check_name, parse_tag, quantized_mode
 from services.common.params import Param
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems
+from services.common.validation import Problems, held
 from services.quantizer.methods import ALGORITHMS, COMPUTE_DTYPES, METHOD_OPTIONS, METHODS, REGISTRY, MethodDef
 
 __all__ = ["METHODS", "QuantizeConfig", "default_output_name", "resolve_quantize_spec", "linear_in_features",
-           "service_has_gpu"]
+           "service_has_gpu", "spec_problems"]
 
 # Llama/Qwen-style decoder layers: module (under model.layers.N.) -> config key of its in-features.
 _LAYER_INPUTS = {"self_attn.q_proj": "hidden", "self_attn.k_proj": "hidden", "self_attn.v_proj": "hidden",
@@ -154,8 +154,7 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     source = spec.get("source_model", "")
     p.require(bool(source), "source_model: required") and p.add(check_name("source_model", source))
     name = spec.get("method", "")
-    method = REGISTRY.get(name) if isinstance(name, str) else None
-    p.require(method is not None, f"method: unknown {_short(name)}; known: {', '.join(REGISTRY)}")
+    method, opts, bad, calibration, report = _check_spec(p, spec)
     gpu = service_has_gpu()
     if method is not None and method.unavailable:
         blocked.append(f"method: {method.unavailable}")
@@ -163,18 +162,8 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         blocked.append(f"method: {name} needs a CUDA GPU ({method.needs_gpu}) and this quantizer runs on CPU "
                        f"(FTLAB_DEVICE={os.environ.get('FTLAB_DEVICE', 'auto')}); run it on a GPU host, "
                        "or use gptq or awq (same bits, calibrated) here")
-    opts, bad = _options(p, spec, method)
     ok = method is not None and not bad
     calib_in, report_in = spec.get("calibration") or {}, spec.get("report") or {}
-    calibration = {"split": calib_in.get("split") or PARAMS["calibration.split"].default,
-                   **{k: _sub_range(p, calib_in, PARAMS[f"calibration.{k}"]) for k in ("num_samples", "seed",
-                                                                                     "max_seq_length")}}
-    report = {"split": report_in.get("split") or PARAMS["report.split"].default,
-              **{k: _sub_range(p, report_in, PARAMS[f"report.{k}"]) for k in ("num_prompts", "max_seq_length")}}
-    for f in ("calibration", "report"):
-        split = (calib_in if f == "calibration" else report_in).get("split")
-        if split:
-            p.add(check_name(f"{f}.split", split))
     calib_ok = None not in calibration.values()
     if spec.get("output_name"):
         p.add(check_name("output_name", spec["output_name"]))
@@ -186,7 +175,7 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     # --- storage: the source model (or adapter + its base), its layer widths, the dataset
     manifest = artifacts.read_manifest(store, "models", source) if _valid(source) else None
     if _valid(source) and manifest is None:
-        p.not_found(f"source_model: model {source!r} not found in the models bucket")
+        p.not_found(f"source_model: model {source!r} not found in the models bucket" + held(store, "models"))
     adapter, model_config = None, None
     if manifest is not None:
         adapter, model_config, problems = _source_layout(store, source, manifest, p)
@@ -203,7 +192,7 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     ds_manifest = artifacts.read_manifest(store, "datasets", dataset) if _valid(dataset) else None
     if dataset and ds_manifest is None:
         if spec.get("dataset") or needs_calibration:
-            p.not_found(f"dataset: {_short(dataset)} not found in the datasets bucket")
+            p.not_found(f"dataset: {_short(dataset)} not found in the datasets bucket" + held(store, "datasets"))
         dataset = ""  # the source model's dataset is gone: the report skips its quality section
     if ds_manifest is not None and calib_ok and None not in report.values():
         task = _dataset_problems(p, dataset, ds_manifest, calibration, report, needs_calibration, report_in)
@@ -231,6 +220,36 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         weights_bits=opts["weights_bits"], activations_bits=method.activations_bits, lm_head_dtype=head_dtype(gpu),
         options=opts, adapter=adapter, dataset=dataset or None, task=task,
         calibration=calibration if needs_calibration else None, report=report).to_dict()
+
+
+def _check_spec(p: Problems, spec: dict[str, Any]):
+    """The door's checks that need no storage: the method, its options, the calibration and
+    report fields. Returns (method or None, options with defaults, bad option fields, calibration,
+    report); a bad calibration/report number is None."""
+    name = spec.get("method", "")
+    method = REGISTRY.get(name) if isinstance(name, str) else None
+    p.require(method is not None, f"method: unknown {_short(name)}; known: {', '.join(REGISTRY)}")
+    opts, bad = _options(p, spec, method)
+    calib_in, report_in = spec.get("calibration") or {}, spec.get("report") or {}
+    calibration = {"split": calib_in.get("split") or PARAMS["calibration.split"].default,
+                   **{k: _sub_range(p, calib_in, PARAMS[f"calibration.{k}"]) for k in ("num_samples", "seed",
+                                                                                     "max_seq_length")}}
+    report = {"split": report_in.get("split") or PARAMS["report.split"].default,
+              **{k: _sub_range(p, report_in, PARAMS[f"report.{k}"]) for k in ("num_prompts", "max_seq_length")}}
+    for f in ("calibration", "report"):
+        split = (calib_in if f == "calibration" else report_in).get("split")
+        if split:
+            p.add(check_name(f"{f}.split", split))
+    return method, opts, bad, calibration, report
+
+
+def spec_problems(spec: dict[str, Any]) -> list[str]:
+    """What the door would refuse in ``spec`` without reading storage (unknown method, options the
+    method does not take, values out of range): a plan checks its PTQ steps with it before
+    naming them (:func:`default_output_name` needs a valid spec). [] when none."""
+    p = Problems()
+    _check_spec(p, spec)
+    return p.invalid
 
 
 def _algorithm(method: MethodDef | None, opts: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from services.common.naming import QuantMethod, check_name, trained_model_name
 from services.common.params import Param
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems, check_module_names, model_weights_problem, split_rows, task_mismatch
+from services.common.validation import Problems, check_module_names, held, model_weights_problem, split_rows, task_mismatch
 from services.trainer.peft_types import PEFT_METHODS, PeftMethod
 
 # Training-time quantization of the base -> the study's QuantMethod (the name tag).
@@ -263,13 +263,15 @@ def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, An
     p = Problems()
     cfg = _resolve(p, spec, None)
     base, dataset = cfg.base_model, cfg.dataset
-    base_manifest = artifacts.read_manifest(store, "models", base) if base and not p.invalid else None
-    if base and not p.invalid and base_manifest is None:
-        p.not_found(f"base_model: model {base!r} not found in the models bucket")
+    # looked up whenever the name itself is valid, so a missing model is listed with the other problems
+    base_ok, dataset_ok = (bool(n) and not check_name("n", n) for n in (base, dataset))
+    base_manifest = artifacts.read_manifest(store, "models", base) if base_ok else None
+    if base_ok and base_manifest is None:
+        p.not_found(f"base_model: model {base!r} not found in the models bucket" + held(store, "models"))
     weights = model_weights_problem("base_model", base, base_manifest, "training") if base_manifest else None
-    ds_manifest = artifacts.read_manifest(store, "datasets", dataset) if dataset and not p.invalid else None
-    if dataset and not p.invalid and ds_manifest is None:
-        p.not_found(f"dataset: {dataset!r} not found in the datasets bucket")
+    ds_manifest = artifacts.read_manifest(store, "datasets", dataset) if dataset_ok else None
+    if dataset_ok and ds_manifest is None:
+        p.not_found(f"dataset: {dataset!r} not found in the datasets bucket" + held(store, "datasets"))
     task_name = cfg.task
     if ds_manifest is not None:
         if task_name:  # the requested task must be the one the dataset was imported for
@@ -280,15 +282,16 @@ def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, An
         else:
             p.add(split_rows("train_limit" if cfg.train_limit else "dataset", dataset, ds_manifest, "train",
                              cfg.train_limit))
-    try:
-        task = get_task(task_name or dataset)
-        cfg = dataclasses.replace(cfg, task=task.name)
-        if ds_manifest is not None:
-            cols = set(ds_manifest.get("splits", {}).get("train", {}).get("columns", []))
-            missing = [c for c in required_columns(task) if c not in cols]
-            p.require(not missing, f"dataset: {dataset!r} lacks the {task.name} columns {missing}")
-    except ValidationError as exc:
-        p.invalid.append(f"task: {exc}")
+    if task_name or ds_manifest is not None:  # else no task to infer: the dataset's problem is reported
+        try:
+            task = get_task(task_name or dataset)
+            cfg = dataclasses.replace(cfg, task=task.name)
+            if ds_manifest is not None:
+                cols = set(ds_manifest.get("splits", {}).get("train", {}).get("columns", []))
+                missing = [c for c in required_columns(task) if c not in cols]
+                p.require(not missing, f"dataset: {dataset!r} lacks the {task.name} columns {missing}")
+        except ValidationError as exc:
+            p.invalid.append(f"task: {exc}")
     p.raise_if_any()
     if weights:
         raise PreconditionError(weights)

@@ -102,3 +102,67 @@ def test_quantize_and_eval_command_lines_reach_every_spec_field(command):
             node = node[0] if isinstance(node, list) else node
             node = node[part]
         assert node == value, name
+
+
+def test_jobs_takes_options_anywhere_and_the_service_from_the_job_id(monkeypatch):
+    from ftlab import cli
+    # "jobs get --service trainer ID" was refused: argparse gave "get" to both positionals
+    for argv in (["get", "--service", "trainer", "train-1-x"], ["--service", "trainer", "get", "train-1-x"],
+                 ["get", "train-1-x", "--service", "trainer"]):
+        args = cli.jobs_parser().parse_intermixed_args(argv)
+        assert (args.action, args.job_id, args.service) == ("get", "train-1-x", "trainer"), argv
+    assert [cli.job_service(j) for j in ("train-20261130-042549-1129a086", "quantize-1-a", "evaluate-1-b", "x")] == \
+        ["trainer", "quantizer", "evaluator", None]
+    seen = []
+
+    class Client:
+        def __init__(self, service):
+            seen.append(service)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def get(self, job_id):
+            from services.common.generated.ftlab.v1 import jobs_pb2
+            return jobs_pb2.Job(job_id=job_id)
+
+        def list_all(self):
+            return []
+
+    monkeypatch.setattr("services.common.clients.ServiceClient", Client)
+    assert cli.main(["jobs", "get", "quantize-1-a"]) == 0 and seen == ["quantizer"]
+    assert cli.main(["jobs", "list"]) == 0 and seen[1:] == ["trainer", "quantizer", "evaluator"]
+    assert cli.main(["jobs", "get", "nope"]) == 2
+
+
+def test_python_dash_m_ftlab_is_the_command():
+    import subprocess
+    import sys
+    for module in ("ftlab", "ftlab.cli"):
+        out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "usage: ftlab" in out.stdout, (module, out.stderr)
+
+
+def test_task_flags_list_the_task_registry():
+    from services.common.tasks import list_tasks
+    names = [t.name for t in list_tasks()]
+    assert "boolq" in names  # "data import --task" listed arc | squad | openmath only
+    for command in ("eval", "score", "evaluate-missing"):
+        flag = next(a for a in _subparser(command)._actions if "--task" in a.option_strings)
+        assert all(n in flag.help for n in names), (command, flag.help)
+    data = next(a for a in _subparser("data")._actions if isinstance(a, argparse._SubParsersAction))
+    flag = next(a for a in data.choices["import"]._actions if "--task" in a.option_strings)
+    assert all(t.short in flag.help for t in list_tasks())
+
+
+def test_report_copies_go_under_ftlab_home(monkeypatch, tmp_path):
+    # --report-dir defaulted to ./.ftlab/reports whatever FTLAB_HOME said
+    from ftlab import cli
+    monkeypatch.setenv("FTLAB_HOME", str(tmp_path))
+    for argv in (["run", "smoke"], ["report", "smoke"], ["evaluate-missing", "--task", "ai2_arc"]):
+        assert cli.build_parser().parse_args(argv).report_dir == str(tmp_path / "reports"), argv
+    monkeypatch.delenv("FTLAB_HOME")
+    assert cli.report_dir_default() == ".ftlab/reports"

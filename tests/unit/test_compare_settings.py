@@ -24,3 +24,20 @@ def test_the_table_warns():
     result = {"a": "m/e1", "b": "m/e2", "resamples": 10, "seed": 0, "tasks": {},
               "settings_differ": [{"setting": "max_new_tokens", "a": 1000, "b": 8}]}
     assert "warning: generated with different max_new_tokens (A 1000, B 8)" in format_table(result)
+
+
+def test_both_references_are_checked_at_once_and_a_missing_one_lists_its_models_evaluations(tmp_path):
+    import pytest
+
+    from services.common.errors import NotFoundError, ValidationError
+    from services.common.storage import LocalStore
+    from services.evaluator.compare import compare
+    store = LocalStore(tmp_path)
+    store.ensure_buckets()
+    store.put_bytes("evaluations", "m/e1/manifest.json", b"{}")
+    with pytest.raises(ValidationError) as exc:  # the second bad reference used to go unreported
+        compare(store, "foo", "bar")
+    assert [x.split(":")[0] for x in exc.value.problems] == ["'foo'", "'bar'"]
+    with pytest.raises(NotFoundError) as exc:
+        compare(store, "m/e2", "n/e1")
+    assert "m has: e1" in str(exc.value) and "no evaluation of 'n' in storage" in str(exc.value)

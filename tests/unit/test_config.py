@@ -122,3 +122,45 @@ def test_the_quantizer_refuses_a_forced_study_name_that_is_not_its_own(door_stor
             resolve_quantize_spec({**spec, "output_name": wrong}, door_store)
     for free in (own, "my-gptq-model", f"{QWEN_06B}_mine"):
         assert resolve_quantize_spec({**spec, "output_name": free}, door_store)["output_name"] == free
+
+
+def test_the_evaluators_door_lists_a_missing_model_with_the_other_problems(door_store):
+    from services.evaluator.config import resolve_evaluate_spec
+    with pytest.raises(ValidationError) as exc:
+        resolve_evaluate_spec({"model": "nope", "tasks": [{"task": "ai2_arc", "limit": 0}], "batch_size": 0},
+                              door_store)
+    assert any(x.startswith("model: 'nope' not found in the models bucket (it holds: ") for x in exc.value.problems)
+    assert any(x.startswith("tasks[0].limit: 0") for x in exc.value.problems)
+
+
+def test_dry_run_says_when_memory_and_ptq_names_assume_different_devices(monkeypatch):
+    from flows.dryrun import render
+    monkeypatch.setattr("services.quantizer.config.service_has_gpu", lambda: False)  # this host: no GPU
+    monkeypatch.delenv("FTLAB_DEVICE", raising=False)  # estimates: for a CUDA GPU
+    exp = plan({"name": "t", "base_models": [QWEN_06B], "datasets": ["arc"], "train": [{"lora": {"r": 4}}],
+                "quantize": [{"methods": ["gptq"]}], "evaluate": {"tasks": ["ai2_arc"]}})
+    assert exp.stage("quantize")[0].output.endswith("_headfp32")
+    text = render(exp, None, "none")
+    assert "devices: the memory column is for a CUDA GPU" in text and "…_headbf16" in text
+    monkeypatch.setenv("FTLAB_DEVICE", "cpu")
+    assert "devices:" not in render(exp, None, "none")
+    int8 = plan({"name": "t", "base_models": [QWEN_06B], "datasets": ["arc"], "train": [{"lora": {"r": 4}}],
+                 "quantize": [{"methods": ["bnb_int8"]}], "evaluate": {"tasks": ["ai2_arc"]}})
+    monkeypatch.delenv("FTLAB_DEVICE")
+    text = render(int8, None, "none")
+    assert "trainer here estimates for CPU" in text and "…_headbf16" not in text  # Int8_BnB names no lm_head
+    monkeypatch.setattr("services.quantizer.config.service_has_gpu", lambda: True)  # a GPU host: one device
+    assert "devices:" not in render(exp, None, "none")
+
+
+def test_an_existing_evaluation_says_where_it_is(door_store):
+    from services.common.errors import PreconditionError
+    from services.evaluator.config import resolve_evaluate_spec
+    spec = {"model": QWEN_06B, "tasks": [{"task": "ai2_arc", "limit": 2}]}
+    eval_id = resolve_evaluate_spec(spec, door_store)["eval_id"]
+    door_store.put_bytes("evaluations", f"{QWEN_06B}/{eval_id}/manifest.json", b"{}")
+    try:
+        with pytest.raises(PreconditionError, match=f"s3://evaluations/{QWEN_06B}/{eval_id}/.*another eval_id"):
+            resolve_evaluate_spec(spec, door_store)
+    finally:
+        door_store.delete("evaluations", f"{QWEN_06B}/{eval_id}/manifest.json")

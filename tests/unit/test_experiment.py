@@ -167,3 +167,36 @@ def test_unknown_experiment_lists_shipped():
 def test_a_spec_without_evaluate_section_only_trains():
     exp = plan({"name": "t", "base_models": ["Qwen3-tiny-base"], "datasets": ["arc"], "train": [{"lora": {"r": 4}}]})
     assert [s.stage for s in exp.steps] == ["train"]
+
+
+def test_ptq_options_are_checked_as_the_quantizer_checks_them():
+    # an unknown algorithm crashed the plan (KeyError naming the step); bad options planned a name
+    with pytest.raises(ValidationError) as exc:
+        plan(spec(train=[{"lora": {"r": 4}}],
+                  quantize=[{"methods": ["w4a16"], "options": {"algorithm": "foo", "group_size": 0}},
+                            {"methods": ["bnb_int8"], "options": {"group_size": 64}},
+                            {"methods": ["gptq"], "sources": ["base"],
+                             "options": {"weights_bits": 3, "calibration": {"num_samples": 0}}}]))
+    text = "\n".join(exc.value.problems)
+    for fragment in ["quantize[0].algorithm: unknown 'foo'", "quantize[0].group_size: 0",
+                     "quantize[1].group_size: does not apply to method bnb_int8",
+                     "quantize[2].weights_bits: 3 is not supported by gptq",
+                     "quantize[2].calibration.num_samples: 0"]:
+        assert fragment in text, fragment
+
+
+def test_unknown_keys_are_named_as_written_and_ptq_options_checked_without_sources():
+    # json_format's text listed camelCase fields ("baseModel"); PTQ options were checked only for
+    # steps that had a source, so a file whose training failed hid them; YAML's .nan was a ParseError
+    with pytest.raises(ValidationError) as exc:
+        plan(spec(train=[{"trainng_quant": "qlora"}, {"lora": {"rr": 4}}, {"learning_rate": float("nan")}],
+                  quantize=[{"methods": ["gptq"], "options": {"calibration": {"nums": 2}}},
+                            {"methods": ["bnb_int8"], "options": {"llm_int8_threshold": float("nan")}}]))
+    text = "\n".join(exc.value.problems)
+    for fragment in ["train[0].trainng_quant: unknown key (known: base_model, dataset,",
+                     "train[1].lora.rr: unknown key (known in lora: r, alpha,",
+                     "train[2].learning_rate: 'NaN' must be in (0, 1]",
+                     "quantize[0].calibration.nums: unknown key (known in calibration: split, num_samples",
+                     "quantize[1].llm_int8_threshold: 'NaN' must be a number"]:
+        assert fragment in text, fragment
+    assert "baseModel" not in text

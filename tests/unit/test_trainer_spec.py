@@ -148,3 +148,14 @@ def test_trainer_door_imports_without_torch():
             "services.trainer.server\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_missing_model_or_dataset_is_listed_with_the_other_problems(tiny_store):
+    # a bad value used to hide that the base model is missing, and a missing dataset added
+    # "task: unknown task 'nope'" although no task was asked for
+    with pytest.raises(ValidationError) as exc:
+        resolve_train_spec({"base_model": "Qwen3-none-base", "dataset": "nope", "lora": {"r": 0}}, tiny_store)
+    assert exc.value.problems == ["lora.r: 0 must be in [1, 4096]",
+                                  f"base_model: model 'Qwen3-none-base' not found in the models bucket (it holds: {TINY}; "
+                                  "ftlab model list)",
+                                  "dataset: 'nope' not found in the datasets bucket (it holds: arc; ftlab data list)"]

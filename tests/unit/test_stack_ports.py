@@ -1,0 +1,56 @@
+"""``ftlab up`` refuses addresses another process already serves (another stack on the default
+ports), and a service cannot share its port with another server (gRPC's so_reuseport is off)."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from services.common.clients import ServiceUnavailable
+
+
+def _listener() -> tuple[socket.socket, str]:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s, f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_port_in_use_sees_a_listener_only():
+    from ftlab.stack import port_in_use
+    s, addr = _listener()
+    try:
+        assert port_in_use(addr)
+    finally:
+        s.close()
+    assert not port_in_use(addr)
+    assert not port_in_use("not-an-address")
+
+
+def test_up_refuses_a_taken_address_before_starting_anything(monkeypatch, tmp_path):
+    from ftlab import stack
+    s, addr = _listener()
+    monkeypatch.setattr(stack, "STATE_DIR", tmp_path)
+    monkeypatch.setenv("FTLAB_TRAINER_ADDR", addr)
+    started = []
+    monkeypatch.setattr(stack.subprocess, "Popen", lambda *a, **k: started.append(a))
+    try:
+        with pytest.raises(ServiceUnavailable, match=f"trainer {addr}.*FTLAB_TRAINER_ADDR"):
+            stack.up(timeout_s=1)
+    finally:
+        s.close()
+    assert started == [] and not (tmp_path / "run").exists()  # nothing written
+
+
+def test_a_second_server_cannot_bind_a_served_port():
+    from services.common.grpc_server import build_server
+    from services.common.generated.ftlab.v1 import trainer_pb2_grpc
+    first, port, _ = build_server("127.0.0.1:0", trainer_pb2_grpc.TrainerServiceServicer(),
+                                  trainer_pb2_grpc.add_TrainerServiceServicer_to_server, "ftlab.v1.TrainerService")
+    first.start()
+    try:
+        with pytest.raises(RuntimeError):  # gRPC's default (so_reuseport) bound it and split the connections
+            build_server(f"127.0.0.1:{port}", trainer_pb2_grpc.TrainerServiceServicer(),
+                         trainer_pb2_grpc.add_TrainerServiceServicer_to_server, "ftlab.v1.TrainerService")
+    finally:
+        first.stop(0)
