@@ -72,9 +72,9 @@ def summary_row(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
     tmem = train.get("memory", {})
     s = ev["summary"]
     # VRAM columns stay empty for a job that ran on no GPU (its 0.0 would read as "measured: none");
-    # an untrained model keeps the study's 0.0 for training.
-    on_gpu_train = not train or str(train.get("device", "cuda")).startswith("cuda")
+    # an untrained model keeps the study's training 0.0 where it was evaluated on a GPU.
     on_gpu_eval = str((ev.get("hardware") or {}).get("device", "cuda")).startswith("cuda")
+    on_gpu_train = str(train.get("device", "cuda")).startswith("cuda") if train else on_gpu_eval
     row: dict[str, Any] = {
         "model": model,
         "train_peak_vram_reserved_gb": tmem.get("peak_vram_reserved_gb", 0.0) if on_gpu_train else None,

@@ -107,6 +107,11 @@ def test_vram_columns_are_empty_for_jobs_that_ran_on_no_gpu(store, tmp_path):
     row = summary_row(store, name, "e1")
     assert [row[f"{s}_peak_vram_{k}_gb"] for s in ("train", "eval") for k in ("reserved", "allocated")] == [None] * 4
     assert row["train_peak_rss_gb"] == 3.0  # what a CPU run measured instead
+    base = "Qwen3-4B-base"  # untrained and evaluated on a CPU: no training VRAM column either
+    doc = json.loads(store.get_bytes("evaluations", f"{base}/e1/metrics.json"))
+    doc["hardware"]["device"] = "cpu"
+    store.put_bytes("evaluations", f"{base}/e1/metrics.json", json.dumps(doc).encode())
+    assert summary_row(store, base, "e1")["train_peak_vram_reserved_gb"] is None
 
 
 def test_model_facts_of_an_unknown_model_are_those_of_a_base(store):
