@@ -5,6 +5,7 @@ same batch size, accumulation, learning rate, schedule, optimizer and sampler se
 curves must agree step by step, and the tokens/s ratio is the speed of the same work.
 
     .venv/bin/python -m bench.bench_peers_train [--model tiny|real|both] [--steps 8] [--pairs 1] [--dtype float32]
+        [--trl-defaults]
 
 ``ours`` is ``services.trainer.recipe.run`` (fetch, train, save, commit: everything the job does);
 its tokens/s is over the training loop only, as TRL's. TRL must be installed (``pip install
@@ -59,7 +60,8 @@ def spec(which: str, args, name: str) -> dict:
             "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "max_steps": args.steps,
             "per_device_batch_size": args.batch, "gradient_accumulation_steps": args.accum,
             "learning_rate": 2e-4, "warmup_ratio": 0.0, "seed": 0, "save_steps": 0,
-            "max_seq_length": 512, "train_limit": args.rows, "output_name": name}
+            "max_seq_length": 512, "train_limit": args.rows, "output_name": name,
+            "dtype": "auto" if args.dtype == "float32" else args.dtype}
 
 
 def run_ours(store, which: str, args, name: str) -> dict:
@@ -72,20 +74,20 @@ def run_ours(store, which: str, args, name: str) -> dict:
     meta = json.loads(store.get_bytes("models", f"{name}/training_metadata.json"))
     store.delete_prefix("models", f"{name}/")
     return {"tokens": meta["tokens_seen"], "train_s": meta["train_time_s"], "tokens_per_s": meta["tokens_per_s"],
-            "losses": [p["loss"] for p in meta["loss_curve"]], "mfu": meta["mfu"].get("mfu"),
+            "losses": [p["loss"] for p in meta["loss_curve"]], "mfu": meta["mfu"].get("mfu"), "dtype": meta["dtype"],
             "peak_gflops": meta["mfu"].get("peak_gflops")}
 
 
 def run_trl(store, which: str, args, name: str) -> dict:
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
+    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
     from services.common import data_import, mfu, modeling, tasks
     from services.trainer import recipe
     from services.trainer import loop
-    from services.trainer.config import OPTIMIZERS, resolve_train_spec
+    from services.trainer.config import OPTIMIZERS, TrainConfig, resolve_train_spec
     cfg = resolve_train_spec(spec(which, args, name), store)
     task = tasks.get_task(cfg["task"])
     with tempfile.TemporaryDirectory() as wd:
@@ -93,12 +95,11 @@ def run_trl(store, which: str, args, name: str) -> dict:
         tok = modeling.load_tokenizer(base_dir, padding_side="right")
         rows = data_import.load_split(store, cfg["dataset"], "train").head(cfg["train_limit"]).to_dict("records")
         examples = [recipe.encode_example(tok, task, r, cfg["max_seq_length"], True) for r in rows]
-        model = modeling.load_causal_lm(base_dir, torch.device("cpu"), for_training=True)
-        if args.dtype != "float32":
-            model.to(getattr(torch, args.dtype))
-        targets = loop.lora_targets(model, cfg["lora"]["target_modules"])
-        peft_config = LoraConfig(r=cfg["lora"]["r"], lora_alpha=cfg["lora"]["alpha"], lora_dropout=0.0,
-                                 target_modules=targets, task_type="CAUSAL_LM")
+        # The adapter is built as our trainer builds it (same seed, same peft config), so both start
+        # from the same LoRA A matrices: SFTTrainer's own get_peft_model would draw them from
+        # another point of the random stream, and the curves would part after the first step.
+        set_seed(cfg["seed"])
+        model = loop.build_model(TrainConfig.from_dict(cfg), base_dir, torch.device("cpu"))
         sft = SFTConfig(output_dir=str(Path(wd) / "trl"), max_steps=cfg["max_steps"],
                         per_device_train_batch_size=cfg["per_device_batch_size"],
                         gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
@@ -107,9 +108,13 @@ def run_trl(store, which: str, args, name: str) -> dict:
                         optim=OPTIMIZERS[cfg["optimizer"]], seed=cfg["seed"], logging_steps=1,
                         save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True,
                         completion_only_loss=True, packing=False, max_length=cfg["max_seq_length"],
-                        dataloader_num_workers=0)
+                        dataloader_num_workers=0,
+                        # SFTConfig's own defaults differ from TrainingArguments': bf16 autocast and
+                        # gradient checkpointing on. Ours trains with neither, so neither does TRL here
+                        # (with them on, its loss curve followed our bf16 run's, not our fp32 one's).
+                        **({} if args.trl_defaults else {"bf16": False, "gradient_checkpointing": False}))
         trainer = SFTTrainer(model=model, args=sft, train_dataset=Dataset.from_list(examples),
-                             processing_class=tok, peft_config=peft_config)
+                             processing_class=tok)
         seen = {"tokens": 0, "rows": 0, "examples": 0}
         collator = trainer.data_collator
 
@@ -165,7 +170,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--accum", type=int, default=2)
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--pairs", type=int, default=1)
-    p.add_argument("--dtype", default="float32", help="TRL's model dtype (ours: FTLAB_TRAIN_DTYPE)")
+    p.add_argument("--dtype", default="float32", help="the weights' dtype, both (ours: the spec's dtype)")
+    p.add_argument("--trl-defaults", action="store_true",
+                   help="leave SFTConfig's bf16 autocast and gradient checkpointing on (its defaults)")
     p.add_argument("--json")
     return p
 

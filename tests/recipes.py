@@ -53,3 +53,9 @@ def fill_workdir_then(ctx, cfg):
     if cfg["end"] == "raise":
         raise ValueError("failed after writing")
     return {"outputs": {}, "metrics": {}}
+
+
+def report_modules(ctx, cfg):
+    """Which of ``cfg["modules"]`` this job found already imported when it started."""
+    import sys
+    return {"outputs": {m: str(m in sys.modules) for m in cfg["modules"]}}

@@ -2,8 +2,8 @@
 events piped back, real cancel, and job records persisted in the `jobs` bucket.
 
 A servicer only validates a request and calls :meth:`JobRuntime.submit`; the recipe (the
-service's training / quantization / evaluation code) runs in a child process (spawned, or forked
-from the opt-in warm fork server in services/common/warm_worker.py), so a CUDA crash or an OOM kill
+service's training / quantization / evaluation code) runs in a child process (forked from the
+warm fork server in services/common/warm_worker.py, or spawned), so a CUDA crash or an OOM kill
 never takes the server down, and cancel is a signal, not a flag.
 
 Its parts: the child side (services/common/job_context.py), the leases that let replicas share a
@@ -77,7 +77,7 @@ class JobRuntime:
     recipe's ``{"outputs": {name: uri}, "metrics": {name: float}}`` becomes the job's result."""
 
     def __init__(self, service: str, store: ObjectStore, recipes: dict[str, str],
-                 options: RuntimeOptions = RuntimeOptions()):
+                 options: RuntimeOptions = RuntimeOptions(), warm_imports: tuple[str, ...] = ()):
         self.service, self.store, self.recipes, self.options = service, store, recipes, options
         self._jobs: dict[str, JobRecord] = {}
         self._by_request: dict[str, str] = {}
@@ -92,7 +92,7 @@ class JobRuntime:
         self._writer_stop = False
         self._dispatcher: threading.Thread | None = None
         self._writer: threading.Thread | None = None
-        self._mp = warm_worker.context(recipes.values())  # children fork from a warm, pre-imported server
+        self._mp = warm_worker.context(recipes.values(), warm_imports)  # children fork from a warm server
         self.owner = options.replica_id or f"{socket.gethostname()}:{os.getpid()}"
         self._leases = Leases(store, service, self.owner, options.lease_ttl_s)
         self._scratch: str | None = None   # jobs' work folders (start() makes it)

@@ -26,6 +26,7 @@ class ServiceDef:
     servicer: Callable[[JobRuntime, ObjectStore], object]
     add_to_server: Callable
     recipes: dict[str, str]                     # job kind -> "module:function" run in the child
+    warm_imports: tuple[str, ...] = ()          # modules the recipes import lazily: the fork server imports them once
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class RunningService:
                  metrics_port: int | None = None):
         self.sdef, self.store = sdef, store
         security = security if security is not None else Security.from_env()
-        self.runtime = JobRuntime(sdef.name, store, sdef.recipes, options)
+        self.runtime = JobRuntime(sdef.name, store, sdef.recipes, options, warm_imports=sdef.warm_imports)
         self.runtime.start()
         self.server, self.port, self.health = build_server(
             listen, sdef.servicer(self.runtime, store), sdef.add_to_server, sdef.full_name,

@@ -17,8 +17,8 @@ server started; :func:`process` passes them along, so a job sees exactly what it
 On hosts where a job may use CUDA, the server preloads torch alone: bitsandbytes (which peft
 imports) initialises CUDA at import, and a CUDA context cannot cross a fork.
 
-Opt-in with ``FTLAB_WORKER=forkserver``; the default ``spawn`` gives a fresh interpreter per job
-(see :func:`mode` for why).
+The default; ``FTLAB_WORKER=spawn`` gives a fresh interpreter per job instead. A job also watches
+the service's pid (:func:`_die_with_service`), so it never outlives a SIGKILLed service.
 """
 from __future__ import annotations
 
@@ -35,10 +35,9 @@ _lock = threading.Lock()
 
 
 def mode() -> str:
-    """``spawn`` (default) or ``forkserver`` (opt-in, where the platform has it). Spawn is the
-    default because under forkserver a job survived its SIGKILLed trainer service and committed its
-    output (tests/integration/test_trainer_resume.py, with FTLAB_WORKER=forkserver) — not yet fixed."""
-    want = os.environ.get("FTLAB_WORKER", "spawn").strip().lower()
+    """``forkserver`` (the default, where the platform has it) or ``spawn`` (``FTLAB_WORKER=spawn``:
+    a fresh interpreter per job, which pays the imports each time)."""
+    want = os.environ.get("FTLAB_WORKER", "forkserver").strip().lower() or "forkserver"
     if want not in ("forkserver", "spawn"):
         raise ValueError(f"FTLAB_WORKER={want!r}: expected 'forkserver' or 'spawn'")
     if want == "forkserver" and "forkserver" not in mp.get_all_start_methods():
@@ -46,9 +45,11 @@ def mode() -> str:
     return want
 
 
-def context(recipes: Iterable[str]):
+def context(recipes: Iterable[str], warm_imports: Iterable[str] = ()):
     """The multiprocessing context a runtime starts its jobs with. ``recipes`` are the
-    ``module:function`` strings it runs; their modules are imported once in the fork server.
+    ``module:function`` strings it runs; their modules, and ``warm_imports`` (what the recipes
+    import inside functions: transformers' Trainer, peft, llm-compressor), are imported once in
+    the fork server. A module that fails to import there is left to the job (and its error).
 
     The fork server is one per process: in a process that hosts several runtimes (tests, the
     embedded stack's in-process mode), the union of their modules is preloaded, as far as it is
@@ -64,6 +65,7 @@ def context(recipes: Iterable[str]):
             _preload.add("torch")
         else:
             _preload.update(r.partition(":")[0] for r in recipes)
+            _preload.update(warm_imports)
         _preload.add(__name__)
         ctx.set_forkserver_preload(sorted(_preload))
     return ctx
@@ -89,10 +91,12 @@ def process(ctx, target: Callable[..., Any], args: tuple, name: str, service: st
     if service:
         env["FTLAB_SERVICE"] = service
     return ctx.Process(target=_enter, name=name, daemon=False,
-                       args=(env, os.getcwd(), list(sys.path), target, args))
+                       args=(env, os.getcwd(), list(sys.path), os.getpid(), target, args))
 
 
-def _enter(environ: dict[str, str], cwd: str, path: list[str], target: Callable[..., Any], args: tuple) -> None:
+def _enter(environ: dict[str, str], cwd: str, path: list[str], service_pid: int,
+           target: Callable[..., Any], args: tuple) -> None:
+    _die_with_service(service_pid)
     _detach_from_server()
     os.environ.clear()
     os.environ.update(environ)
@@ -119,6 +123,50 @@ def _detach_from_server() -> None:
             pass
         forkserver._forkserver._forkserver_alive_fd = None
         forkserver._forkserver._forkserver_pid = None  # a process this job starts gets its own server
+
+
+def _die_with_service(pid: int) -> None:
+    """SIGKILL this job (its process group, once it leads one) when the service process ``pid``
+    exits, however it exits. A forked job's parent is the fork server, not the service, so
+    ``PR_SET_PDEATHSIG`` alone depends on the fork server noticing the service's death and
+    exiting (a trainer job once outlived its SIGKILLed service that way and committed its model);
+    a pidfd (Linux ≥ 5.3) becomes readable the moment the service is gone. Without pidfds, the
+    service's pid is polled every half second."""
+    import select
+    import signal
+    import time
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        fd = -1  # already gone
+    except (AttributeError, OSError):
+        fd = None
+
+    def _watch() -> None:
+        if fd is None:
+            while _alive(pid):
+                time.sleep(0.5)
+        elif fd >= 0:
+            select.select([fd], [], [])
+        # Kill the group only when this job leads it (job_context.child_main's setpgrp): before
+        # that, the group is the service's own, and may be its caller's (a shell, a test run).
+        me = os.getpid()
+        if os.getpgrp() == me:
+            os.killpg(me, signal.SIGKILL)
+        os.kill(me, signal.SIGKILL)
+
+    threading.Thread(target=_watch, name="ftlab-die-with-service", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def warm_up(ctx) -> None:

@@ -15,7 +15,10 @@ class EvaluatorServicer(JobMethods, evaluator_pb2_grpc.EvaluatorServiceServicer)
 
 SERVICE = ServiceDef(name="evaluator", full_name="ftlab.v1.EvaluatorService", servicer=EvaluatorServicer,
                      add_to_server=evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server,
-                     recipes={"evaluate": "services.evaluator.recipe:run"})
+                     recipes={"evaluate": "services.evaluator.recipe:run"},
+                     # imported inside the recipe's functions (not vLLM: its engine starts per job);
+                     # the architectures of Qwen3 and SmolLM2
+                     warm_imports=("peft", "safetensors.torch", "transformers.models.qwen3.modeling_qwen3", "transformers.models.llama.modeling_llama"))
 
 if __name__ == "__main__":
     main(SERVICE)

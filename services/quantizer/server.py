@@ -15,7 +15,10 @@ class QuantizerServicer(JobMethods, quantizer_pb2_grpc.QuantizerServiceServicer)
 
 SERVICE = ServiceDef(name="quantizer", full_name="ftlab.v1.QuantizerService", servicer=QuantizerServicer,
                      add_to_server=quantizer_pb2_grpc.add_QuantizerServiceServicer_to_server,
-                     recipes={"quantize": "services.quantizer.recipe:run"})
+                     recipes={"quantize": "services.quantizer.recipe:run"},
+                     # imported inside the recipe's functions; the architectures of Qwen3 and SmolLM2
+                     warm_imports=("llmcompressor", "compressed_tensors", "peft", "safetensors.torch",
+                                   "transformers.models.qwen3.modeling_qwen3", "transformers.models.llama.modeling_llama"))
 
 if __name__ == "__main__":
     main(SERVICE)

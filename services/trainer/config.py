@@ -30,6 +30,7 @@ OPTIMIZERS = {"adamw_torch": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit",
 GPU_ONLY_OPTIMIZERS = {"adamw_8bit", "paged_adamw_8bit"}
 LR_SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 RESUME = ("auto", "never")
+TRAIN_DTYPES = ("auto", "float32", "bfloat16")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 CHECKPOINTS_PREFIX = "checkpoints/trainer"  # in the `jobs` bucket; job records live under trainer/
 DEVICE_TYPES = ("cuda", "cpu")
@@ -65,6 +66,8 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("lr_scheduler", "linear", "learning-rate schedule", choices=LR_SCHEDULERS),
     Param("world_size", 1, "processes under torchrun (DDP; FSDP for full FT on GPUs)", int, 1, 64),
     Param("logging_steps", 1, "loss/lr events every N steps", int, 1, 100_000),
+    Param("dtype", "auto", "weights' dtype while training (auto: bf16 on GPUs that have it, else fp32)",
+          choices=TRAIN_DTYPES),
 )
 # TrainSpec.lora: the adapter's fields; each PEFT method takes the ones its registry entry names.
 ADAPTER_PARAMS: tuple[Param, ...] = (
@@ -149,6 +152,7 @@ class TrainConfig:
     lr_scheduler: str = "linear"
     world_size: int = 1
     logging_steps: int = 1
+    dtype: str = "auto"
     device_type: str = "cuda"
     task: str = ""
     output_name: str = ""
@@ -189,6 +193,8 @@ class TrainConfig:
         out["lora"] = self.adapter.to_dict() if self.adapter else None
         if self.answer_logits_only:  # the default stays out of the record (and of the run key)
             del out["answer_logits_only"]
+        if self.dtype == "auto":  # likewise: runs keyed before the field existed keep their key
+            del out["dtype"]
         return out
 
     def run_key(self) -> str:
@@ -233,6 +239,9 @@ def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> Trai
         p.invalid.append("max_steps: 0 must be > 0 (leave it unset to train by epochs)")
     if values["packing"] and values["group_by_length"]:
         p.invalid.append("group_by_length: packing already removes padding; set packing false to group by length")
+    if values["training_quant"] != "none" and values["dtype"] != "auto":
+        p.invalid.append(f"dtype: {values['training_quant']} sets its own compute dtype "
+                         "(NF4 with bf16 compute; int8 with the device's); leave dtype at auto")
     if values["output_name"]:
         p.add(check_name("output_name", values["output_name"]))
     # the adapter is checked even when the method is unknown (as LoRA's)

@@ -55,7 +55,9 @@ def train(cfg: TrainConfig, base_dir: Path, examples: list[dict], out: Path, res
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
         save_total_limit=1, report_to=[], disable_tqdm=True, remove_unused_columns=False,
         dataloader_num_workers=0, use_cpu=dev.type == "cpu",
-        bf16=dev.type == "cuda" and modeling.compute_dtype(dev) == torch.bfloat16,
+        # bf16 autocast on GPUs; on a CPU, bf16 means bf16 weights and kernels (autocast alone
+        # was slower there than fp32, docs/BENCHMARKS.md)
+        bf16=dev.type == "cuda" and weights_dtype(cfg, dev) == torch.bfloat16,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         ddp_backend=("gloo" if dev.type == "cpu" else "nccl") if distributed else None,
         ddp_find_unused_parameters=False if distributed else None,
@@ -82,7 +84,18 @@ def train(cfg: TrainConfig, base_dir: Path, examples: list[dict], out: Path, res
             "train_s": train_s, "memory": modeling.peak_memory(),
             "micro_batch_tokens": seen["micro_batch_tokens"], "logit_rows": seen["logit_rows"],
             "device": str(dev), "flops": _train_flops(model, cfg, seen, trainable, distributed),
-            "dtype": str(modeling.compute_dtype(dev)).removeprefix("torch.")}
+            "dtype": str(weights_dtype(cfg, dev)).removeprefix("torch.")}
+
+
+def weights_dtype(cfg: TrainConfig, dev: torch.device) -> torch.dtype:
+    """The dtype of the unquantized weights while training: the spec's ``dtype``, or for ``auto``
+    the device's compute dtype (bf16 on GPUs that have it, fp32 on CPU). Quantized bases
+    (QLoRA, int8) keep their own; adapters stay fp32 (peft's ``autocast_adapter_dtype``)."""
+    if cfg.training_quant != "none":
+        return torch.bfloat16 if cfg.training_quant == "qlora" else modeling.compute_dtype(dev)
+    if cfg.dtype == "auto":
+        return modeling.compute_dtype(dev)
+    return getattr(torch, cfg.dtype)
 
 
 def _train_flops(model, cfg: TrainConfig, seen: dict, trainable: int, distributed: bool) -> float:
@@ -102,7 +115,7 @@ def build_model(cfg: TrainConfig, base_dir: Path, dev: torch.device):
 
     tq = cfg.training_quant
     if tq == "none":
-        model = modeling.load_causal_lm(base_dir, dev, for_training=True)
+        model = modeling.load_causal_lm(base_dir, dev, for_training=True, dtype=weights_dtype(cfg, dev))
     else:  # the study's QLoRA (NF4) or INT8 base, defined once in modeling
         model = modeling.load_quantized_base(base_dir, cfg.quant.value, dev)
         # Not peft's prepare_model_for_kbit_training: it would upcast lm_head to fp32.

@@ -86,13 +86,14 @@ def estimate_training_memory(model_config: dict[str, Any], cfg: "TrainConfig", m
     ``cfg``: the resolved config (services/trainer/config.py); it reads peft_method (the
     registry's trainable-parameter formula), adapter, training_quant, optimizer,
     per_device_batch_size, max_seq_length, gradient_checkpointing, completion_only_loss,
-    answer_logits_only and device_type (cuda | cpu). At submit the activations are the worst case,
+    answer_logits_only, dtype and device_type (cuda | cpu). At submit the activations are the worst case,
     batch x max_seq_length tokens; the recipe re-estimates with the measured tokens of its largest
     micro-batch (``micro_batch_tokens``) and logit rows (``logit_tokens``). Raises KeyError or
     ZeroDivisionError on a config.json without the Llama-style fields."""
     mc = model_config
     dev = cfg.device_type
-    wbytes = 2 if dev == "cuda" else 4                 # bf16 on GPU, fp32 on CPU
+    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and dev == "cuda")
+    wbytes = 2 if bf16 else 4                          # auto: bf16 on GPU, fp32 on CPU
     quant = cfg.training_quant
     if quant == "qlora":
         wbytes = 2                                     # bf16 compute, bf16 embeddings and lm_head
@@ -132,7 +133,7 @@ def estimate_training_memory(model_config: dict[str, Any], cfg: "TrainConfig", m
     seq = cfg.max_seq_length
     batch = cfg.per_device_batch_size
     tokens = micro_batch_tokens or batch * seq
-    abytes = 2 if (dev == "cuda" or quant == "qlora") else 4
+    abytes = 2 if (bf16 or quant == "qlora") else 4
     q_dim, kv_dim = shapes["q_proj"][1], shapes["k_proj"][1]
     inter = mc["intermediate_size"]
     per_token_layer = 6 * h + 4 * q_dim + 4 * kv_dim + 5 * inter

@@ -105,7 +105,7 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
         "mfu": _mfu(stats, cfg),
         "final_loss": stats["loss_curve"][-1]["loss"] if stats["loss_curve"] else None,
         "loss_curve": stats["loss_curve"], "resumed_from_step": resume[0] if resume else 0,
-        "attempt": ctx.attempt, "device": stats["device"], "hardware": modeling.hardware(),
+        "attempt": ctx.attempt, "device": stats["device"], "dtype": stats["dtype"], "hardware": modeling.hardware(),
     }
     (out / "training_metadata.json").write_text(json.dumps(metadata, indent=2))
 

@@ -22,7 +22,10 @@ class TrainerServicer(JobMethods, trainer_pb2_grpc.TrainerServiceServicer):
 
 SERVICE = ServiceDef(name="trainer", full_name="ftlab.v1.TrainerService", servicer=TrainerServicer,
                      add_to_server=trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
-                     recipes={"train": "services.trainer.recipe:run"})
+                     recipes={"train": "services.trainer.recipe:run"},
+                     # imported inside the recipe's functions; the architectures of Qwen3 and SmolLM2
+                     warm_imports=("transformers.trainer", "peft", "safetensors.torch",
+                                   "transformers.models.qwen3.modeling_qwen3", "transformers.models.llama.modeling_llama"))
 
 if __name__ == "__main__":
     main(SERVICE)

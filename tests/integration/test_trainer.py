@@ -56,6 +56,8 @@ def _generate(model, tok, n=3):
     ({"peft_method": "lora", "lora": {"r": 4}, "training_quant": "int8", "packing": False, "group_by_length": True,
       "gradient_checkpointing": True, "optimizer": "adafactor", "lr_scheduler": "cosine"},
      "Qwen3-tiny-arc_SFT_LoRa4_Int8_BnB", "Int8_BnB"),
+    ({"peft_method": "lora", "lora": {"r": 4}, "dtype": "bfloat16", "output_name": "tiny-lora-bf16"},
+     "tiny-lora-bf16", "NoQuant"),
 ])
 def test_every_adapter_configuration_trains_and_reloads(trainer, tmp_path, spec, name, quant_tag):
     from peft import PeftModel
@@ -65,6 +67,7 @@ def test_every_adapter_configuration_trains_and_reloads(trainer, tmp_path, spec,
     assert job.outputs["model"] == f"s3://models/{name}/" and job.metrics["memory_estimate_gb"] > 0
     meta = json.loads(store.get_bytes("models", f"{name}/training_metadata.json"))
     assert meta["quantization"]["quant_tag"] == quant_tag and len(meta["loss_curve"]) == 2
+    assert meta["dtype"] == spec.get("dtype", "bfloat16" if quant_tag.startswith("QLORA") else "float32")
     info = meta["model_info"]
     assert 0 < info["trainable_params"] < info["total_params"] and 0 < info["trainable_percentage"] < 100
     assert meta["tokens_per_s"] > 0 and meta["memory"]["peak_rss_gb"] > 0
@@ -72,6 +75,8 @@ def test_every_adapter_configuration_trains_and_reloads(trainer, tmp_path, spec,
     local = _fetch(store, name, tmp_path / name)
     config = json.loads((local / "config.json").read_text())
     assert "quantization_config" not in config  # merged = dequantized base + adapter: what was trained
+    if spec.get("dtype") == "bfloat16":  # bf16 weights trained, bf16 weights saved
+        assert config["dtype"] == "bfloat16"
     tok = AutoTokenizer.from_pretrained(local)
     assert tok.chat_template
     merged = AutoModelForCausalLM.from_pretrained(local)

@@ -109,6 +109,23 @@ def test_run_key_names_the_settings_not_the_bookkeeping(tiny_store):
     assert a.checkpoint_prefix.endswith("-" + a.run_key())
     assert a.run_key() == dataclasses.replace(a, save_steps=7, resume="never").run_key()
     assert a.run_key() != dataclasses.replace(a, learning_rate=1e-3).run_key()
+    assert a.run_key() != dataclasses.replace(a, dtype="bfloat16").run_key()
+
+
+def test_training_dtype(tiny_store, monkeypatch):
+    """auto stays out of the record (runs keyed before the field existed keep their key); bf16
+    halves the estimate's weights; a quantized base refuses any dtype but its own."""
+    monkeypatch.setenv("FTLAB_DEVICE", "cpu")
+    auto = resolve_train_spec(BASE, tiny_store)
+    assert "dtype" not in auto and resolve_train_spec({**BASE, "dtype": "auto"}, tiny_store) == auto
+    bf16 = resolve_train_spec({**BASE, "dtype": "bfloat16"}, tiny_store)
+    assert bf16["dtype"] == "bfloat16"
+    assert bf16["memory_estimate"]["weights_gb"] == pytest.approx(auto["memory_estimate"]["weights_gb"] / 2, abs=1e-4)
+    with pytest.raises(ValidationError) as exc:
+        resolve_train_spec({**BASE, "training_quant": "qlora", "dtype": "float32", "lora": {"r": 0}}, tiny_store)
+    assert "qlora sets its own compute dtype" in str(exc.value) and "lora.r" in str(exc.value)  # all at once
+    with pytest.raises(ValidationError, match="dtype: unknown 'fp16'"):
+        resolve_train_spec({**BASE, "dtype": "fp16"}, tiny_store)
 
 
 def test_catalogue_and_storage_configs():

@@ -26,7 +26,7 @@ def _run(rt, cfg):
 
 
 def test_children_fork_from_the_warm_server_and_see_the_current_environment(store, monkeypatch, tmp_path):
-    monkeypatch.setenv("FTLAB_WORKER", "forkserver")  # opt-in (spawn is the default)
+    monkeypatch.setenv("FTLAB_WORKER", "forkserver")  # the default, set in case the caller's env says spawn
     rt = JobRuntime("warmsvc", store, {"report_env": "tests.recipes:report_env"}, RuntimeOptions())
     rt.start()
     try:
@@ -40,6 +40,65 @@ def test_children_fork_from_the_warm_server_and_see_the_current_environment(stor
         assert out["env"] == "second" and out["cwd"] == str(tmp_path)
     finally:
         rt.shutdown(1.0)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")  # a zombie runs nothing; its reaper may just be slow
+
+
+@pytest.mark.parametrize("worker", ["forkserver", "spawn"])
+def test_a_job_dies_with_its_sigkilled_service(worker, tmp_path):
+    """A SIGKILLed service leaves no job running (and committing) behind its back, whichever way
+    its jobs start: under forkserver a job's parent is the fork server, not the service."""
+    import signal
+    import subprocess
+    import sys
+    code = ("import time; from services.common.job_runtime import JobRuntime; "
+            "from services.common.storage import LocalStore; "
+            f"rt = JobRuntime('svc', LocalStore({str(tmp_path / 's')!r}), "
+            "{'r': 'tests.recipes:record_pid_then_sleep'}); rt.start(); "
+            f"cfg = {{'pid_dir': {str(tmp_path)!r}}}; rt.submit('r', cfg, lambda: cfg); time.sleep(600)")
+    env = {**os.environ, "FTLAB_WORKER": worker, "TMPDIR": str(tmp_path)}
+    service = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "pid").exists():
+            assert service.poll() is None and time.time() < deadline, "the job never started"
+            time.sleep(0.05)
+        time.sleep(0.2)  # the pid file is written; let the recipe reach its sleep
+        job = int((tmp_path / "pid").read_text())
+        assert not _gone(job)
+    finally:
+        service.kill()
+        service.wait(10)
+    deadline = time.time() + 15
+    while not _gone(job):
+        assert time.time() < deadline, f"job {job} outlived its SIGKILLed service ({worker})"
+        time.sleep(0.05)
+
+
+def test_the_fork_server_imports_the_services_warm_imports_once(tmp_path):
+    """A job forked from the warm server finds the service's ``warm_imports`` already imported
+    (its own process, so this process's fork server, started by earlier tests, does not count)."""
+    import json
+    import subprocess
+    import sys
+    code = ("import json, time; from services.common.job_runtime import JobRuntime; "
+            "from services.common.storage import LocalStore; "
+            f"rt = JobRuntime('svc', LocalStore({str(tmp_path / 's')!r}), "
+            "{'r': 'tests.recipes:report_modules'}, warm_imports=('email.mime.text',)); rt.start(); "
+            "cfg = {'modules': ['email.mime.text', 'xml.dom.minidom']}; job = rt.submit('r', cfg, lambda: cfg).job_id\n"
+            "while not rt.get(job).state.is_terminal(): time.sleep(0.05)\n"
+            "print(json.dumps(rt.get(job).outputs)); rt.shutdown(1.0)")
+    env = {**os.environ, "FTLAB_WORKER": "forkserver", "FTLAB_DEVICE": "cpu", "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"email.mime.text": "True", "xml.dom.minidom": "False"}
 
 
 def test_spawn_stays_available(monkeypatch):

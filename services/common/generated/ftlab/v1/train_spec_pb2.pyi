@@ -21,7 +21,7 @@ class LoraConfig(_message.Message):
     def __init__(self, r: _Optional[int] = ..., alpha: _Optional[int] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., d_initial: _Optional[float] = ...) -> None: ...
 
 class TrainSpec(_message.Message):
-    __slots__ = ("base_model", "dataset", "task", "output_name", "peft_method", "lora", "training_quant", "max_steps", "num_train_epochs", "per_device_batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "max_seq_length", "seed", "merge_after_train", "train_limit", "gradient_checkpointing", "save_steps", "resume", "optimizer", "packing", "group_by_length", "completion_only_loss", "lr_scheduler", "world_size", "logging_steps")
+    __slots__ = ("base_model", "dataset", "task", "output_name", "peft_method", "lora", "training_quant", "max_steps", "num_train_epochs", "per_device_batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "max_seq_length", "seed", "merge_after_train", "train_limit", "gradient_checkpointing", "save_steps", "resume", "optimizer", "packing", "group_by_length", "completion_only_loss", "lr_scheduler", "world_size", "logging_steps", "dtype")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class TrainSpec(_message.Message):
     LR_SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     LOGGING_STEPS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     dataset: str
     task: str
@@ -80,4 +81,5 @@ class TrainSpec(_message.Message):
     lr_scheduler: str
     world_size: int
     logging_steps: int
-    def __init__(self, base_model: _Optional[str] = ..., dataset: _Optional[str] = ..., task: _Optional[str] = ..., output_name: _Optional[str] = ..., peft_method: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., training_quant: _Optional[str] = ..., max_steps: _Optional[int] = ..., num_train_epochs: _Optional[float] = ..., per_device_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., warmup_ratio: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., merge_after_train: _Optional[bool] = ..., train_limit: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., save_steps: _Optional[int] = ..., resume: _Optional[str] = ..., optimizer: _Optional[str] = ..., packing: _Optional[bool] = ..., group_by_length: _Optional[bool] = ..., completion_only_loss: _Optional[bool] = ..., lr_scheduler: _Optional[str] = ..., world_size: _Optional[int] = ..., logging_steps: _Optional[int] = ...) -> None: ...
+    dtype: str
+    def __init__(self, base_model: _Optional[str] = ..., dataset: _Optional[str] = ..., task: _Optional[str] = ..., output_name: _Optional[str] = ..., peft_method: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., training_quant: _Optional[str] = ..., max_steps: _Optional[int] = ..., num_train_epochs: _Optional[float] = ..., per_device_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., warmup_ratio: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., merge_after_train: _Optional[bool] = ..., train_limit: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., save_steps: _Optional[int] = ..., resume: _Optional[str] = ..., optimizer: _Optional[str] = ..., packing: _Optional[bool] = ..., group_by_length: _Optional[bool] = ..., completion_only_loss: _Optional[bool] = ..., lr_scheduler: _Optional[str] = ..., world_size: _Optional[int] = ..., logging_steps: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
