@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--skip", default="", help="comma-separated ways to leave out")
+    ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()
     from bench.bench_evaluator import load_rows
     from services.common import tasks
@@ -128,6 +129,8 @@ def main() -> None:
         print(f"| {r['way']} | {r['items_per_s']} | {r['x_lm_eval_hf']} | {r['parsed_agree_with_lm_eval']} | "
               f"{r['first_letter_agree_with_lm_eval']} | {r['identical_texts_with_lm_eval']} | {r['parsed_answers']}/{n} |")
     print(json.dumps(out, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

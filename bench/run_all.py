@@ -11,8 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCHMARKS = ["bench_trainer", "bench_quantizer", "bench_evaluator", "bench_overhead", "bench_load",
-              "bench_real_model", "bench_eval_peers"]
+BENCHMARKS = ["bench_trainer", "bench_quantizer", "bench_evaluator", "bench_overhead", "bench_warm_start",
+              "bench_load", "bench_real_model", "bench_train_dtype", "bench_eval_peers"]
 # benchmarks that need peers installed apart (`make bench` makes .venv-bench): name -> interpreter
 ROOT = Path(__file__).resolve().parents[1]
 PYTHONS = {"bench_eval_peers": ROOT / ".venv-bench" / "bin" / "python"}
@@ -63,7 +63,37 @@ def training_peer_rows() -> list[str]:
         return [format_row(r) for r in json.loads(out.read_text())]
 
 
-PEER_ROWS = [training_peer_rows]  # each returns table rows; evaluation peers add theirs here
+# --------------------------------------------------------------------------- evaluation peers
+
+def evaluation_peer_rows() -> list[str]:
+    """ftlab's evaluator engines vs lm-eval's HF backend and vLLM called directly, on the real model
+    in bf16 (the evaluator's dtype on a CPU with native bf16; bench/bench_eval_peers.py)."""
+    python = PYTHONS["bench_eval_peers"]
+    if not python.exists():
+        raise RuntimeError(f"{python} missing (make bench creates it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "eval.json"
+        rc = subprocess.call([str(python), "-m", "bench.bench_eval_peers", "--model", "real", "--dtype", "bfloat16",
+                              "--json", str(out)])
+        if rc:
+            raise RuntimeError(f"bench.bench_eval_peers exited {rc}")
+        result = json.loads(out.read_text())
+    ways = {r["way"]: r for r in result["rows"]}
+    what = f"evaluation, SmolLM2 ({result['args']['dtype']}, {result['args']['items']} ARC items)"
+
+    def agree(r):
+        return (f"first answer letter {r['first_letter_agree_with_lm_eval']}, parsed {r['parsed_agree_with_lm_eval']}, "
+                f"identical texts {r['identical_texts_with_lm_eval']} (vs lm-eval)")
+    rows = []
+    for ours, peer in (("ftlab vLLM", "lm-eval HF"), ("ftlab HF", "lm-eval HF"), ("ftlab vLLM", "vLLM direct")):
+        if ours in ways and peer in ways:
+            ratio = ways[ours]["items_per_s"] / ways[peer]["items_per_s"]
+            rows.append(f"| {what} | {ours} vs {peer} | **{ratio:.2f}×** ({ways[ours]['items_per_s']:.2f} / "
+                        f"{ways[peer]['items_per_s']:.2f} items/s) | {agree(ways[ours])} |")
+    return rows
+
+
+PEER_ROWS = [training_peer_rows, evaluation_peer_rows]  # each returns table rows
 
 
 if __name__ == "__main__":

@@ -114,9 +114,9 @@ class JobRuntime:
         # FTLAB_STORAGE_RETRY_S) never blocks GetJob/WatchJob; the latest snapshot per job wins.
         self._writer = threading.Thread(target=self._write_loop, name=f"{self.service}-writer", daemon=True)
         self._writer.start()
+        self._warm = warm_worker.warm_up(self._mp)
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name=f"{self.service}-dispatch", daemon=True)
         self._dispatcher.start()
-        warm_worker.warm_up(self._mp)
 
     def _recover(self) -> None:
         """Reload history from storage, so a restarted service still knows its jobs.
@@ -375,6 +375,11 @@ class JobRuntime:
             self._cond.wait(max(0.05, min(self._waiting.values()) - now) if self._waiting else None)
 
     def _dispatch_loop(self) -> None:
+        # Jobs wait (queued, no lease taken) until the fork server has done its imports: starting
+        # a child before that would block under the lock and let a short lease expire meanwhile.
+        while not self._warm.wait(0.5):
+            if self._stopping:
+                return
         while True:
             with self._cond:
                 job_id = self._next_job()

@@ -169,11 +169,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def warm_up(ctx) -> None:
+def warm_up(ctx) -> threading.Event:
     """Start the fork server now, in the background, so the first job does not wait for the
-    imports. (No-op under spawn.)"""
+    imports. Returns an event set once the server forks (or failed to start: the first job then
+    reports why); the runtime takes no job before it, because a fork server that is still importing
+    makes ``Process.start()`` block, with the runtime's lock and a job's lease held. (Set at once
+    under spawn.)"""
+    ready = threading.Event()
     if getattr(ctx, "_name", "") != "forkserver":
-        return
+        ready.set()
+        return ready
 
     def _go():
         try:
@@ -182,8 +187,11 @@ def warm_up(ctx) -> None:
             p.join()
         except Exception:  # the first job starts the server then, and reports what is wrong
             log.exception("could not warm up the job fork server")
+        finally:
+            ready.set()
 
     threading.Thread(target=_go, name="ftlab-warm-up", daemon=True).start()
+    return ready
 
 
 def _noop() -> None:
