@@ -153,7 +153,8 @@ def compare(which: str, args) -> dict:
             "ours_tokens_per_s": ours["tokens_per_s"], "trl_tokens_per_s": trl["tokens_per_s"],
             "same_tokens": ours["tokens"] == trl["tokens"], "steps": len(ours["losses"]),
             "max_loss_diff": diff, "final_loss": ours["losses"][-1] if ours["losses"] else None,
-            "ours_mfu": ours["mfu"], "trl_mfu": trl["mfu"], "peak_gflops": ours["peak_gflops"]}
+            "ours_mfu": ours["mfu"], "trl_mfu": trl["mfu"], "peak_gflops": ours["peak_gflops"],
+            "dtype": args.dtype, "trl_defaults": args.trl_defaults}
 
 
 def rows(args) -> list[dict]:
@@ -178,8 +179,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def format_row(r: dict) -> str:
-    agree = f"max |Δloss| {r['max_loss_diff']:.1e} over {r['steps']} steps" + ("" if r["same_tokens"] else ", tokens differ!")
-    return (f"| training LoRA r8, {r['model']} | ftlab trainer vs TRL SFTTrainer | **{r['ratio']:.2f}×** "
+    agree = f"max \\|Δloss\\| {r['max_loss_diff']:.1e} over {r['steps']} steps" + ("" if r["same_tokens"] else ", tokens differ!")
+    trl = "TRL SFTTrainer" + (" (its defaults: bf16 autocast, gradient checkpointing)" if r.get("trl_defaults") else "")
+    return (f"| training LoRA r8, {r['model']}, {r.get('dtype', 'float32')} | ftlab trainer vs {trl} | **{r['ratio']:.2f}×** "
             f"({r['ours_tokens_per_s']:.0f} / {r['trl_tokens_per_s']:.0f} tok/s; MFU {100 * r['ours_mfu']:.1f}% / "
             f"{100 * r['trl_mfu']:.1f}%) | {agree} |")
 

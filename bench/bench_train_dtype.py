@@ -21,11 +21,16 @@ from bench import bench_peers_train as peers
 
 
 def main(argv=None) -> int:
-    p = peers.parser()
-    p.description = __doc__.split("\n\n")[0]
-    p.set_defaults(model="real", pairs=2)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=["real", "tiny"], default="real")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--accum", type=int, default=2)
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--pairs", type=int, default=2, help="fp32/bf16 pairs, the order flipping each pair")
+    p.add_argument("--json")
     args = p.parse_args(argv)
-    which = "real" if args.model == "both" else args.model
+    which = args.model
     runs = {"float32": [], "bfloat16": []}
     with tempfile.TemporaryDirectory() as tmp:
         store = peers.make_store(Path(tmp), which)

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 BENCHMARKS = ["bench_trainer", "bench_quantizer", "bench_evaluator", "bench_overhead", "bench_warm_start",
-              "bench_load", "bench_real_model", "bench_train_dtype", "bench_eval_peers"]
+              "bench_load", "bench_real_model", "bench_train_dtype"]
+# bench_eval_peers runs as part of the peers table (in bf16); `make bench BENCH=bench_eval_peers` runs it alone
 # benchmarks that need peers installed apart (`make bench` makes .venv-bench): name -> interpreter
 ROOT = Path(__file__).resolve().parents[1]
 PYTHONS = {"bench_eval_peers": ROOT / ".venv-bench" / "bin" / "python"}
@@ -20,6 +21,9 @@ PEERS = "peers"  # `make bench BENCH=peers`: only the peers table
 
 
 def main() -> int:
+    if any(a.startswith("-") for a in sys.argv[1:]):
+        print(__doc__ + f"\n\nusage: python -m bench.run_all [NAME ...]  (names: {' '.join(BENCHMARKS)} {PEERS})")
+        return 0 if {"-h", "--help"} & set(sys.argv[1:]) else 2
     names = sys.argv[1:] or BENCHMARKS + [PEERS]
     failed = []
     for name in [n for n in names if n != PEERS]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from services.common import artifacts
+from services.common.cpu_features import cpu_has_bf16
 from services.common.errors import NotFoundError, PreconditionError, ValidationError
 from services.common.storage import ObjectStore
 
@@ -39,15 +40,6 @@ def compute_dtype(dev: torch.device) -> torch.dtype:
     if dev.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
-
-
-def cpu_has_bf16() -> bool:
-    """The CPU has native bf16 dot products (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def eval_dtype(dev: torch.device) -> torch.dtype:

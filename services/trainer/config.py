@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common import artifacts
+from services.common.cpu_features import cpu_has_bf16
 from services.common.errors import NotFoundError, PreconditionError, ValidationError, quote
 from services.common.naming import QuantMethod, check_name, trained_model_name
 from services.common.params import Param
@@ -257,10 +258,18 @@ def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> Trai
     return cfg
 
 
+DTYPE_TAGS = {"float32": "fp32", "bfloat16": "bf16"}
+
+
 def model_name(cfg: TrainConfig) -> str:
     """The study's name of a valid config: ``{base stem}-{dataset}_SFT_{tag}{r}_{quant tag}``
-    (``Qwen3-8B-arc_SFT_LoRa256_NoQuant``; full fine-tuning ``..._NoPeft_...``)."""
-    return trained_model_name(cfg.base_model, cfg.dataset, cfg.method.tag, cfg.adapter and cfg.adapter.r, cfg.quant)
+    (``Qwen3-8B-arc_SFT_LoRa256_NoQuant``; full fine-tuning ``..._NoPeft_...``). A dtype set
+    explicitly is named too (``..._SFT_LoRa8_bf16_NoQuant``), so a dtype sweep gets one model each."""
+    peft_tag = cfg.method.tag
+    r = cfg.adapter and cfg.adapter.r
+    if cfg.dtype != "auto":
+        peft_tag, r = f"{peft_tag}{r if r is not None else ''}_{DTYPE_TAGS[cfg.dtype]}", None
+    return trained_model_name(cfg.base_model, cfg.dataset, peft_tag, r, cfg.quant)
 
 
 def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, Any]:
@@ -329,6 +338,9 @@ def _check_preconditions(cfg: TrainConfig) -> None:
         reasons.append(f"peft_method 'none' with training_quant {cfg.training_quant!r}: full fine-tuning "
                        "cannot update bitsandbytes-quantized weights (they are frozen integer blocks); train an "
                        "adapter (lora, dora, vera) on the quantized base, or use training_quant 'none'")
+    if cfg.dtype == "bfloat16" and cfg.device_type == "cpu" and not cpu_has_bf16():
+        reasons.append("dtype 'bfloat16': this CPU has no native bf16 (AVX512-BF16 or AMX); torch would "
+                       "emulate it, slower than fp32: use auto (fp32 here)")
     if cfg.optimizer in GPU_ONLY_OPTIMIZERS and cfg.device_type != "cuda":
         reasons.append(f"optimizer {cfg.optimizer!r} needs a CUDA GPU (bitsandbytes' 8-bit optimizer "
                        "kernels); this trainer runs on CPU: use adamw_torch, adafactor or sgd")

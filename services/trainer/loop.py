@@ -12,6 +12,7 @@ import torch
 from transformers import TrainerCallback
 
 from services.common import modeling
+from services.common.errors import PreconditionError
 from services.trainer import checkpoints
 from services.trainer.config import DEFAULT_TARGETS, OPTIMIZERS, TrainConfig
 
@@ -95,6 +96,8 @@ def weights_dtype(cfg: TrainConfig, dev: torch.device) -> torch.dtype:
         return torch.bfloat16 if cfg.training_quant == "qlora" else modeling.compute_dtype(dev)
     if cfg.dtype == "auto":
         return modeling.compute_dtype(dev)
+    if cfg.dtype == "bfloat16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise PreconditionError(f"dtype 'bfloat16': {torch.cuda.get_device_name(dev)} has no bf16; use auto")
     return getattr(torch, cfg.dtype)
 
 

@@ -115,17 +115,24 @@ def test_run_key_names_the_settings_not_the_bookkeeping(tiny_store):
 def test_training_dtype(tiny_store, monkeypatch):
     """auto stays out of the record (runs keyed before the field existed keep their key); bf16
     halves the estimate's weights; a quantized base refuses any dtype but its own."""
+    from services.trainer import config
     monkeypatch.setenv("FTLAB_DEVICE", "cpu")
+    monkeypatch.setattr(config, "cpu_has_bf16", lambda: True)
     auto = resolve_train_spec(BASE, tiny_store)
     assert "dtype" not in auto and resolve_train_spec({**BASE, "dtype": "auto"}, tiny_store) == auto
     bf16 = resolve_train_spec({**BASE, "dtype": "bfloat16"}, tiny_store)
-    assert bf16["dtype"] == "bfloat16"
+    assert bf16["dtype"] == "bfloat16" and bf16["output_name"] == auto["output_name"].replace("_NoQuant", "_bf16_NoQuant")
+    assert resolve_train_spec({**BASE, "dtype": "float32", "peft_method": "none"}, tiny_store)["output_name"].endswith(
+        "_SFT_NoPeft_fp32_NoQuant")
     assert bf16["memory_estimate"]["weights_gb"] == pytest.approx(auto["memory_estimate"]["weights_gb"] / 2, abs=1e-4)
     with pytest.raises(ValidationError) as exc:
         resolve_train_spec({**BASE, "training_quant": "qlora", "dtype": "float32", "lora": {"r": 0}}, tiny_store)
     assert "qlora sets its own compute dtype" in str(exc.value) and "lora.r" in str(exc.value)  # all at once
     with pytest.raises(ValidationError, match="dtype: unknown 'fp16'"):
         resolve_train_spec({**BASE, "dtype": "fp16"}, tiny_store)
+    monkeypatch.setattr(config, "cpu_has_bf16", lambda: False)  # emulated bf16 would be slower than fp32
+    with pytest.raises(PreconditionError, match="no native bf16"):
+        resolve_train_spec({**BASE, "dtype": "bfloat16"}, tiny_store)
 
 
 def test_catalogue_and_storage_configs():
