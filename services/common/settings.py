@@ -72,6 +72,9 @@ class ServiceSettings:
                 cancel_grace_s=num("FTLAB_CANCEL_GRACE_S", 10.0, float, 0),
                 replica_id=env.get("FTLAB_REPLICA_ID", "").strip(),
                 metrics_port=num("FTLAB_METRICS_PORT", 0, int, 1) if env.get("FTLAB_METRICS_PORT", "").strip() else None)
+        worker = env.get("FTLAB_WORKER", "").strip().lower()
+        if worker not in ("", "forkserver", "spawn"):  # listed with the others, before warm_worker.mode() raises
+            problems.append(f"FTLAB_WORKER={worker[:40]!r}: expected forkserver (default) or spawn")
         if s.metrics_port is not None and s.metrics_port > 65535:
             problems.append(f"FTLAB_METRICS_PORT={s.metrics_port}: must be a port number <= 65535")
         if problems:

@@ -65,6 +65,14 @@ def test_metrics_port_setting():
         ServiceSettings.from_env("trainer", {"FTLAB_METRICS_PORT": "http"})
 
 
+
+def test_bad_service_settings_are_listed_together():
+    with pytest.raises(Exception) as exc:
+        ServiceSettings.from_env("trainer", {"FTLAB_WORKER": "threads", "FTLAB_CANCEL_GRACE_S": "-1"})
+    assert "FTLAB_WORKER='threads'" in str(exc.value) and "FTLAB_CANCEL_GRACE_S='-1'" in str(exc.value)
+    assert ServiceSettings.from_env("trainer", {"FTLAB_WORKER": "spawn"})
+
+
 def _env(svc, store, **kw):
     return {"FTLAB_STORAGE": "local", "FTLAB_LOCAL_ROOT": str(store.root), "FTLAB_QUANTIZER_ADDR": svc.address,
             "FTLAB_AUTH_TOKEN": TOKEN, **kw}
