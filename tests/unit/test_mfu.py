@@ -54,6 +54,31 @@ def test_matmul_peak_is_measured_and_cached(tmp_path, monkeypatch):
     peak = mfu.matmul_peak_gflops("float32", 1, "cpu", 256)
     assert peak > 0.1
     stored = json.loads((tmp_path / "matmul_peak.json").read_text())
-    assert list(stored.values()) == [peak]
+    assert [v["gflops"] for v in stored.values()] == [peak]
     out = mfu.mfu(2 * 256**3 * 10, 10 * 2 * 256**3 / (peak * 1e9) * 2, "float32")  # half the peak's speed
     assert out["achieved_gflops"] == pytest.approx(peak / 2, rel=0.01)
+
+
+def test_a_low_or_old_cached_peak_is_measured_again_and_the_best_kept(tmp_path, monkeypatch):
+    """A peak measured under load must not stay the peak (it would inflate every MFU after it)."""
+    import time
+    monkeypatch.setenv("FTLAB_CACHE_DIR", str(tmp_path))
+    key = f"{mfu._machine('cpu')}|cpu|float32|1|64"
+    cache = tmp_path / "matmul_peak.json"
+    measured = iter([50.0, 20.0])
+    monkeypatch.setattr(mfu, "_measure", lambda *a: next(measured))
+
+    cache.write_text(json.dumps({key: 10.0}))        # the earlier layout: a bare value, time unknown
+    mfu.matmul_peak_gflops.cache_clear()
+    assert mfu.matmul_peak_gflops("float32", 1, "cpu", 64) == 50.0   # measured again, the better one kept
+
+    entry = json.loads(cache.read_text())[key]
+    entry["measured_at"] = time.time() - mfu.REMEASURE_AFTER_S - 1  # a day old: measured again
+    cache.write_text(json.dumps({key: entry}))
+    mfu.matmul_peak_gflops.cache_clear()
+    assert mfu.matmul_peak_gflops("float32", 1, "cpu", 64) == 50.0   # 20 measured, 50 is still the best
+    assert json.loads(cache.read_text())[key]["last_measured_gflops"] == 20.0
+
+    mfu.matmul_peak_gflops.cache_clear()                              # fresh: trusted, not measured
+    monkeypatch.setattr(mfu, "_measure", lambda *a: pytest.fail("a fresh cached peak was measured again"))
+    assert mfu.matmul_peak_gflops("float32", 1, "cpu", 64) == 50.0
