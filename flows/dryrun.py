@@ -37,7 +37,10 @@ def _estimate(step: Step, store: ObjectStore | None) -> str:
         est = step_estimate(step, store)
     except FtlabError as exc:
         return f"n/a ({type(exc).__name__})"
-    return "n/a (unknown model)" if est is None else f"{est['total_gb']:.1f} GB"
+    if est is None:
+        return "n/a (unknown model)"
+    dtype = step.spec.get("dtype", "auto")  # a step's own dtype, when it sets one (the header gives auto's)
+    return f"{est['total_gb']:.1f} GB" + (f" ({dtype})" if dtype not in ("", "auto") else "")
 
 
 def plan_rows(exp: Experiment, store: ObjectStore | None) -> list[dict[str, Any]]:
@@ -65,7 +68,7 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
     width = max(len(r["output"]) for r in rows)
     lines = [f"experiment {exp.name} ({exp.source}): {exp.description}", f"storage: {where}", "",
              f"{'stage':9s} {'status':6s} {'output (model or model/eval_id)':{width}s}  train memory est. "
-             + ("(GPU, bf16)" if estimate_device() == "cuda" else "(CPU, fp32)")]
+             + ("(GPU, bf16" if estimate_device() == "cuda" else "(CPU, fp32") + " unless a step sets dtype)"]
     lines += [f"{r['stage']:9s} {r['status']:6s} {r['output']:{width}s}  {r['memory']}" for r in rows]
     missing = []
     for model in exp.inputs:
