@@ -95,9 +95,9 @@ def run_trl(store, which: str, args, name: str) -> dict:
         tok = modeling.load_tokenizer(base_dir, padding_side="right")
         rows = data_import.load_split(store, cfg["dataset"], "train").head(cfg["train_limit"]).to_dict("records")
         examples = [recipe.encode_example(tok, task, r, cfg["max_seq_length"], True) for r in rows]
-        # The adapter is built as our trainer builds it (same seed, same peft config), so both start
-        # from the same LoRA A matrices: SFTTrainer's own get_peft_model would draw them from
-        # another point of the random stream, and the curves would part after the first step.
+        # The adapter is built as our trainer builds it (same seed, same peft config), so the two runs
+        # differ in the training loop only. (Measured: SFTTrainer's own peft_config gave the same
+        # curve; what made the curves part was its bf16 and checkpointing defaults, below.)
         set_seed(cfg["seed"])
         model = loop.build_model(TrainConfig.from_dict(cfg), base_dir, torch.device("cpu"))
         sft = SFTConfig(output_dir=str(Path(wd) / "trl"), max_steps=cfg["max_steps"],
