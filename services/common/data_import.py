@@ -14,7 +14,6 @@ Data is read from the source at run time, never copied into the repository.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import re
@@ -32,6 +31,7 @@ import pyarrow.parquet as pq
 from services.common import tasks as T
 from services.common.artifacts import commit_dir, read_manifest, require_manifest, sha256_file
 from services.common.errors import NotFoundError, PreconditionError, StorageError, ValidationError
+from services.common.parquet_io import frame_from_parquet_bytes
 from services.common.storage import ObjectStore, make_uri
 
 BUCKET = "datasets"
@@ -406,4 +406,4 @@ def load_split(store: ObjectStore, name: str, split: str) -> pd.DataFrame:
     data = store.get_bytes(BUCKET, f"{name}/{split}.parquet")
     if hashlib.sha256(data).hexdigest() != info["sha256"]:
         raise StorageError(f"{make_uri(BUCKET, f'{name}/{split}.parquet')} does not match its manifest sha256")
-    return pd.read_parquet(io.BytesIO(data))
+    return frame_from_parquet_bytes(data)

@@ -6,7 +6,6 @@ CI, and for accuracy-type metrics the exact McNemar p-value. Torch-free (CLI sid
 """
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -14,6 +13,7 @@ import pandas as pd
 
 from services.common import artifacts, tasks
 from services.common.errors import NotFoundError, ValidationError
+from services.common.parquet_io import frame_from_parquet_bytes
 from services.common.storage import ObjectStore, parse_uri
 from services.common.validation import Problems
 from services.evaluator import metrics as M
@@ -39,7 +39,7 @@ def load_eval(store: ObjectStore, ref: str) -> tuple[dict[str, Any], pd.DataFram
     if artifacts.read_manifest(store, BUCKET, prefix) is None:
         raise NotFoundError(f"evaluation s3://{BUCKET}/{prefix}/ not found (no manifest.json)")
     metrics = json.loads(store.get_bytes(BUCKET, prefix + "/metrics.json"))
-    preds = pd.read_parquet(io.BytesIO(store.get_bytes(BUCKET, prefix + "/predictions.parquet")))
+    preds = frame_from_parquet_bytes(store.get_bytes(BUCKET, prefix + "/predictions.parquet"))
     return metrics, preds
 
 
