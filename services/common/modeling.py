@@ -35,6 +35,15 @@ def device() -> torch.device:
     return torch.device(want)
 
 
+def cap_cpu_threads() -> None:
+    """FTLAB_CPU_THREADS (an integer >= 1; ServiceSettings checks it at service start) caps torch's
+    CPU threads in evaluation and quantization jobs, which run beside training on a small CPU: there
+    one thread per job beats two spinning OpenMP threads per job (docs/BENCHMARKS.md). Unset: torch's
+    default. The trainer ignores it, so ``ftlab demo`` can set it for the whole stack."""
+    if (n := os.environ.get("FTLAB_CPU_THREADS", "").strip()):
+        torch.set_num_threads(int(n))
+
+
 def compute_dtype(dev: torch.device) -> torch.dtype:
     """bf16 on GPUs that have it (the study's setting), fp32 on CPU."""
     if dev.type == "cuda" and torch.cuda.is_bf16_supported():

@@ -75,6 +75,8 @@ class ServiceSettings:
         worker = env.get("FTLAB_WORKER", "").strip().lower()
         if worker not in ("", "forkserver", "spawn"):  # listed with the others, before warm_worker.mode() raises
             problems.append(f"FTLAB_WORKER={worker[:40]!r}: expected forkserver (default) or spawn")
+        if env.get("FTLAB_CPU_THREADS", "").strip():
+            num("FTLAB_CPU_THREADS", 1, int, 1)  # read by the jobs (modeling.cap_cpu_threads); checked here
         if s.metrics_port is not None and s.metrics_port > 65535:
             problems.append(f"FTLAB_METRICS_PORT={s.metrics_port}: must be a port number <= 65535")
         if problems:

@@ -11,7 +11,6 @@ r"""The evaluation recipe, read top to bottom. Runs in the job's child process.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
     propagate and fail the job."""
     cfg = EvaluateConfig.from_dict(config)
     t_start = time.time()
-    _cpu_threads()
+    modeling.cap_cpu_threads()
     dev = modeling.device()
     modeling.reset_peak_memory()
     torch.manual_seed(cfg.seed)
@@ -243,10 +242,3 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
-
-
-def _cpu_threads() -> None:
-    """FTLAB_CPU_THREADS caps torch's CPU threads: on a small shared CPU, one thread decodes a small
-    model many times faster than two spinning OpenMP threads (see docs/BENCHMARKS.md)."""
-    if os.environ.get("FTLAB_CPU_THREADS"):
-        torch.set_num_threads(int(os.environ["FTLAB_CPU_THREADS"]))

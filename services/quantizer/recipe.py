@@ -32,6 +32,7 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
     device, out of memory) propagate and fail the job."""
     cfg = QuantizeConfig.from_dict(config)
     t0 = time.time()
+    modeling.cap_cpu_threads()
     dev = modeling.device()
     dtype = modeling.compute_dtype(dev)
     modeling.reset_peak_memory()

@@ -30,10 +30,15 @@ EVAL = {"tasks": [{"task": "arc", "limit": 3}], "batch_size": 3, "max_new_tokens
 @pytest.fixture
 def real_services(real_store):
     from services.common.clients import ServiceClient
+    from services.common.job_runtime import RuntimeOptions
     from services.common.service_main import RunningService
     from services.evaluator.server import SERVICE as EVALUATOR
     from services.quantizer.server import SERVICE as QUANTIZER
-    running = {s.name: RunningService(s, real_store, "127.0.0.1:0") for s in (QUANTIZER, EVALUATOR)}
+    # Two quantize jobs at a time, one torch thread each (FTLAB_CPU_THREADS, set by the test): GPTQ's
+    # column loop is mostly Python, so on two cores this halves the wall time, where two jobs of two
+    # threads each ran 4.5x slower apiece (OpenMP threads spinning against each other).
+    running = {s.name: RunningService(s, real_store, "127.0.0.1:0", RuntimeOptions(max_running=m))
+               for s, m in ((QUANTIZER, 2), (EVALUATOR, 1))}
     clients = {n: ServiceClient(n, svc.address) for n, svc in running.items()}
     yield clients
     for c in clients.values():
@@ -47,11 +52,13 @@ def real_services(real_store):
 def test_study_methods_on_the_real_model(real_store, real_services, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     monkeypatch.setenv("FTLAB_DEVICE", "cpu")
+    monkeypatch.setenv("FTLAB_CPU_THREADS", "1")  # each job's environment is the service's at its start
     q, e = real_services["quantizer"], real_services["evaluator"]
+    quantize = {name: q.submit({"source_model": REAL, **SMALL, **spec}, name) for name, spec in METHODS.items()}
     evals = [e.submit({"model": REAL, **EVAL}, "parent"), e.submit({"model": REAL, **EVAL, "kv_cache_dtype": "int4"},
                                                                      "parent-kv4")]
-    for name, spec in METHODS.items():
-        final = q.wait(q.submit({"source_model": REAL, **SMALL, **spec}, name).job_id, 1200)
+    for name, job in quantize.items():
+        final = q.wait(job.job_id, 1200)
         assert state_name(final.state) == "SUCCEEDED", (name, final.error)
         local = tmp_path / name
         artifacts.fetch_dir(real_store, "models", name, local)

@@ -68,9 +68,11 @@ def test_metrics_port_setting():
 
 def test_bad_service_settings_are_listed_together():
     with pytest.raises(Exception) as exc:
-        ServiceSettings.from_env("trainer", {"FTLAB_WORKER": "threads", "FTLAB_CANCEL_GRACE_S": "-1"})
+        ServiceSettings.from_env("trainer", {"FTLAB_WORKER": "threads", "FTLAB_CANCEL_GRACE_S": "-1",
+                                             "FTLAB_CPU_THREADS": "all"})
     assert "FTLAB_WORKER='threads'" in str(exc.value) and "FTLAB_CANCEL_GRACE_S='-1'" in str(exc.value)
-    assert ServiceSettings.from_env("trainer", {"FTLAB_WORKER": "spawn"})
+    assert "FTLAB_CPU_THREADS='all'" in str(exc.value)
+    assert ServiceSettings.from_env("trainer", {"FTLAB_WORKER": "spawn", "FTLAB_CPU_THREADS": "1"})
 
 
 def _env(svc, store, **kw):
