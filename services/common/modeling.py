@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from services.common import artifacts
+from services.common import artifacts, settings
 from services.common.cpu_features import cpu_has_bf16
 from services.common.errors import NotFoundError, PreconditionError, ValidationError
 from services.common.storage import ObjectStore
@@ -36,12 +36,12 @@ def device() -> torch.device:
 
 
 def cap_cpu_threads() -> None:
-    """FTLAB_CPU_THREADS (an integer >= 1; ServiceSettings checks it at service start) caps torch's
-    CPU threads in evaluation and quantization jobs, which run beside training on a small CPU: there
-    one thread per job beats two spinning OpenMP threads per job (docs/BENCHMARKS.md). Unset: torch's
-    default. The trainer ignores it, so ``ftlab demo`` can set it for the whole stack."""
-    if (n := os.environ.get("FTLAB_CPU_THREADS", "").strip()):
-        torch.set_num_threads(int(n))
+    """Apply FTLAB_CPU_THREADS (:func:`settings.cpu_threads`) to torch in an evaluation or
+    quantization job. These run beside training on a small CPU, where one thread per job beats two
+    spinning OpenMP threads per job (docs/EVALUATOR.md, docs/QUANTIZER.md). Unset: torch's default.
+    The trainer does not call it, so ``ftlab demo`` can set it for the whole stack."""
+    if (n := settings.cpu_threads()) is not None:
+        torch.set_num_threads(n)
 
 
 def compute_dtype(dev: torch.device) -> torch.dtype:

@@ -21,6 +21,18 @@ def service_address(service: str, env=os.environ) -> str:
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
+def cpu_threads(env=os.environ) -> int | None:
+    """FTLAB_CPU_THREADS: torch's CPU threads for each evaluation and quantization job (the trainer
+    does not use it), None when unset or blank. Raises ValidationError unless a whole number >= 1.
+    Every service checks it at start (ServiceSettings.from_env); the jobs read it through here."""
+    raw = env.get("FTLAB_CPU_THREADS", "").strip()
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ValidationError(f"FTLAB_CPU_THREADS={raw[:40]!r}: must be a whole number >= 1")
+    return int(raw)
+
+
 def max_message_bytes(env=os.environ) -> int:
     """The one gRPC message size limit (FTLAB_GRPC_MAX_MESSAGE_BYTES, default 16 MiB) that servers
     (send and receive) and clients (send and receive) both use, so a client can always read what a
@@ -64,7 +76,8 @@ class ServiceSettings:
                     raise ValueError
                 return value
             except ValueError:
-                problems.append(f"{name}={raw!r}: must be a number >= {minimum}")
+                kind = "a whole number" if cast is int else "a number"
+                problems.append(f"{name}={raw[:40]!r}: must be {kind} >= {minimum}")
                 return default
 
         s = cls(service=service, listen=env.get("FTLAB_LISTEN", service_address(service, env)),
@@ -75,8 +88,10 @@ class ServiceSettings:
         worker = env.get("FTLAB_WORKER", "").strip().lower()
         if worker not in ("", "forkserver", "spawn"):  # listed with the others, before warm_worker.mode() raises
             problems.append(f"FTLAB_WORKER={worker[:40]!r}: expected forkserver (default) or spawn")
-        if env.get("FTLAB_CPU_THREADS", "").strip():
-            num("FTLAB_CPU_THREADS", 1, int, 1)  # read by the jobs (modeling.cap_cpu_threads); checked here
+        try:
+            cpu_threads(env)  # used by the jobs only; a bad value stops the service, not each job
+        except ValidationError as exc:
+            problems.extend(exc.problems)
         if s.metrics_port is not None and s.metrics_port > 65535:
             problems.append(f"FTLAB_METRICS_PORT={s.metrics_port}: must be a port number <= 65535")
         if problems:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from services.common import artifacts, modeling, tasks
+from services.common import artifacts, modeling, settings, tasks
 from services.common.errors import NotFoundError
 from services.evaluator import loading
 from services.evaluator.generation import Generation, prompt_hash
@@ -151,8 +151,8 @@ def cpu_env_defaults() -> None:
     which halves its speed on a 2-core machine: bind its OpenMP threads to every core we may use.
     The engine runs in this process (no extra workers), so a job's cancel still kills all of it."""
     cpus = sorted(os.sched_getaffinity(0))
-    if (n := os.environ.get("FTLAB_CPU_THREADS")):
-        cpus = cpus[: max(1, int(n))]
+    if (n := settings.cpu_threads()) is not None:
+        cpus = cpus[:n]
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cpus)))
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")          # GiB of KV cache
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in-process
