@@ -406,4 +406,4 @@ def load_split(store: ObjectStore, name: str, split: str) -> pd.DataFrame:
     data = store.get_bytes(BUCKET, f"{name}/{split}.parquet")
     if hashlib.sha256(data).hexdigest() != info["sha256"]:
         raise StorageError(f"{make_uri(BUCKET, f'{name}/{split}.parquet')} does not match its manifest sha256")
-    return frame_from_parquet_bytes(data)
+    return frame_from_parquet_bytes(data, make_uri(BUCKET, f"{name}/{split}.parquet"))

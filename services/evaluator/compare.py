@@ -39,7 +39,8 @@ def load_eval(store: ObjectStore, ref: str) -> tuple[dict[str, Any], pd.DataFram
     if artifacts.read_manifest(store, BUCKET, prefix) is None:
         raise NotFoundError(f"evaluation s3://{BUCKET}/{prefix}/ not found (no manifest.json)")
     metrics = json.loads(store.get_bytes(BUCKET, prefix + "/metrics.json"))
-    preds = frame_from_parquet_bytes(store.get_bytes(BUCKET, prefix + "/predictions.parquet"))
+    preds = frame_from_parquet_bytes(store.get_bytes(BUCKET, prefix + "/predictions.parquet"),
+                                     f"s3://{BUCKET}/{prefix}/predictions.parquet")
     return metrics, preds
 
 
