@@ -85,27 +85,49 @@ def up(timeout_s: float = 120.0) -> dict[str, str]:
                                  "ports (and FTLAB_HOME to a folder of its own), or stop that process")
     (STATE_DIR / "run").mkdir(parents=True, exist_ok=True)
     (STATE_DIR / "logs").mkdir(parents=True, exist_ok=True)
+    started = {}
     for svc in SERVICES:
         if svc in already:
             continue
         log = open(STATE_DIR / "logs" / f"{svc}.log", "ab")
-        proc = subprocess.Popen([service_python(svc), "-m", f"services.{svc}.server"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        _pidfile(svc).write_text(str(proc.pid))
+        started[svc] = subprocess.Popen([service_python(svc), "-m", f"services.{svc}.server"], env=env,
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        _pidfile(svc).write_text(str(started[svc].pid))
+    deadline = time.time() + timeout_s
     for svc in SERVICES:
+        log_path = STATE_DIR / "logs" / f"{svc}.log"
         with ServiceClient(svc) as c:
-            try:
-                c.wait_healthy(timeout_s)
-            except ServiceUnavailable as exc:
-                raise ServiceUnavailable(f"{exc}; see {STATE_DIR / 'logs' / (svc + '.log')}") from None
+            while not c.healthy():
+                proc = started.get(svc)
+                if proc is not None and proc.poll() is not None:  # say so now, not after the timeout
+                    _pidfile(svc).unlink(missing_ok=True)
+                    raise ServiceUnavailable(f"{svc} service exited at start (code {proc.returncode}): "
+                                             f"{_last_line(log_path)}; see {log_path}")
+                if time.time() > deadline:
+                    raise ServiceUnavailable(f"{svc} service at {service_address(svc, env)} not healthy after "
+                                             f"{timeout_s:.0f}s; see {log_path}")
+                time.sleep(0.3)
     return {svc: service_address(svc) for svc in SERVICES}
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log (at most 400 characters), for an error message."""
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1][:400] if lines else "(empty log)"
 
 
 def down(grace_s: float = 15.0) -> list[str]:
     """SIGTERM each service (they stop their jobs and save their records), SIGKILL after grace."""
     stopped = []
     for svc, pid in running().items():
-        os.killpg(pid, signal.SIGTERM)
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:  # it exited since running() saw it (e.g. refused its settings)
+            _pidfile(svc).unlink(missing_ok=True)
+            continue
         deadline = time.time() + grace_s
         while _alive(pid) and time.time() < deadline:
             time.sleep(0.2)
@@ -114,7 +136,10 @@ def down(grace_s: float = 15.0) -> list[str]:
             except ChildProcessError:
                 pass
         if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         _pidfile(svc).unlink(missing_ok=True)
         stopped.append(svc)
     return stopped

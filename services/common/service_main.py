@@ -10,6 +10,7 @@ from typing import Callable, Mapping
 import grpc
 
 from services.common.auth import is_loopback, load_tokens
+from services.common.errors import ValidationError
 from services.common.grpc_server import build_server, wait_for_termination
 from services.common.job_runtime import JobRuntime, RuntimeOptions
 from services.common.settings import ServiceSettings, configure_logging
@@ -77,7 +78,11 @@ class RunningService:
 def main(sdef: ServiceDef) -> None:
     from services.common.store_factory import store_from_env
     configure_logging()
-    settings = ServiceSettings.from_env(sdef.name)
+    try:
+        settings = ServiceSettings.from_env(sdef.name)
+    except ValidationError as exc:  # one log line listing every bad setting, not a traceback
+        log.error("%s not started: bad settings: %s", sdef.name, exc)
+        raise SystemExit(2) from None
     svc = RunningService(sdef, store_from_env(), settings.listen,
                          RuntimeOptions(settings.max_running, settings.cancel_grace_s,
                                         replica_id=settings.replica_id),

@@ -54,3 +54,27 @@ def test_a_second_server_cannot_bind_a_served_port():
                          trainer_pb2_grpc.add_TrainerServiceServicer_to_server, "ftlab.v1.TrainerService")
     finally:
         first.stop(0)
+
+
+def _free() -> str:
+    s, addr = _listener()
+    s.close()
+    return addr
+
+
+def test_up_says_at_once_why_a_service_exited_at_start_and_down_copes(monkeypatch, tmp_path):
+    # A bad setting stops every service at start: up reports the first one's exit and log line
+    # now, not after its timeout, and down then stops whatever is left without a traceback.
+    from ftlab import stack
+    monkeypatch.setattr(stack, "STATE_DIR", tmp_path)
+    for svc in ("TRAINER", "QUANTIZER", "EVALUATOR"):
+        monkeypatch.setenv(f"FTLAB_{svc}_ADDR", _free())
+    monkeypatch.setenv("FTLAB_LOCAL_ROOT", str(tmp_path / "storage"))
+    monkeypatch.setenv("FTLAB_CPU_THREADS", "all")
+    try:
+        with pytest.raises(ServiceUnavailable, match=r"trainer service exited at start \(code 2\).*"
+                                                     r"FTLAB_CPU_THREADS='all': must be a whole number >= 1"):
+            stack.up(timeout_s=300)
+    finally:
+        stack.down(grace_s=5)
+    assert stack.running() == {}
