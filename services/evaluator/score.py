@@ -102,7 +102,7 @@ def read_jsonl(path: str | Path, task: str | tasks.TaskDef | None = None) -> tup
     task = tasks.get_task(task) if task is not None else None
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise ValidationError(f"{path}: cannot read: {e}") from None
     ids, outputs, golds, problems = [], [], [], []
     for n, line in enumerate(lines, 1):
