@@ -72,6 +72,10 @@ def test_bad_input_names_every_problem_and_prints_nothing(tmp_path):
     out = _run("--task", "nope", str(f))
     assert out.returncode == 2 and "unknown task 'nope'" in out.stderr
     assert _run("--task", "arc").returncode == 2  # neither FILE nor --eval
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"id": 1, "output": "caf\u00e9", "gold": "A"}\n'.encode("latin-1"))
+    out = _run("--task", "arc", str(latin1))
+    assert out.returncode == 2 and f"{latin1}: cannot read" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_reader_closing_the_pipe_is_not_a_traceback(tmp_path):
