@@ -161,22 +161,30 @@ def convert_gguf(file: str | os.PathLike, out_dir: str | os.PathLike) -> dict[st
 def converted_smollm2(cache: str | os.PathLike | None = None) -> Path:
     """SmolLM2-135M-Instruct converted once per machine into the cache: returns the HF folder
     (``.../model``); ``origin.json`` beside it is written last and marks the conversion complete.
-    Later calls return at once. Used by ``import --gguf smollm2``, the demo and the tests."""
+    Later calls return at once; concurrent first calls convert once (a file lock beside the
+    folder). Used by ``import --gguf smollm2``, the demo and the tests."""
+    from filelock import FileLock
     root = Path(cache) if cache else cache_dir()
     dest = root / "models" / f"{SMOLLM2['name']}-v{CONVERSION_VERSION}"
     if (dest / "origin.json").exists():
         return dest / "model"
-    src = fetch_smollm2(root)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=dest.parent))
-    try:
-        origin = convert_gguf(src, work / "model")
-        (work / "origin.json").write_text(json.dumps(origin, indent=2))
-        if dest.exists():
-            shutil.rmtree(dest)
-        work.rename(dest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    # Processes that find no conversion at once (two test workers, the CLI beside a service) would
+    # fetch into the same files and replace a folder the other is reading: one converts, the
+    # others wait for it and reuse its folder.
+    with FileLock(str(dest.parent / f".{dest.name}.lock")):
+        if (dest / "origin.json").exists():
+            return dest / "model"
+        src = fetch_smollm2(root)
+        work = Path(tempfile.mkdtemp(prefix=".convert-", dir=dest.parent))
+        try:
+            origin = convert_gguf(src, work / "model")
+            (work / "origin.json").write_text(json.dumps(origin, indent=2))
+            if dest.exists():
+                shutil.rmtree(dest)
+            work.rename(dest)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return dest / "model"
 
 

@@ -62,3 +62,35 @@ def test_template_end_token_of_other_templates():
     if not TOKENIZER.is_dir():
         pytest.skip("needs ../shared/tokenizers/qwen3")
     assert gguf_import.template_end_token(AutoTokenizer.from_pretrained(TOKENIZER)) == "<|im_end|>"
+
+
+def test_concurrent_first_conversions_convert_once(tmp_path, monkeypatch):
+    """Two test workers (or the CLI beside a service) asking for SmolLM2 on a machine that has no
+    conversion yet: one converts, the other waits and gets the same folder (a file lock)."""
+    import threading
+    import time
+    calls = []
+
+    def slow_convert(src, out):
+        calls.append(src)
+        out.mkdir(parents=True)
+        time.sleep(0.5)   # both callers are inside converted_smollm2 by then
+        (out / "config.json").write_text("{}")
+        return {"source": "test"}
+
+    monkeypatch.setattr(gguf_import, "fetch_smollm2", lambda root: tmp_path / "fake.gguf")
+    monkeypatch.setattr(gguf_import, "convert_gguf", slow_convert)
+    got, errors = [], []
+
+    def call():
+        try:
+            got.append(gguf_import.converted_smollm2(tmp_path / "cache"))
+        except Exception as e:  # noqa: BLE001 - the assertion below shows it
+            errors.append(e)
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and len(calls) == 1, (errors, calls)
+    assert got[0] == got[1] and (got[0] / "config.json").exists()
