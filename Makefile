@@ -46,8 +46,12 @@ install: $(BIN)/.installed $(EVAL_BIN)/.installed
 demo: $(BIN)/.installed $(EVAL_BIN)/.installed
 	PREFECT_HOME=$(CURDIR)/.ftlab/prefect $(BIN)/ftlab demo --shared $(SHARED)
 
+# Two workers (pytest-xdist), whole modules each, the longest first (tests/conftest.py): the suite
+# mostly waits on servers and child processes, so two at a time nearly halve it on two cores.
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: $(BIN)/.installed $(EVAL_BIN)/.installed
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 proto: $(BIN)/.installed
 	$(BIN)/python scripts/gen_proto.py

@@ -7,6 +7,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("FTLAB_LOG_FORMAT", "text")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers (pytest-xdist). Each, and every service and job it starts,
+    # gets one torch thread: two workers with a thread per core each oversubscribe the cores, and
+    # OpenMP threads then spin against each other (two GPTQ jobs ran 4.5x slower apiece that way,
+    # docs/QUANTIZER.md).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["FTLAB_CPU_THREADS"] = "1"
 
 from pathlib import Path  # noqa: E402
 
@@ -21,6 +28,35 @@ TOKENIZER = SHARED / "tokenizers" / "qwen3"
 SEED_DATA = SHARED / "datasets" / "seed"
 TINY = "Qwen3-tiny-base"
 REAL = "SmolLM2-135M-Instruct"
+
+
+# The longest modules first (seconds: one process, two threads, 2-core dev machine). pytest-xdist's
+# loadscope hands out whole modules in collection order (`make test` passes --no-loadscope-reorder),
+# so the long ones start at once instead of one worker finishing them alone at the end. The two
+# that keep both cores busy (real-model training, PTQ jobs two at a time) are not paired at the
+# start: each starts beside a module that mostly waits (Prefect, service restarts).
+LONGEST_FIRST = [
+    "integration/test_real_learning.py",   # 92 s, CPU-bound
+    "flows/test_smoke_flow.py",            # 79 s, Prefect server and flow runs
+    "integration/test_ptq_real.py",        # 129 s, CPU-bound (two jobs at a time)
+    "flows/test_worker.py",                # 65 s
+    "integration/test_faults.py",          # 52 s
+    "integration/test_trainer.py",         # 60 s
+    "integration/test_services.py",        # 52 s
+    "integration/test_trainer_resume.py",  # 48 s
+    "integration/test_eval_vllm.py",       # 35 s
+    "integration/test_real_model.py",      # 35 s
+    "flows/test_cancel.py",                # 33 s
+    "integration/test_ptq_methods.py",     # 26 s
+    "integration/test_quantizer.py",       # 24 s
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0].removeprefix("tests/")
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 def require_shared() -> None:
