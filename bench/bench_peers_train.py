@@ -5,7 +5,7 @@ same batch size, accumulation, learning rate, schedule, optimizer and sampler se
 curves must agree step by step, and the tokens/s ratio is the speed of the same work.
 
     .venv/bin/python -m bench.bench_peers_train [--model tiny|real|both] [--steps 8] [--pairs 1] [--dtype float32]
-        [--trl-defaults]
+        [--trl-dtype D] [--trl-defaults]
 
 ``ours`` is ``services.trainer.recipe.run`` (fetch, train, save, commit: everything the job does);
 its tokens/s is over the training loop only, as TRL's. TRL must be installed (``pip install
@@ -55,13 +55,13 @@ def make_store(root: Path, which: str):
     return store
 
 
-def spec(which: str, args, name: str) -> dict:
+def spec(which: str, args, name: str, dtype: str | None = None) -> dict:
     return {"base_model": MODELS[which], "dataset": "arc", "peft_method": "lora",
             "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "max_steps": args.steps,
             "per_device_batch_size": args.batch, "gradient_accumulation_steps": args.accum,
             "learning_rate": 2e-4, "warmup_ratio": 0.0, "seed": 0, "save_steps": 0,
             "max_seq_length": 512, "train_limit": args.rows, "output_name": name,
-            "dtype": "auto" if args.dtype == "float32" else args.dtype}
+            "dtype": "auto" if (dtype or args.dtype) == "float32" else (dtype or args.dtype)}
 
 
 def run_ours(store, which: str, args, name: str) -> dict:
@@ -88,7 +88,7 @@ def run_trl(store, which: str, args, name: str) -> dict:
     from services.trainer import recipe
     from services.trainer import loop
     from services.trainer.config import OPTIMIZERS, TrainConfig, resolve_train_spec
-    cfg = resolve_train_spec(spec(which, args, name), store)
+    cfg = resolve_train_spec(spec(which, args, name, args.trl_dtype or args.dtype), store)
     task = tasks.get_task(cfg["task"])
     with tempfile.TemporaryDirectory() as wd:
         base_dir, _ = modeling.fetch_model(store, cfg["base_model"], wd)
@@ -131,7 +131,7 @@ def run_trl(store, which: str, args, name: str) -> dict:
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         flops = mfu.training_flops(trainer.model.config.to_dict(), seen["tokens"], seen["rows"],
                                    seen["tokens"] / max(seen["examples"], 1), full=False, trainable_params=trainable)
-        m = mfu.mfu(flops, train_s, args.dtype)
+        m = mfu.mfu(flops, train_s, args.trl_dtype or args.dtype)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"tokens": seen["tokens"], "train_s": train_s, "tokens_per_s": seen["tokens"] / train_s,
             "losses": losses, "mfu": m["mfu"], "peak_gflops": m["peak_gflops"]}
@@ -154,7 +154,7 @@ def compare(which: str, args) -> dict:
             "same_tokens": ours["tokens"] == trl["tokens"], "steps": len(ours["losses"]),
             "max_loss_diff": diff, "final_loss": ours["losses"][-1] if ours["losses"] else None,
             "ours_mfu": ours["mfu"], "trl_mfu": trl["mfu"], "peak_gflops": ours["peak_gflops"],
-            "dtype": args.dtype, "trl_defaults": args.trl_defaults}
+            "dtype": args.dtype, "trl_dtype": args.trl_dtype or args.dtype, "trl_defaults": args.trl_defaults}
 
 
 def rows(args) -> list[dict]:
@@ -171,7 +171,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--accum", type=int, default=2)
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--pairs", type=int, default=1)
-    p.add_argument("--dtype", default="float32", help="the weights' dtype, both (ours: the spec's dtype)")
+    p.add_argument("--dtype", default="float32", help="the training dtype (the spec's dtype), both unless --trl-dtype")
+    p.add_argument("--trl-dtype", help="TRL's model built with this dtype instead (e.g. ours bfloat16 vs TRL float32)")
     p.add_argument("--trl-defaults", action="store_true",
                    help="leave SFTConfig's bf16 autocast and gradient checkpointing on (its defaults)")
     p.add_argument("--json")
@@ -180,8 +181,9 @@ def parser() -> argparse.ArgumentParser:
 
 def format_row(r: dict) -> str:
     agree = f"max \\|Δloss\\| {r['max_loss_diff']:.1e} over {r['steps']} steps" + ("" if r["same_tokens"] else ", tokens differ!")
-    trl = "TRL SFTTrainer" + (" (its defaults: bf16 autocast, gradient checkpointing)" if r.get("trl_defaults") else "")
-    return (f"| training LoRA r8, {r['model']}, {r.get('dtype', 'float32')} | ftlab trainer vs {trl} | **{r['ratio']:.2f}×** "
+    trl = f"TRL SFTTrainer, {r.get('trl_dtype', r.get('dtype', 'float32'))}" + (
+        " (its defaults: bf16 autocast, gradient checkpointing)" if r.get("trl_defaults") else "")
+    return (f"| training LoRA r8, {r['model']}, ours {r.get('dtype', 'float32')} | ftlab trainer vs {trl} | **{r['ratio']:.2f}×** "
             f"({r['ours_tokens_per_s']:.0f} / {r['trl_tokens_per_s']:.0f} tok/s; MFU {100 * r['ours_mfu']:.1f}% / "
             f"{100 * r['trl_mfu']:.1f}%) | {agree} |")
 

@@ -57,14 +57,22 @@ def main() -> int:
 # --------------------------------------------------------------------------- training peers
 
 def training_peer_rows() -> list[str]:
-    """ftlab trainer vs TRL SFTTrainer on the tiny and the real model (bench/bench_peers_train.py)."""
+    """ftlab trainer vs TRL SFTTrainer on the tiny and the real model, both fp32; and, on a CPU
+    with native bf16, ours with ``dtype: bfloat16`` against TRL in fp32 (bench/bench_peers_train.py)."""
     from bench.bench_peers_train import format_row
+    from services.common.cpu_features import cpu_has_bf16
+    runs = [["--model", "both"]]
+    if cpu_has_bf16():
+        runs.append(["--model", "real", "--dtype", "bfloat16", "--trl-dtype", "float32"])
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "train.json"
-        rc = subprocess.call([sys.executable, "-m", "bench.bench_peers_train", "--model", "both", "--json", str(out)])
-        if rc:
-            raise RuntimeError(f"bench.bench_peers_train exited {rc}")
-        return [format_row(r) for r in json.loads(out.read_text())]
+        for i, extra in enumerate(runs):
+            out = Path(tmp) / f"train-{i}.json"
+            rc = subprocess.call([sys.executable, "-m", "bench.bench_peers_train", *extra, "--json", str(out)])
+            if rc:
+                raise RuntimeError(f"bench.bench_peers_train {' '.join(extra)} exited {rc}")
+            rows += [format_row(r) for r in json.loads(out.read_text())]
+    return rows
 
 
 # --------------------------------------------------------------------------- evaluation peers

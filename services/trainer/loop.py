@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 from services.common import modeling
 from services.common.errors import PreconditionError
 from services.trainer import checkpoints
+from services.trainer.cpu_bf16 import frozen_linears_to_bf16
 from services.trainer.config import DEFAULT_TARGETS, OPTIMIZERS, TrainConfig
 
 
@@ -56,7 +57,8 @@ def train(cfg: TrainConfig, base_dir: Path, examples: list[dict], out: Path, res
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
         save_total_limit=1, report_to=[], disable_tqdm=True, remove_unused_columns=False,
         dataloader_num_workers=0, use_cpu=dev.type == "cpu",
-        # bf16 autocast on GPUs; on a CPU, bf16 means bf16 weights and kernels (autocast alone
+        # bf16 autocast on GPUs; on a CPU, bf16 means bf16 kernels for the frozen layers (an
+        # adapter, cpu_bf16.py) or bf16 weights throughout (full fine-tuning) (autocast alone
         # was slower there than fp32, docs/BENCHMARKS.md)
         bf16=dev.type == "cuda" and weights_dtype(cfg, dev) == torch.bfloat16,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
@@ -78,7 +80,7 @@ def train(cfg: TrainConfig, base_dir: Path, examples: list[dict], out: Path, res
         t = torch.tensor([tokens], dtype=torch.long, device=args.device)
         torch.distributed.all_reduce(t)
         tokens = int(t.item())
-    save_model(trainer, model, tok, cfg, out, base_dir)
+    save_model(trainer, model, tok, cfg, out, base_dir, dev)
     curve = [{"step": h["step"], "loss": float(h["loss"]), "learning_rate": float(h.get("learning_rate", 0.0))}
              for h in trainer.state.log_history if "loss" in h]
     return {"trainable_params": trainable, "total_params": total, "loss_curve": curve, "tokens": tokens,
@@ -118,7 +120,8 @@ def build_model(cfg: TrainConfig, base_dir: Path, dev: torch.device):
 
     tq = cfg.training_quant
     if tq == "none":
-        model = modeling.load_causal_lm(base_dir, dev, for_training=True, dtype=weights_dtype(cfg, dev))
+        dtype = torch.float32 if cpu_bf16_adapter(cfg, dev) else weights_dtype(cfg, dev)
+        model = modeling.load_causal_lm(base_dir, dev, for_training=True, dtype=dtype)
     else:  # the study's QLoRA (NF4) or INT8 base, defined once in modeling
         model = modeling.load_quantized_base(base_dir, cfg.quant.value, dev)
         # Not peft's prepare_model_for_kbit_training: it would upcast lm_head to fp32.
@@ -132,7 +135,18 @@ def build_model(cfg: TrainConfig, base_dir: Path, dev: torch.device):
     if cfg.method.full:
         return model
     targets = lora_targets(model, cfg.adapter.target_modules)
-    return get_peft_model(model, cfg.method.build(cfg.adapter, targets, cfg.seed))
+    model = get_peft_model(model, cfg.method.build(cfg.adapter, targets, cfg.seed))
+    if cpu_bf16_adapter(cfg, dev):
+        frozen_linears_to_bf16(model)
+    return model
+
+
+def cpu_bf16_adapter(cfg: TrainConfig, dev: torch.device) -> bool:
+    """``dtype: bfloat16`` for an adapter on a CPU: the frozen linear layers compute in bf16, the
+    rest stays fp32 (services/trainer/cpu_bf16.py). Full fine-tuning in bf16 on a CPU keeps bf16
+    weights throughout, and a GPU keeps bf16 weights with autocast."""
+    return (dev.type == "cpu" and cfg.dtype == "bfloat16" and cfg.training_quant == "none"
+            and not cfg.method.full)
 
 
 def lora_targets(model, wanted: list[str]) -> str | list[str]:
@@ -164,7 +178,9 @@ def fsdp_args(cfg: TrainConfig, model, dev: torch.device) -> dict[str, Any]:
     return {}
 
 
-def save_model(trainer, model, tok, cfg: TrainConfig, out: Path, base_dir: Path) -> None:
+def save_model(trainer, model, tok, cfg: TrainConfig, out: Path, base_dir: Path,
+               dev: torch.device | None = None) -> None:
+    dev = dev or modeling.device()
     if cfg.method.full:
         trainer.save_model(str(out))  # every rank calls it: under FSDP it gathers the shards
         if trainer.is_world_process_zero():
@@ -174,11 +190,11 @@ def save_model(trainer, model, tok, cfg: TrainConfig, out: Path, base_dir: Path)
     if not trainer.is_world_process_zero():
         return
     model.save_pretrained(out / "adapter")
-    if cfg.merge_after_train and cfg.training_quant == "none":
+    if cfg.merge_after_train and cfg.training_quant == "none" and not cpu_bf16_adapter(cfg, dev):
         model.merge_and_unload().save_pretrained(out)
-    elif cfg.merge_after_train:  # onto the quantized base dequantized: the shared merge
-        modeling.merge_adapter(base_dir, out / "adapter", cfg.quant.value,
-                               modeling.device()).save_pretrained(out)
+    elif cfg.merge_after_train:  # onto the quantized base dequantized, or the base as stored when
+        # the frozen layers trained in bf16 (merged there, the update would be rounded to bf16)
+        modeling.merge_adapter(base_dir, out / "adapter", cfg.quant.value, dev).save_pretrained(out)
     tok.save_pretrained(out)
 
 

@@ -77,8 +77,8 @@ def test_every_adapter_configuration_trains_and_reloads(trainer, tmp_path, spec,
     local = _fetch(store, name, tmp_path / name)
     config = json.loads((local / "config.json").read_text())
     assert "quantization_config" not in config  # merged = dequantized base + adapter: what was trained
-    if spec.get("dtype") == "bfloat16":  # bf16 weights trained, bf16 weights saved
-        assert config["dtype"] == "bfloat16"
+    if spec.get("dtype") == "bfloat16":  # on a CPU the frozen layers computed in bf16; the adapter is
+        assert config["dtype"] == "float32"  # merged onto the base as stored (services/trainer/cpu_bf16.py)
     tok = AutoTokenizer.from_pretrained(local)
     assert tok.chat_template
     merged = AutoModelForCausalLM.from_pretrained(local)
