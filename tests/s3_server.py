@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -102,6 +103,7 @@ class MotoServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        shutil.rmtree(self._log_dir, ignore_errors=True)  # its errors were raised with output() already
 
 
 class TcpRelay:

@@ -109,11 +109,10 @@ def test_two_replicas_on_one_store_run_each_job_once(tmp_path, ctl):
 @pytest.fixture
 def s3_outage(tmp_path):
     """Its own moto server (stopping the session's one would disturb other tests) behind a relay."""
-    moto = MotoServer().start()
-    relay = TcpRelay(moto.port)
-    yield moto, relay
-    relay.close()
-    moto.stop()
+    with MotoServer() as moto:
+        relay = TcpRelay(moto.port)
+        yield moto, relay
+        relay.close()
 
 
 def _s3(endpoint: str, retry_s: float) -> S3Store:
