@@ -46,6 +46,7 @@ LONGEST_FIRST = [
     "integration/test_trainer_resume.py",  # 48 s
     "integration/test_eval_vllm.py",       # 35 s
     "integration/test_real_model.py",      # 35 s
+    "integration/test_cpu_bf16.py",        # 35 s
     "flows/test_cancel.py",                # 33 s
     "integration/test_ptq_methods.py",     # 26 s
     "integration/test_quantizer.py",       # 24 s

@@ -200,20 +200,21 @@ def load_quantized_base(base_dir: str | os.PathLike, method: str, dev: torch.dev
 
 
 def merge_adapter(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike, trained_on: str | None,
-                  dev: torch.device | None = None):
+                  dev: torch.device | None = None, dtype: torch.dtype | str = "auto"):
     """The one way any service merges an adapter into its base; returns the merged (unquantized)
     model. ``trained_on``: the training-time quantization of the base the adapter was fitted to
     (the model manifest's ``quantization.method``). For QLORA / INT8 the adapter is merged onto
     that quantized base *dequantized* — the very function trained (merging into 4/8-bit blocks
     would round the update away; merging onto the full-precision base would add back the
-    quantization error the adapter learned around). Otherwise onto the base as stored."""
+    quantization error the adapter learned around). Otherwise onto the base as stored, or cast
+    to ``dtype`` (the trainer's bf16 adapters on a CPU merge in fp32: services/trainer/cpu_bf16.py)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
     if trained_on in TRAINING_QUANT_METHODS:
         base = load_quantized_base(base_dir, trained_on, dev)
         base.dequantize()
     else:
-        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto", use_safetensors=True)
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, use_safetensors=True)
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 

@@ -68,7 +68,7 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("world_size", 1, "processes under torchrun (DDP; FSDP for full FT on GPUs)", int, 1, 64),
     Param("logging_steps", 1, "loss/lr events every N steps", int, 1, 100_000),
     Param("dtype", "auto", "weights' dtype while training (auto: bf16 on GPUs that have it, else fp32; "
-          "bfloat16 with an adapter on a CPU: the frozen layers compute in bf16, the rest in fp32)",
+          "bfloat16 with an adapter on a CPU: the frozen linear layers but the head compute in bf16, the rest in fp32)",
           choices=TRAIN_DTYPES),
 )
 # TrainSpec.lora: the adapter's fields; each PEFT method takes the ones its registry entry names.

@@ -30,13 +30,21 @@ class Bf16FrozenLinear(torch.nn.Linear):
 def frozen_linears_to_bf16(model: torch.nn.Module) -> int:
     """Turn every frozen plain ``nn.Linear`` of a peft-wrapped fp32 model into a
     :class:`Bf16FrozenLinear` in place. Call it after ``get_peft_model`` (peft then has frozen the
-    base and made its adapter layers fp32). The output head is left fp32: the loss reads its
-    logits, and with tied embeddings its weight is the embedding table. Returns how many layers
-    were converted."""
+    base and made its adapter layers fp32). Left fp32: the output head (the loss reads its logits;
+    also when an adapter targets it) and any weight another module shares (tied embeddings: the
+    head's weight is the embedding table, which feeds the fp32 residual stream). Returns how many
+    layers were converted."""
     head = model.get_output_embeddings()
+    heads = {id(head)}
+    if hasattr(head, "get_base_layer"):   # an adapter on the head: peft's wrapper around it
+        heads.add(id(head.get_base_layer()))
+    uses: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
     n = 0
     for module in model.modules():
-        if type(module) is not torch.nn.Linear or module is head or module.weight.requires_grad:
+        if (type(module) is not torch.nn.Linear or id(module) in heads or module.weight.requires_grad
+                or uses[id(module.weight)] > 1):
             continue
         module.weight.data = module.weight.data.to(torch.bfloat16)
         if module.bias is not None:

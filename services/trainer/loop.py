@@ -91,9 +91,11 @@ def train(cfg: TrainConfig, base_dir: Path, examples: list[dict], out: Path, res
 
 
 def weights_dtype(cfg: TrainConfig, dev: torch.device) -> torch.dtype:
-    """The dtype of the unquantized weights while training: the spec's ``dtype``, or for ``auto``
-    the device's compute dtype (bf16 on GPUs that have it, fp32 on CPU). Quantized bases
-    (QLoRA, int8) keep their own; adapters stay fp32 (peft's ``autocast_adapter_dtype``)."""
+    """The training dtype (recorded in the metadata; MFU uses its peak): the spec's ``dtype``, or
+    for ``auto`` the device's compute dtype (bf16 on GPUs that have it, fp32 on CPU). It is the
+    unquantized weights' dtype, except for an adapter in bf16 on a CPU, where only the frozen
+    linear layers are bf16 (:func:`cpu_bf16_adapter`). Quantized bases (QLoRA, int8) keep their
+    own; adapters stay fp32 (peft's ``autocast_adapter_dtype``)."""
     if cfg.training_quant != "none":
         return torch.bfloat16 if cfg.training_quant == "qlora" else modeling.compute_dtype(dev)
     if cfg.dtype == "auto":
@@ -192,9 +194,10 @@ def save_model(trainer, model, tok, cfg: TrainConfig, out: Path, base_dir: Path,
     model.save_pretrained(out / "adapter")
     if cfg.merge_after_train and cfg.training_quant == "none" and not cpu_bf16_adapter(cfg, dev):
         model.merge_and_unload().save_pretrained(out)
-    elif cfg.merge_after_train:  # onto the quantized base dequantized, or the base as stored when
-        # the frozen layers trained in bf16 (merged there, the update would be rounded to bf16)
-        modeling.merge_adapter(base_dir, out / "adapter", cfg.quant.value, dev).save_pretrained(out)
+    elif cfg.merge_after_train:  # onto the quantized base dequantized, or onto the base in fp32 when
+        # the frozen layers trained in bf16 (merged into bf16 weights, the update would be rounded)
+        dtype = torch.float32 if cpu_bf16_adapter(cfg, dev) else "auto"
+        modeling.merge_adapter(base_dir, out / "adapter", cfg.quant.value, dev, dtype).save_pretrained(out)
     tok.save_pretrained(out)
 
 

@@ -30,18 +30,24 @@ def _cfg(dtype: str, method: str = "lora") -> dict:
             "output_name": "bf16-test", "merge_after_train": True, "checkpoint_prefix": "unused"}
 
 
-@pytest.mark.parametrize("method", ["lora", "dora"])
-def test_frozen_linears_are_bf16_and_the_adapter_head_and_norms_fp32(tiny_model_dir, method):
+@pytest.mark.parametrize("method,targets", [("lora", None), ("dora", None), ("lora", ["q_proj", "lm_head"])])
+def test_frozen_linears_are_bf16_and_the_adapter_head_and_norms_fp32(tiny_model_dir, method, targets):
     from services.trainer.config import TrainConfig
     from services.trainer.cpu_bf16 import Bf16FrozenLinear
     from services.trainer.loop import build_model
-    model = build_model(TrainConfig.from_dict(_cfg("bfloat16", method)), tiny_model_dir, torch.device("cpu"))
+    cfg = _cfg("bfloat16", method)
+    if targets:  # an adapter on the head too, whose weight is the tiny Qwen3's (tied) embedding table
+        cfg["lora"]["target_modules"] = targets
+    model = build_model(TrainConfig.from_dict(cfg), tiny_model_dir, torch.device("cpu"))
     bf16 = [m for m in model.modules() if isinstance(m, Bf16FrozenLinear)]
     plain = [m for m in model.modules() if type(m) is torch.nn.Linear]
     assert bf16 and all(m.weight.dtype == torch.bfloat16 and not m.weight.requires_grad for m in bf16)
     # what is left plain: the adapter's own layers (trainable, fp32) and the output head (fp32)
+    head = model.get_output_embeddings()
+    heads = {head, getattr(head, "base_layer", head)}
     assert all(m.weight.dtype == torch.float32 for m in plain)
-    assert all(m.weight.requires_grad or m is model.get_output_embeddings() for m in plain)
+    assert all(m.weight.requires_grad or m in heads for m in plain)
+    assert model.get_input_embeddings().weight.dtype == torch.float32  # the residual stream stays fp32
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
     ids = torch.tensor([[1, 2, 3, 4, 5]])
@@ -72,9 +78,35 @@ def test_bf16_adapter_training_follows_fp32_on_the_real_model_and_merges_in_fp32
     assert bf16[-1] < bf16[0] - 0.3, bf16   # it learns (lr 1e-3: the loss falls fast)
     assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 0.03, (fp32, bf16)
     # the adapter is merged onto the base as stored (fp32), not onto the bf16 copy it trained against
+    assert _stored_dtypes(tmp_path / "bfloat16") == {"F32"}
+
+
+def _stored_dtypes(folder) -> set[str]:
     from safetensors import safe_open
-    stored = set()
-    for f in (tmp_path / "bfloat16").glob("*.safetensors"):
+    out = set()
+    for f in folder.glob("*.safetensors"):
         with safe_open(str(f), "pt") as st:
-            stored |= {st.get_slice(k).get_dtype() for k in st.keys()}
-    assert stored == {"F32"}, stored
+            out |= {st.get_slice(k).get_dtype() for k in st.keys()}
+    return out
+
+
+def test_a_bf16_stored_base_is_merged_in_fp32(tiny_model_dir, tmp_path):
+    """Hub models are mostly stored in bf16: merging the adapter onto the base as stored would round
+    the update to bf16, so the merge loads the base in fp32."""
+    require_shared()
+    from transformers import AutoModelForCausalLM
+
+    from services.common import modeling
+    from services.trainer.config import TrainConfig
+    from services.trainer.loop import train
+    from services.trainer.recipe import encode_example
+    base = tmp_path / "base-bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(base)
+    tok = modeling.load_tokenizer(tiny_model_dir)
+    tok.save_pretrained(base)
+    assert _stored_dtypes(base) == {"BF16"}
+    rows = pd.read_parquet(next(SEED_DATA.glob("train-ai2_arc*.parquet"))).head(4).to_dict("records")
+    examples = [encode_example(tok, tasks.get_task("arc"), r, 512) for r in rows]
+    train(TrainConfig.from_dict(_cfg("bfloat16")), base, examples, tmp_path / "out", None, None, _Quiet(), 1,
+          torch.device("cpu"))
+    assert _stored_dtypes(tmp_path / "out") == {"F32"}
