@@ -1,9 +1,9 @@
 """bf16 against fp32 training on this CPU: ftlab's trainer (the real recipe, LoRA r8 on q,k,v,o,
 dropout 0) with the spec's ``dtype: bfloat16`` (the frozen layers compute in bf16, the rest in fp32:
 services/trainer/cpu_bf16.py) and with fp32, the same rows, hyperparameters and seed, A/B
-alternated in one process. Prints tokens/s of
-each, their ratio and the loss curves' largest difference (absolute and relative to the loss), so
-"use bf16 where the loss curve agrees with fp32" is a number, not a guess.
+alternated in one process. Prints tokens/s of each, their ratio and the loss curves' largest
+difference (absolute and relative to the loss), so "use bf16 where the loss curve agrees with
+fp32" is a number, not a guess.
 
     .venv/bin/python -m bench.bench_train_dtype [--model real|tiny] [--steps 8] [--pairs 2]
 

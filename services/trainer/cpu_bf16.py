@@ -4,7 +4,7 @@ else stays fp32.
 Most of an adapter step's FLOPs are matmuls with frozen weights (forward, and the input gradient
 backward). Those run on the CPU's bf16 units here (AVX512-BF16/AMX: about 2.2x the fp32 matmul
 peak on the dev machine), each layer's output cast back to fp32. The residual stream, norms,
-attention, the adapter (peft's LoRA/DoRA/VeRA weights) and the loss stay fp32.
+attention, the adapter (peft's LoRA/DoRA/VeRA weights), the output head and the loss stay fp32.
 
 Why not bf16 weights throughout (``model.to(bfloat16)``)? That was measured: just as fast, but the
 loss curve fell behind fp32's by up to 0.13 over 8 steps. peft adds each adapter's fp32 update to
