@@ -38,6 +38,7 @@ log = logging.getLogger("ftlab.runtime")
 PERSIST_EVERY_S = 2.0  # progress is persisted at most this often; state changes always
 MAX_REQUEST_ID = 256
 LEASE_RETRY_S = 5.0    # how often a replica re-tries a job whose lease another replica holds
+SAVED_WAIT_S = 30.0    # how long a watch of a finished job waits for its record to be saved
 
 
 def _extra(rec: "JobRecord | None" = None, **kw) -> dict[str, Any]:
@@ -86,6 +87,7 @@ class JobRuntime:
         self._cancel_requested: set[str] = set()
         self._last_persist: dict[str, float] = {}
         self._dirty: dict[str, bytes] = {}           # job id -> record JSON the writer thread saves
+        self._unsaved: set[str] = set()              # jobs whose latest record is not saved yet
         self._waiting: dict[str, float] = {}         # job id -> when to retry a lease another replica holds
         self._cond = threading.Condition()
         self._stopping = False
@@ -271,12 +273,20 @@ class JobRuntime:
 
     def watch(self, job_id: str, after_seq: int = 0, is_active: Callable[[], bool] = lambda: True
               ) -> Iterator[dict[str, Any]]:
-        """Replay events after ``after_seq``, then follow until the job is terminal."""
+        """Replay events after ``after_seq``, then follow until the job is terminal and its final
+        record saved (or its save failed, or ``SAVED_WAIT_S`` passed: storage is down)."""
+        saved_by = None
         while True:
             with self._cond:
                 rec = self._require(job_id)
                 new = [dict(e) for e in rec.events if e["seq"] > after_seq]
                 terminal = rec.state.is_terminal()
+                if terminal and not new and job_id in self._unsaved:
+                    # The stream ends once the final record is saved and the lease released, so a
+                    # client that saw the end reads the same record from the store. A failed save
+                    # (storage down) or SAVED_WAIT_S ends it anyway; the writer keeps retrying.
+                    saved_by = saved_by or time.time() + SAVED_WAIT_S
+                    terminal = time.time() >= saved_by
                 if not new and not terminal:
                     self._cond.wait(timeout=1.0)
                     if not is_active():
@@ -335,6 +345,7 @@ class JobRuntime:
             return
         self._last_persist[rec.job_id] = t
         self._dirty[rec.job_id] = rec.to_json()  # the writer thread saves it (called under the lock)
+        self._unsaved.add(rec.job_id)
         self._cond.notify_all()
 
     def _write_loop(self) -> None:
@@ -352,9 +363,15 @@ class JobRuntime:
                 self.store.put_bytes(JOBS_BUCKET, self._record_key(job_id), data)
                 if JobState(json.loads(data)["state"]).is_terminal():
                     self._leases.release(job_id)
+                with self._cond:
+                    if job_id not in self._dirty:  # no newer snapshot arrived meanwhile
+                        self._unsaved.discard(job_id)
+                        self._cond.notify_all()  # watchers of a finished job may end now
             except Exception:  # the in-memory record stays authoritative; retried below
                 log.exception("job %s: could not persist the job record; retrying", job_id, extra=_extra(job_id=job_id))
                 with self._cond:
+                    self._unsaved.discard(job_id)  # watchers stop waiting for it: storage is down
+                    self._cond.notify_all()
                     self._dirty.setdefault(job_id, data)  # unless a newer snapshot arrived meanwhile
                     if self._writer_stop:
                         return  # shutting down with storage gone: give up, the log says so

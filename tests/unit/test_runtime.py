@@ -1,6 +1,7 @@
 """The job runtime with torch-free recipes in real child processes."""
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -8,7 +9,9 @@ import pytest
 
 from services.common.errors import NotFoundError, PreconditionError, ValidationError
 from services.common.job_record import JobState
+from services.common import job_runtime
 from services.common.job_runtime import JobRuntime, RuntimeOptions
+from services.common.storage import LocalStore
 
 RECIPES = {k: f"tests.recipes:{k}" for k in ("sleepy", "record_pid_then_sleep", "ignore_sigterm", "raises", "killed",
                                                    "fill_workdir_then")}
@@ -185,6 +188,58 @@ def test_a_refused_spec_writes_nothing(runtime, store):
         runtime.submit("sleepy", {"x": 1}, refuse)
     assert exc.value.problems == ["a: bad", "b: bad"]
     assert store.list_keys("jobs") == before
+
+
+class SlowFinalRecords(LocalStore):
+    """Saves a finished job's record only after ``delay_s`` (a slow store), or fails it (``fail``)."""
+    delay_s, fail = 1.0, False
+
+    def put_bytes(self, bucket, key, data):
+        if bucket == "jobs" and key.endswith(".json") and JobState(json.loads(data)["state"]).is_terminal():
+            if self.fail:
+                raise OSError("storage down (test)")
+            time.sleep(self.delay_s)
+        super().put_bytes(bucket, key, data)
+
+
+def test_a_finished_watch_ends_after_the_record_is_saved_and_the_lease_released(tmp_path):
+    store = SlowFinalRecords(tmp_path / "storage")
+    store.ensure_buckets()
+    rt = JobRuntime("testsvc", store, RECIPES, RuntimeOptions(cancel_grace_s=1.0))
+    rt.start()
+    try:
+        rec = submit(rt, "sleepy", {"steps": 1})
+        assert list(rt.watch(rec.job_id))[-1]["state"] == "SUCCEEDED"
+        # what a client reads from the store right after the stream ended is the final record
+        assert json.loads(store.get_bytes("jobs", f"testsvc/{rec.job_id}.json"))["state"] == "SUCCEEDED"
+        assert store.list_keys("jobs", "leases/") == []
+    finally:
+        rt.shutdown(1.0)
+
+
+def test_a_failed_save_of_the_final_record_does_not_hold_the_watch(tmp_path, monkeypatch):
+    import threading
+    monkeypatch.setattr(job_runtime, "SAVED_WAIT_S", 3600.0)  # only the failed save may end the wait
+    store = SlowFinalRecords(tmp_path / "storage")
+    store.ensure_buckets()
+    store.fail = True
+    rt = JobRuntime("testsvc", store, RECIPES, RuntimeOptions(cancel_grace_s=1.0))
+    rt.start()
+    try:
+        rec = submit(rt, "sleepy", {"steps": 1})
+        events: list = []
+        watcher = threading.Thread(target=lambda: events.extend(rt.watch(rec.job_id)), daemon=True)
+        watcher.start()
+        watcher.join(60)
+        assert not watcher.is_alive() and events[-1]["state"] == "SUCCEEDED"
+        assert json.loads(store.get_bytes("jobs", f"testsvc/{rec.job_id}.json"))["state"] != "SUCCEEDED"
+        store.fail = False  # storage back: the writer's retry saves it
+        deadline = time.time() + 30
+        while json.loads(store.get_bytes("jobs", f"testsvc/{rec.job_id}.json"))["state"] != "SUCCEEDED":
+            assert time.time() < deadline, "the final record was never saved after storage came back"
+            time.sleep(0.1)
+    finally:
+        rt.shutdown(1.0)
 
 
 @pytest.mark.parametrize("end", ["return", "raise", "kill"])
