@@ -61,7 +61,7 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("save_steps", 50, "checkpoint to storage every N steps (0: never)", int, 0, 1_000_000),
     Param("resume", "auto", "auto: continue from this run's last checkpoint", choices=RESUME),
     Param("optimizer", "adamw_torch", "the 8-bit ones need a CUDA GPU", choices=tuple(OPTIMIZERS)),
-    Param("packing", True, "pack a micro-batch into rows (block-diagonal attention)", bool),
+    Param("packing", True, "pack a micro-batch into rows (attention within each example)", bool),
     Param("group_by_length", False, "batches of similar length (needs --no-packing)", bool),
     Param("completion_only_loss", True, "loss on the answer only", bool),
     Param("lr_scheduler", "linear", "learning-rate schedule", choices=LR_SCHEDULERS),

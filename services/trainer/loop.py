@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from services.common import modeling
 from services.common.errors import PreconditionError
-from services.trainer import checkpoints
+from services.trainer import checkpoints, packed_attention
 from services.trainer.cpu_bf16 import frozen_linears_to_bf16
 from services.trainer.config import DEFAULT_TARGETS, OPTIMIZERS, TrainConfig
 
@@ -31,13 +31,17 @@ def train(cfg: TrainConfig, base_dir: Path, examples: list[dict], out: Path, res
     set_seed(cfg.seed)
     tok = modeling.load_tokenizer(base_dir, padding_side="right")
     model = build_model(cfg, base_dir, dev)
+    packing = packed_attention.packing_mode(model) if cfg.packing else None
+    if cfg.packing and packing is None:
+        report.log(f"packing off: {model.config._attn_implementation} attention cannot keep packed examples apart; "
+                   "padding instead")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     seen = {"tokens": 0, "micro_batch_tokens": 0, "logit_rows": 0, "logit_total": 0, "examples": 0}
 
     def collate_counting(batch):
         seen["tokens"] += sum(len(b["input_ids"]) for b in batch)
-        out_batch = collate(batch, tok.pad_token_id, cfg.packing, cfg.max_seq_length,
+        out_batch = collate(batch, tok.pad_token_id, packing, cfg.max_seq_length,
                             cfg.completion_only_loss and cfg.answer_logits_only)
         seen["micro_batch_tokens"] = max(seen["micro_batch_tokens"], out_batch["input_ids"].numel())
         rows = out_batch["shift_labels"].numel() if "shift_labels" in out_batch else out_batch["input_ids"].numel()
@@ -232,15 +236,22 @@ class _Checkpoints(TrainerCallback):
 # ----------------------------------------------------------------------------- batches
 
 
-def collate(batch: list[dict[str, list[int]]], pad_id: int, packing: bool = False,
+def collate(batch: list[dict[str, list[int]]], pad_id: int, packing: str | None = None,
             max_len: int = 1024, answer_logits_only: bool = False) -> dict[str, torch.Tensor]:
-    """Pad a micro-batch into a tensor batch. With ``packing`` the examples share rows (filled up
-    to max_len) with a block-diagonal causal mask and per-example positions: no padding compute,
-    no attention across examples, the same loss as unpacked. With ``answer_logits_only`` the
+    """Pad a micro-batch into a tensor batch: ``input_ids``/``labels`` ``(rows, width)`` long.
+    With ``packing`` the examples share rows (filled up to max_len) with per-example
+    ``position_ids``: no padding compute, the same loss as unpacked. Attention is kept within each
+    example by ``packing="positions"``: the model attends with
+    services/trainer/packed_attention.py, which finds the examples from the positions (padding at
+    a row's end is one more example of its own); or by ``packing="mask"``: a block-diagonal
+    causal ``attention_mask`` ``(rows, 1, width, width)`` bool, for SDPA models that cannot use
+    it. ``None``: one padded row per example. With ``answer_logits_only`` the
     model computes the lm_head only where a label is predicted (``logits_to_keep`` +
     ``shift_labels``): with a 152k vocabulary and a few answer tokens per ~200-token prompt, the
     full-sequence logits are most of the compute and memory of a step, and all of it is wasted
     under a completion-only loss."""
+    if packing not in (None, "positions", "mask"):
+        raise ValueError(f"packing={packing!r}: expected None, 'positions' or 'mask'")
     out = _pad(batch, pad_id, packing, max_len)
     if answer_logits_only:
         targets = out["labels"][:, 1:]
@@ -250,7 +261,8 @@ def collate(batch: list[dict[str, list[int]]], pad_id: int, packing: bool = Fals
     return out
 
 
-def _pad(batch: list[dict[str, list[int]]], pad_id: int, packing: bool, max_len: int) -> dict[str, torch.Tensor]:
+def _pad(batch: list[dict[str, list[int]]], pad_id: int, packing: str | None, max_len: int
+         ) -> dict[str, torch.Tensor]:
     rows = [[b] for b in batch]
     if packing:
         cap = max(max_len, max(len(b["input_ids"]) for b in batch))
@@ -271,14 +283,17 @@ def _pad(batch: list[dict[str, list[int]]], pad_id: int, packing: bool, max_len:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     # Padding positions see only themselves: an all-masked row would give NaNs in SDPA.
-    mask4 = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1, 1)
+    mask4 = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1, 1) if packing == "mask" else None
     for i, row in enumerate(rows):
         off = 0
         for b in row:
             n = len(b["input_ids"])
             ids[i, off:off + n], labels[i, off:off + n] = torch.tensor(b["input_ids"]), torch.tensor(b["labels"])
             positions[i, off:off + n] = torch.arange(n)
-            mask4[i, 0, off:off + n, off:off + n] = torch.tril(torch.ones(n, n, dtype=torch.bool))
+            if mask4 is not None:
+                mask4[i, 0, off:off + n, off:off + n] = torch.tril(torch.ones(n, n, dtype=torch.bool))
             labels[i, off] = -100  # the previous example's last token does not predict this one
             off += n
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask4, "position_ids": positions}
+        positions[i, off:] = torch.arange(width - off)  # the padding: one segment, not one per token
+    out = {"input_ids": ids, "labels": labels, "position_ids": positions}
+    return out | ({"attention_mask": mask4} if mask4 is not None else {})

@@ -43,7 +43,7 @@ def test_eos_stays_in_the_loss_when_pad_is_eos(real_model_dir):
         answer = [t for t in e["labels"] if t != -100]
         assert answer[-2] == 2 and tok.decode(answer[:-2]).startswith("\\boxed{")  # ...}<|im_end|>\n
     ex[0] = {k: v[:-5] + v[-5:] for k, v in ex[0].items()}
-    for packing in (False, True):
+    for packing in (None, "positions"):
         b = collate(ex, tok.pad_token_id, packing=packing, max_len=512, answer_logits_only=True)
         eos_labels = int((b["labels"] == 2).sum())
         assert eos_labels == 3, packing                     # one per example, none from padding
