@@ -74,7 +74,7 @@ def batch(args, vocab: int, gen):
     for _ in range(args.batch):
         ids = torch.randint(10, vocab, (args.seq,), generator=gen).tolist()
         examples.append({"input_ids": ids, "labels": [-100] * (args.seq - args.answer) + ids[-args.answer:]})
-    return collate(examples, 0, packing=False, max_len=args.seq, answer_logits_only=True)
+    return collate(examples, 0, packing=None, max_len=args.seq, answer_logits_only=True)
 
 
 def peak(dev) -> dict:

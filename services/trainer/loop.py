@@ -15,7 +15,7 @@ from services.common import modeling
 from services.common.errors import PreconditionError
 from services.trainer import checkpoints, packed_attention
 from services.trainer.cpu_bf16 import frozen_linears_to_bf16
-from services.trainer.config import DEFAULT_TARGETS, OPTIMIZERS, TrainConfig
+from services.trainer.config import DEFAULT_TARGETS, OPTIMIZERS, TrainConfig, bf16_frozen_on_cpu
 
 
 
@@ -96,12 +96,15 @@ def train(cfg: TrainConfig, base_dir: Path, examples: list[dict], out: Path, res
 
 def weights_dtype(cfg: TrainConfig, dev: torch.device) -> torch.dtype:
     """The training dtype (recorded in the metadata; MFU uses its peak): the spec's ``dtype``, or
-    for ``auto`` the device's compute dtype (bf16 on GPUs that have it, fp32 on CPU). It is the
+    for ``auto`` the device's compute dtype (bf16 on GPUs that have it, fp32 on CPU), except an
+    adapter on a CPU with native bf16 (:func:`cpu_bf16_adapter`). It is the
     unquantized weights' dtype, except for an adapter in bf16 on a CPU, where only the frozen
     linear layers are bf16 (:func:`cpu_bf16_adapter`). Quantized bases (QLoRA, int8) keep their
     own; adapters stay fp32 (peft's ``autocast_adapter_dtype``)."""
     if cfg.training_quant != "none":
         return torch.bfloat16 if cfg.training_quant == "qlora" else modeling.compute_dtype(dev)
+    if cpu_bf16_adapter(cfg, dev):
+        return torch.bfloat16
     if cfg.dtype == "auto":
         return modeling.compute_dtype(dev)
     if cfg.dtype == "bfloat16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -148,11 +151,11 @@ def build_model(cfg: TrainConfig, base_dir: Path, dev: torch.device):
 
 
 def cpu_bf16_adapter(cfg: TrainConfig, dev: torch.device) -> bool:
-    """``dtype: bfloat16`` for an adapter on a CPU: the frozen linear layers compute in bf16, the
-    rest stays fp32 (services/trainer/cpu_bf16.py). Full fine-tuning in bf16 on a CPU keeps bf16
-    weights throughout, and a GPU keeps bf16 weights with autocast."""
-    return (dev.type == "cpu" and cfg.dtype == "bfloat16" and cfg.training_quant == "none"
-            and not cfg.method.full)
+    """An adapter on a CPU with ``dtype: bfloat16``, or ``auto`` where the CPU has native bf16:
+    the frozen linear layers compute in bf16, the rest stays fp32 (services/trainer/cpu_bf16.py,
+    :func:`services.trainer.config.bf16_frozen_on_cpu`). Full fine-tuning in bf16 on a CPU keeps
+    bf16 weights throughout, and a GPU keeps bf16 weights with autocast."""
+    return bf16_frozen_on_cpu(cfg, dev.type)
 
 
 def lora_targets(model, wanted: list[str]) -> str | list[str]:

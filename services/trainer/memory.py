@@ -8,7 +8,7 @@ q/k/v/o attention projections, gate/up/down MLP); :func:`model_config_for` finds
 What it counts, per component (bytes):
 - weights: linear layers at 2 (bf16, GPU) or 4 (fp32, CPU), ~0.52 (NF4 + double-quant
   constants) or ~1 (int8); embeddings and lm_head stay in the compute dtype. An adapter with
-  ``dtype: bfloat16`` on a CPU counts as fp32 (loaded in fp32, its frozen layers cast afterwards).
+  bf16 frozen layers on a CPU counts as fp32 (loaded in fp32, its frozen layers cast afterwards).
 - trainable parameters: the PEFT method's formula (services/trainer/peft_types.py: LoRA
   r*(in+out) per target, DoRA + a magnitude per output, VeRA a d and b vector per target plus the
   frozen shared projections) in fp32, or every weight for full fine-tuning (in the weight dtype). Gradients are one copy of them.
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from services.trainer.config import DEFAULT_TARGETS
+from services.trainer.config import DEFAULT_TARGETS, bf16_frozen_on_cpu
 
 if TYPE_CHECKING:
     from services.trainer.config import TrainConfig
@@ -110,7 +110,7 @@ def estimate_training_memory(model_config: dict[str, Any], cfg: "TrainConfig", m
     lin_bytes = {"none": wbytes, "qlora": NF4_BYTES, "int8": 1.0}[quant]
     # bf16 for an adapter on a CPU: the model is loaded in fp32 and only then are the frozen linear
     # layers cast to bf16 (services/trainer/cpu_bf16.py), so the peak is fp32's: counted as fp32
-    if dev == "cpu" and cfg.dtype == "bfloat16" and quant == "none" and not method.full:
+    if bf16_frozen_on_cpu(cfg, dev):
         wbytes, lin_bytes, bf16 = 4, 4, False
     weights = n_linear * lin_bytes + n_other * wbytes
 

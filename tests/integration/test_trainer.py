@@ -69,7 +69,10 @@ def test_every_adapter_configuration_trains_and_reloads(trainer, tmp_path, spec,
     assert job.outputs["model"] == f"s3://models/{name}/" and job.metrics["memory_estimate_gb"] > 0
     meta = json.loads(store.get_bytes("models", f"{name}/training_metadata.json"))
     assert meta["quantization"]["quant_tag"] == quant_tag and len(meta["loss_curve"]) == 2
-    assert meta["dtype"] == spec.get("dtype", "bfloat16" if quant_tag.startswith("QLORA") else "float32")
+    # auto: bf16 compute under QLoRA; for an adapter on a plain base on a CPU with native bf16, the
+    # frozen layers in bf16 (services/trainer/cpu_bf16.py); else fp32 on a CPU
+    bf16_auto = quant_tag.startswith("QLORA") or (quant_tag == "NoQuant" and meta["device"] == "cpu" and cpu_has_bf16())
+    assert meta["dtype"] == spec.get("dtype", "bfloat16" if bf16_auto else "float32")
     info = meta["model_info"]
     assert 0 < info["trainable_params"] < info["total_params"] and 0 < info["trainable_percentage"] < 100
     assert meta["tokens_per_s"] > 0 and meta["memory"]["peak_rss_gb"] > 0
@@ -77,7 +80,7 @@ def test_every_adapter_configuration_trains_and_reloads(trainer, tmp_path, spec,
     local = _fetch(store, name, tmp_path / name)
     config = json.loads((local / "config.json").read_text())
     assert "quantization_config" not in config  # merged = dequantized base + adapter: what was trained
-    if spec.get("dtype") == "bfloat16":  # a GPU trains bf16 weights and saves them; on a CPU only the
+    if meta["dtype"] == "bfloat16" and quant_tag == "NoQuant":  # a GPU trains bf16 weights and saves them; on a CPU only the
         # frozen layers computed in bf16, and the adapter is merged in fp32 (services/trainer/cpu_bf16.py)
         assert config["dtype"] == ("float32" if meta["device"] == "cpu" else "bfloat16")
     tok = AutoTokenizer.from_pretrained(local)

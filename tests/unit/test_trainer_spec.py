@@ -140,6 +140,22 @@ def test_training_dtype(tiny_store, monkeypatch):
         resolve_train_spec({**BASE, "dtype": "bfloat16"}, tiny_store)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_trains_an_adapters_frozen_layers_in_bf16_on_a_cpu_with_native_bf16(monkeypatch, native):
+    from services.trainer import config
+    monkeypatch.setattr(config, "cpu_has_bf16", lambda: native)
+
+    def frozen_bf16(device="cpu", **spec):
+        cfg = config.TrainConfig.from_dict({"base_model": "m", "dataset": "arc", "output_name": "o",
+                                            "checkpoint_prefix": "p", **spec})
+        return config.bf16_frozen_on_cpu(cfg, device)
+    assert frozen_bf16() is native and frozen_bf16(peft_method="dora") is native
+    assert frozen_bf16(dtype="bfloat16") and not frozen_bf16(dtype="float32")
+    assert not frozen_bf16(peft_method="none")               # full fine-tuning: bf16 throughout only if asked
+    assert not frozen_bf16(training_quant="int8")            # a quantized base sets its own compute dtype
+    assert not frozen_bf16("cuda") and not frozen_bf16("cuda", dtype="bfloat16")  # GPUs: bf16 autocast
+
+
 def test_catalogue_and_storage_configs():
     c8 = memory.model_config_for("Qwen3-8B-base")
     assert c8["hidden_size"] == 4096 and c8["num_hidden_layers"] == 36 and not c8["tie_word_embeddings"]
