@@ -26,7 +26,7 @@ HEADLINE = {"ai2_arc": ("macro_f1", True), "squad_v2": ("F1", True), "OpenMathIn
 TASK_EXTRA = {"ai2_arc": ["accuracy"], "squad_v2": ["EM", "accuracy"], "OpenMathInstruct-2": ["accuracy", "median_abs_diff"],
               "boolq": ["f1_pos", "MCC", "balanced_accuracy", "macro_f1"]}
 OUR_COLUMNS = ["train_peak_rss_gb", "eval_peak_rss_gb", "eval_tokens_per_s", "eval_samples_per_s",
-               "train_time_s", "train_tokens_per_s", "model_size_gb", "method", "rank", "training_quant",
+               "train_time_s", "train_tokens_per_s", "train_dtype", "model_size_gb", "method", "rank", "training_quant",
                "ptq_method", "quant_tag", "parent_model", "base_model", "train_dataset", "eval_id"]
 
 
@@ -104,6 +104,7 @@ def summary_row(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
             "eval_samples_per_s": s.get("throughput", {}).get("samples_per_s"),
             "eval_engine": " ".join(str(e.get(k)) for k in ("name", "version", "dtype")) if (e := ev.get("engine")) else "hf",
             "train_time_s": train.get("train_time_s"), "train_tokens_per_s": train.get("tokens_per_s"),
+            "train_dtype": train.get("dtype"),  # the training dtype auto resolved to (trainer/loop.py)
             **model_facts(store, model), "eval_id": eval_id}
     return row
 

@@ -25,7 +25,7 @@ NOT_DONE = ("failed", "blocked", "cancelled")
 # The columns shown in the report's summary table (all of them are in the CSV).
 SHOWN = ["model", "method", "rank", "quant_tag", "ai2_arc__macro_f1", "ai2_arc__accuracy",
          "squad_v2__F1", "OpenMathInstruct-2__avg_abs_diff", "OpenMathInstruct-2__accuracy",
-         "train_peak_vram_reserved_gb", "train_peak_rss_gb", "eval_tokens_per_s", "eval_engine", "model_size_gb"]
+         "train_peak_vram_reserved_gb", "train_peak_rss_gb", "train_dtype", "eval_tokens_per_s", "eval_engine", "model_size_gb"]
 
 
 @dataclass

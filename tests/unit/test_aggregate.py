@@ -53,7 +53,7 @@ def seed_study(store, tmp_path, ci: bool = True) -> list[tuple[str, str]]:
             manifest |= {"parents": [f["base"]], "base_model": f["base"], "dataset": "openmath",
                          "spec": {"peft_method": f["peft"], "lora": {"r": f["r"] or 8}, "training_quant": f["tq"]},
                          "quantization": {"quant_tag": "QLORA_w4_headbf16" if f["tq"] == "qlora" else "NoQuant"}}
-            (d / "training_metadata.json").write_text(json.dumps({"device": "cuda:0", "memory": {
+            (d / "training_metadata.json").write_text(json.dumps({"device": "cuda:0", "dtype": "bfloat16", "memory": {
                 "peak_vram_reserved_gb": float(row["train_peak_vram_reserved_gb"]),
                 "peak_vram_allocated_gb": float(row["train_peak_vram_allocated_gb"]), "peak_rss_gb": 3.0}}))
         if f["kind"] == "quantized":
@@ -91,6 +91,7 @@ def test_the_study_table_comes_back_from_evaluations_in_its_layout(store, tmp_pa
     assert (ptq["method"], ptq["ptq_method"], ptq["parent_model"]) == \
         ("full", "bnb_int8", "Qwen3-4B-openmath_SFT_NoPeft_NoQuant")
     assert by.loc["Qwen3-8B-base", "method"] == "base"
+    assert qlora["train_dtype"] == "bfloat16" and pd.isna(by.loc["Qwen3-8B-base", "train_dtype"])  # trained only
     assert by.loc["Qwen3-8B-base", "squad_v2__F1__ci95_high"] == pytest.approx(55.0)
     for col in ("ai2_arc__accuracy", "OpenMathInstruct-2__format_success_rate", "eval_tokens_per_s", "model_size_gb"):
         assert table[col].notna().all(), col
