@@ -10,8 +10,10 @@ and the same spec resubmitted after a cancel both resume; other settings never d
 checkpoint is kept; the run's checkpoints are deleted once its model is committed."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from services.common import artifacts
 from services.common.storage import ObjectStore
@@ -29,7 +31,13 @@ def committed_steps(store: ObjectStore, prefix: str) -> list[int]:
     return sorted(steps)
 
 
-def fetch_latest(store: ObjectStore, prefix: str, dest: Path) -> tuple[int, Path] | None:
+class Checkpoint(NamedTuple):
+    step: int
+    path: Path
+    info: dict  # what upload() was given: output_name, the training dtype
+
+
+def fetch_latest(store: ObjectStore, prefix: str, dest: Path) -> Checkpoint | None:
     """Download the latest committed checkpoint into ``dest/checkpoint-<N>`` (the folder name
     transformers' Trainer expects); None when the run has none."""
     steps = committed_steps(store, prefix)
@@ -37,8 +45,10 @@ def fetch_latest(store: ObjectStore, prefix: str, dest: Path) -> tuple[int, Path
         return None
     local = Path(dest) / f"checkpoint-{steps[-1]}"
     artifacts.fetch_dir(store, BUCKET, f"{prefix}/step-{steps[-1]}", local)
-    (local / artifacts.MANIFEST).unlink()  # ours, not the Trainer's
-    return steps[-1], local
+    manifest = local / artifacts.MANIFEST
+    info = json.loads(manifest.read_text())
+    manifest.unlink()  # ours, not the Trainer's
+    return Checkpoint(steps[-1], local, info)
 
 
 def upload(store: ObjectStore, prefix: str, step: int, local_dir: Path, info: dict) -> None:

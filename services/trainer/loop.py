@@ -70,7 +70,7 @@ def train(cfg: TrainConfig, base_dir: Path, examples: list[dict], out: Path, res
         ddp_find_unused_parameters=False if distributed else None,
         **fsdp_args(cfg, model, dev))
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate_counting,
-                      callbacks=[_Events(report, total_steps, seen), _Checkpoints(store, cfg)])
+                      callbacks=[_Events(report, total_steps, seen), _Checkpoints(store, cfg, dtype_name(cfg, dev))])
     if trainer.is_world_process_zero():
         report.log(f"training {cfg.output_name}: {total_steps} steps, {len(examples)} examples, "
                    f"{trainable:,}/{total:,} trainable parameters on {dev}"
@@ -91,7 +91,7 @@ def train(cfg: TrainConfig, base_dir: Path, examples: list[dict], out: Path, res
             "train_s": train_s, "memory": modeling.peak_memory(),
             "micro_batch_tokens": seen["micro_batch_tokens"], "logit_rows": seen["logit_rows"],
             "device": str(dev), "flops": _train_flops(model, cfg, seen, trainable, distributed),
-            "dtype": str(weights_dtype(cfg, dev)).removeprefix("torch.")}
+            "dtype": dtype_name(cfg, dev)}
 
 
 def weights_dtype(cfg: TrainConfig, dev: torch.device) -> torch.dtype:
@@ -110,6 +110,11 @@ def weights_dtype(cfg: TrainConfig, dev: torch.device) -> torch.dtype:
     if cfg.dtype == "bfloat16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise PreconditionError(f"dtype 'bfloat16': {torch.cuda.get_device_name(dev)} has no bf16; use auto")
     return getattr(torch, cfg.dtype)
+
+
+def dtype_name(cfg: TrainConfig, dev: torch.device) -> str:
+    """:func:`weights_dtype` as recorded: ``float32`` or ``bfloat16``."""
+    return str(weights_dtype(cfg, dev)).removeprefix("torch.")
 
 
 def _train_flops(model, cfg: TrainConfig, seen: dict, trainable: int, distributed: bool) -> float:
@@ -225,14 +230,15 @@ class _Events(TrainerCallback):
 class _Checkpoints(TrainerCallback):
     """After the Trainer saved a checkpoint locally, commit it to storage (rank 0)."""
 
-    def __init__(self, store, cfg: TrainConfig):
-        self.store, self.cfg = store, cfg
+    def __init__(self, store, cfg: TrainConfig, dtype: str):
+        self.store, self.cfg, self.dtype = store, cfg, dtype
 
     def on_save(self, args, state, control, **kw):
         if state.is_world_process_zero:
             local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            # the dtype auto resolved to on this machine: a resume elsewhere says when it differs
             checkpoints.upload(self.store, self.cfg.checkpoint_prefix, state.global_step, local,
-                               {"output_name": self.cfg.output_name})
+                               {"output_name": self.cfg.output_name, "dtype": self.dtype})
 
 
 

@@ -3,8 +3,8 @@
 The trainer packs a micro-batch's examples into rows (no padding compute). Attention must not
 cross examples. A block-diagonal 4-D mask does that, but SDPA then computes every row's full
 ``width x width`` score matrix and cannot skip the causal half: with four ~200-token examples in
-an 800-token row, 4x the needed attention FLOPs, twice over. On SmolLM2 that was a third of a
-bf16 LoRA step on this CPU.
+an 800-token row, 4x the needed attention FLOPs, twice over. On SmolLM2 dropping it saved a
+fifth of an fp32 LoRA step on this CPU and a quarter of a bf16 one (docs/BENCHMARKS.md).
 
 This is the padding-free attention flash-attention's varlen kernels give on GPUs
 (``DataCollatorWithFlattening``: examples found from ``position_ids`` restarting at 0), for any
@@ -15,6 +15,8 @@ Same loss and gradients as the mask (to float rounding, tests/unit/test_trainer_
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +25,8 @@ NAME = "ftlab_packed_sdpa"
 
 def segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     """Per row, the ``(start, end)`` slices of its examples: an example starts where its position
-    is 0 or does not follow the previous one. ``position_ids``: ``(batch, seq)`` long."""
+    is 0 or does not follow the previous one. ``position_ids``: ``(batch, seq)`` long. On a GPU
+    this copies them to the host: :func:`_segments_once` does it once per forward, not per layer."""
     pos = position_ids.detach().cpu()
     starts = torch.ones_like(pos, dtype=torch.bool)
     starts[:, 1:] = (pos[:, 1:] == 0) | (pos[:, 1:] != pos[:, :-1] + 1)
@@ -32,6 +35,21 @@ def segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
         s = row.nonzero().flatten().tolist()
         out.append(list(zip(s, s[1:] + [pos.shape[1]])))
     return out
+
+
+_last: tuple = (None, -1, [])  # (weakref to position_ids, its version, its segments)
+
+
+def _segments_once(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """:func:`segments`, computed once for the ``position_ids`` tensor every layer of one forward
+    receives (the same object, unchanged: checked by identity and torch's version counter)."""
+    global _last
+    ref, version, segs = _last
+    if ref is not None and ref() is position_ids and version == position_ids._version:
+        return segs
+    segs = segments(position_ids)
+    _last = (weakref.ref(position_ids), position_ids._version, segs)
+    return segs
 
 
 def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -49,7 +67,7 @@ def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch
                          "attention mask, sliding window or KV cache")
     gqa = query.shape[1] != key.shape[1]
     rows = []
-    for b, segs in enumerate(segments(position_ids)):
+    for b, segs in enumerate(_segments_once(position_ids)):
         outs = [F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
                                                dropout_p=dropout, is_causal=e - s > 1, scale=scaling, enable_gqa=gqa)
                 for s, e in segs]

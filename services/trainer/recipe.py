@@ -22,7 +22,7 @@ from services.common.errors import PreconditionError
 from services.common.job_context import JobContext
 from services.trainer import checkpoints
 from services.trainer.config import TrainConfig
-from services.trainer.loop import train
+from services.trainer.loop import dtype_name, train
 from services.trainer.memory import estimate_training_memory
 
 
@@ -62,7 +62,11 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
     if cfg.resume == "auto":
         resume = checkpoints.fetch_latest(ctx.store, cfg.checkpoint_prefix, workdir / "resume")
         if resume:
-            ctx.log(f"resuming from checkpoint step {resume[0]} (attempt {ctx.attempt})")
+            ctx.log(f"resuming from checkpoint step {resume.step} (attempt {ctx.attempt})")
+            now = dtype_name(cfg, modeling.device())
+            if resume.info.get("dtype", now) != now:  # dtype auto resolves per machine (config.py)
+                ctx.log(f"the checkpoint trained in {resume.info['dtype']}, this run trains in {now}: "
+                        "set dtype explicitly to keep one precision across machines")
     elif ctx.attempt > 1:
         ctx.log("resume 'never': starting again from step 0")
 
@@ -72,10 +76,10 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
     if cfg.world_size > 1 and modeling.device().type == "cuda" and cfg.world_size > torch.cuda.device_count():
         raise PreconditionError(f"world_size {cfg.world_size} > {torch.cuda.device_count()} visible GPUs")
     if cfg.world_size == 1:
-        stats = train(cfg, base_dir, examples, out, resume and resume[1], ctx.store, ctx, total_steps)
+        stats = train(cfg, base_dir, examples, out, resume and resume.path, ctx.store, ctx, total_steps)
     else:
         from services.trainer import ddp
-        stats = ddp.launch(cfg, base_dir, examples, out, resume and resume[1], ctx.store, ctx, total_steps)
+        stats = ddp.launch(cfg, base_dir, examples, out, resume and resume.path, ctx.store, ctx, total_steps)
 
     # 5. Metadata: the study's fields, memory measured vs estimated, speed, the loss curve.
     measured = stats["memory"]["peak_vram_reserved_gb"] or stats["memory"]["peak_rss_gb"]
@@ -104,7 +108,8 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_s": round(stats["tokens"] / max(stats["train_s"], 1e-9), 2), "tokens_seen": stats["tokens"],
         "mfu": _mfu(stats, cfg),
         "final_loss": stats["loss_curve"][-1]["loss"] if stats["loss_curve"] else None,
-        "loss_curve": stats["loss_curve"], "resumed_from_step": resume[0] if resume else 0,
+        "loss_curve": stats["loss_curve"], "resumed_from_step": resume.step if resume else 0,
+        "resumed_from_dtype": resume.info.get("dtype") if resume else None,
         "attempt": ctx.attempt, "device": stats["device"], "dtype": stats["dtype"], "hardware": modeling.hardware(),
     }
     (out / "training_metadata.json").write_text(json.dumps(metadata, indent=2))

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -39,10 +40,19 @@ def _free_port() -> int:
 
 
 def _api(url: str, path: str, body: dict | None = None) -> dict:
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"}, method="POST" if body is not None else "GET")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read() or b"null")
+    """One Prefect REST call. 429/502/503 are retried with backoff, as Prefect's own client does
+    (PREFECT_CLIENT_MAX_RETRIES): under load its server answers 503 when SQLite is locked."""
+    for attempt in range(6):
+        req = urllib.request.Request(url + path, data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"},
+                                     method="POST" if body is not None else "GET")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (429, 502, 503) or attempt == 5:
+                raise
+            time.sleep(2 ** attempt)
 
 
 def _wait(what, check, timeout=240.0, every=0.5):

@@ -60,6 +60,13 @@ def test_sigkilled_service_resumes_the_job_from_its_checkpoint(seeded_store):
         assert artifacts.read_manifest(store, "models", "resumed") is None
         record = json.loads(store.get_bytes("jobs", f"trainer/{job.job_id}.json"))
         assert record["state"] == "RUNNING" and record["progress_step"] < SPEC["max_steps"]
+        # The checkpoint says which dtype it trained in. Pretend another machine wrote it in the
+        # other one (dtype auto resolves per machine): the resume must say so, not hide it.
+        ck = f"{prefix}/step-{checkpoints.committed_steps(store, prefix)[-1]}"  # the latest, after the kill
+        ck_manifest = artifacts.read_manifest(store, "jobs", ck)
+        assert ck_manifest["dtype"] in ("float32", "bfloat16")
+        other = {"float32": "bfloat16", "bfloat16": "float32"}[ck_manifest["dtype"]]
+        store.put_bytes("jobs", f"{ck}/{artifacts.MANIFEST}", json.dumps({**ck_manifest, "dtype": other}).encode())
 
         proc, client = _start(store.root, addr)
         events = []
@@ -80,4 +87,6 @@ def test_sigkilled_service_resumes_the_job_from_its_checkpoint(seeded_store):
     assert after and after[0].step == resumed + 1  # the second attempt starts after the checkpoint
     assert any(f"resuming from checkpoint step {resumed}" in e.message for e in events)
     assert final.metrics["resumed_from_step"] == resumed
+    assert meta["resumed_from_dtype"] == other != meta["dtype"]
+    assert any(f"the checkpoint trained in {other}, this run trains in {meta['dtype']}" in e.message for e in events)
     assert not store.list_keys("jobs", "checkpoints/")  # cleared once the model is committed
