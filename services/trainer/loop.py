@@ -96,11 +96,11 @@ def train(cfg: TrainConfig, base_dir: Path, examples: list[dict], out: Path, res
 
 def weights_dtype(cfg: TrainConfig, dev: torch.device) -> torch.dtype:
     """The training dtype (recorded in the metadata; MFU uses its peak): the spec's ``dtype``, or
-    for ``auto`` the device's compute dtype (bf16 on GPUs that have it, fp32 on CPU), except an
-    adapter on a CPU with native bf16 (:func:`cpu_bf16_adapter`). It is the
-    unquantized weights' dtype, except for an adapter in bf16 on a CPU, where only the frozen
-    linear layers are bf16 (:func:`cpu_bf16_adapter`). Quantized bases (QLoRA, int8) keep their
-    own; adapters stay fp32 (peft's ``autocast_adapter_dtype``)."""
+    for ``auto`` the device's compute dtype (bf16 on GPUs that have it, fp32 on CPU). It is the
+    unquantized weights' dtype, except for an adapter on a CPU (``bfloat16``, or ``auto`` where the
+    CPU has native bf16: :func:`cpu_bf16_adapter`), where only the frozen linear layers are bf16.
+    Quantized bases (QLoRA, int8) keep their own; adapters stay fp32 (peft's
+    ``autocast_adapter_dtype``)."""
     if cfg.training_quant != "none":
         return torch.bfloat16 if cfg.training_quant == "qlora" else modeling.compute_dtype(dev)
     if cpu_bf16_adapter(cfg, dev):
