@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +79,7 @@ def main() -> None:
         for c in clients:
             c.close()
         svc.stop(1.0)
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"# {args.jobs} jobs, {args.threads} client threads, auth {'on' if args.auth else 'off'}; "
           f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print("| call | calls/s | p50 latency (ms) |\n|---|---:|---:|")
