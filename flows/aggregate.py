@@ -2,7 +2,6 @@
 then ours. Reads evaluations, model manifests and training metadata from storage alone."""
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -30,9 +29,9 @@ OUR_COLUMNS = ["train_peak_rss_gb", "eval_peak_rss_gb", "eval_tokens_per_s", "ev
                "ptq_method", "quant_tag", "parent_model", "base_model", "train_dataset", "eval_id"]
 
 
-def _json(store: ObjectStore, bucket: str, key: str) -> dict[str, Any] | None:
+def _json(store: ObjectStore, bucket: str, prefix: str, path: str) -> dict[str, Any] | None:
     try:
-        return json.loads(store.get_bytes(bucket, key))
+        return artifacts.read_json(store, bucket, prefix, path)  # sha256-checked
     except NotFoundError:
         return None
 
@@ -67,8 +66,8 @@ def model_facts(store: ObjectStore, model: str) -> dict[str, Any]:
 
 
 def summary_row(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
-    ev = artifacts.get_json(store, "evaluations", f"{model}/{eval_id}/metrics.json")
-    train = _json(store, "models", f"{model}/training_metadata.json") or {}
+    ev = artifacts.read_json(store, "evaluations", f"{model}/{eval_id}", "metrics.json")
+    train = _json(store, "models", model, "training_metadata.json") or {}
     tmem = train.get("memory", {})
     s = ev["summary"]
     # VRAM columns stay empty for a job that ran on no GPU (its 0.0 would read as "measured: none");

@@ -109,12 +109,12 @@ def _model_key(fig, names: list[str], colored: bool = True) -> None:
 
 def plot_loss_curves(store, models: list[str], path: Path) -> Path | None:
     """Training loss per optimizer step of every trained model in the table (training_metadata.json)."""
-    import json
+    from services.common import artifacts
     from services.common.errors import NotFoundError
     curves = {}
     for m in models:
         try:
-            meta = json.loads(store.get_bytes("models", f"{m}/training_metadata.json"))
+            meta = artifacts.read_json(store, "models", m, "training_metadata.json")
         except NotFoundError:
             continue
         if meta.get("loss_curve"):

@@ -33,7 +33,7 @@ def profile_rows(store: ObjectStore, evaluations: list[tuple[str, str]]) -> list
     """One row per (model, task, metric) whose ftlab and study values differ."""
     rows = []
     for model, eval_id in evaluations:
-        ev = artifacts.get_json(store, "evaluations", f"{model}/{eval_id}/metrics.json")
+        ev = artifacts.read_json(store, "evaluations", f"{model}/{eval_id}", "metrics.json")
         study = (ev.get("study_profile") or {}).get("datasets", {})
         for task, ours in ev.get("datasets", {}).items():
             theirs = study.get(task)

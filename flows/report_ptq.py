@@ -9,7 +9,6 @@ and exact McNemar p (``services.evaluator.compare``), plus the evaluation speed 
 (generated tokens/s quantized ÷ parent). Torch-free: reads storage only."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pandas as pd
@@ -26,13 +25,13 @@ BASE_COLUMNS = ["model", "parent", "method", "quant_tag", "backend", "disk_ratio
 
 def _report(store: ObjectStore, model: str) -> dict[str, Any]:
     try:
-        return json.loads(store.get_bytes("models", f"{model}/quantization_report.json"))
+        return artifacts.read_json(store, "models", model, "quantization_report.json")
     except NotFoundError:
         return {}
 
 
 def _metrics(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
-    return json.loads(store.get_bytes("evaluations", f"{model}/{eval_id}/metrics.json"))
+    return artifacts.read_json(store, "evaluations", f"{model}/{eval_id}", "metrics.json")
 
 
 def _evaluations(store: ObjectStore, model: str) -> dict[tuple, str]:
@@ -80,6 +79,8 @@ def degradation_row(store: ObjectStore, model: str, manifest: dict[str, Any] | N
     try:
         result = compare.compare(store, f"{parent}/{theirs[key]}", f"{model}/{mine[key]}")
         m_q, m_p = _metrics(store, model, mine[key]), _metrics(store, parent, theirs[key])
+    except artifacts.IntegrityError:
+        raise  # corrupt bytes fail the report; they never just leave a row empty
     except (FtlabError, ValueError):
         return row
     tps_q = m_q.get("summary", {}).get("throughput", {}).get("tokens_per_s")

@@ -54,7 +54,7 @@ def evaluations(store: ObjectStore) -> list[Row]:
     for prefix in artifacts.list_committed(store, "evaluations"):
         m = artifacts.read_manifest(store, "evaluations", prefix) or {}
         model, _, eval_id = prefix.rpartition("/")
-        metrics = artifacts.get_json(store, "evaluations", f"{prefix}/metrics.json")
+        metrics = artifacts.read_json(store, "evaluations", prefix, "metrics.json", m)
         for task, block in sorted(metrics.get("datasets", {}).items()):
             rows.append({"model": m.get("model", model), "eval_id": m.get("eval_id", eval_id), "task": task,
                          "accuracy": block.get("accuracy"), "samples": block.get("total_samples"),

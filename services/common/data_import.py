@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from services.common import tasks as T
-from services.common.artifacts import commit_dir, read_manifest, require_manifest, sha256_file
-from services.common.errors import NotFoundError, PreconditionError, StorageError, ValidationError
+from services.common.artifacts import commit_dir, read_file, read_manifest, require_manifest, sha256_file
+from services.common.errors import NotFoundError, PreconditionError, ValidationError
 from services.common.parquet_io import frame_from_parquet_bytes
 from services.common.storage import ObjectStore, make_uri
 
@@ -403,7 +403,5 @@ def load_split(store: ObjectStore, name: str, split: str) -> pd.DataFrame:
     info = manifest.get("splits", {}).get(split)
     if info is None:
         raise NotFoundError(f"dataset {name!r} has no split {split!r} (has: {sorted(manifest.get('splits', {}))})")
-    data = store.get_bytes(BUCKET, f"{name}/{split}.parquet")
-    if hashlib.sha256(data).hexdigest() != info["sha256"]:
-        raise StorageError(f"{make_uri(BUCKET, f'{name}/{split}.parquet')} does not match its manifest sha256")
+    data = read_file(store, BUCKET, name, f"{split}.parquet", manifest)  # sha256-checked: IntegrityError
     return frame_from_parquet_bytes(data, make_uri(BUCKET, f"{name}/{split}.parquet"))

@@ -2,11 +2,14 @@
 and :func:`store_from_env`, which picks a backend from ``FTLAB_*`` environment variables."""
 from __future__ import annotations
 
+import base64
+import contextlib
 import functools
+import hashlib
 import inspect
-import io
 import logging
 import os
+import tempfile
 import time
 from typing import Iterable
 from urllib.parse import urlsplit
@@ -18,7 +21,8 @@ from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 
 from services.common.errors import NotFoundError, StorageError, ValidationError
-from services.common.storage import BUCKETS, ObjectStore, StorageUnavailable, check_key, make_uri
+from services.common.storage import (BUCKETS, ObjectStore, StorageUnavailable, check_key, copy_hashing,
+                                     make_uri)
 
 log = logging.getLogger("ftlab.storage")
 DEFAULT_RETRY_S = 120.0  # FTLAB_STORAGE_RETRY_S: how long an operation retries through an outage
@@ -85,6 +89,12 @@ def _translate_errors(method):
     return wrapper
 
 
+def _checksum_headers(data: bytes) -> dict[str, str]:
+    """The request headers that make an S3 store verify ``data`` on arrival."""
+    return {"x-amz-checksum-sha256": base64.b64encode(hashlib.sha256(data).digest()).decode(),
+            "x-amz-sdk-checksum-algorithm": "SHA256"}
+
+
 class S3Store(ObjectStore):
     """Buckets and keys map 1:1 onto S3. Objects appear atomically on S3, so no temp-key dance."""
 
@@ -126,7 +136,7 @@ class S3Store(ObjectStore):
     @_translate_errors
     def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
         check_key(key)
-        self.client.put_object(bucket, key, io.BytesIO(data), len(data))
+        self.client._put_object(bucket, key, data, _checksum_headers(data))
 
     @_translate_errors
     def put_if_absent(self, bucket: str, key: str, data: bytes) -> bool:
@@ -153,15 +163,78 @@ class S3Store(ObjectStore):
             response.release_conn()
 
     @_translate_errors
-    def put_file(self, bucket: str, key: str, path: str | os.PathLike) -> None:
+    def put_file(self, bucket: str, key: str, path: str | os.PathLike) -> str:
+        """One PUT up to ``part_size``, multipart above; every request carries the SHA-256 of its
+        body (``x-amz-checksum-sha256``: MinIO and AWS recompute it and refuse a mismatch with
+        BadDigest), a multipart upload declares ``x-amz-checksum-algorithm: SHA256`` and lists
+        each part's checksum when it completes. The minio SDK 7.2 has no checksum parameter,
+        hence its request methods. Returns the whole file's sha256, computed on the way."""
         check_key(key)
-        self.client.fput_object(bucket, key, os.fspath(path), part_size=self.part_size)
+        whole = hashlib.sha256()
+        with open(path, "rb") as fh:
+            first = fh.read(self.part_size)
+            whole.update(first)
+            nxt = fh.read(self.part_size)
+            if not nxt:
+                self.client._put_object(bucket, key, first, _checksum_headers(first))
+                return whole.hexdigest()
+            upload_id = self.client._create_multipart_upload(bucket, key, {"x-amz-checksum-algorithm": "SHA256"})
+            try:
+                parts, part = [], first
+                while part:
+                    headers = _checksum_headers(part)
+                    etag = self.client._upload_part(bucket, key, part, headers, upload_id, len(parts) + 1)
+                    parts.append((len(parts) + 1, etag, headers["x-amz-checksum-sha256"]))
+                    part, nxt = nxt, (fh.read(self.part_size) if nxt else b"")
+                    whole.update(part)
+                body = ("<CompleteMultipartUpload>" + "".join(
+                    f'<Part><PartNumber>{n}</PartNumber><ETag>"{etag}"</ETag><ChecksumSHA256>{b64}</ChecksumSHA256></Part>'
+                    for n, etag, b64 in parts) + "</CompleteMultipartUpload>").encode()
+                response = self.client._execute(
+                    "POST", bucket, key, body=body, query_params={"uploadId": upload_id},
+                    headers={"Content-Type": "application/xml",
+                             "Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode()})
+                if b"<Error>" in response.data:  # S3 may answer 200 and fail in the body
+                    raise StorageError(f"{self.describe()}: completing the upload of {make_uri(bucket, key)} "
+                                       f"failed: {response.data[:500]!r}")
+            except BaseException:
+                self.client._abort_multipart_upload(bucket, key, upload_id)
+                raise
+        return whole.hexdigest()
 
     @_translate_errors
-    def get_file(self, bucket: str, key: str, path: str | os.PathLike) -> None:
+    def get_file(self, bucket: str, key: str, path: str | os.PathLike) -> str:
         check_key(key)
-        # minio downloads to a temp file next to ``path`` and renames it, and creates parent folders
-        self.client.fget_object(bucket, key, os.fspath(path))
+        dest = os.fspath(path)
+        os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+        h = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(dest) or ".")
+        try:
+            response = self.client.get_object(bucket, key)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    copy_hashing(response, out, h)
+            finally:
+                response.close()
+                response.release_conn()
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return h.hexdigest()
+
+    @_translate_errors
+    def hash_object(self, bucket: str, key: str) -> tuple[int, str]:
+        check_key(key)
+        h = hashlib.sha256()
+        response = self.client.get_object(bucket, key)
+        try:
+            size = copy_hashing(response, None, h)
+        finally:
+            response.close()
+            response.release_conn()
+        return size, h.hexdigest()
 
     @_translate_errors
     def exists(self, bucket: str, key: str) -> bool:

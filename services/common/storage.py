@@ -6,8 +6,8 @@ Two backends: :class:`LocalStore` (a directory, the embedded default) and
 from __future__ import annotations
 
 import abc
+import hashlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -16,6 +16,7 @@ from services.common.errors import NotFoundError, StorageError, ValidationError
 
 BUCKETS = ("datasets", "models", "evaluations", "reports", "jobs")
 MAX_KEY_LENGTH = 1024
+CHUNK = 1 << 20  # bytes per read when streaming an object through sha256
 
 
 class StorageUnavailable(StorageError):
@@ -51,6 +52,18 @@ def check_key(key: str) -> None:
         raise ValidationError(problems)
 
 
+def copy_hashing(src, dst, h) -> int:
+    """Copy ``src`` to ``dst`` (None: only read) in CHUNK-sized reads, feeding ``h`` (a hashlib
+    object) as it goes: the bytes are hashed once, on their way. Returns the byte count."""
+    size = 0
+    while chunk := src.read(CHUNK):
+        h.update(chunk)
+        if dst is not None:
+            dst.write(chunk)
+        size += len(chunk)
+    return size
+
+
 class ObjectStore(abc.ABC):
     """The operations every backend offers. Keys are '/'-separated; listing is recursive."""
 
@@ -65,11 +78,19 @@ class ObjectStore(abc.ABC):
         """Raises NotFoundError when the object does not exist."""
 
     @abc.abstractmethod
-    def put_file(self, bucket: str, key: str, path: str | os.PathLike) -> None: ...
+    def put_file(self, bucket: str, key: str, path: str | os.PathLike) -> str:
+        """Upload a file; returns the sha256 (hex) of the bytes sent, computed while sending (the
+        S3 backend also sends it, so the store refuses bytes that arrive otherwise)."""
 
     @abc.abstractmethod
-    def get_file(self, bucket: str, key: str, path: str | os.PathLike) -> None:
-        """Raises NotFoundError when the object does not exist."""
+    def get_file(self, bucket: str, key: str, path: str | os.PathLike) -> str:
+        """Download into ``path`` (through a temp file + rename); returns the sha256 (hex) of the
+        bytes written, computed while downloading. Raises NotFoundError when the object does not exist."""
+
+    @abc.abstractmethod
+    def hash_object(self, bucket: str, key: str) -> tuple[int, str]:
+        """(size, sha256 hex) of an object, streamed, nothing written (the scrub's read).
+        Raises NotFoundError when the object does not exist."""
 
     @abc.abstractmethod
     def exists(self, bucket: str, key: str) -> bool: ...
@@ -150,16 +171,29 @@ class LocalStore(ObjectStore):
             raise NotFoundError(f"{make_uri(bucket, key)} does not exist")
         return p.read_bytes()
 
-    def put_file(self, bucket: str, key: str, path: str | os.PathLike) -> None:
+    def put_file(self, bucket: str, key: str, path: str | os.PathLike) -> str:
         with open(path, "rb") as src:
-            self._atomic_write(self._path(bucket, key), lambda fh: shutil.copyfileobj(src, fh, 1 << 20))
+            h = hashlib.sha256()
+            self._atomic_write(self._path(bucket, key), lambda fh: copy_hashing(src, fh, h))
+        return h.hexdigest()
 
-    def get_file(self, bucket: str, key: str, path: str | os.PathLike) -> None:
+    def get_file(self, bucket: str, key: str, path: str | os.PathLike) -> str:
         p = self._path(bucket, key)
         if not p.is_file():
             raise NotFoundError(f"{make_uri(bucket, key)} does not exist")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(p, path)
+        h = hashlib.sha256()
+        with open(p, "rb") as src:
+            self._atomic_write(Path(path), lambda fh: copy_hashing(src, fh, h))
+        return h.hexdigest()
+
+    def hash_object(self, bucket: str, key: str) -> tuple[int, str]:
+        p = self._path(bucket, key)
+        if not p.is_file():
+            raise NotFoundError(f"{make_uri(bucket, key)} does not exist")
+        h = hashlib.sha256()
+        with open(p, "rb") as src:
+            size = copy_hashing(src, None, h)
+        return size, h.hexdigest()
 
     def exists(self, bucket: str, key: str) -> bool:
         return self._path(bucket, key).is_file()

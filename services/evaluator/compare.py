@@ -6,7 +6,6 @@ CI, and for accuracy-type metrics the exact McNemar p-value. Torch-free (CLI sid
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pandas as pd
@@ -36,10 +35,13 @@ def eval_prefix(ref: str) -> str:
 
 def load_eval(store: ObjectStore, ref: str) -> tuple[dict[str, Any], pd.DataFrame]:
     prefix = eval_prefix(ref)
-    if artifacts.read_manifest(store, BUCKET, prefix) is None:
+    """(metrics.json, predictions) of a committed evaluation, both checked against its manifest's
+    sha256 (artifacts.IntegrityError names the file and both digests)."""
+    manifest = artifacts.read_manifest(store, BUCKET, prefix)
+    if manifest is None:
         raise NotFoundError(f"evaluation s3://{BUCKET}/{prefix}/ not found (no manifest.json)")
-    metrics = json.loads(store.get_bytes(BUCKET, prefix + "/metrics.json"))
-    preds = frame_from_parquet_bytes(store.get_bytes(BUCKET, prefix + "/predictions.parquet"),
+    metrics = artifacts.read_json(store, BUCKET, prefix, "metrics.json", manifest)
+    preds = frame_from_parquet_bytes(artifacts.read_file(store, BUCKET, prefix, "predictions.parquet", manifest),
                                      f"s3://{BUCKET}/{prefix}/predictions.parquet")
     return metrics, preds
 

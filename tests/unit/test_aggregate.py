@@ -97,6 +97,18 @@ def test_the_study_table_comes_back_from_evaluations_in_its_layout(store, tmp_pa
         assert table[col].notna().all(), col
 
 
+def _recommit_file(store, bucket, key, data):
+    """Replace one file of a committed artifact together with its manifest entry (readers check
+    every file's sha256 against the manifest)."""
+    import hashlib
+    prefix, path = key.rsplit("/", 1)
+    manifest = artifacts.read_manifest(store, bucket, prefix)
+    entry = next(f for f in manifest["files"] if f["path"] == path)
+    entry |= {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    store.put_bytes(bucket, key, data)
+    artifacts.put_json(store, bucket, f"{prefix}/manifest.json", manifest)
+
+
 def test_vram_columns_are_empty_for_jobs_that_ran_on_no_gpu(store, tmp_path):
     from flows.aggregate import summary_row
     name = next(m for m, _ in seed_study(store, tmp_path) if "_SFT_LoRa" in m)  # a trained one
@@ -104,14 +116,14 @@ def test_vram_columns_are_empty_for_jobs_that_ran_on_no_gpu(store, tmp_path):
                                    ("evaluations", f"{name}/e1/metrics.json", ("hardware",))):
         doc = json.loads(store.get_bytes(bucket, key))
         (doc[device_at[0]] if device_at else doc)["device"] = "cpu"
-        store.put_bytes(bucket, key, json.dumps(doc).encode())
+        _recommit_file(store, bucket, key, json.dumps(doc).encode())
     row = summary_row(store, name, "e1")
     assert [row[f"{s}_peak_vram_{k}_gb"] for s in ("train", "eval") for k in ("reserved", "allocated")] == [None] * 4
     assert row["train_peak_rss_gb"] == 3.0  # what a CPU run measured instead
     base = "Qwen3-4B-base"  # untrained and evaluated on a CPU: no training VRAM column either
     doc = json.loads(store.get_bytes("evaluations", f"{base}/e1/metrics.json"))
     doc["hardware"]["device"] = "cpu"
-    store.put_bytes("evaluations", f"{base}/e1/metrics.json", json.dumps(doc).encode())
+    _recommit_file(store, "evaluations", f"{base}/e1/metrics.json", json.dumps(doc).encode())
     assert summary_row(store, base, "e1")["train_peak_vram_reserved_gb"] is None
 
 
