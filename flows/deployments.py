@@ -14,6 +14,7 @@ import sys
 from flows.experiment import shipped_names
 from flows.orchestrator import evaluate_missing_flow
 from flows.pipeline import experiment_flow
+from flows.verify import verify_flow
 
 WORK_POOL = "ftlab-process"   # the compose stack's process worker (docker-compose.gpu.yml)
 ALL_TASKS = ["ai2_arc", "squad_v2", "OpenMathInstruct-2"]
@@ -26,6 +27,9 @@ def deployments() -> list[dict]:
     out.append({"name": "evaluate-missing", "entrypoint": "flows/orchestrator.py:evaluate_missing_flow",
                 "flow": evaluate_missing_flow, "parameters": {"tasks": ALL_TASKS, "limit": 200},
                 "description": "evaluate every model lacking an evaluation (the study's orchestrator)"})
+    out.append({"name": "verify", "entrypoint": "flows/verify.py:verify_flow", "flow": verify_flow,
+                "parameters": {"targets": []},
+                "description": "ftlab verify (re-hash storage against the manifests; fails when anything is not intact)"})
     return out
 
 

@@ -261,6 +261,57 @@ def cmd_score(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ ftlab verify (the scrub)
+
+def cmd_verify(args) -> int:
+    """Re-hash stored artifacts against their manifests (services/common/scrub.py); exit 1 when
+    anything is corrupt, missing or disagrees with its lineage."""
+    from tqdm import tqdm
+
+    from services.common import scrub
+    store = _store()
+    state = scrub.default_state_path(store, args.targets)
+    if args.fresh:
+        state.unlink(missing_ok=True)
+    bar = tqdm(unit="B", unit_scale=True, desc="verify", file=sys.stderr, disable=args.json or None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    def on_result(res, resumed: bool) -> None:
+        if res.status != "intact" and not args.json:
+            bar.write(f"{res.status.upper():8s} {res.uri}" + ("  (from the interrupted run)" if resumed else ""))
+            for problem in res.problems:
+                bar.write(f"         - {problem}")
+
+    if state.exists() and not args.json:
+        print(f"resuming the interrupted scrub recorded in {state} (--fresh starts over)", file=sys.stderr)
+    try:
+        results = scrub.scrub(store, args.targets, state, progress, on_result)
+    finally:
+        bar.close()
+    counts = scrub.summary(results)
+    if args.json:
+        print(json.dumps({"summary": counts, "results": [vars(r) for r in results]}, indent=2))
+    else:
+        print(f"verified {counts['artifacts']} artifacts, {counts['files']} files, {counts['bytes'] / 1e6:.1f} MB "
+              f"in {store.describe()}: " + ", ".join(f"{counts[s]} {s}" for s in scrub.STATUSES))
+    return 0 if counts["artifacts"] == counts["intact"] else 1
+
+
+def _verify_arguments(sub) -> None:
+    v = sub.add_parser("verify", help="re-hash what storage holds against the manifests (a scrub): "
+                       "intact / corrupt / missing / lineage; exit 1 when anything is not intact",
+                       description=cmd_verify.__doc__)
+    v.add_argument("targets", nargs="*", metavar="BUCKET|ARTIFACT",
+                   help="a bucket (models, datasets, evaluations, jobs, reports) or an artifact "
+                        "(models/NAME, evaluations/MODEL/EVAL_ID, s3://...); default: every bucket")
+    v.add_argument("--fresh", action="store_true", help="ignore an interrupted scrub's results and start over")
+    v.add_argument("--json", action="store_true", help="print every result as JSON (no progress bar)")
+    v.set_defaults(func=cmd_verify)
+
+
 JOB_KINDS = {"train": "trainer", "quantize": "quantizer", "evaluate": "evaluator"}  # job id prefix -> service
 
 
@@ -674,6 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples for the ftlab profile's 95%% CIs")
     sc.add_argument("--seed", type=int, default=0, help="seeds the bootstrap")
     sc.set_defaults(func=cmd_score)
+    _verify_arguments(sub)
 
     _jobs_arguments(sub.add_parser("jobs", help="list | get | watch | cancel jobs of a service"))
 

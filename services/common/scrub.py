@@ -59,9 +59,8 @@ def select(store: ObjectStore, targets: Iterable[str] = ()) -> list[tuple[str, s
         if bucket not in BUCKETS:
             problems.append(f"{t!r}: {bucket!r} is not a bucket (known: {', '.join(BUCKETS)})")
             continue
+        # the artifact at the prefix itself is listed too (its manifest.json is under prefix/)
         found = [(bucket, p) for p in artifacts.list_committed(store, bucket, prefix + "/" if prefix else "")]
-        if prefix and artifacts.read_manifest(store, bucket, prefix) is not None:
-            found.insert(0, (bucket, prefix))
         if not found and prefix:
             problems.append(f"{t!r}: no committed artifact at or under {make_uri(bucket, prefix + '/')}")
         chosen += [f for f in found if f not in chosen]
