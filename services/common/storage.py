@@ -8,6 +8,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -171,20 +172,32 @@ class LocalStore(ObjectStore):
             raise NotFoundError(f"{make_uri(bucket, key)} does not exist")
         return p.read_bytes()
 
-    def put_file(self, bucket: str, key: str, path: str | os.PathLike) -> str:
-        with open(path, "rb") as src:
+    def _atomic_copy(self, src: Path, dest: Path) -> str:
+        """Copy ``src`` to ``dest`` through a temp file + rename; the sha256 of the copy. The kernel
+        copies (shutil.copyfile: copy_file_range/sendfile) and the copy is then hashed from the page
+        cache: about 4x faster than a Python read-hash-write loop (bench/bench_fetch_verify.py)."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
             h = hashlib.sha256()
-            self._atomic_write(self._path(bucket, key), lambda fh: copy_hashing(src, fh, h))
+            with open(tmp, "rb") as fh:
+                copy_hashing(fh, None, h)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return h.hexdigest()
+
+    def put_file(self, bucket: str, key: str, path: str | os.PathLike) -> str:
+        return self._atomic_copy(Path(path), self._path(bucket, key))
 
     def get_file(self, bucket: str, key: str, path: str | os.PathLike) -> str:
         p = self._path(bucket, key)
         if not p.is_file():
             raise NotFoundError(f"{make_uri(bucket, key)} does not exist")
-        h = hashlib.sha256()
-        with open(p, "rb") as src:
-            self._atomic_write(Path(path), lambda fh: copy_hashing(src, fh, h))
-        return h.hexdigest()
+        return self._atomic_copy(p, Path(path))
 
     def hash_object(self, bucket: str, key: str) -> tuple[int, str]:
         p = self._path(bucket, key)
