@@ -3,7 +3,9 @@ the model's manifest (``artifacts.manifest_digest``: it covers every file's sha2
 digests mean equal bytes, whatever store they came from).
 
 A job's fetch becomes: look the digest up; on a miss, download into a private temporary folder
-inside the cache and ``rename`` it into place (atomic: a crashed or killed download leaves only a
+inside the cache — ``artifacts.fetch_dir``, which hashes every file as it arrives and refuses one
+that is not the manifest's (IntegrityError), so an entry only ever holds verified bytes and a
+model is hashed once per entry, not per job — and ``rename`` it into place (atomic: a crashed or killed download leaves only a
 ``.tmp-*`` folder, never a half entry); then hard-link the entry's files into the job's folder
 (copy where links are impossible). Entries are made read-only, and each use re-checks every
 file's size and mtime against what the entry recorded, so a job that wrote into its fetched

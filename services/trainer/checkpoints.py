@@ -7,7 +7,9 @@ Why the ``jobs`` bucket and this key: ``models`` holds committed models only (a 
 one), and the job records live under ``jobs/trainer/``, which the runtime reads back as records.
 The run key (spec.run_key) names the *settings*, not the job id, so a job re-queued after a crash
 and the same spec resubmitted after a cancel both resume; other settings never do. Only the latest
-checkpoint is kept; the run's checkpoints are deleted once its model is committed."""
+checkpoint is kept; the run's checkpoints are deleted once its model is committed. A resume
+verifies every file of the checkpoint against its manifest (``artifacts.fetch_dir``): a damaged
+checkpoint fails the job naming the file, it is never trained on."""
 from __future__ import annotations
 
 import json
