@@ -188,8 +188,8 @@ def rebuild_report(store: ObjectStore, experiment: str, run_id: str | None, loca
     if artifacts.read_manifest(store, "reports", prefix) is None:
         known = ", ".join(p.split("/", 1)[1] for p in artifacts.list_committed(store, "reports", f"{experiment}/"))
         raise NotFoundError(f"no report {experiment}/{run_id} in storage; runs: {known or 'none'}")
-    steps = artifacts.get_json(store, "reports", f"{prefix}/steps.json")
-    info = RunInfo(**artifacts.get_json(store, "reports", f"{prefix}/run.json"))
+    steps = artifacts.read_json(store, "reports", prefix, "steps.json")  # sha256-checked, like every read
+    info = RunInfo(**artifacts.read_json(store, "reports", prefix, "run.json"))
     return build_report(store, info, steps, Path(local_root) / experiment / run_id)
 
 

@@ -113,12 +113,11 @@ def list_committed(store: ObjectStore, bucket: str, prefix: str = "") -> list[st
                   if k.endswith("/" + MANIFEST))
 
 
-def fetch_dir(store: ObjectStore, bucket: str, prefix: str, dest: str | os.PathLike,
-              manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+def fetch_dir(store: ObjectStore, bucket: str, prefix: str, dest: str | os.PathLike) -> dict[str, Any]:
     """Download a committed artifact's files (those its manifest lists) into ``dest``, each hashed
     while it downloads and checked against the manifest. Raises :class:`IntegrityError` listing
     every file that differs or is missing (those files are not left in ``dest``)."""
-    manifest = manifest or require_manifest(store, bucket, prefix)
+    manifest = require_manifest(store, bucket, prefix)
     p = _prefix(prefix)
     uri = make_uri(bucket, p)
     dest = Path(dest)
@@ -143,8 +142,10 @@ def read_file(store: ObjectStore, bucket: str, prefix: str, path: str,
               manifest: dict[str, Any] | None = None) -> bytes:
     """One file of a committed artifact, checked against its manifest's sha256. NotFoundError
     when the artifact is not committed or its manifest lists no such file (the artifact has
-    none); IntegrityError when a listed file differs or is gone."""
-    manifest = manifest or require_manifest(store, bucket, prefix)
+    none); IntegrityError when a listed file differs or is gone. ``manifest``: the artifact's,
+    when the caller has read it already."""
+    if manifest is None:
+        manifest = require_manifest(store, bucket, prefix)
     uri = make_uri(bucket, _prefix(prefix))
     entry = next((f for f in manifest.get("files", []) if f["path"] == path), None)
     if entry is None:
@@ -166,10 +167,6 @@ def read_json(store: ObjectStore, bucket: str, prefix: str, path: str,
 
 def put_json(store: ObjectStore, bucket: str, key: str, obj: Any) -> None:
     store.put_bytes(bucket, key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
-
-
-def get_json(store: ObjectStore, bucket: str, key: str) -> Any:
-    return json.loads(store.get_bytes(bucket, key))
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:
