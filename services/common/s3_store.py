@@ -198,7 +198,8 @@ class S3Store(ObjectStore):
                     raise StorageError(f"{self.describe()}: completing the upload of {make_uri(bucket, key)} "
                                        f"failed: {response.data[:500]!r}")
             except BaseException:
-                self.client._abort_multipart_upload(bucket, key, upload_id)
+                with contextlib.suppress(Exception):  # the upload's own error is the one to report
+                    self.client._abort_multipart_upload(bucket, key, upload_id)
                 raise
         return whole.hexdigest()
 
