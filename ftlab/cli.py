@@ -150,7 +150,7 @@ def cmd_data_list(args) -> int:
 def cmd_data_leakage(args) -> int:
     from services.common import leakage
     from services.common.data_prepare import source_rows
-    from services.common.tasks import TaskType, get_task
+    from services.common.tasks import get_task
     problems = []
     try:
         task = get_task(args.task)
@@ -175,7 +175,7 @@ def cmd_data_leakage(args) -> int:
             problems += exc.problems
     if problems:
         raise ValidationError(problems)
-    report = leakage.check(rows[0], rows[1], pair=task.type is TaskType.SQUAD_V2, threshold=args.threshold,
+    report = leakage.check(rows[0], rows[1], pair=task.type.leakage_pair, threshold=args.threshold,
                            n=args.ngram, examples=args.examples)
     print(json.dumps({k: v for k, v in report.items() if not k.startswith("train_ids")}, indent=2,
                      ensure_ascii=False))
