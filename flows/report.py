@@ -103,7 +103,7 @@ def _markdown(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict
              f"- models in the table: {len(table)}", "", *_lead_md(vs), "## Summary", "",
              "Headline metrics (each task's YAML; the study's where it had the task): " + ", ".join(
                  f"{t} {m} ({'higher' if h else 'lower'} is better)" for t, (m, h) in task_headlines().items()
-                 if f"{t}__{m}" in table.columns) + ". Every column is in `metrics_summary.csv` (the study's "
+                 if f"{t}__{m}" in table.columns and table[f"{t}__{m}"].notna().any()) + ". Every column is in `metrics_summary.csv` (the study's "
              "columns first).", "",
              _md_table(table[shown_columns(table)]) if len(table) else "(no evaluations)",
              "", "## Plots", ""]

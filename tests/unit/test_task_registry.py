@@ -1,7 +1,7 @@
 r"""Every registered task, and so every task type, walks through every table that needs it: the
 ``ftlab`` and ``study`` scorers, the bootstrap CIs, the summary (its headline and metric columns),
-the comparisons (each lead metric of its type), report.md / report.html and the ``ftlab eval``
-help. A task or type missing from any of them fails here: the BoolQ defect (it shipped as a task
+the comparisons (each lead metric of its type), report.md / report.html, the Prefect summary
+artifact and the ``ftlab eval`` help. A task or type missing from any of them fails here: the BoolQ defect (it shipped as a task
 but the lead table and the headline columns did not know it) fails ``test_every_task_reaches_every_report_table``.
 
 The evaluations are made from real scoring of synthetic outputs: for each task two gold answers
@@ -17,6 +17,7 @@ import pytest
 
 from flows.aggregate import summary_table, task_headlines
 from flows.comparisons import lead_table, vs_parent_table
+from flows.publish import summary_columns
 from flows.report import RunInfo, build_report, shown_columns
 from services.common import artifacts, tasks
 from services.common.task_types import all_types, get_type
@@ -105,6 +106,8 @@ def check_task(task: tasks.TaskDef, made: dict) -> list[str]:
         missing.append(f"report summary table column {task.name}__{headline}")
     if task.name not in task_headlines():
         missing.append("headline (task_headlines)")
+    if f"{task.name}__{headline}" not in summary_columns():
+        missing.append("Prefect summary artifact column (flows/publish.py)")
     got = set(vs[(vs.task == task.name) & (vs.model == "ft")].metric)
     for metric in task.type.lead_metrics:
         if metric not in got:
