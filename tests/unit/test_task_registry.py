@@ -4,9 +4,12 @@ the comparisons (each lead metric of its type), report.md / report.html, the Pre
 artifact and the ``ftlab eval`` help. A task or type missing from any of them fails here: the BoolQ defect (it shipped as a task
 but the lead table and the headline columns did not know it) fails ``test_every_task_reaches_every_report_table``.
 
-The evaluations are made from real scoring of synthetic outputs: for each task two gold answers
-that its type accepts, a "base" that answers half wrong and half unboxed, a fine-tune that writes
-the training target (``tasks.format_target``) of every item.
+The evaluations are made from real scoring (``ftlab score``'s path) of synthetic outputs: for each
+task rows with two gold answers its type accepts, a "base" that answers half wrong and half
+unboxed, a fine-tune that writes the training target (``tasks.format_target``) of every item.
+
+``test_a_new_task_is_one_yaml_file`` adds tasks of existing types as YAML files only and takes
+them through import, scoring and the report with no code change.
 """
 from __future__ import annotations
 
@@ -29,42 +32,49 @@ N = 20
 CANDIDATES = ["", "A", "B", "True", "False", "42", "7"]
 
 
-def golds_of(task: tasks.TaskDef) -> tuple[list[str], list[str]]:
-    """N golds alternating between the first two candidates the task's type accepts."""
+def rows_of(task: tasks.TaskDef) -> list[dict]:
+    """N dataset rows whose golds alternate between the first two candidates the type accepts."""
     ok = [c for c in CANDIDATES if task.type.gold_problem(task, c) is None]
     assert len(ok) >= 2, f"{task.name}: no two gold answers among {CANDIDATES}"
-    return [ok[i % 2] for i in range(N)], ok[:2]
+    return [{"id": str(i), "answer": ok[i % 2]} for i in range(N)]
 
 
-def outputs_of(task: tasks.TaskDef, model: str) -> tuple[list[str], list[str]]:
-    golds, pair = golds_of(task)
-    target = {g: tasks.format_target(task, {"answer": g}) for g in pair}
+def outputs_of(task: tasks.TaskDef, rows: list[dict], model: str) -> list[str]:
+    """The fine-tune writes each row's training target; the base is unboxed on even items and
+    gives the next differently-answered row's target on odd ones (wrong, in format)."""
+    targets = [tasks.format_target(task, r) for r in rows]
     if model == "ft":
-        return [target[g] for g in golds], golds
-    other = {pair[0]: pair[1], pair[1]: pair[0]}
-    return [target[other[g]] if i % 4 < 2 else "I am not sure." for i, g in enumerate(golds)], golds
+        return targets
+    golds = [tasks.gold_answer(task, r) for r in rows]
+    out = []
+    for i, g in enumerate(golds):
+        j = next((k for k in range(i + 1, i + len(rows)) if golds[k % len(rows)] != g), None)
+        out.append("I am not sure." if i % 2 == 0 or j is None else targets[j % len(rows)])
+    return out
 
 
-def commit_evaluation(store, tmp_path, model: str, task_list: list[tasks.TaskDef]) -> None:
-    datasets, study_blocks, rows = {}, {}, []
-    for task in task_list:
-        outputs, golds = outputs_of(task, model)
-        block = score_items(task, outputs, golds, "ftlab", n_resamples=100)
+def commit_evaluation(store, tmp_path, model: str, task_rows: dict[str, list[dict]]) -> None:
+    datasets, study_blocks, preds = {}, {}, []
+    for name, rows in task_rows.items():
+        task = tasks.get_task(name)
+        outputs = outputs_of(task, rows, model)
+        golds = [tasks.gold_answers(task, r) if task.type.multi_gold else tasks.gold_answer(task, r) for r in rows]
+        block = score_items(task, outputs, golds, "ftlab", n_resamples=100)  # ftlab score's path
         items = block.pop("items")
         datasets[task.name] = {k: v for k, v in block.items() if k not in ("task", "profile")} | {
             "latency_seconds": {"mean": 0.5}}
         first = [task.type.study_input_gold(task, g) for g in golds]
-        study_blocks[task.name] = study.dataset_block(task.type, outputs, first, [0.5] * N, [4] * N)
-        for i, (o, g, it) in enumerate(zip(outputs, golds, items)):
-            row = {"answer": g}
-            rows.append({"task": task.name, "id": str(i), "prompt_sha256": "x", "output": o, "parsed": it["parsed"],
-                         "gold": tasks.gold_answer(task, row), "golds": tasks.gold_answers(task, row)})
+        study_blocks[task.name] = study.dataset_block(task.type, outputs, first, [0.5] * len(rows), [4] * len(rows))
+        for r, o, it in zip(rows, outputs, items):
+            preds.append({"task": task.name, "id": str(r["id"]), "prompt_sha256": "x", "output": o,
+                          "parsed": it["parsed"], "gold": tasks.gold_answer(task, r),
+                          "golds": tasks.gold_answers(task, r)})
     d = tmp_path / "e" / model
     d.mkdir(parents=True)
     (d / "metrics.json").write_text(json.dumps({
         "datasets": datasets, "study_profile": {"datasets": study_blocks}, "summary": {},
         "hardware": {"device": "cpu"}}))
-    pd.DataFrame(rows).to_parquet(d / "predictions.parquet")
+    pd.DataFrame(preds).to_parquet(d / "predictions.parquet")
     artifacts.commit_dir(store, "evaluations", f"{model}/e1", d, {"kind": "evaluation"})
 
 
@@ -75,12 +85,14 @@ def commit_model(store, tmp_path, name: str, manifest: dict) -> None:
     artifacts.commit_dir(store, "models", name, d, {"name": name, **manifest})
 
 
-def walk(store, tmp_path, task_list: list[tasks.TaskDef]) -> dict:
-    """Evaluate a base and its fine-tune on ``task_list``, build the report; return what it made."""
+def walk(store, tmp_path, task_list: list[tasks.TaskDef], task_rows: dict[str, list[dict]] | None = None) -> dict:
+    """Evaluate a base and its fine-tune on ``task_list`` (rows: ``task_rows`` or ``rows_of``),
+    build the report; return what it made."""
+    task_rows = task_rows or {t.name: rows_of(t) for t in task_list}
     commit_model(store, tmp_path, "base", {"kind": "base"})
     commit_model(store, tmp_path, "ft", {"kind": "trained", "base_model": "base", "parents": ["base"]})
     for model in ("base", "ft"):
-        commit_evaluation(store, tmp_path, model, task_list)
+        commit_evaluation(store, tmp_path, model, task_rows)
     evals = [("base", "e1"), ("ft", "e1")]
     steps = [{"key": f"evaluate:{m}/{e}", "stage": "evaluate", "output": f"{m}/{e}", "status": "succeeded"}
              for m, e in evals]
@@ -171,3 +183,82 @@ def test_ftlab_eval_help_lists_every_task(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for t in tasks.list_tasks():
         assert t.name in text, t.name
+
+
+NEW_TASKS = {
+    "sciq.yaml": r"""
+name: sciq
+short: sciq
+type: mcq4
+title: SciQ (4-way MCQ)
+system_prompt: Answer the science question. Output only the option letter inside \boxed{}, e.g. \boxed{A}.
+user_template: "{question}"
+hf_stem: sciq
+fields: {question: question_stem}
+metrics:
+  - {metric: accuracy, higher_is_better: true}
+  - {metric: macro_f1, higher_is_better: true}
+""",
+    "strategyqa.yaml": r"""
+name: strategyqa
+short: strategyqa
+type: boolq
+title: StrategyQA (yes/no)
+system_prompt: Answer the question with True (yes) or False (no) inside \boxed{}, e.g. \boxed{True}.
+user_template: "Question: {question}"
+hf_stem: strategyqa
+""",
+}
+
+
+def _records(task: str, n: int) -> list[dict]:
+    if task == "sciq":
+        return [{"id": f"s{i}", "question_stem": f"Which item {i} is a gas?",
+                 "choices": {"label": ["A", "B", "C", "D"], "text": ["ice", "steam", "rock", "wood"]},
+                 "answerKey": "ABCD"[i % 4]} for i in range(n)]
+    return [{"id": f"q{i}", "question": f"Is {i} even?", "answer": i % 2 == 0} for i in range(n)]
+
+
+@pytest.fixture
+def new_task_dir(tmp_path):
+    """FTLAB_TASK_DIRS holding the new YAMLs for one test; the registry restored afterwards."""
+    import os
+    folder = tmp_path / "my_tasks"
+    folder.mkdir()
+    for name, text in NEW_TASKS.items():
+        (folder / name).write_text(text)
+    saved = os.environ.get("FTLAB_TASK_DIRS")
+    os.environ["FTLAB_TASK_DIRS"] = str(folder)
+    tasks.reload_tasks()
+    yield folder
+    if saved is None:
+        os.environ.pop("FTLAB_TASK_DIRS", None)
+    else:
+        os.environ["FTLAB_TASK_DIRS"] = saved
+    tasks.reload_tasks()
+
+
+def test_a_new_task_is_one_yaml_file(store, tmp_path, new_task_dir):
+    """A task of an existing type (multiple choice, yes/no) as one YAML file in FTLAB_TASK_DIRS:
+    imported from HF-schema JSON Lines, scored under both profiles, in every report table."""
+    from services.common.data_import import import_dataset, load_split
+    data = tmp_path / "hf"
+    data.mkdir()
+    rows = {}
+    for name in ("sciq", "strategyqa"):
+        for split, n in (("train", 8), ("test", N)):
+            (data / f"{name}-{split}.jsonl").write_text(
+                "\n".join(json.dumps(r) for r in _records(name, n)) + "\n")
+        manifest = import_dataset(store, name, "hf", data)
+        assert manifest["splits"]["test"]["rows"] == N, manifest
+        rows[name] = load_split(store, name, "test").to_dict("records")
+    sciq = tasks.get_task("sciq")
+    assert rows["sciq"][1]["question"] == "Which item 1 is a gas? A. ice B. steam C. rock D. wood"
+    assert rows["sciq"][1]["answer"] == "B" and tasks.format_target(sciq, rows["sciq"][1]) == "\\boxed{B}"
+    assert sciq.headline == ("accuracy", True)
+    strategyqa = tasks.get_task("strategyqa")
+    assert strategyqa.headline == strategyqa.type.default_metrics[0]  # no ``metrics:``: the type's
+    made = walk(store, tmp_path, [sciq, strategyqa], rows)
+    assert not {t.name: m for t in (sciq, strategyqa) if (m := check_task(t, made))}
+    acc = made["vs"][(made["vs"].metric == "accuracy")].set_index("task")
+    assert acc.loc["sciq", "value"] == 100.0 and acc.loc["strategyqa", "value"] == 100.0
