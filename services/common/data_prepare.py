@@ -1,6 +1,7 @@
 """Data preparation: from raw files in their official layouts to reproducible, leak-checked splits.
 
-A **recipe** (YAML; the shipped ones are in ``flows/data/``, documented in ``docs/DATA.md``) names a
+A **recipe** (YAML; the shipped ones are in ``data_recipes/`` beside this module, which reads them,
+documented in ``docs/DATA.md``) names a
 task, and per split a source, filters and a draw::
 
     name: arc                      # the dataset written (``datasets/arc/``); --name overrides
@@ -52,7 +53,7 @@ from services.common.errors import NotFoundError, PreconditionError, ValidationE
 from services.common.storage import ObjectStore, make_uri
 from services.common.task_types import all_types
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "flows" / "data"
+RECIPES_DIR = Path(__file__).with_name("data_recipes")  # owned here, where they are read
 RECIPE_KEYS = {"name", "task", "description", "splits", "leakage"}
 SPLIT_KEYS = {"source", "n", "seed", "method", "stratify", "ratio", "filters"}
 FILE_SOURCE_KEYS, HUB_SOURCE_KEYS = {"path"}, {"hub", "config", "split"}
