@@ -571,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog="what storage holds: ftlab data list | ftlab model list | ftlab eval list")
     sub = p.add_subparsers(dest="command", required=True)
     from services.common.tasks import list_tasks
-    tasks = list_tasks()  # the task registry (services/common/tasks/*.yaml, FTLAB_TASK_DIRS)
+    tasks = list_tasks()  # the task registry (services/common/task_defs/*.yaml, FTLAB_TASK_DIRS)
     task_names = "one of " + ", ".join(f"{t.name} ({t.short})" for t in tasks)
 
     sub.add_parser("up", help="start the embedded stack (3 services on loopback)").set_defaults(func=cmd_up)

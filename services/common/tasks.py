@@ -22,6 +22,7 @@ import yaml
 
 from services.common.errors import ValidationError, quote
 from services.common.task_types import TaskType, all_types, get_type, type_names
+from services.common.task_types.base import DEFAULT_LABELS
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class TaskDef:
     system_prompt: str
     user_template: str        # str.format over canonical columns
     columns: tuple[str, ...]  # required canonical columns
-    labels: tuple[str, ...] = ("A", "B", "C", "D")   # mcq4 option letters the parser accepts
+    labels: tuple[str, ...] = DEFAULT_LABELS         # option letters (types with uses_labels)
     seed_stem: str | None = None                     # seed folder: {train,test}-<stem>.parquet
     hf_stem: str | None = None                       # hf folder: <stem>-{train,test}.jsonl
     hub_id: str | None = None
@@ -107,14 +108,14 @@ def task_from_mapping(data: Any, source: str = "<mapping>") -> TaskDef:
         for f in used:
             if f not in allowed:
                 p.append(f"{source}: user_template field {{{f}}} is not one of {allowed}")
-    labels = data.get("labels", ["A", "B", "C", "D"])
+    labels = data.get("labels", list(DEFAULT_LABELS))
     if "labels" in data and ttype is not None and not ttype.uses_labels:
         p.append(f"{source}: 'labels' only applies to type(s) "
                  f"{', '.join(t.name for t in all_types() if t.uses_labels)}")
     if (not isinstance(labels, list) or not 2 <= len(labels) <= 10
             or labels != list(string.ascii_uppercase[:len(labels)])):
         p.append(f"{source}: labels must be consecutive letters from A, 2 to 10 of them, got {labels!r}")
-        labels = ["A", "B", "C", "D"]
+        labels = list(DEFAULT_LABELS)
     for k in ("seed_stem", "hf_stem"):
         if k in data and not (isinstance(data[k], str) and data[k]):
             p.append(f"{source}: {k!r} must be a non-empty string")

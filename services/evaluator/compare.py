@@ -16,7 +16,7 @@ from services.common.errors import NotFoundError, ValidationError
 from services.common.parquet_io import frame_from_parquet_bytes
 from services.common.storage import ObjectStore, parse_uri
 from services.common.task_types import get_type
-from services.common.task_types.mcq4 import LABELS
+from services.common.task_types.base import DEFAULT_LABELS as LABELS
 from services.common.validation import Problems
 from services.evaluator import stats
 

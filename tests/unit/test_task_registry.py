@@ -262,3 +262,29 @@ def test_a_new_task_is_one_yaml_file(store, tmp_path, new_task_dir):
     assert not {t.name: m for t in (sciq, strategyqa) if (m := check_task(t, made))}
     acc = made["vs"][(made["vs"].metric == "accuracy")].set_index("task")
     assert acc.loc["sciq", "value"] == 100.0 and acc.loc["strategyqa", "value"] == 100.0
+
+
+MECHANISM = ["services/common/tasks.py", "services/common/data_import.py", "services/common/data_prepare.py",
+             "services/common/leakage.py", "services/evaluator/metrics.py", "services/evaluator/stats.py",
+             "services/evaluator/study.py", "services/evaluator/score.py", "services/evaluator/compare.py",
+             "flows/comparisons.py", "flows/aggregate.py", "flows/report.py", "flows/report_profiles.py",
+             "flows/report_ptq.py", "flows/plots.py", "flows/publish.py"]
+
+
+def test_mechanism_modules_name_no_task_and_no_task_type():
+    """Their string literals (docstrings aside) are never a task's name or short name, nor a type's
+    name: what differs per task is in its YAML, per type in its plugin."""
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    names = {n.lower() for t in tasks.list_tasks() for n in (t.name, t.short)} | {t.name for t in all_types()}
+    found = []
+    for rel in MECHANISM:
+        tree = ast.parse((root / rel).read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        found += [f"{rel}:{n.lineno}: {n.value!r}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+                  and n.value.lower() in names]
+    assert not found, found

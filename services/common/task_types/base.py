@@ -15,6 +15,9 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
+# The option letters of a task that sets none (the study's A-D; TaskDef.labels' default).
+DEFAULT_LABELS = ("A", "B", "C", "D")
+
 # Why a source record did not become a dataset row (the import manifest counts each kind).
 MISSING_FIELD = "missing_field"          # no question / context / gold in the record
 NON_NUMERIC_GOLD = "non_numeric_gold"    # math: the expected answer is not a single number

@@ -13,10 +13,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from services.common.task_types.base import (INVALID_GOLD, MISSING_FIELD, Dropped, TaskType, common, check_lengths,
-                                             f1, text, unwrap)
+from services.common.task_types.base import (DEFAULT_LABELS, INVALID_GOLD, MISSING_FIELD, Dropped, TaskType,
+                                             check_lengths, common, f1, text, unwrap)
 
-LABELS = ("A", "B", "C", "D")
+LABELS = DEFAULT_LABELS
 _STUDY_LABELS = ("A", "B", "C", "D")  # the study's parser knows A-D only
 
 
