@@ -34,7 +34,7 @@ def item_columns(task_type: str | TaskType, preds: list[str | None], golds: list
     return {**cols, "parsed_ok": np.array([p is not None for p in preds])}
 
 
-def headline_metrics(task_type: str | TaskType, cols: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+def resampled_metrics(task_type: str | TaskType, cols: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
     """Every CI metric for each row of ``idx`` (resamples x items); NaN where undefined."""
     out = {"accuracy": 100.0 * cols["correct"][idx].mean(1),
            "format_success_rate": 100.0 * cols["parsed_ok"][idx].mean(1)}
@@ -60,7 +60,7 @@ def bootstrap_ci(task_type: str | TaskType, preds: list, golds: list, n_resample
     if not preds:
         return {m: None for m in metrics}
     cols = item_columns(task_type, preds, golds, labels)
-    boot = headline_metrics(task_type, cols, _resamples(len(preds), n_resamples, seed))
+    boot = resampled_metrics(task_type, cols, _resamples(len(preds), n_resamples, seed))
     return {m: _interval(boot[m]) for m in metrics}
 
 
@@ -83,9 +83,9 @@ def paired(task_type: str | TaskType, preds_a: list, preds_b: list, golds: list,
     per-item right/wrong, the exact McNemar p-value and the discordant counts."""
     ca, cb = item_columns(task_type, preds_a, golds, labels), item_columns(task_type, preds_b, golds, labels)
     full = np.arange(len(golds))[None, :]
-    point_a, point_b = headline_metrics(task_type, ca, full), headline_metrics(task_type, cb, full)
+    point_a, point_b = resampled_metrics(task_type, ca, full), resampled_metrics(task_type, cb, full)
     idx = _resamples(len(golds), n_resamples, seed)
-    boot_a, boot_b = headline_metrics(task_type, ca, idx), headline_metrics(task_type, cb, idx)
+    boot_a, boot_b = resampled_metrics(task_type, ca, idx), resampled_metrics(task_type, cb, idx)
     out = {}
     for m in get_type(task_type).ci_metrics:
         a, b = float(point_a[m][0]), float(point_b[m][0])

@@ -53,7 +53,7 @@ def test_mcq_macro_f1_and_per_class_equal_sklearn_on_random_vectors(labels):
             assert got["per_class"][c] == pytest.approx({"precision": p[i], "recall": r[i], "f1": f[i]}, abs=ROUNDED)
         # the bootstrap's point estimate is the same definition
         cols = S.item_columns("mcq4", preds, golds, labels)
-        point = S.headline_metrics("mcq4", cols, np.arange(len(preds))[None, :])["macro_f1"][0]
+        point = S.resampled_metrics("mcq4", cols, np.arange(len(preds))[None, :])["macro_f1"][0]
         assert point == pytest.approx(want, abs=1e-9)
 
 
@@ -77,7 +77,7 @@ def test_yes_no_metrics_equal_sklearn_on_random_vectors():
             assert got[k] == pytest.approx(v, abs=ROUNDED), (k, preds, golds)
         assert got["accuracy"] == pytest.approx(100 * np.mean([p == g for p, g in zip(preds, golds)]), abs=0.005)
         cols = S.item_columns("boolq", preds, golds)
-        point = S.headline_metrics("boolq", cols, np.arange(n)[None, :])
+        point = S.resampled_metrics("boolq", cols, np.arange(n)[None, :])
         for k in ("f1_pos", "balanced_accuracy", "MCC"):
             assert point[k][0] == pytest.approx(want[k], abs=1e-9), k
 

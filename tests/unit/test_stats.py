@@ -22,7 +22,7 @@ def test_headline_on_all_items_equals_the_scorer(task_type):
     preds, golds, scorer = CASES[task_type]
     want = scorer(preds, golds)
     cols = S.item_columns(task_type, preds, golds)
-    got = S.headline_metrics(task_type, cols, np.arange(len(preds))[None, :])
+    got = S.resampled_metrics(task_type, cols, np.arange(len(preds))[None, :])
     for m in get_type(task_type).ci_metrics:
         w, g = want[m], float(got[m][0])
         assert (w is None and math.isnan(g)) or g == pytest.approx(w, abs=0.006), m
