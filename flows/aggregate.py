@@ -8,8 +8,9 @@ from typing import Any
 import pandas as pd
 
 from services.common import artifacts
-from services.common.errors import NotFoundError
+from services.common.errors import NotFoundError, ValidationError
 from services.common.storage import ObjectStore
+from services.common.tasks import TaskDef, get_task, list_tasks
 
 # The header of the study's metrics_summary.csv: our CSV starts with exactly these columns.
 STUDY_COLUMNS = [
@@ -18,15 +19,23 @@ STUDY_COLUMNS = [
     "OpenMathInstruct-2__avg_abs_diff", "OpenMathInstruct-2__latency_mean_s", "squad_v2__F1",
     "squad_v2__latency_mean_s",
 ]
-# Per task: the study's headline metric (key in metrics.json's datasets.<task>.metrics) and
-# whether higher is better. The study's scales: macro-F1 in [0, 1], SQuAD F1 in [0, 100].
-HEADLINE = {"ai2_arc": ("macro_f1", True), "squad_v2": ("F1", True), "OpenMathInstruct-2": ("avg_abs_diff", False)}
-# Our extra per-task metrics, when the evaluator reports them.
-TASK_EXTRA = {"ai2_arc": ["accuracy"], "squad_v2": ["EM", "accuracy"], "OpenMathInstruct-2": ["accuracy", "median_abs_diff"],
-              "boolq": ["f1_pos", "MCC", "balanced_accuracy", "macro_f1"]}
 OUR_COLUMNS = ["train_peak_rss_gb", "eval_peak_rss_gb", "eval_tokens_per_s", "eval_samples_per_s",
                "train_time_s", "train_tokens_per_s", "train_dtype", "model_size_gb", "method", "rank", "training_quant",
                "ptq_method", "quant_tag", "parent_model", "base_model", "train_dataset", "eval_id"]
+
+
+def task_headlines() -> dict[str, tuple[str, bool]]:
+    """Per registered task: its headline metric (a key of metrics.json's ``datasets.<task>``
+    block or of its ``metrics``) and whether higher is better: the first entry of the task YAML's
+    ``metrics``. The study's scales: macro-F1 in [0, 1], SQuAD F1 in [0, 100]."""
+    return {t.name: t.headline for t in list_tasks()}
+
+
+def _task(name: str) -> TaskDef | None:
+    try:
+        return get_task(name)
+    except ValidationError:  # an evaluation of a task no longer registered here: its generic columns only
+        return None
 
 
 def _json(store: ObjectStore, bucket: str, prefix: str, path: str) -> dict[str, Any] | None:
@@ -83,13 +92,11 @@ def summary_row(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
     }
     for task, d in ev["datasets"].items():
         m = d["metrics"]
-        if task in HEADLINE and HEADLINE[task][0] in m:
-            row[f"{task}__{HEADLINE[task][0]}"] = m[HEADLINE[task][0]]
         row[f"{task}__latency_mean_s"] = d["latency_seconds"]["mean"]
         row[f"{task}__accuracy"] = d["accuracy"]
         row[f"{task}__format_success_rate"] = d["format_success_rate"]
         row[f"{task}__samples"] = d.get("total_samples")
-        for k in TASK_EXTRA.get(task, []):
+        for k, _ in (t.metrics if (t := _task(task)) else ()):  # the task YAML's metrics, headline first
             if k in m:
                 row[f"{task}__{k}"] = m[k]
         if "engine_check" in d:  # vLLM vs HF generate on the same first items (services/evaluator/engines.py)

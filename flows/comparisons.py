@@ -13,12 +13,9 @@ import pandas as pd
 from services.common import artifacts
 from services.common.errors import NotFoundError
 from services.common.storage import ObjectStore
+from services.common.task_types import get_type
 from services.evaluator.compare import compare
 
-# Per task type: the metrics the report leads with (their scales as in metrics.json).
-LEAD_METRICS = {"mcq4": ("format_success_rate", "accuracy", "macro_f1"),
-                "squad_v2": ("format_success_rate", "F1", "NoAns_Accuracy", "HasAns_F1"),
-                "math_numeric": ("format_success_rate", "accuracy", "avg_abs_diff")}
 COLUMNS = ["model", "vs", "relation", "task", "metric", "items", "parent_value", "value", "diff",
            "ci95_low", "ci95_high", "mcnemar_p", "clear"]
 
@@ -49,7 +46,7 @@ def vs_parent_table(store: ObjectStore, evaluations: list[tuple[str, str]], n_re
         except NotFoundError:  # an evaluation without per-item predictions cannot be paired
             continue
         for task, entry in result["tasks"].items():
-            for metric in LEAD_METRICS.get(entry["type"], ()):
+            for metric in get_type(entry["type"]).lead_metrics:  # the type's plugin: what the report leads with
                 r = entry.get("metrics", {}).get(metric)
                 if r is None or r["diff"] is None:
                     continue

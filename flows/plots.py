@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from flows.aggregate import HEADLINE, train_memory_gb  # noqa: E402
+from flows.aggregate import task_headlines, train_memory_gb  # noqa: E402
 
 TITLES = {"score_vs_memory": "Score vs training peak memory (Pareto front)",
           "latency": "Mean latency per task and model",
@@ -23,11 +23,12 @@ TITLES = {"score_vs_memory": "Score vs training peak memory (Pareto front)",
 
 
 def _tasks(table: pd.DataFrame) -> list[str]:
-    return [t for t, (m, _) in HEADLINE.items() if f"{t}__{m}" in table.columns and table[f"{t}__{m}"].notna().any()]
+    return [t for t, (m, _) in task_headlines().items()
+            if f"{t}__{m}" in table.columns and table[f"{t}__{m}"].notna().any()]
 
 
 def _score_label(task: str) -> str:
-    metric, higher = HEADLINE[task]
+    metric, higher = task_headlines()[task]
     return f"{task} {metric} ({'higher' if higher else 'lower'} is better)"
 
 
@@ -63,7 +64,7 @@ def plot_score_vs_memory(table: pd.DataFrame, path: Path) -> Path | None:
     if not rows or not tasks:
         return None
     kind = rows[0][2]
-    panels = [(t, HEADLINE[t][0], HEADLINE[t][1]) for t in tasks]
+    panels = [(t, *task_headlines()[t]) for t in tasks]
     # Format success too where it varies: for a small model it is what fine-tuning changes first.
     panels += [(t, "format_success_rate", True) for t in tasks if f"{t}__format_success_rate" in table.columns
                and table[f"{t}__format_success_rate"].nunique(dropna=True) > 1]
@@ -158,7 +159,7 @@ def plot_rank_sweep(table: pd.DataFrame, path: Path) -> Path | None:
         return None
     fig, axes = _grid(len(tasks), TITLES["rank_sweep"])
     for ax, task in zip(axes, tasks):
-        metric = HEADLINE[task][0]
+        metric = task_headlines()[task][0]
         col, lo, hi = f"{task}__{metric}", f"{task}__{metric}__ci95_low", f"{task}__{metric}__ci95_high"
         keys = ["base_model", "train_dataset", "method", "training_quant"]
         for key, g in adapters.groupby([k for k in keys if k in adapters.columns], dropna=False):
@@ -187,7 +188,7 @@ def plot_ptq_size(table: pd.DataFrame, path: Path) -> Path | None:
     fig, axes = _grid(len(tasks), TITLES["ptq_size"])
     number = {m: i for i, m in enumerate(rows["model"])}
     for ax, task in zip(axes, tasks):
-        col = f"{task}__{HEADLINE[task][0]}"
+        col = f"{task}__{task_headlines()[task][0]}"
         for method, g in rows.groupby(rows["ptq_method"].fillna("none (source)")):
             ax.scatter(g["model_size_gb"], g[col], s=45, label=method)
             for _, r in g.iterrows():  # numbered; the names are in the key under the panels

@@ -10,9 +10,16 @@ from typing import Any
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-SUMMARY_COLUMNS = ("model", "method", "rank", "quant_tag", "ai2_arc__format_success_rate", "ai2_arc__accuracy",
-                   "ai2_arc__macro_f1", "squad_v2__F1", "OpenMathInstruct-2__accuracy", "train_peak_rss_gb",
-                   "train_peak_vram_reserved_gb", "eval_samples_per_s", "model_size_gb")
+from services.common.tasks import list_tasks
+
+
+def summary_columns() -> list[str]:
+    """The summary excerpt's columns: per registered task its format success and its YAML's first two
+    metrics (the headline first), between the model's facts and its cost."""
+    per_task = [f"{t.name}__{m}" for t in list_tasks()
+                for m in dict.fromkeys(["format_success_rate", *(m for m, _ in t.metrics[:2])])]
+    return ["model", "method", "rank", "quant_tag", *per_task, "train_peak_rss_gb", "train_peak_vram_reserved_gb",
+            "eval_samples_per_s", "model_size_gb"]
 
 
 def artifact_key(experiment: str, what: str) -> str:
@@ -39,7 +46,7 @@ def publish(experiment: str, run_id: str, report: dict[str, Any]) -> list[str]:
         key = artifact_key(experiment, "findings")
         create_markdown_artifact(key=key, markdown="\n".join(lines), description=f"{experiment}: what changed")
         keys.append(key)
-    table = [{c: r.get(c) for c in SUMMARY_COLUMNS if c in r} for r in report.get("table") or []]
+    table = [{c: r.get(c) for c in summary_columns() if c in r} for r in report.get("table") or []]
     if table:
         key = artifact_key(experiment, "summary")
         create_table_artifact(key=key, table=table, description=f"{experiment} run {run_id}: metrics_summary (excerpt)")

@@ -13,19 +13,21 @@ from typing import Any
 
 import pandas as pd
 
-from flows.aggregate import HEADLINE, summary_table
+from flows.aggregate import summary_table, task_headlines
 from flows.comparisons import vs_parent_table
 from flows.plots import TITLES, make_plots, plot_loss_curves
 from flows.report_ptq import degradation_table, markdown_section
 from services.common import artifacts
 from services.common.errors import NotFoundError
 from services.common.storage import ObjectStore
+from services.common.tasks import list_tasks
 
 NOT_DONE = ("failed", "blocked", "cancelled")
-# The columns shown in the report's summary table (all of them are in the CSV).
-SHOWN = ["model", "method", "rank", "quant_tag", "ai2_arc__macro_f1", "ai2_arc__accuracy",
-         "squad_v2__F1", "OpenMathInstruct-2__avg_abs_diff", "OpenMathInstruct-2__accuracy",
-         "train_peak_vram_reserved_gb", "train_peak_rss_gb", "train_dtype", "eval_tokens_per_s", "eval_engine", "model_size_gb"]
+# The columns shown in the report's summary table (all of them are in the CSV): these, with each
+# task's first two metrics (its YAML's ``metrics``: the headline, then the next) after quant_tag.
+SHOWN_MODEL = ["model", "method", "rank", "quant_tag"]
+SHOWN_COST = ["train_peak_vram_reserved_gb", "train_peak_rss_gb", "train_dtype", "eval_tokens_per_s", "eval_engine",
+              "model_size_gb"]
 
 
 @dataclass
@@ -47,7 +49,8 @@ def evaluations_of(steps: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def shown_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in SHOWN if c in table.columns and (c == "model" or table[c].notna().any())]
+    shown = SHOWN_MODEL + [f"{t.name}__{m}" for t in list_tasks() for m, _ in t.metrics[:2]] + SHOWN_COST
+    return [c for c in shown if c in table.columns and (c == "model" or table[c].notna().any())]
 
 
 def _reproduce(info: RunInfo) -> list[str]:
@@ -98,9 +101,10 @@ def _markdown(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict
              f"- steps: {len(steps)} ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))})",
              f"- wall time: {info.finished_at - info.started_at:.0f} s" if info.finished_at else "",
              f"- models in the table: {len(table)}", "", *_lead_md(vs), "## Summary", "",
-             "Headline metrics as in the study: " + ", ".join(
-                 f"{t} {m} ({'higher' if h else 'lower'} is better)" for t, (m, h) in HEADLINE.items())
-             + ". Every column is in `metrics_summary.csv` (the study's columns first).", "",
+             "Headline metrics (each task's YAML; the study's where it had the task): " + ", ".join(
+                 f"{t} {m} ({'higher' if h else 'lower'} is better)" for t, (m, h) in task_headlines().items()
+                 if f"{t}__{m}" in table.columns and table[f"{t}__{m}"].notna().any()) + ". Every column is in `metrics_summary.csv` (the study's "
+             "columns first).", "",
              _md_table(table[shown_columns(table)]) if len(table) else "(no evaluations)",
              "", "## Plots", ""]
     lines += [f"### {TITLES[n]}\n\n![{TITLES[n]}]({p.name})\n" for n, p in plots.items()] or ["(no data to plot)"]

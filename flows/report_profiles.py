@@ -7,27 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from services.common import artifacts
+from services.common.errors import ValidationError
 from services.common.storage import ObjectStore
-
-# Why the profiles can differ, per task type (ftlab first, then the study).
-WHY = {
-    "mcq4": "ftlab reads the last complete \\boxed{} and accepts (B), B., Option B and 1-4 for A-D; the study "
-            "reads the first \\boxed{ up to the first }, takes the first A-D character of the upper-cased "
-            "answer (\"the answer is C\" gives A) and gives digits no answer. ftlab's macro-F1 averages every "
-            "label of the task (the YAML's), a format failure a miss of the gold's class; the study's averages "
-            "A-D over the items where gold and prediction are both A-D.",
-    "squad_v2": "ftlab scores the best of ALL gold answers (the official script) and an unboxed answer as a "
-                "format failure; the study scores the first gold only, an unboxed answer as an abstention, "
-                "a gold reading None/unknown/null as unanswerable, and \\boxed{unanswerable} as EM 0 against "
-                "an unanswerable gold (its empty-like set covers NoAns/AvNA only).",
-    "math_numeric": "ftlab reads the last complete \\boxed{} and parses 1,234, $5, \\frac{3}{4}, 50\\%, units; "
-                    "correct iff |diff| <= 1e-4. The study applies float() to the first \\boxed{ up to the first } "
-                    "(anything else is wrong) and counts |diff| < 1e-4.",
-    "boolq": "ftlab reads the last complete \\boxed{} (true/false/yes/no); balanced accuracy averages the "
-             "classes present among the golds. The study reads the first box (true/t/yes/y/1, false/f/no/n/0) "
-             "and averages both recalls, 0 for a class absent from the golds.",
-}
-
+from services.common.task_types import get_type
 
 def profile_rows(store: ObjectStore, evaluations: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """One row per (model, task, metric) whose ftlab and study values differ."""
@@ -60,8 +42,16 @@ def profiles_markdown(store: ObjectStore, evaluations: list[tuple[str, str]]) ->
     lines += [f"| {r['model']} | {r['task']} | {r['metric']} | {r['ftlab']} | {r['study']} |" for r in rows]
     lines += ["", "Why they differ:", ""]
     by_task = {r["task"]: r["type"] for r in rows}
-    lines += [f"- **{t}**: {WHY.get(ty, 'see docs/EVALUATOR.md')}" for t, ty in by_task.items()]
+    lines += [f"- **{t}**: {_why(ty)}" for t, ty in by_task.items()]
     return "\n".join(lines + [""])
+
+
+def _why(task_type: str) -> str:
+    """Why the profiles can differ for this type (ftlab first, then the study): its plugin's note."""
+    try:
+        return get_type(task_type).profile_note
+    except ValidationError:
+        return "see docs/EVALUATOR.md"
 
 
 def profiles_html(store: ObjectStore, evaluations: list[tuple[str, str]]) -> str:

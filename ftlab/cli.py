@@ -150,7 +150,7 @@ def cmd_data_list(args) -> int:
 def cmd_data_leakage(args) -> int:
     from services.common import leakage
     from services.common.data_prepare import source_rows
-    from services.common.tasks import TaskType, get_task
+    from services.common.tasks import get_task
     problems = []
     try:
         task = get_task(args.task)
@@ -175,7 +175,7 @@ def cmd_data_leakage(args) -> int:
             problems += exc.problems
     if problems:
         raise ValidationError(problems)
-    report = leakage.check(rows[0], rows[1], pair=task.type is TaskType.SQUAD_V2, threshold=args.threshold,
+    report = leakage.check(rows[0], rows[1], pair=task.type.leakage_pair, threshold=args.threshold,
                            n=args.ngram, examples=args.examples)
     print(json.dumps({k: v for k, v in report.items() if not k.startswith("train_ids")}, indent=2,
                      ensure_ascii=False))
@@ -622,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog="what storage holds: ftlab data list | ftlab model list | ftlab eval list")
     sub = p.add_subparsers(dest="command", required=True)
     from services.common.tasks import list_tasks
-    tasks = list_tasks()  # the task registry (services/common/tasks/*.yaml, FTLAB_TASK_DIRS)
+    tasks = list_tasks()  # the task registry (services/common/task_defs/*.yaml, FTLAB_TASK_DIRS)
     task_names = "one of " + ", ".join(f"{t.name} ({t.short})" for t in tasks)
 
     sub.add_parser("up", help="start the embedded stack (3 services on loopback)").set_defaults(func=cmd_up)

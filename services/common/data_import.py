@@ -1,5 +1,5 @@
 """Data import: a task's train/test splits from a source into the ``datasets`` bucket, in the
-canonical schema of its task type (``tasks.TYPE_COLUMNS``), committed with a manifest.
+canonical schema of its task type (``TaskType.columns``), committed with a manifest.
 
 Sources:
   seed  a folder with the study's ``train-<seed_stem>.parquet`` / ``test-<seed_stem>.parquet``
@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
-import string
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -33,6 +31,10 @@ from services.common.artifacts import commit_dir, read_file, read_manifest, requ
 from services.common.errors import NotFoundError, PreconditionError, ValidationError
 from services.common.parquet_io import frame_from_parquet_bytes
 from services.common.storage import ObjectStore, make_uri
+# Why a source record did not become a dataset row (the manifest counts each kind); raised by the
+# task types' converters.
+from services.common.task_types.base import (DROP_REASONS, DUPLICATE_ID, INVALID_GOLD, MISSING_FIELD,  # noqa: F401
+                                             NON_NUMERIC_GOLD, UNUSABLE_GOLD, Dropped)
 
 BUCKET = "datasets"
 SCHEMA_VERSION = 1
@@ -41,123 +43,24 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 _SPLIT_RE = re.compile(r"[a-z][a-z0-9_]*")
 
 
-# Why a source record did not become a dataset row (the manifest counts each kind).
-MISSING_FIELD = "missing_field"          # no question / context / gold in the record
-NON_NUMERIC_GOLD = "non_numeric_gold"    # math: the expected answer is not a single number
-INVALID_GOLD = "invalid_gold"            # multiple choice: the gold is not one of the option labels
-DUPLICATE_ID = "duplicate_id"            # the source id repeats an earlier record's
-UNUSABLE_GOLD = "unusable_gold"          # a converter refused the record without naming a reason
-DROP_REASONS = (MISSING_FIELD, NON_NUMERIC_GOLD, INVALID_GOLD, DUPLICATE_ID, UNUSABLE_GOLD)
-
-
-class Dropped(Exception):
-    """Raised by a converter for a record that cannot become a row; ``reason`` is one of DROP_REASONS."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
 def validate_columns(task: str | T.TaskDef, df: pd.DataFrame) -> None:
     """Raise ValidationError naming every canonical column ``df`` lacks."""
     task = T.get_task(task)
     missing = [c for c in task.columns if c not in df.columns]
     if missing:
         raise ValidationError(f"task {task.name}: missing column(s) {missing}; "
-                              f"a {task.type.value} dataset needs {list(task.columns)}")
+                              f"a {task.type.name} dataset needs {list(task.columns)}")
 
 
 # ---------------------------------------------------------------------------------------------
-# One record (seed row or HF-schema record) → canonical row, or None when its gold is unusable
-
-def _text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value)
-
-
-def _mcq_row(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
-    question = _text(rec.get("question")).strip()
-    gold: Any = rec.get("answerKey", rec.get("answer"))
-    choices = rec.get("choices")
-    if choices is not None:
-        # Inline the options exactly as the study's seed does: "<question> A. <text> B. <text> ..."
-        if isinstance(choices, Mapping):
-            labels, texts = [str(x) for x in choices["label"]], list(choices["text"])
-        else:
-            texts = list(choices)
-            labels = list(string.ascii_uppercase[:len(texts)])
-        question = question + " " + " ".join(f"{lab}. {txt}" for lab, txt in zip(labels, texts))
-        # The gold is an option label (A–D, or 1–4 on a few ARC items) or a 0-based index.
-        if isinstance(gold, (int, np.integer)) and not isinstance(gold, bool):
-            gold = string.ascii_uppercase[int(gold)] if 0 <= int(gold) < 26 else None
-        elif _text(gold) in labels:
-            gold = string.ascii_uppercase[labels.index(_text(gold))]
-    if not question or gold is None or _text(gold).strip() == "":
-        raise Dropped(MISSING_FIELD)
-    answer = T.normalise_answer(task, _text(gold))
-    if answer is None:
-        raise Dropped(INVALID_GOLD)
-    return {"id": _text(rec.get("id") or rec.get("title")), "question": question, "answer": answer}
-
-
-def _gold_texts(rec: Mapping[str, Any]) -> list[str]:
-    """Every gold answer in dataset order; [] when the dataset marks the question unanswerable.
-    Golds are never mapped through the no-answer synonyms: a gold span "None" stays a gold."""
-    if "answers" in rec and rec["answers"] is not None and not isinstance(rec["answers"], str):
-        answers = rec["answers"]  # official: [{"text", "answer_start"}]; hub: {"text": [...], ...}
-        texts = answers.get("text", []) if isinstance(answers, Mapping) else [
-            a["text"] if isinstance(a, Mapping) else a for a in answers]
-        texts = [str(t) for t in texts]
-    else:  # seed: one string, "" when unanswerable
-        one = _text(rec.get("answer", rec.get("answers")))
-        texts = [one] if one != "" else []
-    return [] if rec.get("is_impossible") is True else texts
-
-
-def _squad_row(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
-    if "answer" not in rec and "answers" not in rec:
-        raise Dropped(MISSING_FIELD)
-    answers = _gold_texts(rec)
-    row = {"id": _text(rec.get("id")), "title": _text(rec.get("title")), "context": _text(rec.get("context")),
-           "question": _text(rec.get("question")).strip(), "answer": answers[0] if answers else "",
-           "answers": answers}
-    if not row["context"] or not row["question"]:
-        raise Dropped(MISSING_FIELD)
-    return row
-
-
-def _math_row(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
-    question = _text(rec.get("question", rec.get("problem"))).strip()
-    gold = rec.get("answer", rec.get("expected_answer"))
-    if not question or gold is None or _text(gold).strip() == "":
-        raise Dropped(MISSING_FIELD)
-    answer = T.normalise_answer(task, gold)
-    if answer is None:
-        raise Dropped(NON_NUMERIC_GOLD)
-    return {"id": _text(rec.get("id")), "question": question, "answer": answer}
-
-
-def _yesno_row(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
-    # HF schema (google/boolq): question, passage, answer (bool); the study's seed: context for passage.
-    question = _text(rec.get("question")).strip()
-    answer = T.normalise_answer(task, rec.get("answer")) if rec.get("answer") is not None else None
-    if not question or answer is None:
-        return None
-    return {"id": _text(rec.get("id")), "context": _text(rec.get("passage", rec.get("context"))),
-            "question": question, "answer": answer}
-
-
-_CONVERTERS = {T.TaskType.MCQ4: _mcq_row, T.TaskType.SQUAD_V2: _squad_row, T.TaskType.MATH_NUMERIC: _math_row,
-               T.TaskType.BOOLQ: _yesno_row}
-
+# One record (seed row or HF-schema record) → canonical row: the task type's ``import_row``
 
 def _canonical(task: T.TaskDef, rec: Mapping[str, Any]) -> dict | None:
     rec = dict(rec)
     for hf_field, src_field in task.fields:  # a dataset whose field names differ from the HF schema
         if src_field in rec:
             rec[hf_field] = rec.pop(src_field)
-    return _CONVERTERS[task.type](task, rec)
+    return task.type.import_row(task, rec)
 
 
 def convert_records(task: T.TaskDef, records: Iterable[Mapping[str, Any]]) -> tuple[list[dict], Counter]:
@@ -392,7 +295,7 @@ def import_dataset(store: ObjectStore, task: str | T.TaskDef, source: str, path:
             split_info[s] = {"rows": len(df), "sha256": write_split(taskdef, df, Path(tmp, f"{s}.parquet")),
                              "columns": list(taskdef.columns), "read": read, "dropped": sum(drops.values()),
                              "drops": dict(sorted(drops.items()))}
-        manifest = {"name": name, "task": taskdef.name, "task_type": taskdef.type.value, "source": source,
+        manifest = {"name": name, "task": taskdef.name, "task_type": taskdef.type.name, "source": source,
                     **meta, "splits": split_info, "schema_version": SCHEMA_VERSION}
         return commit_dir(store, BUCKET, name, tmp, manifest, overwrite=overwrite)
 

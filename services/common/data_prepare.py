@@ -1,6 +1,7 @@
 """Data preparation: from raw files in their official layouts to reproducible, leak-checked splits.
 
-A **recipe** (YAML; the shipped ones are in ``flows/data/``, documented in ``docs/DATA.md``) names a
+A **recipe** (YAML; the shipped ones are in ``data_recipes/`` beside this module, which reads them,
+documented in ``docs/DATA.md``) names a
 task, and per split a source, filters and a draw::
 
     name: arc                      # the dataset written (``datasets/arc/``); --name overrides
@@ -50,15 +51,16 @@ from services.common import tasks as T
 from services.common.artifacts import commit_dir, read_manifest, require_manifest, sha256_file
 from services.common.errors import NotFoundError, PreconditionError, ValidationError
 from services.common.storage import ObjectStore, make_uri
+from services.common.task_types import all_types
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "flows" / "data"
+RECIPES_DIR = Path(__file__).with_name("data_recipes")  # owned here, where they are read
 RECIPE_KEYS = {"name", "task", "description", "splits", "leakage"}
 SPLIT_KEYS = {"source", "n", "seed", "method", "stratify", "ratio", "filters"}
 FILE_SOURCE_KEYS, HUB_SOURCE_KEYS = {"path"}, {"hub", "config", "split"}
 FILTER_KEYS = {"max_prompt_tokens", "tokenizer", "plain_number_gold"}
 LEAKAGE_KEYS = {"target", "drop", "near_threshold", "ngram", "examples"}
 METHODS = ("seeded", "study")
-STRATIFY = ("none", "answer", "answerable")
+STRATIFY = ("none", *sorted({s for t in all_types() for s in t.strata}))  # what the task types offer
 SOURCE_SUFFIXES = (".parquet", ".jsonl", ".json")
 # Drop reasons added by preparation (besides data_import.DROP_REASONS).
 FILTER_PLAIN_NUMBER = "filter_plain_number_gold"
@@ -176,9 +178,9 @@ def _validate_split(task: T.TaskDef | None, split: Any, spec: Any, where: str, c
     elif strat != "none":
         if method == "study":
             p.append(f"{where}: method 'study' (the study's plain pandas sample) cannot stratify")
-        need = T.TaskType.SQUAD_V2 if strat == "answerable" else T.TaskType.MCQ4
-        if task is not None and task.type is not need:
-            p.append(f"{where}.stratify: {strat!r} applies to {need.value} tasks, not {task.type.value}")
+        if task is not None and strat not in task.type.strata:
+            need = ", ".join(t.name for t in all_types() if strat in t.strata)
+            p.append(f"{where}.stratify: {strat!r} applies to {need} tasks, not {task.type.name}")
     ratio = spec.get("ratio")
     if ratio is not None:
         known = _strata_names(task, strat)
@@ -211,8 +213,9 @@ def _validate_split(task: T.TaskDef | None, split: Any, spec: Any, where: str, c
     if "plain_number_gold" in filters:
         if not isinstance(filters["plain_number_gold"], bool):
             p.append(f"{where}.filters.plain_number_gold must be true or false")
-        if task is not None and task.type is not T.TaskType.MATH_NUMERIC:
-            p.append(f"{where}.filters.plain_number_gold applies to math_numeric tasks, not {task.type.value}")
+        if task is not None and "plain_number_gold" not in task.type.filters:
+            need = ", ".join(t.name for t in all_types() if "plain_number_gold" in t.filters)
+            p.append(f"{where}.filters.plain_number_gold applies to {need} tasks, not {task.type.name}")
     return p
 
 
@@ -238,11 +241,9 @@ def _validate_source(src: Any, where: str, check: bool) -> list[str]:
 
 
 def _strata_names(task: T.TaskDef | None, strat: str) -> list[str] | None:
-    if strat == "answerable":
-        return ["answerable", "unanswerable"]
-    if strat == "answer" and task is not None:
-        return list(task.labels)
-    return None
+    if task is None or strat not in task.type.strata:
+        return None
+    return task.type.strata_names(task, strat)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,11 +367,7 @@ def candidates(task: T.TaskDef, records: list[dict], filters: Mapping[str, Any])
 
 
 def stratum(task: T.TaskDef, strat: str, row: Mapping[str, Any]) -> str:
-    if strat == "answerable":
-        return "answerable" if len(row["answers"]) else "unanswerable"
-    if strat == "answer":
-        return row["answer"]
-    return "all"
+    return task.type.strata[strat](row) if strat in task.type.strata else "all"
 
 
 def targets(n: int, shares: Mapping[str, float]) -> dict[str, int]:
@@ -447,7 +444,7 @@ def prepare(store: ObjectStore, recipe: str | os.PathLike | Mapping[str, Any], n
     leak_cfg = recipe.get("leakage", {})
     target = leak_cfg.get("target", "train" if "train" in specs and len(specs) > 1 else None)
     drop = leak_cfg.get("drop", True)
-    pair = task.type is T.TaskType.SQUAD_V2
+    pair = task.type.leakage_pair
     # The target split is drawn last, from a pool cleaned of the other splits' items.
     order = [s for s in specs if s != target] + ([target] if target else [])
     problems: list[str] = []
@@ -493,7 +490,7 @@ def prepare(store: ObjectStore, recipe: str | os.PathLike | Mapping[str, Any], n
             split_info[s] = {"rows": len(df), "sha256": D.write_split(task, df, Path(tmp, f"{s}.parquet")),
                              "columns": list(task.columns), "dropped": sum(i["drops"].values()), **i}
         clean = {k: v for k, v in recipe.items() if not k.startswith("_")}
-        manifest = {"name": name, "task": task.name, "task_type": task.type.value, "source": "prepare",
+        manifest = {"name": name, "task": task.name, "task_type": task.type.name, "source": "prepare",
                     "recipe": clean, "recipe_file": recipe["_file"], "recipe_sha256": recipe["_sha256"],
                     "splits": split_info, "leakage": report, "schema_version": D.SCHEMA_VERSION}
         return commit_dir(store, D.BUCKET, name, tmp, manifest, overwrite=overwrite)

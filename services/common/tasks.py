@@ -1,64 +1,40 @@
 r"""Task definitions: the prompt, the ``\boxed{}`` answer format and the parser, defined once per
 task so that the trainer trains on exactly what the evaluator parses (DESIGN principle 6).
 
-A task is DATA (a YAML file under ``services/common/tasks/`` or in a folder named by the env var
-``FTLAB_TASK_DIRS``) over one of three task types implemented here. A new multiple-choice,
-extractive or numeric dataset needs a YAML file, not code.
+A task is DATA (a YAML file under ``services/common/task_defs/`` or in a folder named by the env
+var ``FTLAB_TASK_DIRS``) over one of the task types in ``services/common/task_types/`` (one plugin
+module per type: columns, answer normalisation, scorers, report metrics). A new multiple-choice,
+extractive, numeric or yes/no dataset needs a YAML file, not code. This module is the mechanism
+(the registry of TaskDefs, prompts, targets, the ``\boxed{}`` parser); it names no task and no type.
 """
 from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 import re
 import string
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import yaml
 
 from services.common.errors import ValidationError, quote
-
-
-class TaskType(str, Enum):
-    MCQ4 = "mcq4"                  # multiple choice, answer a letter
-    SQUAD_V2 = "squad_v2"          # extractive span from a passage, may be unanswerable
-    MATH_NUMERIC = "math_numeric"  # a single number
-    BOOLQ = "boolq"                # yes/no question about a passage (the study's kind name)
-
-
-# The canonical dataset columns per type (data_import writes exactly these).
-TYPE_COLUMNS: dict[TaskType, tuple[str, ...]] = {
-    TaskType.MCQ4: ("id", "question", "answer"),
-    TaskType.SQUAD_V2: ("id", "title", "context", "question", "answer", "answers"),
-    TaskType.MATH_NUMERIC: ("id", "question", "answer"),
-    TaskType.BOOLQ: ("id", "context", "question", "answer"),
-}
-# Columns a reader can do without: a SQuAD set imported before ``answers`` existed falls back to
-# its single ``answer`` (``gold_answers``), so the services' doors accept it.
-OPTIONAL_COLUMNS = frozenset({"answers"})
-
-# What the model writes for "no answer in the passage"; the parser maps it (and the study's other
-# empty-like answers) to "", an abstention. Only PREDICTIONS are mapped: a gold is unanswerable
-# only when the dataset says so (an empty list of answers), never because its text is "None".
-UNANSWERABLE = "unanswerable"
-EMPTY_LIKE = frozenset({"", "unanswerable", "unknown", "no answer", "none", "null", "n/a", "empty"})
+from services.common.task_types import TaskType, all_types, get_type, type_names
+from services.common.task_types.base import DEFAULT_LABELS
 
 
 @dataclass(frozen=True)
 class TaskDef:
     name: str                 # the study's metric name: "ai2_arc", "squad_v2", "OpenMathInstruct-2"
     short: str                # dataset / model naming: "arc", "squad", "openmath"
-    type: TaskType
+    type: TaskType            # the plugin (services/common/task_types/<type>.py)
     title: str                # the study's display title, e.g. "ARC (4-way MCQ)"
     system_prompt: str
     user_template: str        # str.format over canonical columns
     columns: tuple[str, ...]  # required canonical columns
-    labels: tuple[str, ...] = ("A", "B", "C", "D")   # mcq4 option letters the parser accepts
+    labels: tuple[str, ...] = DEFAULT_LABELS         # option letters (types with uses_labels)
     seed_stem: str | None = None                     # seed folder: {train,test}-<stem>.parquet
     hf_stem: str | None = None                       # hf folder: <stem>-{train,test}.jsonl
     hub_id: str | None = None
@@ -66,14 +42,28 @@ class TaskDef:
     hub_splits: tuple[tuple[str, str], ...] = (("train", "train"), ("test", "test"))  # ours → hub's
     hub_streaming: bool = False                      # stream huge hub splits instead of downloading
     fields: tuple[tuple[str, str], ...] = ()         # HF-schema field → this source's field name
+    # (metric, higher_is_better) as the YAML's ``metrics:`` lists them (lm-eval's ``metric_list``);
+    # the first is the task's headline. Default: the type's ``default_metrics``.
+    metrics: tuple[tuple[str, bool], ...] = ()
     source_file: str | None = None
+
+    @property
+    def headline(self) -> tuple[str, bool]:
+        """(metric, higher_is_better) the report and the plots rank this task by."""
+        return self.metrics[0]
+
+    def normalise(self, value: Any) -> str | None:
+        """One answer (gold or parsed) in the type's canonical form, or None if it has none."""
+        return self.type.normalise(self, value)
 
 
 # ---------------------------------------------------------------------------------------------
 # YAML → TaskDef, reporting every problem at once
 
 _KEYS = {"name", "short", "type", "title", "system_prompt", "user_template", "labels",
-         "seed_stem", "hf_stem", "hub", "fields"}
+         "seed_stem", "hf_stem", "hub", "fields", "metrics"}
+_METRIC_KEYS = {"metric", "higher_is_better"}
+_NOT_A_SCORE = frozenset({"per_class", "confusion_matrix", "support", "parsed"})
 _HUB_KEYS = {"id", "config", "splits", "streaming"}
 # short ends up inside model names like Qwen3-8B-openmath_SFT_LoRa256: no '_' or '-' allowed.
 _SHORT_RE = re.compile(r"[a-z][a-z0-9]*")
@@ -102,12 +92,12 @@ def task_from_mapping(data: Any, source: str = "<mapping>") -> TaskDef:
     ttype = None
     if isinstance(data.get("type"), str):
         try:
-            ttype = TaskType(data["type"])
-        except ValueError:
-            p.append(f"{source}: unknown type {data['type']!r} (known: {', '.join(t.value for t in TaskType)})")
+            ttype = get_type(data["type"])
+        except ValidationError:
+            p.append(f"{source}: unknown type {data['type']!r} (known: {', '.join(type_names())})")
     if isinstance(data.get("system_prompt"), str) and "\\boxed" not in data["system_prompt"]:
         p.append(f"{source}: system_prompt must ask for the answer inside \\boxed{{}}")
-    columns = TYPE_COLUMNS.get(ttype, ())
+    columns = ttype.columns if ttype else ()
     if isinstance(data.get("user_template"), str) and ttype:
         try:
             used = _template_fields(data["user_template"])
@@ -118,13 +108,14 @@ def task_from_mapping(data: Any, source: str = "<mapping>") -> TaskDef:
         for f in used:
             if f not in allowed:
                 p.append(f"{source}: user_template field {{{f}}} is not one of {allowed}")
-    labels = data.get("labels", ["A", "B", "C", "D"])
-    if "labels" in data and ttype is not None and ttype is not TaskType.MCQ4:
-        p.append(f"{source}: 'labels' only applies to type mcq4")
+    labels = data.get("labels", list(DEFAULT_LABELS))
+    if "labels" in data and ttype is not None and not ttype.uses_labels:
+        p.append(f"{source}: 'labels' only applies to type(s) "
+                 f"{', '.join(t.name for t in all_types() if t.uses_labels)}")
     if (not isinstance(labels, list) or not 2 <= len(labels) <= 10
             or labels != list(string.ascii_uppercase[:len(labels)])):
         p.append(f"{source}: labels must be consecutive letters from A, 2 to 10 of them, got {labels!r}")
-        labels = ["A", "B", "C", "D"]
+        labels = list(DEFAULT_LABELS)
     for k in ("seed_stem", "hf_stem"):
         if k in data and not (isinstance(data[k], str) and data[k]):
             p.append(f"{source}: {k!r} must be a non-empty string")
@@ -148,6 +139,7 @@ def task_from_mapping(data: Any, source: str = "<mapping>") -> TaskDef:
                                                   for k, v in fields.items()):
         p.append(f"{source}: 'fields' must map HF-schema field names to this dataset's field names")
         fields = {}
+    metrics = _metrics(p, data.get("metrics"), ttype, source)
     if p:
         raise ValidationError(p)
     return TaskDef(
@@ -156,13 +148,43 @@ def task_from_mapping(data: Any, source: str = "<mapping>") -> TaskDef:
         columns=columns, labels=tuple(labels), seed_stem=data.get("seed_stem"),
         hf_stem=data.get("hf_stem", short), hub_id=hub.get("id"), hub_config=hub.get("config"),
         hub_splits=tuple(splits.items()), hub_streaming=bool(hub.get("streaming", False)),
-        fields=tuple(fields.items()), source_file=None if source == "<mapping>" else source)
+        fields=tuple(fields.items()), metrics=metrics, source_file=None if source == "<mapping>" else source)
+
+
+def _metrics(p: list[str], raw: Any, ttype: TaskType | None, source: str) -> tuple[tuple[str, bool], ...]:
+    """The YAML's ``metrics: [{metric: F1, higher_is_better: true}, ...]`` (first = headline),
+    checked against what the type scores; absent: the type's defaults."""
+    if ttype is None:
+        return ()
+    if raw is None:
+        return ttype.default_metrics
+    known = sorted(({"accuracy", "format_success_rate"} | set(ttype.ci_metrics) | set(ttype.block_keys))
+                   - _NOT_A_SCORE)
+    if not isinstance(raw, list) or not raw:
+        p.append(f"{source}: 'metrics' must be a non-empty list of {{metric: NAME, higher_is_better: BOOL}}")
+        return ()
+    out = []
+    for i, m in enumerate(raw):
+        where = f"{source}: metrics[{i}]"
+        if not isinstance(m, Mapping):
+            p.append(f"{where} must be a mapping {{metric: NAME, higher_is_better: BOOL}}")
+            continue
+        p.extend(f"{where}: unknown key {k!r} (known: {', '.join(sorted(_METRIC_KEYS))})"
+                 for k in sorted(set(m) - _METRIC_KEYS))
+        if m.get("metric") not in known:
+            p.append(f"{where}: metric {m.get('metric')!r} is not one a {ttype.name} task scores (known: {known})")
+        if not isinstance(m.get("higher_is_better"), bool):
+            p.append(f"{where}: higher_is_better must be true or false")
+        out.append((m.get("metric"), m.get("higher_is_better")))
+    if len({m for m, _ in out}) != len(out):
+        p.append(f"{source}: 'metrics' lists a metric twice")
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------
 # Registry: built-in YAMLs + FTLAB_TASK_DIRS, loaded on first use
 
-_BUILTIN_DIR = Path(__file__).with_name("tasks")
+_BUILTIN_DIR = Path(__file__).with_name("task_defs")
 _REGISTRY: dict[str, TaskDef] | None = None  # keyed by name
 
 
@@ -275,7 +297,7 @@ def gold_answer(task: str | TaskDef, row: Any) -> str | None:
 
     SQuAD v2: the first gold answer, "" when unanswerable (``gold_answers`` has them all)."""
     task = get_task(task)
-    if task.type is TaskType.SQUAD_V2:
+    if task.type.multi_gold:
         golds = gold_answers(task, row)
         return golds[0] if golds else ""
     value = _row_dict(row).get("answer")
@@ -289,21 +311,22 @@ def _missing(value: Any) -> bool:
 
 
 def required_columns(task: str | TaskDef) -> list[str]:
-    """The canonical columns a stored dataset must have for ``task`` (``OPTIONAL_COLUMNS`` aside)."""
-    return [c for c in get_task(task).columns if c not in OPTIONAL_COLUMNS]
+    """The canonical columns a stored dataset must have for ``task`` (its type's optional ones aside)."""
+    task = get_task(task)
+    return [c for c in task.columns if c not in task.type.optional_columns]
 
 
 def gold_answers(task: str | TaskDef, row: Any) -> list[str]:
-    """SQuAD v2: every gold answer of the row, in dataset order, ``[]`` when unanswerable.
+    """Multi-gold types (SQuAD v2): every gold answer of the row, in dataset order, ``[]`` when unanswerable.
 
     Reads the ``answers`` column (a list); a dataset imported before it existed has only
     ``answer`` and falls back to ``[answer]`` (``[]`` when it is ""). Golds are stripped, never
-    mapped through ``EMPTY_LIKE``: the text "None" is an answer, not an abstention.
+    mapped through the no-answer synonyms: the text "None" is an answer, not an abstention.
     Other task types: ``[gold_answer(row)]`` (``[]`` when it has none).
     """
     task = get_task(task)
     values = _row_dict(row)
-    if task.type is not TaskType.SQUAD_V2:
+    if not task.type.multi_gold:
         gold = gold_answer(task, row)
         return [] if gold is None else [gold]
     answers = values.get("answers")
@@ -320,10 +343,10 @@ def gold_answers(task: str | TaskDef, row: Any) -> list[str]:
 
 
 def with_answers(task: str | TaskDef, df: Any) -> Any:
-    """A SQuAD v2 frame from before the ``answers`` column, given it (``[answer]``, or ``[]`` when
-    unanswerable) so older datasets still load; other frames are returned unchanged."""
+    """A multi-gold (SQuAD v2) frame from before the ``answers`` column, given it (``[answer]``, or
+    ``[]`` when unanswerable) so older datasets still load; other frames are returned unchanged."""
     task = get_task(task)
-    if task.type is not TaskType.SQUAD_V2 or "answers" in df.columns:
+    if not task.type.multi_gold or "answers" in df.columns:
         return df
     df = df.copy()
     df["answers"] = [gold_answers(task, {"answer": a}) for a in df["answer"]]
@@ -336,8 +359,8 @@ def format_target(task: str | TaskDef, row: Any) -> str:
     gold = gold_answer(task, row)
     if gold is None:
         raise ValidationError(f"task {task.name}: gold answer {_row_dict(row).get('answer')!r} cannot be normalised")
-    if task.type is TaskType.SQUAD_V2 and gold == "":  # trains on the first gold; none: abstain
-        gold = UNANSWERABLE
+    if gold == "" and task.type.no_answer_target:  # trains on the first gold; none: abstain
+        gold = task.type.no_answer_target
     return f"\\boxed{{{gold}}}"
 
 
@@ -379,105 +402,4 @@ def parse_answer(task: str | TaskDef, text: str | None) -> str | None:
 
 def normalise_answer(task: str | TaskDef, value: Any) -> str | None:
     """One answer (gold or parsed) in the task type's canonical form, or None if it has none."""
-    task = get_task(task)
-    if task.type is TaskType.MCQ4:
-        return _norm_mcq(str(value), task.labels)
-    if task.type is TaskType.SQUAD_V2:
-        return _norm_span(str(value))
-    if task.type is TaskType.BOOLQ:
-        return _norm_bool(value)
-    number = value if isinstance(value, numbers.Real) and not isinstance(value, bool) else parse_number(str(value))
-    return canonical_number(number)
-
-
-def _unwrap(s: str) -> str:
-    r"""Drop wrappers around the whole answer: ``$...$``, ``\text{...}``, ``\mathrm{...}``."""
-    s = s.strip()
-    while True:
-        m = re.fullmatch(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{(.*)\}", s, re.S)
-        if m and "{" not in m.group(1) and "}" not in m.group(1):
-            s = m.group(1).strip()
-        elif len(s) >= 2 and s[0] == s[-1] == "$":
-            s = s[1:-1].strip()
-        else:
-            return s
-
-
-def _norm_mcq(s: str, labels: tuple[str, ...]) -> str | None:
-    """"B", "(B)", "B.", "b", "B) text", "Option B", "2" → the option letter; anything else → None."""
-    s = re.sub(r"^(?:option|answer|choice)\s*[:\-]?\s*", "", _unwrap(s), flags=re.I)
-    if m := re.fullmatch(r"\((\w+)\)(\s.*)?", s, re.S):
-        token = m.group(1)
-    elif m := re.fullmatch(r"([A-Za-z]|\d+)(?:[.):](.*)|(\s.*))?", s, re.S):
-        token = m.group(1)
-        # "a ball..." is prose, not option A: a bare letter followed by text must be uppercase
-        if m.group(3) is not None and token.islower():
-            return None
-    else:
-        return None
-    if token.isdigit():
-        i = int(token)
-        return labels[i - 1] if 1 <= i <= len(labels) else None
-    token = token.upper()
-    return token if token in labels else None
-
-
-def _norm_span(s: str) -> str:
-    s = _unwrap(s)
-    return "" if s.lower().strip(" .!\"'") in EMPTY_LIKE else s
-
-
-def _norm_bool(value: Any) -> str | None:
-    """True / "true" / "Yes." / "\\text{yes}" → "True"; False / "false" / "no" → "False"; else None."""
-    if isinstance(value, (bool, np.bool_)):
-        return "True" if value else "False"
-    s = _unwrap(str(value)).strip().strip(".!").strip().lower()
-    return {"true": "True", "yes": "True", "false": "False", "no": "False"}.get(s)
-
-
-_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_FRAC = r"\\frac\s*\{\s*(" + _NUM + r")\s*\}\s*\{\s*(" + _NUM + r")\s*\}"
-
-
-def _div(a: str, b: str) -> float | None:
-    return float(a) / float(b) if float(b) != 0 else None
-
-
-def parse_number(s: str) -> float | None:
-    r"""``1,234``, ``$5``, ``5.0``, ``-2``, ``3/4``, ``\frac{3}{4}``, ``\dfrac``, ``2\frac{1}{2}``,
-    ``50\%``, ``5 cm``, ``x = 5`` → float; anything else (expressions, intervals, words) → None."""
-    s = _unwrap(s)
-    s = re.sub(r"\\(?:text|mathrm|mbox)\s*\{([^{}]*)\}", r" \1", s)
-    for junk in ("\\!", "\\,", "\\;", "\\ ", "\\$", "$", "\\%", "%", "^{\\circ}", "^\\circ", "°", "{,}"):
-        s = s.replace(junk, "," if junk == "{,}" else "")
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = re.sub(r"^[A-Za-z]\w*\s*=\s*", "", s.strip())  # "x = 5"
-    s = re.sub(r"\\frac(\d)(\d)$", r"\\frac{\1}{\2}", s)  # LaTeX shorthand \frac34
-    s = re.sub(r"^([-+])\s+", r"\1", s.strip())
-    if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):
-        s = s.replace(",", "")
-    if m := re.fullmatch(r"(" + _NUM + r")(?:\s+[A-Za-z][A-Za-z .]*)?", s):  # a number, maybe with units
-        value = float(m.group(1))
-    elif m := re.fullmatch(r"(" + _NUM + r")\s*/\s*(" + _NUM + r")", s):
-        value = _div(m.group(1), m.group(2))
-    elif m := re.fullmatch(r"([-+]?)" + _FRAC, s):
-        value = _div(m.group(2), m.group(3))
-        value = -value if value is not None and m.group(1) == "-" else value
-    elif m := re.fullmatch(r"([-+]?)(\d+)\s*" + _FRAC, s):  # mixed number 2\frac{1}{2}
-        frac = _div(m.group(3), m.group(4))
-        value = None if frac is None else (int(m.group(2)) + frac) * (-1 if m.group(1) == "-" else 1)
-    else:
-        return None
-    return value if value is not None and math.isfinite(value) else None
-
-
-def canonical_number(x: float | None) -> str | None:
-    """One spelling per value: integers without ".0", others as Python's shortest repr."""
-    if x is None or not math.isfinite(float(x)):
-        return None
-    x = float(x)
-    if x == 0:
-        return "0"  # no "-0"
-    if x.is_integer() and abs(x) < 1e16:
-        return str(int(x))
-    return repr(x)
+    return get_task(task).normalise(value)

@@ -14,8 +14,9 @@ from services.common import artifacts, tasks
 from services.common.errors import NotFoundError, ValidationError
 from services.common.parquet_io import frame_from_parquet_bytes
 from services.common.storage import ObjectStore, parse_uri
+from services.common.task_types import get_type
+from services.common.task_types.base import DEFAULT_LABELS as LABELS
 from services.common.validation import Problems
-from services.evaluator import metrics as M
 from services.evaluator import stats
 
 BUCKET = "evaluations"
@@ -117,9 +118,9 @@ def compare(store: ObjectStore, ref_a: str, ref_b: str, n_resamples: int = stats
             entry["gold_mismatches"] = sum(x != y for x, y in zip(golds_a, golds_b))
             entry["prompt_mismatches"] = int((joined.prompt_sha256_a != joined.prompt_sha256_b).sum())
             scored = golds_a
-            if ttype == "squad_v2":  # every gold answer (older predictions have only the first)
+            if get_type(ttype).multi_gold:  # every gold answer (older predictions have only the first)
                 scored = (list(map(list, joined.golds_a)) if "golds_a" in joined
-                          else [M.as_gold_list(g) for g in golds_a])
+                          else [get_type(ttype).canonical_gold(None, g) for g in golds_a])
             entry["metrics"] = stats.paired(ttype, _nullable(joined.parsed_a), _nullable(joined.parsed_b), scored,
                                             n_resamples, seed, _labels(task))
         out["tasks"][task] = entry
@@ -130,7 +131,7 @@ def _labels(task: str) -> tuple[str, ...]:
     try:
         return tasks.get_task(task).labels
     except ValidationError:  # a task no longer registered here: the study's A-D
-        return M.MCQ_LABELS
+        return LABELS
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -71,7 +71,7 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
         prompts = [generation.chat_prompt(tok, task, row) for row in rows]
         golds = [tasks.gold_answer(task, row) for row in rows]  # canonical; SQuAD: the first gold
         all_golds = [tasks.gold_answers(task, row) for row in rows]
-        scored = all_golds if task.type is tasks.TaskType.SQUAD_V2 else golds  # what the scorer takes
+        scored = all_golds if task.type.multi_gold else golds  # what the scorer takes
         parsed: dict[int, str | None] = {}
 
         def on_batch(idx, gens, task=task, scored=scored, parsed=parsed):
@@ -100,7 +100,7 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
             block["engine_check"] = engines.agreement_with_hf(task, prompts, gens[: cfg.engine_check], *hf_ref,
                                                               cfg.max_new_tokens, cfg.batch_size)
         datasets_out[task_name] = block
-        study_out[task_name] = study.dataset_block(task.type.value, [g.text for g in gens], golds,
+        study_out[task_name] = study.dataset_block(task.type, [g.text for g in gens], golds,
                                                    [g.latency_s for g in gens], [g.generated_tokens for g in gens])
         for row, g, p, gold, gl, ok in zip(rows, gens, preds, golds, all_golds, block.pop("_correct")):
             pred_rows.append({"task": task_name, "id": str(row["id"]), "prompt_sha256": g.prompt_sha256,

@@ -36,12 +36,11 @@ def ftlab_block(task: tasks.TaskDef, preds: list, golds: list, n_resamples: int 
     score = M.score(task, preds, golds)
     correct = score.pop("correct")
     n, n_ok = len(preds), int(sum(correct))
-    keys = M.METRICS_BLOCK_KEYS[task.type.value]
-    ci = stats.bootstrap_ci(task.type.value, preds, golds, n_resamples, seed, task.labels)
-    return {"type": task.type.value, "total_samples": n,
+    ci = stats.bootstrap_ci(task.type, preds, golds, n_resamples, seed, task.labels)
+    return {"type": task.type.name, "total_samples": n,
             "format_success_rate": score["format_success_rate"] if n else 0.0, "correct": n_ok,
             "incorrect": n - n_ok, "accuracy": score["accuracy"] if n else 0.0,
-            "metrics": {"task": task.title, **{k: score[k] for k in keys if k in score}, "ci95": ci,
+            "metrics": {"task": task.title, **M.block(task, score), "ci95": ci,
                         "ci95_method": f"percentile bootstrap, {n_resamples} resamples, seed {seed}"},
             "_correct": correct}
 
@@ -52,15 +51,8 @@ def ftlab_correct(task: tasks.TaskDef, preds: list, golds: list) -> list[bool]:
 
 
 def gold_problem(task: tasks.TaskDef, gold: Any) -> str | None:
-    """Why ``gold`` is not a usable gold of ``task`` (None when it is)."""
-    if task.type is tasks.TaskType.SQUAD_V2:
-        ok = isinstance(gold, str) or (isinstance(gold, list) and all(isinstance(g, str) for g in gold))
-        return None if ok else f"gold must be a string or a list of strings, got {gold!r}"
-    if isinstance(gold, (dict, list)) or gold is None or tasks.normalise_answer(task, gold) is None:
-        kind = {tasks.TaskType.MCQ4: f"one of {list(task.labels)} or 1-{len(task.labels)}",
-                tasks.TaskType.BOOLQ: "true/false or yes/no"}.get(task.type, "a number")
-        return f"gold must be {kind}, got {gold!r}"
-    return None
+    """Why ``gold`` is not a usable gold of ``task`` (None when it is; the task type decides)."""
+    return task.type.gold_problem(task, gold)
 
 
 def score_items(task: str | tasks.TaskDef, outputs: list[str | None], golds: list, profile: str = "ftlab",
@@ -79,17 +71,15 @@ def score_items(task: str | tasks.TaskDef, outputs: list[str | None], golds: lis
     if problems:
         raise ValidationError(problems)
     ids = ids if ids is not None else [str(i) for i in range(len(outputs))]
-    squad = task.type is tasks.TaskType.SQUAD_V2
     if profile == "ftlab":
         preds = [tasks.parse_answer(task, o) for o in outputs]
-        canon = [M.as_gold_list(g) if squad else tasks.normalise_answer(task, g) for g in golds]
+        canon = [task.type.canonical_gold(task, g) for g in golds]
         block = ftlab_block(task, preds, canon, n_resamples, seed)
         flags = block.pop("_correct")
     else:
-        # the study's gold: SQuAD the first answer ("" unanswerable); yes/no its "True"/"False"
-        first = [(M.as_gold_list(g) or [""])[0] if squad else
-                 tasks.normalise_answer(task, g) if task.type is tasks.TaskType.BOOLQ else g for g in golds]
-        block = study.score_outputs(task.type.value, outputs, first)
+        # the study's gold (SQuAD: the first answer, "" unanswerable; yes/no: "True"/"False")
+        first = [task.type.study_input_gold(task, g) for g in golds]
+        block = study.score_outputs(task.type, outputs, first)
         preds = [it["parsed"] for it in block["items"]]
         flags = [it["correct"] for it in block.pop("items")]
     items = [{"id": i, "parsed": p, "correct": bool(c)} for i, p, c in zip(ids, preds, flags)]
@@ -134,8 +124,8 @@ def read_jsonl(path: str | Path, task: str | tasks.TaskDef | None = None) -> tup
 
 
 def read_evaluation(store, ref: str, task: str | tasks.TaskDef) -> tuple[list[str], list[str | None], list[Any]]:
-    """(ids, outputs, golds) of one task in a stored evaluation's predictions.parquet (SQuAD v2:
-    every gold when the evaluation stored them, else its first gold)."""
+    """(ids, outputs, golds) of one task in a stored evaluation's predictions.parquet (multi-gold
+    types: every gold when the evaluation stored them, else its first gold)."""
     from services.evaluator.compare import load_eval
 
     task = tasks.get_task(task)
@@ -144,8 +134,9 @@ def read_evaluation(store, ref: str, task: str | tasks.TaskDef) -> tuple[list[st
     if df.empty:
         raise ValidationError(f"evaluation {ref} has no predictions for task {task.name} "
                               f"(has: {sorted(set(all_preds.task))})")
-    if task.type is tasks.TaskType.SQUAD_V2 and "golds" in df.columns:
-        golds = [[str(x) for x in g] if isinstance(g, (list, np.ndarray)) else M.as_gold_list(g) for g in df.golds]
+    if task.type.multi_gold and "golds" in df.columns:
+        golds = [[str(x) for x in g] if isinstance(g, (list, np.ndarray)) else task.type.canonical_gold(task, g)
+                 for g in df.golds]
     else:
         golds = [None if g is None else str(g) for g in df.gold]
     return [str(i) for i in df.id], [None if o is None else str(o) for o in df.output], golds

@@ -18,26 +18,22 @@ The quirks, each with a parity test in tests/unit/test_scoring.py:
 - latency / token statistics: sample standard deviation, the mode of latencies rounded to 3
   decimals (the first-seen value among ties).
 
+Each type's part (its parser after ``first_boxed``, its gold, its metrics block) is the plugin's
+``study_*`` hooks (``services/common/task_types/<type>.py``); this module is the shared frame:
+the first box, the accuracy / correct / incorrect counts, latency and token statistics.
 Pure python: imported by the evaluator's recipe and by ``ftlab score`` (no torch).
 """
 from __future__ import annotations
 
-import math
 import re
 import statistics
-import string
-from collections import Counter
 from typing import Any
 
+from services.common.task_types import TaskType, get_type
+
 SOURCE = "albrp97/LLM-Training Testing/02_TestModels.py (compute_metrics, calculate_latency_metrics)"
-TITLES = {"mcq4": "ARC (4-way MCQ)", "boolq": "BoolQ (binary)", "squad_v2": "SQuAD v2",
-          "math_numeric": "OpenMathInstruct-2 (numeric)"}
 
 _FIRST_BOX = re.compile(r"\\boxed\{\s*(.*?)\s*\}", re.DOTALL)
-_ARC = ("A", "B", "C", "D")
-_ARTICLES = frozenset({"a", "an", "the"})
-_NO_PUNCT = str.maketrans("", "", string.punctuation)
-EMPTY_LIKE = frozenset({"", "unanswerable", "unknown", "no answer", "n a", "none", "null"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,179 +47,32 @@ def first_boxed(text: Any) -> str | None:
     return m.group(1).strip() if m else None
 
 
-def arc_option(s: str | None) -> str | None:
-    """Upper-cased; one character: itself if A-D; longer: its first A-D character; else None."""
-    if s is None:
-        return None
-    t = s.strip().upper()
-    if len(t) == 1:
-        return t if t in _ARC else None
-    return next((c for c in t if c in _ARC), None)
+def gold_value(task_type: str | TaskType, gold: Any) -> Any:
+    """The study's gold from a dataset answer (the type's ``study_gold``: ARC ``arc_option(str(gold))``,
+    BoolQ ``str(gold).strip().lower() == "true"``, SQuAD the first gold string as is, OpenMath
+    ``str(gold).strip()``)."""
+    return get_type(task_type).study_gold(gold)
 
 
-def yes_no(s: str | None) -> bool | None:
-    if s is None:
-        return None
-    t = s.strip().lower()
-    return True if t in {"true", "t", "yes", "y", "1"} else False if t in {"false", "f", "no", "n", "0"} else None
-
-
-def squad_normalize(s: Any) -> str:
-    """Lowercase, punctuation deleted (not replaced by a space), articles dropped, one space."""
-    if not isinstance(s, str):
-        return ""
-    return " ".join(w for w in s.lower().translate(_NO_PUNCT).split() if w not in _ARTICLES)
-
-
-def is_empty_like(s: Any) -> bool:
-    return squad_normalize(s) in EMPTY_LIKE
-
-
-def _as_list(golds: Any) -> list:
-    return golds if isinstance(golds, list) else [golds]
-
-
-def squad_em(pred: str, golds: Any) -> int:
-    p = squad_normalize(pred)
-    return int(any(p == squad_normalize(str(g)) for g in _as_list(golds)))
-
-
-def squad_f1(pred: str, golds: Any) -> float:
-    p = squad_normalize(pred).split()
-    best = 0.0
-    for g in _as_list(golds):
-        t = squad_normalize(str(g)).split()
-        if not p or not t:
-            best = max(best, float(not p and not t))
-            continue
-        same = sum((Counter(p) & Counter(t)).values())
-        if same:
-            prec, rec = same / len(p), same / len(t)
-            best = max(best, 2 * prec * rec / (prec + rec))
-    return best
-
-
-def gold_value(task_type: str, gold: Any) -> Any:
-    """The study's gold from a dataset answer: ARC ``arc_option(str(gold))`` (a digit gold gives
-    None), BoolQ ``str(gold).strip().lower() == "true"``, SQuAD the value as is (the first gold
-    string, "" when unanswerable), OpenMath ``str(gold).strip()``."""
-    if task_type == "mcq4":
-        return arc_option(str(gold))
-    if task_type == "boolq":
-        return str(gold).strip().lower() == "true"
-    if task_type == "squad_v2":
-        return gold
-    return str(gold).strip()
-
-
-def prediction(task_type: str, output: str) -> Any:
+def prediction(task_type: str | TaskType, output: str) -> Any:
     """The study's prediction from a raw model output (ARC letter / bool / text; None or "")."""
-    boxed = first_boxed(output)
-    if task_type == "mcq4":
-        return arc_option(boxed)
-    if task_type == "boolq":
-        return yes_no(boxed)
-    return (boxed or "").strip()  # SQuAD and numeric: no box is ""
+    return get_type(task_type).study_prediction(first_boxed(output))
 
 
 # ---------------------------------------------------------------------------------------------
 # Metrics (the study's compute_metrics): returns the block and each item's correct flag
 
-def _mcq4(golds: list, preds: list) -> tuple[dict, list[bool]]:
-    correct = [p is not None and p == g for g, p in zip(golds, preds)]
-    cm = {g: {p: 0 for p in _ARC} for g in _ARC}
-    for g, p in zip(golds, preds):
-        if g in cm and p in cm:  # only pairs where both are A-D
-            cm[g][p] += 1
-    per_class, f1s = {}, []
-    for c in _ARC:
-        tp = cm[c][c]
-        fp = sum(cm[r][c] for r in _ARC) - tp
-        fn = sum(cm[c].values()) - tp
-        prec = tp / (tp + fp) if tp + fp else 0.0
-        rec = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        per_class[c] = {"precision": round(prec, 4), "recall": round(rec, 4), "f1": round(f1, 4)}
-        f1s.append(f1)
-    return {"macro_f1": round(sum(f1s) / len(f1s), 4), "per_class": per_class, "confusion_matrix": cm}, correct
-
-
-def _boolq(golds: list, preds: list) -> tuple[dict, list[bool]]:
-    tp = tn = fp = fn = 0
-    for g, p in zip(golds, preds):
-        said_yes = (not g) if p is None else p  # no answer: the wrong class
-        tp += g and said_yes
-        tn += (not g) and not said_yes
-        fp += (not g) and said_yes
-        fn += g and not said_yes
-    f1 = _f1(tp / (tp + fp) if tp + fp else 0.0, tp / (tp + fn) if tp + fn else 0.0)
-    f1_n = _f1(tn / (tn + fn) if tn + fn else 0.0, tn / (tn + fp) if tn + fp else 0.0)
-    tpr = tp / (tp + fn) if tp + fn else 0.0
-    tnr = tn / (tn + fp) if tn + fp else 0.0
-    denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    block = {"f1_pos": round(f1, 4), "macro_f1": round((f1 + f1_n) / 2, 4),
-             "balanced_accuracy": round((tpr + tnr) / 2, 4),
-             "MCC": round((tp * tn - fp * fn) / denom if denom > 0 else 0.0, 4),
-             "confusion_matrix": {"TP": tp, "TN": tn, "FP": fp, "FN": fn}}
-    return block, [p is not None and p == g for g, p in zip(golds, preds)]
-
-
-def _f1(p: float, r: float) -> float:
-    return 2 * p * r / (p + r) if p + r > 0 else 0.0
-
-
-def _mean(x: list) -> float:
-    return sum(x) / len(x) if x else 0.0
-
-
-def _squad(golds: list, preds: list) -> tuple[dict, list[bool]]:
-    ems = [squad_em(p, g) for g, p in zip(golds, preds)]
-    f1s = [squad_f1(p, g) for g, p in zip(golds, preds)]
-    has_g = [not all(is_empty_like(str(x)) for x in _as_list(g)) for g in golds]
-    has_p = [not is_empty_like(p) for p in preds]
-    has_i = [i for i, h in enumerate(has_g) if h]
-    no_i = [i for i, h in enumerate(has_g) if not h]
-    avna = sum(g == p for g, p in zip(has_g, has_p))
-    return {"EM": round(_mean(ems) * 100, 2), "F1": round(_mean(f1s) * 100, 2),
-            "HasAns_EM": round(_mean([ems[i] for i in has_i]) * 100, 2),
-            "HasAns_F1": round(_mean([f1s[i] for i in has_i]) * 100, 2),
-            "NoAns_Accuracy": round(_mean([float(not has_p[i]) for i in no_i]) * 100, 2),
-            "AvNA_Accuracy": round(avna / len(golds) * 100 if golds else 0.0, 2)}, [bool(e) for e in ems]
-
-
-def _numeric(golds: list, preds: list) -> tuple[dict, list[bool]]:
-    correct, diffs = [], []
-    for g, p in zip(golds, preds):
-        try:
-            gold = float(g)
-            pred = float(p) if p is not None and p != "" else None
-        except (TypeError, ValueError):
-            correct.append(False)
-            continue
-        correct.append(pred is not None and abs(gold - pred) < 1e-4)
-        if pred is not None:
-            diffs.append(abs(gold - pred))
-    # The study: the mean over converted predictions (it divides by zero when none converted).
-    return {"avg_abs_diff": round(sum(diffs) / len(diffs), 6) if diffs else None}, correct
-
-
-_SCORERS = {"mcq4": _mcq4, "boolq": _boolq, "squad_v2": _squad, "math_numeric": _numeric}
-
-
-def compute_metrics(task_type: str, golds: list, preds: list) -> tuple[dict, list[bool]]:
+def compute_metrics(task_type: str | TaskType, golds: list, preds: list) -> tuple[dict, list[bool]]:
     """The study's ``correct`` / ``incorrect`` / ``accuracy`` (percent, 2 decimals) / ``metrics``
     block for golds and predictions in the study's form (``gold_value``, ``prediction``), and
-    each item's correct flag (SQuAD: EM). ``task_type``: mcq4 | boolq | squad_v2 | math_numeric."""
+    each item's correct flag (SQuAD: EM), from the type's ``study_score``."""
     if len(golds) != len(preds):
         raise ValueError(f"{len(preds)} predictions for {len(golds)} gold answers")
-    block, correct = _SCORERS[task_type](golds, preds)
+    ttype = get_type(task_type)
+    block, correct = ttype.study_score(golds, preds)
     n, n_ok = len(golds), sum(correct)
-    if task_type == "squad_v2":
-        accuracy = block["EM"]
-    else:
-        accuracy = round(n_ok / n * 100 if n else 0.0, 2)
-    return {"correct": n_ok, "incorrect": n - n_ok, "accuracy": accuracy,
-            "metrics": {"task": TITLES[task_type], **block, "support": n}}, correct
+    return {"correct": n_ok, "incorrect": n - n_ok, "accuracy": ttype.study_accuracy(block, n_ok, n),
+            "metrics": {"task": ttype.study_title, **block, "support": n}}, correct
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +107,7 @@ def token_stats(tokens: list[int]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # One task, from raw outputs
 
-def score_outputs(task_type: str, outputs: list[str | None], golds: list) -> dict[str, Any]:
+def score_outputs(task_type: str | TaskType, outputs: list[str | None], golds: list) -> dict[str, Any]:
     """The study's scores of raw model outputs: ``total_samples``, ``format_success_rate`` (percent
     with a first ``\\boxed{}``), ``correct``, ``incorrect``, ``accuracy``, ``metrics``, plus
     ``items`` ([{"parsed", "correct"}]: ``parsed`` the study's prediction, None when unboxed).
@@ -269,14 +118,14 @@ def score_outputs(task_type: str, outputs: list[str | None], golds: list) -> dic
     n = len(outputs)
     boxed = [first_boxed(o) for o in outputs]
     parsed = [None if b is None else p for b, p in zip(boxed, preds)]
-    return {"type": task_type, "total_samples": n,
+    return {"type": get_type(task_type).name, "total_samples": n,
             "format_success_rate": round(sum(b is not None for b in boxed) / n * 100 if n else 0.0, 2),
             "correct": res["correct"], "incorrect": res["incorrect"], "accuracy": res["accuracy"],
             "metrics": res["metrics"],
             "items": [{"parsed": p, "correct": bool(c)} for p, c in zip(parsed, correct)]}
 
 
-def dataset_block(task_type: str, outputs: list[str], golds: list, latencies: list[float],
+def dataset_block(task_type: str | TaskType, outputs: list[str], golds: list, latencies: list[float],
                   tokens: list[int]) -> dict[str, Any]:
     """A task's block in the study's metrics.json layout, scored the study's way."""
     out = score_outputs(task_type, outputs, golds)

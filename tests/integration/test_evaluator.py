@@ -11,8 +11,7 @@ import pytest
 from services.common import artifacts
 from services.common.errors import NotFoundError, ValidationError
 from services.common.generated.ftlab.v1 import jobs_pb2
-from services.evaluator import metrics as M
-from services.evaluator import stats
+from services.common.task_types import get_type
 from tests.conftest import SEED_DATA, TINY, snapshot
 
 TASKS = [{"task": "arc", "limit": 4}, {"task": "squad", "limit": 3}, {"task": "openmath", "limit": 3}]
@@ -58,9 +57,9 @@ def test_three_tasks_end_to_end_rerun_and_compare(ev, capsys, monkeypatch):
         assert {"type", "total_samples", "format_success_rate", "correct", "incorrect", "accuracy", "metrics",
                 "latency_seconds", "tokens_generated", "throughput"} <= set(block)
         assert block["total_samples"] == n == block["correct"] + block["incorrect"]
-        assert set(M.METRICS_BLOCK_KEYS[block["type"]]) <= set(block["metrics"])
+        assert set(get_type(block["type"]).block_keys) <= set(block["metrics"])
         ci = block["metrics"]["ci95"]
-        assert set(ci) == set(stats.HEADLINE[block["type"]])
+        assert set(ci) == set(get_type(block["type"]).ci_metrics)
         assert ci["format_success_rate"] == [0.0, 0.0]  # a random model never writes \boxed{}: no crash
         assert len(block["tokens_generated"]["per_prompt"]) == n
         assert all(1 <= t <= 8 for t in block["tokens_generated"]["per_prompt"])

@@ -40,7 +40,7 @@ def write_dataset(store, name: str, task: str, table: pa.Table, split: str = "te
     with tempfile.TemporaryDirectory() as tmp:
         pq.write_table(table, Path(tmp, f"{split}.parquet"))
         artifacts.commit_dir(store, "datasets", name, tmp, {
-            "name": name, "task": get_task(task).name, "task_type": get_task(task).type.value, "source": "test",
+            "name": name, "task": get_task(task).name, "task_type": get_task(task).type.name, "source": "test",
             "splits": {split: {"rows": table.num_rows, "sha256": sha256_file(Path(tmp, f"{split}.parquet")),
                                "columns": table.column_names}}, "schema_version": 1})
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from services.common import tasks as T
+from services.common.task_types import boolq
 from services.common.data_import import import_dataset, load_split
-from services.evaluator import metrics as M
 
 ITEMS = [  # HF schema of google/boolq
     {"question": "is the sun a star", "passage": "The Sun is the star at the center of the Solar System.", "answer": True},
@@ -42,7 +42,7 @@ def test_parser(text, want):
 def test_scores_by_hand():
     golds = ["True", "False", "True", "False", "True"]
     preds = ["True", "True", None, "False", "True"]
-    r = M.score_boolq(preds, golds)
+    r = boolq.score_boolq(preds, golds)
     # TP 2 (items 0, 4), FP 1 (item 1), FN 1 (item 2: no answer on a True gold), TN 1
     assert r["confusion_matrix"] == {"TP": 2, "TN": 1, "FP": 1, "FN": 1}
     assert r["accuracy"] == 60.0 and r["format_success_rate"] == 80.0

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from services.common.task_types.math_numeric import parse_number
 from services.common import data_import as D
 from services.common import tasks as T
 from services.common.artifacts import read_manifest
@@ -102,7 +103,7 @@ def test_hf_openmath_drops_symbolic_answers_and_counts_them(imported):
     assert D.drop_summary(splits) == ["train: kept 638 of 800; dropped 162 (non_numeric_gold 162)",
                                       "test: kept 200 of 200; dropped 0"]
     answers = D.load_split(store, "openmath-hf", "train")["answer"]
-    assert answers.map(lambda a: T.parse_number(a) is not None).all()
+    assert answers.map(lambda a: parse_number(a) is not None).all()
     assert "0.32653061224489793" in set(answers)  # \frac{16}{49}
 
 
@@ -243,7 +244,7 @@ def test_hub_sampling_is_seeded_disjoint_and_sized(tmp_path, monkeypatch):
     assert m1["splits"]["test"]["sha256"] != m3["splits"]["test"]["sha256"]   # another seed, another sample
     train, test = D.load_split(store, "om1", "train"), D.load_split(store, "om1", "test")
     assert not set(train["question"]) & set(test["question"])  # one hub split feeds both, disjointly
-    assert train["answer"].map(lambda a: T.parse_number(a) is not None).all()
+    assert train["answer"].map(lambda a: parse_number(a) is not None).all()
 
 
 def test_hub_test_split_does_not_depend_on_train_size(tmp_path, monkeypatch):

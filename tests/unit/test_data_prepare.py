@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from services.common.task_types.math_numeric import parse_number
 from services.common import data_import as D
 from services.common import data_prepare as P
 from services.common import leakage as L
@@ -114,7 +115,7 @@ def test_raw_recipes_counts_strata_and_records(prepared):
     assert om["train"]["drops"][P.FILTER_PROMPT_TOKENS] >= 1
     train, test = D.load_split(store, "openmath-raw", "train"), D.load_split(store, "openmath-raw", "test")
     assert not set(train["question"]) & set(test["question"])
-    assert train["answer"].map(lambda a: T.parse_number(a) is not None).all()
+    assert train["answer"].map(lambda a: parse_number(a) is not None).all()
 
     # the manifest says how each split was made
     m = manifests["squad-raw"]

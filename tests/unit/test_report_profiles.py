@@ -28,7 +28,7 @@ def _commit_eval(store, tmp_path, model: str) -> None:
         lat, tok = [0.5] * len(outs), [4] * len(outs)
         datasets[task] = ours | {"latency_seconds": {"mean": 0.5}}
         first = [(g or [""])[0] if isinstance(g, list) else g for g in golds]
-        study_blocks[task] = study.dataset_block(tasks.get_task(task).type.value, outs, first, lat, tok)
+        study_blocks[task] = study.dataset_block(tasks.get_task(task).type, outs, first, lat, tok)
     metrics = {"model_name": model, "summary": {"peak_vram_reserved_gb": 0.0}, "datasets": datasets,
                "study_profile": {"profile": "study", "datasets": study_blocks,
                                  "summary": study.summary(study_blocks, [], [])}}

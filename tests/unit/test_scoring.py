@@ -17,7 +17,7 @@ from sklearn.metrics import (balanced_accuracy_score, f1_score, matthews_corrcoe
                              precision_recall_fscore_support)
 
 from services.common import tasks as T
-from services.evaluator import metrics as M
+from services.common.task_types import boolq, mcq4, squad_v2
 from services.evaluator import stats as S
 from services.evaluator import study
 from services.evaluator.score import score_items
@@ -42,7 +42,7 @@ def test_mcq_macro_f1_and_per_class_equal_sklearn_on_random_vectors(labels):
     rng = random.Random(len(labels))
     for _ in range(300):
         preds, golds = _random_mcq(rng, list(labels))
-        got = M.score_mcq4(preds, golds, labels)
+        got = mcq4.score_mcq4(preds, golds, labels)
         y_pred = [NONE if p is None else p for p in preds]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -53,7 +53,7 @@ def test_mcq_macro_f1_and_per_class_equal_sklearn_on_random_vectors(labels):
             assert got["per_class"][c] == pytest.approx({"precision": p[i], "recall": r[i], "f1": f[i]}, abs=ROUNDED)
         # the bootstrap's point estimate is the same definition
         cols = S.item_columns("mcq4", preds, golds, labels)
-        point = S.headline_metrics("mcq4", cols, np.arange(len(preds))[None, :])["macro_f1"][0]
+        point = S.resampled_metrics("mcq4", cols, np.arange(len(preds))[None, :])["macro_f1"][0]
         assert point == pytest.approx(want, abs=1e-9)
 
 
@@ -64,7 +64,7 @@ def test_yes_no_metrics_equal_sklearn_on_random_vectors():
         golds = [rng.choice(rng.choice([["True"], ["False"], ["True", "False"]])) for _ in range(n)]
         golds = golds if rng.random() < 0.8 else [golds[0]] * n  # one class only, sometimes
         preds = [rng.choice(["True", "False", None]) for _ in range(n)]
-        got = M.score_boolq(preds, golds)
+        got = boolq.score_boolq(preds, golds)
         y_true = [g == "True" for g in golds]
         y_pred = [(p == "True") if p is not None else not t for p, t in zip(preds, y_true)]  # a miss
         with warnings.catch_warnings():
@@ -77,7 +77,7 @@ def test_yes_no_metrics_equal_sklearn_on_random_vectors():
             assert got[k] == pytest.approx(v, abs=ROUNDED), (k, preds, golds)
         assert got["accuracy"] == pytest.approx(100 * np.mean([p == g for p, g in zip(preds, golds)]), abs=0.005)
         cols = S.item_columns("boolq", preds, golds)
-        point = S.headline_metrics("boolq", cols, np.arange(n)[None, :])
+        point = S.resampled_metrics("boolq", cols, np.arange(n)[None, :])
         for k in ("f1_pos", "balanced_accuracy", "MCC"):
             assert point[k][0] == pytest.approx(want[k], abs=1e-9), k
 
@@ -139,22 +139,22 @@ def test_squad_v2_equals_the_official_formulas_on_random_multi_gold_items():
             preds.append(rng.choice(pool))
         if not any(golds) or all(golds):
             golds[0], golds[-1] = [], ["Broncos"]  # both subsets present
-        got, want = M.score_squad_v2(preds, golds), _official(golds, preds)
+        got, want = squad_v2.score_squad_v2(preds, golds), _official(golds, preds)
         for k, v in want.items():
             assert got[k] == pytest.approx(v, abs=0.005), (k, golds, preds)
 
 
 def test_squad_issue_example_best_of_all_golds():
     golds = [["Denver Broncos", "the Denver Broncos", "Broncos"]]
-    r = M.score_squad_v2(["Broncos"], golds)
+    r = squad_v2.score_squad_v2(["Broncos"], golds)
     assert (r["EM"], r["F1"]) == (100.0, 100.0)
     assert _official(golds, ["Broncos"])["EM"] == 100
     # the first gold alone (what a one-gold import kept) gives EM 0 / F1 66.67
-    assert (M.score_squad_v2(["Broncos"], [["Denver Broncos"]])["F1"]) == 66.67
+    assert (squad_v2.score_squad_v2(["Broncos"], [["Denver Broncos"]])["F1"]) == 66.67
 
 
 def test_squad_unanswerable_items_and_format_failures():
-    r = M.score_squad_v2(["", "Paris", None, ""], [[], [], [], ["The"]])
+    r = squad_v2.score_squad_v2(["", "Paris", None, ""], [[], [], [], ["The"]])
     # "" abstains on unanswerable; an answer there is wrong; no \boxed{} is wrong even there;
     # a gold that normalises to "" ("The") is dropped, so the item is scored against [""] but is HasAns
     assert r["NoAns_Accuracy"] == pytest.approx(100 / 3, abs=0.01) and r["HasAns_EM"] == 100.0
@@ -171,7 +171,7 @@ def test_gold_answers_are_never_remapped_and_old_datasets_fall_back():
     assert T.gold_answers("squad", {"answer": ""}) == []
     # only predictions are mapped: \boxed{None} abstains, so it misses an answerable gold "None"
     assert T.parse_answer("squad", "\\boxed{None}") == ""
-    r = M.score_squad_v2([""], [T.gold_answers("squad", row)])
+    r = squad_v2.score_squad_v2([""], [T.gold_answers("squad", row)])
     assert r["HasAns_EM"] == 0.0 and r["NoAns_Accuracy"] is None
     import pandas as pd
     df = T.with_answers("squad", pd.DataFrame({"answer": ["Paris", ""]}))

@@ -10,7 +10,7 @@ import pytest
 from services.common import tasks as T
 from services.common.errors import ValidationError
 
-BUILTIN_YAMLS = sorted(Path(T.__file__).with_name("tasks").glob("*.yaml"))
+BUILTIN_YAMLS = sorted(Path(T.__file__).with_name("task_defs").glob("*.yaml"))
 
 
 @pytest.fixture
@@ -37,16 +37,16 @@ def test_every_shipped_yaml_loads_and_validates():
     for path in BUILTIN_YAMLS:
         task = T.task_from_mapping(__import__("yaml").safe_load(path.read_text()), str(path))
         assert "\\boxed" in task.system_prompt
-        assert task.columns == T.TYPE_COLUMNS[task.type]
+        assert task.columns == task.type.columns
 
 
 def test_builtin_tasks_match_the_study():
-    got = {(t.name, t.short, t.type, t.title) for t in T.list_tasks()}
+    got = {(t.name, t.short, t.type.name, t.title) for t in T.list_tasks()}
     assert got == {
-        ("ai2_arc", "arc", T.TaskType.MCQ4, "ARC (4-way MCQ)"),
-        ("squad_v2", "squad", T.TaskType.SQUAD_V2, "SQuAD v2"),
-        ("OpenMathInstruct-2", "openmath", T.TaskType.MATH_NUMERIC, "OpenMathInstruct-2 (numeric)"),
-        ("boolq", "boolq", T.TaskType.BOOLQ, "BoolQ (binary)"),
+        ("ai2_arc", "arc", "mcq4", "ARC (4-way MCQ)"),
+        ("squad_v2", "squad", "squad_v2", "SQuAD v2"),
+        ("OpenMathInstruct-2", "openmath", "math_numeric", "OpenMathInstruct-2 (numeric)"),
+        ("boolq", "boolq", "boolq", "BoolQ (binary)"),
     }
     arc = T.get_task("ai2_arc")
     assert (arc.seed_stem, arc.hf_stem, arc.hub_id, arc.hub_config) == ("ai2_arc", "arc", "allenai/ai2_arc", "ARC-Challenge")
@@ -87,7 +87,7 @@ def test_new_multiple_choice_task_from_yaml_only(tmp_path, task_dirs):
     path = tmp_path / "sciq.yaml"
     path.write_text(NEW_MCQ)
     task = T.load_task_file(path)
-    assert T.get_task("SCIQ") is task and task.type is T.TaskType.MCQ4
+    assert T.get_task("SCIQ") is task and task.type.name == "mcq4"
     assert task.labels == ("A", "B", "C", "D") and task.fields == (("question", "question_stem"),)
     row = {"id": "q1", "question": "Which is a gas? A. ice B. steam C. rock D. wood", "answer": "B"}
     msgs = T.build_messages("sciq", row)

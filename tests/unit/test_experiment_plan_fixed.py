@@ -1,0 +1,46 @@
+"""The plan of every shipped experiment, and the problems of invalid specs, are those main made at
+f2a82ef (``tests/unit/data/experiment_plans_f2a82ef.json``, generated once from that commit with
+the same properties this test reads): the typed experiment schema and the split ``plan()`` change
+how the plan is built, not what it is. Compared by stable properties: each step's key, service,
+spec, inputs, labels and request id (the spec hash), in order; the experiment's datasets, data
+section, timeouts and inputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows import experiment as E
+from services.common.errors import ValidationError
+
+FIXTURE = json.loads((Path(__file__).parent / "data" / "experiment_plans_f2a82ef.json").read_text())
+
+
+def properties(x: E.Experiment) -> dict:
+    return json.loads(json.dumps({
+        "name": x.name, "description": x.description, "timeouts_s": x.timeouts_s, "datasets": x.datasets,
+        "data": x.data, "inputs": x.inputs,
+        "steps": [{"key": s.key, "service": s.service, "after": s.after, "labels": s.labels,
+                   "request_id": s.request_id(x.name), "spec": s.spec} for s in x.steps]}, default=str))
+
+
+def test_the_fixture_covers_every_shipped_experiment():
+    assert sorted(FIXTURE["plans"]) == E.shipped_names()
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE["plans"]))
+def test_shipped_plan_is_unchanged(name):
+    want, got = FIXTURE["plans"][name], properties(E.load(name))
+    assert [s["key"] for s in got["steps"]] == [s["key"] for s in want["steps"]]
+    for g, w in zip(got["steps"], want["steps"]):
+        assert g == w, g["key"]
+    assert got == want
+
+
+@pytest.mark.parametrize("case", range(len(FIXTURE["invalid"])))
+def test_invalid_specs_report_the_same_problems_at_once(case):
+    c = FIXTURE["invalid"][case]
+    with pytest.raises(ValidationError) as exc:
+        E.plan(c["raw"], "bad.yaml")
+    assert exc.value.problems == c["problems"]
