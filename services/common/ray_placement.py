@@ -33,6 +33,7 @@ import threading
 import time
 from typing import Any
 
+from services.common.job_record import EventType
 from services.common.settings import SERVICES, Placement
 
 NAMESPACE = "ftlab"
@@ -144,7 +145,7 @@ class RayHandle:
         self._buffer: list[dict] = []
         self._alive, self._exitcode, self.pid = True, None, None
         if placed:
-            self._buffer.append({"type": "log", "message": "re-attached to the job's Ray actor after a service "
+            self._buffer.append({"type": EventType.LOG.value, "message": "re-attached to the job's Ray actor after a service "
                                                             "restart"})
 
     def start(self) -> None:
