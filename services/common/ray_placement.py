@@ -23,6 +23,7 @@ nobody polled for ``ORPHAN_S`` exits by itself, so a service gone for good canno
 """
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
 import os
@@ -138,8 +139,8 @@ class JobActor:
 class RayHandle:
     """The service's side of one job's actor: the Process + events-queue interface of LocalHandle."""
 
-    def __init__(self, actor, start_args: tuple | None, wants: str, placed: bool = False):
-        self.actor, self._start_args, self.wants = actor, start_args, wants
+    def __init__(self, actor, start_args: tuple | None, wants: str, placed: bool = False, pg=None):
+        self.actor, self._start_args, self.wants, self.pg = actor, start_args, wants, pg
         self.placed, self.lost = placed, False
         self._started = None
         self._buffer: list[dict] = []
@@ -203,12 +204,18 @@ class RayHandle:
                     ray.get(self.actor.signal.remote(sig), timeout=10)
                 except Exception:
                     pass
-            ray.kill(self.actor, no_restart=True)
+            self._release()
             return
         try:
             ray.get(self.actor.signal.remote(sig), timeout=30)
         except ray.exceptions.RayError:
-            ray.kill(self.actor, no_restart=True)
+            self._release()
+
+    def _release(self) -> None:
+        import ray
+        ray.kill(self.actor, no_restart=True)
+        if self.pg is not None:
+            ray.util.remove_placement_group(self.pg)
 
     def close(self) -> None:
         """Remove the job's scratch folder on its node and release the actor (and its GPUs)."""
@@ -217,7 +224,7 @@ class RayHandle:
             ray.get(self.actor.close.remote(), timeout=30)
         except Exception:  # the actor or its node is gone: nothing left to clean
             pass
-        ray.kill(self.actor, no_restart=True)
+        self._release()
 
 
 class RayLauncher:
@@ -250,12 +257,38 @@ class RayLauncher:
         gpus = demand(config, self.placement, ray.cluster_resources().get("GPU", 0.0),
                       os.environ.get("FTLAB_DEVICE", "auto"))
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV)}
-        wants = f"{gpus:g} GPU, {self.placement.job_cpus:g} CPU, {env_resource(self.service)}"
+        name, cpus, envres = self._name(job_id, attempt), self.placement.job_cpus, env_resource(self.service)
+        ranks = self._node_ranks(int(config.get("world_size") or 1), gpus)
+        pg, options = None, {}
+        if len(ranks) > 1:  # one bundle per node, each on a different node: the nodes of one training
+            from ray.util.placement_group import placement_group
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+            bundles = [{"CPU": cpus, envres: 1, **({"GPU": float(r)} if gpus else {})} for r in ranks]
+            pg = placement_group(bundles, strategy="STRICT_SPREAD", name=name, lifetime="detached")
+            options = {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)}
+            gpus = float(ranks[0]) if gpus else 0.0
+            env["FTLAB_RAY_NODES"] = json.dumps({"pg": pg.id.hex(), "ranks": ranks, "bundles": bundles,
+                                                 "address": ray.get_runtime_context().gcs_address})
+            wants = f"{len(ranks)} nodes ({'+'.join(map(str, ranks))} ranks), {envres}"
+        else:
+            wants = f"{gpus:g} GPU, {cpus:g} CPU, {envres}"
         actor = self._actor_cls.options(
-            name=self._name(job_id, attempt), namespace=NAMESPACE, lifetime="detached", max_restarts=0,
-            max_concurrency=4, num_gpus=gpus, num_cpus=self.placement.job_cpus,
-            resources={env_resource(self.service): 1}).remote()
-        return RayHandle(actor, (self.service, recipe, job_id, attempt, config, store_config, env), wants)
+            name=name, namespace=NAMESPACE, lifetime="detached", max_restarts=0, max_concurrency=4,
+            num_gpus=gpus, num_cpus=cpus, resources={envres: 1}, **options).remote()
+        return RayHandle(actor, (self.service, recipe, job_id, attempt, config, store_config, env), wants, pg=pg)
+
+    def _node_ranks(self, world: int, gpus: float) -> list[int]:
+        """Training processes per node: one node unless ``world`` exceeds what a node takes
+        (FTLAB_RAY_RANKS_PER_NODE, else the GPUs of the largest node that runs this service)."""
+        import ray
+        per_node = self.placement.ranks_per_node
+        if per_node is None and gpus >= 1:
+            per_node = int(max((n["Resources"].get("GPU", 0) for n in ray.nodes()
+                                if n["Alive"] and env_resource(self.service) in n["Resources"]), default=0))
+        if not per_node or world <= per_node:
+            return [world]
+        nodes = math.ceil(world / per_node)
+        return [per_node] * (nodes - 1) + [world - per_node * (nodes - 1)]
 
     def reattach(self, job_id: str, attempt: int) -> RayHandle | None:
         """The actor of the job's running attempt after a service restart, or None (it runs nowhere)."""
@@ -264,4 +297,8 @@ class RayLauncher:
             actor = ray.get_actor(self._name(job_id, attempt), namespace=NAMESPACE)
         except ValueError:
             return None
-        return RayHandle(actor, None, "re-attached", placed=True)
+        try:
+            pg = ray.util.get_placement_group(self._name(job_id, attempt))
+        except ValueError:
+            pg = None  # a one-node job
+        return RayHandle(actor, None, "re-attached", placed=True, pg=pg)

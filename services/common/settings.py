@@ -64,11 +64,14 @@ class Placement:
     of the service, ``FTLAB_MAX_RUNNING_JOBS`` at a time) or ``ray`` (Ray places each job by the
     GPUs it needs). ``FTLAB_RAY_ADDRESS``: the cluster (``auto``: the one ``ray start`` made here;
     empty: a private local Ray). ``FTLAB_DEVICE_MEMORY_GB``: GiB per GPU, which turns a job's memory
-    estimate into a fraction of one GPU (unset: whole GPUs). ``FTLAB_RAY_JOB_CPUS``: CPUs a job holds."""
+    estimate into a fraction of one GPU (unset: whole GPUs). ``FTLAB_RAY_JOB_CPUS``: CPUs a job holds
+    (per node). ``FTLAB_RAY_RANKS_PER_NODE``: training processes one node takes; a training job with a
+    larger ``world_size`` runs across nodes (unset: the GPUs of the largest node; one node on CPU)."""
     mode: str = "local"
     ray_address: str = ""
     device_memory_gb: float | None = None
     job_cpus: float = 1.0
+    ranks_per_node: int | None = None
     problems: tuple[str, ...] = ()
 
 
@@ -93,8 +96,12 @@ def placement(env=os.environ) -> Placement:
         problems.append(f"{name}={raw[:40]!r}: must be a number {'> 0' if positive else '>= 0'}")
         return default
 
+    ranks = env.get("FTLAB_RAY_RANKS_PER_NODE", "").strip()
+    if ranks and not (ranks.isascii() and ranks.isdigit() and int(ranks) >= 1):
+        problems.append(f"FTLAB_RAY_RANKS_PER_NODE={ranks[:40]!r}: must be a whole number >= 1")
+        ranks = ""
     return Placement(mode, env.get("FTLAB_RAY_ADDRESS", "").strip(), number("FTLAB_DEVICE_MEMORY_GB", None, True),
-                     number("FTLAB_RAY_JOB_CPUS", 1.0, False), tuple(problems))
+                     number("FTLAB_RAY_JOB_CPUS", 1.0, False), int(ranks) if ranks else None, tuple(problems))
 
 
 @dataclass(frozen=True)

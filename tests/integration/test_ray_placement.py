@@ -41,8 +41,8 @@ def nodes(cluster):
     """``add(gpus, **resources)`` adds a node running the test service's environment; all go after."""
     added = []
 
-    def add(gpus: int, cpus: int = 8):
-        node = cluster.add_node(num_cpus=cpus, num_gpus=gpus, resources={ENV: 1000})
+    def add(gpus: int, cpus: int = 8, env: str = ENV):
+        node = cluster.add_node(num_cpus=cpus, num_gpus=gpus, resources={env: 1000})
         cluster.wait_for_nodes()
         added.append(node)
         return node
@@ -291,3 +291,43 @@ def _alive(pid: int) -> bool:
         return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_two_node_ddp_training_matches_one_process(ray_env, nodes, tmp_path, tiny_model_dir):
+    """A training job larger than one node (FTLAB_RAY_RANKS_PER_NODE=1, world_size 2) runs as torchrun
+    node ranks 0 and 1 on two Ray nodes (gloo on CPU): 2 x 4 rows per step against 1 x 8 rows in one
+    process, 2 steps, the same loss curve up to float summation order (0.5 %)."""
+    from services.common import modeling
+    from services.common.clients import ServiceClient
+    from services.common.data_import import import_dataset
+    from services.common.service_main import RunningService
+    from services.common.storage import LocalStore
+    from services.trainer.server import SERVICE as TRAINER
+    from tests.conftest import SEED_DATA, TINY
+    ray_env.setenv("FTLAB_DEVICE", "cpu")
+    ray_env.setenv("FTLAB_RAY_RANKS_PER_NODE", "1")
+    nodes(gpus=0, cpus=2, env="ftlab-env-trainer")
+    nodes(gpus=0, cpus=2, env="ftlab-env-trainer")
+    store = LocalStore(tmp_path / "store")
+    store.ensure_buckets()
+    modeling.commit_base_model(store, TINY, tiny_model_dir, {"source": "tiny-random-qwen3"})
+    import_dataset(store, "arc", "seed", SEED_DATA)
+    svc = RunningService(TRAINER, store, "127.0.0.1:0", RuntimeOptions(cancel_grace_s=2.0))
+    client = ServiceClient("trainer", svc.address)
+    try:
+        common = {"base_model": TINY, "dataset": "arc", "gradient_accumulation_steps": 1, "save_steps": 0,
+                  "train_limit": 8, "max_steps": 2, "learning_rate": 1e-2, "warmup_ratio": 0.0,
+                  "lora": {"r": 4, "dropout": 0.0}, "max_seq_length": 48}
+        client.run({**common, "per_device_batch_size": 8, "output_name": "one"}, "one", timeout_s=300)
+        two = client.run({**common, "per_device_batch_size": 4, "world_size": 2, "output_name": "two"}, "two",
+                         timeout_s=300)
+        messages = " | ".join(e["message"] for e in svc.runtime.get(two.job_id).events)
+        assert svc.runtime.get(two.job_id).state is JobState.SUCCEEDED, svc.runtime.get(two.job_id).error
+    finally:
+        client.close()
+        svc.stop(grace_s=2.0)
+    assert "--nnodes=2 --node_rank=0" in messages and "started node ranks 1..1" in messages, messages
+    curves = [json.loads(store.get_bytes("models", f"{n}/training_metadata.json"))["loss_curve"] for n in ("one", "two")]
+    assert [p["step"] for p in curves[1]] == [1, 2]
+    for a, b in zip(*curves):
+        assert abs(a["loss"] - b["loss"]) / a["loss"] < 5e-3, (a, b)
