@@ -75,6 +75,12 @@ def launch(cfg: "TrainConfig", base_dir: Path, examples: list[dict], out: Path, 
     return json.loads((work / "ddp_stats.json").read_text())
 
 
+def ranks_here(world_size: int) -> int:
+    """Training processes on this node: all of them, or node rank 0's share of a multi-node job."""
+    nodes = json.loads(os.environ.get("FTLAB_RAY_NODES", "null"))
+    return nodes["ranks"][0] if nodes else world_size
+
+
 def torchrun_cmd(ranks: list[int], node_rank: int, master: str, port: int, payload: Path) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks[node_rank]}",
             f"--nnodes={len(ranks)}", f"--node_rank={node_rank}", f"--master_addr={master}",
