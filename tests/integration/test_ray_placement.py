@@ -228,17 +228,18 @@ def test_killed_job_process_and_killed_ray_worker_fail_with_the_reason(runtime, 
 
 
 def test_node_lost_mid_job_runs_again_elsewhere_never_twice(runtime, nodes, tmp_path, cluster):
-    doomed = nodes(gpus=1)
+    first_node, second_node = nodes(gpus=1), nodes(gpus=1)
     rt = runtime()
-    job = submit(rt, {"log_dir": str(tmp_path), "sleep": 6})
-    wait(rt, job, {JobState.RUNNING})
+    job = submit(rt, {"log_dir": str(tmp_path), "sleep": 20})
+    rec = wait(rt, job, {JobState.RUNNING})
+    placed = next(e["message"] for e in rec.events if "started by Ray on node" in e["message"])
+    doomed = next(n for n in (first_node, second_node) if n.node_id[:12] in placed)
     deadline = time.time() + 20
     while not runs(tmp_path) and time.time() < deadline:
         time.sleep(0.1)
     first = runs(tmp_path)[0]
-    nodes(gpus=1)
     cluster.remove_node(doomed)
-    rec = wait(rt, job, {JobState.SUCCEEDED}, timeout=90)
+    rec = wait(rt, job, {JobState.SUCCEEDED}, timeout=120)
     assert rec.attempts == 2
     assert any("re-queued: the Ray actor running the job was lost" in e["message"] for e in rec.events)
     attempts = runs(tmp_path)
