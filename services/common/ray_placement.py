@@ -272,10 +272,22 @@ class RayLauncher:
             wants = f"{len(ranks)} nodes ({'+'.join(map(str, ranks))} ranks), {envres}"
         else:
             wants = f"{gpus:g} GPU, {cpus:g} CPU, {envres}"
+        if not self._fits(ranks if len(ranks) > 1 else [gpus], bool(gpus)):
+            wants += "; no node of the cluster can hold that now: it waits until nodes that can join"
         actor = self._actor_cls.options(
             name=name, namespace=NAMESPACE, lifetime="detached", max_restarts=0, max_concurrency=4,
             num_gpus=gpus, num_cpus=cpus, resources={envres: 1}, **options).remote()
         return RayHandle(actor, (self.service, recipe, job_id, attempt, config, store_config, env), wants, pg=pg)
+
+    def _fits(self, per_node_gpus: list[float], uses_gpus: bool) -> bool:
+        """Could the alive nodes running this service hold one bundle each (GPUs and CPUs), were
+        they idle? (An autoscaling cluster may still add nodes; the job then waits for them.)"""
+        import ray
+        free = sorted(((n["Resources"].get("GPU", 0.0), n["Resources"].get("CPU", 0.0)) for n in ray.nodes()
+                       if n["Alive"] and env_resource(self.service) in n["Resources"]), reverse=True)
+        need = sorted(per_node_gpus, reverse=True)
+        return len(need) <= len(free) and all((g >= want or not uses_gpus) and c >= self.placement.job_cpus
+                                              for want, (g, c) in zip(need, free))
 
     def _node_ranks(self, world: int, gpus: float) -> list[int]:
         """Training processes per node: one node unless ``world`` exceeds what a node takes

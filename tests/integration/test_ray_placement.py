@@ -162,10 +162,17 @@ def test_jobs_queue_when_every_gpu_is_busy(runtime, nodes, tmp_path):
     time.sleep(0.5)
     states = [rt.get(j).state for j in ids]
     assert states.count(JobState.RUNNING) == 2 and states.count(JobState.QUEUED) == 3
+    # 3 GPUs on 2-GPU nodes = two nodes, and there is one: it says so, and waits for the cluster to grow
+    too_big = submit(rt, {"log_dir": str(tmp_path), "sleep": 0, "world_size": 3})
     for j in ids:
         wait(rt, j, {JobState.SUCCEEDED})
     rs = runs(tmp_path)
     assert overlapping(rs) == 2 and len(rs) == 5
+    rec = rt.get(too_big)
+    assert rec.state is JobState.QUEUED and "it waits until nodes that can join" in rec.events[-1]["message"]
+    assert "2 nodes (2+1 ranks)" in rec.events[-1]["message"]
+    rt.cancel(too_big)
+    wait(rt, too_big, {JobState.CANCELLED})
 
 
 def test_fractional_packing_by_the_memory_estimate(runtime, nodes, tmp_path, ray_env):
