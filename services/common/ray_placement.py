@@ -69,7 +69,7 @@ class JobActor:
     def __init__(self):
         self._proc = None
         self._events = None
-        self._workdir = ""
+        self._folder, self._lock = "", None
         self._last_poll = time.time()
 
     def start(self, service: str, recipe: str, job_id: str, attempt: int, config: dict, store_config: dict,
@@ -77,13 +77,20 @@ class JobActor:
         import ray
         from services.common import warm_worker
         from services.common.job_context import child_main
+        from services.common.job_scratch import hold_lock, scratch_root, sweep_stale_scratch
         os.environ.update(env)  # this worker process is the job's alone
         ctx = mp.get_context("spawn")
         self._events = ctx.Queue()
-        self._workdir = tempfile.mkdtemp(prefix=f"ftlab-{job_id}-")
+        # This node's scratch, locked while the actor lives: what a killed actor (a lost service, a
+        # killed worker) leaves behind, the next job starting on the node sweeps.
+        sweep_stale_scratch()
+        os.makedirs(scratch_root(), exist_ok=True)
+        self._folder = tempfile.mkdtemp(prefix=f"ray-{job_id}-", dir=scratch_root())
+        self._lock = hold_lock(os.path.join(self._folder, ".lock"))
+        workdir = os.path.join(self._folder, "job")
+        os.mkdir(workdir)
         self._proc = warm_worker.process(ctx, child_main, name=f"ftlab-{job_id}", service=service,
-                                         args=(recipe, job_id, attempt, config, store_config, self._events,
-                                               self._workdir))
+                                         args=(recipe, job_id, attempt, config, store_config, self._events, workdir))
         started = threading.Event()
 
         def _run():  # the child's parent-death signal follows this thread: it lives as long as the child
@@ -127,7 +134,11 @@ class JobActor:
         if self._proc is not None and self._proc.is_alive():
             self.signal(9)
             self._proc.join(10)
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        if self._folder:
+            shutil.rmtree(self._folder, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _orphan_watch(self) -> None:
         while self._proc.is_alive() or time.time() - self._last_poll < ORPHAN_S:

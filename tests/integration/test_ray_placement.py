@@ -126,7 +126,7 @@ def overlapping(rs):
 def test_concurrent_jobs_get_disjoint_gpus(runtime, nodes, tmp_path):
     nodes(gpus=4)
     rt = runtime()
-    ids = [submit(rt, {"log_dir": str(tmp_path), "sleep": 3}) for _ in range(4)]
+    ids = [submit(rt, {"log_dir": str(tmp_path), "sleep": 1, "barrier": 4}) for _ in range(4)]
     recs = [wait(rt, j, {JobState.SUCCEEDED}) for j in ids]
     rs = runs(tmp_path)
     assert overlapping(rs) == 4, "the four single-GPU jobs ran at once on four GPUs"
@@ -138,7 +138,7 @@ def test_gang_job_waits_for_all_its_gpus_on_one_node(runtime, nodes, tmp_path):
     nodes(gpus=4)
     nodes(gpus=2)   # 6 GPUs in all, but no 4 free on one node while the small job runs
     rt = runtime()
-    small = [submit(rt, {"log_dir": str(tmp_path), "sleep": 4}) for _ in range(3)]
+    small = [submit(rt, {"log_dir": str(tmp_path), "sleep": 4, "barrier": 3}) for _ in range(3)]
     for j in small:
         wait(rt, j, {JobState.RUNNING})
     big = submit(rt, {"log_dir": str(tmp_path), "sleep": 0.5, "world_size": 4})
@@ -155,7 +155,7 @@ def test_gang_job_waits_for_all_its_gpus_on_one_node(runtime, nodes, tmp_path):
 def test_jobs_queue_when_every_gpu_is_busy(runtime, nodes, tmp_path):
     nodes(gpus=2)
     rt = runtime()
-    ids = [submit(rt, {"log_dir": str(tmp_path), "sleep": 4}) for _ in range(5)]
+    ids = [submit(rt, {"log_dir": str(tmp_path), "sleep": 4, "barrier": 2}) for _ in range(5)]
     deadline = time.time() + 30
     while sum(rt.get(j).state is JobState.RUNNING for j in ids) < 2 and time.time() < deadline:
         time.sleep(0.05)
@@ -180,7 +180,8 @@ def test_fractional_packing_by_the_memory_estimate(runtime, nodes, tmp_path, ray
     nodes(gpus=1)
     rt = runtime()
     # 9 GiB of 40 -> a quarter GPU each: four share GPU 0, the fifth waits; 30 GiB -> 3/4, alone
-    small = [submit(rt, {"log_dir": str(tmp_path), "sleep": 2.5, "memory_estimate_gb": 9}) for _ in range(5)]
+    small = [submit(rt, {"log_dir": str(tmp_path), "sleep": 1, "barrier": 4, "memory_estimate_gb": 9})
+             for _ in range(5)]
     for j in small:
         wait(rt, j, {JobState.SUCCEEDED})
     rs = runs(tmp_path)
@@ -232,6 +233,12 @@ def test_killed_job_process_and_killed_ray_worker_fail_with_the_reason(runtime, 
     while _alive(child) and time.time() < deadline:
         time.sleep(0.1)
     assert not _alive(child), "the job's process died with its Ray worker"
+    # the killed actor could not remove its scratch folder: the next job on the node sweeps it
+    from services.common.job_scratch import scratch_root
+    left = glob.glob(os.path.join(scratch_root(), f"ray-{job}-*"))
+    assert left, "the killed actor's folder is there until a sweep"
+    wait(rt, submit(rt, {"log_dir": str(tmp_path), "sleep": 0}), {JobState.SUCCEEDED})
+    assert not any(os.path.exists(f) for f in left)
 
 
 def test_node_lost_mid_job_runs_again_elsewhere_never_twice(runtime, nodes, tmp_path, cluster):
