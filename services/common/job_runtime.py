@@ -6,9 +6,10 @@ service's training / quantization / evaluation code) runs in a child process (fo
 warm fork server in services/common/warm_worker.py, or spawned), so a CUDA crash or an OOM kill
 never takes the server down, and cancel is a signal, not a flag.
 
-Its parts: the child side (services/common/job_context.py), the leases that let replicas share a
-store (job_leases.py), the jobs' scratch folders (job_scratch.py); the queue and the supervision
-of children are here.
+Its parts: where a job's process runs (placement.py: a local child, or a Ray actor where Ray places
+it, FTLAB_PLACEMENT), the child side (services/common/job_context.py), the leases that let replicas
+share a store (job_leases.py), the jobs' scratch folders (job_scratch.py); the queue and the
+supervision of children are here.
 """
 from __future__ import annotations
 
