@@ -59,3 +59,25 @@ def report_modules(ctx, cfg):
     """Which of ``cfg["modules"]`` this job found already imported when it started."""
     import sys
     return {"outputs": {m: str(m in sys.modules) for m in cfg["modules"]}}
+
+
+def placed(ctx, cfg):
+    """Records where it ran (GPUs Ray gave it, pid, start and end times) in ``cfg["log_dir"]``,
+    then sleeps ``cfg["sleep"]`` seconds (after waiting, up to ``barrier_s``, until ``barrier`` jobs have
+    started in the same folder): the placement tests read overlaps and GPU ids from it."""
+    import json
+    path = os.path.join(cfg["log_dir"], f"{ctx.job_id}.{ctx.attempt}")
+    info = {"job": ctx.job_id, "attempt": ctx.attempt, "pid": os.getpid(), "start": time.time(),
+            "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    with open(path + ".start", "w") as fh:
+        json.dump(info, fh)
+    ctx.progress(1, 2)
+    deadline = time.time() + cfg.get("barrier_s", 45)  # wait for the jobs meant to run beside this one:
+    while len([f for f in os.listdir(cfg["log_dir"]) if f.endswith(".start")]) < cfg.get("barrier", 0) \
+            and time.time() < deadline:  # start-up times on a loaded machine must not decide overlaps
+        time.sleep(0.1)
+    time.sleep(cfg.get("sleep", 1.0))
+    ctx.progress(2, 2)
+    with open(path + ".end", "w") as fh:
+        json.dump({"end": time.time()}, fh)
+    return {"outputs": {"gpus": info["gpus"] or ""}, "metrics": {"pid": os.getpid()}}

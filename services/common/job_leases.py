@@ -70,3 +70,20 @@ class Leases:
         lease = self._read(job_id)
         if lease and lease.get("owner") == self.owner:
             self.store.delete(JOBS_BUCKET, self._key(job_id))
+
+
+class NoLeases:
+    """Where Ray places jobs (services/common/ray_placement.py) there are no lease objects: a job's
+    running attempt is one named Ray actor, and a service restart finds it by that name."""
+
+    def held_elsewhere(self, job_id: str) -> bool:
+        return False
+
+    def claim(self, job_id: str) -> bool:
+        return True
+
+    def renew(self, job_id: str) -> None:
+        pass
+
+    def release(self, job_id: str) -> None:
+        pass

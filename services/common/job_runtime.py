@@ -6,15 +6,15 @@ service's training / quantization / evaluation code) runs in a child process (fo
 warm fork server in services/common/warm_worker.py, or spawned), so a CUDA crash or an OOM kill
 never takes the server down, and cancel is a signal, not a flag.
 
-Its parts: the child side (services/common/job_context.py), the leases that let replicas share a
-store (job_leases.py), the jobs' scratch folders (job_scratch.py); the queue and the supervision
-of children are here.
+Its parts: where a job's process runs (placement.py: a local child, or a Ray actor where Ray places
+it, FTLAB_PLACEMENT), the child side (services/common/job_context.py), the leases that let replicas
+share a store (job_leases.py), the jobs' scratch folders (job_scratch.py); the queue and the
+supervision of children are here.
 """
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import os
 import queue
 import shutil
@@ -27,12 +27,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 from services.common.errors import FtlabError, NotFoundError, PreconditionError, ValidationError, quote
-from services.common.job_context import child_main
-from services.common.job_leases import Leases
+from services.common.job_leases import Leases, NoLeases
 from services.common.job_record import JOBS_BUCKET, EventType, JobRecord, JobState, new_job_id, spec_hash
 from services.common.job_scratch import hold_lock, scratch_root, sweep_stale_scratch
 from services.common.storage import ObjectStore
-from services.common import warm_worker
+from services.common import placement
 
 log = logging.getLogger("ftlab.runtime")
 PERSIST_EVERY_S = 2.0  # progress is persisted at most this often; state changes always
@@ -83,7 +82,7 @@ class JobRuntime:
         self._jobs: dict[str, JobRecord] = {}
         self._by_request: dict[str, str] = {}
         self._queue: list[str] = []
-        self._procs: dict[str, mp.Process] = {}
+        self._procs: dict[str, Any] = {}             # job id -> its placement handle (placement.py)
         self._cancel_requested: set[str] = set()
         self._last_persist: dict[str, float] = {}
         self._dirty: dict[str, bytes] = {}           # job id -> record JSON the writer thread saves
@@ -94,9 +93,12 @@ class JobRuntime:
         self._writer_stop = False
         self._dispatcher: threading.Thread | None = None
         self._writer: threading.Thread | None = None
-        self._mp = warm_worker.context(recipes.values(), warm_imports)  # children fork from a warm server
+        # Where a job's process runs: a child of this service, or where Ray places it (FTLAB_PLACEMENT)
+        self._launcher = placement.launcher(service, recipes.values(), warm_imports)
         self.owner = options.replica_id or f"{socket.gethostname()}:{os.getpid()}"
-        self._leases = Leases(store, service, self.owner, options.lease_ttl_s)
+        self._leases = Leases(store, service, self.owner, options.lease_ttl_s) if self._launcher.uses_leases \
+            else NoLeases()
+        self._reattached: list[str] = []   # Ray jobs a restart found running (start() supervises them)
         self._scratch: str | None = None   # jobs' work folders (start() makes it)
         self._scratch_lock = None
 
@@ -116,7 +118,9 @@ class JobRuntime:
         # FTLAB_STORAGE_RETRY_S) never blocks GetJob/WatchJob; the latest snapshot per job wins.
         self._writer = threading.Thread(target=self._write_loop, name=f"{self.service}-writer", daemon=True)
         self._writer.start()
-        self._warm = warm_worker.warm_up(self._mp)
+        self._warm = self._launcher.warm_up()
+        for job_id in self._reattached:
+            self._supervise_in_thread(job_id, self._procs[job_id])
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name=f"{self.service}-dispatch", daemon=True)
         self._dispatcher.start()
 
@@ -145,6 +149,9 @@ class JobRuntime:
                 rec.error = "cancelled by request"
                 rec.transition(JobState.CANCELLED, f"the {self.service} service stopped while cancelling")
                 self._persist(rec)
+            elif rec.state is JobState.RUNNING and (handle := self._launcher.reattach(rec.job_id, rec.attempts)):
+                self._procs[rec.job_id] = handle  # Ray still runs it: supervise it again, don't re-run it
+                self._reattached.append(rec.job_id)
             elif rec.state is JobState.RUNNING:
                 if rec.attempts >= self.options.max_attempts:
                     rec.error = (f"interrupted: the {self.service} service stopped while the job was running, "
@@ -311,7 +318,7 @@ class JobRuntime:
             if job_id in self._waiting:
                 raise PreconditionError(f"job {job_id} is run by another replica of the {self.service} service "
                                         "(it holds the job's lease): cancel it there")
-            if rec.state is JobState.QUEUED:
+            if rec.state is JobState.QUEUED and job_id not in self._procs:  # else Ray has yet to place it
                 if job_id in self._queue:  # else the dispatcher holds it; it checks the state again
                     self._queue.remove(job_id)
                 rec.transition(JobState.CANCELLED, "cancelled before it started")
@@ -320,8 +327,11 @@ class JobRuntime:
                 self._cond.notify_all()
                 return self._snapshot(rec)
             self._cancel_requested.add(job_id)
-            rec.transition(JobState.CANCELLING, "cancel requested: SIGTERM, then SIGKILL after "
-                                                 f"{self.options.cancel_grace_s:g}s")
+            if rec.state is JobState.QUEUED:
+                rec.add_event(EventType.LOG, "cancel requested while waiting for Ray to place it")
+            else:
+                rec.transition(JobState.CANCELLING, "cancel requested: SIGTERM, then SIGKILL after "
+                                                     f"{self.options.cancel_grace_s:g}s")
             self._persist(rec)
             self._cond.notify_all()
         threading.Thread(target=self._kill, args=(job_id, self.options.cancel_grace_s), daemon=True).start()
@@ -387,7 +397,7 @@ class JobRuntime:
             for job_id in [j for j, t in self._waiting.items() if t <= now]:
                 del self._waiting[job_id]
                 self._queue.insert(0, job_id)
-            if self._queue and len(self._procs) < self.options.max_running:
+            if self._queue and (len(self._procs) < self.options.max_running or not self._launcher.limits_running):
                 return self._queue.pop(0)
             self._cond.wait(max(0.05, min(self._waiting.values()) - now) if self._waiting else None)
 
@@ -441,50 +451,63 @@ class JobRuntime:
             self._leases.release(job_id)
 
     def _start_child(self, rec: JobRecord) -> None:
-        """Under the lock, with the lease held: RUNNING, spawn the child, supervise it."""
+        """Under the lock, with the lease held: launch the job's process, supervise it. A local child
+        is RUNNING at once; a Ray job stays QUEUED until Ray has placed it (its "placed" message)."""
         job_id = rec.job_id
         rec.attempts += 1
-        rec.transition(JobState.RUNNING, "started" if rec.attempts == 1 else f"started (attempt {rec.attempts})")
-        events = self._mp.Queue()
-        # The service owns the scratch folder and removes it when the child exits, however it
-        # exits: a killed or cancelled child cannot clean up after itself.
-        workdir = tempfile.mkdtemp(prefix=f"{job_id}-", dir=self._scratch)
-        proc = warm_worker.process(self._mp, child_main, name=f"ftlab-{job_id}", service=self.service,
-                                   args=(self.recipes[rec.kind], job_id, rec.attempts, rec.config,
-                                         self.store.config(), events, workdir))
-        self._procs[job_id] = proc
+        handle = self._launcher.launch(job_id, rec.kind, self.recipes[rec.kind], rec.attempts, rec.config,
+                                       self.store.config(), self._scratch)
+        if handle.placed:
+            rec.transition(JobState.RUNNING, "started" if rec.attempts == 1 else f"started (attempt {rec.attempts})")
+        else:
+            rec.add_event(EventType.LOG, f"waiting for Ray to place it: {handle.wants}")
+        self._procs[job_id] = handle
         self._persist(rec)
         self._cond.notify_all()
-        proc.start()  # under the lock, so a cancel always finds a pid to signal
-        threading.Thread(target=self._supervise, args=(job_id, proc, events, workdir), daemon=True,
+        handle.start()  # under the lock, so a cancel always finds a pid to signal
+        self._supervise_in_thread(job_id, handle)
+
+    def _supervise_in_thread(self, job_id: str, handle) -> None:
+        threading.Thread(target=self._supervise, args=(job_id, handle), daemon=True,
                          name=f"supervise-{job_id}").start()
 
-    def _supervise(self, job_id: str, proc: mp.Process, events: "mp.Queue", workdir: str) -> None:
+    def _on_placed(self, job_id: str, msg: dict[str, Any]) -> None:
+        with self._cond:
+            rec = self._jobs[job_id]
+            attempt = "" if rec.attempts == 1 else f" (attempt {rec.attempts})"
+            rec.transition(JobState.RUNNING, f"started{attempt}: {msg['message']}")
+            if job_id in self._cancel_requested:  # cancelled while it waited: the kill is under way
+                rec.transition(JobState.CANCELLING, "cancel requested before it started")
+            self._persist(rec)
+            self._cond.notify_all()
+
+    def _supervise(self, job_id: str, proc) -> None:
         result, error = None, None
-        log.info("job %s: child pid %s started", job_id, proc.pid, extra=_extra(self._jobs[job_id]))
+        log.info("job %s: %s started", job_id, proc.where(), extra=_extra(self._jobs[job_id]))
         renew_every, renewed = self.options.lease_ttl_s / 3, time.time()
         while True:
             if time.time() - renewed > renew_every:  # heartbeat: the lease stays ours while we run it
                 self._leases.renew(job_id)
                 renewed = time.time()
             try:
-                msg = events.get(timeout=0.2)
+                msg = proc.get(timeout=0.2)
             except queue.Empty:
                 if proc.is_alive():
                     continue
                 try:  # drain what the child sent just before exiting
-                    msg = events.get(timeout=0.5)
+                    msg = proc.get(timeout=0.5)
                 except queue.Empty:
                     break
-            if msg["type"] == "result":
+            if msg["type"] == "placed":
+                self._on_placed(job_id, msg)
+            elif msg["type"] == "result":
                 result = msg
             elif msg["type"] == "error":
                 error = msg
                 log.error("job %s failed:\n%s", job_id, msg.get("traceback", ""), extra=_extra(self._jobs[job_id]))
             else:
                 self._on_event(job_id, msg)
-        proc.join()
-        shutil.rmtree(workdir, ignore_errors=True)
+        proc.close()  # the scratch folder goes, however the child ended; a Ray actor frees its resources
         self._finish(job_id, proc.exitcode, result, error)
 
     def _on_event(self, job_id: str, msg: dict[str, Any]) -> None:
@@ -512,6 +535,15 @@ class JobRuntime:
             elif self._stopping and result is None:
                 rec.error = f"interrupted: the {self.service} service shut down while the job was running"
                 rec.transition(JobState.FAILED, rec.error)
+            elif error and error.get("lost") and rec.attempts < self.options.max_attempts:
+                # Ray lost the job's node or worker, and the child with it: run it again elsewhere
+                why = (f"re-queued: {error['message']}; attempt {rec.attempts + 1} runs it again from the start, "
+                       "or from its last checkpoint")
+                if rec.state is JobState.RUNNING:
+                    rec.transition(JobState.QUEUED, why)
+                else:  # lost before Ray started it: still QUEUED
+                    rec.add_event(EventType.LOG, why)
+                self._queue.insert(0, job_id)
             elif result is not None and exitcode == 0:
                 rec.outputs.update(result["outputs"])
                 rec.metrics.update(result["metrics"])
@@ -527,9 +559,9 @@ class JobRuntime:
         # Only the supervisor thread reaps the child (two threads waiting on one pid race);
         # here we signal and watch for the supervisor to report the exit.
         proc = self._procs.get(job_id)
-        if proc is None or proc.pid is None:
+        if proc is None:
             return
-        _signal_group(proc.pid, signal.SIGTERM)
+        proc.signal(signal.SIGTERM)
         deadline = time.time() + grace_s
         with self._cond:
             while job_id in self._procs and time.time() < deadline:
@@ -538,17 +570,7 @@ class JobRuntime:
                 return
         log.warning("job %s: still alive %.0fs after SIGTERM, sending SIGKILL", job_id, grace_s,
                     extra=_extra(job_id=job_id))
-        _signal_group(proc.pid, signal.SIGKILL)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)  # the child makes itself a group leader first thing
-    except (ProcessLookupError, PermissionError):
-        try:  # not a group leader yet: signal the process itself
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+        proc.signal(signal.SIGKILL)
 
 
 def _describe_exit(code: int | None) -> str:

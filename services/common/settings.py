@@ -55,6 +55,55 @@ def grpc_message_options(env=os.environ) -> list[tuple[str, int]]:
     return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
 
 
+PLACEMENTS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where jobs run (services/common/placement.py). ``FTLAB_PLACEMENT``: ``local`` (default: children
+    of the service, ``FTLAB_MAX_RUNNING_JOBS`` at a time) or ``ray`` (Ray places each job by the
+    GPUs it needs). ``FTLAB_RAY_ADDRESS``: the cluster (``auto``: the one ``ray start`` made here;
+    empty: a private local Ray). ``FTLAB_DEVICE_MEMORY_GB``: GiB per GPU, which turns a job's memory
+    estimate into a fraction of one GPU (unset: whole GPUs). ``FTLAB_RAY_JOB_CPUS``: CPUs a job holds
+    (per node). ``FTLAB_RAY_RANKS_PER_NODE``: training processes one node takes; a training job with a
+    larger ``world_size`` runs across nodes (unset: the GPUs of the largest node; one node on CPU)."""
+    mode: str = "local"
+    ray_address: str = ""
+    device_memory_gb: float | None = None
+    job_cpus: float = 1.0
+    ranks_per_node: int | None = None
+    problems: tuple[str, ...] = ()
+
+
+def placement(env=os.environ) -> Placement:
+    """Parse the placement settings; ``problems`` lists every bad value (ServiceSettings raises them)."""
+    problems = []
+    mode = env.get("FTLAB_PLACEMENT", "").strip().lower() or "local"
+    if mode not in PLACEMENTS:
+        problems.append(f"FTLAB_PLACEMENT={mode[:40]!r}: expected local (default) or ray")
+        mode = "local"
+
+    def number(name, default, positive):
+        raw = env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+            if value > 0 or (value == 0 and not positive):
+                return value
+        except ValueError:
+            pass
+        problems.append(f"{name}={raw[:40]!r}: must be a number {'> 0' if positive else '>= 0'}")
+        return default
+
+    ranks = env.get("FTLAB_RAY_RANKS_PER_NODE", "").strip()
+    if ranks and not (ranks.isascii() and ranks.isdigit() and int(ranks) >= 1):
+        problems.append(f"FTLAB_RAY_RANKS_PER_NODE={ranks[:40]!r}: must be a whole number >= 1")
+        ranks = ""
+    return Placement(mode, env.get("FTLAB_RAY_ADDRESS", "").strip(), number("FTLAB_DEVICE_MEMORY_GB", None, True),
+                     number("FTLAB_RAY_JOB_CPUS", 1.0, False), int(ranks) if ranks else None, tuple(problems))
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     service: str
@@ -88,6 +137,7 @@ class ServiceSettings:
         worker = env.get("FTLAB_WORKER", "").strip().lower()
         if worker not in ("", "forkserver", "spawn"):  # listed with the others, before warm_worker.mode() raises
             problems.append(f"FTLAB_WORKER={worker[:40]!r}: expected forkserver (default) or spawn")
+        problems.extend(placement(env).problems)
         try:
             cpu_threads(env)  # used by the jobs only; a bad value stops the service, not each job
         except ValidationError as exc:

@@ -73,12 +73,13 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
     # 4. Train (in this process, or in world_size torchrun workers) and save to out/.
     out = workdir / "out"
     total_steps = planned_steps(cfg, len(examples))
-    if cfg.world_size > 1 and modeling.device().type == "cuda" and cfg.world_size > torch.cuda.device_count():
-        raise PreconditionError(f"world_size {cfg.world_size} > {torch.cuda.device_count()} visible GPUs")
+    from services.trainer import ddp
+    here = ddp.ranks_here(cfg.world_size)  # fewer than world_size when Ray spread the job over nodes
+    if here > 1 and modeling.device().type == "cuda" and here > torch.cuda.device_count():
+        raise PreconditionError(f"{here} processes on this node > {torch.cuda.device_count()} visible GPUs")
     if cfg.world_size == 1:
         stats = train(cfg, base_dir, examples, out, resume and resume.path, ctx.store, ctx, total_steps)
     else:
-        from services.trainer import ddp
         stats = ddp.launch(cfg, base_dir, examples, out, resume and resume.path, ctx.store, ctx, total_steps)
 
     # 5. Metadata: the study's fields, memory measured vs estimated, speed, the loss curve.
