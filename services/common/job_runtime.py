@@ -53,6 +53,20 @@ def _extra(rec: "JobRecord | None" = None, **kw) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- server side
 
+class _Changes(threading.Condition):
+    """The runtime's lock and condition; every ``notify_all`` (a job changed) also calls the
+    listeners (:meth:`JobRuntime.add_listener`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.listeners: list[Callable[[], None]] = []
+
+    def notify_all(self) -> None:
+        super().notify_all()
+        for fn in self.listeners:
+            fn()
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     max_running: int = 1          # one job per device by default
@@ -89,7 +103,7 @@ class JobRuntime:
         self._dirty: dict[str, bytes] = {}           # job id -> record JSON the writer thread saves
         self._unsaved: set[str] = set()              # jobs whose latest record is not saved yet
         self._waiting: dict[str, float] = {}         # job id -> when to retry a lease another replica holds
-        self._cond = threading.Condition()
+        self._cond = _Changes()
         self._stopping = False
         self._writer_stop = False
         self._dispatcher: threading.Thread | None = None
@@ -271,37 +285,49 @@ class JobRuntime:
         with self._cond:
             return self._queue.index(job_id) + 1 if job_id in self._queue else 0
 
+    def events_after(self, job_id: str, after_seq: int = 0, saved_by: float | None = None
+                     ) -> tuple[list[dict[str, Any]], bool, float | None]:
+        """One look at a job for a watcher, without waiting: (the events after ``after_seq``,
+        whether the stream ends after them, ``saved_by`` to pass to the next look). A stream ends
+        once the job is terminal and its final record saved (or its save failed, or
+        ``SAVED_WAIT_S`` passed: storage is down)."""
+        with self._cond:
+            rec = self._require(job_id)
+            events = rec.events
+            # seqs are consecutive (the oldest are dropped past MAX_EVENTS): slice, don't scan
+            start = max(0, after_seq - events[0]["seq"] + 1) if events else 0
+            new = [dict(e) for e in events[start:]]
+            terminal = rec.state.is_terminal()
+            if terminal and not new and job_id in self._unsaved:
+                # The stream ends once the final record is saved and the lease released, so a
+                # client that saw the end reads the same record from the store. A failed save
+                # (storage down) or SAVED_WAIT_S ends it anyway; the writer keeps retrying.
+                saved_by = saved_by or time.time() + SAVED_WAIT_S
+                terminal = time.time() >= saved_by
+            return new, terminal and not new, saved_by
+
     def watch(self, job_id: str, after_seq: int = 0, is_active: Callable[[], bool] = lambda: True
               ) -> Iterator[dict[str, Any]]:
-        """Replay events after ``after_seq``, then follow until the job is terminal and its final
-        record saved (or its save failed, or ``SAVED_WAIT_S`` passed: storage is down)."""
+        """Replay events after ``after_seq``, then follow until the job ends (:meth:`events_after`),
+        blocking this thread; the gRPC WatchJob waits on :meth:`add_listener` instead."""
         saved_by = None
         while True:
-            with self._cond:
-                rec = self._require(job_id)
-                new = [dict(e) for e in rec.events if e["seq"] > after_seq]
-                terminal = rec.state.is_terminal()
-                if terminal and not new and job_id in self._unsaved:
-                    # The stream ends once the final record is saved and the lease released, so a
-                    # client that saw the end reads the same record from the store. A failed save
-                    # (storage down) or SAVED_WAIT_S ends it anyway; the writer keeps retrying.
-                    saved_by = saved_by or time.time() + SAVED_WAIT_S
-                    terminal = time.time() >= saved_by
-                if not new and not terminal:
+            new, done, saved_by = self.events_after(job_id, after_seq, saved_by)
+            if done:
+                return
+            if not new:
+                with self._cond:
                     self._cond.wait(timeout=1.0)
-                    if not is_active():
-                        return
-                    continue
+                if not is_active():
+                    return
             for ev in new:
                 yield ev
                 after_seq = ev["seq"]
-            if terminal and not new:
-                return
 
-    def wake(self) -> None:
-        """Wake every waiting watcher (e.g. one whose client went away) to re-check its stream."""
-        with self._cond:
-            self._cond.notify_all()
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """``fn()`` runs (under the runtime's lock: it must only schedule work) whenever a job
+        changes, so watchers on an event loop wake without a thread each."""
+        self._cond.listeners.append(fn)
 
     def cancel(self, job_id: str) -> JobRecord:
         with self._cond:
