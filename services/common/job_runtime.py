@@ -12,6 +12,7 @@ of children are here.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import multiprocessing as mp
@@ -39,6 +40,7 @@ PERSIST_EVERY_S = 2.0  # progress is persisted at most this often; state changes
 MAX_REQUEST_ID = 256
 LEASE_RETRY_S = 5.0    # how often a replica re-tries a job whose lease another replica holds
 SAVED_WAIT_S = 30.0    # how long a watch of a finished job waits for its record to be saved
+RELOAD_THREADS = 16    # job records read at once when a service starts
 
 
 def _extra(rec: "JobRecord | None" = None, **kw) -> dict[str, Any]:
@@ -95,6 +97,7 @@ class JobRuntime:
                  options: RuntimeOptions = RuntimeOptions(), warm_imports: tuple[str, ...] = ()):
         self.service, self.store, self.recipes, self.options = service, store, recipes, options
         self._jobs: dict[str, JobRecord] = {}
+        self._order: list[tuple[float, str]] = []   # (created_at, job_id) of every job, ascending: ListJobs' index
         self._by_request: dict[str, str] = {}
         self._queue: list[str] = []
         self._procs: dict[str, mp.Process] = {}
@@ -141,16 +144,25 @@ class JobRuntime:
         ``options.max_attempts`` starts in all) and says so in its events: the trainer resumes
         from its last checkpoint, the quantizer and evaluator start again (their work is cheap).
         A job that was CANCELLING ends CANCELLED. A job whose lease another live replica holds
-        is left alone (that replica runs it); this one adopts the outcome once the lease is free."""
-        for key in self.store.list_keys(JOBS_BUCKET, f"{self.service}/"):
-            if not key.endswith(".json"):
-                continue
-            rec = JobRecord.from_json(self.store.get_bytes(JOBS_BUCKET, key))
+        is left alone (that replica runs it); this one adopts the outcome once the lease is free.
+
+        The records are read RELOAD_THREADS at a time (an object store answers each read in a round
+        trip), in storage's order; the listing index is sorted once at the end."""
+        from concurrent.futures import ThreadPoolExecutor
+        keys = [k for k in self.store.list_keys(JOBS_BUCKET, f"{self.service}/") if k.endswith(".json")]
+        with ThreadPoolExecutor(RELOAD_THREADS) as pool:
+            records = pool.map(lambda k: JobRecord.from_json(self.store.get_bytes(JOBS_BUCKET, k)), keys)
+            self._recover_records(records)
+        self._order.sort()
+
+    def _recover_records(self, records: Iterator[JobRecord]) -> None:
+        for rec in records:
             # a record this start-up rewrites (RUNNING, CANCELLING) needs the lease first, so two
             # replicas starting together can't both rewrite it
             if (rec.state in (JobState.RUNNING, JobState.CANCELLING) and not self._leases.claim(rec.job_id)) or \
                     (rec.state is JobState.QUEUED and self._leases.held_elsewhere(rec.job_id)):
                 self._jobs[rec.job_id] = rec
+                self._order.append((rec.created_at, rec.job_id))
                 if rec.request_id:
                     self._by_request[rec.request_id] = rec.job_id
                 self._waiting[rec.job_id] = time.time()
@@ -168,6 +180,7 @@ class JobRuntime:
                     self._requeue_interrupted(rec)
                 self._persist(rec)
             self._jobs[rec.job_id] = rec
+            self._order.append((rec.created_at, rec.job_id))
             if rec.request_id:
                 self._by_request[rec.request_id] = rec.job_id
             if rec.state is JobState.QUEUED:
@@ -229,6 +242,7 @@ class JobRuntime:
                             config=config, request_id=request_id)
             rec.add_event(EventType.STATE, "QUEUED")
             self._jobs[rec.job_id] = rec  # reserved: a concurrent twin with this request_id gets it
+            bisect.insort(self._order, (rec.created_at, rec.job_id))
             if request_id:
                 self._by_request[request_id] = rec.job_id
             data = rec.to_json()
@@ -237,6 +251,7 @@ class JobRuntime:
         except FtlabError:
             with self._cond:
                 self._jobs.pop(rec.job_id, None)
+                self._order.remove((rec.created_at, rec.job_id))
                 if request_id and self._by_request.get(request_id) == rec.job_id:
                     del self._by_request[request_id]
             raise
@@ -265,20 +280,27 @@ class JobRuntime:
     def list(self, states: set[JobState] | None = None, page_size: int = 50,
              page_token: str = "") -> tuple[list[JobRecord], str]:
         """Newest first. The page token is the last job id of the previous page (a cursor, so
-        jobs submitted meanwhile don't shift the pages)."""
+        jobs submitted meanwhile don't shift the pages). A page reads only its own records (and,
+        with a state filter, the ones it skips), found by bisecting the (created_at, job_id) index;
+        its records come without their events (a job's events are WatchJob's)."""
         if page_size <= 0:
             page_size = 50
         page_size = min(page_size, 500)
         with self._cond:
-            recs = sorted(self._jobs.values(), key=lambda r: (r.created_at, r.job_id), reverse=True)
-            if states:
-                recs = [r for r in recs if r.state in states]
+            end = len(self._order)
             if page_token:
-                ids = [r.job_id for r in recs]
-                if page_token not in ids:
+                after = self._jobs.get(page_token)
+                if after is None:
                     raise ValidationError(f"page_token: {quote(page_token)} is not a job of this service")
-                recs = recs[ids.index(page_token) + 1:]
-            page = [self._snapshot(r) for r in recs[:page_size]]
+                end = bisect.bisect_left(self._order, (after.created_at, after.job_id))
+            recs: list[JobRecord] = []
+            for i in range(end - 1, -1, -1):
+                rec = self._jobs[self._order[i][1]]
+                if not states or rec.state in states:
+                    recs.append(rec)
+                    if len(recs) > page_size:  # one more than the page: there is a next page
+                        break
+            page = [replace(r, events=[], outputs=dict(r.outputs), metrics=dict(r.metrics)) for r in recs[:page_size]]
             return page, (page[-1].job_id if len(recs) > page_size else "")
 
     def queue_position(self, job_id: str) -> int:

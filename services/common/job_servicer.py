@@ -170,7 +170,8 @@ class JobMethods:
         return self.job_proto(rec)
 
     def job_proto(self, rec: JobRecord) -> jobs_pb2.Job:
-        return record_to_proto(rec, self.runtime.queue_position(rec.job_id))
+        queued = rec.state is JobState.QUEUED  # only a queued job has a position (a scan of the queue)
+        return record_to_proto(rec, self.runtime.queue_position(rec.job_id) if queued else 0)
 
     # GetJob, ListJobs, CancelJob and WatchJob are coroutines: the asyncio server runs them on its
     # event loop (each holds the runtime's lock only briefly), never queued behind the Submits on
