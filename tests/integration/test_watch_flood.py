@@ -9,8 +9,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.clients import ServiceClient, state_name
+from services.common.clients import Busy, ServiceClient, state_name
 from services.common.generated.ftlab.v1 import jobs_pb2, quantizer_pb2_grpc
+from services.common.grpc_server import Load
 from services.common.job_runtime import RuntimeOptions
 from services.common.service_main import RunningService, Security
 from tests.hardening import CTL_ENV, make_source, service_def, spec
@@ -19,7 +20,13 @@ WATCHERS = 300
 
 
 @pytest.fixture
-def held(store, tmp_path, monkeypatch):
+def limits() -> dict:
+    """The server's :class:`Load` arguments (a test parametrizes ``limits`` to change them)."""
+    return {}
+
+
+@pytest.fixture
+def held(limits, store, tmp_path, monkeypatch):
     """A service with one job held RUNNING (its child waits for the ``go`` file)."""
     ctl = tmp_path / "ctl"
     ctl.mkdir()
@@ -27,13 +34,14 @@ def held(store, tmp_path, monkeypatch):
     (ctl / "hold").write_text("yes")
     make_source(store)
     svc = RunningService(service_def(), store, "127.0.0.1:0", RuntimeOptions(max_running=1, cancel_grace_s=1.0),
-                         security=Security())
+                         security=Security(), load=Load(**limits))
     client = ServiceClient("quantizer", svc.address, token=None, credentials=None)
     job = client.submit(spec("long"), "long")
-    deadline = time.time() + 60
+    deadline = time.time() + 240  # the fork server imports the quantizer's modules first (slow on a busy machine)
     while state_name(client.get(job.job_id).state) != "RUNNING":
         assert time.time() < deadline
         time.sleep(0.05)
+    svc.ctl = ctl
     yield svc, client, job
     (ctl / "go").touch()
     client.close()
@@ -78,6 +86,28 @@ def test_hundreds_of_watchers_leave_health_reads_and_cancel_answering_within_a_s
         assert state_name(client.wait(job.job_id, 30).state) == "CANCELLED"
         ends = [list(call)[-1].state for call in calls[:: WATCHERS // 20]]
         assert ends == [jobs_pb2.JOB_STATE_CANCELLED] * len(ends)
+    finally:
+        for call in calls:
+            call.cancel()
+        for c in chans:
+            c.close()
+
+
+@pytest.mark.parametrize("limits", [{"max_streams": 5}])
+def test_a_stream_past_the_limit_is_refused_at_once_with_a_retry_hint_and_waiting_clients_poll(held):
+    svc, client, job = held
+    chans, calls = _streams(svc.address, job.job_id, 5, channels=1)
+    try:
+        for call in calls:
+            assert next(call).job_id == job.job_id  # open, each past its first event
+        t = time.perf_counter()
+        with pytest.raises(Busy) as refused:
+            next(iter(client.watch(job.job_id)))
+        assert time.perf_counter() - t < 1.0 and refused.value.retry_s == 2.0, refused.value
+        assert "5 open streams" in str(refused.value)
+        # a client waiting on the job honours the hint: it polls GetJob and still sees the end
+        (svc.ctl / "go").touch()
+        assert state_name(client.wait(job.job_id, 60).state) == "SUCCEEDED"
     finally:
         for call in calls:
             call.cancel()
