@@ -346,6 +346,13 @@ class JobRuntime:
                 yield ev
                 after_seq = ev["seq"]
 
+    def change_marks(self, job_ids: list[str]) -> dict[str, tuple]:
+        """For each known job of ``job_ids``, a value that changes whenever a watcher of it has
+        something new to see (an event, the state, its record saved)."""
+        with self._cond:
+            return {j: (rec.events[-1]["seq"] if rec.events else 0, rec.state, j in self._unsaved)
+                    for j in job_ids if (rec := self._jobs.get(j)) is not None}
+
     def add_listener(self, fn: Callable[[], None]) -> None:
         """``fn()`` runs (under the runtime's lock: it must only schedule work) whenever a job
         changes, so watchers on an event loop wake without a thread each."""

@@ -120,15 +120,20 @@ def _guarded(resolve, spec: dict, store) -> dict:
 
 
 class _LoopChanges:
-    """"Some job changed", from the runtime's threads to the watchers on one event loop. Each
-    watcher waits on the current Event; a change sets it and starts a fresh one. Changes coming
-    faster than the loop runs collapse into one wake-up (one watcher check each)."""
+    """Job changes, from the runtime's threads to the watchers on one event loop. A watcher waits
+    on its job's current Event; on a change the loop compares each watched job's mark
+    (:meth:`JobRuntime.change_marks`) with the last one seen and sets only the Events of the jobs
+    that changed, so a change costs one look per watched job, not one wake-up per watcher.
+    Changes coming faster than the loop runs collapse into one look."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self._event, self._scheduled = loop, asyncio.Event(), False
+    def __init__(self, loop: asyncio.AbstractEventLoop, runtime: JobRuntime):
+        self.loop, self.runtime = loop, runtime
+        self._events: dict[str, asyncio.Event] = {}  # job id -> the Event its watchers wait on now
+        self._seen: dict[str, tuple] = {}
+        self._scheduled = False
 
-    def next(self) -> asyncio.Event:
-        return self._event
+    def event(self, job_id: str) -> asyncio.Event:
+        return self._events.setdefault(job_id, asyncio.Event())
 
     def notify(self) -> None:  # any thread, under the runtime's lock: schedule only
         if not self._scheduled and not self.loop.is_closed():
@@ -137,8 +142,13 @@ class _LoopChanges:
 
     def _fire(self) -> None:
         self._scheduled = False
-        event, self._event = self._event, asyncio.Event()
-        event.set()
+        marks = self.runtime.change_marks(list(self._events))
+        for job_id, mark in marks.items():
+            if mark != self._seen.get(job_id):
+                self._seen[job_id] = mark
+                self._events.pop(job_id).set()  # its watchers look again; the next wait gets a new Event
+        for job_id in [j for j in self._seen if j not in self._events and j not in marks]:
+            del self._seen[job_id]
 
 
 class JobMethods:
@@ -216,7 +226,7 @@ class JobMethods:
         changes = self._changes()
         after_seq, saved_by = request.after_seq, None
         while True:
-            changed = changes.next()  # taken before looking, so a change meanwhile is not missed
+            changed = changes.event(job_id)  # taken before looking, so a change meanwhile is not missed
             new, done, saved_by = self.runtime.events_after(job_id, after_seq, saved_by)
             for ev in new:
                 yield event_to_proto(job_id, ev)
@@ -224,15 +234,15 @@ class JobMethods:
             if done:
                 return
             if not new:
-                try:  # the timeout re-checks the saved record's deadline (SAVED_WAIT_S)
-                    await asyncio.wait_for(changed.wait(), 1.0)
+                try:  # a finished job's record may be saved any moment: look every second then
+                    await asyncio.wait_for(changed.wait(), 1.0 if saved_by else 10.0)
                 except asyncio.TimeoutError:
                     pass
 
     def _changes(self) -> "_LoopChanges":
         """This servicer's bridge from the runtime's changes to the event loop, made on first use."""
         if self._loop_changes is None:
-            self._loop_changes = _LoopChanges(asyncio.get_running_loop())
+            self._loop_changes = _LoopChanges(asyncio.get_running_loop(), self.runtime)
             self.runtime.add_listener(self._loop_changes.notify)
         return self._loop_changes
 
