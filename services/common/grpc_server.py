@@ -96,6 +96,9 @@ def _lenient(deserialize):
 # behind either: they are served on the event loop itself.
 MAX_STREAMS = 10_000
 MAX_PENDING_CALLS = 256
+# Threads for the Submits. Few on purpose: every one of them competes with the event loop for
+# the GIL (with 32, 100 submits/s on 2 cores delayed Health by seconds); more wait in the queue.
+SUBMIT_THREADS = 4
 STREAM_RETRY_S = 2.0
 CALL_RETRY_S = 0.5
 # Keepalive: the server pings an idle connection every 60 s and drops it when a ping goes 20 s
@@ -275,7 +278,7 @@ class HealthHandle:
 
 
 def build_server(address: str, servicer, add_to_server, service_full_name: str,
-                 max_workers: int = 32, tokens: list[str] | tuple[str, ...] = (),
+                 max_workers: int = SUBMIT_THREADS, tokens: list[str] | tuple[str, ...] = (),
                  credentials: grpc.ServerCredentials | None = None,
                  load: Load | None = None) -> tuple[AsyncServer, int, HealthHandle]:
     """A ready (not yet started) asyncio server with health and reflection. Returns the bound port.
