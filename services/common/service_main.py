@@ -2,6 +2,7 @@
 ``__main__`` and by tests (which start real servers on loopback ports)."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -53,6 +54,10 @@ class RunningService:
         security = security if security is not None else Security.from_env()
         self.runtime = JobRuntime(sdef.name, store, sdef.recipes, options, warm_imports=sdef.warm_imports)
         self.runtime.start()
+        # The reloaded job records (10,000 of them in a research store) live as long as the service:
+        # out of the collector's reach, a full collection no longer walks them, which stalled the
+        # event loop for over a second each time on a busy 2-core machine (docs/BENCHMARKS.md).
+        gc.freeze()
         self.server, self.port, self.health = build_server(
             listen, sdef.servicer(self.runtime, store), sdef.add_to_server, sdef.full_name,
             tokens=security.tokens, credentials=security.credentials, load=load)
