@@ -96,8 +96,8 @@ def _lenient(deserialize):
 # behind either: they are served on the event loop itself.
 MAX_STREAMS = 10_000
 MAX_PENDING_CALLS = 256
-# Threads for the Submits. Few on purpose: every one of them competes with the event loop for
-# the GIL (with 32, 100 submits/s on 2 cores delayed Health by seconds); more wait in the queue.
+# Threads for the Submits. Few on purpose: each competes with the event loop for the GIL, and
+# their work (the door, one record write) is short; more submits wait in the queue.
 SUBMIT_THREADS = 4
 STREAM_RETRY_S = 2.0
 CALL_RETRY_S = 0.5
