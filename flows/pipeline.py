@@ -20,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.experiment import Experiment, Step, load
 from services.common import artifacts
+from services.common import clients
 from services.common.clients import JobFailed, ServiceClient, state_name
 from services.common.errors import FtlabError
 from services.common.generated.ftlab.v1 import jobs_pb2
@@ -30,6 +31,7 @@ from services.common.settings import SERVICES
 DEFAULT_REPORT_DIR = ".ftlab/reports"
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 MAX_STEPS_IN_FLIGHT = 512
+CANCEL_THREADS = 8  # CancelJob calls in flight at once per service when a flow stops
 
 
 def already_done(store, step: Step) -> bool:
@@ -52,15 +54,16 @@ def cancel_jobs(experiment: str) -> list[str]:
     even from another process (a Prefect cancellation hook). Returns '<service>/<job_id>' of
     the jobs asked to cancel."""
     from services.common.generated.ftlab.v1 import jobs_pb2
+    from concurrent.futures import ThreadPoolExecutor
     states = [jobs_pb2.JobState.Value(f"JOB_STATE_{s.value}") for s in ACTIVE]  # QUEUED, RUNNING
     cancelled = []
     for service in SERVICES:
         try:
             with ServiceClient(service) as client:
-                for job in client.list_all(states):
-                    if job.request_id.startswith(f"{experiment}:"):
-                        client.cancel(job.job_id)
-                        cancelled.append(f"{service}/{job.job_id}")
+                ours = [j.job_id for j in client.list_all(states) if j.request_id.startswith(f"{experiment}:")]
+                with ThreadPoolExecutor(CANCEL_THREADS) as pool:  # a phase's width in seconds
+                    list(pool.map(client.cancel, ours))
+                cancelled += [f"{service}/{job_id}" for job_id in ours]
         except FtlabError:  # a service that is down has nothing running for us
             continue
     return cancelled
@@ -134,16 +137,18 @@ def run_step(step: Step, experiment: str, timeout_s: float, upstream: list[dict[
         return result | {"status": "blocked", "error": f"not run: {', '.join(bad)} did not succeed"}
     t0 = time.time()
     try:
-        with ServiceClient(step.service) as client:
-            last = {"pct": -1}
+        # one connection per service for the whole flow, and at most clients.MAX_WATCH_STREAMS
+        # streams on it: the other steps poll GetJob with backoff (a phase of any width)
+        client = clients.shared(step.service)
+        last = {"pct": -1}
 
-            def on_event(ev):
-                if ev.total and (pct := int(100 * ev.step / ev.total)) // 25 != last["pct"] // 25:
-                    last["pct"] = pct
-                    logger.info("%s: %d/%d %s", step.key, ev.step, ev.total, ev.message)
-            job = client.run(step.spec, step.request_id(experiment), timeout_s, on_event,
-                             committed=lambda _job: already_done(store, step), on_retry=on_retry,
-                             cancel_on_timeout=True)
+        def on_event(ev):
+            if ev.total and (pct := int(100 * ev.step / ev.total)) // 25 != last["pct"] // 25:
+                last["pct"] = pct
+                logger.info("%s: %d/%d %s", step.key, ev.step, ev.total, ev.message)
+        job = client.run(step.spec, step.request_id(experiment), timeout_s, on_event,
+                         committed=lambda _job: already_done(store, step), on_retry=on_retry,
+                         cancel_on_timeout=True)
     except JobFailed as exc:
         status = "cancelled" if state_name(exc.job.state) == "CANCELLED" else "failed"
         logger.error("%s %s: %s", step.key, status, exc.job.error)

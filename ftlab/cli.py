@@ -320,6 +320,27 @@ def job_service(job_id: str) -> str | None:
     return JOB_KINDS.get(job_id.split("-", 1)[0])
 
 
+def _list_jobs(client, limit: int, states) -> None:
+    """Newest first, ``limit`` of them (0: all), page by page as the service sends them: a
+    service holding 10,000 jobs answers the first lines at once."""
+    from services.common.clients import state_name
+    from services.common.generated.ftlab.v1 import jobs_pb2
+    if limit < 0:
+        raise ValidationError(f"--limit: must be >= 0 (0: all), got {limit}")
+    wanted = [jobs_pb2.JobState.Value(f"JOB_STATE_{s}") for s in states]
+    shown, token = 0, ""
+    while True:
+        page = client.list(wanted, min(500, limit - shown) if limit else 500, token)
+        for j in page.jobs:
+            print(f"{j.job_id:40s} {state_name(j.state):10s} {j.progress_step}/{j.progress_total} {j.error[:60]}")
+        shown, token = shown + len(page.jobs), page.next_page_token
+        if not token:
+            return
+        if limit and shown >= limit:
+            print(f"# {client.service}: the newest {shown} shown; more with --limit N (0: all) or --state STATE")
+            return
+
+
 def cmd_jobs(args) -> int:
     from services.common.clients import ServiceClient, state_name
     if args.action != "list" and not args.service:
@@ -331,8 +352,7 @@ def cmd_jobs(args) -> int:
         return max(cmd_jobs(argparse.Namespace(**{**vars(args), "service": svc})) for svc in SERVICES)
     with ServiceClient(args.service) as c:
         if args.action == "list":
-            for j in c.list_all():
-                print(f"{j.job_id:40s} {state_name(j.state):10s} {j.progress_step}/{j.progress_total} {j.error[:60]}")
+            _list_jobs(c, args.limit, args.state or ())
         elif args.action == "get":
             _print_job(c.get(args.job_id))
         elif args.action == "cancel":
@@ -606,6 +626,11 @@ def _jobs_arguments(j: argparse.ArgumentParser) -> argparse.ArgumentParser:
     j.add_argument("--service", choices=SERVICES, help="default: the job id's (train-... is the trainer's); "
                    "list: every service")
     j.add_argument("--timeout", type=float, default=24 * 3600, help="seconds watch waits (default: %(default)s)")
+    j.add_argument("--limit", type=int, default=50, help="list: the newest N jobs per service, 0 = all "
+                   "(default: %(default)s)")
+    j.add_argument("--state", action="append", type=str.upper,
+                   choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLING", "CANCELLED"],
+                   help="list: only jobs in this state (repeatable)")
     j.set_defaults(func=cmd_jobs)
     return j
 

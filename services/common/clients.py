@@ -3,7 +3,9 @@ as the same domain errors the services raised; a job that ends badly raises :cla
 from __future__ import annotations
 
 import math
+import random
 import re
+import threading
 import time
 import uuid
 from typing import Any, Callable, Iterator
@@ -19,6 +21,12 @@ from services.common.generated.ftlab.v1 import (evaluate_spec_pb2, evaluator_pb2
 from services.common.settings import grpc_message_options, service_address
 
 _FROM_ENV: Any = object()  # "read it from the environment"
+# every 30 s while a call is open (the servers accept pings every 10 s: grpc_server.py)
+CLIENT_CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)]
+# A process follows at most this many jobs of one service over WatchJob streams at a time (a flow
+# of any width); the others poll GetJob with backoff until a stream is free.
+MAX_WATCH_STREAMS = 16
+POLL_S = (0.5, 5.0)  # GetJob polling: first and longest interval
 
 TERMINAL = {jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED}
 
@@ -29,6 +37,15 @@ class ServiceUnavailable(FtlabError):
 
 class Unauthenticated(FtlabError):
     """The service refused the call: no token, or a wrong one (FTLAB_AUTH_TOKEN)."""
+
+
+class Busy(FtlabError):
+    """The service is at its limits (RESOURCE_EXHAUSTED) and asked to be called again after
+    ``retry_s`` seconds (its ``google.rpc.RetryInfo``)."""
+
+    def __init__(self, message: str, retry_s: float):
+        super().__init__(message)
+        self.retry_s = retry_s
 
 
 class JobFailed(FtlabError):
@@ -103,8 +120,26 @@ def _problems(exc: grpc.RpcError) -> list[str] | None:
     return None
 
 
+def _retry_s(exc: grpc.RpcError) -> float:
+    """The server's retry hint (``google.rpc.RetryInfo``), 1 s when it sent none."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:
+        status = None
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToMilliseconds() / 1000
+    return 1.0
+
+
 def _translate(exc: grpc.RpcError, service: str, address: str) -> FtlabError:
     code = exc.code()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return Busy(f"{service} service at {address} is busy: {exc.details()}", _retry_s(exc))
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ValidationError(_problems(exc) or exc.details())
     if code in _CODES:
@@ -127,14 +162,27 @@ def secure_channel(address: str, token: str | None = _FROM_ENV,
     from services.common.tls import channel_credentials
     token = client_token() if token is _FROM_ENV else token
     credentials = channel_credentials() if credentials is _FROM_ENV else credentials
-    options = grpc_message_options()  # the servers' limit: a client reads whatever a server may send
+    # the servers' message limit (a client reads whatever a server may send); keepalive pings while
+    # a call is open, so a watch on a dead connection fails in seconds and reconnects, not hangs
+    options = grpc_message_options() + CLIENT_CHANNEL_OPTIONS
     ch = (grpc.secure_channel(address, credentials, options=options) if credentials
           else grpc.insecure_channel(address, options=options))
     return grpc.intercept_channel(ch, BearerClientInterceptor(token)) if token else ch
 
 
+_SLOTS: dict[str, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def _watch_slots(address: str) -> threading.BoundedSemaphore:
+    with _SLOTS_LOCK:
+        return _SLOTS.setdefault(address, threading.BoundedSemaphore(MAX_WATCH_STREAMS))
+
+
 class ServiceClient:
-    """``token`` / ``credentials``: default from the environment (see :func:`secure_channel`)."""
+    """``token`` / ``credentials``: default from the environment (see :func:`secure_channel`).
+    One channel is one HTTP/2 connection carrying any number of calls at once: :func:`shared`
+    gives every thread of a process the same client per service."""
 
     def __init__(self, service: str, address: str | None = None, timeout_s: float = 30.0,
                  token: str | None = _FROM_ENV, credentials: grpc.ChannelCredentials | None = _FROM_ENV):
@@ -155,10 +203,18 @@ class ServiceClient:
         self.close()
 
     def _call(self, rpc: str, request, **kw):
-        try:
-            return getattr(self.stub, rpc)(request, timeout=kw.pop("timeout", self.timeout_s), **kw)
-        except grpc.RpcError as exc:
-            raise _translate(exc, self.service, self.address) from None
+        """One unary call; a busy server (RESOURCE_EXHAUSTED) is asked again after its retry hint
+        (with jitter) until the call's timeout is spent."""
+        timeout = kw.pop("timeout", self.timeout_s)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return getattr(self.stub, rpc)(request, timeout=max(0.1, deadline - time.monotonic()), **kw)
+            except grpc.RpcError as exc:
+                err = _translate(exc, self.service, self.address)
+            if not isinstance(err, Busy) or time.monotonic() + err.retry_s > deadline:
+                raise err from None
+            time.sleep(err.retry_s * random.uniform(0.5, 1.0))
 
     # -- RPCs
 
@@ -203,20 +259,29 @@ class ServiceClient:
     def wait(self, job_id: str, timeout_s: float = 3600.0,
              on_event: Callable[[jobs_pb2.JobEvent], None] | None = None) -> jobs_pb2.Job:
         """Follow the job's events until it is terminal (reconnecting where the stream broke);
-        raises TimeoutError after ``timeout_s``. Returns the final job."""
-        deadline, seq = time.time() + timeout_s, 0
+        raises TimeoutError after ``timeout_s``. Returns the final job. At most
+        ``MAX_WATCH_STREAMS`` waits of this process watch one service at once; the others, and
+        any the server refuses as busy, poll GetJob with backoff meanwhile."""
+        deadline, seq, pause = time.time() + timeout_s, 0, POLL_S[0]
+        slots = _watch_slots(self.address)
         while True:
-            try:
-                for ev in self.watch(job_id, seq):
-                    seq = ev.seq
-                    if on_event:
-                        on_event(ev)
+            if slots.acquire(blocking=False):
+                try:
+                    for ev in self.watch(job_id, seq):
+                        seq, pause = ev.seq, POLL_S[0]
+                        if on_event:
+                            on_event(ev)
+                        if time.time() > deadline:
+                            break
+                except (ServiceUnavailable, Busy) as exc:
                     if time.time() > deadline:
-                        break
-            except ServiceUnavailable:
-                if time.time() > deadline:
-                    raise
-                time.sleep(1.0)
+                        raise
+                    time.sleep(getattr(exc, "retry_s", 1.0) * random.uniform(0.5, 1.0))
+                finally:
+                    slots.release()
+            else:
+                time.sleep(pause * random.uniform(0.8, 1.2))
+                pause = min(POLL_S[1], pause * 1.5)
             job = self.get(job_id)
             if job.state in TERMINAL:
                 return job
@@ -275,3 +340,17 @@ class ServiceClient:
             if time.time() > deadline:
                 raise ServiceUnavailable(f"{self.service} service at {self.address} not healthy after {timeout_s:.0f}s")
             time.sleep(0.3)
+
+
+_SHARED: dict[tuple[str, str], ServiceClient] = {}
+
+
+def shared(service: str) -> ServiceClient:
+    """This process's client of ``service`` at its configured address (one connection, however
+    many threads use it; never closed: it lives as long as the process)."""
+    key = (service, service_address(service))
+    with _SLOTS_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = ServiceClient(service, key[1])
+        return _SHARED[key]
+

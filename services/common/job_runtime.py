@@ -13,6 +13,7 @@ supervision of children are here.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ PERSIST_EVERY_S = 2.0  # progress is persisted at most this often; state changes
 MAX_REQUEST_ID = 256
 LEASE_RETRY_S = 5.0    # how often a replica re-tries a job whose lease another replica holds
 SAVED_WAIT_S = 30.0    # how long a watch of a finished job waits for its record to be saved
+RELOAD_THREADS = 16    # job records read at once when a service starts
 
 
 def _extra(rec: "JobRecord | None" = None, **kw) -> dict[str, Any]:
@@ -51,6 +53,20 @@ def _extra(rec: "JobRecord | None" = None, **kw) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- server side
+
+class _Changes(threading.Condition):
+    """The runtime's lock and condition; every ``notify_all`` (a job changed) also calls the
+    listeners (:meth:`JobRuntime.add_listener`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.listeners: list[Callable[[], None]] = []
+
+    def notify_all(self) -> None:
+        super().notify_all()
+        for fn in self.listeners:
+            fn()
+
 
 @dataclass(frozen=True)
 class RuntimeOptions:
@@ -80,6 +96,7 @@ class JobRuntime:
                  options: RuntimeOptions = RuntimeOptions(), warm_imports: tuple[str, ...] = ()):
         self.service, self.store, self.recipes, self.options = service, store, recipes, options
         self._jobs: dict[str, JobRecord] = {}
+        self._order: list[tuple[float, str]] = []   # (created_at, job_id) of every job, ascending: ListJobs' index
         self._by_request: dict[str, str] = {}
         self._queue: list[str] = []
         self._procs: dict[str, Any] = {}             # job id -> its placement handle (placement.py)
@@ -88,7 +105,7 @@ class JobRuntime:
         self._dirty: dict[str, bytes] = {}           # job id -> record JSON the writer thread saves
         self._unsaved: set[str] = set()              # jobs whose latest record is not saved yet
         self._waiting: dict[str, float] = {}         # job id -> when to retry a lease another replica holds
-        self._cond = threading.Condition()
+        self._cond = _Changes()
         self._stopping = False
         self._writer_stop = False
         self._dispatcher: threading.Thread | None = None
@@ -131,16 +148,25 @@ class JobRuntime:
         ``options.max_attempts`` starts in all) and says so in its events: the trainer resumes
         from its last checkpoint, the quantizer and evaluator start again (their work is cheap).
         A job that was CANCELLING ends CANCELLED. A job whose lease another live replica holds
-        is left alone (that replica runs it); this one adopts the outcome once the lease is free."""
-        for key in self.store.list_keys(JOBS_BUCKET, f"{self.service}/"):
-            if not key.endswith(".json"):
-                continue
-            rec = JobRecord.from_json(self.store.get_bytes(JOBS_BUCKET, key))
+        is left alone (that replica runs it); this one adopts the outcome once the lease is free.
+
+        The records are read RELOAD_THREADS at a time (an object store answers each read in a round
+        trip), in storage's order; the listing index is sorted once at the end."""
+        from concurrent.futures import ThreadPoolExecutor
+        keys = [k for k in self.store.list_keys(JOBS_BUCKET, f"{self.service}/") if k.endswith(".json")]
+        with ThreadPoolExecutor(RELOAD_THREADS) as pool:
+            records = pool.map(lambda k: JobRecord.from_json(self.store.get_bytes(JOBS_BUCKET, k)), keys)
+            self._recover_records(records)
+        self._order.sort()
+
+    def _recover_records(self, records: Iterator[JobRecord]) -> None:
+        for rec in records:
             # a record this start-up rewrites (RUNNING, CANCELLING) needs the lease first, so two
             # replicas starting together can't both rewrite it
             if (rec.state in (JobState.RUNNING, JobState.CANCELLING) and not self._leases.claim(rec.job_id)) or \
                     (rec.state is JobState.QUEUED and self._leases.held_elsewhere(rec.job_id)):
                 self._jobs[rec.job_id] = rec
+                self._order.append((rec.created_at, rec.job_id))
                 if rec.request_id:
                     self._by_request[rec.request_id] = rec.job_id
                 self._waiting[rec.job_id] = time.time()
@@ -161,6 +187,7 @@ class JobRuntime:
                     self._requeue_interrupted(rec)
                 self._persist(rec)
             self._jobs[rec.job_id] = rec
+            self._order.append((rec.created_at, rec.job_id))
             if rec.request_id:
                 self._by_request[rec.request_id] = rec.job_id
             if rec.state is JobState.QUEUED:
@@ -222,6 +249,7 @@ class JobRuntime:
                             config=config, request_id=request_id)
             rec.add_event(EventType.STATE, "QUEUED")
             self._jobs[rec.job_id] = rec  # reserved: a concurrent twin with this request_id gets it
+            bisect.insort(self._order, (rec.created_at, rec.job_id))
             if request_id:
                 self._by_request[request_id] = rec.job_id
             data = rec.to_json()
@@ -230,6 +258,7 @@ class JobRuntime:
         except FtlabError:
             with self._cond:
                 self._jobs.pop(rec.job_id, None)
+                self._order.remove((rec.created_at, rec.job_id))
                 if request_id and self._by_request.get(request_id) == rec.job_id:
                     del self._by_request[request_id]
             raise
@@ -258,57 +287,83 @@ class JobRuntime:
     def list(self, states: set[JobState] | None = None, page_size: int = 50,
              page_token: str = "") -> tuple[list[JobRecord], str]:
         """Newest first. The page token is the last job id of the previous page (a cursor, so
-        jobs submitted meanwhile don't shift the pages)."""
+        jobs submitted meanwhile don't shift the pages). A page reads only its own records (and,
+        with a state filter, the ones it skips), found by bisecting the (created_at, job_id) index;
+        its records come without their events (a job's events are WatchJob's)."""
         if page_size <= 0:
             page_size = 50
         page_size = min(page_size, 500)
         with self._cond:
-            recs = sorted(self._jobs.values(), key=lambda r: (r.created_at, r.job_id), reverse=True)
-            if states:
-                recs = [r for r in recs if r.state in states]
+            end = len(self._order)
             if page_token:
-                ids = [r.job_id for r in recs]
-                if page_token not in ids:
+                after = self._jobs.get(page_token)
+                if after is None:
                     raise ValidationError(f"page_token: {quote(page_token)} is not a job of this service")
-                recs = recs[ids.index(page_token) + 1:]
-            page = [self._snapshot(r) for r in recs[:page_size]]
+                end = bisect.bisect_left(self._order, (after.created_at, after.job_id))
+            recs: list[JobRecord] = []
+            for i in range(end - 1, -1, -1):
+                rec = self._jobs[self._order[i][1]]
+                if not states or rec.state in states:
+                    recs.append(rec)
+                    if len(recs) > page_size:  # one more than the page: there is a next page
+                        break
+            page = [replace(r, events=[], outputs=dict(r.outputs), metrics=dict(r.metrics)) for r in recs[:page_size]]
             return page, (page[-1].job_id if len(recs) > page_size else "")
 
     def queue_position(self, job_id: str) -> int:
         with self._cond:
             return self._queue.index(job_id) + 1 if job_id in self._queue else 0
 
+    def events_after(self, job_id: str, after_seq: int = 0, saved_by: float | None = None
+                     ) -> tuple[list[dict[str, Any]], bool, float | None]:
+        """One look at a job for a watcher, without waiting: (the events after ``after_seq``,
+        whether the stream ends after them, ``saved_by`` to pass to the next look). A stream ends
+        once the job is terminal and its final record saved (or its save failed, or
+        ``SAVED_WAIT_S`` passed: storage is down)."""
+        with self._cond:
+            rec = self._require(job_id)
+            events = rec.events
+            # seqs are consecutive (the oldest are dropped past MAX_EVENTS): slice, don't scan
+            start = max(0, after_seq - events[0]["seq"] + 1) if events else 0
+            new = [dict(e) for e in events[start:]]
+            terminal = rec.state.is_terminal()
+            if terminal and not new and job_id in self._unsaved:
+                # The stream ends once the final record is saved and the lease released, so a
+                # client that saw the end reads the same record from the store. A failed save
+                # (storage down) or SAVED_WAIT_S ends it anyway; the writer keeps retrying.
+                saved_by = saved_by or time.time() + SAVED_WAIT_S
+                terminal = time.time() >= saved_by
+            return new, terminal and not new, saved_by
+
     def watch(self, job_id: str, after_seq: int = 0, is_active: Callable[[], bool] = lambda: True
               ) -> Iterator[dict[str, Any]]:
-        """Replay events after ``after_seq``, then follow until the job is terminal and its final
-        record saved (or its save failed, or ``SAVED_WAIT_S`` passed: storage is down)."""
+        """Replay events after ``after_seq``, then follow until the job ends (:meth:`events_after`),
+        blocking this thread; the gRPC WatchJob waits on :meth:`add_listener` instead."""
         saved_by = None
         while True:
-            with self._cond:
-                rec = self._require(job_id)
-                new = [dict(e) for e in rec.events if e["seq"] > after_seq]
-                terminal = rec.state.is_terminal()
-                if terminal and not new and job_id in self._unsaved:
-                    # The stream ends once the final record is saved and the lease released, so a
-                    # client that saw the end reads the same record from the store. A failed save
-                    # (storage down) or SAVED_WAIT_S ends it anyway; the writer keeps retrying.
-                    saved_by = saved_by or time.time() + SAVED_WAIT_S
-                    terminal = time.time() >= saved_by
-                if not new and not terminal:
+            new, done, saved_by = self.events_after(job_id, after_seq, saved_by)
+            if done:
+                return
+            if not new:
+                with self._cond:
                     self._cond.wait(timeout=1.0)
-                    if not is_active():
-                        return
-                    continue
+                if not is_active():
+                    return
             for ev in new:
                 yield ev
                 after_seq = ev["seq"]
-            if terminal and not new:
-                return
 
-    def wake(self) -> None:
-        """Wake every waiting watcher (e.g. one whose client went away) to re-check its stream."""
+    def change_marks(self, job_ids: list[str]) -> dict[str, tuple]:
+        """For each known job of ``job_ids``, a value that changes whenever a watcher of it has
+        something new to see (an event, the state, its record saved)."""
         with self._cond:
-            self._cond.notify_all()
+            return {j: (rec.events[-1]["seq"] if rec.events else 0, rec.state, j in self._unsaved)
+                    for j in job_ids if (rec := self._jobs.get(j)) is not None}
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """``fn()`` runs (under the runtime's lock: it must only schedule work) whenever a job
+        changes, so watchers on an event loop wake without a thread each."""
+        self._cond.listeners.append(fn)
 
     def cancel(self, job_id: str) -> JobRecord:
         with self._cond:

@@ -2,6 +2,7 @@
 domain <-> proto translation. Servicers inherit :class:`JobMethods` and add their Submit RPC."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 
@@ -118,11 +119,44 @@ def _guarded(resolve, spec: dict, store) -> dict:
                               f"{shorten(str(exc), 200)}); the request was refused and nothing was written") from exc
 
 
+class _LoopChanges:
+    """Job changes, from the runtime's threads to the watchers on one event loop. A watcher waits
+    on its job's current Event; on a change the loop compares each watched job's mark
+    (:meth:`JobRuntime.change_marks`) with the last one seen and sets only the Events of the jobs
+    that changed, so a change costs one look per watched job, not one wake-up per watcher.
+    Changes coming faster than the loop runs collapse into one look."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, runtime: JobRuntime):
+        self.loop, self.runtime = loop, runtime
+        self._events: dict[str, asyncio.Event] = {}  # job id -> the Event its watchers wait on now
+        self._seen: dict[str, tuple] = {}
+        self._scheduled = False
+
+    def event(self, job_id: str) -> asyncio.Event:
+        return self._events.setdefault(job_id, asyncio.Event())
+
+    def notify(self) -> None:  # any thread, under the runtime's lock: schedule only
+        if not self._scheduled and not self.loop.is_closed():
+            self._scheduled = True
+            self.loop.call_soon_threadsafe(self._fire)
+
+    def _fire(self) -> None:
+        self._scheduled = False
+        marks = self.runtime.change_marks(list(self._events))
+        for job_id, mark in marks.items():
+            if mark != self._seen.get(job_id):
+                self._seen[job_id] = mark
+                self._events.pop(job_id).set()  # its watchers look again; the next wait gets a new Event
+        for job_id in [j for j in self._seen if j not in self._events and j not in marks]:
+            del self._seen[job_id]
+
+
 class JobMethods:
     """Mixin: the job RPCs, delegating to ``self.runtime``, and the one way a Submit RPC works."""
 
     def __init__(self, runtime: JobRuntime, store) -> None:
         self.runtime, self.store = runtime, store
+        self._loop_changes: _LoopChanges | None = None
 
     def submit(self, kind: str, request, resolve) -> jobs_pb2.Job:
         """proto spec -> dict -> validated at the door by ``resolve(spec, store)`` -> queued job."""
@@ -146,12 +180,17 @@ class JobMethods:
         return self.job_proto(rec)
 
     def job_proto(self, rec: JobRecord) -> jobs_pb2.Job:
-        return record_to_proto(rec, self.runtime.queue_position(rec.job_id))
+        queued = rec.state is JobState.QUEUED  # only a queued job has a position (a scan of the queue)
+        return record_to_proto(rec, self.runtime.queue_position(rec.job_id) if queued else 0)
 
-    def GetJob(self, request, context):
+    # GetJob, ListJobs, CancelJob and WatchJob are coroutines: the asyncio server runs them on its
+    # event loop (each holds the runtime's lock only briefly), never queued behind the Submits on
+    # the worker threads (services/common/grpc_server.py).
+
+    async def GetJob(self, request, context):
         return self.job_proto(self.runtime.get(_require_id(request.job_id)))
 
-    def ListJobs(self, request, context):
+    async def ListJobs(self, request, context):
         problems = []
         if request.page_size < 0:
             problems.append("page_size: must be >= 0")
@@ -177,14 +216,35 @@ class JobMethods:
             jobs.append(job)
         return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
-    def WatchJob(self, request, context):
+    async def WatchJob(self, request, context):
+        """A coroutine per stream, woken when a job changes: no thread is held while it waits, and
+        a client hanging up cancels it."""
         job_id = _require_id(request.job_id)
         if request.after_seq < 0:
             raise ValidationError("after_seq: must be >= 0")
         self.runtime.get(job_id)  # NOT_FOUND before the stream starts
-        context.add_callback(self.runtime.wake)  # a client hanging up frees this thread at once
-        for ev in self.runtime.watch(job_id, request.after_seq, is_active=context.is_active):
-            yield event_to_proto(job_id, ev)
+        changes = self._changes()
+        after_seq, saved_by = request.after_seq, None
+        while True:
+            changed = changes.event(job_id)  # taken before looking, so a change meanwhile is not missed
+            new, done, saved_by = self.runtime.events_after(job_id, after_seq, saved_by)
+            for ev in new:
+                yield event_to_proto(job_id, ev)
+                after_seq = ev["seq"]
+            if done:
+                return
+            if not new:
+                try:  # a finished job's record may be saved any moment: look every second then
+                    await asyncio.wait_for(changed.wait(), 1.0 if saved_by else 10.0)
+                except asyncio.TimeoutError:
+                    pass
 
-    def CancelJob(self, request, context):
+    def _changes(self) -> "_LoopChanges":
+        """This servicer's bridge from the runtime's changes to the event loop, made on first use."""
+        if self._loop_changes is None:
+            self._loop_changes = _LoopChanges(asyncio.get_running_loop(), self.runtime)
+            self.runtime.add_listener(self._loop_changes.notify)
+        return self._loop_changes
+
+    async def CancelJob(self, request, context):
         return self.job_proto(self.runtime.cancel(_require_id(request.job_id)))

@@ -2,6 +2,7 @@
 ``__main__`` and by tests (which start real servers on loopback ports)."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import grpc
 
 from services.common.auth import is_loopback, load_tokens
 from services.common.errors import ValidationError
-from services.common.grpc_server import build_server, wait_for_termination
+from services.common.grpc_server import Load, build_server, wait_for_termination
 from services.common.job_runtime import JobRuntime, RuntimeOptions
 from services.common.settings import ServiceSettings, configure_logging
 from services.common.storage import ObjectStore
@@ -43,18 +44,23 @@ class Security:
 
 class RunningService:
     """``security``: default from the environment (FTLAB_AUTH_TOKEN[_FILE], FTLAB_TLS_*).
-    ``metrics_port``: serve Prometheus /metrics there (0 = any free port, None = off)."""
+    ``metrics_port``: serve Prometheus /metrics there (0 = any free port, None = off).
+    ``load``: the server's limits (default: grpc_server's); ``self.server.load`` is what it holds."""
 
     def __init__(self, sdef: ServiceDef, store: ObjectStore, listen: str,
                  options: RuntimeOptions = RuntimeOptions(), security: Security | None = None,
-                 metrics_port: int | None = None):
+                 metrics_port: int | None = None, load: Load | None = None):
         self.sdef, self.store = sdef, store
         security = security if security is not None else Security.from_env()
         self.runtime = JobRuntime(sdef.name, store, sdef.recipes, options, warm_imports=sdef.warm_imports)
         self.runtime.start()
+        # The reloaded job records (10,000 of them in a research store) live as long as the service:
+        # out of the collector's reach, a full collection no longer walks them, which stalled the
+        # event loop for over a second each time on a busy 2-core machine (docs/BENCHMARKS.md).
+        gc.freeze()
         self.server, self.port, self.health = build_server(
             listen, sdef.servicer(self.runtime, store), sdef.add_to_server, sdef.full_name,
-            tokens=security.tokens, credentials=security.credentials)
+            tokens=security.tokens, credentials=security.credentials, load=load)
         self.server.start()
         self.address = f"{listen.rsplit(':', 1)[0]}:{self.port}"
         self.metrics_http, self.metrics_port = None, None

@@ -131,8 +131,9 @@ def test_jobs_takes_options_anywhere_and_the_service_from_the_job_id(monkeypatch
             from services.common.generated.ftlab.v1 import jobs_pb2
             return jobs_pb2.Job(job_id=job_id)
 
-        def list_all(self):
-            return []
+        def list(self, states=(), page_size=50, page_token=""):
+            from services.common.generated.ftlab.v1 import jobs_pb2
+            return jobs_pb2.ListJobsResponse()
 
     monkeypatch.setattr("services.common.clients.ServiceClient", Client)
     assert cli.main(["jobs", "get", "quantize-1-a"]) == 0 and seen == ["quantizer"]
