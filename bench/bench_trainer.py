@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=48)
     ap.add_argument("--max-seq-length", type=int, default=512)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--method", choices=list(METHODS), action="append", help="only these methods (repeatable)")
+    ap.add_argument("--setup", choices=("study", "ours"), action="append", help="only these setups (repeatable)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: "<store>|<spec json>|<study 0/1>"
     args = ap.parse_args()
     if args.one:
@@ -91,6 +93,8 @@ def main() -> None:
     results = []
     for name, method in METHODS.items():
         for setup, extra in (("study", STUDY), ("ours", OURS)):
+            if (args.method and name not in args.method) or (args.setup and setup not in args.setup):
+                continue
             spec = {**common, **method, **extra, "output_name": f"bench-{len(results)}"}
             t0 = time.time()
             out = subprocess.run([sys.executable, "-m", "bench.bench_trainer", "--one",
@@ -108,8 +112,9 @@ def main() -> None:
     print("| method | setup | tokens/s | x study | peak RSS GiB | final loss | estimate GiB (submit / actual) | estimate error |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        base = next(b for b in results if b["method"] == r["method"] and b["setup"] == "study")
-        print(f"| {r['method']} | {r['setup']} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f} | "
+        base = next((b for b in results if b["method"] == r["method"] and b["setup"] == "study"), None)
+        ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
+        print(f"| {r['method']} | {r['setup']} | {r['tokens_per_s']:.0f} | {ratio} | "
               f"{r['peak_rss_gb']:.2f} | {r['final_loss']:.4f} | {r['estimate_submit_gb']:.2f} / "
               f"{r['estimate_actual_gb']:.2f} | {r['estimate_error_pct']:+.1f}% |")
     if args.json:
