@@ -221,7 +221,7 @@ def release_training_memory(model, optimizer=None) -> None:
     (the Trainer, accelerate and the optimizer hold the same parameter objects): each parameter
     keeps its dtype and device but no elements; the model is unusable afterwards. Measured on
     SmolLM2-135M with bf16 frozen layers on a CPU: the merge's second (fp32) base raised the job's
-    peak RSS 0.42 GiB above training's; with this first, not at all (docs/BENCHMARKS.md)."""
+    peak RSS 0.42 GiB above training's; with this first, 0.03-0.11 GiB (docs/BENCHMARKS.md)."""
     if optimizer is not None:
         optimizer.state.clear()
     for p in model.parameters():
