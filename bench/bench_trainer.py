@@ -5,6 +5,7 @@ ours (batch 4 x 2, packing, logits at the answer tokens only). Same 8 rows per o
 same order, same seed, dropout 0: the final losses must agree.
 
     .venv/bin/python -m bench.bench_trainer [--steps 6] [--rows 48] [--json out.json]
+        [--model tiny|smollm2] [--method NAME] [--setup study|ours]
 
 Each configuration runs the real recipe (services.trainer.recipe.run) in a fresh process, so
 the peak RSS is its own."""
@@ -40,11 +41,21 @@ class _Events:
 
 
 def run_one(store_root: str, spec: dict, study: bool) -> dict:
-    """One configuration in this process: resolve the spec as the service does, run the recipe."""
+    """One configuration in this process: resolve the spec as the service does, run the recipe.
+    Also the peak RSS before the model is saved (and merged): training's own peak."""
+    import resource
+
     from services.common.job_context import JobContext
     from services.common.storage import LocalStore
-    from services.trainer import recipe
+    from services.trainer import loop, recipe
     from services.trainer.config import resolve_train_spec
+    before_save = {}
+    save_model = loop.save_model
+
+    def measured_save(*a, **k):
+        before_save["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+        return save_model(*a, **k)
+    loop.save_model = measured_save
     store = LocalStore(store_root)
     cfg = resolve_train_spec(spec, store)
     cfg["answer_logits_only"] = not study  # the study's SFT computed logits over the whole sequence
@@ -54,7 +65,8 @@ def run_one(store_root: str, spec: dict, study: bool) -> dict:
     store.delete_prefix("models", f"{cfg['output_name']}/")
     est = meta["memory_estimate"]
     return {"tokens_per_s": meta["tokens_per_s"], "train_s": meta["train_time_s"],
-            "peak_rss_gb": meta["memory"]["peak_rss_gb"], "final_loss": meta["final_loss"],
+            "peak_rss_gb": meta["memory"]["peak_rss_gb"], "train_peak_rss_gb": round(before_save["rss"], 3),
+            "final_loss": meta["final_loss"],
             "trainable_params": meta["model_info"]["trainable_params"],
             "estimate_submit_gb": est["at_submit"]["total_gb"], "estimate_actual_gb": est["with_actual_lengths"]["total_gb"],
             "estimate_error_pct": est["error_pct_actual_lengths"]}
@@ -65,7 +77,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rows", type=int, default=48)
     ap.add_argument("--max-seq-length", type=int, default=512)
+    ap.add_argument("--model", choices=("tiny", "smollm2"), default="tiny",
+                    help="smollm2: the real SmolLM2-135M-Instruct (ftlab model import --gguf smollm2's conversion)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--method", choices=list(METHODS), action="append", help="only these methods (repeatable)")
+    ap.add_argument("--setup", choices=("study", "ours"), action="append", help="only these setups (repeatable)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: "<store>|<spec json>|<study 0/1>"
     args = ap.parse_args()
     if args.one:
@@ -81,16 +97,24 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-trainer-")
     store = LocalStore(Path(tmp) / "store")
     store.ensure_buckets()
-    with tempfile.TemporaryDirectory() as d:
-        modeling.make_tiny_qwen3(str(SHARED / "tokenizers" / "qwen3"), d, seed=0)
-        modeling.commit_base_model(store, BASE, d, {"source": "tiny-random-qwen3", "seed": 0})
+    base_model = BASE
+    if args.model == "smollm2":
+        from services.common.gguf_import import converted_smollm2
+        base_model = "SmolLM2-135M-Instruct"
+        modeling.commit_base_model(store, base_model, str(converted_smollm2()), {"source": "gguf smollm2"})
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            modeling.make_tiny_qwen3(str(SHARED / "tokenizers" / "qwen3"), d, seed=0)
+            modeling.commit_base_model(store, BASE, d, {"source": "tiny-random-qwen3", "seed": 0})
     import_dataset(store, "arc", "seed", SHARED / "datasets" / "seed")
-    common = {"base_model": BASE, "dataset": "arc", "max_steps": args.steps, "train_limit": args.rows,
+    common = {"base_model": base_model, "dataset": "arc", "max_steps": args.steps, "train_limit": args.rows,
               "max_seq_length": args.max_seq_length, "learning_rate": 2e-4, "warmup_ratio": 0.0, "seed": 0,
               "save_steps": 0}
     results = []
     for name, method in METHODS.items():
         for setup, extra in (("study", STUDY), ("ours", OURS)):
+            if (args.method and name not in args.method) or (args.setup and setup not in args.setup):
+                continue
             spec = {**common, **method, **extra, "output_name": f"bench-{len(results)}"}
             t0 = time.time()
             out = subprocess.run([sys.executable, "-m", "bench.bench_trainer", "--one",
@@ -103,14 +127,16 @@ def main() -> None:
             results.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
 
-    print(f"\nsteps {args.steps} x 8 rows, max_seq_length {args.max_seq_length}, tiny Qwen3 on "
+    print(f"\nsteps {args.steps} x 8 rows, max_seq_length {args.max_seq_length}, {base_model} on "
           f"{modeling.hardware()['device']} ({os.cpu_count()} cores)\n")
-    print("| method | setup | tokens/s | x study | peak RSS GiB | final loss | estimate GiB (submit / actual) | estimate error |")
+    print("| method | setup | tokens/s | x study | peak RSS GiB (training / job) | final loss | "
+          "estimate GiB (submit / actual) | estimate error |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        base = next(b for b in results if b["method"] == r["method"] and b["setup"] == "study")
-        print(f"| {r['method']} | {r['setup']} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f} | "
-              f"{r['peak_rss_gb']:.2f} | {r['final_loss']:.4f} | {r['estimate_submit_gb']:.2f} / "
+        base = next((b for b in results if b["method"] == r["method"] and b["setup"] == "study"), None)
+        ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
+        print(f"| {r['method']} | {r['setup']} | {r['tokens_per_s']:.0f} | {ratio} | "
+              f"{r['train_peak_rss_gb']:.2f} / {r['peak_rss_gb']:.2f} | {r['final_loss']:.4f} | {r['estimate_submit_gb']:.2f} / "
               f"{r['estimate_actual_gb']:.2f} | {r['estimate_error_pct']:+.1f}% |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

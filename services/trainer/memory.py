@@ -39,7 +39,10 @@ if TYPE_CHECKING:
 GIB = 1024 ** 3
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CATALOGUE = Path(__file__).with_name("qwen3_configs.yaml")
-OVERHEAD_GB = {"cuda": 0.6, "cpu": 0.75}   # CUDA context + slack; CPU: the interpreter with torch & co.
+# CUDA context + allocator slack; CPU: the job process with torch, transformers, peft, pandas and the
+# tokenizer loaded: the tiny Qwen3 job (0.16 GiB of model, activations and logits) peaks at 0.97-1.02 GiB
+# RSS (bench_trainer, torch 2.13, transformers 5.17; docs/BENCHMARKS.md)
+OVERHEAD_GB = {"cuda": 0.6, "cpu": 0.85}
 NF4_BYTES = 0.5 + 0.127 / 8               # 4 bits + double-quantized absmax (~0.127 bit/param)
 ANSWER_TOKENS = 32                          # \\boxed{...} + end of turn: MCQ ~6 tokens, spans and numbers more
 
