@@ -207,7 +207,7 @@ def base_stem(base_model: str) -> str:
 
 def trained_model_name(base_model: str, dataset: str, peft_tag: str, r: int | None, quant: QuantMethod) -> str:
     """The study's trained-model name: ``Qwen3-8B-arc_SFT_LoRa256_NoQuant``. ``peft_tag``: the PEFT
-    method's name fragment (services/trainer/peft_types.py: ``LoRa``, ``NoPeft``); ``r``: its rank,
+    method's name fragment (services/trainer/peft/: ``LoRa``, ``NoPeft``); ``r``: its rank,
     None for full fine-tuning."""
     peft_part = peft_tag + ("" if r is None else str(r))
     return f"{base_stem(base_model)}-{dataset}_SFT_{peft_part}_{tag_quant(quant)}"

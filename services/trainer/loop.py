@@ -15,7 +15,8 @@ from services.common import modeling
 from services.common.errors import PreconditionError
 from services.trainer import checkpoints, packed_attention
 from services.trainer.cpu_bf16 import frozen_linears_to_bf16
-from services.trainer.config import DEFAULT_TARGETS, OPTIMIZERS, TrainConfig, bf16_frozen_on_cpu
+from services.trainer.config import OPTIMIZERS, TrainConfig
+from services.trainer.peft import DEFAULT_TARGETS
 
 
 
@@ -129,7 +130,7 @@ def _train_flops(model, cfg: TrainConfig, seen: dict, trainable: int, distribute
 
 def build_model(cfg: TrainConfig, base_dir: Path, dev: torch.device):
     """The base (full precision, NF4 or int8) with the PEFT method's adapter (its registry entry's
-    peft config, services/trainer/peft_types.py), or bare for full fine-tuning."""
+    peft config, services/trainer/peft/), or bare for full fine-tuning."""
     from peft import get_peft_model
 
     tq = cfg.training_quant
@@ -158,9 +159,9 @@ def build_model(cfg: TrainConfig, base_dir: Path, dev: torch.device):
 def cpu_bf16_adapter(cfg: TrainConfig, dev: torch.device) -> bool:
     """An adapter on a CPU with ``dtype: bfloat16``, or ``auto`` where the CPU has native bf16:
     the frozen linear layers compute in bf16, the rest stays fp32 (services/trainer/cpu_bf16.py,
-    :func:`services.trainer.config.bf16_frozen_on_cpu`). Full fine-tuning in bf16 on a CPU keeps
+    :meth:`TrainConfig.bf16_frozen_on_cpu`). Full fine-tuning in bf16 on a CPU keeps
     bf16 weights throughout, and a GPU keeps bf16 weights with autocast."""
-    return bf16_frozen_on_cpu(cfg, dev.type)
+    return cfg.bf16_frozen_on_cpu(dev.type)
 
 
 def lora_targets(model, wanted: list[str]) -> str | list[str]:
