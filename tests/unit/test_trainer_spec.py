@@ -27,7 +27,7 @@ def tiny_store(tmp_path_factory, tiny_model_dir):
 
 
 def test_registries_name_the_studys_configurations():
-    assert set(PEFT_METHODS) == {"lora", "dora", "vera", "none"}
+    assert list(PEFT_METHODS)[:4] == ["lora", "dora", "vera", "none"]  # the study's, first in listings
     assert {k: v.value for k, v in TRAINING_QUANT.items()} == {"none": "NoQuant", "qlora": "QLORA", "int8": "INT8"}
 
 
