@@ -70,8 +70,7 @@ def vllm_refusal(config: dict[str, Any], quant: dict[str, Any], adapter_only: bo
 
 
 def on_cpu() -> bool:
-    import torch
-    return not torch.cuda.is_available() or os.environ.get("FTLAB_DEVICE", "auto") == "cpu"
+    return modeling.device().type == "cpu"
 
 
 def choose(requested: str, refusal: str | None) -> tuple[str, str]:

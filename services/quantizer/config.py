@@ -7,14 +7,13 @@ request can crash it. Torch-free (runs in the server); reads manifests and confi
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from services.common import artifacts
+from services.common import artifacts, devices
 from services.common.errors import NotFoundError, PreconditionError, ValidationError
 from services.common.naming import _short, check_name, parse_tag, quantized_model_name, tag_quant
 from services.common.params import Param
@@ -24,7 +23,7 @@ from services.common.validation import Problems, held
 from services.quantizer.methods import ALGORITHMS, COMPUTE_DTYPES, METHOD_OPTIONS, METHODS, REGISTRY, MethodDef
 
 __all__ = ["METHODS", "QuantizeConfig", "default_output_name", "resolve_quantize_spec", "linear_in_features",
-           "service_has_gpu", "spec_problems"]
+           "spec_problems"]
 
 # Llama/Qwen-style decoder layers: module (under model.layers.N.) -> config key of its in-features.
 _LAYER_INPUTS = {"self_attn.q_proj": "hidden", "self_attn.k_proj": "hidden", "self_attn.v_proj": "hidden",
@@ -123,20 +122,6 @@ class QuantizeConfig:
         return dataclasses.asdict(self)
 
 
-def service_has_gpu() -> bool:
-    """Whether this service's jobs run on a CUDA GPU, decided without torch (the door is torch-free):
-    FTLAB_DEVICE=cuda[:N] yes, cpu no; auto (the default): an NVIDIA device node is present and
-    CUDA_VISIBLE_DEVICES does not hide it (what ``modeling.device()`` then finds with torch)."""
-    want = os.environ.get("FTLAB_DEVICE", "auto").strip().lower()
-    if want.startswith("cuda"):
-        return True
-    if want != "auto":
-        return False
-    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
-        return False
-    return bool(glob.glob("/dev/nvidia[0-9]*"))
-
-
 def head_dtype(gpu: bool) -> str:
     """The lm_head's precision (never quantized): the recipe's compute dtype, bf16 on GPU, fp32 on CPU."""
     return "bf16" if gpu else "fp32"
@@ -155,7 +140,7 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     p.require(bool(source), "source_model: required") and p.add(check_name("source_model", source))
     name = spec.get("method", "")
     method, opts, bad, calibration, report = _check_spec(p, spec)
-    gpu = service_has_gpu()
+    gpu = devices.has_gpu()
     if method is not None and method.unavailable:
         blocked.append(f"method: {method.unavailable}")
     elif method is not None and method.needs_gpu and not gpu:
@@ -289,7 +274,7 @@ def default_output_name(spec: dict[str, Any], gpu: bool | None = None) -> str:
     method = REGISTRY[spec["method"]]
     opts = {f: spec.get(f, method.defaults[f]) for f in method.options}
     opts["weights_bits"] = spec.get("weights_bits", method.weights_bits[0])
-    return quantized_model_name(spec["source_model"], quant_tag(method, opts, service_has_gpu() if gpu is None else gpu))
+    return quantized_model_name(spec["source_model"], quant_tag(method, opts, devices.has_gpu() if gpu is None else gpu))
 
 
 def _study_name_of(source: str, name: str) -> bool:

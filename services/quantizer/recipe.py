@@ -235,7 +235,7 @@ def _quantize_llmcompressor(ctx: JobContext, cfg: QuantizeConfig, src_dir: Path,
         if bad:  # the door checks Llama/Qwen configs; this catches every other architecture
             raise ValueError(f"group_size: {o['group_size']} does not divide the in-features of {', '.join(bad)}")
     recipe = _llmcompressor_recipe(cfg)
-    if not torch.cuda.is_available():
+    if modeling.device().type == "cpu":  # no CUDA: pinned memory would fail
         _no_pinned_memory()
     ctx.log(f"llm-compressor oneshot: {', '.join(type(m).__name__ for m in recipe)} on {len(calib)} samples")
     kwargs: dict[str, Any] = {}

@@ -11,10 +11,9 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from services.common import artifacts
+from services.common import artifacts, devices
 from services.common.cpu_features import cpu_has_bf16
 from services.common.errors import NotFoundError, PreconditionError, ValidationError, quote
 from services.common.naming import QuantMethod, check_name, trained_model_name
@@ -39,15 +38,6 @@ DEVICE_TYPES = ("cuda", "cpu")
 # Config entries that do not change what is trained: left out of the run key.
 BOOKKEEPING = ("resume", "save_steps", "logging_steps", "device_type", "checkpoint_prefix", "memory_estimate",
                "memory_estimate_gb")
-
-
-def target_device() -> str:
-    """Where this trainer's jobs run, known without torch: FTLAB_DEVICE (cpu | cuda[:N]), else
-    cuda when the NVIDIA driver's device node exists."""
-    want = os.environ.get("FTLAB_DEVICE", "auto")
-    if want != "auto":
-        return "cuda" if want.startswith("cuda") else "cpu"
-    return "cuda" if Path("/dev/nvidiactl").exists() else "cpu"
 
 
 def device_budget_gb() -> float | None:
@@ -130,7 +120,7 @@ class TrainConfig:
         """A TrainSpec as proto JSON (``spec_to_dict``; YAML gives the same shape) -> the config,
         defaults filled, the output name derived (``trained_model_name``), without storage:
         ``task`` stays as given. ``device_type`` (cuda | cpu): the trainer's, default
-        :func:`target_device`. Raises ValidationError listing every problem."""
+        :func:`services.common.devices.device_type`. Raises ValidationError listing every problem."""
         p = Problems()
         cfg = _resolve(p, spec, device_type)
         p.raise_if_any()
@@ -212,7 +202,7 @@ def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> Trai
         p.invalid.append(f"lora: {quote(block)} must be a mapping of adapter fields")
         block = {}
     adapter = _adapter(p, block, method)
-    cfg = TrainConfig(adapter=adapter, device_type=device_type or target_device(), **values)
+    cfg = TrainConfig(adapter=adapter, device_type=device_type or devices.device_type(), **values)
     if not values["output_name"] and values["base_model"] and not p.invalid:
         cfg = dataclasses.replace(cfg, output_name=model_name(cfg))
     return cfg

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from services.common import artifacts, modeling, tasks
+from services.common import artifacts, devices, modeling, tasks
 from services.common.errors import PreconditionError
 from services.common.job_context import JobContext
 from services.trainer import checkpoints
@@ -73,8 +73,8 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
     # 4. Train (in this process, or in world_size torchrun workers) and save to out/.
     out = workdir / "out"
     total_steps = planned_steps(cfg, len(examples))
-    if cfg.world_size > 1 and modeling.device().type == "cuda" and cfg.world_size > torch.cuda.device_count():
-        raise PreconditionError(f"world_size {cfg.world_size} > {torch.cuda.device_count()} visible GPUs")
+    if cfg.world_size > 1 and modeling.device().type == "cuda" and cfg.world_size > len(devices.gpus()):
+        raise PreconditionError(f"world_size {cfg.world_size} > {len(devices.gpus())} visible GPUs")
     if cfg.world_size == 1:
         stats = train(cfg, base_dir, examples, out, resume and resume.path, ctx.store, ctx, total_steps)
     else:
