@@ -13,7 +13,7 @@ from services.common import artifacts
 from services.common.errors import ValidationError
 from services.common.generated.ftlab.v1 import quantize_spec_pb2, train_spec_pb2
 from services.common.storage import LocalStore
-from services.quantizer.methods import REGISTRY
+from services.quantizer.ptq import PTQ_METHODS as REGISTRY
 from services.quantizer.config import QuantizeConfig, resolve_quantize_spec
 from services.trainer.config import TrainConfig, resolve_train_spec
 from services.trainer.memory import catalogue, estimate_training_memory

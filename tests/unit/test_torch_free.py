@@ -15,7 +15,7 @@ MODULES = ["ftlab.cli", "services.common.clients", "services.common.job_runtime"
            "services.common.auth", "services.common.tls", "services.common.observability",
            "ftlab.doctor", "services.common.healthcheck", "services.common.gguf_import", "flows.comparisons",
            "services.trainer.config", "services.trainer.peft", "services.trainer.memory", "services.common.params",
-           "services.quantizer.config", "services.quantizer.methods",
+           "services.quantizer.config", "services.quantizer.ptq",
            "services.evaluator.config", "services.evaluator.compare", "services.evaluator.metrics",
            "services.evaluator.study", "services.evaluator.score", "flows.report_profiles",
            "flows.experiment", "flows.aggregate", "flows.pipeline", "flows.dryrun", "flows.orchestrator",
