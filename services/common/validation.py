@@ -107,3 +107,42 @@ def model_weights_problem(field: str, name: str, manifest: dict, purpose: str) -
         return (f"{field}: {quote(name)} is {what} (no config.json); {purpose} needs full weights: "
                 "use a merged model (merge_after_train) or its base")
     return None
+
+
+# --- strict fields (as Kubernetes' strict field validation): what this server does not know is refused
+
+def unknown_proto_fields(message, prefix: str = "") -> list[str]:
+    """Fields ``message`` carries that this server's proto does not define (a newer client's
+    setting: ignored, it would run a different experiment than asked), as problems naming their
+    path and field number; every sub-message is searched."""
+    from google.protobuf import unknown_fields
+    out = [f"{prefix}#{f.field_number}: not a field of {message.DESCRIPTOR.name} on this server (a newer "
+           "client's setting would be silently ignored; upgrade the server or leave it out)"
+           for f in unknown_fields.UnknownFieldSet(message)]
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
+            values = list(value) if field.is_repeated else [value]
+            for i, v in enumerate(values):
+                where = f"{prefix}{field.name}[{i}]." if field.is_repeated else f"{prefix}{field.name}."
+                out += unknown_proto_fields(v, where)
+    return out
+
+
+def unknown_keys(spec: dict, names, prefix: str = "") -> list[str]:
+    """Keys of a spec given as data (YAML, JSON) that are no field of it: ``names`` are its fields'
+    dotted paths (``lora.r``; a list of sub-messages, ``tasks.task``, is checked item by item)."""
+    names = set(names)
+    tops = {n.split(".", 1)[0] for n in names}
+    out = []
+    for key, value in spec.items():
+        if key not in tops:
+            out.append(f"{prefix}{key}: unknown field (known: {', '.join(sorted(tops))})")
+            continue
+        subs = {n.split(".", 1)[1] for n in names if n.startswith(f"{key}.")}
+        if subs:
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                if isinstance(item, dict):
+                    where = f"{prefix}{key}[{i}]." if isinstance(value, list) else f"{prefix}{key}."
+                    out += unknown_keys(item, subs, where)
+    return out

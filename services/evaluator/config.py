@@ -16,7 +16,7 @@ from services.common.naming import check_name
 from services.common.params import option, params_of
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems, held, split_rows, task_mismatch
+from services.common.validation import Problems, held, split_rows, task_mismatch, unknown_keys
 from services.evaluator.kv_cache import KV_CACHE_DTYPES
 
 ENGINES = ("auto", "hf", "vllm")  # generation engines (services/evaluator/engines.py)
@@ -98,6 +98,7 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     NotFoundError, or PreconditionError (a model without weights, an existing evaluation);
     writes nothing."""
     p = Problems()
+    p.add(unknown_keys(spec, PARAMS))  # strict: a field this evaluator does not know is refused
     blocked = ""  # FAILED_PRECONDITION: the model exists but cannot be evaluated
     model = spec.get("model", "")
     p.require(bool(model), "model: required") and p.add(check_name("model", model))

@@ -19,7 +19,7 @@ from services.common.naming import _short, check_name, parse_tag, quantized_mode
 from services.common.params import Param
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems, held
+from services.common.validation import Problems, held, unknown_keys
 from services.quantizer.ptq import PTQ_METHODS, PtqMethod, method_defaults, option_params
 
 __all__ = ["METHODS", "QuantizeConfig", "default_output_name", "resolve_quantize_spec", "linear_in_features",
@@ -193,6 +193,7 @@ def _check_spec(p: Problems, spec: dict[str, Any]):
     """The door's checks that need no storage: the method, its options, the calibration and
     report fields. Returns (method or None, options with defaults, bad option fields, calibration,
     report); a bad calibration/report number is None."""
+    p.add(unknown_keys(spec, PARAMS))  # strict: a field this quantizer does not know is refused
     name = spec.get("method", "")
     method = PTQ_METHODS.get(name) if isinstance(name, str) else None
     p.require(method is not None, f"method: unknown {_short(name)}; known: {', '.join(PTQ_METHODS)}")

@@ -20,7 +20,8 @@ from services.common.naming import QuantMethod, check_name, trained_model_name
 from services.common.params import option, params_of
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems, check_module_names, held, model_weights_problem, split_rows, task_mismatch
+from services.common.validation import (Problems, check_module_names, held, model_weights_problem, split_rows, task_mismatch,
+                                        unknown_keys)
 from services.trainer.peft import PEFT_METHODS, SPEC_BLOCK, AdapterOptions, PeftMethod, adapter_params
 
 # Training-time quantization of the base -> the study's QuantMethod (the name tag).
@@ -176,6 +177,7 @@ def _adapter(p: Problems, block: dict[str, Any], method: PeftMethod) -> AdapterO
 
 
 def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> TrainConfig:
+    p.add(unknown_keys(spec, PARAMS))  # strict: a field this trainer does not know is refused
     values: dict[str, Any] = {}
     for param in TRAIN_PARAMS:
         if param.required:  # names
