@@ -1,16 +1,18 @@
-"""Collect every problem of a request, then raise once (INVALID_ARGUMENT wins over NOT_FOUND,
-and lists the not-found problems too)."""
+"""Collect every problem of a request, then raise once: INVALID_ARGUMENT (the caller's request is
+wrong) wins over NOT_FOUND and FAILED_PRECONDITION (stored content is missing or wrong: never the
+caller's INVALID_ARGUMENT on its own), and lists them too."""
 from __future__ import annotations
 
 import re
 
-from services.common.errors import NotFoundError, ValidationError, quote
+from services.common.errors import NotFoundError, PreconditionError, ValidationError, quote
 
 
 class Problems:
     def __init__(self) -> None:
         self.invalid: list[str] = []
         self.missing: list[str] = []
+        self.blocked: list[str] = []   # stored content that is wrong (a dataset without the task's columns)
 
     def require(self, ok: bool, message: str) -> bool:
         if not ok:
@@ -23,11 +25,17 @@ class Problems:
     def not_found(self, message: str) -> None:
         self.missing.append(message)
 
+    def stored(self, message: str) -> None:
+        """What storage holds is wrong for this request: FAILED_PRECONDITION."""
+        self.blocked.append(message)
+
     def raise_if_any(self) -> None:
         if self.invalid:
-            raise ValidationError(self.invalid + self.missing)
+            raise ValidationError(self.invalid + self.missing + self.blocked)
         if self.missing:
-            raise NotFoundError("; ".join(self.missing))
+            raise NotFoundError("; ".join(self.missing + self.blocked))
+        if self.blocked:
+            raise PreconditionError("; ".join(self.blocked))
 
 
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")

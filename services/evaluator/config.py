@@ -136,7 +136,8 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         else:
             cols = set(ds["splits"][split].get("columns", []))
             missing = [c for c in required_columns(task) if c not in cols]
-            p.require(not missing, f"{where}.dataset: {dataset!r} lacks the {task.name} columns {missing}")
+            if missing:  # stored content that is wrong for the task
+                p.stored(f"{where}.dataset: {dataset!r} lacks the {task.name} columns {missing}")
             p.add(task_mismatch(f"{where}.task", task.name, dataset, ds))
             p.add(split_rows(f"{where}.limit" if limit else f"{where}.split", dataset, ds, split, limit))
         tasks.append(EvalTask(task.name, dataset, split, limit))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common import artifacts, devices
-from services.common.errors import NotFoundError, PreconditionError, ValidationError
+from services.common.errors import NotFoundError, ValidationError
 from services.common.naming import _short, check_name, parse_tag, quantized_model_name, tag_quant
 from services.common.params import Param
 from services.common.storage import ObjectStore
@@ -175,11 +175,9 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
                              "output_name unset, or choose a name that is not a study name")
     if _valid(out) and artifacts.read_manifest(store, "models", out) is not None:
         blocked.append(f"output model {out!r} already exists; choose another output_name or delete it first")
-    if p.invalid:
-        p.add(blocked)  # one answer lists every problem
+    for problem in blocked:  # one answer lists every problem (INVALID_ARGUMENT first, if any)
+        p.stored(problem)
     p.raise_if_any()
-    if blocked:
-        raise PreconditionError("; ".join(blocked))
     quant = method.quant_methods[algorithm]
     return QuantizeConfig(
         source_model=source, method=name, output_name=out, quant_method=quant.value,
@@ -403,7 +401,8 @@ def _dataset_problems(p: Problems, name: str, manifest: dict[str, Any], calibrat
             p.invalid.append(f"dataset: {name!r} has no split {_short(split)} (has: {', '.join(sorted(splits))})")
         else:
             missing = [c for c in required_columns(task) if c not in splits[split].get("columns", task.columns)]
-            p.require(not missing, f"dataset: {name!r} split {_short(split)} lacks the {task.name} columns {missing}")
+            if missing:  # stored content that is wrong for the task
+                p.stored(f"dataset: {name!r} split {_short(split)} lacks the {task.name} columns {missing}")
     rows = splits.get(calibration["split"], {}).get("rows", 0)
     if needs_calibration and calibration["split"] in splits and rows < calibration["num_samples"]:
         p.invalid.append(f"calibration.num_samples: {calibration['num_samples']} but dataset {name!r} split "

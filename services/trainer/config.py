@@ -248,7 +248,7 @@ def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, An
             p.add(task_mismatch("task", task_name, dataset, ds_manifest))
         task_name = task_name or ds_manifest.get("task", "")
         if "train" not in ds_manifest.get("splits", {}):
-            p.invalid.append(f"dataset: {dataset!r} has no train split")
+            p.stored(f"dataset: {dataset!r} has no train split")
         else:
             p.add(split_rows("train_limit" if cfg.train_limit else "dataset", dataset, ds_manifest, "train",
                              cfg.train_limit))
@@ -259,7 +259,8 @@ def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, An
             if ds_manifest is not None:
                 cols = set(ds_manifest.get("splits", {}).get("train", {}).get("columns", []))
                 missing = [c for c in required_columns(task) if c not in cols]
-                p.require(not missing, f"dataset: {dataset!r} lacks the {task.name} columns {missing}")
+                if missing:
+                    p.stored(f"dataset: {dataset!r} lacks the {task.name} columns {missing}")
         except ValidationError as exc:
             p.invalid.append(f"task: {exc}")
     p.raise_if_any()

@@ -72,13 +72,14 @@ def test_every_problem_is_named_and_nothing_written(tiny_store):
     assert snapshot(tiny_store) == before
 
 
-def test_dataset_without_the_tasks_columns_is_invalid(tiny_store):
+def test_dataset_without_the_tasks_columns_is_a_failed_precondition(tiny_store):
     import json
     m = json.loads(tiny_store.get_bytes("datasets", "arc/manifest.json"))
     m["splits"]["train"]["columns"] = ["id", "question"]
     tiny_store.put_bytes("datasets", "broken/manifest.json", json.dumps(m).encode())
     try:
-        with pytest.raises(ValidationError, match=r"lacks the ai2_arc columns \['answer'\]"):
+        # stored content that is wrong: the server's FAILED_PRECONDITION, not the caller's INVALID_ARGUMENT
+        with pytest.raises(PreconditionError, match=r"lacks the ai2_arc columns \['answer'\]"):
             resolve_train_spec({"base_model": TINY, "dataset": "broken", "task": "arc"}, tiny_store)
     finally:
         tiny_store.delete("datasets", "broken/manifest.json")
