@@ -124,9 +124,15 @@ def unknown_proto_fields(message, prefix: str = "") -> list[str]:
     setting: ignored, it would run a different experiment than asked), as problems naming their
     path and field number; every sub-message is searched."""
     from google.protobuf import unknown_fields
-    out = [f"{prefix}#{f.field_number}: not a field of {message.DESCRIPTOR.name} on this server (a newer "
-           "client's setting would be silently ignored; upgrade the server or leave it out)"
-           for f in unknown_fields.UnknownFieldSet(message)]
+    out = []
+    for f in unknown_fields.UnknownFieldSet(message):
+        known = message.DESCRIPTOR.fields_by_number.get(f.field_number)
+        if known is not None:  # protobuf keeps a field sent with another wire type as unknown
+            out.append(f"{prefix}{known.name}: wrong wire type (#{f.field_number} is not encoded as this "
+                       "server's field)")
+        else:
+            out.append(f"{prefix}#{f.field_number}: not a field of {message.DESCRIPTOR.name} on this server (a "
+                       "newer client's setting would be silently ignored; upgrade the server or leave it out)")
     for field, value in message.ListFields():
         if field.type == field.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
             values = list(value) if field.is_repeated else [value]
