@@ -126,7 +126,7 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
             p.invalid.append(f"{where}.task: {exc}")
             continue
         dataset, split = t.get("dataset") or task.short, t.get("split") or PARAMS["tasks.split"].default
-        p.add(check_name(f"{where}.dataset", dataset))
+        p.add(check_name(f"{where}.dataset", dataset) + check_name(f"{where}.split", split))
         ds = artifacts.read_manifest(store, "datasets", dataset) if not check_name("d", dataset) else None
         if ds is None:
             p.not_found(f"{where}.dataset: {dataset!r} not found in the datasets bucket" + held(store, "datasets"))

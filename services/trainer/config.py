@@ -195,8 +195,9 @@ def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> Trai
     if values["training_quant"] != "none" and values["dtype"] != "auto":
         p.invalid.append(f"dtype: {values['training_quant']} sets its own compute dtype "
                          "(NF4 with bf16 compute; int8 with the device's); leave dtype at auto")
-    if values["output_name"]:
-        p.add(check_name("output_name", values["output_name"]))
+    for name in ("output_name", "task"):  # names, checked as names here (not first by the storage layer)
+        if values[name]:
+            p.add(check_name(name, values[name]))
     # the adapter is checked even when the method is unknown (as LoRA's)
     method = PEFT_METHODS.get(values["peft_method"], PEFT_METHODS[PARAMS["peft_method"].default])
     block = spec.get("lora") or {}

@@ -48,16 +48,14 @@ def test_a_proto_field_the_server_does_not_know_is_refused(cls, field):
 
 def _door(service: str, store):
     from services.evaluator.config import resolve_evaluate_spec
-    from services.quantizer.config import spec_problems
+    from services.quantizer.config import resolve_quantize_spec
     from services.trainer.config import TrainConfig
     if service == "train":
         def check(spec):
             TrainConfig.resolve({"base_model": "m", "dataset": "arc", **spec}, "cpu")
     elif service == "quantize":
         def check(spec):
-            problems = spec_problems({"source_model": "m", "method": "bnb_int8", **spec})
-            if problems:
-                raise ValidationError(problems)
+            resolve_quantize_spec({"source_model": "m", "method": "bnb_int8", **spec}, store)
     else:
         def check(spec):
             resolve_evaluate_spec({"model": "m", "tasks": [{"task": "ai2_arc"}], **spec}, store)
@@ -84,3 +82,25 @@ def test_a_key_the_schema_does_not_know_is_refused(service, spec, where, store):
                          ids=lambda p: p.name)
 def test_every_numeric_field_has_a_range(param):
     assert param.lo is not None and param.hi is not None and param.lo <= param.hi
+
+
+def _names(service: str):
+    """Every free-text field of the schema (no choices): each names something and is checked as a name."""
+    return [p for p in SCHEMAS[service] if p.kind is str and not p.choices]
+
+
+@pytest.mark.parametrize("service,param", [(s, p) for s in SCHEMAS for p in _names(s)],
+                         ids=lambda x: getattr(x, "name", x))
+@pytest.mark.parametrize("hostile", ["../../etc/passwd", "a\x00b", "x" * 300])
+def test_every_name_field_is_checked_as_a_name_with_the_field_named(service, param, hostile, store):
+    head, _, key = param.name.partition(".")
+    if head == "tasks":
+        spec = {"tasks": [{"task": "ai2_arc", key: hostile}]}
+        where = f"tasks[0].{key}"
+    elif key:
+        spec, where = {head: {key: hostile}}, param.name
+    else:
+        spec, where = {head: hostile}, param.name
+    with pytest.raises(ValidationError) as exc:
+        _door(service, store)(spec)
+    assert any(p.startswith(f"{where}:") for p in exc.value.problems), exc.value.problems
