@@ -53,3 +53,15 @@ def test_a_method_declaring_a_shared_field_differently_is_refused():
         register_peft_method(PeftMethod("other", "Other", "x", Other, build=lambda *a: None,
                                         trainable=lambda *a: (0, 0)))
     assert "other" not in PEFT_METHODS
+
+
+def test_a_plugins_preconditions_reach_the_door():
+    from services.common.errors import PreconditionError
+    from services.trainer.config import _check_preconditions
+    base = {"base_model": "Qwen3-0.6B-base", "dataset": "arc"}
+    for spec, fragment in (({"peft_method": "pissa", "training_quant": "qlora"}, "residual base"),
+                           ({"peft_method": "pissa", "world_size": 2}, "world_size 1"),
+                           ({"peft_method": "none", "training_quant": "int8"}, "full fine-tuning cannot")):
+        with pytest.raises(PreconditionError, match=fragment):
+            _check_preconditions(TrainConfig.resolve({**base, **spec}, "cuda"))
+    _check_preconditions(TrainConfig.resolve({**base, "peft_method": "pissa"}, "cuda"))
