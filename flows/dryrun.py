@@ -8,19 +8,18 @@ from collections import Counter
 from typing import Any
 
 from flows.experiment import Experiment, Step, as_sent
-from services.common import artifacts
+from services.common import artifacts, devices
 from services.common.errors import FtlabError
 from services.common.generated.ftlab.v1 import train_spec_pb2
 from services.common.storage import ObjectStore
-from services.quantizer import config as quantizer_config
 from services.quantizer.config import default_output_name
-from services.trainer.config import TrainConfig, estimate_at_submit, target_device
+from services.trainer.config import TrainConfig, estimate_at_submit
 
 
 def estimate_device() -> str:
     """The device the estimates are for: the trainer's (FTLAB_DEVICE, cpu | cuda[:N]) where set,
     else a CUDA GPU (the experiments' target)."""
-    return target_device() if os.environ.get("FTLAB_DEVICE", "auto") != "auto" else "cuda"
+    return devices.device_type() if os.environ.get("FTLAB_DEVICE", "auto") != "auto" else "cuda"
 
 
 def step_estimate(step: Step, store: ObjectStore | None, device_type: str | None = None) -> dict[str, float] | None:
@@ -83,7 +82,7 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
               f"already done (will be skipped): {done}; to run: {len(exp.steps) - done}",
               "datasets: " + ", ".join(f"{r['output']} ({'present' if r['status'] == 'done' else r['status']})"
                                        for r in rows if r["stage"] == "data")]
-    if estimate_device() == "cuda" and not quantizer_config.service_has_gpu():
+    if estimate_device() == "cuda" and not devices.has_gpu():
         note = ("devices: the memory column is for a CUDA GPU (the experiments' target); this host has no GPU, so a "
                 "trainer here estimates for CPU, fp32 (FTLAB_DEVICE=cpu shows that)")
         if any(s.stage == "quantize" and default_output_name(s.spec, gpu=True) != s.output for s in exp.steps):

@@ -152,7 +152,7 @@ def plot_latency(table: pd.DataFrame, path: Path) -> Path | None:
 def plot_rank_sweep(table: pd.DataFrame, path: Path) -> Path | None:
     if "rank" not in table.columns:
         return None
-    adapters = table[table["rank"].notna() & table["method"].isin(["lora", "dora", "vera"])
+    adapters = table[table["rank"].notna()  # every adapter method has a rank (services/trainer/peft/)
                      & (table["ptq_method"].isna() if "ptq_method" in table.columns else True)]
     tasks = _tasks(adapters) if len(adapters) else []
     if not tasks:

@@ -9,6 +9,7 @@ import math
 from google.protobuf import json_format, timestamp_pb2
 
 from services.common.errors import FtlabError, NotFoundError, ValidationError, shorten
+from services.common.validation import unknown_proto_fields
 from services.common.generated.ftlab.v1 import jobs_pb2
 from services.common.job_record import EventType, JobRecord, JobState
 from services.common.naming import check_name
@@ -43,10 +44,11 @@ def _ts(t: float | None) -> timestamp_pb2.Timestamp | None:
 def spec_to_dict(message) -> dict:
     """A spec message as plain JSON-able data (proto field names; unset optionals omitted).
     NaN and infinities are refused here, for every float field of every spec: proto JSON spells
-    them as strings, which no range check downstream would expect."""
-    bad = _non_finite(message)
+    them as strings, which no range check downstream would expect; so are fields this server does
+    not know (strict: a newer client's setting is refused, not silently dropped)."""
+    bad = [f"{path}: must be a finite number" for path in _non_finite(message)] + unknown_proto_fields(message)
     if bad:
-        raise ValidationError([f"{path}: must be a finite number" for path in bad])
+        raise ValidationError(bad)
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 

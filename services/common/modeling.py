@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from services.common import artifacts, settings
+from services.common import artifacts, devices, settings
 from services.common.cpu_features import cpu_has_bf16
 from services.common.errors import NotFoundError, PreconditionError, ValidationError
 from services.common.storage import ObjectStore
@@ -28,11 +28,9 @@ TINY_QWEN3 = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, nu
 
 
 def device() -> torch.device:
-    """FTLAB_DEVICE (cpu | cuda | cuda:N) or the first GPU when there is one."""
-    want = os.environ.get("FTLAB_DEVICE", "auto")
-    if want == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(want)
+    """FTLAB_DEVICE (cpu | cuda | cuda:N) or the first GPU when there is one
+    (services/common/devices.py, which honours CUDA_VISIBLE_DEVICES)."""
+    return devices.torch_device()
 
 
 def cap_cpu_threads() -> None:

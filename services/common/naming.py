@@ -42,6 +42,7 @@ class QuantMethod(str, enum.Enum):
     W8A8_SQ_RTN = "W8A8_SQ_RTN"      # SmoothQuant + round-to-nearest int8 W8A8 (llm-compressor)
     W4A16_GPTQ = "W4A16_GPTQ"        # GPTQ int4 grouped weights, 16-bit activations (llm-compressor)
     W4A16_RTN = "W4A16_RTN"          # round-to-nearest int4 grouped weights (llm-compressor)
+    W8A16_RTN = "W8A16_RTN"          # round-to-nearest int8 per-channel weights (llm-compressor)
 
     @classmethod
     def from_any(cls, value: Any) -> QuantMethod:
@@ -72,6 +73,7 @@ QUANT_TAGS = {
     QuantMethod.W8A8_SQ_RTN: "W8A8_SQ_RTN",
     QuantMethod.W4A16_GPTQ: "W4A16_GPTQ",
     QuantMethod.W4A16_RTN: "W4A16_RTN",
+    QuantMethod.W8A16_RTN: "W8A16_RTN",
 }
 # Literal tags that are not a method name followed by parameters, longest first for parsing.
 _LITERALS = sorted(((t, m) for m, t in QUANT_TAGS.items() if m not in (QuantMethod.NO_QUANT, QuantMethod.QLORA)),
@@ -207,7 +209,7 @@ def base_stem(base_model: str) -> str:
 
 def trained_model_name(base_model: str, dataset: str, peft_tag: str, r: int | None, quant: QuantMethod) -> str:
     """The study's trained-model name: ``Qwen3-8B-arc_SFT_LoRa256_NoQuant``. ``peft_tag``: the PEFT
-    method's name fragment (services/trainer/peft_types.py: ``LoRa``, ``NoPeft``); ``r``: its rank,
+    method's name fragment (services/trainer/peft/: ``LoRa``, ``NoPeft``); ``r``: its rank,
     None for full fine-tuning."""
     peft_part = peft_tag + ("" if r is None else str(r))
     return f"{base_stem(base_model)}-{dataset}_SFT_{peft_part}_{tag_quant(quant)}"

@@ -1,16 +1,18 @@
-"""Collect every problem of a request, then raise once (INVALID_ARGUMENT wins over NOT_FOUND,
-and lists the not-found problems too)."""
+"""Collect every problem of a request, then raise once: INVALID_ARGUMENT (the caller's request is
+wrong) wins over NOT_FOUND and FAILED_PRECONDITION (stored content is missing or wrong: never the
+caller's INVALID_ARGUMENT on its own), and lists them too."""
 from __future__ import annotations
 
 import re
 
-from services.common.errors import NotFoundError, ValidationError, quote
+from services.common.errors import NotFoundError, PreconditionError, ValidationError, quote
 
 
 class Problems:
     def __init__(self) -> None:
         self.invalid: list[str] = []
         self.missing: list[str] = []
+        self.blocked: list[str] = []   # stored content that is wrong (a dataset without the task's columns)
 
     def require(self, ok: bool, message: str) -> bool:
         if not ok:
@@ -23,11 +25,17 @@ class Problems:
     def not_found(self, message: str) -> None:
         self.missing.append(message)
 
+    def stored(self, message: str) -> None:
+        """What storage holds is wrong for this request: FAILED_PRECONDITION."""
+        self.blocked.append(message)
+
     def raise_if_any(self) -> None:
         if self.invalid:
-            raise ValidationError(self.invalid + self.missing)
+            raise ValidationError(self.invalid + self.missing + self.blocked)
         if self.missing:
-            raise NotFoundError("; ".join(self.missing))
+            raise NotFoundError("; ".join(self.missing + self.blocked))
+        if self.blocked:
+            raise PreconditionError("; ".join(self.blocked))
 
 
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
@@ -107,3 +115,48 @@ def model_weights_problem(field: str, name: str, manifest: dict, purpose: str) -
         return (f"{field}: {quote(name)} is {what} (no config.json); {purpose} needs full weights: "
                 "use a merged model (merge_after_train) or its base")
     return None
+
+
+# --- strict fields (as Kubernetes' strict field validation): what this server does not know is refused
+
+def unknown_proto_fields(message, prefix: str = "") -> list[str]:
+    """Fields ``message`` carries that this server's proto does not define (a newer client's
+    setting: ignored, it would run a different experiment than asked), as problems naming their
+    path and field number; every sub-message is searched."""
+    from google.protobuf import unknown_fields
+    out = []
+    for f in unknown_fields.UnknownFieldSet(message):
+        known = message.DESCRIPTOR.fields_by_number.get(f.field_number)
+        if known is not None:  # protobuf keeps a field sent with another wire type as unknown
+            out.append(f"{prefix}{known.name}: wrong wire type (#{f.field_number} is not encoded as this "
+                       "server's field)")
+        else:
+            out.append(f"{prefix}#{f.field_number}: not a field of {message.DESCRIPTOR.name} on this server (a "
+                       "newer client's setting would be silently ignored; upgrade the server or leave it out)")
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
+            values = list(value) if field.is_repeated else [value]
+            for i, v in enumerate(values):
+                where = f"{prefix}{field.name}[{i}]." if field.is_repeated else f"{prefix}{field.name}."
+                out += unknown_proto_fields(v, where)
+    return out
+
+
+def unknown_keys(spec: dict, names, prefix: str = "") -> list[str]:
+    """Keys of a spec given as data (YAML, JSON) that are no field of it: ``names`` are its fields'
+    dotted paths (``lora.r``; a list of sub-messages, ``tasks.task``, is checked item by item)."""
+    names = set(names)
+    tops = {n.split(".", 1)[0] for n in names}
+    out = []
+    for key, value in spec.items():
+        if key not in tops:
+            out.append(f"{prefix}{key}: unknown field (known: {', '.join(sorted(tops))})")
+            continue
+        subs = {n.split(".", 1)[1] for n in names if n.startswith(f"{key}.")}
+        if subs:
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                if isinstance(item, dict):
+                    where = f"{prefix}{key}[{i}]." if isinstance(value, list) else f"{prefix}{key}."
+                    out += unknown_keys(item, subs, where)
+    return out

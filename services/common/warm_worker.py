@@ -29,6 +29,8 @@ import sys
 import threading
 from typing import Any, Callable, Iterable
 
+from services.common import devices
+
 log = logging.getLogger("ftlab.runtime")
 _preload: set[str] = set()
 _lock = threading.Lock()
@@ -58,7 +60,7 @@ def context(recipes: Iterable[str], warm_imports: Iterable[str] = ()):
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     with _lock:
-        if _cuda_possible():
+        if devices.has_gpu():
             # bitsandbytes (imported by peft at import time) initialises CUDA when it loads, and a
             # CUDA context cannot cross a fork: on GPU hosts the server preloads torch alone
             # (torch's import does not touch CUDA); each job imports the rest itself.
@@ -69,18 +71,6 @@ def context(recipes: Iterable[str], warm_imports: Iterable[str] = ()):
         _preload.add(__name__)
         ctx.set_forkserver_preload(sorted(_preload))
     return ctx
-
-
-def _cuda_possible() -> bool:
-    """Could a job here use CUDA? (torch-free: FTLAB_DEVICE, else an NVIDIA device node.)"""
-    want = os.environ.get("FTLAB_DEVICE", "auto").strip().lower()
-    if want == "cpu":
-        return False
-    if want.startswith("cuda"):
-        return True
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
 
 
 def process(ctx, target: Callable[..., Any], args: tuple, name: str, service: str = ""):

@@ -1,6 +1,6 @@
-"""The evaluation job's configuration, in one place: the EvaluateSpec fields' defaults, ranges and
-choices (:data:`EVALUATE_PARAMS`), the typed :class:`EvaluateConfig` the child runs and its
-``eval_id`` (the evaluation's name and idempotency key). The door (:func:`resolve_evaluate_spec`)
+"""The evaluation job's configuration, in one place: the typed :class:`EvaluateConfig` the child
+runs, whose fields declare the EvaluateSpec fields' defaults, ranges and choices
+(:data:`EVALUATE_PARAMS`), and its ``eval_id`` (the evaluation's name and idempotency key). The door (:func:`resolve_evaluate_spec`)
 reports every problem at once and writes nothing. Torch-free."""
 from __future__ import annotations
 
@@ -13,62 +13,45 @@ from services.common import artifacts
 from services.common.errors import PreconditionError, ValidationError, quote
 from services.common.job_record import spec_hash
 from services.common.naming import check_name
-from services.common.params import Param
+from services.common.params import option, params_of
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems, held, split_rows, task_mismatch
+from services.common.validation import Problems, held, split_rows, task_mismatch, unknown_keys
 from services.evaluator.kv_cache import KV_CACHE_DTYPES
 
 ENGINES = ("auto", "hf", "vllm")  # generation engines (services/evaluator/engines.py)
 
-# EvaluateSpec fields (proto/ftlab/v1/evaluate_spec.proto); tasks[i].limit is the CLI's --limit.
-EVALUATE_PARAMS: tuple[Param, ...] = (
-    Param("model", None, "a model in the models bucket", required=True),
-    Param("tasks.task", None, "repeatable: ai2_arc, squad_v2, ... (at least one)", flag="--task", required=True),
-    Param("tasks.dataset", None, "dataset each task reads (default: the task's short name: arc, squad...)",
-          flag="--dataset"),
-    Param("tasks.split", "test", "split each task reads", flag="--split"),
-    Param("tasks.limit", None, "first N items of each task's split (default: all)", int, 1, 1_000_000,
-          flag="--limit"),
-    Param("batch_size", 8, "prompts generated together (1: exact mode)", int, 1, 512),
-    Param("max_new_tokens", 1000, "generation limit per item, as the study", int, 1, 32768),
-    Param("seed", 0, "seeds the bootstrap CIs", int, 0, 2**31 - 1),
-    Param("bootstrap_samples", 1000, "resamples for the 95% CIs", int, 100, 100_000),
-    Param("engine", "auto", "generation engine (auto: vLLM where installed)", choices=ENGINES),
-    Param("engine_check", 0, "vLLM runs: first N items per task also through HF; agreement recorded",
-          int, 0, 1_000_000),
-    Param("kv_cache_dtype", "auto", "quantized KV cache while generating", choices=tuple(KV_CACHE_DTYPES)),
-    Param("eval_id", "", "the evaluation's name (default: eval- + the config's hash)"),
-)
-PARAMS = {p.name: p for p in EVALUATE_PARAMS}
-
-
 @dataclass(frozen=True)
 class EvalTask:
     """One task of an evaluation: the task's canonical name, the dataset and split it reads, and
-    ``limit`` (first N items; None: all)."""
-    task: str
-    dataset: str
-    split: str
-    limit: int | None = None
+    ``limit`` (first N items; None: all). The EvaluateSpec's ``tasks[i]`` fields; ``--limit``,
+    ``--dataset`` and ``--split`` apply to every ``--task`` on the command line."""
+    task: str = option(help="repeatable: ai2_arc, squad_v2, ... (at least one)", flag="--task", required=True)
+    dataset: str | None = option(None, "dataset each task reads (default: the task's short name: arc, squad...)",
+                                 flag="--dataset")
+    split: str = option("test", "split each task reads", flag="--split")
+    limit: int | None = option(None, "first N items of each task's split (default: all)", kind=int, lo=1,
+                               hi=1_000_000, flag="--limit")
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """What an evaluation job runs: ``batch_size`` prompts per generate call, ``max_new_tokens``
-    per item, ``bootstrap_samples`` resamples (seeded by ``seed``) for the 95% CIs; ``engine``,
-    ``engine_check`` and ``kv_cache_dtype`` as in :data:`EVALUATE_PARAMS`. ``eval_id`` names the
-    result (``evaluations/<model>/<eval_id>/``)."""
-    model: str
-    tasks: tuple[EvalTask, ...]
-    batch_size: int = 8
-    max_new_tokens: int = 1000
-    seed: int = 0
-    bootstrap_samples: int = 1000
-    engine: str = "auto"
-    engine_check: int = 0
-    kv_cache_dtype: str = "auto"
-    eval_id: str = ""
+    """What an evaluation job runs; its :func:`option` fields are the EvaluateSpec's (proto/ftlab/
+    v1/evaluate_spec.proto), each with its one default, range or choices and help
+    (:data:`EVALUATE_PARAMS`): ``batch_size`` prompts per generate call, ``max_new_tokens`` per
+    item, ``bootstrap_samples`` resamples (seeded by ``seed``) for the 95% CIs. ``eval_id`` names
+    the result (``evaluations/<model>/<eval_id>/``)."""
+    model: str = option(help="a model in the models bucket", required=True)
+    tasks: tuple[EvalTask, ...] = ()
+    batch_size: int = option(8, "prompts generated together (1: exact mode)", lo=1, hi=512)
+    max_new_tokens: int = option(1000, "generation limit per item, as the study", lo=1, hi=32768)
+    seed: int = option(0, "seeds the bootstrap CIs", lo=0, hi=2**31 - 1)
+    bootstrap_samples: int = option(1000, "resamples for the 95% CIs", lo=100, hi=100_000)
+    engine: str = option("auto", "generation engine (auto: vLLM where installed)", choices=ENGINES)
+    engine_check: int = option(0, "vLLM runs: first N items per task also through HF; agreement recorded",
+                               lo=0, hi=1_000_000)
+    kv_cache_dtype: str = option("auto", "quantized KV cache while generating", choices=tuple(KV_CACHE_DTYPES))
+    eval_id: str = option("", "the evaluation's name (default: eval- + the config's hash)")
 
     @classmethod
     def resolve(cls, spec: dict[str, Any], store: ObjectStore) -> "EvaluateConfig":
@@ -102,6 +85,12 @@ class EvaluateConfig:
         return "eval-" + spec_hash(dataclasses.replace(self, eval_id="").to_dict())
 
 
+# The EvaluateSpec fields (proto/ftlab/v1/evaluate_spec.proto), the repeated tasks' after the model.
+_TOP = params_of(EvaluateConfig)
+EVALUATE_PARAMS = _TOP[:1] + params_of(EvalTask, "tasks.") + _TOP[1:]
+PARAMS = {p.name: p for p in EVALUATE_PARAMS}
+
+
 def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, Any]:
     """The evaluator's door: an EvaluateSpec as proto JSON -> the config the child runs
     (:meth:`EvaluateConfig.to_dict`, the job record's form), ``eval_id`` derived unless given.
@@ -109,6 +98,7 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     NotFoundError, or PreconditionError (a model without weights, an existing evaluation);
     writes nothing."""
     p = Problems()
+    p.add(unknown_keys(spec, PARAMS))  # strict: a field this evaluator does not know is refused
     blocked = ""  # FAILED_PRECONDITION: the model exists but cannot be evaluated
     model = spec.get("model", "")
     p.require(bool(model), "model: required") and p.add(check_name("model", model))
@@ -136,7 +126,7 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
             p.invalid.append(f"{where}.task: {exc}")
             continue
         dataset, split = t.get("dataset") or task.short, t.get("split") or PARAMS["tasks.split"].default
-        p.add(check_name(f"{where}.dataset", dataset))
+        p.add(check_name(f"{where}.dataset", dataset) + check_name(f"{where}.split", split))
         ds = artifacts.read_manifest(store, "datasets", dataset) if not check_name("d", dataset) else None
         if ds is None:
             p.not_found(f"{where}.dataset: {dataset!r} not found in the datasets bucket" + held(store, "datasets"))
@@ -146,7 +136,8 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
         else:
             cols = set(ds["splits"][split].get("columns", []))
             missing = [c for c in required_columns(task) if c not in cols]
-            p.require(not missing, f"{where}.dataset: {dataset!r} lacks the {task.name} columns {missing}")
+            if missing:  # stored content that is wrong for the task
+                p.stored(f"{where}.dataset: {dataset!r} lacks the {task.name} columns {missing}")
             p.add(task_mismatch(f"{where}.task", task.name, dataset, ds))
             p.add(split_rows(f"{where}.limit" if limit else f"{where}.split", dataset, ds, split, limit))
         tasks.append(EvalTask(task.name, dataset, split, limit))

@@ -52,12 +52,15 @@ def vllm_version() -> str | None:
 
 def vllm_refusal(config: dict[str, Any], quant: dict[str, Any], adapter_only: bool) -> str | None:
     """Why vLLM cannot load this model (None: it can), from its config.json and quantization spec.
-    bitsandbytes checkpoints and adapters trained on a bitsandbytes base (QLoRA, INT8) stay on HF:
-    vLLM refuses their quantization method."""
+    A quantized model's spec records what its PTQ plugin says (``vllm_loads``, ``format``:
+    services/quantizer/ptq/); models from before it, by their config.json's bitsandbytes
+    quantization. Adapters trained on a bitsandbytes base (QLoRA, INT8) stay on HF too."""
     qcfg = config.get("quantization_config") or {}
+    if quant.get("vllm_loads") is False:
+        return f"{quant.get('format') or quant.get('service_method')} checkpoint (vLLM cannot load its format)"
     if str(qcfg.get("quant_method", "")).lower() == "bitsandbytes":
         return "bitsandbytes checkpoint (vLLM: unknown quantization method on this build)"
-    if adapter_only and quant.get("method") in ("QLORA", "INT8"):
+    if adapter_only and quant.get("method") in modeling.TRAINING_QUANT_METHODS:
         return f"adapter on a bitsandbytes-loaded base ({quant.get('method')})"
     head = config.get("head_dim") or (config["hidden_size"] // config["num_attention_heads"]
                                       if config.get("hidden_size") and config.get("num_attention_heads") else None)
@@ -70,8 +73,7 @@ def vllm_refusal(config: dict[str, Any], quant: dict[str, Any], adapter_only: bo
 
 
 def on_cpu() -> bool:
-    import torch
-    return not torch.cuda.is_available() or os.environ.get("FTLAB_DEVICE", "auto") == "cpu"
+    return modeling.device().type == "cpu"
 
 
 def choose(requested: str, refusal: str | None) -> tuple[str, str]:

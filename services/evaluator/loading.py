@@ -48,17 +48,12 @@ def quantization_spec(model_dir: Path, manifest: dict[str, Any]) -> dict[str, An
 
 
 def _load_base_as_trained(base_dir: Path, quant: dict[str, Any], dev: torch.device, dtype=None):
-    """The base the adapter was trained on: the adapter's deltas were fitted to that exact function."""
+    """The base the adapter was trained on: the adapter's deltas were fitted to that exact function
+    (a quantized one is built by the trainer's own ``modeling.load_quantized_base``)."""
     method = quant.get("method")
-    if method not in ("QLORA", "INT8"):
+    if method not in modeling.TRAINING_QUANT_METHODS:
         return modeling.load_causal_lm(base_dir, dev, dtype=dtype)
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-    dtype = modeling.compute_dtype(dev)
-    bnb = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dtype) if method == "QLORA" else BitsAndBytesConfig(load_in_8bit=True))
-    return AutoModelForCausalLM.from_pretrained(
-        base_dir, quantization_config=bnb, dtype=dtype, use_safetensors=True,
-        device_map={"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}).eval()
+    return modeling.load_quantized_base(base_dir, method, dev).eval()
 
 
 def load_for_eval(store: ObjectStore, name: str, workdir: str, dev: torch.device, dtype=None):

@@ -1,67 +1,49 @@
 """The quantization job's configuration, in one place: the QuantizeSpec fields' defaults, ranges
-and choices (:data:`QUANTIZE_PARAMS`; each method's own options and defaults live in its
-registry entry, services/quantizer/methods.py), the typed :class:`QuantizeConfig` the child runs,
+and choices (:data:`QUANTIZE_PARAMS`; each method's own options and defaults live in its plugin,
+services/quantizer/ptq/<method>.py), the typed :class:`QuantizeConfig` the child runs,
 and the model name (:func:`default_output_name`). The door (:func:`resolve_quantize_spec`)
 checks every problem at once; every check reads only values earlier checks accepted, so no
 request can crash it. Torch-free (runs in the server); reads manifests and config.json only."""
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from services.common import artifacts
-from services.common.errors import NotFoundError, PreconditionError, ValidationError
+from services.common import artifacts, devices
+from services.common.errors import NotFoundError, ValidationError
 from services.common.naming import _short, check_name, parse_tag, quantized_model_name, tag_quant
 from services.common.params import Param
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems, held
-from services.quantizer.methods import ALGORITHMS, COMPUTE_DTYPES, METHOD_OPTIONS, METHODS, REGISTRY, MethodDef
+from services.common.validation import Problems, held, unknown_keys
+from services.quantizer.ptq import PTQ_METHODS, PtqMethod, method_defaults, option_params
 
 __all__ = ["METHODS", "QuantizeConfig", "default_output_name", "resolve_quantize_spec", "linear_in_features",
-           "service_has_gpu", "spec_problems"]
+           "spec_problems"]
 
 # Llama/Qwen-style decoder layers: module (under model.layers.N.) -> config key of its in-features.
 _LAYER_INPUTS = {"self_attn.q_proj": "hidden", "self_attn.k_proj": "hidden", "self_attn.v_proj": "hidden",
                  "self_attn.o_proj": "attn", "mlp.gate_proj": "hidden", "mlp.up_proj": "hidden",
                  "mlp.down_proj": "intermediate"}
-def method_defaults(field: str) -> str:
-    """The registry's defaults of a method option, for help texts: ``default: 64 for gptq, awq;
-    128 for w4a16`` (``weights_bits``: each method's first supported)."""
-    by_value: dict[str, list[str]] = {}
-    for m in REGISTRY.values():
-        if field == "weights_bits" or field in m.options:
-            value = m.weights_bits[0] if field == "weights_bits" else m.defaults[field]
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-            by_value.setdefault(text, []).append(m.name)
-    return "default: " + "; ".join(f"{v} for {', '.join(names)}" for v, names in by_value.items())
+# The shape the flows use: method name -> the study's QuantMethod of its default variant.
+METHODS = {name: m.default_quant for name, m in PTQ_METHODS.items()}
+# Every option a method may accept (a set one that the method does not accept is an error).
+METHOD_OPTIONS = frozenset().union(*(m.options for m in PTQ_METHODS.values())) | {"weights_bits"}
 
 
 # QuantizeSpec fields (proto/ftlab/v1/quantize_spec.proto). The method options' defaults are the
-# method's (its registry entry); ``method`` is required at the door (bnb_int8 is the CLI's default).
+# method's (its plugin's options dataclass); ``method`` is required at the door (bnb_int8 is the CLI's default).
 QUANTIZE_PARAMS: tuple[Param, ...] = (
     Param("source_model", None, "a model in the models bucket: base, merged fine-tune or adapter", required=True),
     Param("method", "bnb_int8", "PTQ method (adaround, brecq: refused, see docs/QUANTIZER.md)",
-          choices=tuple(REGISTRY)),
+          choices=tuple(PTQ_METHODS)),
     Param("output_name", "", "model name (default: the source's name + the method's tag)"),
     Param("weights_bits", None, f"weight bits ({method_defaults('weights_bits')})", int, 1, 16),
-    Param("llm_int8_threshold", None, f"LLM.int8 outlier threshold ({method_defaults('llm_int8_threshold')})",
-          float, 0.0, 1e4),
-    Param("bnb_4bit_quant_type", None, f"4-bit data type ({method_defaults('bnb_4bit_quant_type')})",
-          choices=("nf4", "fp4")),
-    Param("double_quant", None, f"quantize the quantization constants too ({method_defaults('double_quant')})",
-          bool),
-    Param("compute_dtype", None, f"matmul dtype, auto: bf16 on GPU, fp32 on CPU ({method_defaults('compute_dtype')})",
-          choices=COMPUTE_DTYPES),
-    Param("algorithm", None, f"weight rounding ({method_defaults('algorithm')})", choices=ALGORITHMS),
-    Param("smoothing_strength", None, f"SmoothQuant alpha ({method_defaults('smoothing_strength')})",
-          float, 0.0, 1.0),
-    Param("group_size", None, f"weights per scale ({method_defaults('group_size')})", int, 1, 65_536),
+    *option_params(),  # the methods' options: range, choices, help from services/quantizer/ptq/
     Param("dataset", "", "calibration samples and held-out report prompts (default: the source's dataset)"),
     Param("calibration.split", "train", "split the calibration samples are drawn from"),
     Param("calibration.num_samples", 128, "calibration samples", int, 1, 100_000),
@@ -73,8 +55,7 @@ QUANTIZE_PARAMS: tuple[Param, ...] = (
 )
 PARAMS = {p.name: p for p in QUANTIZE_PARAMS}
 # Numeric options: (type, lowest, highest). Booleans are not numbers here.
-_RANGES = {f: (PARAMS[f].kind, PARAMS[f].lo, PARAMS[f].hi)
-           for f in ("llm_int8_threshold", "smoothing_strength", "group_size", "weights_bits")}
+_RANGES = {p.name: (p.kind, p.lo, p.hi) for p in QUANTIZE_PARAMS if p.name in METHOD_OPTIONS and p.lo is not None}
 _CHOICES = {p.name: p.choices for p in QUANTIZE_PARAMS if p.choices and p.name in METHOD_OPTIONS}
 
 
@@ -104,8 +85,8 @@ class QuantizeConfig:
     report: dict[str, Any]
 
     @property
-    def method_def(self) -> MethodDef:
-        return REGISTRY[self.method]
+    def method_def(self) -> PtqMethod:
+        return PTQ_METHODS[self.method]
 
     @classmethod
     def resolve(cls, spec: dict[str, Any], store: ObjectStore) -> "QuantizeConfig":
@@ -121,20 +102,6 @@ class QuantizeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def service_has_gpu() -> bool:
-    """Whether this service's jobs run on a CUDA GPU, decided without torch (the door is torch-free):
-    FTLAB_DEVICE=cuda[:N] yes, cpu no; auto (the default): an NVIDIA device node is present and
-    CUDA_VISIBLE_DEVICES does not hide it (what ``modeling.device()`` then finds with torch)."""
-    want = os.environ.get("FTLAB_DEVICE", "auto").strip().lower()
-    if want.startswith("cuda"):
-        return True
-    if want != "auto":
-        return False
-    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
-        return False
-    return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
 def head_dtype(gpu: bool) -> str:
@@ -155,7 +122,7 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     p.require(bool(source), "source_model: required") and p.add(check_name("source_model", source))
     name = spec.get("method", "")
     method, opts, bad, calibration, report = _check_spec(p, spec)
-    gpu = service_has_gpu()
+    gpu = devices.has_gpu()
     if method is not None and method.unavailable:
         blocked.append(f"method: {method.unavailable}")
     elif method is not None and method.needs_gpu and not gpu:
@@ -208,11 +175,9 @@ def resolve_quantize_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
                              "output_name unset, or choose a name that is not a study name")
     if _valid(out) and artifacts.read_manifest(store, "models", out) is not None:
         blocked.append(f"output model {out!r} already exists; choose another output_name or delete it first")
-    if p.invalid:
-        p.add(blocked)  # one answer lists every problem
+    for problem in blocked:  # one answer lists every problem (INVALID_ARGUMENT first, if any)
+        p.stored(problem)
     p.raise_if_any()
-    if blocked:
-        raise PreconditionError("; ".join(blocked))
     quant = method.quant_methods[algorithm]
     return QuantizeConfig(
         source_model=source, method=name, output_name=out, quant_method=quant.value,
@@ -226,9 +191,10 @@ def _check_spec(p: Problems, spec: dict[str, Any]):
     """The door's checks that need no storage: the method, its options, the calibration and
     report fields. Returns (method or None, options with defaults, bad option fields, calibration,
     report); a bad calibration/report number is None."""
+    p.add(unknown_keys(spec, PARAMS))  # strict: a field this quantizer does not know is refused
     name = spec.get("method", "")
-    method = REGISTRY.get(name) if isinstance(name, str) else None
-    p.require(method is not None, f"method: unknown {_short(name)}; known: {', '.join(REGISTRY)}")
+    method = PTQ_METHODS.get(name) if isinstance(name, str) else None
+    p.require(method is not None, f"method: unknown {_short(name)}; known: {', '.join(PTQ_METHODS)}")
     opts, bad = _options(p, spec, method)
     calib_in, report_in = spec.get("calibration") or {}, spec.get("report") or {}
     calibration = {"split": calib_in.get("split") or PARAMS["calibration.split"].default,
@@ -252,24 +218,18 @@ def spec_problems(spec: dict[str, Any]) -> list[str]:
     return p.invalid
 
 
-def _algorithm(method: MethodDef | None, opts: dict[str, Any]) -> str:
-    if method is None:
-        return ""
-    if "bnb_4bit_quant_type" in method.options:
-        return opts["bnb_4bit_quant_type"]
-    if "algorithm" in method.options:
-        return opts["algorithm"]
-    return method.algorithms[0]
+def _algorithm(method: PtqMethod | None, opts: dict[str, Any]) -> str:
+    return "" if method is None else method.algorithm(opts)
 
 
-def quant_tag(method: MethodDef, opts: dict[str, Any], gpu: bool) -> str:
+def quant_tag(method: PtqMethod, opts: dict[str, Any], gpu: bool) -> str:
     """The tag of a valid method + options: the study's parametric one (``GPTQ_w4_g64_headbf16``,
     ``SmoothQuant_w8_alpha0.5_headfp32``) or, for ftlab's first methods, the literal one with a
     suffix for options that change the weights (``W4A16_GPTQ_g32``). Activation bits of 8 and 16
     stay out, as in the study's ``QuantizationSpec.tag``."""
     q = method.quant_methods[_algorithm(method, opts)]
     if not method.study_tag:
-        variant = _variant(method, opts)
+        variant = method.variant(opts) if method.variant else ""
         return tag_quant(q) + (f"_{variant}" if variant else "")
     extras: dict[str, Any] = {}
     if "smoothing_strength" in method.options and opts["smoothing_strength"] != method.defaults["smoothing_strength"]:
@@ -286,10 +246,10 @@ def default_output_name(spec: dict[str, Any], gpu: bool | None = None) -> str:
     (``Qwen3-8B-base_GPTQ_w4_g64_headbf16``; ``Qwen3-4B-base_Int8_BnB``). ``gpu``: whether the
     quantizer runs on a GPU (the lm_head precision in the study's tags); default: this host's.
     Flows use it to know a step's output before submitting it."""
-    method = REGISTRY[spec["method"]]
+    method = PTQ_METHODS[spec["method"]]
     opts = {f: spec.get(f, method.defaults[f]) for f in method.options}
     opts["weights_bits"] = spec.get("weights_bits", method.weights_bits[0])
-    return quantized_model_name(spec["source_model"], quant_tag(method, opts, service_has_gpu() if gpu is None else gpu))
+    return quantized_model_name(spec["source_model"], quant_tag(method, opts, devices.has_gpu() if gpu is None else gpu))
 
 
 def _study_name_of(source: str, name: str) -> bool:
@@ -321,7 +281,7 @@ def _number(p: Problems, where: str, value: Any, kind: type, lo, hi) -> bool:
     return True
 
 
-def _options(p: Problems, spec: dict[str, Any], method: MethodDef | None) -> tuple[dict[str, Any], set[str]]:
+def _options(p: Problems, spec: dict[str, Any], method: PtqMethod | None) -> tuple[dict[str, Any], set[str]]:
     """(the method's options with defaults, the fields found bad). Each option is checked on its
     own first (type, range, choices) whatever the method, so one answer reports every problem;
     options the method does not take are errors. Later checks read only fields not in the bad set."""
@@ -364,20 +324,6 @@ def _sub_range(p: Problems, spec: dict[str, Any], param: Param):
     if value is None:
         return param.default
     return int(value) if _number(p, param.name, value, int, param.lo, param.hi) else None
-
-
-def _variant(method: MethodDef, opts: dict[str, Any]) -> str:
-    """Non-default options that change the weights, for ftlab's literal tags (defaults: the bare tag)."""
-    parts = []
-    if method.name == "bnb_int8" and opts["llm_int8_threshold"] != method.defaults["llm_int8_threshold"]:
-        parts.append(f"t{opts['llm_int8_threshold']:g}")
-    if method.name == "bnb_4bit" and not opts["double_quant"]:
-        parts.append("noDQ")
-    if method.name == "smoothquant_w8a8" and opts["smoothing_strength"] != method.defaults["smoothing_strength"]:
-        parts.append(f"a{opts['smoothing_strength']:g}")
-    if method.name == "w4a16" and opts["group_size"] != method.defaults["group_size"]:
-        parts.append(f"g{opts['group_size']}")
-    return "_".join(parts)
 
 
 def _read_json(store: ObjectStore, model: str, path: str) -> dict[str, Any] | None:
@@ -455,7 +401,8 @@ def _dataset_problems(p: Problems, name: str, manifest: dict[str, Any], calibrat
             p.invalid.append(f"dataset: {name!r} has no split {_short(split)} (has: {', '.join(sorted(splits))})")
         else:
             missing = [c for c in required_columns(task) if c not in splits[split].get("columns", task.columns)]
-            p.require(not missing, f"dataset: {name!r} split {_short(split)} lacks the {task.name} columns {missing}")
+            if missing:  # stored content that is wrong for the task
+                p.stored(f"dataset: {name!r} split {_short(split)} lacks the {task.name} columns {missing}")
     rows = splits.get(calibration["split"], {}).get("rows", 0)
     if needs_calibration and calibration["split"] in splits and rows < calibration["num_samples"]:
         p.invalid.append(f"calibration.num_samples: {calibration['num_samples']} but dataset {name!r} split "

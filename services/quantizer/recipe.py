@@ -2,7 +2,7 @@
 
 1. fetch the source (an adapter is merged into its base first)   4. reload both the way users do
 2. draw calibration samples and held-out report prompts          5. report: size, weights, outliers, quality
-3. quantize: bitsandbytes, HQQ, or llm-compressor's oneshot       6. commit: metadata, report, manifest last
+3. quantize: the method's plugin (services/quantizer/ptq/)        6. commit: metadata, report, manifest last
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from services.common import artifacts, modeling
 from services.common.job_context import JobContext
@@ -57,12 +56,7 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
     # 3. Quantize and save a folder plain from_pretrained loads.
     out = work / "out"
     t_quant = time.time()
-    if cfg.backend == "bitsandbytes":
-        _quantize_bnb(cfg, src_dir, out, dev, dtype)
-    elif cfg.backend == "hqq":
-        _quantize_hqq(cfg, src_dir, out, dev, dtype)
-    else:
-        _quantize_llmcompressor(ctx, cfg, src_dir, out, tok, calib, dtype)
+    cfg.method_def.quantize(ctx, cfg, src_dir, out, tok, calib, dev, dtype)
     tok.save_pretrained(out)
     quant_s = time.time() - t_quant
     ctx.progress(3, STEPS, {"quantize_time_s": quant_s}, message=f"quantized with {cfg.method} ({cfg.quant_tag})")
@@ -77,7 +71,7 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
     size = report.size_report(src_dir, out, list(report.quantizable_linears(q_model)), src_model, q_model)
     # Rotations (QuaRot) change every weight's basis: a per-layer weight comparison would measure the
     # rotation, not the quantization; the output-level quality section is the comparison then.
-    errors = [] if cfg.method == "quarot" else report.weight_errors(src_model, q_model, dtype, dev)
+    errors = report.weight_errors(src_model, q_model, dtype, dev) if cfg.method_def.compares_weights else []
     ctx.metrics({"size_ratio": size["size_ratio"], "quantized_layers_ratio": size["quantized_layers_bytes"]["ratio"],
                  "weight_memory_ratio": size["weight_memory_bytes"]["ratio"]}, message="size")
     err_summary = report.summarize_errors(errors)
@@ -109,7 +103,9 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
             "kv_cache_dtype": None,
             "calibration_size": len(calib) if calib else None, "calibration_hash": calib_hash,
             "quant_tag": cfg.quant_tag, "service_method": cfg.method, "algorithm": cfg.algorithm,
-            "options": cfg.options}
+            "options": cfg.options,
+            # what loads it, for the evaluator (which may not import the quantizer's plugins)
+            "format": cfg.method_def.output_format, "vllm_loads": cfg.method_def.vllm_loads}
     memory = modeling.peak_memory()
     wall = time.time() - t0
     metadata = {"model_name": cfg.output_name, "source_model": cfg.source_model, "merged_adapter": merged_from,
@@ -119,7 +115,8 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
     full_report = {"model_name": cfg.output_name, "source_model": cfg.source_model, "quant_tag": cfg.quant_tag,
                    "source_kind": src_manifest.get("kind"), "degradation": degradation, "size": size, "quality": qual,
                    "weights": {"summary": err_summary, "layers": errors,
-                               **({"skipped": "rotated weights (QuaRot): compare outputs (quality)"} if not errors else {})},
+                               **({} if cfg.method_def.compares_weights else
+                                  {"skipped": "rotated weights: compare outputs (quality)"})},
                    "activation_outliers": {"of": "source model, linear-layer inputs", "summary": out_summary,
                                            "texts": "calibration" if calib else "held-out", "layers": outliers},
                    "note": _note(src_manifest)}
@@ -164,100 +161,6 @@ def _merge_adapter(ctx: JobContext, source_model: str, adapter: dict[str, str], 
     modeling.load_tokenizer(tok_src).save_pretrained(merged_dir)
     return merged_dir, {"base_model": base, "base_manifest_sha": artifacts.manifest_digest(base_manifest),
                         "adapter_path": adapter["path"] or "."}
-
-
-def _quantize_bnb(cfg: QuantizeConfig, src_dir: Path, out: Path, dev: torch.device, dtype: torch.dtype) -> None:
-    """bitsandbytes quantizes while loading; lm_head stays in full precision (its default)."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-    o = cfg.options
-    if cfg.method == "bnb_int8":
-        bnb = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=o["llm_int8_threshold"])
-    else:
-        compute = dtype if o["compute_dtype"] == "auto" else getattr(torch, o["compute_dtype"])
-        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=o["bnb_4bit_quant_type"],
-                                 bnb_4bit_use_double_quant=o["double_quant"], bnb_4bit_compute_dtype=compute)
-    model = AutoModelForCausalLM.from_pretrained(
-        src_dir, quantization_config=bnb, dtype=dtype,
-        device_map={"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"})
-    model.save_pretrained(out)
-
-
-def _quantize_hqq(cfg: QuantizeConfig, src_dir: Path, out: Path, dev: torch.device, dtype: torch.dtype) -> None:
-    """HQQ quantizes while loading (calibration-free); transformers saves it and loads it back.
-    CUDA only: transformers' HQQ integration refuses CPU device maps (the door refuses it on CPU)."""
-    from transformers import AutoModelForCausalLM, HqqConfig
-    o = cfg.options
-    hqq = HqqConfig(nbits=cfg.weights_bits, group_size=o["group_size"], skip_modules=["lm_head"])
-    model = AutoModelForCausalLM.from_pretrained(src_dir, quantization_config=hqq, dtype=dtype,
-                                                 device_map={"": dev.index or 0})
-    model.save_pretrained(out)
-
-
-def _weights(bits: int, group_size: int, symmetric: bool = True):
-    """Weight-only int quantization of every decoder Linear (lm_head stays in full precision)."""
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    weights = QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy="group", group_size=group_size)
-    return {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
-
-
-def _llmcompressor_recipe(cfg: QuantizeConfig) -> list:
-    """The modifiers of each llm-compressor method. Mappings (which norm smooths or balances which
-    layers, which layers a rotation spans) come from llm-compressor's registries for the architecture."""
-    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
-    from llmcompressor.modifiers.transform import AWQModifier, SmoothQuantModifier, SpinQuantModifier
-    o, bits, method = cfg.options, cfg.weights_bits, cfg.method
-    quantizer = GPTQModifier if cfg.algorithm == "gptq" else QuantizationModifier  # gptq | rtn
-    if method in ("smoothquant_w8a8", "smoothquant"):
-        return [SmoothQuantModifier(smoothing_strength=o["smoothing_strength"]),
-                quantizer(targets="Linear", scheme="W8A8", ignore=["lm_head"])]
-    if method == "awq":  # AWQ's scales, then asymmetric round-to-nearest weights (its W4A16_ASYM)
-        return [AWQModifier(), QuantizationModifier(config_groups=_weights(bits, o["group_size"], symmetric=False),
-                                                    ignore=["lm_head"])]
-    if method == "quarot":  # QuaRot-style: Hadamard rotations R1 (residual) and R2 (heads), fused, then GPTQ
-        return [SpinQuantModifier(rotations=["R1", "R2"], transform_type="random-hadamard"),
-                GPTQModifier(config_groups=_weights(bits, o["group_size"]), ignore=["lm_head"])]
-    return [quantizer(config_groups=_weights(bits, o["group_size"]), ignore=["lm_head"])]  # gptq, w4a16
-
-
-def _quantize_llmcompressor(ctx: JobContext, cfg: QuantizeConfig, src_dir: Path, out: Path, tok,
-                            calib: list[str], dtype: torch.dtype) -> None:
-    """GPTQ, AWQ, QuaRot-style rotation + GPTQ, SmoothQuant W8A8 or W4A16 via llm-compressor's oneshot,
-    saved compressed (compressed-tensors)."""
-    from datasets import Dataset
-    from llmcompressor import oneshot
-    from transformers import AutoModelForCausalLM
-
-    o = cfg.options
-    model = AutoModelForCausalLM.from_pretrained(src_dir, dtype=dtype)
-    if "group_size" in o:
-        bad = [f"{n} (in_features {m.in_features})" for n, m in report.quantizable_linears(model).items()
-               if m.in_features % o["group_size"]]
-        if bad:  # the door checks Llama/Qwen configs; this catches every other architecture
-            raise ValueError(f"group_size: {o['group_size']} does not divide the in-features of {', '.join(bad)}")
-    recipe = _llmcompressor_recipe(cfg)
-    if not torch.cuda.is_available():
-        _no_pinned_memory()
-    ctx.log(f"llm-compressor oneshot: {', '.join(type(m).__name__ for m in recipe)} on {len(calib)} samples")
-    kwargs: dict[str, Any] = {}
-    if calib:
-        c = cfg.calibration
-        # Tokenized here (the texts already carry the chat template): llm-compressor then skips its
-        # own datasets.map, whose fingerprinting pickles the whole tokenizer (~20 s on a small CPU).
-        enc = tok(calib, add_special_tokens=False, truncation=True, max_length=c["max_seq_length"])
-        kwargs = dict(dataset=Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}),
-                      num_calibration_samples=len(calib), max_seq_length=c["max_seq_length"],
-                      shuffle_calibration_samples=False)
-    oneshot(model=model, recipe=recipe, tokenizer=tok, **kwargs)
-    model.save_pretrained(out, save_compressed=True)
-    del model
-    gc.collect()
-
-
-def _no_pinned_memory() -> None:
-    """llm-compressor 0.14's AWQ pins its activation cache for faster GPU copies; pinning needs an
-    accelerator, so on a CPU-only torch it raises. Pinning is only a transfer optimisation: skip it."""
-    from llmcompressor.pipelines.cache import IntermediatesCache
-    IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
 
 
 def _versions() -> dict[str, str]:

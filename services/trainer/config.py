@@ -1,6 +1,7 @@
-"""The training job's configuration, in one place: every TrainSpec field's default, range or
-choices (:data:`TRAIN_PARAMS`, :data:`ADAPTER_PARAMS`), the typed :class:`TrainConfig` the
-training child runs, its model name and its run key. The servicer's door
+"""The training job's configuration, in one place: the typed :class:`TrainConfig` the training
+child runs, whose fields declare every TrainSpec field's default, range or choices
+(:data:`TRAIN_PARAMS`; the adapter's, :data:`ADAPTER_PARAMS`, are the PEFT plugins' options,
+services/trainer/peft/), its model name and its run key. The servicer's door
 (:func:`resolve_train_spec`), the recipe, the memory estimator, the flows, the dry run and the
 CLI all read these; nobody else holds a default. Torch-free."""
 from __future__ import annotations
@@ -10,18 +11,18 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from services.common import artifacts
+from services.common import artifacts, devices
 from services.common.cpu_features import cpu_has_bf16
 from services.common.errors import NotFoundError, PreconditionError, ValidationError, quote
 from services.common.naming import QuantMethod, check_name, trained_model_name
-from services.common.params import Param
+from services.common.params import option, params_of
 from services.common.storage import ObjectStore
 from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems, check_module_names, held, model_weights_problem, split_rows, task_mismatch
-from services.trainer.peft_types import PEFT_METHODS, PeftMethod
+from services.common.validation import (Problems, check_module_names, held, model_weights_problem, split_rows, task_mismatch,
+                                        unknown_keys)
+from services.trainer.peft import PEFT_METHODS, SPEC_BLOCK, AdapterOptions, PeftMethod, adapter_params
 
 # Training-time quantization of the base -> the study's QuantMethod (the name tag).
 TRAINING_QUANT = {"none": QuantMethod.NO_QUANT, "qlora": QuantMethod.QLORA, "int8": QuantMethod.INT8}
@@ -32,68 +33,12 @@ GPU_ONLY_OPTIMIZERS = {"adamw_8bit", "paged_adamw_8bit"}
 LR_SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 RESUME = ("auto", "never")
 TRAIN_DTYPES = ("auto", "float32", "bfloat16")
-DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 CHECKPOINTS_PREFIX = "checkpoints/trainer"  # in the `jobs` bucket; job records live under trainer/
 DEVICE_TYPES = ("cuda", "cpu")
 
-# TrainSpec fields (proto/ftlab/v1/train_spec.proto), in the config's order.
-TRAIN_PARAMS: tuple[Param, ...] = (
-    Param("base_model", None, "a model in the models bucket", required=True),
-    Param("dataset", None, "a dataset in the datasets bucket", required=True),
-    Param("task", "", "task definition (default: the dataset's task)"),
-    Param("output_name", "", "model name (default: the study's {base}-{dataset}_SFT_{Peft}{r}_{quant})"),
-    Param("peft_method", "lora", "PEFT method (none: full fine-tuning)", choices=tuple(PEFT_METHODS), flag="--peft"),
-    Param("training_quant", "none", "quantization of the base while training (qlora: NF4)",
-          choices=tuple(TRAINING_QUANT)),
-    Param("max_steps", 0, "optimizer steps (default: train by --num-train-epochs)", int, 1, 1_000_000),
-    Param("num_train_epochs", 1.0, "epochs over the training rows", float, 0, 100, lo_open=True),
-    Param("per_device_batch_size", 4, "examples per micro-batch and process", int, 1, 1024),
-    Param("gradient_accumulation_steps", 2, "micro-batches per optimizer step", int, 1, 1024),
-    Param("learning_rate", 2e-4, "peak learning rate", float, 0, 1, lo_open=True),
-    Param("weight_decay", 0.0, "AdamW weight decay", float, 0, 1),
-    Param("warmup_ratio", 0.03, "fraction of the steps warming the learning rate up", float, 0, 1),
-    Param("max_grad_norm", 1.0, "gradient clipping norm", float, 0, 1e6, lo_open=True),
-    Param("max_seq_length", 1024, "tokens per example (longer prompts lose their start)", int, 16, 131072),
-    Param("seed", 42, "seeds the model's init, the data order and VeRA's projections", int, 0, 2**31 - 1),
-    Param("merge_after_train", True, "also save the adapter merged into the base", bool),
-    Param("train_limit", 0, "first N training rows (0: all)", int, 0, 10_000_000),
-    Param("gradient_checkpointing", False, "recompute activations in the backward pass (less memory)", bool),
-    Param("save_steps", 50, "checkpoint to storage every N steps (0: never)", int, 0, 1_000_000),
-    Param("resume", "auto", "auto: continue from this run's last checkpoint", choices=RESUME),
-    Param("optimizer", "adamw_torch", "the 8-bit ones need a CUDA GPU", choices=tuple(OPTIMIZERS)),
-    Param("packing", True, "pack a micro-batch into rows (attention within each example)", bool),
-    Param("group_by_length", False, "batches of similar length (needs --no-packing)", bool),
-    Param("completion_only_loss", True, "loss on the answer only", bool),
-    Param("lr_scheduler", "linear", "learning-rate schedule", choices=LR_SCHEDULERS),
-    Param("world_size", 1, "processes under torchrun (DDP; FSDP for full FT on GPUs)", int, 1, 64),
-    Param("logging_steps", 1, "loss/lr events every N steps", int, 1, 100_000),
-    Param("dtype", "auto", "training dtype (auto: bf16 on GPUs that have it; on a CPU with native bf16, bf16 "
-          "for an adapter's frozen linear layers but the head, the rest fp32; else fp32)", choices=TRAIN_DTYPES),
-)
-# TrainSpec.lora: the adapter's fields; each PEFT method takes the ones its registry entry names.
-ADAPTER_PARAMS: tuple[Param, ...] = (
-    Param("lora.r", 8, "adapter rank", int, 1, 4096, flag="--r"),
-    Param("lora.alpha", None, "LoRA/DoRA scaling numerator (default: 2 x r)", int, 0, 2**31 - 1, lo_open=True,
-          flag="--alpha"),
-    Param("lora.dropout", 0.05, "dropout on the adapter's input", float, 0, 1, hi_open=True, flag="--dropout"),
-    Param("lora.target_modules", DEFAULT_TARGETS, "comma-separated module names, or all-linear", list,
-          flag="--target-modules"),
-    Param("lora.d_initial", 0.1, "VeRA: initial value of the scaling vector d", float, 0, 10, lo_open=True,
-          flag="--d-initial"),
-)
-PARAMS = {p.name: p for p in TRAIN_PARAMS + ADAPTER_PARAMS}
 # Config entries that do not change what is trained: left out of the run key.
 BOOKKEEPING = ("resume", "save_steps", "logging_steps", "device_type", "checkpoint_prefix", "memory_estimate",
                "memory_estimate_gb")
-
-
-def target_device() -> str:
-    """Where this trainer's jobs run, known without torch: FTLAB_DEVICE (cpu | cuda[:N]), else
-    cuda when the NVIDIA driver's device node exists."""
-    want = os.environ.get("FTLAB_DEVICE", "auto")
-    if want != "auto":
-        return "cuda" if want.startswith("cuda") else "cpu"
-    return "cuda" if Path("/dev/nvidiactl").exists() else "cpu"
 
 
 def device_budget_gb() -> float | None:
@@ -105,58 +50,50 @@ def device_budget_gb() -> float | None:
 
 
 @dataclass(frozen=True)
-class AdapterConfig:
-    """TrainSpec.lora resolved: rank ``r``, ``dropout`` probability, ``target_modules`` (module
-    names or ``["all-linear"]``); ``alpha`` for LoRA/DoRA (scaling alpha/r), ``d_initial`` for VeRA."""
-    r: int
-    dropout: float
-    target_modules: list[str]
-    alpha: int | None = None
-    d_initial: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"r": self.r, "dropout": self.dropout, "target_modules": list(self.target_modules)}
-        return out | {k: getattr(self, k) for k in ("alpha", "d_initial") if getattr(self, k) is not None}
-
-
-@dataclass(frozen=True)
 class TrainConfig:
-    """What a training job runs. Units: steps and rows are counts, ``learning_rate`` per step,
-    ``max_seq_length`` in tokens, ``memory_estimate_gb`` in GiB per device. ``adapter`` is None
-    for full fine-tuning (peft_method ``none``). ``task``, ``checkpoint_prefix`` and the memory
-    estimate are filled at the door (they read storage); ``answer_logits_only`` is not a spec
-    field (benchmarks turn it off to compute the study's full-sequence logits)."""
-    base_model: str
-    dataset: str
-    peft_method: str = "lora"
-    training_quant: str = "none"
-    adapter: AdapterConfig | None = None
-    max_steps: int = 0
-    num_train_epochs: float = 1.0
-    per_device_batch_size: int = 4
-    gradient_accumulation_steps: int = 2
-    learning_rate: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    max_grad_norm: float = 1.0
-    max_seq_length: int = 1024
-    seed: int = 42
-    merge_after_train: bool = True
-    train_limit: int = 0
-    gradient_checkpointing: bool = False
-    save_steps: int = 50
-    resume: str = "auto"
-    optimizer: str = "adamw_torch"
-    packing: bool = True
-    group_by_length: bool = False
-    completion_only_loss: bool = True
-    lr_scheduler: str = "linear"
-    world_size: int = 1
-    logging_steps: int = 1
-    dtype: str = "auto"
+    """What a training job runs; its :func:`option` fields are the TrainSpec's (proto/ftlab/v1/
+    train_spec.proto), each with its one default, range or choices and help (:data:`TRAIN_PARAMS`).
+    Units: steps and rows are counts, ``learning_rate`` per step, ``max_seq_length`` in tokens,
+    ``memory_estimate_gb`` in GiB per device. ``adapter`` is the PEFT method's options (the spec's
+    ``lora`` block, services/trainer/peft/), None for full fine-tuning. ``task``,
+    ``checkpoint_prefix`` and the memory estimate are filled at the door (they read storage);
+    ``answer_logits_only`` is not a spec field (benchmarks turn it off to compute the study's
+    full-sequence logits)."""
+    base_model: str = option(help="a model in the models bucket", required=True)
+    dataset: str = option(help="a dataset in the datasets bucket", required=True)
+    task: str = option("", "task definition (default: the dataset's task)")
+    output_name: str = option("", "model name (default: the study's {base}-{dataset}_SFT_{Peft}{r}_{quant})")
+    peft_method: str = option("lora", "PEFT method (none: full fine-tuning)", choices=tuple(PEFT_METHODS),
+                              flag="--peft")
+    training_quant: str = option("none", "quantization of the base while training (qlora: NF4)",
+                                 choices=tuple(TRAINING_QUANT))
+    max_steps: int = option(0, "optimizer steps (default: train by --num-train-epochs)", lo=1, hi=1_000_000)
+    num_train_epochs: float = option(1.0, "epochs over the training rows", lo=0, hi=100, lo_open=True)
+    per_device_batch_size: int = option(4, "examples per micro-batch and process", lo=1, hi=1024)
+    gradient_accumulation_steps: int = option(2, "micro-batches per optimizer step", lo=1, hi=1024)
+    learning_rate: float = option(2e-4, "peak learning rate", lo=0, hi=1, lo_open=True)
+    weight_decay: float = option(0.0, "AdamW weight decay", lo=0, hi=1)
+    warmup_ratio: float = option(0.03, "fraction of the steps warming the learning rate up", lo=0, hi=1)
+    max_grad_norm: float = option(1.0, "gradient clipping norm", lo=0, hi=1e6, lo_open=True)
+    max_seq_length: int = option(1024, "tokens per example (longer prompts lose their start)", lo=16, hi=131072)
+    seed: int = option(42, "seeds the model's init, the data order and VeRA's projections", lo=0, hi=2**31 - 1)
+    merge_after_train: bool = option(True, "also save the adapter merged into the base")
+    train_limit: int = option(0, "first N training rows (0: all)", lo=0, hi=10_000_000)
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
+    save_steps: int = option(50, "checkpoint to storage every N steps (0: never)", lo=0, hi=1_000_000)
+    resume: str = option("auto", "auto: continue from this run's last checkpoint", choices=RESUME)
+    optimizer: str = option("adamw_torch", "the 8-bit ones need a CUDA GPU", choices=tuple(OPTIMIZERS))
+    packing: bool = option(True, "pack a micro-batch into rows (attention within each example)")
+    group_by_length: bool = option(False, "batches of similar length (needs --no-packing)")
+    completion_only_loss: bool = option(True, "loss on the answer only")
+    lr_scheduler: str = option("linear", "learning-rate schedule", choices=LR_SCHEDULERS)
+    world_size: int = option(1, "processes under torchrun (DDP; FSDP for full FT on GPUs)", lo=1, hi=64)
+    logging_steps: int = option(1, "loss/lr events every N steps", lo=1, hi=100_000)
+    dtype: str = option("auto", "training dtype (auto: bf16 on GPUs that have it; on a CPU with native bf16, "
+                        "bf16 for an adapter's frozen linear layers but the head, the rest fp32; else fp32)",
+                        choices=TRAIN_DTYPES)
+    adapter: AdapterOptions | None = None
     device_type: str = "cuda"
-    task: str = ""
-    output_name: str = ""
     checkpoint_prefix: str = ""
     memory_estimate: dict[str, float] | None = field(default=None, compare=False)
     memory_estimate_gb: float = 0.0
@@ -170,12 +107,21 @@ class TrainConfig:
     def quant(self) -> QuantMethod:
         return TRAINING_QUANT[self.training_quant]
 
+    def bf16_frozen_on_cpu(self, device_type: str) -> bool:
+        """An adapter trained on a CPU computes its frozen linear layers in bf16, the rest in fp32
+        (services/trainer/cpu_bf16.py): with ``dtype: bfloat16``, and with ``auto`` on a CPU with
+        native bf16 (docs/BENCHMARKS.md: fp32's loss curve within 0.006, faster); ``float32`` keeps
+        fp32's exact curve. Full fine-tuning and quantized bases are never converted."""
+        if device_type != "cpu" or self.training_quant != "none" or self.method.full:
+            return False
+        return self.dtype == "bfloat16" or (self.dtype == "auto" and cpu_has_bf16())
+
     @classmethod
     def resolve(cls, spec: dict[str, Any], device_type: str | None = None) -> "TrainConfig":
         """A TrainSpec as proto JSON (``spec_to_dict``; YAML gives the same shape) -> the config,
         defaults filled, the output name derived (``trained_model_name``), without storage:
         ``task`` stays as given. ``device_type`` (cuda | cpu): the trainer's, default
-        :func:`target_device`. Raises ValidationError listing every problem."""
+        :func:`services.common.devices.device_type`. Raises ValidationError listing every problem."""
         p = Problems()
         cfg = _resolve(p, spec, device_type)
         p.raise_if_any()
@@ -185,8 +131,9 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """The config back from :meth:`to_dict` (the job record's JSON, the DDP payload)."""
         d = dict(d)
-        lora = d.pop("lora", None)
-        return cls(adapter=AdapterConfig(**lora) if lora else None, **d)
+        lora = d.pop(SPEC_BLOCK, None)
+        options = PEFT_METHODS[d.get("peft_method", PARAMS["peft_method"].default)].options
+        return cls(adapter=options(**lora) if lora and options else None, **d)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, with the adapter under ``lora`` as in the spec (the job record's config)."""
@@ -205,27 +152,32 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _adapter(p: Problems, block: dict[str, Any], method: PeftMethod) -> AdapterConfig | None:
+# The TrainSpec fields (proto/ftlab/v1/train_spec.proto), in the config's order, and the adapter's.
+TRAIN_PARAMS = params_of(TrainConfig)
+ADAPTER_PARAMS = adapter_params()
+PARAMS = {p.name: p for p in TRAIN_PARAMS + ADAPTER_PARAMS}
+
+
+def _adapter(p: Problems, block: dict[str, Any], method: PeftMethod) -> AdapterOptions | None:
+    """The spec's ``lora`` block read into the method's options (its plugin's dataclass)."""
     if method.full:
         p.require(not block, f"lora: adapter settings given but peft_method is {method.name!r} (full fine-tuning)")
         return None
     values: dict[str, Any] = {}
     for param in ADAPTER_PARAMS:
-        if param.key not in method.adapter_fields:
+        if param.key not in method.fields:
             p.require(param.key not in block, f"{param.name}: {method.name} takes no {param.key} "
-                                              f"(its fields: {', '.join(method.adapter_fields)})")
-        elif param.key == "alpha" and "alpha" not in block:
-            r = values["r"]  # the default scaling alpha/r = 2 (an invalid r was reported above)
-            values["alpha"] = 2 * max(r, 1) if isinstance(r, int) else None
-        elif param.key == "target_modules":
-            values["target_modules"] = list(block.get("target_modules") or param.default)
-            check_module_names(p, param.name, values["target_modules"])
+                                              f"(its fields: {', '.join(method.fields)})")
+        elif param.kind is list:
+            values[param.key] = list(block.get(param.key) or param.default)
+            check_module_names(p, param.name, values[param.key])
         else:
             values[param.key] = param.read(p, block)
-    return AdapterConfig(**values)
+    return method.options(**values).filled()
 
 
 def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> TrainConfig:
+    p.add(unknown_keys(spec, PARAMS))  # strict: a field this trainer does not know is refused
     values: dict[str, Any] = {}
     for param in TRAIN_PARAMS:
         if param.required:  # names
@@ -243,16 +195,17 @@ def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> Trai
     if values["training_quant"] != "none" and values["dtype"] != "auto":
         p.invalid.append(f"dtype: {values['training_quant']} sets its own compute dtype "
                          "(NF4 with bf16 compute; int8 with the device's); leave dtype at auto")
-    if values["output_name"]:
-        p.add(check_name("output_name", values["output_name"]))
+    for name in ("output_name", "task"):  # names, checked as names here (not first by the storage layer)
+        if values[name]:
+            p.add(check_name(name, values[name]))
     # the adapter is checked even when the method is unknown (as LoRA's)
-    method = PEFT_METHODS.get(values["peft_method"], PEFT_METHODS["lora"])
+    method = PEFT_METHODS.get(values["peft_method"], PEFT_METHODS[PARAMS["peft_method"].default])
     block = spec.get("lora") or {}
     if not isinstance(block, dict):
         p.invalid.append(f"lora: {quote(block)} must be a mapping of adapter fields")
         block = {}
     adapter = _adapter(p, block, method)
-    cfg = TrainConfig(adapter=adapter, device_type=device_type or target_device(), **values)
+    cfg = TrainConfig(adapter=adapter, device_type=device_type or devices.device_type(), **values)
     if not values["output_name"] and values["base_model"] and not p.invalid:
         cfg = dataclasses.replace(cfg, output_name=model_name(cfg))
     return cfg
@@ -296,7 +249,7 @@ def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, An
             p.add(task_mismatch("task", task_name, dataset, ds_manifest))
         task_name = task_name or ds_manifest.get("task", "")
         if "train" not in ds_manifest.get("splits", {}):
-            p.invalid.append(f"dataset: {dataset!r} has no train split")
+            p.stored(f"dataset: {dataset!r} has no train split")
         else:
             p.add(split_rows("train_limit" if cfg.train_limit else "dataset", dataset, ds_manifest, "train",
                              cfg.train_limit))
@@ -307,7 +260,8 @@ def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, An
             if ds_manifest is not None:
                 cols = set(ds_manifest.get("splits", {}).get("train", {}).get("columns", []))
                 missing = [c for c in required_columns(task) if c not in cols]
-                p.require(not missing, f"dataset: {dataset!r} lacks the {task.name} columns {missing}")
+                if missing:
+                    p.stored(f"dataset: {dataset!r} lacks the {task.name} columns {missing}")
         except ValidationError as exc:
             p.invalid.append(f"task: {exc}")
     p.raise_if_any()
@@ -331,24 +285,11 @@ def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, An
     return cfg.to_dict()
 
 
-def bf16_frozen_on_cpu(cfg: TrainConfig, device_type: str) -> bool:
-    """An adapter trained on a CPU computes its frozen linear layers in bf16, the rest in fp32
-    (services/trainer/cpu_bf16.py): with ``dtype: bfloat16``, and with ``auto`` on a CPU with native
-    bf16. There its loss curve followed fp32's within 0.006 over 8 steps on SmolLM2, 1.4x faster
-    (docs/BENCHMARKS.md); ``float32`` keeps fp32's exact curve. Full fine-tuning and quantized
-    bases are never converted."""
-    if device_type != "cpu" or cfg.training_quant != "none" or cfg.method.full:
-        return False
-    return cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and cpu_has_bf16())
-
-
 def _check_preconditions(cfg: TrainConfig) -> None:
     """Well-formed requests that cannot run, each with the reason (FAILED_PRECONDITION)."""
     reasons = []
-    if cfg.method.full and cfg.training_quant != "none":
-        reasons.append(f"peft_method 'none' with training_quant {cfg.training_quant!r}: full fine-tuning "
-                       "cannot update bitsandbytes-quantized weights (they are frozen integer blocks); train an "
-                       "adapter (lora, dora, vera) on the quantized base, or use training_quant 'none'")
+    if cfg.method.preconditions:
+        reasons += cfg.method.preconditions(cfg)
     if cfg.dtype == "bfloat16" and cfg.device_type == "cpu" and not cpu_has_bf16():
         reasons.append("dtype 'bfloat16': this CPU has no native bf16 (AVX512-BF16 or AMX); torch would "
                        "emulate it, slower than fp32: use auto (fp32 on this CPU)")

@@ -25,6 +25,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.common import devices
+
 if TYPE_CHECKING:
     from services.trainer.config import TrainConfig
 
@@ -193,8 +195,7 @@ def main(payload_path: str) -> None:
     from services.trainer.loop import train
     p = json.loads(Path(payload_path).read_text())
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    dev = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() and os.environ.get(
-        "FTLAB_DEVICE", "auto") != "cpu" else torch.device("cpu")
+    dev = torch.device(f"cuda:{local_rank}") if devices.torch_device().type == "cuda" else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     stats = train(TrainConfig.from_dict(p["cfg"]), Path(p["base_dir"]), p["examples"], Path(p["out"]),

@@ -16,7 +16,8 @@ from services.common import modeling
 from services.common.errors import PreconditionError
 from services.trainer import checkpoints, packed_attention
 from services.trainer.cpu_bf16 import frozen_linears_to_bf16
-from services.trainer.config import DEFAULT_TARGETS, OPTIMIZERS, TrainConfig, bf16_frozen_on_cpu
+from services.trainer.config import OPTIMIZERS, TrainConfig
+from services.trainer.peft import DEFAULT_TARGETS
 
 
 
@@ -31,7 +32,7 @@ def train(cfg: TrainConfig, base_dir: Path, examples: list[dict], out: Path, res
     modeling.reset_peak_memory()
     set_seed(cfg.seed)
     tok = modeling.load_tokenizer(base_dir, padding_side="right")
-    model = build_model(cfg, base_dir, dev)
+    model = build_model(cfg, base_dir, dev, out.parent)
     packing = packed_attention.packing_mode(model) if cfg.packing else None
     if cfg.packing and packing is None:
         report.log(f"packing off: {model.config._attn_implementation} attention cannot keep packed examples apart; "
@@ -70,8 +71,10 @@ def train(cfg: TrainConfig, base_dir: Path, examples: list[dict], out: Path, res
         ddp_backend=("gloo" if dev.type == "cpu" else "nccl") if distributed else None,
         ddp_find_unused_parameters=False if distributed else None,
         **fsdp_args(cfg, model, dev))
+    # a method's own optimizer (LoRA+'s parameter groups); None: the Trainer builds args.optim's
+    optimizer = cfg.method.optimizer(model, args, cfg.adapter) if cfg.method.optimizer else None
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate_counting,
-                      callbacks=[_Events(report, total_steps, seen), _Checkpoints(store, cfg, dtype_name(cfg, dev))])
+                      optimizers=(optimizer, None), callbacks=[_Events(report, total_steps, seen), _Checkpoints(store, cfg, dtype_name(cfg, dev))])
     if trainer.is_world_process_zero():
         report.log(f"training {cfg.output_name}: {total_steps} steps, {len(examples)} examples, "
                    f"{trainable:,}/{total:,} trainable parameters on {dev}"
@@ -128,9 +131,10 @@ def _train_flops(model, cfg: TrainConfig, seen: dict, trainable: int, distribute
     return flops * (cfg.world_size if distributed else 1)
 
 
-def build_model(cfg: TrainConfig, base_dir: Path, dev: torch.device):
-    """The base (full precision, NF4 or int8) with the PEFT method's adapter (its registry entry's
-    peft config, services/trainer/peft_types.py), or bare for full fine-tuning."""
+def build_model(cfg: TrainConfig, base_dir: Path, dev: torch.device, workdir: Path | None = None):
+    """The base (full precision, NF4 or int8) with the PEFT method's adapter (its plugin's peft
+    config, services/trainer/peft/), or bare for full fine-tuning. ``workdir``: where a method
+    keeps what its save needs (PiSSA's initial adapter)."""
     from peft import get_peft_model
 
     tq = cfg.training_quant
@@ -151,6 +155,8 @@ def build_model(cfg: TrainConfig, base_dir: Path, dev: torch.device):
         return model
     targets = lora_targets(model, cfg.adapter.target_modules)
     model = get_peft_model(model, cfg.method.build(cfg.adapter, targets, cfg.seed))
+    if cfg.method.prepared and workdir is not None:
+        cfg.method.prepared(model, cfg.adapter, workdir)
     if cpu_bf16_adapter(cfg, dev):
         frozen_linears_to_bf16(model)
     return model
@@ -159,9 +165,9 @@ def build_model(cfg: TrainConfig, base_dir: Path, dev: torch.device):
 def cpu_bf16_adapter(cfg: TrainConfig, dev: torch.device) -> bool:
     """An adapter on a CPU with ``dtype: bfloat16``, or ``auto`` where the CPU has native bf16:
     the frozen linear layers compute in bf16, the rest stays fp32 (services/trainer/cpu_bf16.py,
-    :func:`services.trainer.config.bf16_frozen_on_cpu`). Full fine-tuning in bf16 on a CPU keeps
+    :meth:`TrainConfig.bf16_frozen_on_cpu`). Full fine-tuning in bf16 on a CPU keeps
     bf16 weights throughout, and a GPU keeps bf16 weights with autocast."""
-    return bf16_frozen_on_cpu(cfg, dev.type)
+    return cfg.bf16_frozen_on_cpu(dev.type)
 
 
 def lora_targets(model, wanted: list[str]) -> str | list[str]:
@@ -204,7 +210,10 @@ def save_model(trainer, model, tok, cfg: TrainConfig, out: Path, base_dir: Path,
         return
     if not trainer.is_world_process_zero():
         return
-    model.save_pretrained(out / "adapter")
+    if cfg.method.save_adapter:  # a method whose adapter needs converting for the original base (PiSSA)
+        cfg.method.save_adapter(model, out / "adapter", out.parent)
+    else:
+        model.save_pretrained(out / "adapter")
     if cfg.merge_after_train and cfg.training_quant == "none" and not cpu_bf16_adapter(cfg, dev):
         model.merge_and_unload().save_pretrained(out)
     elif cfg.merge_after_train:  # onto the quantized base dequantized, or onto the base in fp32 when

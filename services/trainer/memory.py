@@ -9,9 +9,8 @@ What it counts, per component (bytes):
 - weights: linear layers at 2 (bf16, GPU) or 4 (fp32, CPU), ~0.52 (NF4 + double-quant
   constants) or ~1 (int8); embeddings and lm_head stay in the compute dtype. An adapter with
   bf16 frozen layers on a CPU counts as fp32 (loaded in fp32, its frozen layers cast afterwards).
-- trainable parameters: the PEFT method's formula (services/trainer/peft_types.py: LoRA
-  r*(in+out) per target, DoRA + a magnitude per output, VeRA a d and b vector per target plus the
-  frozen shared projections) in fp32, or every weight for full fine-tuning (in the weight dtype). Gradients are one copy of them.
+- trainable parameters: the PEFT method's formula (its plugin's ``trainable`` hook,
+  services/trainer/peft/) in fp32, or every weight for full fine-tuning (in the weight dtype). Gradients are one copy of them.
 - optimizer: AdamW two states per trainable parameter in its dtype; 8-bit AdamW 2 bytes;
   Adafactor ~ factored (rows + cols); SGD none.
 - activations: per token per layer what autograd keeps (norm inputs/outputs, q/k/v, attention
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from services.trainer.config import DEFAULT_TARGETS, bf16_frozen_on_cpu
+from services.trainer.peft import DEFAULT_TARGETS
 
 if TYPE_CHECKING:
     from services.trainer.config import TrainConfig
@@ -113,7 +112,7 @@ def estimate_training_memory(model_config: dict[str, Any], cfg: "TrainConfig", m
     lin_bytes = {"none": wbytes, "qlora": NF4_BYTES, "int8": 1.0}[quant]
     # bf16 for an adapter on a CPU: the model is loaded in fp32 and only then are the frozen linear
     # layers cast to bf16 (services/trainer/cpu_bf16.py), so the peak is fp32's: counted as fp32
-    if bf16_frozen_on_cpu(cfg, dev):
+    if cfg.bf16_frozen_on_cpu(dev):
         wbytes, lin_bytes, bf16 = 4, 4, False
     weights = n_linear * lin_bytes + n_other * wbytes
 
@@ -123,7 +122,7 @@ def estimate_training_memory(model_config: dict[str, Any], cfg: "TrainConfig", m
         trainable, frozen_extra, tbytes = n_linear + n_other, 0.0, wbytes
         trainable_bytes = 0.0                           # already in `weights`
     else:                                               # adapters train in fp32
-        trainable, frozen = method.trainable(shapes, targets, L, cfg.adapter.r)
+        trainable, frozen = method.trainable(shapes, targets, L, cfg.adapter)
         tbytes, frozen_extra = 4, frozen * 4
         trainable_bytes = trainable * tbytes
     grads = trainable * tbytes

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from services.common import artifacts, modeling, tasks
+from services.common import artifacts, devices, modeling, tasks
 from services.common.errors import PreconditionError
 from services.common.job_context import JobContext
 from services.trainer import checkpoints
@@ -75,8 +75,8 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
     total_steps = planned_steps(cfg, len(examples))
     from services.trainer import ddp
     here = ddp.ranks_here(cfg.world_size)  # fewer than world_size when Ray spread the job over nodes
-    if here > 1 and modeling.device().type == "cuda" and here > torch.cuda.device_count():
-        raise PreconditionError(f"{here} processes on this node > {torch.cuda.device_count()} visible GPUs")
+    if here > 1 and modeling.device().type == "cuda" and here > len(devices.gpus()):
+        raise PreconditionError(f"{here} processes on this node > {len(devices.gpus())} visible GPUs")
     if cfg.world_size == 1:
         stats = train(cfg, base_dir, examples, out, resume and resume.path, ctx.store, ctx, total_steps)
     else:

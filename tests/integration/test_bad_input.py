@@ -20,6 +20,7 @@ from tests.hardening import make_source
 
 BAD = grpc.StatusCode.INVALID_ARGUMENT
 MISSING = grpc.StatusCode.NOT_FOUND
+STORED = grpc.StatusCode.FAILED_PRECONDITION  # stored content wrong for the request: the server's, not the caller's
 ARC_COLS = ["id", "question", "answer"]
 
 
@@ -83,7 +84,7 @@ CASES = {
         ("base without manifest", {**T, "base_model": "half"}, MISSING, ["base_model"]),
         ("missing dataset", {**T, "dataset": "nods", "task": "arc"}, MISSING, ["dataset"]),
         ("dataset without manifest", {**T, "dataset": "halfds", "task": "arc"}, MISSING, ["dataset"]),
-        ("wrong task columns", {**T, "dataset": "wrongcols"}, BAD, ["dataset: 'wrongcols' lacks", "question"]),
+        ("wrong task columns", {**T, "dataset": "wrongcols"}, STORED, ["dataset: 'wrongcols' lacks", "question"]),
         ("bad output name", {**T, "output_name": "a/b"}, BAD, ["output_name"]),
     ],
     "quantizer": [
@@ -108,7 +109,7 @@ CASES = {
         ("negative seed", {**E, "seed": -7}, BAD, ["seed"]),
         ("missing split", {**E, "tasks": [{"task": "arc", "dataset": "trainonly"}]}, BAD,
          ["tasks[0].split", "has no split 'test'"]),
-        ("wrong task columns", {**E, "tasks": [{"task": "arc", "dataset": "wrongcols"}]}, BAD,
+        ("wrong task columns", {**E, "tasks": [{"task": "arc", "dataset": "wrongcols"}]}, STORED,
          ["tasks[0].dataset", "lacks"]),
         ("missing dataset", {**E, "tasks": [{"task": "arc", "dataset": "nods"}]}, MISSING, ["tasks[0].dataset"]),
         ("missing model", {**E, "model": "nope"}, MISSING, ["model"]),
@@ -126,9 +127,9 @@ SUBMIT_RPC = {"trainer": "/ftlab.v1.TrainerService/SubmitTrain",
               "quantizer": "/ftlab.v1.QuantizerService/SubmitQuantize",
               "evaluator": "/ftlab.v1.EvaluatorService/SubmitEvaluate"}
 WRONG_WIRE_TYPE = {  # SubmitXRequest.spec (field 1) holding its field 1 as a varint, not a string
-    "trainer": (b"\x0a\x02\x08\x05", ["base_model: required"]),
-    "quantizer": (b"\x0a\x02\x08\x05", ["source_model: required"]),
-    "evaluator": (b"\x0a\x02\x08\x05", ["model: required"]),
+    "trainer": (b"\x0a\x02\x08\x05", ["base_model: wrong wire type"]),
+    "quantizer": (b"\x0a\x02\x08\x05", ["source_model: wrong wire type"]),
+    "evaluator": (b"\x0a\x02\x08\x05", ["model: wrong wire type"]),
 }
 
 

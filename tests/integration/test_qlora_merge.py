@@ -78,3 +78,19 @@ def test_trainer_and_quantizer_merge_a_qlora_adapter_alike(tiny_model_dir, store
     print(f"max |logit - NF4 base + adapter|: shared merge {near:.2e}, full-precision merge {far:.2e}")
     # bf16 rounding of the merge vs the NF4 error put back (seed 0: about 4x; 5x failed after other tests)
     assert far > 2 * near, (near, far)
+
+
+def test_the_evaluator_loads_an_adapters_quantized_base_as_the_trainer_built_it(tiny_model_dir):
+    """One QLoRA/INT8 base: the evaluator's adapter-only load (evaluator/loading.py) and the
+    trainer's (services/trainer/loop.py) are modeling.load_quantized_base, same compute dtype, same
+    unquantized lm_head, same function (the evaluator used the device's compute dtype on a CPU)."""
+    from services.evaluator.loading import _load_base_as_trained
+    dev = torch.device("cpu")
+    ids = torch.tensor([[9707, 11, 1879, 0, 25, 220, 16, 10, 16, 28]])
+    for method in modeling.TRAINING_QUANT_METHODS:
+        trainer = modeling.load_quantized_base(tiny_model_dir, method, dev)
+        evaluator = _load_base_as_trained(tiny_model_dir, {"method": method}, dev)
+        assert evaluator.config.quantization_config.to_dict() == trainer.config.quantization_config.to_dict(), method
+        assert evaluator.dtype == trainer.dtype, method
+        assert type(evaluator.get_output_embeddings()) is type(trainer.get_output_embeddings()), method
+        assert torch.equal(_logits(evaluator, ids), _logits(trainer, ids)), method

@@ -55,7 +55,7 @@ def test_default_targets_follow_the_architecture(real_model_dir):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
     from services.trainer.loop import lora_targets
-    from services.trainer.config import DEFAULT_TARGETS
+    from services.trainer.peft import DEFAULT_TARGETS
     from services.common.errors import ValidationError
     cfg = AutoConfig.from_pretrained(real_model_dir)
     cfg.num_hidden_layers = 1

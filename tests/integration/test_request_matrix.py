@@ -76,7 +76,7 @@ def _bases(service):
         return [{"base_model": "base-m", "dataset": "arc", "max_steps": 1}]
     if service == "evaluator":
         return [{"model": "base-m", "tasks": [{"task": "arc", "limit": 2}]}]
-    from services.quantizer.methods import REGISTRY
+    from services.quantizer.ptq import PTQ_METHODS as REGISTRY
     return [{"source_model": "base-m", "method": m, "dataset": "arc"} for m in REGISTRY]
 
 

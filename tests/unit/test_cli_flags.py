@@ -45,7 +45,8 @@ def test_one_flag_per_spec_field_and_no_other(command):
 
 def test_help_shows_choices_and_the_services_defaults():
     text = _subparser("train").format_help()
-    assert "--peft {lora,dora,vera,none}" in text and "(default: lora)" in text
+    from services.trainer.peft import PEFT_METHODS
+    assert f"--peft {{{','.join(PEFT_METHODS)}}}" in text and "(default: lora)" in text
     assert "(default: 8)" in text and "(default: 2 x r)" in text
     quant = " ".join(_subparser("quantize").format_help().split())
     assert "64 for gptq, awq, hqq, quarot; 128 for w4a16" in quant
@@ -68,10 +69,11 @@ def _sample(p):
     return value, [p.cli_flag, str(value)]
 
 
-@pytest.mark.parametrize("peft", ["dora", "vera"])
+@pytest.mark.parametrize("peft", ["dora", "vera", "lora_plus"])
 def test_a_train_command_line_maps_onto_the_config(peft):
     argv, want = ["train"], {}
-    skip = {"peft_method", "lora.alpha" if peft == "vera" else "lora.d_initial",
+    from services.trainer.peft import PEFT_METHODS
+    skip = {"peft_method", *(p.name for p in ADAPTER_PARAMS if p.key not in PEFT_METHODS[peft].fields),
             # a quantized base refuses any dtype but its own: each run checks one of the two
             "dtype" if peft == "dora" else "training_quant"}
     for p in TRAIN_PARAMS + ADAPTER_PARAMS:

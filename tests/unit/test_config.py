@@ -13,7 +13,7 @@ from services.common import artifacts
 from services.common.errors import ValidationError
 from services.common.generated.ftlab.v1 import quantize_spec_pb2, train_spec_pb2
 from services.common.storage import LocalStore
-from services.quantizer.methods import REGISTRY
+from services.quantizer.ptq import PTQ_METHODS as REGISTRY
 from services.quantizer.config import QuantizeConfig, resolve_quantize_spec
 from services.trainer.config import TrainConfig, resolve_train_spec
 from services.trainer.memory import catalogue, estimate_training_memory
@@ -135,7 +135,7 @@ def test_the_evaluators_door_lists_a_missing_model_with_the_other_problems(door_
 
 def test_dry_run_says_when_memory_and_ptq_names_assume_different_devices(monkeypatch):
     from flows.dryrun import render
-    monkeypatch.setattr("services.quantizer.config.service_has_gpu", lambda: False)  # this host: no GPU
+    monkeypatch.setattr("services.common.devices.has_gpu", lambda: False)  # this host: no GPU
     monkeypatch.delenv("FTLAB_DEVICE", raising=False)  # estimates: for a CUDA GPU
     exp = plan({"name": "t", "base_models": [QWEN_06B], "datasets": ["arc"], "train": [{"lora": {"r": 4}}],
                 "quantize": [{"methods": ["gptq"]}], "evaluate": {"tasks": ["ai2_arc"]}})
@@ -149,7 +149,7 @@ def test_dry_run_says_when_memory_and_ptq_names_assume_different_devices(monkeyp
     monkeypatch.delenv("FTLAB_DEVICE")
     text = render(int8, None, "none")
     assert "trainer here estimates for CPU" in text and "…_headbf16" not in text  # Int8_BnB names no lm_head
-    monkeypatch.setattr("services.quantizer.config.service_has_gpu", lambda: True)  # a GPU host: one device
+    monkeypatch.setattr("services.common.devices.has_gpu", lambda: True)  # a GPU host: one device
     assert "devices:" not in render(exp, None, "none")
 
 

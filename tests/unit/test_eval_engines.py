@@ -31,6 +31,8 @@ def test_choice_follows_request_installation_and_format(monkeypatch):
 
 def test_refusals_name_the_format():
     assert "bitsandbytes" in engines.vllm_refusal(BNB, {}, adapter_only=False)
+    # a quantized model's spec says what its PTQ plugin said about its format
+    assert "hqq" in engines.vllm_refusal(LLAMA, {"vllm_loads": False, "format": "hqq"}, adapter_only=False)
     assert "QLORA" in engines.vllm_refusal(LLAMA, {"method": "QLORA"}, adapter_only=True)
     assert engines.vllm_refusal(LLAMA, {"method": "NoQuant"}, adapter_only=True) is None
     cfg = {"quantization_config": {"quant_method": "compressed-tensors", "format": "int-quantized"}, **LLAMA}

@@ -13,7 +13,7 @@ import pytest
 from services.common import artifacts
 from services.common.errors import PreconditionError, ValidationError
 from services.common.storage import LocalStore
-from services.quantizer.methods import REGISTRY
+from services.quantizer.ptq import PTQ_METHODS as REGISTRY
 from services.quantizer.config import resolve_quantize_spec
 
 CONFIG = {"model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,

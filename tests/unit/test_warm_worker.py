@@ -110,8 +110,13 @@ def test_spawn_stays_available(monkeypatch):
 
 
 def test_gpu_hosts_preload_only_torch(monkeypatch):
-    """bitsandbytes initialises CUDA at import and a CUDA context cannot cross a fork."""
+    """bitsandbytes initialises CUDA at import and a CUDA context cannot cross a fork: the fork
+    server asks the one GPU probe (services/common/devices.py) whether this host runs on a GPU."""
+    import inspect
+
+    from services.common import devices
     monkeypatch.setenv("FTLAB_DEVICE", "cuda")
-    assert warm_worker._cuda_possible()
+    assert devices.has_gpu()
     monkeypatch.setenv("FTLAB_DEVICE", "cpu")
-    assert not warm_worker._cuda_possible()
+    assert not devices.has_gpu()
+    assert "devices.has_gpu()" in inspect.getsource(warm_worker.context)

@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LoraConfig(_message.Message):
-    __slots__ = ("r", "alpha", "dropout", "target_modules", "d_initial")
+    __slots__ = ("r", "alpha", "dropout", "target_modules", "d_initial", "loraplus_lr_ratio")
     R_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
     D_INITIAL_FIELD_NUMBER: _ClassVar[int]
+    LORAPLUS_LR_RATIO_FIELD_NUMBER: _ClassVar[int]
     r: int
     alpha: int
     dropout: float
     target_modules: _containers.RepeatedScalarFieldContainer[str]
     d_initial: float
-    def __init__(self, r: _Optional[int] = ..., alpha: _Optional[int] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., d_initial: _Optional[float] = ...) -> None: ...
+    loraplus_lr_ratio: float
+    def __init__(self, r: _Optional[int] = ..., alpha: _Optional[int] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., d_initial: _Optional[float] = ..., loraplus_lr_ratio: _Optional[float] = ...) -> None: ...
 
 class TrainSpec(_message.Message):
     __slots__ = ("base_model", "dataset", "task", "output_name", "peft_method", "lora", "training_quant", "max_steps", "num_train_epochs", "per_device_batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "max_seq_length", "seed", "merge_after_train", "train_limit", "gradient_checkpointing", "save_steps", "resume", "optimizer", "packing", "group_by_length", "completion_only_loss", "lr_scheduler", "world_size", "logging_steps", "dtype")

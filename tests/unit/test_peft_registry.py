@@ -1,0 +1,67 @@
+"""Every registered PEFT method reaches every table that needs it: the CLI's --peft choices, the
+proto's adapter block (every options field), the study's model name, the memory estimate, the rank
+sweep of the report and the docs' table. A plugin file that registers a method is all it takes."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from ftlab.cli import build_parser
+from services.common.generated.ftlab.v1 import train_spec_pb2
+from services.trainer import memory
+from services.trainer.config import TrainConfig
+from services.trainer.peft import PEFT_METHODS, PeftMethod, register_peft_method
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "TRAINER.md"
+
+
+def _train_flags() -> dict[str, argparse.Action]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    return {s: a for a in sub._actions for s in a.option_strings}
+
+
+@pytest.mark.parametrize("name", PEFT_METHODS)
+def test_a_registered_method_is_in_every_table(name):
+    method = PEFT_METHODS[name]
+    assert name in _train_flags()["--peft"].choices                                   # the CLI
+    proto = {f.name for f in train_spec_pb2.LoraConfig.DESCRIPTOR.fields}
+    assert set(method.fields) <= proto, set(method.fields) - proto                    # the proto
+    assert all(p.cli_flag in _train_flags() for p in method.params())                 # its flags
+    assert f"| `{name}`" in DOCS.read_text(), f"docs/TRAINER.md has no row for {name}"  # the docs
+    spec = {"base_model": "Qwen3-0.6B-base", "dataset": "arc", "peft_method": name}
+    cfg = TrainConfig.resolve(spec, "cpu")                                            # the door
+    assert f"_SFT_{method.tag}" in cfg.output_name                                    # the name
+    est = memory.estimate_training_memory(memory.model_config_for(cfg.base_model), cfg)
+    assert 0 < est["trainable_params"] <= est["total_params"]                         # the estimate
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg                                # serialisation
+    rank = cfg.adapter.r if cfg.adapter else None
+    assert rank is None or cfg.run_key() != TrainConfig.resolve({**spec, "lora": {"r": rank + 1}}, "cpu").run_key()
+
+
+def test_a_method_declaring_a_shared_field_differently_is_refused():
+    from dataclasses import dataclass
+
+    from services.common.params import option
+    from services.trainer.peft import AdapterOptions
+
+    @dataclass(frozen=True)
+    class Other(AdapterOptions):
+        r: int = option(16, "adapter rank", lo=1, hi=64, flag="--r")
+    with pytest.raises(ValueError, match="declares lora.r again"):
+        register_peft_method(PeftMethod("other", "Other", "x", Other, build=lambda *a: None,
+                                        trainable=lambda *a: (0, 0)))
+    assert "other" not in PEFT_METHODS
+
+
+def test_a_plugins_preconditions_reach_the_door():
+    from services.common.errors import PreconditionError
+    from services.trainer.config import _check_preconditions
+    base = {"base_model": "Qwen3-0.6B-base", "dataset": "arc"}
+    for spec, fragment in (({"peft_method": "pissa", "training_quant": "qlora"}, "residual base"),
+                           ({"peft_method": "pissa", "world_size": 2}, "world_size 1"),
+                           ({"peft_method": "none", "training_quant": "int8"}, "full fine-tuning cannot")):
+        with pytest.raises(PreconditionError, match=fragment):
+            _check_preconditions(TrainConfig.resolve({**base, **spec}, "cuda"))
+    _check_preconditions(TrainConfig.resolve({**base, "peft_method": "pissa"}, "cuda"))
