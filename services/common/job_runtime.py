@@ -32,6 +32,7 @@ from services.common.job_leases import Leases
 from services.common.job_record import JOBS_BUCKET, EventType, JobRecord, JobState, new_job_id, spec_hash
 from services.common.job_scratch import hold_lock, scratch_root, sweep_stale_scratch
 from services.common.storage import ObjectStore
+from services.common.tracking import tracker_for
 from services.common import warm_worker
 
 log = logging.getLogger("ftlab.runtime")
@@ -99,6 +100,7 @@ class JobRuntime:
         self._leases = Leases(store, service, self.owner, options.lease_ttl_s)
         self._scratch: str | None = None   # jobs' work folders (start() makes it)
         self._scratch_lock = None
+        self._tracker = tracker_for(service, store, self.note)  # MLflow, when FTLAB_TRACKING_URI is set
 
     # -- lifecycle
 
@@ -181,6 +183,7 @@ class JobRuntime:
                 self._cond.wait(0.2)
             self._writer_stop = True
             self._cond.notify_all()
+        self._tracker.close()
         if self._writer is not None:
             self._writer.join(30)  # the last records (the jobs the shutdown failed) reach storage
         if self._scratch_lock is not None:  # no job runs any more: the folder goes with its lock
@@ -297,6 +300,12 @@ class JobRuntime:
                 after_seq = ev["seq"]
             if terminal and not new:
                 return
+
+    def note(self, job_id: str, message: str) -> None:
+        """Add a log event to a job's record, even a finished one (the tracker says how it went)."""
+        with self._cond:
+            self._require(job_id).add_event(EventType.LOG, message)
+            self._persist(self._jobs[job_id])
 
     def wake(self) -> None:
         """Wake every waiting watcher (e.g. one whose client went away) to re-check its stream."""
@@ -456,6 +465,7 @@ class JobRuntime:
         self._persist(rec)
         self._cond.notify_all()
         proc.start()  # under the lock, so a cancel always finds a pid to signal
+        self._tracker.track(rec, rec.events[-1], proc.pid)
         threading.Thread(target=self._supervise, args=(job_id, proc, events, workdir), daemon=True,
                          name=f"supervise-{job_id}").start()
 
@@ -495,7 +505,8 @@ class JobRuntime:
                 rec.progress_step, rec.progress_total = msg["step"], msg["total"]
             if msg.get("metrics"):
                 rec.metrics.update(msg["metrics"])
-            rec.add_event(etype, msg.get("message", ""), msg.get("step", 0), msg.get("total", 0), msg.get("metrics"))
+            ev = rec.add_event(etype, msg.get("message", ""), msg.get("step", 0), msg.get("total", 0), msg.get("metrics"))
+            self._tracker.track(rec, ev, getattr(self._procs.get(job_id), "pid", None))
             self._persist(rec, force=False)
             self._cond.notify_all()
         if etype is EventType.LOG:
@@ -519,6 +530,7 @@ class JobRuntime:
             else:
                 rec.set_error(error["message"] if error else f"child process {_describe_exit(exitcode)}")
                 rec.transition(JobState.FAILED, rec.error)
+            self._tracker.track(rec, rec.events[-1])
             self._persist(rec)
             self._cond.notify_all()
         log.info("job %s: %s %s", job_id, rec.state.value, rec.error, extra=_extra(rec))
