@@ -147,7 +147,7 @@ class NullTracker:
     def track(self, rec, event: dict[str, Any], pid: int | None = None) -> None:
         pass
 
-    def close(self, timeout_s: float = 15.0) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
         pass
 
 
@@ -201,7 +201,7 @@ class JobTracker:
                     self._thread = threading.Thread(target=self._loop, name=f"{self.service}-tracking", daemon=True)
                     self._thread.start()
 
-    def close(self, timeout_s: float = 15.0) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
         """At service shutdown: deliver what is buffered (at most ``timeout_s`` seconds)."""
         self._closing = True
         if self._thread is not None:
@@ -331,7 +331,7 @@ class JobTracker:
             log.warning("tracking: could not read %s for the CI bounds", uri)
             return
         for task, block in (result.get("datasets") or {}).items():
-            for metric, ci in (block.get("ci95") or {}).items():
+            for metric, ci in ((block.get("metrics") or {}).get("ci95") or {}).items():
                 if ci:
                     job.pending += [Metric(f"{task}/{metric}_ci_low", float(ci[0]), ts, 0),
                                     Metric(f"{task}/{metric}_ci_high", float(ci[1]), ts, 0)]
@@ -422,3 +422,49 @@ def tracker_for(service: str, store, note: Callable[[str, str], None], uri: str 
     from services.common.settings import tracking_uri
     uri = tracking_uri() if uri is None else uri
     return JobTracker(uri, service, store, note) if uri else NullTracker()
+
+
+# --------------------------------------------------------------------------- the flow side
+
+def track_flow_run(experiment: str, flow_run_id: str, steps: list[dict[str, Any]], started_at: float,
+                   report_uri: str = "", uri: str | None = None) -> str | None:
+    """A flow run as the parent run of its jobs' runs in the experiment's MLflow experiment (the
+    UI nests them under it), with its report's URI and step counts. Returns the parent's run id,
+    None when tracking is off or unreachable (logged: a flow never fails for its tracker)."""
+    from services.common.settings import tracking_uri
+    uri = tracking_uri() if uri is None else uri
+    if not uri:
+        return None
+    try:
+        c = client(uri)
+        parent = find_run(c, f"tags.`ftlab.flow_run` = '{flow_run_id}' and tags.`ftlab.kind` = 'flow' "
+                             f"and tags.`ftlab.experiment` = '{experiment}'")
+        if parent is None:
+            parent = c.create_run(experiment_id(c, experiment), start_time=int(started_at * 1000),
+                                  run_name=f"{experiment} {flow_run_id}",
+                                  tags={"ftlab.kind": "flow", "ftlab.flow_run": flow_run_id,
+                                        "ftlab.experiment": experiment, "ftlab.report": report_uri,
+                                        "mlflow.note.content": f"ftlab flow run `{flow_run_id}` of experiment "
+                                                               f"`{experiment}`; report: {report_uri}"})
+        pid = parent.info.run_id
+        jobs = 0
+        for step in steps:
+            run = find_run(c, f"tags.`ftlab.job_id` = '{step['job_id']}'") if step.get("job_id") else None
+            if run is not None:
+                c.set_tag(run.info.run_id, "mlflow.parentRunId", pid)
+                c.set_tag(run.info.run_id, "ftlab.flow_run", flow_run_id)
+                jobs += 1
+        counts: dict[str, int] = {}
+        for step in steps:
+            counts[step["status"]] = counts.get(step["status"], 0) + 1
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        c.log_batch(pid, metrics=[Metric(f"steps_{k}", float(v), now, 0) for k, v in counts.items()]
+                    + [Metric("jobs_tracked", float(jobs), now, 0)])
+        bad = sum(v for k, v in counts.items() if k in ("failed", "blocked", "cancelled"))
+        c.set_terminated(pid, "FAILED" if bad else "FINISHED")
+        return pid
+    except Exception as exc:  # noqa: BLE001 - the flow's result stands without its tracker
+        log.warning("tracking: flow run %s of %s not grouped in MLflow at %s: %s: %s", flow_run_id, experiment,
+                    uri, type(exc).__name__, str(exc)[:300])
+        return None
