@@ -337,8 +337,8 @@ class JobTracker:
                                     Metric(f"{task}/{metric}_ci_high", float(ci[1]), ts, 0)]
         engine = result.get("engine") or {}
         hw = result.get("hardware") or {}
-        job.tags |= {"ftlab.engine": str(engine.get("used") or engine.get("engine") or ""),
-                     "ftlab.dtype": str(hw.get("dtype", "")),
+        job.tags |= {"ftlab.engine": f"{engine.get('name', '')} {engine.get('version', '')}".strip(),
+                     "ftlab.dtype": str(engine.get("dtype") or hw.get("dtype", "")),
                      "ftlab.quant_tag": str((result.get("quantization") or {}).get("quant_tag", ""))}
 
     def _deliver(self, job: _Job) -> bool:

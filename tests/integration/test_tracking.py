@@ -12,6 +12,7 @@ import pytest
 from services.common import artifacts, tracking
 from services.common.clients import ServiceClient, state_name
 from services.common.generated.ftlab.v1 import jobs_pb2
+from services.common.job_record import JOBS_BUCKET, JobRecord
 from tests.conftest import TINY
 from tests.mlflow_server import MlflowServer, free_port
 
@@ -53,14 +54,16 @@ class Tracked:
             svc.stop(grace_s=2.0)  # the tracker delivers what it buffered before the service exits
 
 
-def _notes(job) -> list[str]:
-    return [e.message for e in job.events if e.message.startswith("tracking:")]
+def _notes(store, service: str, job_id: str) -> list[str]:
+    """The tracker's notes in the job's record (``ftlab jobs get`` and WatchJob show the same events)."""
+    rec = JobRecord.from_json(store.get_bytes(JOBS_BUCKET, f"{service}/{job_id}.json"))
+    return [e["message"] for e in rec.events if e["message"].startswith("tracking:")]
 
 
-def _wait_note(client, job_id: str, text: str, timeout_s: float = 90.0) -> list[str]:
+def _wait_note(store, service: str, job_id: str, text: str, timeout_s: float = 90.0) -> list[str]:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        notes = _notes(client.get(job_id))
+        notes = _notes(store, service, job_id)
         if any(text in n for n in notes):
             return notes
         time.sleep(0.5)
@@ -123,8 +126,8 @@ def test_train_quantize_evaluate_are_runs_with_params_curves_and_lineage(server,
     assert e.data.metrics["ai2_arc/accuracy_ci_low"] <= acc <= e.data.metrics["ai2_arc/accuracy_ci_high"]
     assert {"tokens_per_s", "peak_rss_gb", "ai2_arc/latency_mean_s", "ai2_arc/macro_f1"} <= set(e.data.metrics)
     assert e.data.tags["ftlab.engine"] and e.data.tags["ftlab.dtype"] and e.data.tags["ftlab.quant_tag"] == "Int8_BnB"
-    for job in (train, quant, ev):
-        assert not _notes(job)  # tracked at once: nothing to say
+    for service, job in (("trainer", train), ("quantizer", quant), ("evaluator", ev)):
+        assert not _notes(store, service, job.job_id)  # tracked at once: nothing to say
 
     # the registry: every committed model, sources in storage, versions linked to their runs
     from ftlab.cli import main
@@ -154,10 +157,10 @@ def test_a_server_stopped_during_a_job_fails_nothing_and_loses_nothing(tmp_path,
         job = trainer.run(TRAIN, "outage:train:1", timeout_s=300, on_event=outage)
         assert state_name(job.state) == "SUCCEEDED"  # the tracker's outage failed nothing
         assert srv.proc is None
-        notes = _wait_note(trainer, job.job_id, "unreachable")
+        notes = _wait_note(seeded_store, "trainer", job.job_id, "unreachable")
         assert len([n for n in notes if "unreachable" in n]) == 1  # said once, not per retry
         srv.start()  # back, same port and store: the buffered curve and the end are delivered
-        notes = _wait_note(trainer, job.job_id, "delivered to MLflow after")
+        notes = _wait_note(seeded_store, "trainer", job.job_id, "delivered to MLflow after")
     finally:
         svc.stop()
         srv.stop()
@@ -180,7 +183,7 @@ def test_a_tracker_that_never_answers_leaves_the_job_succeeded_and_not_tracked(s
         trainer = svc.clients["trainer"]
         job = trainer.run(TRAIN | {"max_steps": 1}, "down:train:1", timeout_s=300)
         assert state_name(job.state) == "SUCCEEDED" and job.metrics["final_loss"] > 0
-        notes = _wait_note(trainer, job.job_id, "not tracked")
+        notes = _wait_note(seeded_store, "trainer", job.job_id, "not tracked")
         assert "unreachable" in notes[0] and "not tracked in MLflow" in notes[-1]
         assert artifacts.read_manifest(seeded_store, "models", TRAINED) is not None
     finally:
