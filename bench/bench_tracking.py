@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -55,8 +56,9 @@ def main() -> int:
         with ServiceClient("trainer", svc.address) as c:
             job = c.run(SPEC | {"output_name": f"bench-{uuid.uuid4().hex[:8]}"}, f"bench:train:{uuid.uuid4().hex}", 600)
     finally:
+        t0 = time.perf_counter()
         svc.stop()
-    print(state_name(job.state), job.job_id)
+    print(state_name(job.state), job.job_id, f"service stop {time.perf_counter() - t0:.2f}s", file=sys.stderr)
     return 0 if state_name(job.state) == "SUCCEEDED" else 1
 
 

@@ -100,9 +100,10 @@ def client(uri: str):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     from mlflow.tracking import MlflowClient
-    c = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    with sqlite_init_lock(uri):
+    with sqlite_init_lock(uri):  # the client's stores migrate the schema as they are made
+        c = MlflowClient(tracking_uri=uri, registry_uri=uri)
         c.search_experiments(max_results=1)
+        c.search_registered_models(max_results=1)
     return c
 
 
@@ -205,6 +206,7 @@ class JobTracker:
         """At service shutdown: deliver what is buffered (at most ``timeout_s`` seconds)."""
         self._closing = True
         if self._thread is not None:
+            self._q.put(None)  # wakes the thread now
             self._thread.join(timeout_s)
 
     # -- the background thread
@@ -217,6 +219,8 @@ class JobTracker:
                 item = self._q.get(timeout=1.0)
             except queue.Empty:
                 item = None
+            while item is None and self._closing and not self._q.empty():
+                item = self._q.get()  # events that came before the close still count
             if item is None and self._closing:  # the service stops: one last delivery, then done
                 for job in jobs.values():
                     self._deliver(job)

@@ -28,7 +28,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 SPEC = {"base_model": TINY, "dataset": "arc", "max_steps": 4, "train_limit": 16, "per_device_batch_size": 4,
         "gradient_accumulation_steps": 1, "max_seq_length": 256}
 METHODS = {"lora": "Qwen3-tiny-arc_SFT_LoRa8_NoQuant", "dora": "Qwen3-tiny-arc_SFT_DoRa8_NoQuant",
-           "none": "Qwen3-tiny-arc_SFT_Full_NoQuant"}
+           "none": "Qwen3-tiny-arc_SFT_NoPeft_NoQuant"}
 
 
 def _chromium(url: str, profile, *extra: str) -> subprocess.CompletedProcess:
