@@ -112,8 +112,8 @@ def experiment_id(c, name: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    try:
-        return c.create_experiment(name)
+    try:  # a training experiment: the UI opens on its runs and charts (MLflow 3 defaults to GenAI views)
+        return c.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
     except Exception:  # noqa: BLE001 - created meanwhile by another service: read it back
         exp = c.get_experiment_by_name(name)
         if exp is None:

@@ -89,6 +89,7 @@ def test_train_quantize_evaluate_are_runs_with_params_curves_and_lineage(server,
         svc.stop()
     mc = MlflowClient(server.uri)
     runs = _runs(mc, "tracked")  # the request id's prefix: a flow's experiment
+    assert mc.get_experiment_by_name("tracked").tags["mlflow.experimentKind"] == "custom_model_development"
     assert {TRAINED, QUANTIZED} <= set(runs), sorted(runs)
     (e,) = [r for r in runs.values() if r.data.tags.get("ftlab.kind") == "evaluate"]
     t, q = runs[TRAINED], runs[QUANTIZED]
