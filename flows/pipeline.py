@@ -27,6 +27,7 @@ from services.common.generated.ftlab.v1 import jobs_pb2
 from services.common.job_record import JobState
 from services.common.store_factory import store_from_env
 from services.common.settings import SERVICES
+from services.common.tracking import track_flow_run
 
 DEFAULT_REPORT_DIR = ".ftlab/reports"
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
@@ -210,6 +211,7 @@ def experiment_flow(experiment: str, run_id: str = "", report_dir: str = DEFAULT
         raise
     steps = data_steps + [results[s.key] for s in exp.steps]
     report = aggregate(exp, run_id, steps, report_dir, started)
+    track_flow_run(exp.name, run_id, steps, started, report["uri"])  # MLflow: the jobs' runs under the flow run
     from flows.publish import publish
     publish(exp.name, run_id, report)   # comparison/summary tables and the report link in the Prefect UI
     failed = [s for s in steps if s["status"] in ("failed", "blocked", "cancelled")]

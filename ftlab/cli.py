@@ -496,9 +496,77 @@ def cmd_demo(args) -> int:
         t = time.time()
         print("== stopping the embedded stack: " + ", ".join(down()))
         stages["stack down"] = time.time() - t
+    t = time.time()
+    hint = register_demo_models()
+    if hint:
+        stages["model registry"] = time.time() - t
     print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in stages.items()))
     print(f"demo finished in {time.time() - t0:.0f}s")
+    if hint:
+        print(hint)
     return 1 if result["failed"] else 0
+
+
+# ------------------------------------------------------------------ tracking (MLflow; docs/TRACKING.md)
+
+def _tracking_uri() -> str:
+    """FTLAB_TRACKING_URI, with the embedded stack's default (a SQLite store under FTLAB_HOME)."""
+    from services.common.settings import tracking_uri
+    _store()
+    uri = tracking_uri()
+    if not uri:
+        raise ValidationError("FTLAB_TRACKING_URI is empty: tracking is off (set it to an MLflow tracking URI, "
+                              "or unset it for the embedded stack's store under FTLAB_HOME)")
+    return uri
+
+
+def cmd_model_register(args) -> int:
+    from services.common.model_registry import register_models
+    uri = _tracking_uri()
+    rows = register_models(_store(), uri, args.names or None)
+    for r in rows:
+        print(f"{r['name']:60s} v{r['version']:<4} {r['status']:11s} {r['source']}")
+    print(f"{len(rows)} model(s) in the MLflow registry at {uri}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    """Serve the MLflow UI on the tracking store (a SQLite file: `mlflow server` on it, in the
+    foreground until Ctrl-C); a tracking server's URL is printed, nothing to start."""
+    import shutil
+    import subprocess
+    uri = _tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        print(f"MLflow UI: {uri} (a tracking server: nothing to start here)")
+        return 0
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+    if mlflow is None:
+        raise ValidationError("mlflow is not installed: pip install 'ftlab[tracking]'")
+    home = Path(os.environ.get("FTLAB_HOME", ".ftlab"))
+    cmd = [mlflow, "server", "--backend-store-uri", uri, "--default-artifact-root",
+           str((home / "mlflow-artifacts").resolve()), "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    print(f"MLflow UI: http://{args.host}:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+def register_demo_models() -> str:
+    """After the demo: its models in the MLflow registry; returns how to open the tracker ("" when off)."""
+    from services.common.settings import tracking_uri
+    uri = tracking_uri()
+    if not uri:
+        return ""
+    print("== registering the models in the MLflow registry")
+    try:
+        cmd_model_register(argparse.Namespace(names=[]))
+    except Exception as exc:  # noqa: BLE001 - the demo's result stands without its registry
+        print(f"   not registered: {type(exc).__name__}: {exc}")
+    if uri.startswith(("http://", "https://")):
+        return f"== runs, curves, lineage and registry in MLflow: {uri}"
+    return (f"== runs, curves, lineage and registry in MLflow ({uri}): open it with `.venv/bin/ftlab ui` "
+            f"(or `mlflow server --backend-store-uri {uri}`), then http://127.0.0.1:5000")
 
 
 # ------------------------------------------------------------------ parser
@@ -704,6 +772,10 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--overwrite", action="store_true")
     mi.set_defaults(func=cmd_model_import)
     _list_parser(model, "committed models: kind, parent, quantization, created", cmd_model_list)
+    mr = model.add_parser("register", help="register committed models in the MLflow registry (FTLAB_TRACKING_URI): "
+                          "one registered model per name, a version per manifest, source = its storage URI")
+    mr.add_argument("names", nargs="*", help="only these models (default: every committed model)")
+    mr.set_defaults(func=cmd_model_register)
 
     def job_opts(sp):
         sp.add_argument("--request-id", help="idempotency key")
@@ -780,6 +852,11 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--report-dir", default=report_dir_default(), help="local folder for the report copy "
                     "($FTLAB_HOME/reports)")
     em.set_defaults(func=cmd_evaluate_missing)
+    ui = sub.add_parser("ui", help="open the MLflow tracking UI on FTLAB_TRACKING_URI (default: the embedded "
+                        "stack's store under FTLAB_HOME); prints the URL")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
     sub.choices["eval"].epilog = "what evaluations storage holds: ftlab eval list"  # routed in main()
     return p
 

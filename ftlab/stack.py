@@ -48,10 +48,20 @@ def service_python(service: str) -> str:
     return str(own) if own.exists() else sys.executable
 
 
+def default_tracking_uri() -> str:
+    """The embedded stack tracks into a SQLite store under FTLAB_HOME (no server: the services and
+    the flow write it directly; ``ftlab ui`` serves it). Empty when MLflow is not installed."""
+    import importlib.util
+    if importlib.util.find_spec("mlflow") is None:
+        return ""
+    return f"sqlite:///{(STATE_DIR / 'mlflow.db').resolve()}"
+
+
 def stack_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("FTLAB_STORAGE", "local")
     env.setdefault("FTLAB_LOCAL_ROOT", str((STATE_DIR / "storage").resolve()))
+    env.setdefault("FTLAB_TRACKING_URI", default_tracking_uri())  # FTLAB_TRACKING_URI= (empty) turns it off
     return env
 
 

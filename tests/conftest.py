@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("FTLAB_LOG_FORMAT", "text")
+# MLflow tracking off (empty, so the embedded stack's default stays off too) unless a test turns
+# it on: tests/integration/test_tracking*.py, against their own server.
+os.environ["FTLAB_TRACKING_URI"] = ""
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest workers (pytest-xdist). Each, and every service and job it starts,
     # gets one torch thread: two workers with a thread per core each oversubscribe the cores, and

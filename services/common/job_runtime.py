@@ -33,6 +33,7 @@ from services.common.job_record import JOBS_BUCKET, EventType, JobRecord, JobSta
 from services.common.job_scratch import hold_lock, scratch_root, sweep_stale_scratch
 from services.common.storage import ObjectStore
 from services.common import placement
+from services.common.tracking import tracker_for
 
 log = logging.getLogger("ftlab.runtime")
 PERSIST_EVERY_S = 2.0  # progress is persisted at most this often; state changes always
@@ -118,6 +119,7 @@ class JobRuntime:
         self._reattached: list[str] = []   # Ray jobs a restart found running (start() supervises them)
         self._scratch: str | None = None   # jobs' work folders (start() makes it)
         self._scratch_lock = None
+        self._tracker = tracker_for(service, store, self.note)  # MLflow, when FTLAB_TRACKING_URI is set
 
     # -- lifecycle
 
@@ -215,6 +217,7 @@ class JobRuntime:
                 self._cond.wait(0.2)
             self._writer_stop = True
             self._cond.notify_all()
+        self._tracker.close()
         if self._writer is not None:
             self._writer.join(30)  # the last records (the jobs the shutdown failed) reach storage
         if self._scratch_lock is not None:  # no job runs any more: the folder goes with its lock
@@ -352,6 +355,12 @@ class JobRuntime:
             for ev in new:
                 yield ev
                 after_seq = ev["seq"]
+
+    def note(self, job_id: str, message: str) -> None:
+        """Add a log event to a job's record, even a finished one (the tracker says how it went)."""
+        with self._cond:
+            self._require(job_id).add_event(EventType.LOG, message)
+            self._persist(self._jobs[job_id])
 
     def change_marks(self, job_ids: list[str]) -> dict[str, tuple]:
         """For each known job of ``job_ids``, a value that changes whenever a watcher of it has
@@ -520,7 +529,14 @@ class JobRuntime:
         self._persist(rec)
         self._cond.notify_all()
         handle.start()  # under the lock, so a cancel always finds a pid to signal
+        self._tracker.track(rec, rec.events[-1], self._local_pid(job_id))
         self._supervise_in_thread(job_id, handle)
+
+    def _local_pid(self, job_id: str) -> int | None:
+        """The job process's pid where it is a child on this host (the tracker samples its memory);
+        a Ray job's pid may belong to another node."""
+        handle = self._procs.get(job_id)
+        return handle.pid if isinstance(handle, placement.LocalHandle) else None
 
     def _supervise_in_thread(self, job_id: str, handle) -> None:
         threading.Thread(target=self._supervise, args=(job_id, handle), daemon=True,
@@ -531,6 +547,7 @@ class JobRuntime:
             rec = self._jobs[job_id]
             attempt = "" if rec.attempts == 1 else f" (attempt {rec.attempts})"
             rec.transition(JobState.RUNNING, f"started{attempt}: {msg['message']}")
+            self._tracker.track(rec, rec.events[-1])
             if job_id in self._cancel_requested:  # cancelled while it waited: the kill is under way
                 rec.transition(JobState.CANCELLING, "cancel requested before it started")
             self._persist(rec)
@@ -573,7 +590,8 @@ class JobRuntime:
                 rec.progress_step, rec.progress_total = msg["step"], msg["total"]
             if msg.get("metrics"):
                 rec.metrics.update(msg["metrics"])
-            rec.add_event(etype, msg.get("message", ""), msg.get("step", 0), msg.get("total", 0), msg.get("metrics"))
+            ev = rec.add_event(etype, msg.get("message", ""), msg.get("step", 0), msg.get("total", 0), msg.get("metrics"))
+            self._tracker.track(rec, ev, self._local_pid(job_id))
             self._persist(rec, force=False)
             self._cond.notify_all()
         if etype is EventType.LOG:
@@ -606,6 +624,7 @@ class JobRuntime:
             else:
                 rec.set_error(error["message"] if error else f"child process {_describe_exit(exitcode)}")
                 rec.transition(JobState.FAILED, rec.error)
+            self._tracker.track(rec, rec.events[-1])
             self._persist(rec)
             self._cond.notify_all()
         log.info("job %s: %s %s", job_id, rec.state.value, rec.error, extra=_extra(rec))

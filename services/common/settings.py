@@ -1,6 +1,7 @@
 """Settings from FTLAB_* environment variables (one place; the compose file and docs list the same)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -16,6 +17,13 @@ SERVICES = tuple(DEFAULT_PORTS)
 def service_address(service: str, env=os.environ) -> str:
     """Where clients reach a service: FTLAB_<SERVICE>_ADDR, default 127.0.0.1:<port>."""
     return env.get(f"FTLAB_{service.upper()}_ADDR", f"127.0.0.1:{DEFAULT_PORTS[service]}")
+
+
+def tracking_uri(env=os.environ) -> str:
+    """FTLAB_TRACKING_URI: where jobs are tracked (an MLflow tracking URI: ``http://mlflow:5000``,
+    ``sqlite:///path/mlflow.db``); empty turns tracking off (services/common/tracking.py). The
+    embedded stack defaults it to a SQLite store under FTLAB_HOME (ftlab/stack.py)."""
+    return env.get("FTLAB_TRACKING_URI", "").strip()
 
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -142,6 +150,9 @@ class ServiceSettings:
             cpu_threads(env)  # used by the jobs only; a bad value stops the service, not each job
         except ValidationError as exc:
             problems.extend(exc.problems)
+        if tracking_uri(env) and importlib.util.find_spec("mlflow") is None:
+            problems.append("FTLAB_TRACKING_URI is set but mlflow is not installed: pip install 'ftlab[tracking]', "
+                            "or set FTLAB_TRACKING_URI= (empty) to turn tracking off")
         if s.metrics_port is not None and s.metrics_port > 65535:
             problems.append(f"FTLAB_METRICS_PORT={s.metrics_port}: must be a port number <= 65535")
         if problems:
