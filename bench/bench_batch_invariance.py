@@ -27,7 +27,7 @@ import time
 import pandas as pd
 import torch
 
-from services.common import tasks
+from services.common.data import tasks
 from services.evaluator import generation
 
 SEED_TEST = "../shared/datasets/seed/test-ai2_arc.parquet"
@@ -77,8 +77,8 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", default="int8,nf4,fp32")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a small shared CPU)")
     args = p.parse_args(argv)
-    from services.common.gguf_import import converted_smollm2
-    from services.common.modeling import load_tokenizer
+    from services.common.torch_utils.gguf_import import converted_smollm2
+    from services.common.torch_utils.modeling import load_tokenizer
     model_dir = converted_smollm2()
     tok = load_tokenizer(model_dir, padding_side="left")
     task = tasks.get_task("ai2_arc")

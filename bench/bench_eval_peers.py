@@ -34,7 +34,7 @@ def ways(model_dir: Path, dtype: str, batch: int, max_new: int, with_vllm: bool 
     import torch
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     from services.evaluator import engines, generation
     tok = modeling.load_tokenizer(model_dir, padding_side="left")
     vgen = engines.VLLMGenerator(model_dir, tok, dtype, batch, max_new) if with_vllm else None
@@ -63,9 +63,9 @@ def ways(model_dir: Path, dtype: str, batch: int, max_new: int, with_vllm: bool 
 
 def model_folder(which: str, tmp: str) -> Path:
     if which == "real":
-        from services.common.gguf_import import converted_smollm2
+        from services.common.torch_utils.gguf_import import converted_smollm2
         return converted_smollm2()
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     shared = Path(os.environ.get("FTLAB_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
     out = Path(tmp) / "tiny"
     modeling.make_tiny_qwen3(str(shared / "tokenizers" / "qwen3"), out, seed=0)
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()
     from bench.bench_evaluator import load_rows
-    from services.common import tasks
+    from services.common.data import tasks
     from services.evaluator import engines, generation
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = model_folder(args.model, tmp)

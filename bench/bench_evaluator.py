@@ -28,7 +28,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from services.common import modeling, tasks
+from services.common.torch_utils import modeling
+from services.common.data import tasks
 from services.evaluator import generation
 
 SHARED = Path(os.environ.get("FTLAB_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))

@@ -28,9 +28,9 @@ NAME = "SmolLM2-135M-Instruct"
 
 
 def prepare(root: Path) -> None:
-    from services.common import modeling
-    from services.common.gguf_import import converted_smollm2, read_origin
-    from services.common.storage import LocalStore
+    from services.common.torch_utils import modeling
+    from services.common.torch_utils.gguf_import import converted_smollm2, read_origin
+    from services.common.storage.store import LocalStore
     store = LocalStore(root / "storage")
     store.ensure_buckets()
     src = converted_smollm2()
@@ -40,7 +40,7 @@ def prepare(root: Path) -> None:
 
 def fetch_plain(store, bucket: str, prefix: str, dest: Path, copy) -> None:
     """The fetch before verification: copy each listed file, compare its size only."""
-    from services.common import artifacts
+    from services.common.storage import artifacts
     manifest = artifacts.require_manifest(store, bucket, prefix)
     for f in manifest["files"]:
         target = dest / f["path"]
@@ -51,8 +51,8 @@ def fetch_plain(store, bucket: str, prefix: str, dest: Path, copy) -> None:
 
 
 def fetch(root: Path, mode: str) -> None:
-    from services.common import artifacts
-    from services.common.storage import LocalStore
+    from services.common.storage import artifacts
+    from services.common.storage.store import LocalStore
     store = LocalStore(root / "storage")
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         if mode == "verify":
@@ -65,9 +65,10 @@ def fetch(root: Path, mode: str) -> None:
 def s3(reps: int) -> None:
     """Both modes on moto's S3 server (a real S3-protocol process on loopback), alternated, timed
     in-process (the upload is not timed)."""
-    from services.common import artifacts, modeling
-    from services.common.gguf_import import converted_smollm2, read_origin
-    from services.common.s3_store import S3Store
+    from services.common.storage import artifacts
+    from services.common.torch_utils import modeling
+    from services.common.torch_utils.gguf_import import converted_smollm2, read_origin
+    from services.common.storage.s3 import S3Store
     from tests.s3_server import TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoServer
     with MotoServer() as server, tempfile.TemporaryDirectory() as tmp:
         store = S3Store(server.endpoint, TEST_ACCESS_KEY, TEST_SECRET_KEY, region="us-east-1")

@@ -53,7 +53,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 def _write_records(root: Path, service: str, n: int) -> None:
     """``n`` finished job records in the store, as a research store holds them (a few events each)."""
-    from services.common.job_record import EventType, JobRecord, JobState
+    from services.common.jobs.record import EventType, JobRecord, JobState
     from tests.hardening import spec
     folder = root / "jobs" / service
     folder.mkdir(parents=True, exist_ok=True)
@@ -77,9 +77,9 @@ def flood(args) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from services.common.generated.ftlab.v1 import jobs_pb2, quantizer_pb2, quantizer_pb2_grpc
-    from services.common.clients import ServiceClient
+    from services.common.rpc.clients import ServiceClient
     from tests.hardening import CTL_ENV, ServiceProcess, make_source, spec
-    from services.common.storage import LocalStore
+    from services.common.storage.store import LocalStore
     from google.protobuf import json_format
     from services.common.generated.ftlab.v1 import quantize_spec_pb2
 
@@ -94,7 +94,7 @@ def flood(args) -> None:
     t = time.perf_counter()
     _write_records(tmp / "storage", "quantizer", args.records)
     print(f"# wrote {args.records} job records in {time.perf_counter() - t:.1f}s", flush=True)
-    from services.common.job_runtime import JobRuntime
+    from services.common.jobs.runtime import JobRuntime
     reloader = JobRuntime("quantizer", store, {"quantize": "tests.hardening:quantize_like"})
     t = time.perf_counter()
     with reloader._cond:  # what a restart does first: every record read and indexed
@@ -245,11 +245,11 @@ def main() -> None:
     if args.flood:
         return flood(args)
 
-    from services.common.clients import ServiceClient
-    from services.common.job_runtime import RuntimeOptions
-    from services.common.service_main import RunningService, Security
-    from services.common.settings import configure_logging
-    from services.common.storage import LocalStore
+    from services.common.rpc.clients import ServiceClient
+    from services.common.jobs.runtime import RuntimeOptions
+    from services.common.rpc.service import RunningService, Security
+    from services.common.contract.settings import configure_logging
+    from services.common.storage.store import LocalStore
     from tests.hardening import CTL_ENV, make_source, service_def, spec
     configure_logging()
 

@@ -32,9 +32,9 @@ def train_spec(steps: int) -> dict:
 
 
 def seed_store(root: Path, shared: Path):
-    from services.common import modeling
-    from services.common.data_import import import_dataset
-    from services.common.storage import LocalStore
+    from services.common.torch_utils import modeling
+    from services.common.data.importing import import_dataset
+    from services.common.storage.store import LocalStore
     store = LocalStore(root / "storage")
     store.ensure_buckets()
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,7 +45,7 @@ def seed_store(root: Path, shared: Path):
 
 
 def in_process(store, steps: int, workdir: Path) -> float:
-    from services.common.job_context import JobContext
+    from services.common.jobs.child import JobContext
     from services.trainer import recipe
     from services.trainer.config import resolve_train_spec
     t0 = time.perf_counter()
@@ -60,8 +60,8 @@ def through_flow(store, steps: int, root: Path) -> tuple[float, float]:
     import yaml
     from prefect import flow
 
-    from services.common.job_runtime import RuntimeOptions
-    from services.common.service_main import RunningService
+    from services.common.jobs.runtime import RuntimeOptions
+    from services.common.rpc.service import RunningService
     from services.trainer.server import SERVICE as TRAINER
     svc = RunningService(TRAINER, store, "127.0.0.1:0", RuntimeOptions(cancel_grace_s=2.0))
     os.environ.update({"FTLAB_STORAGE": "local", "FTLAB_LOCAL_ROOT": str(store.root),

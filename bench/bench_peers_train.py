@@ -9,7 +9,7 @@ curves must agree step by step, and the tokens/s ratio is the speed of the same 
 
 ``ours`` is ``services.trainer.recipe.run`` (fetch, train, save, commit: everything the job does);
 its tokens/s is over the training loop only, as TRL's. TRL must be installed (``pip install
-trl==1.16.0``: it pulls no other torch or transformers). MFU (services/common/mfu.py) counts for
+trl==1.16.0``: it pulls no other torch or transformers). MFU (services/common/torch_utils/mfu.py) counts for
 both the FLOPs the task needs (the LM head at answer tokens only), so it is comparable: TRL
 computes logits at every position, work the completion-only loss then discards.
 """
@@ -38,9 +38,9 @@ class _Events:
 
 
 def make_store(root: Path, which: str):
-    from services.common import modeling
-    from services.common.data_import import import_dataset
-    from services.common.storage import LocalStore
+    from services.common.torch_utils import modeling
+    from services.common.data.importing import import_dataset
+    from services.common.storage.store import LocalStore
     store = LocalStore(root / "store")
     store.ensure_buckets()
     if which == "tiny":
@@ -48,7 +48,7 @@ def make_store(root: Path, which: str):
             modeling.make_tiny_qwen3(str(SHARED / "tokenizers" / "qwen3"), d, seed=0)
             modeling.commit_base_model(store, MODELS[which], d, {"source": "tiny-random-qwen3", "seed": 0})
     else:
-        from services.common.gguf_import import converted_smollm2, read_origin
+        from services.common.torch_utils.gguf_import import converted_smollm2, read_origin
         d = converted_smollm2()
         modeling.commit_base_model(store, MODELS[which], d, read_origin(d))
     import_dataset(store, "arc", "seed", SHARED / "datasets" / "seed")
@@ -65,7 +65,7 @@ def spec(which: str, args, name: str, dtype: str | None = None) -> dict:
 
 
 def run_ours(store, which: str, args, name: str) -> dict:
-    from services.common.job_context import JobContext
+    from services.common.jobs.child import JobContext
     from services.trainer import recipe
     from services.trainer.config import resolve_train_spec
     cfg = resolve_train_spec(spec(which, args, name), store)
@@ -84,7 +84,10 @@ def run_trl(store, which: str, args, name: str) -> dict:
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from services.common import data_import, mfu, modeling, tasks
+    from services.common.data import importing as data_import
+    from services.common.torch_utils import mfu
+    from services.common.torch_utils import modeling
+    from services.common.data import tasks
     from services.trainer import recipe
     from services.trainer import loop
     from services.trainer.config import OPTIMIZERS, TrainConfig, resolve_train_spec

@@ -42,9 +42,9 @@ def _tree_rss_mb() -> float:
 def run_layout(gpus_per_node: list[int], jobs: int, sleep: float) -> dict:
     import ray
     from ray.cluster_utils import Cluster
-    from services.common.job_record import JobState
-    from services.common.job_runtime import JobRuntime, RuntimeOptions
-    from services.common.storage import LocalStore
+    from services.common.jobs.record import JobState
+    from services.common.jobs.runtime import JobRuntime, RuntimeOptions
+    from services.common.storage.store import LocalStore
 
     tmp = tempfile.mkdtemp(prefix="bench-placement-")
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})

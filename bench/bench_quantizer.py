@@ -41,11 +41,11 @@ def main() -> None:
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from services.common import modeling
-    from services.common.clients import ServiceClient
-    from services.common.data_import import import_dataset
-    from services.common.service_main import RunningService
-    from services.common.storage import LocalStore
+    from services.common.torch_utils import modeling
+    from services.common.rpc.clients import ServiceClient
+    from services.common.data.importing import import_dataset
+    from services.common.rpc.service import RunningService
+    from services.common.storage.store import LocalStore
     from services.quantizer.server import SERVICE
 
     rows = []

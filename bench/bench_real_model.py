@@ -29,8 +29,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from services.common import modeling, tasks
-    from services.common.gguf_import import converted_smollm2
+    from services.common.torch_utils import modeling
+    from services.common.data import tasks
+    from services.common.torch_utils.gguf_import import converted_smollm2
     from services.evaluator import generation
     from services.trainer.config import TrainConfig
     from services.trainer.loop import train

@@ -38,7 +38,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.prepare:
         from bench.bench_overhead import seed_store
-        from services.common.tracking import client
+        from services.common.tracking.tracker import client
         root = Path(args.prepare).resolve()
         seed_store(root, Path(args.shared))
         client(f"sqlite:///{root / 'mlflow.db'}")
@@ -46,10 +46,10 @@ def main() -> int:
         return 0
     root = Path(args.root).resolve()
     os.environ["FTLAB_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}" if args.tracking else ""
-    from services.common.clients import ServiceClient, state_name
-    from services.common.job_runtime import RuntimeOptions
-    from services.common.service_main import RunningService
-    from services.common.storage import LocalStore
+    from services.common.rpc.clients import ServiceClient, state_name
+    from services.common.jobs.runtime import RuntimeOptions
+    from services.common.rpc.service import RunningService
+    from services.common.storage.store import LocalStore
     from services.trainer.server import SERVICE
     svc = RunningService(SERVICE, LocalStore(root / "storage"), "127.0.0.1:0", RuntimeOptions())
     try:

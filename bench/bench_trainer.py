@@ -45,8 +45,8 @@ def run_one(store_root: str, spec: dict, study: bool) -> dict:
     Also the peak RSS before the model is saved (and merged): training's own peak."""
     import resource
 
-    from services.common.job_context import JobContext
-    from services.common.storage import LocalStore
+    from services.common.jobs.child import JobContext
+    from services.common.storage.store import LocalStore
     from services.trainer import loop, recipe
     from services.trainer.config import resolve_train_spec
     before_save = {}
@@ -91,15 +91,15 @@ def main() -> None:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["FTLAB_DEVICE"] = os.environ.get("FTLAB_DEVICE", "cpu")
-    from services.common import modeling
-    from services.common.data_import import import_dataset
-    from services.common.storage import LocalStore
+    from services.common.torch_utils import modeling
+    from services.common.data.importing import import_dataset
+    from services.common.storage.store import LocalStore
     tmp = tempfile.mkdtemp(prefix="bench-trainer-")
     store = LocalStore(Path(tmp) / "store")
     store.ensure_buckets()
     base_model = BASE
     if args.model == "smollm2":
-        from services.common.gguf_import import converted_smollm2
+        from services.common.torch_utils.gguf_import import converted_smollm2
         base_model = "SmolLM2-135M-Instruct"
         modeling.commit_base_model(store, base_model, str(converted_smollm2()), {"source": "gguf smollm2"})
     else:

@@ -1,7 +1,7 @@
 """Fixed cost of starting a job's child: submit → SUCCEEDED for a job whose recipe needs the
 trainer's imports (torch, transformers, peft, the recipe module) and does nothing else, under
 ``FTLAB_WORKER=spawn`` (a fresh interpreter per job, as before) and ``forkserver`` (the warm
-runtime, services/common/warm_worker.py). Each mode runs in its own process, so the fork server
+runtime, services/common/jobs/fork_server.py). Each mode runs in its own process, so the fork server
 of one cannot help the other; the first job of the warm mode is measured after the service's
 warm-up finished (a deployed service is warm long before its first job).
 
@@ -26,8 +26,8 @@ def noop(ctx, cfg):
 
 
 def one_mode(jobs: int) -> list[float]:
-    from services.common.job_runtime import JobRuntime, RuntimeOptions
-    from services.common.storage import LocalStore
+    from services.common.jobs.runtime import JobRuntime, RuntimeOptions
+    from services.common.storage.store import LocalStore
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalStore(tmp)
         store.ensure_buckets()

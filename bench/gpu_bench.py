@@ -80,7 +80,7 @@ def batch(args, vocab: int, gen):
 def peak(dev) -> dict:
     import torch
 
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     if dev.type == "cuda":
         return {"allocated_gb": torch.cuda.max_memory_allocated(dev) / 2**30,
                 "reserved_gb": torch.cuda.max_memory_reserved(dev) / 2**30}
@@ -91,7 +91,8 @@ def peak(dev) -> dict:
 def train_case(name: str, args, dev, work: Path) -> dict:
     import torch
 
-    from services.common import mfu, modeling
+    from services.common.torch_utils import mfu
+    from services.common.torch_utils import modeling
     from services.trainer.memory import estimate_training_memory
     from services.trainer.config import TrainConfig
     from services.trainer.loop import build_model
@@ -154,7 +155,8 @@ def eval_case(args, dev, work: Path) -> dict:
     """Greedy generation items/s on the 8B (HF generate, batch ``--eval-batch``, fixed lengths)."""
     import torch
 
-    from services.common import mfu, modeling
+    from services.common.torch_utils import mfu
+    from services.common.torch_utils import modeling
     config = model_config("qwen3-8b.json", args.dry_run)
     base = work / "qwen3-8b"
     if not base.exists():

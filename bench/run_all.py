@@ -60,7 +60,7 @@ def training_peer_rows() -> list[str]:
     """ftlab trainer vs TRL SFTTrainer on the tiny and the real model, both fp32; and, on a CPU
     with native bf16, ours with ``dtype: bfloat16`` against TRL in fp32 (bench/bench_peers_train.py)."""
     from bench.bench_peers_train import format_row
-    from services.common.cpu_features import cpu_has_bf16
+    from services.common.hardware.cpu_features import cpu_has_bf16
     runs = [["--model", "both"]]
     if cpu_has_bf16():
         runs.append(["--model", "real", "--dtype", "bfloat16", "--trl-dtype", "float32"])

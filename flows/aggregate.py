@@ -7,10 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from services.common import artifacts
-from services.common.errors import NotFoundError, ValidationError
-from services.common.storage import ObjectStore
-from services.common.tasks import TaskDef, get_task, list_tasks
+from services.common.storage import artifacts
+from services.common.contract.errors import NotFoundError, ValidationError
+from services.common.storage.store import ObjectStore
+from services.common.data.tasks import TaskDef, get_task, list_tasks
 
 # The header of the study's metrics_summary.csv: our CSV starts with exactly these columns.
 STUDY_COLUMNS = [

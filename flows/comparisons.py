@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from services.common import artifacts
-from services.common.errors import NotFoundError
-from services.common.storage import ObjectStore
-from services.common.task_types import get_type
+from services.common.storage import artifacts
+from services.common.contract.errors import NotFoundError
+from services.common.storage.store import ObjectStore
+from services.common.data.task_types import get_type
 from services.evaluator.compare import compare
 
 COLUMNS = ["model", "vs", "relation", "task", "metric", "items", "parent_value", "value", "diff",

@@ -8,10 +8,11 @@ from collections import Counter
 from typing import Any
 
 from flows.experiment import Experiment, Step, as_sent
-from services.common import artifacts, devices
-from services.common.errors import FtlabError
+from services.common.storage import artifacts
+from services.common.hardware import devices
+from services.common.contract.errors import FtlabError
 from services.common.generated.ftlab.v1 import train_spec_pb2
-from services.common.storage import ObjectStore
+from services.common.storage.store import ObjectStore
 from services.quantizer.config import default_output_name
 from services.trainer.config import TrainConfig, estimate_at_submit
 

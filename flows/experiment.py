@@ -18,7 +18,7 @@ A spec (see flows/experiments/*.yaml and docs/FLOWS.md)::
       - {methods: [bnb_int8], sources: [base, trained], where: {base_model: Qwen3-1.7B-base}}
     evaluate: {tasks: [{task: ai2_arc, limit: 200}], models: [Qwen3-8B-base], batch_size: 8}
 
-Model names follow the study (services/common/naming.py); request ids are derived from the
+Model names follow the study (services/common/contract/naming.py); request ids are derived from the
 experiment and each step's spec hash, so a rerun resubmits the same requests."""
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ from typing import Any
 import yaml
 
 from flows.experiment_spec import ExperimentSpec, QuantizeEntry, TrainEntry, as_sent, proto_problems
-from services.common.errors import NotFoundError, ValidationError
+from services.common.contract.errors import NotFoundError, ValidationError
 from services.common.generated.ftlab.v1 import evaluate_spec_pb2, train_spec_pb2
-from services.common.job_record import spec_hash
-from services.common.naming import check_name
-from services.common.tasks import get_task
+from services.common.jobs.record import spec_hash
+from services.common.contract.naming import check_name
+from services.common.data.tasks import get_task
 from services.quantizer.config import default_output_name
 from services.trainer.config import TrainConfig
 

@@ -16,12 +16,12 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from services.common.clients import parse_error_text, proto_json
-from services.common.errors import NotFoundError, ValidationError
+from services.common.rpc.clients import parse_error_text, proto_json
+from services.common.contract.errors import NotFoundError, ValidationError
 from services.common.generated.ftlab.v1 import quantize_spec_pb2
-from services.common.naming import check_name
-from services.common.tasks import get_task
-from services.common.validation import Problems
+from services.common.contract.naming import check_name
+from services.common.data.tasks import get_task
+from services.common.contract.validation import Problems
 from services.evaluator.config import PARAMS as EVAL_PARAMS
 from services.quantizer.config import METHODS as QUANT_METHODS
 from services.quantizer.config import spec_problems as ptq_spec_problems
@@ -137,7 +137,7 @@ def _check_prepare(prepare: Any) -> list[str]:
         return []
     if not isinstance(prepare, dict) or not prepare:
         return ["data.prepare: must map dataset names to recipes (e.g. {arc: study-arc})"]
-    from services.common.data_prepare import load_recipe
+    from services.common.data.prepare import load_recipe
     p = []
     for name, recipe in prepare.items():
         p += check_name(f"data.prepare.{name}", str(name))

@@ -13,12 +13,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.experiment import Step
 from flows.pipeline import DEFAULT_REPORT_DIR, MAX_STEPS_IN_FLIGHT, aggregate, cancel_jobs, run_step
-from services.common import artifacts
-from services.common.errors import ValidationError
-from services.common.job_record import spec_hash
-from services.common.store_factory import store_from_env
-from services.common.storage import ObjectStore
-from services.common.tasks import get_task
+from services.common.storage import artifacts
+from services.common.contract.errors import ValidationError
+from services.common.jobs.record import spec_hash
+from services.common.storage.factory import store_from_env
+from services.common.storage.store import ObjectStore
+from services.common.data.tasks import get_task
 
 EXPERIMENT = "evaluate-missing"
 

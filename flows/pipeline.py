@@ -19,15 +19,15 @@ from prefect.cache_policies import NONE as NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.experiment import Experiment, Step, load
-from services.common import artifacts
-from services.common import clients
-from services.common.clients import JobFailed, ServiceClient, state_name
-from services.common.errors import FtlabError
+from services.common.storage import artifacts
+from services.common.rpc import clients
+from services.common.rpc.clients import JobFailed, ServiceClient, state_name
+from services.common.contract.errors import FtlabError
 from services.common.generated.ftlab.v1 import jobs_pb2
-from services.common.job_record import JobState
-from services.common.store_factory import store_from_env
-from services.common.settings import SERVICES
-from services.common.tracking import track_flow_run
+from services.common.jobs.record import JobState
+from services.common.storage.factory import store_from_env
+from services.common.contract.settings import SERVICES
+from services.common.tracking.tracker import track_flow_run
 
 DEFAULT_REPORT_DIR = ".ftlab/reports"
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
@@ -89,7 +89,7 @@ def _cancel_hook(flow, flow_run, state) -> None:
 def import_data(exp: Experiment) -> list[dict[str, Any]]:
     """Datasets the plan reads that storage lacks, imported from the spec's data source (in the
     flow: data import is torch-free and quick)."""
-    from services.common.data_import import import_dataset
+    from services.common.data.importing import import_dataset
     store, out = store_from_env(), []
     for name in exp.datasets:
         step = {"key": f"data:{name}", "stage": "data", "output": name}
@@ -111,7 +111,7 @@ def import_data(exp: Experiment) -> list[dict[str, Any]]:
 
 def prepare_dataset(store, name: str, recipe: str) -> dict[str, Any]:
     """A data step that draws dataset ``name`` from raw files by a recipe (``ftlab data prepare``)."""
-    from services.common.data_prepare import prepare
+    from services.common.data.prepare import prepare
     try:
         m = prepare(store, recipe, name=name)
     except (FtlabError, OSError) as exc:

@@ -110,8 +110,8 @@ def _model_key(fig, names: list[str], colored: bool = True) -> None:
 
 def plot_loss_curves(store, models: list[str], path: Path) -> Path | None:
     """Training loss per optimizer step of every trained model in the table (training_metadata.json)."""
-    from services.common import artifacts
-    from services.common.errors import NotFoundError
+    from services.common.storage import artifacts
+    from services.common.contract.errors import NotFoundError
     curves = {}
     for m in models:
         try:

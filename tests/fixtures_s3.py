@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.s3_store import S3Store
-from services.common.storage import BUCKETS
+from services.common.storage.s3 import S3Store
+from services.common.storage.store import BUCKETS
 from tests.s3_server import TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoServer
 
 

@@ -19,8 +19,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from services.common import artifacts
-from services.common.storage import make_uri
+from services.common.storage import artifacts
+from services.common.storage.store import make_uri
 
 CTL_ENV = "HARDEN_CTL_DIR"
 SOURCE = "src-model"
@@ -128,7 +128,7 @@ class ServiceProcess:
     def start(self) -> "ServiceProcess":
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        from services.common.clients import ServiceClient
+        from services.common.rpc.clients import ServiceClient
         with ServiceClient("quantizer", self.address) as c:
             c.wait_healthy(60)
         return self
@@ -147,10 +147,10 @@ class ServiceProcess:
 
 
 def main(argv=None) -> None:
-    from services.common.job_runtime import RuntimeOptions
-    from services.common.service_main import RunningService
-    from services.common.settings import configure_logging
-    from services.common.storage import LocalStore
+    from services.common.jobs.runtime import RuntimeOptions
+    from services.common.rpc.service import RunningService
+    from services.common.contract.settings import configure_logging
+    from services.common.storage.store import LocalStore
     p = argparse.ArgumentParser()
     p.add_argument("--root", required=True)
     p.add_argument("--port", type=int, required=True)
@@ -160,7 +160,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     configure_logging()
     if a.s3:
-        from services.common.s3_store import S3Store
+        from services.common.storage.s3 import S3Store
         from tests.s3_server import TEST_ACCESS_KEY, TEST_SECRET_KEY
         store = S3Store(a.s3, TEST_ACCESS_KEY, TEST_SECRET_KEY, region="us-east-1", retries=0, retry_deadline_s=30)
     else:

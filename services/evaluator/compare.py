@@ -10,13 +10,14 @@ from typing import Any
 
 import pandas as pd
 
-from services.common import artifacts, tasks
-from services.common.errors import NotFoundError, ValidationError
-from services.common.parquet_io import frame_from_parquet_bytes
-from services.common.storage import ObjectStore, parse_uri
-from services.common.task_types import get_type
-from services.common.task_types.base import DEFAULT_LABELS as LABELS
-from services.common.validation import Problems
+from services.common.storage import artifacts
+from services.common.data import tasks
+from services.common.contract.errors import NotFoundError, ValidationError
+from services.common.storage.parquet_io import frame_from_parquet_bytes
+from services.common.storage.store import ObjectStore, parse_uri
+from services.common.data.task_types import get_type
+from services.common.data.task_types.base import DEFAULT_LABELS as LABELS
+from services.common.contract.validation import Problems
 from services.evaluator import stats
 
 BUCKET = "evaluations"

@@ -9,14 +9,14 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
-from services.common import artifacts
-from services.common.errors import PreconditionError, ValidationError, quote
-from services.common.job_record import spec_hash
-from services.common.naming import check_name
-from services.common.params import option, params_of
-from services.common.storage import ObjectStore
-from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems, held, split_rows, task_mismatch, unknown_keys
+from services.common.storage import artifacts
+from services.common.contract.errors import PreconditionError, ValidationError, quote
+from services.common.jobs.record import spec_hash
+from services.common.contract.naming import check_name
+from services.common.contract.params import option, params_of
+from services.common.storage.store import ObjectStore
+from services.common.data.tasks import get_task, required_columns
+from services.common.contract.validation import Problems, held, split_rows, task_mismatch, unknown_keys
 from services.evaluator.kv_cache import KV_CACHE_DTYPES
 
 ENGINES = ("auto", "hf", "vllm")  # generation engines (services/evaluator/engines.py)

@@ -26,8 +26,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from services.common import artifacts, modeling, settings, tasks
-from services.common.errors import NotFoundError
+from services.common.storage import artifacts
+from services.common.torch_utils import modeling
+from services.common.contract import settings
+from services.common.data import tasks
+from services.common.contract.errors import NotFoundError
 from services.evaluator import loading
 from services.evaluator.generation import Generation, prompt_hash
 

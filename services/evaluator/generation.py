@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from services.common import tasks
+from services.common.data import tasks
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.naming import with_kv_bits
+from services.common.contract.naming import with_kv_bits
 
 # name -> (QuantizedCache backend, bits); "auto": the model's own dtype (transformers' DynamicCache).
 KV_CACHE_DTYPES: dict[str, tuple[str, int] | None] = {

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from services.common import artifacts, modeling
-from services.common.errors import NotFoundError
-from services.common.storage import ObjectStore
+from services.common.storage import artifacts
+from services.common.torch_utils import modeling
+from services.common.contract.errors import NotFoundError
+from services.common.storage.store import ObjectStore
 
 NO_QUANT = {"method": "NoQuant", "quant_tag": "NoQuant"}
 

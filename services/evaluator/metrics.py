@@ -1,10 +1,10 @@
 """The ``ftlab`` scoring profile (the corrected definitions), in the study's key names and scales
 (``seed/example_metrics_*.json``); ``study.py`` is the study's scorer reproduced exactly.
 
-Each task type's scorer is its plugin's ``score`` (``services/common/task_types/<type>.py``:
+Each task type's scorer is its plugin's ``score`` (``services/common/data/task_types/<type>.py``:
 multiple choice, SQuAD v2, numeric, yes/no, each checked against its reference implementation in
 tests/unit/test_scoring.py); this module only dispatches. Inputs are answers already normalised by
-``services.common.tasks`` (``parse_answer`` for predictions, ``gold_answer`` / ``gold_answers`` for
+``services.common.data.tasks`` (``parse_answer`` for predictions, ``gold_answer`` / ``gold_answers`` for
 golds); a ``None`` prediction is a format failure (no ``\\boxed{}`` answer). Every scorer also
 returns ``correct`` (one bool per item, for predictions.parquet) and ``format_success_rate``
 (percent of predictions that are not None). Pure python + numpy.

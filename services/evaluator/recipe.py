@@ -20,8 +20,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from services.common import artifacts, data_import, modeling, tasks
-from services.common.job_context import JobContext
+from services.common.storage import artifacts
+from services.common.data import importing as data_import
+from services.common.torch_utils import modeling
+from services.common.data import tasks
+from services.common.jobs.child import JobContext
 from services.evaluator import engines, generation, kv_cache, loading, score, study
 from services.evaluator.config import EvaluateConfig
 
@@ -145,9 +148,9 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def generation_mfu(model, pred_rows: list[dict], seconds: float, dev) -> dict[str, float]:
-    """MFU of the generation (services/common/mfu.py: 2·N per prompt and generated token plus
+    """MFU of the generation (services/common/torch_utils/mfu.py: 2·N per prompt and generated token plus
     attention, over the measured matmul peak of this machine, dtype and thread count)."""
-    from services.common import mfu
+    from services.common.torch_utils import mfu
     if not pred_rows or seconds <= 0 or not hasattr(model, "config"):  # vLLM engine: no HF model here
         return {}
     prompt = sum(r["prompt_tokens"] for r in pred_rows)

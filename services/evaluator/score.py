@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from services.common import tasks
-from services.common.errors import ValidationError
+from services.common.data import tasks
+from services.common.contract.errors import ValidationError
 from services.evaluator import metrics as M
 from services.evaluator import stats, study
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from services.common.task_types import TaskType, get_type
-from services.common.task_types.base import DEFAULT_LABELS as LABELS  # the study's A-D, when a caller gives none
+from services.common.data.task_types import TaskType, get_type
+from services.common.data.task_types.base import DEFAULT_LABELS as LABELS  # the study's A-D, when a caller gives none
 
 DEFAULT_RESAMPLES = 1000
 

@@ -19,7 +19,7 @@ The quirks, each with a parity test in tests/unit/test_scoring.py:
   decimals (the first-seen value among ties).
 
 Each type's part (its parser after ``first_boxed``, its gold, its metrics block) is the plugin's
-``study_*`` hooks (``services/common/task_types/<type>.py``); this module is the shared frame:
+``study_*`` hooks (``services/common/data/task_types/<type>.py``); this module is the shared frame:
 the first box, the accuracy / correct / incorrect counts, latency and token statistics.
 Pure python: imported by the evaluator's recipe and by ``ftlab score`` (no torch).
 """
@@ -29,7 +29,7 @@ import re
 import statistics
 from typing import Any
 
-from services.common.task_types import TaskType, get_type
+from services.common.data.task_types import TaskType, get_type
 
 SOURCE = "albrp97/LLM-Training Testing/02_TestModels.py (compute_metrics, calculate_latency_metrics)"
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from services.common import tasks
-from services.common.data_import import load_split
-from services.common.storage import ObjectStore
+from services.common.data import tasks
+from services.common.data.importing import load_split
+from services.common.storage.store import ObjectStore
 from services.quantizer.config import QuantizeConfig
 
 

@@ -13,13 +13,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from services.common import artifacts, devices
-from services.common.errors import NotFoundError, ValidationError
-from services.common.naming import _short, check_name, parse_tag, quantized_model_name, tag_quant
-from services.common.params import Param
-from services.common.storage import ObjectStore
-from services.common.tasks import get_task, required_columns
-from services.common.validation import Problems, held, unknown_keys
+from services.common.storage import artifacts
+from services.common.hardware import devices
+from services.common.contract.errors import NotFoundError, ValidationError
+from services.common.contract.naming import _short, check_name, parse_tag, quantized_model_name, tag_quant
+from services.common.contract.params import Param
+from services.common.storage.store import ObjectStore
+from services.common.data.tasks import get_task, required_columns
+from services.common.contract.validation import Problems, held, unknown_keys
 from services.quantizer.ptq import PTQ_METHODS, PtqMethod, method_defaults, option_params
 
 __all__ = ["METHODS", "QuantizeConfig", "default_output_name", "resolve_quantize_spec", "linear_in_features",

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from services.common import modeling
+from services.common.torch_utils import modeling
 from services.quantizer import report
 
 

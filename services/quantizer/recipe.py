@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 
-from services.common import artifacts, modeling
-from services.common.job_context import JobContext
+from services.common.storage import artifacts
+from services.common.torch_utils import modeling
+from services.common.jobs.child import JobContext
 from services.quantizer import calibration, report
 from services.quantizer.config import QuantizeConfig
 

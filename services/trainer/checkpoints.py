@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from services.common import artifacts
-from services.common.storage import ObjectStore
+from services.common.storage import artifacts
+from services.common.storage.store import ObjectStore
 
 BUCKET = "jobs"
 _STEP = re.compile(r"/step-(\d+)$")

@@ -13,14 +13,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common import artifacts, devices
-from services.common.cpu_features import cpu_has_bf16
-from services.common.errors import NotFoundError, PreconditionError, ValidationError, quote
-from services.common.naming import QuantMethod, check_name, trained_model_name
-from services.common.params import option, params_of
-from services.common.storage import ObjectStore
-from services.common.tasks import get_task, required_columns
-from services.common.validation import (Problems, check_module_names, held, model_weights_problem, split_rows, task_mismatch,
+from services.common.storage import artifacts
+from services.common.hardware import devices
+from services.common.hardware.cpu_features import cpu_has_bf16
+from services.common.contract.errors import NotFoundError, PreconditionError, ValidationError, quote
+from services.common.contract.naming import QuantMethod, check_name, trained_model_name
+from services.common.contract.params import option, params_of
+from services.common.storage.store import ObjectStore
+from services.common.data.tasks import get_task, required_columns
+from services.common.contract.validation import (Problems, check_module_names, held, model_weights_problem, split_rows, task_mismatch,
                                         unknown_keys)
 from services.trainer.peft import PEFT_METHODS, SPEC_BLOCK, AdapterOptions, PeftMethod, adapter_params
 
@@ -121,7 +122,7 @@ class TrainConfig:
         """A TrainSpec as proto JSON (``spec_to_dict``; YAML gives the same shape) -> the config,
         defaults filled, the output name derived (``trained_model_name``), without storage:
         ``task`` stays as given. ``device_type`` (cuda | cpu): the trainer's, default
-        :func:`services.common.devices.device_type`. Raises ValidationError listing every problem."""
+        :func:`services.common.hardware.devices.device_type`. Raises ValidationError listing every problem."""
         p = Problems()
         cfg = _resolve(p, spec, device_type)
         p.raise_if_any()

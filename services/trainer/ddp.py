@@ -9,7 +9,7 @@ stdout, commits checkpoints and saves the model; the parent forwards the events 
 commits the model as in the one-process case.
 
 Across nodes (``FTLAB_PLACEMENT=ray`` and a ``world_size`` larger than one node takes, see
-services/common/ray_placement.py): Ray reserved one bundle per node (a placement group, STRICT_SPREAD)
+services/common/jobs/ray_placement.py): Ray reserved one bundle per node (a placement group, STRICT_SPREAD)
 and runs this job's child in the first; :func:`launch` starts torchrun here as node rank 0 and one
 Ray actor per other bundle (:class:`NodeRank`) that runs torchrun there as node rank i, all meeting
 at this node's address (torchrun's static rendezvous). A node rank that fails stops this one."""
@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.common import devices
+from services.common.hardware import devices
 
 if TYPE_CHECKING:
     from services.trainer.config import TrainConfig
@@ -153,12 +153,12 @@ class NodeRank:
         try:
             payload = dict(payload, out=str(work / "out"), stats=str(work / "stats.json"))
             if not Path(payload["base_dir"]).exists():
-                from services.common import modeling
-                from services.common.store_factory import open_store
+                from services.common.torch_utils import modeling
+                from services.common.storage.factory import open_store
                 base, _ = modeling.fetch_model(open_store(payload["store"]), payload["cfg"]["base_model"], work)
                 payload["base_dir"] = str(base)
             if payload["resume_dir"] and not Path(payload["resume_dir"]).exists():  # every rank resumes alike
-                from services.common.store_factory import open_store
+                from services.common.storage.factory import open_store
                 from services.trainer import checkpoints
                 got = checkpoints.fetch_latest(open_store(payload["store"]), payload["cfg"]["checkpoint_prefix"],
                                                work / "resume")
@@ -190,7 +190,7 @@ def main(payload_path: str) -> None:
     _die_with_parent()
     import torch
 
-    from services.common.store_factory import open_store
+    from services.common.storage.factory import open_store
     from services.trainer.config import TrainConfig
     from services.trainer.loop import train
     p = json.loads(Path(payload_path).read_text())

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from services.common import modeling
-from services.common.errors import PreconditionError
+from services.common.torch_utils import modeling
+from services.common.contract.errors import PreconditionError
 from services.trainer import checkpoints, packed_attention
 from services.trainer.cpu_bf16 import frozen_linears_to_bf16
 from services.trainer.config import OPTIMIZERS, TrainConfig
@@ -48,7 +48,7 @@ def train(cfg: TrainConfig, base_dir: Path, examples: list[dict], out: Path, res
         seen["micro_batch_tokens"] = max(seen["micro_batch_tokens"], out_batch["input_ids"].numel())
         rows = out_batch["shift_labels"].numel() if "shift_labels" in out_batch else out_batch["input_ids"].numel()
         seen["logit_rows"] = max(seen["logit_rows"], rows)
-        seen["logit_total"] += rows  # for MFU (services/common/mfu.py)
+        seen["logit_total"] += rows  # for MFU (services/common/torch_utils/mfu.py)
         seen["examples"] += len(batch)
         return out_batch
 
@@ -122,8 +122,8 @@ def dtype_name(cfg: TrainConfig, dev: torch.device) -> str:
 
 
 def _train_flops(model, cfg: TrainConfig, seen: dict, trainable: int, distributed: bool) -> float:
-    """Model FLOPs of this process's training (services/common/mfu.py), times the world size."""
-    from services.common import mfu
+    """Model FLOPs of this process's training (services/common/torch_utils/mfu.py), times the world size."""
+    from services.common.torch_utils import mfu
     n = max(seen["examples"], 1)
     flops = mfu.training_flops(model.config.to_dict(), seen["tokens"], seen["logit_total"], seen["tokens"] / n,
                                full=cfg.method.full and cfg.training_quant == "none",
@@ -177,7 +177,7 @@ def lora_targets(model, wanted: list[str]) -> str | list[str]:
     (GPT-2's ``c_attn``, Falcon's ``query_key_value``). Raises ValidationError when none match."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
 
-    from services.common.errors import ValidationError
+    from services.common.contract.errors import ValidationError
     if wanted == ["all-linear"]:
         return "all-linear"
     linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}

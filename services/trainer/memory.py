@@ -55,7 +55,7 @@ def model_config_for(base_model_name: str, store=None) -> dict[str, Any]:
     """The base model's config.json from storage (``models/<name>/config.json``) when there,
     else the Qwen3 catalogue entry for the size in its name (``Qwen3-8B-base`` -> 8B).
     Raises NotFoundError when neither applies."""
-    from services.common.errors import NotFoundError
+    from services.common.contract.errors import NotFoundError
     if store is not None:
         try:
             return json.loads(store.get_bytes("models", f"{base_model_name}/config.json"))

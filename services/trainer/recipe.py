@@ -1,5 +1,5 @@
 """The training recipe: supervised fine-tuning of a model from storage on a dataset from storage,
-read top to bottom. Runs in the job's child process (see services/common/job_runtime.py); the loop
+read top to bottom. Runs in the job's child process (see services/common/jobs/runtime.py); the loop
 itself is services/trainer/loop.py, run here or, with ``world_size > 1``, in every torchrun
 worker (services/trainer/ddp.py).
 
@@ -17,9 +17,12 @@ from typing import Any
 
 import torch
 
-from services.common import artifacts, devices, modeling, tasks
-from services.common.errors import PreconditionError
-from services.common.job_context import JobContext
+from services.common.storage import artifacts
+from services.common.hardware import devices
+from services.common.torch_utils import modeling
+from services.common.data import tasks
+from services.common.contract.errors import PreconditionError
+from services.common.jobs.child import JobContext
 from services.trainer import checkpoints
 from services.trainer.config import TrainConfig
 from services.trainer.loop import dtype_name, train
@@ -34,7 +37,7 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
     tokens/s, MFU). Returns ``{"outputs": {"model": uri}, "metrics": {...}}`` (seconds, GiB,
     tokens/s). Raises PreconditionError when world_size exceeds the visible GPUs; library errors
     (out of memory, a bad checkpoint) propagate and fail the job."""
-    from services.common import data_import  # pandas/pyarrow: bench/gpu_bench.py imports this module without
+    from services.common.data import importing as data_import# pandas/pyarrow: bench/gpu_bench.py imports this module without
     cfg = TrainConfig.from_dict(config)
     as_dict = cfg.to_dict()  # what the metadata and the manifest record
     t_start = time.time()
@@ -140,8 +143,8 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
 
 def _mfu(stats: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     """Achieved model FLOP/s over the measured matmul peak of this machine, dtype and thread count
-    (services/common/mfu.py; under DDP the peak of one device times the world size)."""
-    from services.common import mfu
+    (services/common/torch_utils/mfu.py; under DDP the peak of one device times the world size)."""
+    from services.common.torch_utils import mfu
     if "flops" not in stats:
         return {}
     dev = stats["device"]
@@ -160,7 +163,7 @@ def planned_steps(cfg: TrainConfig, n_examples: int) -> int:
 
 def quantization_info(cfg: TrainConfig) -> dict[str, Any]:
     tq, quant = cfg.training_quant, cfg.quant
-    from services.common.naming import QUANT_TAGS
+    from services.common.contract.naming import QUANT_TAGS
     info = {"method": quant.value, "quant_tag": QUANT_TAGS[quant], "weights_bits": None,
             "activations_bits": None, "backend": None, "stage": "training"}
     if tq == "qlora":

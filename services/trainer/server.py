@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from services.common.generated.ftlab.v1 import trainer_pb2_grpc
-from services.common.job_servicer import JobMethods
-from services.common.service_main import ServiceDef, main
+from services.common.rpc.job_servicer import JobMethods
+from services.common.rpc.service import ServiceDef, main
 from services.trainer.config import resolve_train_spec
 
 

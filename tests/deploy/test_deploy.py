@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.common.settings import DEFAULT_PORTS, SERVICES
-from services.common.storage import BUCKETS
+from services.common.contract.settings import DEFAULT_PORTS, SERVICES
+from services.common.storage.store import BUCKETS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -203,7 +203,7 @@ def env_vars_read_by_code() -> set[str]:
         for path in (ROOT / top).rglob("*.py"):
             if "generated" not in path.parts:
                 names |= {n for n in re.findall(r"FTLAB_[A-Z0-9_]+", path.read_text()) if not n.endswith("_")}
-    # built with an f-string in services/common/settings.py: FTLAB_<SERVICE>_ADDR
+    # built with an f-string in services/common/contract/settings.py: FTLAB_<SERVICE>_ADDR
     return names | {f"FTLAB_{svc.upper()}_ADDR" for svc in SERVICES}
 
 
@@ -338,8 +338,8 @@ def test_kustomization_renders_without_the_secret_template():
 # ------------------------------------------------------------------ the HEALTHCHECK command
 
 def test_healthcheck_script_against_a_real_service(tmp_path):
-    from services.common.service_main import RunningService
-    from services.common.storage import LocalStore
+    from services.common.rpc.service import RunningService
+    from services.common.storage.store import LocalStore
     from services.trainer.server import SERVICE
 
     script = Path(sys.executable).parent / "ftlab-healthcheck"
@@ -363,7 +363,7 @@ def test_healthcheck_script_against_a_real_service(tmp_path):
 
 def test_healthcheck_is_torch_free():
     code = ("import sys\nfor m in ('torch', 'transformers'):\n    sys.modules[m] = None\n"
-            "import services.common.healthcheck\nprint('ok')")
+            "import services.common.rpc.healthcheck\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.stdout.strip() == "ok", out.stderr
 

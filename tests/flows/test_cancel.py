@@ -6,7 +6,7 @@ import time
 
 from flows.experiment import plan
 from flows.pipeline import cancel_jobs
-from services.common.clients import state_name
+from services.common.rpc.clients import state_name
 from tests.conftest import TINY
 
 LONG = {"peft_method": "lora", "lora": {"r": 4}, "max_steps": 5000, "train_limit": 8, "per_device_batch_size": 1,

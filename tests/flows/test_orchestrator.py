@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flows.orchestrator import missing_evaluations, plan_missing
-from services.common.errors import ValidationError
+from services.common.contract.errors import ValidationError
 from tests.unit.test_aggregate import seed_study
 
 
@@ -15,7 +15,7 @@ def test_models_lacking_a_task_are_found_and_planned(store, tmp_path):
     new = tmp_path / "new"
     new.mkdir()
     (new / "config.json").write_text("{}")
-    from services.common import artifacts
+    from services.common.storage import artifacts
     artifacts.commit_dir(store, "models", "Qwen3-new-base", new, {"kind": "base"})
     ev = tmp_path / "ev"
     ev.mkdir()

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from flows.aggregate import STUDY_COLUMNS
-from services.common import artifacts
+from services.common.storage import artifacts
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def test_flow_runs_every_stage_then_a_rerun_skips_everything(services, tiny_mode
     assert rebuilt.returncode == 0 and f"s3://reports/{latest}/report.html" in rebuilt.stdout, rebuilt.stderr
 
     # The orchestrator: a model nobody evaluated yet gets an ARC evaluation, the others none.
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     modeling.commit_base_model(store, "Qwen3-tiny2-base", tiny_model_dir, {"source": "tiny-random-qwen3"})
     orch = run_cli(["evaluate-missing", "--task", "ai2_arc", "--limit", "2"], services, tmp_path)
     assert orch.returncode == 0, orch.stdout + orch.stderr

@@ -12,7 +12,7 @@ import pytest
 
 from flows.experiment import plan
 from flows.pipeline import aggregate, run_step
-from services.common import artifacts
+from services.common.storage import artifacts
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
@@ -43,8 +43,8 @@ def test_a_step_whose_artifact_was_deleted_runs_again(services, monkeypatch, tmp
     store = services["store"]
     monkeypatch.setenv("FTLAB_STORAGE", "local")
     monkeypatch.setenv("FTLAB_LOCAL_ROOT", str(store.root))
-    from services.common.job_runtime import RuntimeOptions
-    from services.common.service_main import RunningService, Security
+    from services.common.jobs.runtime import RuntimeOptions
+    from services.common.rpc.service import RunningService, Security
     from tests.hardening import evaluator_def, model_service_def
     light = [RunningService(d, store, "127.0.0.1:0", RuntimeOptions(), security=Security())
              for d in (model_service_def(), evaluator_def())]

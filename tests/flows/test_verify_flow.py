@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from services.common import artifacts
+from services.common.storage import artifacts
 from tests.conftest import ROOT
 
 RUN = ("import json, sys\nfrom flows.verify import verify_flow\n"

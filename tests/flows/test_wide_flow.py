@@ -11,7 +11,7 @@ import time
 
 import yaml
 
-from services.common.clients import state_name
+from services.common.rpc.clients import state_name
 from tests.conftest import TINY
 from tests.flows.test_cancel import LONG
 

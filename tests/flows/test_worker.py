@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.common.clients import ServiceClient, state_name
+from services.common.rpc.clients import ServiceClient, state_name
 from tests.conftest import ROOT, SEED_DATA, TINY
 
 pytestmark = pytest.mark.slow
@@ -65,11 +65,11 @@ def _wait(what, check, timeout=240.0, every=0.5):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_dir):
-    from services.common import modeling
-    from services.common.data_import import import_dataset
-    from services.common.job_runtime import RuntimeOptions
-    from services.common.service_main import RunningService, Security
-    from services.common.storage import LocalStore
+    from services.common.torch_utils import modeling
+    from services.common.data.importing import import_dataset
+    from services.common.jobs.runtime import RuntimeOptions
+    from services.common.rpc.service import RunningService, Security
+    from services.common.storage.store import LocalStore
     from services.evaluator.server import SERVICE as EVALUATOR
     from services.quantizer.server import SERVICE as QUANTIZER
     from services.trainer.server import SERVICE as TRAINER

@@ -9,12 +9,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.common import artifacts
+from services.common.storage import artifacts
 from google.protobuf import json_format
 
-from services.common.clients import _SERVICES
+from services.common.rpc.clients import _SERVICES
 from services.common.generated.ftlab.v1 import jobs_pb2
-from services.common.service_main import RunningService, Security
+from services.common.rpc.service import RunningService, Security
 from tests.conftest import snapshot
 from tests.hardening import make_source
 
@@ -37,7 +37,7 @@ def _dataset(store, name, columns, splits=("train", "test"), task="ai2_arc"):
 def world(tmp_path_factory):
     """The three real services over a store with a base model, a good dataset, a dataset with the
     wrong columns, one without a test split, and an upload that never committed."""
-    from services.common.storage import LocalStore
+    from services.common.storage.store import LocalStore
     from services.evaluator.server import SERVICE as EVALUATOR
     from services.quantizer.server import SERVICE as QUANTIZER
     from services.trainer.server import SERVICE as TRAINER
@@ -202,8 +202,8 @@ def test_every_problem_arrives_apart_as_a_standard_bad_request(world):
     grpcio-status reads; the client turns it into a ValidationError listing each problem."""
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
-    from services.common.clients import ServiceClient
-    from services.common.errors import ValidationError
+    from services.common.rpc.clients import ServiceClient
+    from services.common.contract.errors import ValidationError
     spec = {**T, "lora": {"r": -4, "dropout": 1.5}, "learning_rate": -1.0}
     err = _call(world, "trainer", lambda ch: _submit(spec)(ch, "trainer"))
     bad = error_details_pb2.BadRequest()

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from services.common import tasks
-from services.common.cpu_features import cpu_has_bf16
+from services.common.data import tasks
+from services.common.hardware.cpu_features import cpu_has_bf16
 from tests.conftest import SEED_DATA, require_shared
 
 pytestmark = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16")
@@ -60,7 +60,7 @@ def test_frozen_linears_are_bf16_and_the_adapter_head_and_norms_fp32(tiny_model_
 @pytest.mark.slow
 def test_bf16_adapter_training_follows_fp32_on_the_real_model_and_merges_in_fp32(real_model_dir, tmp_path):
     require_shared()
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     from services.trainer.config import TrainConfig
     from services.trainer.loop import train
     from services.trainer.recipe import encode_example
@@ -96,7 +96,7 @@ def test_a_bf16_stored_base_is_merged_in_fp32(tiny_model_dir, tmp_path):
     require_shared()
     from transformers import AutoModelForCausalLM
 
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     from services.trainer.config import TrainConfig
     from services.trainer.loop import train
     from services.trainer.recipe import encode_example

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from services.common import artifacts
-from services.common.clients import ServiceClient
-from services.common.errors import FtlabError, PreconditionError, ValidationError
-from services.common.job_runtime import RuntimeOptions
-from services.common.service_main import RunningService, Security
+from services.common.storage import artifacts
+from services.common.rpc.clients import ServiceClient
+from services.common.contract.errors import FtlabError, PreconditionError, ValidationError
+from services.common.jobs.runtime import RuntimeOptions
+from services.common.rpc.service import RunningService, Security
 from tests.conftest import snapshot
 
 SQUAD_COLS = ["id", "title", "context", "question", "answer"]
@@ -30,7 +30,7 @@ def _commit(store, bucket, name, files, manifest):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from services.common.storage import LocalStore
+    from services.common.storage.store import LocalStore
     from services.evaluator.server import SERVICE as EVALUATOR
     from services.trainer.server import SERVICE as TRAINER
     store = LocalStore(tmp_path_factory.mktemp("door") / "storage")

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from ftlab import stack
-from services.common.clients import ServiceClient, state_name
+from services.common.rpc.clients import ServiceClient, state_name
 from tests.conftest import REAL, ROOT
 from tests.integration.test_trainer_resume import _free_port
 

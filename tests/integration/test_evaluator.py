@@ -8,10 +8,10 @@ import json
 import pandas as pd
 import pytest
 
-from services.common import artifacts
-from services.common.errors import NotFoundError, ValidationError
+from services.common.storage import artifacts
+from services.common.contract.errors import NotFoundError, ValidationError
 from services.common.generated.ftlab.v1 import jobs_pb2
-from services.common.task_types import get_type
+from services.common.data.task_types import get_type
 from tests.conftest import SEED_DATA, TINY, snapshot
 
 TASKS = [{"task": "arc", "limit": 4}, {"task": "squad", "limit": 3}, {"task": "openmath", "limit": 3}]
@@ -22,7 +22,7 @@ TIMING_KEYS = {"latency_seconds", "throughput", "evaluated_at", "hardware", "pea
 
 @pytest.fixture
 def ev(services, monkeypatch):
-    from services.common.data_import import import_dataset
+    from services.common.data.importing import import_dataset
     monkeypatch.setenv("FTLAB_CPU_THREADS", "1")  # the job's child process inherits it
     for name in ("squad", "openmath"):
         import_dataset(services["store"], name, "seed", SEED_DATA)

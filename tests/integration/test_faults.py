@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from services.common import artifacts
-from services.common.clients import ServiceClient, state_name
-from services.common.job_record import JobRecord, JobState
-from services.common.job_runtime import RuntimeOptions
-from services.common.s3_store import S3Store
-from services.common.service_main import RunningService, Security
-from services.common.storage import LocalStore
+from services.common.storage import artifacts
+from services.common.rpc.clients import ServiceClient, state_name
+from services.common.jobs.record import JobRecord, JobState
+from services.common.jobs.runtime import RuntimeOptions
+from services.common.storage.s3 import S3Store
+from services.common.rpc.service import RunningService, Security
+from services.common.storage.store import LocalStore
 from tests.hardening import CTL_ENV, ServiceProcess, make_source, service_def, spec
 from tests.s3_server import TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoServer, TcpRelay, free_port
 

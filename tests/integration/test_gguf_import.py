@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
-from services.common import gguf_import
-from services.common.errors import ValidationError
+from services.common.torch_utils import gguf_import
+from services.common.contract.errors import ValidationError
 from tests.conftest import REAL, TOKENIZER
 
 

@@ -19,10 +19,12 @@ import os
 import pandas as pd
 import pytest
 
-from services.common import artifacts, modeling, scrub
-from services.common.artifacts import IntegrityError
-from services.common.data_import import import_dataset, load_split
-from services.common.storage import LocalStore
+from services.common.storage import artifacts
+from services.common.torch_utils import modeling
+from services.common.storage import scrub
+from services.common.storage.artifacts import IntegrityError
+from services.common.data.importing import import_dataset, load_split
+from services.common.storage.store import LocalStore
 from services.evaluator.compare import load_eval
 from services.trainer import checkpoints
 from tests.conftest import SEED_DATA, TINY, require_shared, snapshot
@@ -186,7 +188,7 @@ def test_a_damaged_model_is_refused_even_when_another_file_is_fine_and_every_pro
 def test_a_cache_entry_is_hashed_once_and_a_changed_entry_is_fetched_again(world, tmp_path, fresh_cache, monkeypatch):
     """The cache's download is the verified fetch; a hit costs no hashing. An entry whose file
     was changed in place (size or mtime) is dropped and fetched (and verified) again."""
-    from services.common import model_cache
+    from services.common.storage import model_cache
     store = world
     modeling.fetch_model(store, "base", tmp_path / "j1")
     hashed = []
@@ -236,7 +238,7 @@ def test_the_scrub_resumes_where_an_interrupted_run_stopped(world, tmp_path):
 
 
 def test_targets_select_artifacts_and_bad_ones_are_all_named(world):
-    from services.common.errors import ValidationError
+    from services.common.contract.errors import ValidationError
     store = world
     assert scrub.select(store, ["models/base", "s3://evaluations/base/e1/"]) == [("models", "base"),
                                                                                ("evaluations", "base/e1")]
@@ -281,7 +283,7 @@ def test_s3_uploads_carry_their_sha256_single_and_multipart(s3_store, moto_serve
     refuse bytes that arrived otherwise (BadDigest). moto 5.2.5 does not verify it (it stores the
     value and answers it back with x-amz-checksum-mode: ENABLED): what this proves is that the
     header goes out right — the stored value is the file's sha256, per part for multipart."""
-    from services.common.s3_store import S3Store
+    from services.common.storage.s3 import S3Store
     MiB = 1024 * 1024
     store = S3Store(moto_server.endpoint, TEST_ACCESS_KEY, TEST_SECRET_KEY, region="us-east-1", part_size=5 * MiB)
     small, large = tmp_path / "small.bin", tmp_path / "large.bin"
@@ -308,7 +310,7 @@ def test_s3_uploads_carry_their_sha256_single_and_multipart(s3_store, moto_serve
 def test_an_evaluation_job_of_a_corrupted_model_fails_naming_the_file_and_commits_nothing(fresh_cache, services):
     """End to end through the evaluator service: the tiny model's weights get one bit flipped in
     storage (same size); the job FAILS with the file and both digests, and no evaluation exists."""
-    from services.common.clients import JobFailed
+    from services.common.rpc.clients import JobFailed
     store = services["store"]
     weights = next(f for f in artifacts.read_manifest(store, "models", TINY)["files"]
                    if f["path"].endswith(".safetensors"))

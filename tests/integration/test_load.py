@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from services.common.clients import TERMINAL, ServiceClient, state_name
+from services.common.rpc.clients import TERMINAL, ServiceClient, state_name
 from services.common.generated.ftlab.v1 import jobs_pb2, quantizer_pb2_grpc
-from services.common.job_runtime import RuntimeOptions
-from services.common.service_main import RunningService, Security
+from services.common.jobs.runtime import RuntimeOptions
+from services.common.rpc.service import RunningService, Security
 from tests.hardening import CTL_ENV, make_source, service_def, spec
 
 

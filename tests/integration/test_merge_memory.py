@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from services.common import tasks
-from services.common.cpu_features import cpu_has_bf16
+from services.common.data import tasks
+from services.common.hardware.cpu_features import cpu_has_bf16
 from tests.conftest import SEED_DATA, require_shared
 
 CFG = {"base_model": "m", "dataset": "arc", "peft_method": "lora", "gradient_checkpointing": False, "seed": 0,
@@ -33,7 +33,7 @@ class _Quiet:
 def test_the_trained_model_is_freed_before_the_merge_loads_a_second_base(tiny_model_dir, tmp_path, monkeypatch,
                                                                           setting):
     require_shared()
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     from services.trainer import loop
     from services.trainer.config import TrainConfig
     from services.trainer.recipe import encode_example

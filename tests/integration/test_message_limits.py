@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from services.common.clients import ServiceClient
+from services.common.rpc.clients import ServiceClient
 from services.common.generated.ftlab.v1 import jobs_pb2
-from services.common.job_record import MAX_EVENT_MESSAGE_CHARS, MAX_JOB_ERROR_CHARS
-from services.common.job_runtime import RuntimeOptions
-from services.common.service_main import RunningService, Security
+from services.common.jobs.record import MAX_EVENT_MESSAGE_CHARS, MAX_JOB_ERROR_CHARS
+from services.common.jobs.runtime import RuntimeOptions
+from services.common.rpc.service import RunningService, Security
 from tests.hardening import SOURCE, make_source
 
 FIVE_MIB = 5 * 1024 * 1024

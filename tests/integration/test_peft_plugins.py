@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from services.common import tasks
+from services.common.data import tasks
 from tests.conftest import SEED_DATA
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -31,7 +31,7 @@ def _cfg(method: str, **lora) -> dict:
 
 @pytest.fixture(scope="module")
 def examples(tiny_model_dir):
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     from services.trainer.recipe import encode_example
     task = tasks.get_task("arc")
     rows = pd.read_parquet(next(SEED_DATA.glob("train-ai2_arc*.parquet"))).head(8).to_dict("records")

@@ -11,9 +11,9 @@ import math
 import pytest
 
 from flows.report_ptq import degradation_table, markdown_section
-from services.common import artifacts
-from services.common.clients import state_name
-from services.common.errors import PreconditionError, ValidationError
+from services.common.storage import artifacts
+from services.common.rpc.clients import state_name
+from services.common.contract.errors import PreconditionError, ValidationError
 from tests.conftest import TINY, snapshot
 
 SMALL = {"dataset": "arc", "calibration": {"num_samples": 4, "max_seq_length": 48},

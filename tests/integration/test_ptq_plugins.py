@@ -16,7 +16,7 @@ from services.quantizer.ptq import PTQ_METHODS
 def test_w8a16_quantizes_and_reloads(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     method = PTQ_METHODS["w8a16"]
     cfg = SimpleNamespace(method="w8a16", options={}, weights_bits=8, algorithm="rtn", calibration=None)
     ctx = SimpleNamespace(log=lambda message: None)

@@ -12,8 +12,8 @@ import math
 import pytest
 
 from flows.report_ptq import degradation_table
-from services.common import artifacts
-from services.common.clients import state_name
+from services.common.storage import artifacts
+from services.common.rpc.clients import state_name
 from tests.conftest import REAL
 
 SMALL = {"dataset": "arc", "calibration": {"num_samples": 2, "max_seq_length": 48},
@@ -29,9 +29,9 @@ EVAL = {"tasks": [{"task": "arc", "limit": 3}], "batch_size": 3, "max_new_tokens
 
 @pytest.fixture
 def real_services(real_store):
-    from services.common.clients import ServiceClient
-    from services.common.job_runtime import RuntimeOptions
-    from services.common.service_main import RunningService
+    from services.common.rpc.clients import ServiceClient
+    from services.common.jobs.runtime import RuntimeOptions
+    from services.common.rpc.service import RunningService
     from services.evaluator.server import SERVICE as EVALUATOR
     from services.quantizer.server import SERVICE as QUANTIZER
     # Two quantize jobs at a time, one torch thread each (FTLAB_CPU_THREADS, set by the test): GPTQ's

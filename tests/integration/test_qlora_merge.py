@@ -11,7 +11,8 @@ from types import SimpleNamespace
 
 import torch
 
-from services.common import artifacts, modeling
+from services.common.storage import artifacts
+from services.common.torch_utils import modeling
 from services.trainer.config import TrainConfig
 from tests.conftest import TINY
 

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from services.common import artifacts
-from services.common.clients import state_name
-from services.common.errors import NotFoundError, PreconditionError, ValidationError
+from services.common.storage import artifacts
+from services.common.rpc.clients import state_name
+from services.common.contract.errors import NotFoundError, PreconditionError, ValidationError
 from services.common.generated.ftlab.v1 import jobs_pb2
 from tests.conftest import TINY, snapshot
 
@@ -122,7 +122,7 @@ def test_every_method_quantizes_reloads_generates_and_is_scored(services, tmp_pa
 
 def _already_quantized_import(store, tiny_model_dir, tmp_path):
     """An imported checkpoint that is already quantized (its config.json says so)."""
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     folder = tmp_path / "prequant"
     shutil.copytree(tiny_model_dir, folder)
     cfg = json.loads((folder / "config.json").read_text())

@@ -18,8 +18,8 @@ import pytest
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from services.common.job_record import JobState  # noqa: E402
-from services.common.job_runtime import JobRuntime, RuntimeOptions  # noqa: E402
+from services.common.jobs.record import JobState  # noqa: E402
+from services.common.jobs.runtime import JobRuntime, RuntimeOptions  # noqa: E402
 
 SERVICE = "testsvc"
 ENV = f"ftlab-env-{SERVICE}"
@@ -234,7 +234,7 @@ def test_killed_job_process_and_killed_ray_worker_fail_with_the_reason(runtime, 
         time.sleep(0.1)
     assert not _alive(child), "the job's process died with its Ray worker"
     # the killed actor could not remove its scratch folder: the next job on the node sweeps it
-    from services.common.job_scratch import scratch_root
+    from services.common.jobs.scratch import scratch_root
     left = glob.glob(os.path.join(scratch_root(), f"ray-{job}-*"))
     assert left, "the killed actor's folder is there until a sweep"
     wait(rt, submit(rt, {"log_dir": str(tmp_path), "sleep": 0}), {JobState.SUCCEEDED})
@@ -267,8 +267,8 @@ def test_service_restart_finds_its_running_jobs(store, ray_env, nodes, tmp_path,
     nodes(gpus=1)
     script = textwrap.dedent(f"""
         import sys, time
-        from services.common.job_runtime import JobRuntime, RuntimeOptions
-        from services.common.storage import LocalStore
+        from services.common.jobs.runtime import JobRuntime, RuntimeOptions
+        from services.common.storage.store import LocalStore
         rt = JobRuntime({SERVICE!r}, LocalStore({str(store.root)!r}), {RECIPES!r}, RuntimeOptions())
         rt.start()
         cfg = {{"log_dir": {str(tmp_path)!r}, "sleep": 6}}
@@ -312,11 +312,11 @@ def test_two_node_ddp_training_matches_one_process(ray_env, nodes, tmp_path, tin
     """A training job larger than one node (FTLAB_RAY_RANKS_PER_NODE=1, world_size 2) runs as torchrun
     node ranks 0 and 1 on two Ray nodes (gloo on CPU): 2 x 4 rows per step against 1 x 8 rows in one
     process, 2 steps, the same loss curve up to float summation order (0.5 %)."""
-    from services.common import modeling
-    from services.common.clients import ServiceClient
-    from services.common.data_import import import_dataset
-    from services.common.service_main import RunningService
-    from services.common.storage import LocalStore
+    from services.common.torch_utils import modeling
+    from services.common.rpc.clients import ServiceClient
+    from services.common.data.importing import import_dataset
+    from services.common.rpc.service import RunningService
+    from services.common.storage.store import LocalStore
     from services.trainer.server import SERVICE as TRAINER
     from tests.conftest import SEED_DATA, TINY
     ray_env.setenv("FTLAB_DEVICE", "cpu")

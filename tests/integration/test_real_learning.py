@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from services.common import tasks
+from services.common.data import tasks
 from tests.conftest import SEED_DATA, require_shared
 
 STEPS, BATCH, HELD_OUT = 8, 8, 16
@@ -22,7 +22,7 @@ STEPS, BATCH, HELD_OUT = 8, 8, 16
 def test_short_lora_fine_tune_changes_held_out_format_success(real_model_dir, tmp_path):
     require_shared()
     import torch
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     from services.evaluator import generation, stats
     from services.trainer.config import TrainConfig
     from services.trainer.loop import train

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from services.common import tasks
+from services.common.data import tasks
 from tests.conftest import REAL, SEED_DATA, TOKENIZER, require_shared
 
 
@@ -32,7 +32,7 @@ def test_eos_stays_in_the_loss_when_pad_is_eos(real_model_dir):
     """SmolLM2's pad id equals its EOS id (2): padding must not mask the EOS label the model
     learns to stop with — neither in a padded batch, nor packed, nor in the answer-only logits."""
     require_shared()
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     from services.trainer.loop import collate
     from services.trainer.recipe import encode_example
     tok = modeling.load_tokenizer(real_model_dir)
@@ -56,7 +56,7 @@ def test_default_targets_follow_the_architecture(real_model_dir):
     from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
     from services.trainer.loop import lora_targets
     from services.trainer.peft import DEFAULT_TARGETS
-    from services.common.errors import ValidationError
+    from services.common.contract.errors import ValidationError
     cfg = AutoConfig.from_pretrained(real_model_dir)
     cfg.num_hidden_layers = 1
     llama = AutoModelForCausalLM.from_config(cfg)
@@ -69,7 +69,7 @@ def test_default_targets_follow_the_architecture(real_model_dir):
 
 
 def test_naming_of_the_real_model():
-    from services.common.naming import QuantMethod, quantized_model_name, trained_model_name
+    from services.common.contract.naming import QuantMethod, quantized_model_name, trained_model_name
     name = trained_model_name(REAL, "arc", "LoRa", 8, QuantMethod.NO_QUANT)
     assert name == "SmolLM2-135M-Instruct-arc_SFT_LoRa8_NoQuant"
     assert quantized_model_name(name, QuantMethod.INT8) == "SmolLM2-135M-Instruct-arc_SFT_LoRa8_Int8_BnB"
@@ -109,10 +109,10 @@ if os.environ.get("FTLAB_FULL_MATRIX") == "1":
 @pytest.fixture(scope="module")
 def real_train_store(tmp_path_factory, real_model_dir):
     require_shared()
-    from services.common import modeling
-    from services.common.data_import import import_dataset
-    from services.common.gguf_import import read_origin
-    from services.common.storage import LocalStore
+    from services.common.torch_utils import modeling
+    from services.common.data.importing import import_dataset
+    from services.common.torch_utils.gguf_import import read_origin
+    from services.common.storage.store import LocalStore
     store = LocalStore(tmp_path_factory.mktemp("real-store"))
     store.ensure_buckets()
     modeling.commit_base_model(store, REAL, real_model_dir, read_origin(real_model_dir))
@@ -127,7 +127,7 @@ def test_every_training_configuration_steps_on_the_real_model(real_train_store, 
     """Resolved at the door like a submitted job, then one optimizer step of the recipe's loop."""
     import math
     import torch
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     from services.trainer.config import TrainConfig, resolve_train_spec
     from services.trainer.loop import train
     from services.trainer.recipe import encode_example

@@ -16,12 +16,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.common import artifacts
-from services.common.clients import _SERVICES
+from services.common.storage import artifacts
+from services.common.rpc.clients import _SERVICES
 from services.common.generated.ftlab.v1 import jobs_pb2
-from services.common.errors import MAX_ERROR_CHARS
-from services.common.job_runtime import RuntimeOptions
-from services.common.service_main import RunningService, Security
+from services.common.contract.errors import MAX_ERROR_CHARS
+from services.common.jobs.runtime import RuntimeOptions
+from services.common.rpc.service import RunningService, Security
 from tests.conftest import snapshot
 
 OK_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
@@ -52,7 +52,7 @@ def _dataset(store, name, task, columns, rows=1000):
 def world(tmp_path_factory):
     import json
 
-    from services.common.storage import LocalStore
+    from services.common.storage.store import LocalStore
     from services.evaluator.server import SERVICE as EVALUATOR
     from services.quantizer.server import SERVICE as QUANTIZER
     from services.trainer.server import SERVICE as TRAINER

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from services.common import artifacts
-from services.common.artifacts import sha256_file
-from services.common.tasks import get_task
+from services.common.storage import artifacts
+from services.common.storage.artifacts import sha256_file
+from services.common.data.tasks import get_task
 from tests.conftest import TINY
 
 FTLAB = str(Path(sys.executable).parent / "ftlab")
@@ -58,10 +58,10 @@ KEYS = ("type", "total_samples", "format_success_rate", "correct", "incorrect", 
 @pytest.mark.slow
 def test_both_profiles_stored_rescored_and_aggregated(store, tiny_model_dir, monkeypatch):
     from flows.aggregate import STUDY_COLUMNS, summary_table
-    from services.common import modeling
-    from services.common.clients import ServiceClient
-    from services.common.job_runtime import RuntimeOptions
-    from services.common.service_main import RunningService
+    from services.common.torch_utils import modeling
+    from services.common.rpc.clients import ServiceClient
+    from services.common.jobs.runtime import RuntimeOptions
+    from services.common.rpc.service import RunningService
     from services.evaluator.server import SERVICE as EVALUATOR
 
     monkeypatch.setenv("FTLAB_CPU_THREADS", "1")

@@ -13,13 +13,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.common.auth import load_tokens
-from services.common.clients import ServiceClient, ServiceUnavailable, Unauthenticated, state_name
-from services.common.errors import NotFoundError, ValidationError
+from services.common.rpc.auth import load_tokens
+from services.common.rpc.clients import ServiceClient, ServiceUnavailable, Unauthenticated, state_name
+from services.common.contract.errors import NotFoundError, ValidationError
 from services.common.generated.ftlab.v1 import jobs_pb2, quantizer_pb2, quantizer_pb2_grpc
-from services.common.job_runtime import RuntimeOptions
-from services.common.service_main import RunningService, Security
-from services.common.tls import channel_credentials, server_credentials
+from services.common.jobs.runtime import RuntimeOptions
+from services.common.rpc.service import RunningService, Security
+from services.common.rpc.tls import channel_credentials, server_credentials
 from tests.conftest import snapshot
 from tests.hardening import make_source, service_def, spec
 
@@ -290,7 +290,7 @@ def test_no_remote_code_and_no_unsafe_unpickling_anywhere():
         assert not re.search(r"trust_remote_code\s*=\s*True", text), path
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, (path, call)
-    modeling = (ROOT / "services/common/modeling.py").read_text()
+    modeling = (ROOT / "services/common/torch_utils/modeling.py").read_text()
     assert modeling.count("use_safetensors=True") + modeling.count('"use_safetensors": True') >= 2
 
 
@@ -301,7 +301,7 @@ def test_a_pickled_checkpoint_is_not_loaded(tmp_path, tiny_model_dir):
 
     import torch
 
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     model_dir = tmp_path / "pickled"
     shutil.copytree(tiny_model_dir, model_dir)
     from safetensors.torch import load_file

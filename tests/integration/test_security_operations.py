@@ -10,10 +10,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ftlab import doctor
-from services.common.clients import ServiceClient, state_name
-from services.common.job_runtime import RuntimeOptions
-from services.common.service_main import RunningService, Security
-from services.common.settings import JsonFormatter, ServiceSettings
+from services.common.rpc.clients import ServiceClient, state_name
+from services.common.jobs.runtime import RuntimeOptions
+from services.common.rpc.service import RunningService, Security
+from services.common.contract.settings import JsonFormatter, ServiceSettings
 from tests.hardening import CTL_ENV, make_source, service_def, spec
 from tests.s3_server import free_port
 

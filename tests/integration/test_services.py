@@ -9,9 +9,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.common import artifacts
-from services.common.clients import JobFailed, state_name
-from services.common.errors import NotFoundError, PreconditionError, ValidationError
+from services.common.storage import artifacts
+from services.common.rpc.clients import JobFailed, state_name
+from services.common.contract.errors import NotFoundError, PreconditionError, ValidationError
 from services.common.generated.ftlab.v1 import jobs_pb2
 from tests.conftest import TINY, snapshot
 

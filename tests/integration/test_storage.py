@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from services.common import artifacts
-from services.common.errors import NotFoundError, PreconditionError, StorageError, ValidationError
-from services.common.s3_store import S3Store
-from services.common.store_factory import open_store, store_from_env
-from services.common.storage import BUCKETS, LocalStore
+from services.common.storage import artifacts
+from services.common.contract.errors import NotFoundError, PreconditionError, StorageError, ValidationError
+from services.common.storage.s3 import S3Store
+from services.common.storage.factory import open_store, store_from_env
+from services.common.storage.store import BUCKETS, LocalStore
 from tests.s3_server import TEST_ACCESS_KEY, TEST_SECRET_KEY, free_port
 
 MiB = 1024 * 1024
@@ -254,7 +254,7 @@ def test_put_if_absent_creates_once(store):
 
 
 def test_retries_give_up_at_the_deadline_with_a_clear_error():
-    from services.common.storage import StorageUnavailable
+    from services.common.storage.store import StorageUnavailable
     store = S3Store(f"127.0.0.1:{free_port()}", TEST_ACCESS_KEY, TEST_SECRET_KEY, timeout_s=1, retries=0,
                     retry_deadline_s=1.5)
     start = time.monotonic()

@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from services.common import artifacts, tracking
-from services.common.clients import ServiceClient, state_name
+from services.common.storage import artifacts
+from services.common.tracking import tracker as tracking
+from services.common.rpc.clients import ServiceClient, state_name
 from services.common.generated.ftlab.v1 import jobs_pb2
-from services.common.job_record import JOBS_BUCKET, JobRecord
+from services.common.jobs.record import JOBS_BUCKET, JobRecord
 from tests.conftest import TINY
 from tests.mlflow_server import MlflowServer, free_port
 
@@ -36,8 +37,8 @@ class Tracked:
     """The services named in ``names`` on loopback ports, tracking into ``uri``."""
 
     def __init__(self, store, uri: str, monkeypatch, names=("trainer", "quantizer", "evaluator")):
-        from services.common.job_runtime import RuntimeOptions
-        from services.common.service_main import RunningService
+        from services.common.jobs.runtime import RuntimeOptions
+        from services.common.rpc.service import RunningService
         from services.evaluator.server import SERVICE as EVALUATOR
         from services.quantizer.server import SERVICE as QUANTIZER
         from services.trainer.server import SERVICE as TRAINER

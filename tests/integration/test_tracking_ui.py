@@ -13,7 +13,7 @@ import urllib.parse
 
 import pytest
 
-from services.common.clients import state_name
+from services.common.rpc.clients import state_name
 from tests.conftest import TINY
 from tests.integration.test_tracking import Tracked, _runs
 from tests.mlflow_server import MlflowServer

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from services.common import artifacts, tasks
-from services.common.cpu_features import cpu_has_bf16
-from services.common.clients import ServiceClient, state_name
+from services.common.storage import artifacts
+from services.common.data import tasks
+from services.common.hardware.cpu_features import cpu_has_bf16
+from services.common.rpc.clients import ServiceClient, state_name
 from services.common.generated.ftlab.v1 import jobs_pb2
 from tests.conftest import SEED_DATA, TINY
 
@@ -19,11 +20,11 @@ FAST = {"base_model": TINY, "dataset": "arc", "max_steps": 2, "train_limit": 4, 
 
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory, tiny_model_dir):
-    from services.common import modeling
-    from services.common.data_import import import_dataset
-    from services.common.job_runtime import RuntimeOptions
-    from services.common.service_main import RunningService
-    from services.common.storage import LocalStore
+    from services.common.torch_utils import modeling
+    from services.common.data.importing import import_dataset
+    from services.common.jobs.runtime import RuntimeOptions
+    from services.common.rpc.service import RunningService
+    from services.common.storage.store import LocalStore
     from services.trainer.server import SERVICE
     store = LocalStore(tmp_path_factory.mktemp("trainer-store"))
     store.ensure_buckets()

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 
-from services.common import artifacts
-from services.common.clients import ServiceClient, state_name
+from services.common.storage import artifacts
+from services.common.rpc.clients import ServiceClient, state_name
 from services.common.generated.ftlab.v1 import jobs_pb2
 from services.trainer import checkpoints
 from tests.conftest import ROOT, TINY

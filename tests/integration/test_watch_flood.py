@@ -9,11 +9,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.clients import Busy, ServiceClient, state_name
+from services.common.rpc.clients import Busy, ServiceClient, state_name
 from services.common.generated.ftlab.v1 import jobs_pb2, quantizer_pb2_grpc
-from services.common.grpc_server import Load
-from services.common.job_runtime import RuntimeOptions
-from services.common.service_main import RunningService, Security
+from services.common.rpc.server import Load
+from services.common.jobs.runtime import RuntimeOptions
+from services.common.rpc.service import RunningService, Security
 from tests.hardening import CTL_ENV, make_source, service_def, spec
 
 WATCHERS = 300

@@ -13,8 +13,8 @@ import pytest
 from flows.aggregate import STUDY_COLUMNS, model_facts, summary_table, task_headlines
 from flows.plots import make_plots, pareto_front
 from flows.report import RunInfo, build_report, latest_run, rebuild_report
-from services.common import artifacts
-from services.common.errors import NotFoundError
+from services.common.storage import artifacts
+from services.common.contract.errors import NotFoundError
 from tests.conftest import SHARED
 
 PNG = b"\x89PNG\r\n\x1a\n"

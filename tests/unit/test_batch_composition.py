@@ -22,7 +22,7 @@ def test_batch_size_one_is_accepted_at_the_door(store):
     import tempfile
     from pathlib import Path
 
-    from services.common import artifacts
+    from services.common.storage import artifacts
     with tempfile.TemporaryDirectory() as d:
         Path(d, "config.json").write_text("{}")
         artifacts.commit_dir(store, "models", "m", d, {"kind": "quantized"})

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from services.common import tasks as T
-from services.common.task_types import boolq
-from services.common.data_import import import_dataset, load_split
+from services.common.data import tasks as T
+from services.common.data.task_types import boolq
+from services.common.data.importing import import_dataset, load_split
 
 ITEMS = [  # HF schema of google/boolq
     {"question": "is the sun a star", "passage": "The Sun is the star at the center of the Solar System.", "answer": True},

@@ -137,7 +137,7 @@ def test_jobs_takes_options_anywhere_and_the_service_from_the_job_id(monkeypatch
             from services.common.generated.ftlab.v1 import jobs_pb2
             return jobs_pb2.ListJobsResponse()
 
-    monkeypatch.setattr("services.common.clients.ServiceClient", Client)
+    monkeypatch.setattr("services.common.rpc.clients.ServiceClient", Client)
     assert cli.main(["jobs", "get", "quantize-1-a"]) == 0 and seen == ["quantizer"]
     assert cli.main(["jobs", "list"]) == 0 and seen[1:] == ["trainer", "quantizer", "evaluator"]
     assert cli.main(["jobs", "get", "nope"]) == 2
@@ -152,7 +152,7 @@ def test_python_dash_m_ftlab_is_the_command():
 
 
 def test_task_flags_list_the_task_registry():
-    from services.common.tasks import list_tasks
+    from services.common.data.tasks import list_tasks
     names = [t.name for t in list_tasks()]
     assert "boolq" in names  # "data import --task" listed arc | squad | openmath only
     for command in ("eval", "score", "evaluate-missing"):

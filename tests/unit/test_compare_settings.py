@@ -29,8 +29,8 @@ def test_the_table_warns():
 def test_both_references_are_checked_at_once_and_a_missing_one_lists_its_models_evaluations(tmp_path):
     import pytest
 
-    from services.common.errors import NotFoundError, ValidationError
-    from services.common.storage import LocalStore
+    from services.common.contract.errors import NotFoundError, ValidationError
+    from services.common.storage.store import LocalStore
     from services.evaluator.compare import compare
     store = LocalStore(tmp_path)
     store.ensure_buckets()

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from flows.comparisons import lead_table, vs_parent_table
-from services.common import artifacts
+from services.common.storage import artifacts
 
 
 def _model(store, tmp_path, name, manifest):

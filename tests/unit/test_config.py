@@ -9,10 +9,10 @@ import pytest
 
 from flows.dryrun import plan_rows, step_estimate
 from flows.experiment import EXPERIMENTS_DIR, as_sent, load, plan
-from services.common import artifacts
-from services.common.errors import ValidationError
+from services.common.storage import artifacts
+from services.common.contract.errors import ValidationError
 from services.common.generated.ftlab.v1 import quantize_spec_pb2, train_spec_pb2
-from services.common.storage import LocalStore
+from services.common.storage.store import LocalStore
 from services.quantizer.ptq import PTQ_METHODS as REGISTRY
 from services.quantizer.config import QuantizeConfig, resolve_quantize_spec
 from services.trainer.config import TrainConfig, resolve_train_spec
@@ -27,7 +27,7 @@ QWEN_06B = "Qwen3-0.6B-base"
 def door_store(tmp_path_factory):
     """Every shipped experiment's input models (config.json only: what the doors and the
     estimator read; models without a Qwen3 size get the 0.6B shape) and the seed datasets."""
-    from services.common.data_import import import_dataset
+    from services.common.data.importing import import_dataset
     s = LocalStore(tmp_path_factory.mktemp("door-store"))
     s.ensure_buckets()
     for task in ("arc", "squad", "openmath"):
@@ -135,7 +135,7 @@ def test_the_evaluators_door_lists_a_missing_model_with_the_other_problems(door_
 
 def test_dry_run_says_when_memory_and_ptq_names_assume_different_devices(monkeypatch):
     from flows.dryrun import render
-    monkeypatch.setattr("services.common.devices.has_gpu", lambda: False)  # this host: no GPU
+    monkeypatch.setattr("services.common.hardware.devices.has_gpu", lambda: False)  # this host: no GPU
     monkeypatch.delenv("FTLAB_DEVICE", raising=False)  # estimates: for a CUDA GPU
     exp = plan({"name": "t", "base_models": [QWEN_06B], "datasets": ["arc"], "train": [{"lora": {"r": 4}}],
                 "quantize": [{"methods": ["gptq"]}], "evaluate": {"tasks": ["ai2_arc"]}})
@@ -149,12 +149,12 @@ def test_dry_run_says_when_memory_and_ptq_names_assume_different_devices(monkeyp
     monkeypatch.delenv("FTLAB_DEVICE")
     text = render(int8, None, "none")
     assert "trainer here estimates for CPU" in text and "…_headbf16" not in text  # Int8_BnB names no lm_head
-    monkeypatch.setattr("services.common.devices.has_gpu", lambda: True)  # a GPU host: one device
+    monkeypatch.setattr("services.common.hardware.devices.has_gpu", lambda: True)  # a GPU host: one device
     assert "devices:" not in render(exp, None, "none")
 
 
 def test_an_existing_evaluation_says_where_it_is(door_store):
-    from services.common.errors import PreconditionError
+    from services.common.contract.errors import PreconditionError
     from services.evaluator.config import resolve_evaluate_spec
     spec = {"model": QWEN_06B, "tasks": [{"task": "ai2_arc", "limit": 2}]}
     eval_id = resolve_evaluate_spec(spec, door_store)["eval_id"]

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from services.common.task_types.math_numeric import parse_number
-from services.common import data_import as D
-from services.common import tasks as T
-from services.common.artifacts import read_manifest
-from services.common.errors import NotFoundError, PreconditionError, ValidationError
-from services.common.storage import LocalStore
+from services.common.data.task_types.math_numeric import parse_number
+from services.common.data import importing as D
+from services.common.data import tasks as T
+from services.common.storage.artifacts import read_manifest
+from services.common.contract.errors import NotFoundError, PreconditionError, ValidationError
+from services.common.storage.store import LocalStore
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 SEED = SHARED / "datasets" / "seed"

@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from services.common.task_types.math_numeric import parse_number
-from services.common import data_import as D
-from services.common import data_prepare as P
-from services.common import leakage as L
-from services.common import tasks as T
-from services.common.errors import PreconditionError, ValidationError
-from services.common.storage import LocalStore
+from services.common.data.task_types.math_numeric import parse_number
+from services.common.data import importing as D
+from services.common.data import prepare as P
+from services.common.data import leakage as L
+from services.common.data import tasks as T
+from services.common.contract.errors import PreconditionError, ValidationError
+from services.common.storage.store import LocalStore
 from tests.conftest import ROOT, SHARED, snapshot
 
 RAW = SHARED / "datasets" / "raw"
@@ -318,7 +318,7 @@ def test_flow_data_step_prepares_a_dataset_by_recipe(tmp_path, monkeypatch):
     pytest.importorskip("prefect")
     from flows.experiment import plan
     from flows.pipeline import import_data
-    from services.common.artifacts import read_manifest
+    from services.common.storage.artifacts import read_manifest
     monkeypatch.setenv("FTLAB_STORAGE", "local")
     monkeypatch.setenv("FTLAB_LOCAL_ROOT", str(tmp_path / "store"))
     exp = plan({"name": "t", "base_models": ["Qwen3-tiny-base"], "datasets": ["arc"],
@@ -333,7 +333,7 @@ def test_flow_data_step_prepares_a_dataset_by_recipe(tmp_path, monkeypatch):
 
 def test_prepare_and_leakage_import_without_torch():
     code = ("import sys\nfor m in ('torch', 'transformers', 'peft', 'bitsandbytes'):\n    sys.modules[m] = None\n"
-            "import services.common.data_prepare, services.common.leakage\nprint('ok')")
+            "import services.common.data.prepare, services.common.data.leakage\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from ftlab import stack
-from services.common.errors import ValidationError
+from services.common.contract.errors import ValidationError
 from services.evaluator import engines
 from services.evaluator.config import resolve_evaluate_spec
 

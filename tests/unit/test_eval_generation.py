@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from bench.bench_evaluator import load_rows, train_boxed_tiny
-from services.common import modeling, tasks
+from services.common.torch_utils import modeling
+from services.common.data import tasks
 from services.evaluator import generation as G
 
 

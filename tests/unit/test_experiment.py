@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from flows.experiment import EXPERIMENTS_DIR, expand, load, matches, plan
-from services.common.errors import NotFoundError, ValidationError
+from services.common.contract.errors import NotFoundError, ValidationError
 from tests.conftest import SHARED
 
 SHIPPED = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))

@@ -1,7 +1,9 @@
 """The plan of every shipped experiment, and the problems of invalid specs, are those main made at
 f2a82ef (``tests/unit/data/experiment_plans_f2a82ef.json``, generated once from that commit with
 the same properties this test reads): the typed experiment schema and the split ``plan()`` change
-how the plan is built, not what it is. Compared by stable properties: each step's key, service,
+how the plan is built, not what it is. One deliberate change since: phase3 trains with gradient
+checkpointing, as the study's measured memory shows it did (docs/TRAINER.md), so its steps' specs
+and request ids were taken again from the commit that made that change. Compared by stable properties: each step's key, service,
 spec, inputs, labels and request id (the spec hash), in order; the experiment's datasets, data
 section, timeouts and inputs."""
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from flows import experiment as E
-from services.common.errors import ValidationError
+from services.common.contract.errors import ValidationError
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "experiment_plans_f2a82ef.json").read_text())
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from services.common.errors import ValidationError
-from services.common.job_record import JOBS_BUCKET, EventType, JobRecord, JobState
-from services.common.job_runtime import JobRuntime
+from services.common.contract.errors import ValidationError
+from services.common.jobs.record import JOBS_BUCKET, EventType, JobRecord, JobState
+from services.common.jobs.runtime import JobRuntime
 
 N = 10_000
 
@@ -36,7 +36,7 @@ class CountingJobs(dict):
 
 @pytest.fixture(scope="module")
 def reloaded(tmp_path_factory):
-    from services.common.storage import LocalStore
+    from services.common.storage.store import LocalStore
     store = LocalStore(tmp_path_factory.mktemp("listing") / "storage")
     store.ensure_buckets()
     folder = store.root / JOBS_BUCKET / "svc"

@@ -46,3 +46,79 @@ def test_the_checker_sees_imports_inside_functions_and_from_imports():
 def test_no_layer_imports_one_above_it():
     bad = [v for folder, forbidden in FORBIDDEN.items() for v in violations(folder, forbidden)]
     assert not bad, "imports against the layering (docs/ARCHITECTURE.md):\n" + "\n".join(bad)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def runtime_imports(source: str) -> list[str]:
+    """The modules ``source`` imports when it runs: every import, those inside functions too, but
+    not those under ``if TYPE_CHECKING:`` (annotations only; they never execute)."""
+    tree = ast.parse(source)
+    typing_only = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            typing_only |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    kept = ast.Module(body=[], type_ignores=[])
+    kept.body = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in typing_only]
+    return [m for _, m in imported_modules(ast.unparse(kept))] if kept.body else []
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports when it runs (every import, those inside functions
+    too; not ``TYPE_CHECKING`` ones)."""
+    files = [p for top in ("ftlab", "flows", "services") for p in (ROOT / top).rglob("*.py")
+             if "generated" not in p.parts]
+    known = {module_name(p) for p in files}
+    graph: dict[str, set[str]] = {}
+    for path in files:
+        me = module_name(path)
+        graph[me] = {m for m in runtime_imports(path.read_text()) if m in known and m != me}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle_inside_a_package():
+    assert cycles({"a.x": {"a.y"}, "a.y": {"a.z"}, "a.z": {"a.x"}, "b": {"a.x"}}) == [["a.x", "a.y", "a.z"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    src = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from a import b\ndef f():\n    import c\n"
+    assert runtime_imports(src) == ["typing", "typing.TYPE_CHECKING", "c"]
+
+
+def test_no_import_cycle_anywhere():
+    found = cycles(import_graph())
+    assert not found, "import cycles (every import counts, those inside functions too):\n" + "\n".join(
+        " <-> ".join(c) for c in found)

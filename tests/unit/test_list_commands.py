@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ftlab import cli
-from services.common import artifacts
+from services.common.storage import artifacts
 from tests.conftest import TINY
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common import tasks as T
-from services.common.task_types import get_type, math_numeric, mcq4, squad_v2
+from services.common.data import tasks as T
+from services.common.data.task_types import get_type, math_numeric, mcq4, squad_v2
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 EXAMPLE = next(iter(sorted((SHARED / "seed").glob("example_metrics_*.json"))), None) if SHARED.is_dir() else None

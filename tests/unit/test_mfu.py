@@ -1,4 +1,4 @@
-"""MFU's FLOP accounting (services/common/mfu.py) against torch's own FLOP counter
+"""MFU's FLOP accounting (services/common/torch_utils/mfu.py) against torch's own FLOP counter
 (torch.utils.flop_counter.FlopCounterMode) on the tiny Qwen3, and the measured matmul peak."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from services.common import mfu
+from services.common.torch_utils import mfu
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The per-service model cache (services/common/model_cache.py) on a real local store: hits,
+"""The per-service model cache (services/common/storage/model_cache.py) on a real local store: hits,
 LRU eviction under the size bound, a download killed part way, a fetched file written in place,
 and concurrent jobs fetching the same model."""
 from __future__ import annotations
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from services.common import artifacts, model_cache, modeling
+from services.common.storage import artifacts
+from services.common.storage import model_cache
+from services.common.torch_utils import modeling
 
 
 def _commit(store, name: str, payload: bytes) -> dict:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.errors import ValidationError
-from services.common.naming import (QuantMethod, check_name, model_tag, parse_tag, quantized_model_name,
+from services.common.contract.errors import ValidationError
+from services.common.contract.naming import (QuantMethod, check_name, model_tag, parse_tag, quantized_model_name,
                                     tag_quant, trained_model_name, with_kv_bits)
 
 # (method, parameters, the study's tag)

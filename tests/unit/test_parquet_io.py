@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from services.common.errors import StorageError
-from services.common.parquet_io import frame_from_parquet_bytes
+from services.common.contract.errors import StorageError
+from services.common.storage.parquet_io import frame_from_parquet_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAME = pd.DataFrame({"id": [f"q{i}" for i in range(200)], "answers": [["a", "b"]] * 100 + [[]] * 100,
@@ -17,7 +17,7 @@ FRAME = pd.DataFrame({"id": [f"q{i}" for i in range(200)], "answers": [["a", "b"
 # A fresh interpreter reads parquet bytes and exits at once, as `ftlab score --eval` does.
 READ_AND_EXIT = """
 import sys
-from services.common.parquet_io import frame_from_parquet_bytes
+from services.common.storage.parquet_io import frame_from_parquet_bytes
 print(len(frame_from_parquet_bytes(open(sys.argv[1], "rb").read(), sys.argv[1])))
 """
 

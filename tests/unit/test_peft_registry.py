@@ -43,7 +43,7 @@ def test_a_registered_method_is_in_every_table(name):
 def test_a_method_declaring_a_shared_field_differently_is_refused():
     from dataclasses import dataclass
 
-    from services.common.params import option
+    from services.common.contract.params import option
     from services.trainer.peft import AdapterOptions
 
     @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def test_a_method_declaring_a_shared_field_differently_is_refused():
 
 
 def test_a_plugins_preconditions_reach_the_door():
-    from services.common.errors import PreconditionError
+    from services.common.contract.errors import PreconditionError
     from services.trainer.config import _check_preconditions
     base = {"base_model": "Qwen3-0.6B-base", "dataset": "arc"}
     for spec, fragment in (({"peft_method": "pissa", "training_quant": "qlora"}, "residual base"),

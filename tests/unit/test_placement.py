@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.errors import ValidationError
-from services.common.ray_placement import demand
-from services.common.settings import Placement, ServiceSettings, placement
+from services.common.contract.errors import ValidationError
+from services.common.jobs.ray_placement import demand
+from services.common.contract.settings import Placement, ServiceSettings, placement
 
 
 def test_gpus_a_job_asks_for():

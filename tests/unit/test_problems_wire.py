@@ -5,11 +5,11 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from services.common.clients import _translate, proto_json
-from services.common.errors import NotFoundError, ValidationError
+from services.common.rpc.clients import _translate, proto_json
+from services.common.contract.errors import NotFoundError, ValidationError
 from services.common.generated.ftlab.v1 import train_spec_pb2, trainer_pb2
-from services.common.grpc_server import STATUS_DETAILS_KEY, bad_request_status
-from services.common.job_servicer import JobMethods
+from services.common.rpc.server import STATUS_DETAILS_KEY, bad_request_status
+from services.common.rpc.job_servicer import JobMethods
 
 
 class _Refused(grpc.RpcError):
@@ -73,8 +73,8 @@ def test_a_non_finite_number_is_reported_with_the_doors_problems():
 
 
 def test_a_missing_name_is_told_what_the_bucket_holds(tmp_path):
-    from services.common.storage import LocalStore
-    from services.common.validation import held
+    from services.common.storage.store import LocalStore
+    from services.common.contract.validation import held
     store = LocalStore(tmp_path)
     store.ensure_buckets()
     assert held(store, "models") == " (it is empty)"

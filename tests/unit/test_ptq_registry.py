@@ -10,8 +10,8 @@ import pytest
 
 from ftlab.cli import build_parser
 from services.common.generated.ftlab.v1 import quantize_spec_pb2
-from services.common.naming import parse_tag
-from services.common.params import params_of
+from services.common.contract.naming import parse_tag
+from services.common.contract.params import params_of
 from services.quantizer.config import METHODS, default_output_name, spec_problems
 from services.quantizer.ptq import PTQ_METHODS, PtqMethod, group_size, register_ptq_method
 
@@ -44,7 +44,7 @@ def test_a_registered_method_is_in_every_table(name):
 def test_a_shared_option_declared_differently_is_refused():
     from dataclasses import dataclass
 
-    from services.common.params import option
+    from services.common.contract.params import option
 
     @dataclass(frozen=True)
     class Wide:

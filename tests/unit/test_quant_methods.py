@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.naming import QUANT_TAGS, QuantMethod, quantized_model_name
+from services.common.contract.naming import QUANT_TAGS, QuantMethod, quantized_model_name
 from services.quantizer.config import METHOD_OPTIONS, METHODS, linear_in_features
 from services.quantizer.ptq import PTQ_METHODS as REGISTRY
 
@@ -64,7 +64,7 @@ def test_layer_widths_from_a_qwen3_config():
 
 def test_effective_weight_and_quality_of_a_model_against_itself(tiny_model_dir):
     import torch
-    from services.common import modeling
+    from services.common.torch_utils import modeling
     from services.quantizer import report
     lin = torch.nn.Linear(8, 4, bias=True)
     w = report.effective_weight(lin, torch.float32, torch.device("cpu"), chunk=3)

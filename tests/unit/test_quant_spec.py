@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from services.common import artifacts
-from services.common.errors import PreconditionError, ValidationError
-from services.common.storage import LocalStore
+from services.common.storage import artifacts
+from services.common.contract.errors import PreconditionError, ValidationError
+from services.common.storage.store import LocalStore
 from services.quantizer.ptq import PTQ_METHODS as REGISTRY
 from services.quantizer.config import resolve_quantize_spec
 

@@ -9,7 +9,8 @@ import pandas as pd
 
 from flows.aggregate import STUDY_COLUMNS, summary_table
 from flows.report import RunInfo, build_report
-from services.common import artifacts, tasks
+from services.common.storage import artifacts
+from services.common.data import tasks
 from services.evaluator import study
 from services.evaluator.score import score_items
 

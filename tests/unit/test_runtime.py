@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from services.common.errors import NotFoundError, PreconditionError, ValidationError
-from services.common.job_record import JobState
-from services.common import job_runtime
-from services.common.job_runtime import JobRuntime, RuntimeOptions
-from services.common.storage import LocalStore
+from services.common.contract.errors import NotFoundError, PreconditionError, ValidationError
+from services.common.jobs.record import JobState
+from services.common.jobs import runtime as job_runtime
+from services.common.jobs.runtime import JobRuntime, RuntimeOptions
+from services.common.storage.store import LocalStore
 
 RECIPES = {k: f"tests.recipes:{k}" for k in ("sleepy", "record_pid_then_sleep", "ignore_sigterm", "raises", "killed",
                                                    "fill_workdir_then")}
@@ -255,12 +255,12 @@ def test_the_job_scratch_folder_is_removed_however_the_child_ends(runtime, tmp_p
 def test_scratch_of_a_dead_service_is_swept_and_a_live_ones_is_kept(tmp_path, monkeypatch, store):
     import subprocess
     import sys
-    from services.common.job_scratch import sweep_stale_scratch
+    from services.common.jobs.scratch import sweep_stale_scratch
     import tempfile
     monkeypatch.setenv("TMPDIR", str(tmp_path))        # the subprocess's tempfile.gettempdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this process's
     # A service process that took its folder and was SIGKILLed: the kernel dropped its lock.
-    code = ("from services.common.job_runtime import JobRuntime; from services.common.storage import LocalStore; "
+    code = ("from services.common.jobs.runtime import JobRuntime; from services.common.storage.store import LocalStore; "
             f"JobRuntime('trainer', LocalStore({str(tmp_path / 's')!r}), {{}}).start(); import os; os.kill(os.getpid(), 9)")
     # Spawn mode: under forkserver, start() begins the fork server's fork+exec in the background,
     # and a child caught between fork and exec by the SIGKILL still holds the lock for a moment

@@ -16,8 +16,8 @@ import pytest
 from sklearn.metrics import (balanced_accuracy_score, f1_score, matthews_corrcoef,
                              precision_recall_fscore_support)
 
-from services.common import tasks as T
-from services.common.task_types import boolq, mcq4, squad_v2
+from services.common.data import tasks as T
+from services.common.data.task_types import boolq, mcq4, squad_v2
 from services.evaluator import stats as S
 from services.evaluator import study
 from services.evaluator.score import score_items

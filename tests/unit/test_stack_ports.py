@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from services.common.clients import ServiceUnavailable
+from services.common.rpc.clients import ServiceUnavailable
 
 
 def _listener() -> tuple[socket.socket, str]:
@@ -43,7 +43,7 @@ def test_up_refuses_a_taken_address_before_starting_anything(monkeypatch, tmp_pa
 
 
 def test_a_second_server_cannot_bind_a_served_port():
-    from services.common.grpc_server import build_server
+    from services.common.rpc.server import build_server
     from services.common.generated.ftlab.v1 import trainer_pb2_grpc
     first, port, _ = build_server("127.0.0.1:0", trainer_pb2_grpc.TrainerServiceServicer(),
                                   trainer_pb2_grpc.add_TrainerServiceServicer_to_server, "ftlab.v1.TrainerService")

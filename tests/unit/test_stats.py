@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from services.common.task_types import get_type, math_numeric, mcq4, squad_v2
+from services.common.data.task_types import get_type, math_numeric, mcq4, squad_v2
 from services.evaluator import stats as S
 
 CASES = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.errors import ValidationError
+from services.common.contract.errors import ValidationError
 from services.common.generated.ftlab.v1 import evaluate_spec_pb2, quantize_spec_pb2, train_spec_pb2
-from services.common.job_servicer import spec_to_dict
+from services.common.rpc.job_servicer import spec_to_dict
 from services.evaluator.config import EVALUATE_PARAMS
 from services.quantizer.config import QUANTIZE_PARAMS
 from services.trainer.config import ADAPTER_PARAMS, TRAIN_PARAMS

@@ -22,8 +22,9 @@ from flows.aggregate import summary_table, task_headlines
 from flows.comparisons import lead_table, vs_parent_table
 from flows.publish import summary_columns
 from flows.report import RunInfo, build_report, shown_columns
-from services.common import artifacts, tasks
-from services.common.task_types import all_types, get_type
+from services.common.storage import artifacts
+from services.common.data import tasks
+from services.common.data.task_types import all_types, get_type
 from services.evaluator import study
 from services.evaluator.score import score_items
 
@@ -241,7 +242,7 @@ def new_task_dir(tmp_path):
 def test_a_new_task_is_one_yaml_file(store, tmp_path, new_task_dir):
     """A task of an existing type (multiple choice, yes/no) as one YAML file in FTLAB_TASK_DIRS:
     imported from HF-schema JSON Lines, scored under both profiles, in every report table."""
-    from services.common.data_import import import_dataset, load_split
+    from services.common.data.importing import import_dataset, load_split
     data = tmp_path / "hf"
     data.mkdir()
     rows = {}
@@ -264,8 +265,8 @@ def test_a_new_task_is_one_yaml_file(store, tmp_path, new_task_dir):
     assert acc.loc["sciq", "value"] == 100.0 and acc.loc["strategyqa", "value"] == 100.0
 
 
-MECHANISM = ["services/common/tasks.py", "services/common/data_import.py", "services/common/data_prepare.py",
-             "services/common/leakage.py", "services/evaluator/metrics.py", "services/evaluator/stats.py",
+MECHANISM = ["services/common/data/tasks.py", "services/common/data/importing.py", "services/common/data/prepare.py",
+             "services/common/data/leakage.py", "services/evaluator/metrics.py", "services/evaluator/stats.py",
              "services/evaluator/study.py", "services/evaluator/score.py", "services/evaluator/compare.py",
              "flows/comparisons.py", "flows/aggregate.py", "flows/report.py", "flows/report_profiles.py",
              "flows/report_ptq.py", "flows/plots.py", "flows/publish.py"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common import tasks as T
-from services.common.errors import ValidationError
+from services.common.data import tasks as T
+from services.common.contract.errors import ValidationError
 
 BUILTIN_YAMLS = sorted(Path(T.__file__).with_name("task_defs").glob("*.yaml"))
 

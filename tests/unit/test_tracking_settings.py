@@ -7,9 +7,9 @@ import importlib.util
 
 import pytest
 
-from services.common import tracking
-from services.common.errors import ValidationError
-from services.common.settings import ServiceSettings
+from services.common.tracking import tracker as tracking
+from services.common.contract.errors import ValidationError
+from services.common.contract.settings import ServiceSettings
 
 
 def test_a_jobs_experiment_is_its_flows_or_ftlab():

@@ -13,7 +13,8 @@ def batch_and_model(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from services.common import modeling, tasks
+    from services.common.torch_utils import modeling
+    from services.common.data import tasks
     from services.trainer.recipe import encode_example
     tok = modeling.load_tokenizer(tiny_model_dir)
     rows = pd.read_parquet(next(SEED_DATA.glob("train-ai2_arc*.parquet"))).head(3).to_dict("records")
@@ -23,7 +24,7 @@ def batch_and_model(tiny_model_dir):
 
 
 def test_target_is_the_evaluators_boxed_answer_and_only_it_carries_loss(batch_and_model):
-    from services.common import tasks
+    from services.common.data import tasks
     examples, _, tok = batch_and_model
     for ex in examples:
         answer = tok.decode([t for t in ex["labels"] if t != -100])

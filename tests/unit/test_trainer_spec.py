@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.errors import NotFoundError, PreconditionError, ValidationError
+from services.common.contract.errors import NotFoundError, PreconditionError, ValidationError
 from services.trainer import memory
 from services.trainer.config import TRAINING_QUANT, TrainConfig, resolve_train_spec
 from services.trainer.peft import PEFT_METHODS
@@ -15,9 +15,9 @@ BASE = {"base_model": TINY, "dataset": "arc"}
 
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory, tiny_model_dir):
-    from services.common import modeling
-    from services.common.data_import import import_dataset
-    from services.common.storage import LocalStore
+    from services.common.torch_utils import modeling
+    from services.common.data.importing import import_dataset
+    from services.common.storage.store import LocalStore
     from tests.conftest import SEED_DATA
     s = LocalStore(tmp_path_factory.mktemp("spec-store"))
     s.ensure_buckets()

@@ -1,4 +1,4 @@
-"""The warm job runtime (services/common/warm_worker.py): job children fork from a fork server
+"""The warm job runtime (services/common/jobs/fork_server.py): job children fork from a fork server
 that preloaded the recipe modules, yet see the service's environment and working directory as
 they are at submit, like spawned children did. Cancel, SIGKILL and restart behaviour is
 tests/unit/test_runtime.py's, which runs on this same runtime."""
@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from services.common import warm_worker
-from services.common.job_record import JobState
-from services.common.job_runtime import JobRuntime, RuntimeOptions
+from services.common.jobs import fork_server as warm_worker
+from services.common.jobs.record import JobState
+from services.common.jobs.runtime import JobRuntime, RuntimeOptions
 
 
 def _run(rt, cfg):
@@ -57,8 +57,8 @@ def test_a_job_dies_with_its_sigkilled_service(worker, tmp_path):
     import signal
     import subprocess
     import sys
-    code = ("import time; from services.common.job_runtime import JobRuntime; "
-            "from services.common.storage import LocalStore; "
+    code = ("import time; from services.common.jobs.runtime import JobRuntime; "
+            "from services.common.storage.store import LocalStore; "
             f"rt = JobRuntime('svc', LocalStore({str(tmp_path / 's')!r}), "
             "{'r': 'tests.recipes:record_pid_then_sleep'}); rt.start(); "
             f"cfg = {{'pid_dir': {str(tmp_path)!r}}}; rt.submit('r', cfg, lambda: cfg); time.sleep(600)")
@@ -87,8 +87,8 @@ def test_the_fork_server_imports_the_services_warm_imports_once(tmp_path):
     import json
     import subprocess
     import sys
-    code = ("import json, time; from services.common.job_runtime import JobRuntime; "
-            "from services.common.storage import LocalStore; "
+    code = ("import json, time; from services.common.jobs.runtime import JobRuntime; "
+            "from services.common.storage.store import LocalStore; "
             f"rt = JobRuntime('svc', LocalStore({str(tmp_path / 's')!r}), "
             "{'r': 'tests.recipes:report_modules'}, warm_imports=('email.mime.text',)); rt.start(); "
             "cfg = {'modules': ['email.mime.text', 'xml.dom.minidom']}; job = rt.submit('r', cfg, lambda: cfg).job_id\n"
@@ -111,10 +111,10 @@ def test_spawn_stays_available(monkeypatch):
 
 def test_gpu_hosts_preload_only_torch(monkeypatch):
     """bitsandbytes initialises CUDA at import and a CUDA context cannot cross a fork: the fork
-    server asks the one GPU probe (services/common/devices.py) whether this host runs on a GPU."""
+    server asks the one GPU probe (services/common/hardware/devices.py) whether this host runs on a GPU."""
     import inspect
 
-    from services.common import devices
+    from services.common.hardware import devices
     monkeypatch.setenv("FTLAB_DEVICE", "cuda")
     assert devices.has_gpu()
     monkeypatch.setenv("FTLAB_DEVICE", "cpu")

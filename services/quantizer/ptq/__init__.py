@@ -20,8 +20,8 @@ import pkgutil
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
-from services.common.naming import QuantMethod
-from services.common.params import Param, option, params_of
+from services.common.contract.naming import QuantMethod
+from services.common.contract.params import Param, option, params_of
 
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 ALGORITHMS = ("gptq", "rtn")

@@ -1,7 +1,7 @@
 """AdaRound (learned rounding): in the study's vocabulary, refused at the door with the alternatives."""
 from __future__ import annotations
 
-from services.common.naming import QuantMethod
+from services.common.contract.naming import QuantMethod
 from services.quantizer.ptq import PtqMethod, register_ptq_method
 
 NO_ROUNDING_LIB = ("no maintained library implements it for causal language models on CPU and GPU "

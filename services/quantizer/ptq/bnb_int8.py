@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.naming import QuantMethod
+from services.common.contract.naming import QuantMethod
 from services.quantizer.ptq import PtqMethod, llm_int8_threshold, register_ptq_method
 
 

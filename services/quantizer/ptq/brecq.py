@@ -1,7 +1,7 @@
 """BRECQ (block reconstruction): in the study's vocabulary, refused at the door with the alternatives."""
 from __future__ import annotations
 
-from services.common.naming import QuantMethod
+from services.common.contract.naming import QuantMethod
 from services.quantizer.ptq import PtqMethod, register_ptq_method
 from services.quantizer.ptq.adaround import NO_ROUNDING_LIB
 

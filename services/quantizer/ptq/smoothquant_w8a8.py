@@ -2,7 +2,7 @@
 ``W8A8_SQ_GPTQ`` / ``W8A8_SQ_RTN``, so models named before the study's vocabulary stay valid)."""
 from __future__ import annotations
 
-from services.common.naming import QuantMethod
+from services.common.contract.naming import QuantMethod
 from services.quantizer.ptq import PtqMethod, register_ptq_method
 from services.quantizer.ptq.smoothquant import SmoothQuantOptions, quantize
 

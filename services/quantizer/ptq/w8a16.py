@@ -3,7 +3,7 @@
 example: this file (and its QuantMethod name tag) is all the method took."""
 from __future__ import annotations
 
-from services.common.naming import QuantMethod
+from services.common.contract.naming import QuantMethod
 from services.quantizer.ptq import PtqMethod, register_ptq_method
 
 

@@ -3,7 +3,7 @@ own ``register_peft_method``): ``lora.py``, ``dora.py``, ``vera.py``, ``full.py`
 Each module calls :func:`register_peft_method` once with a :class:`PeftMethod`: its name (the
 spec's ``peft_method``), the study's name tag (``LoRa256``, ``NoPeft``), its typed options
 dataclass (the spec's ``lora`` block; every field declared with
-:func:`services.common.params.option`, so its default, range and help live there only), the peft
+:func:`services.common.contract.params.option`, so its default, range and help live there only), the peft
 config builder, the trainable-parameter formula the memory estimate reads and, where the method
 needs them, hooks for the optimizer, the adapter's save and the preconditions. The mechanism
 modules (config, memory, loop, the CLI, the dry run) loop over :data:`PEFT_METHODS` and never name a
@@ -16,7 +16,7 @@ import pkgutil
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
-from services.common.params import Param, option, params_of
+from services.common.contract.params import Param, option, params_of
 
 # A decoder layer's linear modules -> (in_features, out_features), the estimator's model view.
 Shapes = dict[str, tuple[int, int]]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from services.common.params import option
+from services.common.contract.params import option
 from services.trainer.peft import AdapterOptions, PeftMethod, Shapes, register_peft_method
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.params import option
+from services.common.contract.params import option
 from services.trainer.peft import PeftMethod, register_peft_method
 from services.trainer.peft.lora import LoraOptions, lora_config, lora_params
 

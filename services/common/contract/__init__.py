@@ -1,0 +1,1 @@
+"""What a request and a deployment may say: parameters, validation, errors, names, settings."""

@@ -1,0 +1,231 @@
+"""The study's naming, in one place for trainer, quantizer, evaluator and reports.
+
+Trained models: ``{base}-{dataset}_SFT_{Peft}{r}_{quant_tag}``
+(``Qwen3-8B-openmath_SFT_LoRa256_QLORA_w4_headbf16``, ``Qwen3-4B-openmath_SFT_NoPeft_NoQuant``);
+post-training-quantized: the source name with its ``_NoQuant`` tag replaced, or the tag appended
+(``Qwen3-4B-openmath_SFT_NoPeft_Int8_BnB``, ``Qwen3-4B-base_GPTQ_w4_g64_headfp16``).
+
+The quantization tag is the study's (``utils/quantization_utils.py``: ``tag_quant`` and
+``QuantizationSpec.tag``): ``{Method}[_w{bits}][_g{group}][_a{act bits}][_kv{kv bits}][_{extras}]``,
+extras sorted by key, ``{key}{value}`` (``headbf16``, ``alpha0.5``) or the bare key for a true flag.
+The study's older literal tags (``Int8_BnB``, ``4bit_BnB``) and ftlab's first llm-compressor tags
+(``W4A16_GPTQ``) stay valid names: :func:`parse_tag` reads all of them.
+"""
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.contract.errors import ValidationError, quote
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class QuantMethod(str, enum.Enum):
+    """The study's QuantMethod names (its ``QuantMethod`` enum), then ftlab's additions."""
+    NO_QUANT = "NoQuant"
+    INT8 = "INT8"          # bitsandbytes LLM.int8
+    BNB4BIT = "BNB4BIT"    # bitsandbytes 4-bit NF4 (the study's default 4-bit)
+    QLORA = "QLORA"        # 4-bit NF4 base, double quant, bf16 compute, lm_head bf16
+    GPTQ = "GPTQ"
+    QUA_ROT = "QuaRot"
+    ADA_ROUND = "AdaRound"
+    BRECQ = "BRECQ"
+    AWQ = "AWQ"
+    HQQ = "HQQ"
+    SMOOTH_QUANT = "SmoothQuant"
+    # ftlab's additions (names ftlab produced before the study's full vocabulary was supported)
+    BNB4BIT_FP4 = "BNB4BIT_FP4"      # bitsandbytes 4-bit FP4
+    W8A8_SQ_GPTQ = "W8A8_SQ_GPTQ"    # SmoothQuant + GPTQ int8 weights, int8 dynamic activations (llm-compressor)
+    W8A8_SQ_RTN = "W8A8_SQ_RTN"      # SmoothQuant + round-to-nearest int8 W8A8 (llm-compressor)
+    W4A16_GPTQ = "W4A16_GPTQ"        # GPTQ int4 grouped weights, 16-bit activations (llm-compressor)
+    W4A16_RTN = "W4A16_RTN"          # round-to-nearest int4 grouped weights (llm-compressor)
+    W8A16_RTN = "W8A16_RTN"          # round-to-nearest int8 per-channel weights (llm-compressor)
+
+    @classmethod
+    def from_any(cls, value: Any) -> QuantMethod:
+        """The study's normalisation: case, '-' and '_' ignored (``smooth_quant`` -> SmoothQuant).
+        Raises ValidationError listing the known names."""
+        if isinstance(value, cls):
+            return value
+        key = _canonical(str(value or ""))
+        for m in cls:
+            if _canonical(m.value) == key:
+                return m
+        raise ValidationError(f"quantization method: unknown {_short(value)}; known: {', '.join(m.value for m in cls)}")
+
+
+def _canonical(s: str) -> str:
+    return s.replace("-", "").replace("_", "").lower()
+
+
+# Fixed tags: the study's literal names and ftlab's first tags. A method without parameters
+# gets its literal tag (``tag_quant(QuantMethod.INT8) == "Int8_BnB"``).
+QUANT_TAGS = {
+    QuantMethod.NO_QUANT: "NoQuant",
+    QuantMethod.QLORA: "QLORA_w4_headbf16",
+    QuantMethod.INT8: "Int8_BnB",
+    QuantMethod.BNB4BIT: "4bit_BnB",
+    QuantMethod.BNB4BIT_FP4: "4bit_FP4_BnB",
+    QuantMethod.W8A8_SQ_GPTQ: "W8A8_SQ_GPTQ",
+    QuantMethod.W8A8_SQ_RTN: "W8A8_SQ_RTN",
+    QuantMethod.W4A16_GPTQ: "W4A16_GPTQ",
+    QuantMethod.W4A16_RTN: "W4A16_RTN",
+    QuantMethod.W8A16_RTN: "W8A16_RTN",
+}
+# Literal tags that are not a method name followed by parameters, longest first for parsing.
+_LITERALS = sorted(((t, m) for m, t in QUANT_TAGS.items() if m not in (QuantMethod.NO_QUANT, QuantMethod.QLORA)),
+                   key=lambda x: -len(x[0]))
+# Extra keys whose values start with letters (``headbf16``): parsed by known key, not by letters.
+EXTRA_KEYS = ("head", "alpha")
+
+def _segment(value: Any) -> str:
+    """The study's ``_sanitize_segment``: 0.5 -> '0.5', 6.0 -> '6', True -> '1', text -> alnum, '-', '.'."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return f"{value:g}" if value != int(value) else str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    return "".join(ch for ch in str(value) if ch.isalnum() or ch in "-.")
+
+
+@dataclass(frozen=True)
+class QuantTag:
+    """One quantization tag's parts. ``literal`` is the fixed tag it starts with, if any."""
+    method: QuantMethod
+    bits: int | None = None
+    group_size: int | None = None
+    acts_bits: int | None = None
+    kv_bits: int | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    literal: str | None = None
+
+    def tag(self) -> str:
+        parts = [self.literal or self.method.value]
+        for label, value in (("w", self.bits), ("g", self.group_size), ("a", self.acts_bits), ("kv", self.kv_bits)):
+            if value is not None:
+                parts.append(f"{label}{value}")
+        for key in sorted(self.extras):  # the study's _extras_to_segments
+            value = self.extras[key]
+            if value is None or value is False:
+                continue
+            parts.append(_segment(key) + ("" if value is True else _segment(value)))
+        return "_".join(parts)
+
+
+def tag_quant(method: QuantMethod | str, *, bits: int | None = None, group_size: int | None = None,
+              acts_bits: int | None = None, kv_bits: int | None = None, head: str | None = None,
+              extras: dict[str, Any] | None = None) -> str:
+    """The study's tag from a method and its parameters: ``tag_quant("GPTQ", bits=4, group_size=64,
+    head="fp16") == "GPTQ_w4_g64_headfp16"``; without parameters a method with a literal tag gets it
+    (``tag_quant(QuantMethod.INT8) == "Int8_BnB"``). As in the study's ``QuantizationSpec.tag``, the
+    caller leaves out activation and KV bits of 8 or 16 (the study's defaults). ``head`` is the
+    lm_head precision (the study's ``extras["head"]``). Raises ValidationError for unknown methods."""
+    m = QuantMethod.from_any(method)
+    all_extras = {**(extras or {}), **({"head": head} if head else {})}
+    if m in QUANT_TAGS and not any((bits, group_size, acts_bits, kv_bits, all_extras)):
+        return QUANT_TAGS[m]
+    return QuantTag(m, bits, group_size, acts_bits, kv_bits, all_extras).tag()
+
+
+_NUMBERED = {"w": "bits", "g": "group_size", "a": "acts_bits", "kv": "kv_bits"}
+
+
+def parse_tag(tag: str) -> QuantTag:
+    """A tag back into its parts (inverse of :func:`tag_quant`; ``parse_tag(t).tag() == t`` for
+    every tag ftlab or the study writes). Literal tags come first (``Int8_BnB_t4`` -> INT8 with
+    extras ``{"t": "4"}``); otherwise the first segment is the method, then ``w``, ``g``, ``a``,
+    ``kv`` numbers in that order, then extras. Raises ValidationError when the method is unknown."""
+    literal, method, rest = None, None, tag
+    for lit, m in _LITERALS:
+        if tag == lit or tag.startswith(lit + "_"):
+            literal, method, rest = lit, m, tag[len(lit) + 1:]
+            break
+    segments = [s for s in rest.split("_") if s] if rest else []
+    if method is None:
+        if not segments:
+            raise ValidationError("quantization tag: empty")
+        method = QuantMethod.from_any(segments.pop(0))
+    numbers: dict[str, int] = {}
+    order = list(_NUMBERED)
+    while segments:
+        match = re.fullmatch(r"(kv|w|g|a)(\d+)", segments[0])
+        if not match or match.group(1) not in order:
+            break
+        order = order[order.index(match.group(1)) + 1:]  # each at most once, in the study's order
+        numbers[_NUMBERED[match.group(1)]] = int(match.group(2))
+        segments.pop(0)
+    extras: dict[str, Any] = {}
+    for seg in segments:
+        key = next((k for k in EXTRA_KEYS if seg.startswith(k) and len(seg) > len(k)), None)
+        if key is None:
+            key = re.match(r"[A-Za-z-]*", seg).group(0) or seg
+        extras[key] = seg[len(key):] or True
+    return QuantTag(method, extras=extras, literal=literal, **numbers)
+
+
+def model_tag(model_name: str) -> QuantTag | None:
+    """The quantization tag a model name ends with (``Qwen3-8B-openmath_SFT_LoRa256_QLORA_w4_headbf16``
+    -> QLORA, w4, head bf16), or None for a name without one (``Qwen3-4B-base``)."""
+    segments = model_name.split("_")
+    for i in range(1, len(segments)):
+        try:
+            return parse_tag("_".join(segments[i:]))
+        except ValidationError:
+            continue
+    return None
+
+
+def with_kv_bits(tag: str, kv_bits: int | None) -> str:
+    """``tag`` with the KV-cache precision where the study puts it (after the activation bits);
+    8 and 16 bits are the study's defaults and stay out of the tag, as in its ``QuantizationSpec.tag``."""
+    parsed = parse_tag(tag)
+    kv = None if kv_bits in (None, 8, 16) else kv_bits
+    return QuantTag(parsed.method, parsed.bits, parsed.group_size, parsed.acts_bits, kv, parsed.extras,
+                    parsed.literal).tag()
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """A bad value quoted for an error message: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
+def check_name(field: str, value: str) -> list[str]:
+    """Names become object-key prefixes: no '/', '..', spaces or control characters."""
+    if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
+        return [f"{field}: {quote(value)} is not a valid name (1-128 of letters, digits, '.', '_', '-'; "
+                "starting with a letter or digit; no '..')"]
+    return []
+
+
+def base_stem(base_model: str) -> str:
+    """``Qwen3-8B-base`` -> ``Qwen3-8B`` (the study names trained models after the size)."""
+    return base_model[: -len("-base")] if base_model.endswith("-base") else base_model
+
+
+def trained_model_name(base_model: str, dataset: str, peft_tag: str, r: int | None, quant: QuantMethod) -> str:
+    """The study's trained-model name: ``Qwen3-8B-arc_SFT_LoRa256_NoQuant``. ``peft_tag``: the PEFT
+    method's name fragment (services/trainer/peft/: ``LoRa``, ``NoPeft``); ``r``: its rank,
+    None for full fine-tuning."""
+    peft_part = peft_tag + ("" if r is None else str(r))
+    return f"{base_stem(base_model)}-{dataset}_SFT_{peft_part}_{tag_quant(quant)}"
+
+
+def quantized_model_name(source_model: str, quant: QuantMethod | str, variant: str = "") -> str:
+    """``quant``: a QuantMethod (its literal tag) or a full tag (``GPTQ_w4_g64_headbf16``);
+    ``variant`` names non-default options after a literal tag (``W4A16_GPTQ_g32``, ``4bit_BnB_noDQ``)."""
+    tag = (tag_quant(quant) if isinstance(quant, QuantMethod) else quant) + (f"_{variant}" if variant else "")
+    suffix = "_" + tag_quant(QuantMethod.NO_QUANT)
+    if source_model.endswith(suffix):
+        return source_model[: -len(suffix)] + "_" + tag
+    return f"{source_model}_{tag}"
+
+
+def require_name(field: str, value: str) -> None:
+    problems = check_name(field, value)
+    if problems:
+        raise ValidationError(problems)

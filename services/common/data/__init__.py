@@ -1,0 +1,1 @@
+"""Task definitions and datasets: import, prepared splits, leakage checks."""

@@ -1,0 +1,1 @@
+"""What the machine has: CPU features, GPUs. Torch-free."""

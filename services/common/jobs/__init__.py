@@ -1,0 +1,1 @@
+"""How a job runs: records, the runtime and its queue, the child process, scratch folders."""

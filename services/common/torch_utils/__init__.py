@@ -1,0 +1,1 @@
+"""Torch-side helpers for the jobs: model loading, MFU, GGUF import."""

@@ -1,0 +1,1 @@
+"""Experiment tracking (MLflow): the jobs' runs, their lineage, the model registry."""
