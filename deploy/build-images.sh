@@ -125,7 +125,7 @@ for name, s in services.items():
     seen.add(s["image"])
     args = [f"--build-arg={k}={v}" for k, v in sorted((b.get("args") or {}).items())]
     if b.get("network"):
-        args.append(f"--network={b[\"network\"]}")
+        args.append("--network=" + b["network"])
     print(shlex.join([name, s["image"], b.get("dockerfile", "Dockerfile"), b["context"], *args]))
 ' "$@")
 [ ${#BUILDS[@]} -gt 0 ] || die "no service with a build section in $COMPOSE_FILES"

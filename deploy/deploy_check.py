@@ -257,7 +257,10 @@ def check_grpc(stack: Stack) -> list[str]:
 
 
 def job(stack: Stack, job_id: str) -> dict:
-    return json.loads(stack.exec("prefect-worker", "ftlab", "jobs", "get", job_id).stdout)
+    """`ftlab jobs get` in the worker; state as RUNNING, SUCCEEDED, ... (the proto enum's short name)."""
+    j = json.loads(stack.exec("prefect-worker", "ftlab", "jobs", "get", job_id).stdout)
+    j["state"] = j.get("state", "JOB_STATE_UNSPECIFIED").removeprefix("JOB_STATE_")
+    return j
 
 
 def fault_trainer_restart(stack: Stack) -> dict:
