@@ -181,3 +181,27 @@ def test_s3_standin_keeps_objects_across_restarts(tmp_path):
         assert s.client().get_object(Bucket="models", Key="late")["Body"].read() == b"y"
     finally:
         s.stop()
+
+
+# ------------------------------------------------------------------ what the images install
+
+def test_installed_package_carries_every_data_file(tmp_path):
+    """The images install ftlab as a wheel (not editable): every non-Python file of the packages
+    must be in it. services/trainer/qwen3_configs.yaml was missing, so `ftlab run --dry-run` in the
+    worker container and the trainer's memory estimate failed with FileNotFoundError."""
+    import shutil
+    import zipfile
+    # what the image build sees: the tracked files only (no egg-info, whose SOURCES.txt would
+    # smuggle the data files in, as it does in a developer's checkout)
+    tracked = subprocess.run(["git", "ls-files", "pyproject.toml", "README.md", "ftlab", "services", "flows"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    src = tmp_path / "src"
+    for f in tracked:
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, src / f)
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                          "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    names = set(zipfile.ZipFile(next(tmp_path.glob("ftlab-*.whl"))).namelist())
+    data = [f for f in tracked if f.startswith(("ftlab/", "services/", "flows/")) and not f.endswith((".py", ".pyi"))]
+    assert data and not [f for f in data if f not in names], [f for f in data if f not in names]
