@@ -170,6 +170,8 @@ def test_cpu_override_drops_gpus_only(cpu_config, gpu_config):
     for svc in SERVICES:
         s = cpu_config["services"][svc]
         assert not s.get("deploy", {}).get("resources", {}).get("reservations"), f"{svc} still reserves a GPU"
+        # memlock unlimited is for CUDA/NCCL; an engine without CAP_SYS_RESOURCE refuses it (rlimit 8)
+        assert not s.get("ulimits"), f"{svc}: the CPU stack needs none of NVIDIA's ulimits"
         assert s["environment"]["FTLAB_DEVICE"] == "cpu"
         assert s["image"] != gpu_config["services"][svc]["image"], "CPU images must not overwrite GPU ones"
     assert set(cpu_config["services"]) == set(gpu_config["services"])
