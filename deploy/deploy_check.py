@@ -247,8 +247,10 @@ def check_grpc(stack: Stack) -> list[str]:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
     with grpc.insecure_channel(f"127.0.0.1:{stack.values['FTLAB_TRAINER_PORT']}") as ch:
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        # every RPC but health needs the bearer token, reflection included (docs/SECURITY.md)
+        auth = (("authorization", f"Bearer {stack.values['FTLAB_AUTH_TOKEN']}"),)
         resp = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                              timeout=10))
+                                              timeout=10, metadata=auth))
         names = sorted(s.name for s in resp.list_services_response.service)
     log(f"gRPC reflection on the trainer's published port: {names}")
     if "ftlab.v1.TrainerService" not in names or "grpc.health.v1.Health" not in names:
@@ -421,8 +423,8 @@ def main() -> int:
             log(f"down + up: all {len(before)} objects and {runs_before} flow runs still there")
             result["down_up"] = {"objects": len(before), "flow_runs": runs_before}
         ok = True
-    except (CheckFailed, subprocess.TimeoutExpired) as e:
-        log(f"FAILED: {e}")
+    except Exception as e:     # anything: still tear down, write the summary and exit 1
+        log(f"FAILED: {type(e).__name__}: {e}")
     finally:
         if stack is not None and not args.keep:
             with stage("down -v"):
