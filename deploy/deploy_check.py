@@ -300,7 +300,7 @@ def fault_trainer_restart(stack: Stack) -> dict:
     if final["state"] not in ("SUCCEEDED", "FAILED"):
         raise CheckFailed(f"{job_id} ended {final['state']}: {final}")
     return {"job": job_id, "state": final["state"], "error": final.get("error", ""),
-            "resumed_from_step": j["progress_step"]}
+            "restarted_at_step": j["progress_step"]}
 
 
 DEPLOYCHECK_EXPERIMENT = """\
