@@ -63,3 +63,10 @@ bench: $(BIN)/.installed $(EVAL_BIN)/.installed $(BENCH_BIN)/.installed
 clean:
 	-$(BIN)/ftlab down
 	rm -rf .ftlab
+
+# The compose stack for real on this host's Docker engine, with no container registry: builds every
+# image (deploy/build-images.sh), brings the stack up, runs the smoke experiment through the
+# containerised Prefect worker, the faults, then `down -v`. Needs root, docker.io and debootstrap.
+.PHONY: deploy-check
+deploy-check: $(BIN)/.installed
+	$(BIN)/python deploy/deploy_check.py

@@ -28,9 +28,12 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 GPU_COMPOSE = ROOT / "docker-compose.gpu.yml"
 CPU_COMPOSE = ROOT / "docker-compose.cpu.yml"
+OFFLINE_COMPOSE = ROOT / "docker-compose.offline.yml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 K8S = DEPLOY / "k8s"
 DOCKERFILES = {name: DEPLOY / f"Dockerfile.{name}" for name in (*SERVICES, "flows")}
+# the offline build's own images: uv from PyPI and the stand-ins for registry images
+OFFLINE_DOCKERFILES = sorted((DEPLOY / "offline").glob("Dockerfile.*"))
 
 # FTLAB_* variables the code reads that deliberately have no place in a deployment, and why.
 LOCAL_ONLY = {
@@ -107,7 +110,8 @@ def check_pinned(image: str, where: str) -> None:
 
 # ------------------------------------------------------------------ compose validates
 
-@pytest.mark.parametrize("files", [[GPU_COMPOSE], [GPU_COMPOSE, CPU_COMPOSE]], ids=["gpu", "gpu+cpu"])
+@pytest.mark.parametrize("files", [[GPU_COMPOSE], [GPU_COMPOSE, CPU_COMPOSE],
+                                   [GPU_COMPOSE, CPU_COMPOSE, OFFLINE_COMPOSE]], ids=["gpu", "gpu+cpu", "gpu+cpu+offline"])
 def test_compose_config_is_valid(files):
     out = compose("config", "-q", files=files)
     assert out.returncode == 0, out.stderr
@@ -166,6 +170,8 @@ def test_cpu_override_drops_gpus_only(cpu_config, gpu_config):
     for svc in SERVICES:
         s = cpu_config["services"][svc]
         assert not s.get("deploy", {}).get("resources", {}).get("reservations"), f"{svc} still reserves a GPU"
+        # memlock unlimited is for CUDA/NCCL; an engine without CAP_SYS_RESOURCE refuses it (rlimit 8)
+        assert not s.get("ulimits"), f"{svc}: the CPU stack needs none of NVIDIA's ulimits"
         assert s["environment"]["FTLAB_DEVICE"] == "cpu"
         assert s["image"] != gpu_config["services"][svc]["image"], "CPU images must not overwrite GPU ones"
     assert set(cpu_config["services"]) == set(gpu_config["services"])
@@ -189,7 +195,7 @@ def test_buckets_match_code(gpu_config):
 
 
 def test_compose_images_are_pinned(gpu_config, cpu_config):
-    for cfg in (gpu_config, cpu_config):
+    for cfg in (gpu_config, cpu_config, compose_config([GPU_COMPOSE, CPU_COMPOSE, OFFLINE_COMPOSE])):
         for name, s in cfg["services"].items():
             assert s.get("image"), f"{name}: set image: so builds are tagged"
             check_pinned(s["image"], f"compose service {name}")
@@ -233,11 +239,15 @@ def test_env_example_is_used_and_holds_no_secrets():
 # ------------------------------------------------------------------ Dockerfiles
 
 def from_images(text: str) -> tuple[list[str], list[str]]:
-    """(images of FROM lines that are not earlier stages, images of COPY --from=<image>)."""
+    """(images of FROM lines that are not earlier stages, images of COPY --from=<image>), with the
+    default of a build argument (ARG NAME=default before the first FROM) in place of ${NAME}."""
+    head = text[:text.index("\nFROM ")]
+    defaults = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", head, re.M))
     stages, froms = set(), []
     for m in re.finditer(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.M | re.I):
-        if m.group(1) not in stages:
-            froms.append(m.group(1))
+        image = re.sub(r"\$\{(\w+)\}", lambda v: defaults[v.group(1)], m.group(1))
+        if image not in stages:
+            froms.append(image)
         if m.group(2):
             stages.add(m.group(2))
     copies = [i for i in re.findall(r"^COPY\s+--from=(\S+)", text, re.M) if i not in stages]
@@ -246,7 +256,8 @@ def from_images(text: str) -> tuple[list[str], list[str]]:
 
 def test_hadolint_clean():
     config = DEPLOY / ".hadolint.yaml"
-    out = subprocess.run([tool("hadolint"), "--no-color", "--config", str(config), *map(str, DOCKERFILES.values())],
+    out = subprocess.run([tool("hadolint"), "--no-color", "--config", str(config),
+                          *map(str, [*DOCKERFILES.values(), *OFFLINE_DOCKERFILES])],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and not out.stdout.strip(), out.stdout + out.stderr
     # every silenced rule carries its reason on the same line
@@ -278,7 +289,7 @@ def test_dockerfile_structure(name):
         for var in re.findall(r"([A-Z][A-Z0-9_]*)=", m.group(1)):
             assert not SECRETISH.search(var), f"{var} must come from the environment at run time"
     if name in SERVICES:
-        assert froms[0].startswith("nvidia/cuda:"), "service images run on the CUDA runtime"
+        assert froms[-1].startswith("nvidia/cuda:"), "service images run on the CUDA runtime by default"
         assert re.search(r"ARG TORCH_INDEX=https://download\.pytorch\.org/whl/cu\d+", text), "torch as a CUDA build"
         assert f'"--service", "{name}"' in text and f"services.{name}.server" in text
 

