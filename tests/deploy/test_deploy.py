@@ -41,6 +41,7 @@ LOCAL_ONLY = {
     "FTLAB_LOCAL_ROOT": "root of the local-directory store; deployments use FTLAB_STORAGE=s3",
     "FTLAB_CACHE_DIR": "where `ftlab model import --gguf smollm2` caches the wheel and converted model (CLI/tests)",
     "FTLAB_SERVICE": "set by the job runtime in each job's child (names its model cache); never configured",
+    "FTLAB_RAY_NODES": "set by the Ray launcher for the ranks of a multi-node training job; never configured",
 }
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH_STRING")  # user names and paths are not secrets
 

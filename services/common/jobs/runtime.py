@@ -624,10 +624,11 @@ class JobRuntime:
             else:
                 rec.set_error(error["message"] if error else f"child process {_describe_exit(exitcode)}")
                 rec.transition(JobState.FAILED, rec.error)
+            # logged before anyone can see the job end: a client that saw it finish finds its log line
+            log.info("job %s: %s %s", job_id, rec.state.value, rec.error, extra=_extra(rec))
             self._tracker.track(rec, rec.events[-1])
             self._persist(rec)
             self._cond.notify_all()
-        log.info("job %s: %s %s", job_id, rec.state.value, rec.error, extra=_extra(rec))
 
     def _kill(self, job_id: str, grace_s: float) -> None:
         # Only the supervisor thread reaps the child (two threads waiting on one pid race);

@@ -329,8 +329,9 @@ class JobTracker:
         from mlflow.entities import Metric
         from services.common.storage import artifacts
         bucket, _, key = uri.removeprefix("s3://").partition("/")
+        prefix, _, path = key.rpartition("/")
         try:
-            result = artifacts.get_json(self.store, bucket, key)
+            result = artifacts.read_json(self.store, bucket, prefix, path)  # sha256-checked, as every read
         except Exception:  # noqa: BLE001 - the job's own metrics are tracked anyway
             log.warning("tracking: could not read %s for the CI bounds", uri)
             return
