@@ -279,7 +279,11 @@ def cmd_verify(args) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
+    reused = []
+
     def on_result(res, resumed: bool) -> None:
+        if resumed:
+            reused.append(res.uri)
         if res.status != "intact" and not args.json:
             bar.write(f"{res.status.upper():8s} {res.uri}" + ("  (from the interrupted run)" if resumed else ""))
             for problem in res.problems:
@@ -289,14 +293,22 @@ def cmd_verify(args) -> int:
         print(f"resuming the interrupted scrub recorded in {state} (--fresh starts over)", file=sys.stderr)
     try:
         results = scrub.scrub(store, args.targets, state, progress, on_result)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"\ninterrupted: what was verified is kept in {state}; run the same command again to resume "
+              "(--fresh starts over)", file=sys.stderr)
+        return 130
     finally:
         bar.close()
-    counts = scrub.summary(results)
+    counts = scrub.summary(results) | {"from_interrupted_run": len(reused)}
     if args.json:
         print(json.dumps({"summary": counts, "results": [vars(r) for r in results]}, indent=2))
     else:
-        print(f"verified {counts['artifacts']} artifacts, {counts['files']} files, {counts['bytes'] / 1e6:.1f} MB "
-              f"in {store.describe()}: " + ", ".join(f"{counts[s]} {s}" for s in scrub.STATUSES))
+        n = counts["artifacts"]
+        print(f"verified {n} artifact{'s' * (n != 1)}, {counts['files']} files, {counts['bytes'] / 1e6:.1f} MB "
+              f"in {store.describe()}: " + ", ".join(f"{counts[s]} {s}" for s in scrub.STATUSES)
+              + (f" ({len(reused)} results taken from the interrupted run, not hashed again: "
+                 "--fresh re-hashes everything)" if reused else ""))
     return 0 if counts["artifacts"] == counts["intact"] else 1
 
 

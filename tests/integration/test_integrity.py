@@ -214,6 +214,48 @@ def test_an_unreadable_manifest_is_corrupt(world):
     assert results["s3://models/other/"].status == "corrupt"
 
 
+# hand edits of a manifest, each a per-artifact result, never a crashed scrub (found by a
+# new user's trial: each of these aborted `ftlab verify` with a traceback)
+EDITED_MANIFESTS = {
+    "not an object": lambda m: [],
+    "files not a list": lambda m: {**m, "files": "model.safetensors"},
+    "an entry without size": lambda m: {**m, "files": [{k: v for k, v in f.items() if k != "size"} for f in m["files"]]},
+    "an entry without sha256": lambda m: {**m, "files": [{k: v for k, v in f.items() if k != "sha256"} for f in m["files"]]},
+    "a size that is no number": lambda m: {**m, "files": [{**f, "size": "big"} for f in m["files"]]},
+    "an entry that is a string": lambda m: {**m, "files": [f["path"] for f in m["files"]]},
+    "a path out of the artifact": lambda m: {**m, "files": [{**f, "path": "../../datasets/arc/" + f["path"]}
+                                                             for f in m["files"]]},
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITED_MANIFESTS))
+def test_an_edited_manifest_is_one_corrupt_result_and_its_children_say_so(world, edit, tmp_path):
+    store = world
+    manifest = json.loads(store.get_bytes("models", "base/manifest.json"))
+    store.put_bytes("models", "base/manifest.json", json.dumps(EDITED_MANIFESTS[edit](manifest)).encode())
+    state = tmp_path / "state.jsonl"
+    results = {r.uri: r for r in scrub.scrub(store, ["models", "evaluations"], state)}
+    assert results["s3://models/base/"].status == "corrupt", results["s3://models/base/"]
+    assert results["s3://models/other/"].status == "intact"  # the rest is still verified
+    assert results["s3://models/child/"].status == "lineage"  # it was made from the base as committed
+    assert not state.exists()
+
+
+def test_a_scrub_that_crashes_leaves_nothing_to_resume(world, tmp_path):
+    store = world
+    state = tmp_path / "state.jsonl"
+    real = store.hash_object
+
+    def broken(bucket, key):
+        if key.startswith("other/"):
+            raise OSError("disk gone")
+        return real(bucket, key)
+    store.hash_object = broken
+    with pytest.raises(OSError):
+        scrub.scrub(store, ["models"], state)
+    assert not state.exists()  # the next scrub starts over instead of "resuming" a crash
+
+
 def test_the_scrub_resumes_where_an_interrupted_run_stopped(world, tmp_path):
     store = world
     state = tmp_path / "state.jsonl"

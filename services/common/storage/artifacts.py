@@ -190,8 +190,12 @@ def lineage_problems(store: ObjectStore, manifest: dict[str, Any]) -> list[str]:
         name, recorded = manifest.get(name_field), manifest.get(sha_field)
         if not name or not recorded:
             continue
-        parent = read_manifest(store, bucket, name)
         where = f"{manifest.get('uri', '?')}: its {name_field} {make_uri(bucket, _prefix(name))}"
+        try:
+            parent = read_manifest(store, bucket, name)
+        except IntegrityError as exc:
+            problems.append(f"{where} has a manifest that cannot be read ({'; '.join(exc.problems)})")
+            continue
         if parent is None:
             problems.append(f"{where} is no longer committed (lineage recorded manifest sha256 {recorded})")
         elif (now := manifest_digest(parent)) != recorded:

@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from services.common.storage import artifacts
 from services.common.contract.errors import NotFoundError, ValidationError
@@ -69,10 +69,23 @@ def select(store: ObjectStore, targets: Iterable[str] = ()) -> list[tuple[str, s
     return chosen
 
 
+def _malformed(manifest: Any) -> str | None:
+    """Why a manifest's file list cannot be checked (hand-edited, cut), or None."""
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, list):
+        return "the manifest has no list of files"
+    for i, f in enumerate(files):
+        if not (isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str)
+                and isinstance(f.get("size"), int) and not isinstance(f.get("size"), bool)):
+            return f"the manifest's files[{i}] is not {{path, size, sha256}}: {str(f)[:200]}"
+    return None
+
+
 def verify_artifact(store: ObjectStore, bucket: str, prefix: str,
                     on_file: Callable[[int], None] | None = None) -> Result:
     """Hash every file an artifact's manifest lists and check its lineage. ``on_file(bytes)``
-    after each file (progress)."""
+    after each file (progress). Whatever is wrong with the artifact, its manifest included, is
+    its result, never an exception: a scrub reports every artifact."""
     uri = make_uri(bucket, prefix + "/")
     try:
         manifest = artifacts.require_manifest(store, bucket, prefix)
@@ -80,20 +93,26 @@ def verify_artifact(store: ObjectStore, bucket: str, prefix: str,
         return Result(uri, "", "corrupt", exc.problems)
     except NotFoundError as exc:  # deleted since it was listed
         return Result(uri, "", "missing", [str(exc)])
-    files = manifest.get("files", [])
+    if (why := _malformed(manifest)) is not None:
+        return Result(uri, "", "corrupt", [f"{uri}: {why}"])
+    files = manifest["files"]
     res = Result(uri, artifacts.manifest_digest(manifest), "intact",
-                 bytes=sum(int(f["size"]) for f in files), files=len(files))
+                 bytes=sum(f["size"] for f in files), files=len(files))
     corrupt = missing = False
     for f in files:
         try:
             size, digest = store.hash_object(bucket, f"{prefix}/{f['path']}")
         except NotFoundError:
             size = digest = None
+        except ValidationError as exc:  # a path no key may have ('..'): the manifest was edited
+            res.problems.append(f"{uri}: the manifest lists {f['path']!r}, not a file of this artifact ({exc})")
+            corrupt = True
+            continue
         if (problem := artifacts.mismatch(uri, f["path"], f, size, digest)) is not None:
             res.problems.append(problem)
             corrupt, missing = corrupt or size is not None, missing or size is None
         if on_file is not None:
-            on_file(int(f["size"]))
+            on_file(f["size"])
     lineage = artifacts.lineage_problems(store, manifest)
     res.problems += lineage
     res.status = "corrupt" if corrupt else "missing" if missing else "lineage" if lineage else "intact"
@@ -133,7 +152,7 @@ def scrub(store: ObjectStore, targets: Iterable[str] = (), state: Path | None = 
             manifests[(bucket, prefix)] = artifacts.read_manifest(store, bucket, prefix)
         except artifacts.IntegrityError:
             manifests[(bucket, prefix)] = None
-    total = sum(int(f.get("size", 0)) for m in manifests.values() if m for f in m.get("files", []))
+    total = sum(f["size"] for m in manifests.values() if m and _malformed(m) is None for f in m["files"])
     previous = _load_state(state) if state else {}
     done_bytes, results = 0, []
     out = None
@@ -162,6 +181,10 @@ def scrub(store: ObjectStore, targets: Iterable[str] = (), state: Path | None = 
             results.append(res)
             if on_result:
                 on_result(res, resumed)
+    except Exception:
+        if state:  # a crash is no interruption: the next scrub must not resume from it
+            state.unlink(missing_ok=True)
+        raise
     finally:
         if out is not None:
             out.close()
