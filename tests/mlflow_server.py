@@ -46,9 +46,11 @@ class MlflowServer:
         self.stop()
         raise RuntimeError(f"mlflow server not healthy after {timeout_s:.0f}s")
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM (a graceful stop: its workers may still finish what they hold), or SIGKILL of the
+        whole process group (a crash: nothing answers from that moment on)."""
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
