@@ -40,7 +40,7 @@ def _estimate(step: Step, store: ObjectStore | None) -> str:
     if est is None:
         return "n/a (unknown model)"
     dtype = step.spec.get("dtype", "auto")  # a step's own dtype, when it sets one (the header gives auto's)
-    return f"{est['total_gb']:.1f} GB" + (f" ({dtype})" if dtype not in ("", "auto") else "")
+    return f"{est['total_gb']:.1f} GiB" + (f" ({dtype})" if dtype not in ("", "auto") else "")
 
 
 def plan_rows(exp: Experiment, store: ObjectStore | None) -> list[dict[str, Any]]:

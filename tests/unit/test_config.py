@@ -54,7 +54,7 @@ def test_dry_run_estimates_what_the_trainer_estimates_at_submit(door_store, monk
         assert at_submit["output_name"] == step.output
         assert at_submit["memory_estimate"] is not None
         assert step_estimate(step, door_store) == at_submit["memory_estimate"], step.output
-        assert rows[step.output]["memory"] == f"{at_submit['memory_estimate_gb']:.1f} GB"
+        assert rows[step.output]["memory"] == f"{at_submit['memory_estimate_gb']:.1f} GiB"
 
 
 def test_dry_run_of_a_spec_with_defaults_only(door_store, monkeypatch):
