@@ -1,7 +1,8 @@
 """The post-training quantization methods, one plugin module per method in this package (as the
 PEFT methods, services/trainer/peft/): each module calls :func:`register_ptq_method` once with a
 :class:`PtqMethod`: its name (the spec's ``method``), backend, supported weight bits, the study's
-QuantMethod per algorithm (the model-name tag), its typed options dataclass (the QuantizeSpec
+QuantMethod per algorithm (the model-name tag, declared in the plugin with
+:func:`~services.common.contract.naming.quant_method`: name, literal tag, aliases), its typed options dataclass (the QuantizeSpec
 fields it takes, with its own defaults: the range, choices and help of each shared field are the
 declarations below, so they live once), its quantize function, its output format and what loads
 it. The mechanism modules (config, recipe, the CLI, the flows) loop over :data:`PTQ_METHODS` and
