@@ -57,9 +57,13 @@ class Param:
         if value is None and self.key not in spec:  # derived: the config fills it in
             return None
         if self.lo is not None:
+            if self.kind is int and isinstance(value, float) and value.is_integer():
+                value = int(value)  # a generic map (google.protobuf.Struct) carries every number as a double
             ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
                   and (self.lo < value if self.lo_open else self.lo <= value) and (value < self.hi if self.hi_open else value <= self.hi))
             p.require(ok, f"{self.name}: {quote(value)} must be in {self.range_text()}")
+            p.require(not ok or self.kind is not int or isinstance(value, int),
+                      f"{self.name}: {quote(value)} must be an integer")
         return value
 
 
