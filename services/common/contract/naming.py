@@ -101,10 +101,11 @@ def known_quant_methods() -> tuple[QuantMethod, ...]:
     return tuple(_METHODS.values())
 
 
-# Where the post-training names are declared. Loaded on the first lookup, so a process that never
-# imports the quantizer (the evaluator parsing a GPTQ model's tag) knows them too; a third party
-# adds its package under the ``ftlab.ptq`` entry-point group. Imported by name because the plugins
-# import this module (they sit in a service above services/common).
+# Where the post-training names are declared (the PTQ registry, which also imports third-party
+# plugins named under the ``ftlab.ptq`` entry-point group). Loaded on the first lookup, so a
+# process that never imports the quantizer (the evaluator parsing a GPTQ model's tag) knows them
+# too; imported by name because the plugins import this module (they sit in a service above
+# services/common, which the layering forbids importing statically).
 PLUGIN_PACKAGES = ("services.quantizer.ptq",)
 _loaded = False
 
@@ -116,8 +117,7 @@ def _load_plugins() -> bool:
         return False
     _loaded = True
     import importlib
-    from importlib.metadata import entry_points
-    for package in (*PLUGIN_PACKAGES, *(e.value for e in entry_points(group="ftlab.ptq"))):
+    for package in PLUGIN_PACKAGES:
         importlib.import_module(package)
     return True
 
