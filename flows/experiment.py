@@ -113,7 +113,8 @@ def load(name_or_path: str) -> Experiment:
 
 # ----------------------------------------------------------------------------- matrix expansion
 
-def expand(config: dict[str, Any], descriptor=train_spec_pb2.TrainSpec.DESCRIPTOR, prefix: str = "") -> list[dict[str, Any]]:
+def expand(config: dict[str, Any], descriptor=train_spec_pb2.TrainSpec.DESCRIPTOR,
+           prefix: str = "") -> list[dict[str, Any]]:
     """Every combination of the list-valued fields: ``{lora: {r: [32, 64]}, seed: [0, 1]}`` gives 4.
     A repeated proto field or a list option of the schema (``lora.target_modules``, in the PEFT
     options map) is a value, not an axis, unless it is a list of lists."""

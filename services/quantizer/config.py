@@ -107,8 +107,8 @@ class QuantizeConfig:
 # The QuantizeSpec fields, as the CLI lists them: the top level, every method option (range,
 # choices, help from services/quantizer/ptq/; each method its default), the two blocks.
 OPTION_PARAMS = option_params()
-QUANTIZE_PARAMS: tuple[Param, ...] = (params_of(QuantizeConfig) + OPTION_PARAMS
-                                      + params_of(CalibrationOptions, "calibration.") + params_of(ReportOptions, "report."))
+QUANTIZE_PARAMS: tuple[Param, ...] = (params_of(QuantizeConfig) + OPTION_PARAMS + params_of(CalibrationOptions, "calibration.")
+                                      + params_of(ReportOptions, "report."))
 PARAMS = {p.name: p for p in QUANTIZE_PARAMS}
 
 

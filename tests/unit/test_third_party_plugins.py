@@ -99,7 +99,8 @@ sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubPars
 train_flags = {s: a for a in sub["train"]._actions for s in a.option_strings}
 quant_flags = {s: a for a in sub["quantize"]._actions for s in a.option_strings}
 assert "scaled_lora" in train_flags["--peft"].choices and "[0.5, 64]" in train_flags["--acme-scale"].help  # CLI
-assert "acme_w6" in quant_flags["--method"].choices and "32 for acme_w6" in " ".join(quant_flags["--group-size"].help.split())
+assert "acme_w6" in quant_flags["--method"].choices
+assert "32 for acme_w6" in " ".join(quant_flags["--group-size"].help.split())
 
 # the trainer: command line -> spec -> binary proto -> door -> config, name, run key, memory estimate
 args = build_parser().parse_args(["train", "--base-model", "Qwen3-0.6B-base", "--dataset", "arc",

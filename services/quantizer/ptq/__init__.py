@@ -2,10 +2,10 @@
 PEFT methods, services/trainer/peft/): each module calls :func:`register_ptq_method` once with a
 :class:`PtqMethod`: its name (the spec's ``method``), backend, supported weight bits, the study's
 QuantMethod per algorithm (the model-name tag, declared in the plugin with
-:func:`~services.common.contract.naming.quant_method`: name, literal tag, aliases), its typed options dataclass (the QuantizeSpec
-fields it takes, with its own defaults: the range, choices and help of each shared field are the
-declarations below, so they live once), its quantize function, its output format and what loads
-it. The mechanism modules (config, recipe, the CLI, the flows) loop over :data:`PTQ_METHODS` and
+:func:`~services.common.contract.naming.quant_method`: name, literal tag, aliases), its typed
+options dataclass (the QuantizeSpec fields it takes, with its own defaults: the range, choices and
+help of each shared field are the declarations below, so they live once), its quantize function,
+its output format and what loads it. The mechanism modules (config, recipe, the CLI, the flows) loop over :data:`PTQ_METHODS` and
 never name a method, so a new method is one file here (plus its test).
 
 Two naming generations live side by side: the study's vocabulary (``gptq``, ``awq``, ``hqq``,
