@@ -36,6 +36,7 @@ from services.common.jobs.record import spec_hash
 from services.common.contract.naming import check_name
 from services.common.data.tasks import get_task
 from services.quantizer.config import default_output_name
+from services.trainer.config import PARAMS as TRAIN_FIELDS
 from services.trainer.config import TrainConfig
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
@@ -112,17 +113,18 @@ def load(name_or_path: str) -> Experiment:
 
 # ----------------------------------------------------------------------------- matrix expansion
 
-def expand(config: dict[str, Any], descriptor=train_spec_pb2.TrainSpec.DESCRIPTOR) -> list[dict[str, Any]]:
+def expand(config: dict[str, Any], descriptor=train_spec_pb2.TrainSpec.DESCRIPTOR,
+           prefix: str = "") -> list[dict[str, Any]]:
     """Every combination of the list-valued fields: ``{lora: {r: [32, 64]}, seed: [0, 1]}`` gives 4.
-    A repeated proto field (``lora.target_modules``) is a value, not an axis, unless it is a list of
-    lists."""
+    A repeated proto field or a list option of the schema (``lora.target_modules``, in the PEFT
+    options map) is a value, not an axis, unless it is a list of lists."""
     axes: list[list[Any]] = []
     keys: list[str] = []
     for k, v in config.items():
         fd = descriptor.fields_by_name.get(k) if descriptor is not None else None
-        repeated = fd is not None and fd.is_repeated
+        repeated = (fd is not None and fd.is_repeated) or getattr(TRAIN_FIELDS.get(prefix + k), "kind", None) is list
         if isinstance(v, dict):
-            options = expand(v, fd.message_type if fd is not None and fd.message_type else None)
+            options = expand(v, fd.message_type if fd is not None and fd.message_type else None, f"{prefix}{k}.")
         elif isinstance(v, list) and (not repeated or (v and all(isinstance(x, list) for x in v))):
             options = list(v)
         else:

@@ -1,14 +1,14 @@
-"""The quantization job's configuration, in one place: the QuantizeSpec fields' defaults, ranges
-and choices (:data:`QUANTIZE_PARAMS`; each method's own options and defaults live in its plugin,
-services/quantizer/ptq/<method>.py), the typed :class:`QuantizeConfig` the child runs,
-and the model name (:func:`default_output_name`). The door (:func:`resolve_quantize_spec`)
+"""The quantization job's configuration, in one place: the typed :class:`QuantizeConfig` the child
+runs, whose :func:`option` fields (and :class:`CalibrationOptions`, :class:`ReportOptions`)
+declare the QuantizeSpec fields' defaults, ranges and choices (:data:`QUANTIZE_PARAMS`; each
+method's own options and defaults live in its plugin, services/quantizer/ptq/<method>.py), and
+the model name (:func:`default_output_name`). The door (:func:`resolve_quantize_spec`)
 checks every problem at once; every check reads only values earlier checks accepted, so no
 request can crash it. Torch-free (runs in the server); reads manifests and config.json only."""
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +17,7 @@ from services.common.storage import artifacts
 from services.common.hardware import devices
 from services.common.contract.errors import NotFoundError, ValidationError
 from services.common.contract.naming import _short, check_name, parse_tag, quantized_model_name, tag_quant
-from services.common.contract.params import Param
+from services.common.contract.params import Param, option, params_of
 from services.common.storage.store import ObjectStore
 from services.common.data.tasks import get_task, required_columns
 from services.common.contract.validation import Problems, held, unknown_keys
@@ -36,54 +36,53 @@ METHODS = {name: m.default_quant for name, m in PTQ_METHODS.items()}
 METHOD_OPTIONS = frozenset().union(*(m.options for m in PTQ_METHODS.values())) | {"weights_bits"}
 
 
-# QuantizeSpec fields (proto/ftlab/v1/quantize_spec.proto). The method options' defaults are the
-# method's (its plugin's options dataclass); ``method`` is required at the door (bnb_int8 is the CLI's default).
-QUANTIZE_PARAMS: tuple[Param, ...] = (
-    Param("source_model", None, "a model in the models bucket: base, merged fine-tune or adapter", required=True),
-    Param("method", "bnb_int8", "PTQ method (adaround, brecq: refused, see docs/QUANTIZER.md)",
-          choices=tuple(PTQ_METHODS)),
-    Param("output_name", "", "model name (default: the source's name + the method's tag)"),
-    Param("weights_bits", None, f"weight bits ({method_defaults('weights_bits')})", int, 1, 16),
-    *option_params(),  # the methods' options: range, choices, help from services/quantizer/ptq/
-    Param("dataset", "", "calibration samples and held-out report prompts (default: the source's dataset)"),
-    Param("calibration.split", "train", "split the calibration samples are drawn from"),
-    Param("calibration.num_samples", 128, "calibration samples", int, 1, 100_000),
-    Param("calibration.seed", 0, "seeds the calibration draw", int, 0, 2**31 - 1),
-    Param("calibration.max_seq_length", 512, "tokens per calibration sample", int, 16, 131_072),
-    Param("report.split", "", "held-out prompts (default: test, else the calibration split's other rows)"),
-    Param("report.num_prompts", 16, "held-out prompts compared (0: no quality section)", int, 0, 10_000),
-    Param("report.max_seq_length", 256, "tokens per report prompt", int, 16, 131_072),
-)
-PARAMS = {p.name: p for p in QUANTIZE_PARAMS}
-# Numeric options: (type, lowest, highest). Booleans are not numbers here.
-_RANGES = {p.name: (p.kind, p.lo, p.hi) for p in QUANTIZE_PARAMS if p.name in METHOD_OPTIONS and p.lo is not None}
-_CHOICES = {p.name: p.choices for p in QUANTIZE_PARAMS if p.choices and p.name in METHOD_OPTIONS}
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """The QuantizeSpec's ``calibration`` block (methods that calibrate)."""
+    split: str = option("train", "split the calibration samples are drawn from")
+    num_samples: int = option(128, "calibration samples", lo=1, hi=100_000)
+    seed: int = option(0, "seeds the calibration draw", lo=0, hi=2**31 - 1)
+    max_seq_length: int = option(512, "tokens per calibration sample", lo=16, hi=131_072)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The QuantizeSpec's ``report`` block (held-out prompts of the quality report)."""
+    split: str = option("", "held-out prompts (default: test, else the calibration split's other rows)")
+    num_prompts: int = option(16, "held-out prompts compared (0: no quality section)", lo=0, hi=10_000)
+    max_seq_length: int = option(256, "tokens per report prompt", lo=16, hi=131_072)
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    """What a quantization job runs. ``options``: every option of the method with its value
-    (defaults filled from the registry); ``weights_bits``/``activations_bits`` in bits;
-    ``adapter`` ({path, base_model}) when the source is an adapter to merge first;
+    """What a quantization job runs; its :func:`option` fields are the QuantizeSpec's top-level
+    fields (proto/ftlab/v1/quantize_spec.proto), each with its one default, range or choices and
+    help; the method's options are its plugin's (``options``), the blocks :class:`CalibrationOptions`
+    and :class:`ReportOptions`; the rest the door fills in. ``options``: every option of the method
+    with its value (defaults filled from the registry); ``weights_bits``/``activations_bits`` in
+    bits; ``adapter`` ({path, base_model}) when the source is an adapter to merge first;
     ``calibration`` ({split, num_samples, seed, max_seq_length}) only for calibrated algorithms;
     ``report`` ({split, num_prompts, max_seq_length, exclude_calibration}); ``dataset``/``task``
-    None without a dataset."""
-    source_model: str
-    method: str
-    output_name: str
-    quant_method: str
-    quant_tag: str
-    backend: str
-    algorithm: str
-    weights_bits: int
-    activations_bits: int
-    lm_head_dtype: str
-    options: dict[str, Any]
-    adapter: dict[str, str] | None
-    dataset: str | None
-    task: str | None
-    calibration: dict[str, Any] | None
-    report: dict[str, Any]
+    None without a dataset. ``method`` is required at the door (its default is the CLI's)."""
+    source_model: str = option(help="a model in the models bucket: base, merged fine-tune or adapter", required=True)
+    method: str = option("bnb_int8", "PTQ method (adaround, brecq: refused, see docs/QUANTIZER.md)",
+                         choices=tuple(PTQ_METHODS))
+    output_name: str = option("", "model name (default: the source's name + the method's tag)")
+    weights_bits: int | None = option(None, f"weight bits ({method_defaults('weights_bits')})", kind=int, lo=1, hi=16)
+    dataset: str | None = option("", "calibration samples and held-out report prompts (default: the source's dataset)")
+    quant_method: str = ""
+    quant_tag: str = ""
+    backend: str = ""
+    algorithm: str = ""
+    activations_bits: int = 16
+    lm_head_dtype: str = ""
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    adapter: dict[str, str] | None = None
+    task: str | None = None
+    calibration: dict[str, Any] | None = None
+    report: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def method_def(self) -> PtqMethod:
@@ -103,6 +102,14 @@ class QuantizeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# The QuantizeSpec fields, as the CLI lists them: the top level, every method option (range,
+# choices, help from services/quantizer/ptq/; each method its default), the two blocks.
+OPTION_PARAMS = option_params()
+QUANTIZE_PARAMS: tuple[Param, ...] = (params_of(QuantizeConfig) + OPTION_PARAMS + params_of(CalibrationOptions, "calibration.")
+                                      + params_of(ReportOptions, "report."))
+PARAMS = {p.name: p for p in QUANTIZE_PARAMS}
 
 
 def head_dtype(gpu: bool) -> str:
@@ -197,16 +204,12 @@ def _check_spec(p: Problems, spec: dict[str, Any]):
     method = PTQ_METHODS.get(name) if isinstance(name, str) else None
     p.require(method is not None, f"method: unknown {_short(name)}; known: {', '.join(PTQ_METHODS)}")
     opts, bad = _options(p, spec, method)
-    calib_in, report_in = spec.get("calibration") or {}, spec.get("report") or {}
-    calibration = {"split": calib_in.get("split") or PARAMS["calibration.split"].default,
-                   **{k: _sub_range(p, calib_in, PARAMS[f"calibration.{k}"]) for k in ("num_samples", "seed",
-                                                                                     "max_seq_length")}}
-    report = {"split": report_in.get("split") or PARAMS["report.split"].default,
-              **{k: _sub_range(p, report_in, PARAMS[f"report.{k}"]) for k in ("num_prompts", "max_seq_length")}}
-    for f in ("calibration", "report"):
-        split = (calib_in if f == "calibration" else report_in).get("split")
-        if split:
-            p.add(check_name(f"{f}.split", split))
+    calib_in, report_in = _block(p, spec, "calibration"), _block(p, spec, "report")
+    calibration = {prm.key: _read(p, prm, calib_in) for prm in params_of(CalibrationOptions, "calibration.")}
+    report = {prm.key: _read(p, prm, report_in) for prm in params_of(ReportOptions, "report.")}
+    for f, block in (("calibration", calibration), ("report", report)):
+        if block["split"]:
+            p.add(check_name(f"{f}.split", block["split"]))
     return method, opts, bad, calibration, report
 
 
@@ -270,16 +273,21 @@ def _valid(name: Any) -> bool:
     return isinstance(name, str) and bool(name) and not check_name("name", name)
 
 
-def _number(p: Problems, where: str, value: Any, kind: type, lo, hi) -> bool:
-    """``value`` is a finite ``kind`` in [lo, hi] (ints for int fields; bools are not numbers)."""
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        numeric = numeric and float(value).is_integer()
-    if not numeric or not math.isfinite(value) or not lo <= value <= hi:
-        p.invalid.append(f"{where}: {_short(value)} must be {'an integer' if kind is int else 'a number'} "
-                         f"in [{lo:g}, {hi:g}]")
-        return False
-    return True
+def _read(p: Problems, prm: Param, block: dict[str, Any]) -> Any:
+    """``prm``'s value in ``block`` (the door's one idiom, :meth:`Param.read`), None when it is bad;
+    an empty string is unset (a split's default)."""
+    q = Problems()
+    value = prm.read(q, {k: v for k, v in block.items() if v != ""})
+    p.add(q.invalid)
+    return None if q.invalid else value
+
+
+def _block(p: Problems, spec: dict[str, Any], name: str) -> dict[str, Any]:
+    block = spec.get(name) or {}
+    if not isinstance(block, dict):
+        p.invalid.append(f"{name}: {_short(block)} must be a mapping of its fields")
+        return {}
+    return block
 
 
 def _options(p: Problems, spec: dict[str, Any], method: PtqMethod | None) -> tuple[dict[str, Any], set[str]]:
@@ -287,16 +295,9 @@ def _options(p: Problems, spec: dict[str, Any], method: PtqMethod | None) -> tup
     own first (type, range, choices) whatever the method, so one answer reports every problem;
     options the method does not take are errors. Later checks read only fields not in the bad set."""
     bad: set[str] = set()
-    for f, (kind, lo, hi) in _RANGES.items():
-        if spec.get(f) is not None and not _number(p, f, spec[f], kind, lo, hi):
-            bad.add(f)
-    for f, known in _CHOICES.items():
-        if spec.get(f) not in (None, "") and spec[f] not in known:
-            p.invalid.append(f"{f}: unknown {_short(spec[f])}; known: {', '.join(known)}")
-            bad.add(f)
-    if spec.get("double_quant") is not None and not isinstance(spec["double_quant"], bool):
-        p.invalid.append(f"double_quant: {_short(spec['double_quant'])} must be true or false")
-        bad.add("double_quant")
+    for prm in (PARAMS["weights_bits"], *OPTION_PARAMS):  # each given option checked by its shared declaration
+        if spec.get(prm.name) not in (None, "") and _read(p, prm, spec) is None:
+            bad.add(prm.name)
     if method is None:
         return {}, bad | {"method"}
     for f in sorted(METHOD_OPTIONS - method.options - {"weights_bits"}):
@@ -304,7 +305,7 @@ def _options(p: Problems, spec: dict[str, Any], method: PtqMethod | None) -> tup
             p.invalid.append(f"{f}: does not apply to method {method.name} "
                              f"(its options: {', '.join(sorted(method.options)) or 'none'})")
             bad.add(f)
-    bits = spec.get("weights_bits")
+    bits = None if "weights_bits" in bad else _read(Problems(), PARAMS["weights_bits"], spec)
     bits = method.weights_bits[0] if bits is None else bits
     if bits not in method.weights_bits:
         if "weights_bits" not in bad:  # a bad type or range was reported above
@@ -312,19 +313,9 @@ def _options(p: Problems, spec: dict[str, Any], method: PtqMethod | None) -> tup
                              f"(supports: {', '.join(map(str, method.weights_bits))})")
         bad.add("weights_bits")
     opts: dict[str, Any] = {"weights_bits": bits}
-    for f in sorted(method.options):
-        opts[f] = spec[f] if spec.get(f) not in (None, "") else method.defaults[f]
-    if "group_size" not in bad and isinstance(opts.get("group_size"), float):  # proto JSON may carry 64.0
-        opts["group_size"] = int(opts["group_size"])
+    for f in sorted(method.options):  # as read (an integer field's 64.0 is 64), else the method's default
+        opts[f] = _read(p, PARAMS[f], spec) if spec.get(f) not in (None, "") and f not in bad else method.defaults[f]
     return opts, bad
-
-
-def _sub_range(p: Problems, spec: dict[str, Any], param: Param):
-    """A sub-message integer field, reported with its path (``calibration.num_samples``); None if bad."""
-    value = spec.get(param.key)
-    if value is None:
-        return param.default
-    return int(value) if _number(p, param.name, value, int, param.lo, param.hi) else None
 
 
 def _read_json(store: ObjectStore, model: str, path: str) -> dict[str, Any] | None:

@@ -145,7 +145,7 @@ def _already_quantized_import(store, tiny_model_dir, tmp_path):
     ({"source_model": TINY, "method": "bnb_4bit", "weights_bits": 3, "bnb_4bit_quant_type": "int4",
       "smoothing_strength": 2.0},
      ValidationError, ["weights_bits: 3 is not supported by bnb_4bit", "bnb_4bit_quant_type: unknown 'int4'",
-                       "smoothing_strength: 2.0 must be a number in [0, 1]", "smoothing_strength: does not apply"]),
+                       "smoothing_strength: 2.0 must be in [0, 1]", "smoothing_strength: does not apply"]),
     ({"source_model": TINY, "method": "smoothquant_w8a8"},
      ValidationError, ["dataset: required for smoothquant_w8a8 with gptq"]),
     ({"source_model": TINY, "method": "smoothquant_w8a8", "dataset": "arc",

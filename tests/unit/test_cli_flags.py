@@ -25,9 +25,12 @@ def _subparser(command: str) -> argparse.ArgumentParser:
 
 
 def _proto_fields(descriptor, prefix: str = "") -> set[str]:
+    """The spec's field paths; a generic map (google.protobuf.Struct: the PEFT options) is ``name.*``."""
     out = set()
     for f in descriptor.fields:
-        if f.message_type is not None:
+        if f.message_type is not None and f.message_type.full_name == "google.protobuf.Struct":
+            out.add(f"{prefix}{f.name}.*")
+        elif f.message_type is not None:
             out |= _proto_fields(f.message_type, f"{prefix}{f.name}.")
         else:
             out.add(prefix + f.name)
@@ -37,7 +40,10 @@ def _proto_fields(descriptor, prefix: str = "") -> set[str]:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_one_flag_per_spec_field_and_no_other(command):
     params, message = COMMANDS[command]
-    assert {p.name for p in params} == _proto_fields(message.DESCRIPTOR)   # every field is a Param
+    fields = _proto_fields(message.DESCRIPTOR)
+    maps = {f[:-2] for f in fields if f.endswith(".*")}
+    names = {p.name if p.name.split(".")[0] not in maps else p.name.split(".")[0] + ".*" for p in params}
+    assert names == fields                                                    # every field is a Param
     flags = {s for a in _subparser(command)._actions for s in a.option_strings} - JOB_FLAGS
     flags -= {f"--no-{p.cli_flag[2:]}" for p in params if p.kind is bool}
     assert flags == {p.cli_flag for p in params}                              # ... and a flag

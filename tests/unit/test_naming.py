@@ -24,9 +24,9 @@ STUDY_TAGS = [
     ("adaround", {"bits": 4}, "AdaRound_w4"),
     ("BRECQ", {"bits": 4, "extras": {"seed": 0, "flag": True, "off": False, "none": None}}, "BRECQ_w4_flag_seed0"),
     (QuantMethod.INT8, {}, "Int8_BnB"),          # literal tags of the study
-    (QuantMethod.BNB4BIT, {}, "4bit_BnB"),
+    (QuantMethod.from_any("BNB4BIT"), {}, "4bit_BnB"),
     (QuantMethod.QLORA, {}, "QLORA_w4_headbf16"),
-    (QuantMethod.W4A16_GPTQ, {}, "W4A16_GPTQ"),  # ftlab's first llm-compressor tags
+    (QuantMethod.from_any("W4A16_GPTQ"), {}, "W4A16_GPTQ"),  # ftlab's first llm-compressor tags
 ]
 
 
@@ -49,18 +49,18 @@ def test_parse_tag_inverts_tag_quant(method, params, expected):
 
 # Model names from the study (and ftlab's variants): the tag a name ends with.
 STUDY_NAMES = [
-    ("Qwen3-4B-base_GPTQ_w4_g64_headfp16", QuantMethod.GPTQ, 4, 64, {"head": "fp16"}),
+    ("Qwen3-4B-base_GPTQ_w4_g64_headfp16", QuantMethod.from_any("GPTQ"), 4, 64, {"head": "fp16"}),
     ("Qwen3-4B-base_Int8_BnB", QuantMethod.INT8, None, None, {}),
-    ("Qwen3-4B-base_4bit_BnB", QuantMethod.BNB4BIT, None, None, {}),
+    ("Qwen3-4B-base_4bit_BnB", QuantMethod.from_any("BNB4BIT"), None, None, {}),
     ("Qwen3-4B-openmath_SFT_NoPeft_Int8_BnB", QuantMethod.INT8, None, None, {}),
-    ("Qwen3-4B-openmath_SFT_NoPeft_4bit_BnB", QuantMethod.BNB4BIT, None, None, {}),
+    ("Qwen3-4B-openmath_SFT_NoPeft_4bit_BnB", QuantMethod.from_any("BNB4BIT"), None, None, {}),
     ("Qwen3-4B-openmath_SFT_NoPeft_NoQuant", QuantMethod.NO_QUANT, None, None, {}),
     ("Qwen3-8B-openmath_SFT_LoRa256_QLORA_w4_headbf16", QuantMethod.QLORA, 4, None, {"head": "bf16"}),
     ("Qwen3-8B-openmath_SFT_DoRa256_NoQuant", QuantMethod.NO_QUANT, None, None, {}),
     ("Qwen3-8B-openmath_SFT_VeRa512_NoQuant", QuantMethod.NO_QUANT, None, None, {}),
-    ("Qwen3-8B-base_W4A16_RTN_g32", QuantMethod.W4A16_RTN, None, 32, {}),
-    ("Qwen3-8B-base_W8A8_SQ_RTN_a0.5", QuantMethod.W8A8_SQ_RTN, None, None, {"a": "0.5"}),
-    ("M_4bit_FP4_BnB_noDQ", QuantMethod.BNB4BIT_FP4, None, None, {"noDQ": True}),
+    ("Qwen3-8B-base_W4A16_RTN_g32", QuantMethod.from_any("W4A16_RTN"), None, 32, {}),
+    ("Qwen3-8B-base_W8A8_SQ_RTN_a0.5", QuantMethod.from_any("W8A8_SQ_RTN"), None, None, {"a": "0.5"}),
+    ("M_4bit_FP4_BnB_noDQ", QuantMethod.from_any("BNB4BIT_FP4"), None, None, {"noDQ": True}),
     ("M_Int8_BnB_t4", QuantMethod.INT8, None, None, {"t": "4"}),
 ]
 
@@ -99,3 +99,26 @@ def test_kv_bits_go_where_the_study_puts_them():
 def test_bad_names_are_quoted_short():
     [problem] = check_name("output_name", "x" * 10_000)
     assert len(problem) < 200
+
+
+def test_the_quantization_names_are_the_plugins_and_a_process_without_the_quantizer_knows_them():
+    # the evaluator never imports the quantizer, yet parses a W8A16 model's tag (declared in ptq/w8a16.py)
+    import subprocess
+    import sys
+    code = ("import sys; from services.common.contract.naming import with_kv_bits, known_quant_methods; "
+            "print(with_kv_bits('W8A16_RTN', 4), 'services.quantizer.ptq.w8a16' in sys.modules, "
+            "len(known_quant_methods()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    from services.quantizer.ptq import PTQ_METHODS
+    names = {q for m in PTQ_METHODS.values() for q in m.quant_methods.values()}
+    assert out.stdout.split() == ["W8A16_RTN_kv4", "True", str(len(names | {"NoQuant", "QLORA"}))], out.stderr
+
+
+def test_a_name_is_declared_once():
+    from services.common.contract.naming import quant_method
+    assert quant_method("INT8", tag="Int8_BnB") is QuantMethod.INT8  # the trainer's and bnb_int8's: one name
+    for bad in ({"name": "INT8", "tag": "Int8"}, {"name": "gptq"}, {"name": "Int8New", "tag": "Int8_BnB"},
+                {"name": "X1", "aliases": ("smooth-quant",)}):
+        with pytest.raises(ValueError, match="already"):
+            quant_method(**bad)
+    assert QuantMethod.from_any("smooth-Quant") == "SmoothQuant" and QuantMethod.from_any("w8a16_rtn").tag == "W8A16_RTN"

@@ -17,6 +17,30 @@ from services.trainer.peft import PEFT_METHODS, PeftMethod, register_peft_method
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "TRAINER.md"
 
 
+def _options(method: PeftMethod) -> dict:
+    """Every option of the method with a valid value unlike its default (what a client may send)."""
+    out = {}
+    for prm in method.params():
+        if prm.kind is list:
+            out[prm.key] = ["q_proj"]
+        elif prm.kind is int:
+            out[prm.key] = int(prm.lo) + 3
+        elif prm.kind is float:
+            out[prm.key] = prm.lo + (min(prm.hi, 1.0) - prm.lo) / 4
+        else:
+            out[prm.key] = not prm.default if prm.kind is bool else prm.choices[-1]
+    return out
+
+
+def _through_the_wire(spec: dict) -> TrainConfig:
+    """``spec`` sent by a client as binary proto, read by the trainer's door."""
+    from google.protobuf import json_format
+
+    from services.common.rpc.job_servicer import spec_to_dict
+    sent = json_format.ParseDict(spec, train_spec_pb2.TrainSpec()).SerializeToString()
+    return TrainConfig.resolve(spec_to_dict(train_spec_pb2.TrainSpec.FromString(sent)), "cpu")
+
+
 def _train_flags() -> dict[str, argparse.Action]:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
     return {s: a for a in sub._actions for s in a.option_strings}
@@ -26,8 +50,9 @@ def _train_flags() -> dict[str, argparse.Action]:
 def test_a_registered_method_is_in_every_table(name):
     method = PEFT_METHODS[name]
     assert name in _train_flags()["--peft"].choices                                   # the CLI
-    proto = {f.name for f in train_spec_pb2.LoraConfig.DESCRIPTOR.fields}
-    assert set(method.fields) <= proto, set(method.fields) - proto                    # the proto
+    sent = _options(method)  # every option, typed as sent (a rank stays an int), through the proto
+    got = _through_the_wire({"base_model": "B", "dataset": "arc", "peft_method": name, "lora": sent}).adapter
+    assert {k: (v, type(v)) for k, v in sent.items()} == {k: (getattr(got, k), type(getattr(got, k))) for k in sent}
     assert all(p.cli_flag in _train_flags() for p in method.params())                 # its flags
     assert f"| `{name}`" in DOCS.read_text(), f"docs/TRAINER.md has no row for {name}"  # the docs
     spec = {"base_model": "Qwen3-0.6B-base", "dataset": "arc", "peft_method": name}
@@ -65,3 +90,18 @@ def test_a_plugins_preconditions_reach_the_door():
         with pytest.raises(PreconditionError, match=fragment):
             _check_preconditions(TrainConfig.resolve({**base, **spec}, "cuda"))
     _check_preconditions(TrainConfig.resolve({**base, "peft_method": "pissa"}, "cuda"))
+
+
+def test_the_options_map_is_strict_at_the_door():
+    from services.common.contract.errors import ValidationError
+    from services.common.rpc.job_servicer import spec_to_dict
+    spec = {"base_model": "B", "dataset": "arc", "peft_method": "lora"}
+    with pytest.raises(ValidationError) as exc:  # one answer: an unknown key, a non-integer rank, another method's
+        _through_the_wire({**spec, "lora": {"r": 8.5, "bogus": 1, "d_initial": 0.2}})
+    text = str(exc.value)
+    assert "lora.bogus: unknown field" in text and "lora.r: 8.5 must be an integer" in text
+    assert "lora.d_initial: lora takes no d_initial" in text
+    # a client built against the typed LoraConfig (field 6, r = 16) is refused, not silently ignored
+    old = train_spec_pb2.TrainSpec.FromString(bytes([0x32, 0x02, 0x08, 0x10]))
+    with pytest.raises(ValidationError, match="#6: not a field of TrainSpec"):
+        spec_to_dict(old)

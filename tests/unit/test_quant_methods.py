@@ -25,10 +25,10 @@ def test_registry_is_consistent():
 
 @pytest.mark.parametrize("source,method,variant,expected", [
     ("Qwen3-4B-base", QuantMethod.INT8, "", "Qwen3-4B-base_Int8_BnB"),  # the study's names
-    ("Qwen3-4B-base", QuantMethod.BNB4BIT, "", "Qwen3-4B-base_4bit_BnB"),
+    ("Qwen3-4B-base", QuantMethod.from_any("BNB4BIT"), "", "Qwen3-4B-base_4bit_BnB"),
     ("Qwen3-4B-openmath_SFT_NoPeft_NoQuant", QuantMethod.INT8, "", "Qwen3-4B-openmath_SFT_NoPeft_Int8_BnB"),
-    ("Qwen3-8B-base", QuantMethod.W4A16_GPTQ, "g64", "Qwen3-8B-base_W4A16_GPTQ_g64"),
-    ("Qwen3-8B-base", QuantMethod.W8A8_SQ_RTN, "a0.5", "Qwen3-8B-base_W8A8_SQ_RTN_a0.5"),
+    ("Qwen3-8B-base", QuantMethod.from_any("W4A16_GPTQ"), "g64", "Qwen3-8B-base_W4A16_GPTQ_g64"),
+    ("Qwen3-8B-base", QuantMethod.from_any("W8A8_SQ_RTN"), "a0.5", "Qwen3-8B-base_W8A8_SQ_RTN_a0.5"),
 ])
 def test_quantized_names(source, method, variant, expected):
     assert quantized_model_name(source, method, variant) == expected

@@ -64,7 +64,7 @@ def test_every_bad_value_of_every_option_is_a_validation_error(door, method, mon
 
 def test_group_size_zero_and_non_dividing(door):
     out = _resolve(door, {"source_model": "src", "method": "w4a16", "group_size": 0, "dataset": "arc"})
-    assert isinstance(out, ValidationError) and "group_size: 0 must be an integer in [1, 65536]" in str(out)
+    assert isinstance(out, ValidationError) and "group_size: 0 must be in [1, 65536]" in str(out)
     out = _resolve(door, {"source_model": "src", "method": "gptq", "group_size": 48, "dataset": "arc"})
     assert isinstance(out, ValidationError) and "does not divide" in str(out)
 
@@ -97,3 +97,18 @@ def test_study_methods_resolve_with_their_tags(door, monkeypatch):
         cfg = _resolve(door, {"source_model": "src", "method": method, "dataset": "arc"})
         assert cfg["quant_tag"] == tag and cfg["output_name"] == f"src_{tag}" and cfg["lm_head_dtype"] == "fp32"
         assert cfg["calibration"]["num_samples"] == 128
+
+
+def test_the_spec_is_read_with_the_schemas_one_idiom(door):
+    # a block that is no mapping, a non-integer count, a flag that is no bool: one answer, each named
+    out = _resolve(door, {"source_model": "src", "method": "bnb_4bit", "double_quant": "yes", "calibration": "x",
+                          "report": {"num_prompts": 2.5}})
+    assert isinstance(out, ValidationError) and set(out.problems) >= {
+        "double_quant: 'yes' must be true or false", "calibration: 'x' must be a mapping of its fields",
+        "report.num_prompts: 2.5 must be an integer"}, out.problems
+    # numbers as a generic map or YAML carries them (64.0) are the integers they are
+    cfg = resolve_quantize_spec({"source_model": "src", "method": "gptq", "group_size": 32.0, "weights_bits": 4.0,
+                                 "dataset": "arc", "calibration": {"num_samples": 16.0}}, door)
+    assert (cfg["options"]["group_size"], cfg["weights_bits"], cfg["calibration"]["num_samples"]) == (32, 4, 16)
+    assert all(type(v) is int for v in (cfg["options"]["group_size"], cfg["weights_bits"]))
+    assert cfg["quant_tag"].startswith("GPTQ_w4_g32_")

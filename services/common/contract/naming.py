@@ -13,7 +13,6 @@ The study's older literal tags (``Int8_BnB``, ``4bit_BnB``) and ftlab's first ll
 """
 from __future__ import annotations
 
-import enum
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,61 +22,119 @@ from services.common.contract.errors import ValidationError, quote
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class QuantMethod(str, enum.Enum):
-    """The study's QuantMethod names (its ``QuantMethod`` enum), then ftlab's additions."""
-    NO_QUANT = "NoQuant"
-    INT8 = "INT8"          # bitsandbytes LLM.int8
-    BNB4BIT = "BNB4BIT"    # bitsandbytes 4-bit NF4 (the study's default 4-bit)
-    QLORA = "QLORA"        # 4-bit NF4 base, double quant, bf16 compute, lm_head bf16
-    GPTQ = "GPTQ"
-    QUA_ROT = "QuaRot"
-    ADA_ROUND = "AdaRound"
-    BRECQ = "BRECQ"
-    AWQ = "AWQ"
-    HQQ = "HQQ"
-    SMOOTH_QUANT = "SmoothQuant"
-    # ftlab's additions (names ftlab produced before the study's full vocabulary was supported)
-    BNB4BIT_FP4 = "BNB4BIT_FP4"      # bitsandbytes 4-bit FP4
-    W8A8_SQ_GPTQ = "W8A8_SQ_GPTQ"    # SmoothQuant + GPTQ int8 weights, int8 dynamic activations (llm-compressor)
-    W8A8_SQ_RTN = "W8A8_SQ_RTN"      # SmoothQuant + round-to-nearest int8 W8A8 (llm-compressor)
-    W4A16_GPTQ = "W4A16_GPTQ"        # GPTQ int4 grouped weights, 16-bit activations (llm-compressor)
-    W4A16_RTN = "W4A16_RTN"          # round-to-nearest int4 grouped weights (llm-compressor)
-    W8A16_RTN = "W8A16_RTN"          # round-to-nearest int8 per-channel weights (llm-compressor)
+class QuantMethod(str):
+    """A quantization method's name in the study's vocabulary (its ``QuantMethod`` enum) or one of
+    ftlab's additions: an open set. The training-time names (:data:`NO_QUANT`, :data:`QLORA`,
+    :data:`INT8`: the base a fine-tune was trained on) are declared here; every post-training name
+    is declared by its PTQ plugin (services/quantizer/ptq/<method>.py, :func:`quant_method`), so a
+    new method adds its names in its own file. ``tag``: the fixed tag a method without parameters
+    gets (``Int8_BnB``), None for a study-style parametric name (``GPTQ_w4_g64``)."""
+    tag: str | None
+
+    def __new__(cls, name: str, tag: str | None = None) -> "QuantMethod":
+        self = super().__new__(cls, name)
+        self.tag = tag
+        return self
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+    def __repr__(self) -> str:
+        return f"QuantMethod({str(self)!r})"
 
     @classmethod
-    def from_any(cls, value: Any) -> QuantMethod:
-        """The study's normalisation: case, '-' and '_' ignored (``smooth_quant`` -> SmoothQuant).
-        Raises ValidationError listing the known names."""
+    def from_any(cls, value: Any) -> "QuantMethod":
+        """The study's normalisation: case, '-' and '_' ignored (``smooth_quant`` -> SmoothQuant),
+        and a method's declared aliases. Raises ValidationError listing the known names."""
         if isinstance(value, cls):
             return value
         key = _canonical(str(value or ""))
-        for m in cls:
-            if _canonical(m.value) == key:
-                return m
-        raise ValidationError(f"quantization method: unknown {_short(value)}; known: {', '.join(m.value for m in cls)}")
+        found = _BY_KEY.get(key)
+        if found is None and _load_plugins():
+            found = _BY_KEY.get(key)
+        if found is None:
+            raise ValidationError(f"quantization method: unknown {_short(value)}; known: "
+                                  f"{', '.join(known_quant_methods())}")
+        return found
 
 
 def _canonical(s: str) -> str:
     return s.replace("-", "").replace("_", "").lower()
 
 
+# name -> method, in declaration order (the error messages' order); normalised spelling -> method
+_METHODS: dict[str, QuantMethod] = {}
+_BY_KEY: dict[str, QuantMethod] = {}
 # Fixed tags: the study's literal names and ftlab's first tags. A method without parameters
-# gets its literal tag (``tag_quant(QuantMethod.INT8) == "Int8_BnB"``).
-QUANT_TAGS = {
-    QuantMethod.NO_QUANT: "NoQuant",
-    QuantMethod.QLORA: "QLORA_w4_headbf16",
-    QuantMethod.INT8: "Int8_BnB",
-    QuantMethod.BNB4BIT: "4bit_BnB",
-    QuantMethod.BNB4BIT_FP4: "4bit_FP4_BnB",
-    QuantMethod.W8A8_SQ_GPTQ: "W8A8_SQ_GPTQ",
-    QuantMethod.W8A8_SQ_RTN: "W8A8_SQ_RTN",
-    QuantMethod.W4A16_GPTQ: "W4A16_GPTQ",
-    QuantMethod.W4A16_RTN: "W4A16_RTN",
-    QuantMethod.W8A16_RTN: "W8A16_RTN",
-}
-# Literal tags that are not a method name followed by parameters, longest first for parsing.
-_LITERALS = sorted(((t, m) for m, t in QUANT_TAGS.items() if m not in (QuantMethod.NO_QUANT, QuantMethod.QLORA)),
-                   key=lambda x: -len(x[0]))
+# gets its literal tag (``tag_quant(INT8) == "Int8_BnB"``). Filled by :func:`quant_method`.
+QUANT_TAGS: dict[QuantMethod, str] = {}
+
+
+def quant_method(name: str, *, tag: str | None = None, aliases: tuple[str, ...] = ()) -> QuantMethod:
+    """Declare a quantization method name (a PTQ plugin declares its own): the study-style
+    ``name`` (``GPTQ``), its literal ``tag`` if it has one (``W8A16_RTN``), and ``aliases`` that
+    :meth:`QuantMethod.from_any` also accepts (normalised as the study does: case, '-' and '_'
+    ignored). Declaring a name again the same way returns it (INT8 is both the trainer's int8
+    base and the bnb_int8 plugin's); any other clash raises ValueError."""
+    have = _METHODS.get(name)
+    if have is not None:
+        if have.tag != tag or any(_BY_KEY.get(_canonical(a)) is not have for a in aliases):
+            raise ValueError(f"quantization method {name!r} is already declared differently (tag {have.tag!r})")
+        return have
+    method = QuantMethod(name, tag)
+    keys = [_canonical(k) for k in (name, *aliases)]
+    taken = [k for k in keys if k in _BY_KEY] + ([tag] if tag in QUANT_TAGS.values() else [])
+    if not name or taken:
+        raise ValueError(f"quantization method {name!r}: {', '.join(map(repr, taken)) or 'empty name'} "
+                         "already names another method")
+    _METHODS[name] = method
+    _BY_KEY.update((k, method) for k in keys)
+    if tag:
+        QUANT_TAGS[method] = tag
+    return method
+
+
+def known_quant_methods() -> tuple[QuantMethod, ...]:
+    """Every declared name: the training-time ones, then every PTQ plugin's."""
+    _load_plugins()
+    return tuple(_METHODS.values())
+
+
+# Where the post-training names are declared (the PTQ registry, which also imports third-party
+# plugins named under the ``ftlab.ptq`` entry-point group). Loaded on the first lookup, so a
+# process that never imports the quantizer (the evaluator parsing a GPTQ model's tag) knows them
+# too; imported by name because the plugins import this module (they sit in a service above
+# services/common, which the layering forbids importing statically).
+PLUGIN_PACKAGES = ("services.quantizer.ptq",)
+_loaded = False
+
+
+def _load_plugins() -> bool:
+    """Import the PTQ plugin packages once; True when this call did (a lookup may then retry)."""
+    global _loaded
+    if _loaded:
+        return False
+    _loaded = True
+    import importlib
+    for package in PLUGIN_PACKAGES:
+        importlib.import_module(package)
+    return True
+
+
+# The training-time names (the trainer's TRAINING_QUANT); NoQuant is also the suffix a
+# post-training tag replaces.
+NO_QUANT = QuantMethod.NO_QUANT = quant_method("NoQuant", tag="NoQuant")
+INT8 = QuantMethod.INT8 = quant_method("INT8", tag="Int8_BnB")   # bitsandbytes LLM.int8
+QLORA = QuantMethod.QLORA = quant_method("QLORA", tag="QLORA_w4_headbf16")  # NF4 base, double quant, bf16 compute
+
+
+def _literals() -> list[tuple[str, QuantMethod]]:
+    """Literal tags that are not a method name followed by parameters, longest first for parsing."""
+    _load_plugins()
+    return sorted(((t, m) for m, t in QUANT_TAGS.items() if m not in (NO_QUANT, QLORA)), key=lambda x: -len(x[0]))
+
+
 # Extra keys whose values start with letters (``headbf16``): parsed by known key, not by letters.
 EXTRA_KEYS = ("head", "alpha")
 
@@ -104,7 +161,7 @@ class QuantTag:
     literal: str | None = None
 
     def tag(self) -> str:
-        parts = [self.literal or self.method.value]
+        parts = [self.literal or str(self.method)]
         for label, value in (("w", self.bits), ("g", self.group_size), ("a", self.acts_bits), ("kv", self.kv_bits)):
             if value is not None:
                 parts.append(f"{label}{value}")
@@ -126,8 +183,8 @@ def tag_quant(method: QuantMethod | str, *, bits: int | None = None, group_size:
     lm_head precision (the study's ``extras["head"]``). Raises ValidationError for unknown methods."""
     m = QuantMethod.from_any(method)
     all_extras = {**(extras or {}), **({"head": head} if head else {})}
-    if m in QUANT_TAGS and not any((bits, group_size, acts_bits, kv_bits, all_extras)):
-        return QUANT_TAGS[m]
+    if m.tag and not any((bits, group_size, acts_bits, kv_bits, all_extras)):
+        return m.tag
     return QuantTag(m, bits, group_size, acts_bits, kv_bits, all_extras).tag()
 
 
@@ -140,7 +197,7 @@ def parse_tag(tag: str) -> QuantTag:
     extras ``{"t": "4"}``); otherwise the first segment is the method, then ``w``, ``g``, ``a``,
     ``kv`` numbers in that order, then extras. Raises ValidationError when the method is unknown."""
     literal, method, rest = None, None, tag
-    for lit, m in _LITERALS:
+    for lit, m in _literals():
         if tag == lit or tag.startswith(lit + "_"):
             literal, method, rest = lit, m, tag[len(lit) + 1:]
             break
@@ -219,7 +276,7 @@ def quantized_model_name(source_model: str, quant: QuantMethod | str, variant: s
     """``quant``: a QuantMethod (its literal tag) or a full tag (``GPTQ_w4_g64_headbf16``);
     ``variant`` names non-default options after a literal tag (``W4A16_GPTQ_g32``, ``4bit_BnB_noDQ``)."""
     tag = (tag_quant(quant) if isinstance(quant, QuantMethod) else quant) + (f"_{variant}" if variant else "")
-    suffix = "_" + tag_quant(QuantMethod.NO_QUANT)
+    suffix = "_" + NO_QUANT.tag
     if source_model.endswith(suffix):
         return source_model[: -len(suffix)] + "_" + tag
     return f"{source_model}_{tag}"

@@ -44,7 +44,9 @@ class Param:
         return self.cli_flag[2:].replace("-", "_")
 
     def range_text(self) -> str:
-        return f"{'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+        def num(v: float) -> str:  # 1.0 -> '1', 1e4 -> '10000', 0.5 -> '0.5'
+            return str(int(v)) if float(v).is_integer() else str(v)
+        return f"{'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
 
     def read(self, p: Problems, spec: dict[str, Any]) -> Any:
         """The field's value in ``spec`` (the field's own message; absent, or empty for a choice: the
@@ -56,10 +58,16 @@ class Param:
         value = spec.get(self.key, self.default)
         if value is None and self.key not in spec:  # derived: the config fills it in
             return None
+        if self.kind is bool:
+            p.require(isinstance(value, bool), f"{self.name}: {quote(value)} must be true or false")
         if self.lo is not None:
+            if self.kind is int and isinstance(value, float) and value.is_integer():
+                value = int(value)  # a generic map (google.protobuf.Struct) carries every number as a double
             ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
                   and (self.lo < value if self.lo_open else self.lo <= value) and (value < self.hi if self.hi_open else value <= self.hi))
             p.require(ok, f"{self.name}: {quote(value)} must be in {self.range_text()}")
+            p.require(not ok or self.kind is not int or isinstance(value, int),
+                      f"{self.name}: {quote(value)} must be an integer")
         return value
 
 

@@ -1,10 +1,11 @@
 """The post-training quantization methods, one plugin module per method in this package (as the
 PEFT methods, services/trainer/peft/): each module calls :func:`register_ptq_method` once with a
 :class:`PtqMethod`: its name (the spec's ``method``), backend, supported weight bits, the study's
-QuantMethod per algorithm (the model-name tag), its typed options dataclass (the QuantizeSpec
-fields it takes, with its own defaults: the range, choices and help of each shared field are the
-declarations below, so they live once), its quantize function, its output format and what loads
-it. The mechanism modules (config, recipe, the CLI, the flows) loop over :data:`PTQ_METHODS` and
+QuantMethod per algorithm (the model-name tag, declared in the plugin with
+:func:`~services.common.contract.naming.quant_method`: name, literal tag, aliases), its typed
+options dataclass (the QuantizeSpec fields it takes, with its own defaults: the range, choices and
+help of each shared field are the declarations below, so they live once), its quantize function,
+its output format and what loads it. The mechanism modules (config, recipe, the CLI, the flows) loop over :data:`PTQ_METHODS` and
 never name a method, so a new method is one file here (plus its test).
 
 Two naming generations live side by side: the study's vocabulary (``gptq``, ``awq``, ``hqq``,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from importlib.metadata import entry_points
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -159,3 +161,8 @@ def method_defaults(field: str) -> str:
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
+# A third party's methods: each module named under the ``ftlab.ptq`` entry-point group of an installed
+# distribution (``[project.entry-points."ftlab.ptq"] acme = "acme_ftlab.ptq_method"``) registers itself
+# the same way, after ours (tests/unit/test_third_party_plugins.py).
+for _entry in entry_points(group="ftlab.ptq"):
+    importlib.import_module(_entry.value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.contract.naming import QuantMethod
+from services.common.contract.naming import quant_method
 from services.quantizer.ptq import PtqMethod, group_size, register_ptq_method
 
 
@@ -28,7 +28,7 @@ def quantize(*args) -> None:
 
 
 register_ptq_method(PtqMethod(
-    "awq", "llm-compressor", (4, 8), 16, {"awq": QuantMethod.AWQ}, AwqOptions,
+    "awq", "llm-compressor", (4, 8), 16, {"awq": quant_method("AWQ")}, AwqOptions,
     calibrated=frozenset({"awq"}), study_tag=True,
     summary="AWQ: activation-aware channel scales searched on calibration data, then int4/int8 asymmetric "
             "grouped weights (round to nearest)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.contract.naming import QuantMethod
+from services.common.contract.naming import quant_method
 from services.quantizer.ptq import (PtqMethod, bnb_4bit_quant_type, compute_dtype, double_quant,
                                     register_ptq_method)
 
@@ -29,7 +29,8 @@ def quantize(ctx, cfg, src_dir, out, tok, calib, dev, dtype) -> None:
 
 
 register_ptq_method(PtqMethod(
-    "bnb_4bit", "bitsandbytes", (4,), 16, {"nf4": QuantMethod.BNB4BIT, "fp4": QuantMethod.BNB4BIT_FP4},
+    "bnb_4bit", "bitsandbytes", (4,), 16, {"nf4": quant_method("BNB4BIT", tag="4bit_BnB"),
+                                          "fp4": quant_method("BNB4BIT_FP4", tag="4bit_FP4_BnB")},
     Bnb4bitOptions, summary="4-bit NF4 or FP4 weights (blocks of 64), optional double quantization",
     quantize=quantize, output_format="bitsandbytes", variant=lambda o: "" if o["double_quant"] else "noDQ",
     algorithm_of=lambda o: o["bnb_4bit_quant_type"], vllm_loads=False, order=8))

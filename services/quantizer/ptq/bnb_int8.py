@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.contract.naming import QuantMethod
+from services.common.contract.naming import quant_method
 from services.quantizer.ptq import PtqMethod, llm_int8_threshold, register_ptq_method
 
 
@@ -26,6 +26,6 @@ def variant(o) -> str:
 
 
 register_ptq_method(PtqMethod(
-    "bnb_int8", "bitsandbytes", (8,), 8, {"llm_int8": QuantMethod.INT8}, Int8Options,
+    "bnb_int8", "bitsandbytes", (8,), 8, {"llm_int8": quant_method("INT8", tag="Int8_BnB")}, Int8Options,
     summary="LLM.int8(): int8 weights and vector-wise int8 matmuls, outlier columns kept in 16-bit",
     quantize=quantize, output_format="bitsandbytes", variant=variant, vllm_loads=False, order=7))

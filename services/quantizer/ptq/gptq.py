@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.contract.naming import QuantMethod
+from services.common.contract.naming import quant_method
 from services.quantizer.ptq import PtqMethod, group_size, register_ptq_method
 
 
@@ -26,7 +26,7 @@ def quantize(*args) -> None:
 
 
 register_ptq_method(PtqMethod(
-    "gptq", "llm-compressor", (4, 8), 16, {"gptq": QuantMethod.GPTQ}, GptqOptions,
+    "gptq", "llm-compressor", (4, 8), 16, {"gptq": quant_method("GPTQ")}, GptqOptions,
     calibrated=frozenset({"gptq"}), study_tag=True,
     summary="GPTQ: int4/int8 symmetric grouped weights with second-order error compensation, 16-bit activations",
     quantize=quantize, output_format="compressed-tensors", order=0))

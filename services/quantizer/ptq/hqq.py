@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.contract.naming import QuantMethod
+from services.common.contract.naming import quant_method
 from services.quantizer.ptq import PtqMethod, group_size, register_ptq_method
 
 
@@ -21,7 +21,7 @@ def quantize(ctx, cfg, src_dir, out, tok, calib, dev, dtype) -> None:
 
 
 register_ptq_method(PtqMethod(
-    "hqq", "hqq", (4, 8, 2, 3), 16, {"hqq": QuantMethod.HQQ}, HqqOptions, study_tag=True,
+    "hqq", "hqq", (4, 8, 2, 3), 16, {"hqq": quant_method("HQQ")}, HqqOptions, study_tag=True,
     needs_gpu="transformers' HQQ integration refuses CPU device maps (quantizer_hqq.validate_environment)",
     summary="HQQ: calibration-free half-quadratic quantization of grouped weights (transformers HqqConfig + hqq)",
     quantize=quantize, output_format="hqq", vllm_loads=False, order=2))

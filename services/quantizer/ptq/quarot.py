@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.contract.naming import QuantMethod
+from services.common.contract.naming import quant_method
 from services.quantizer.ptq import PtqMethod, group_size, register_ptq_method
 
 
@@ -29,7 +29,7 @@ def quantize(*args) -> None:
 
 
 register_ptq_method(PtqMethod(
-    "quarot", "llm-compressor", (4, 8), 16, {"gptq": QuantMethod.QUA_ROT}, QuarotOptions,
+    "quarot", "llm-compressor", (4, 8), 16, {"gptq": quant_method("QuaRot")}, QuarotOptions,
     calibrated=frozenset({"gptq"}), study_tag=True,
     summary="QuaRot-style: Hadamard rotations of the residual stream and the attention heads (SpinQuant R1+R2, "
             "fused into the weights) before GPTQ int4/int8 grouped weights",

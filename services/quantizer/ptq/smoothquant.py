@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.contract.naming import QuantMethod
+from services.common.contract.naming import quant_method
 from services.quantizer.ptq import PtqMethod, algorithm, register_ptq_method, smoothing_strength
 
 
@@ -28,7 +28,7 @@ def quantize(*args) -> None:
 
 
 register_ptq_method(PtqMethod(
-    "smoothquant", "llm-compressor", (8,), 8, {"gptq": QuantMethod.SMOOTH_QUANT, "rtn": QuantMethod.SMOOTH_QUANT},
+    "smoothquant", "llm-compressor", (8,), 8, {"gptq": quant_method("SmoothQuant"), "rtn": quant_method("SmoothQuant")},
     SmoothQuantOptions, calibrated=frozenset({"gptq", "rtn"}), study_tag=True,
     summary="SmoothQuant: activation outliers migrated into the weights, then int8 per-channel weights by GPTQ "
             "or round-to-nearest and int8 dynamic per-token activations",

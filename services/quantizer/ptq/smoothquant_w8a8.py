@@ -2,7 +2,7 @@
 ``W8A8_SQ_GPTQ`` / ``W8A8_SQ_RTN``, so models named before the study's vocabulary stay valid)."""
 from __future__ import annotations
 
-from services.common.contract.naming import QuantMethod
+from services.common.contract.naming import quant_method
 from services.quantizer.ptq import PtqMethod, register_ptq_method
 from services.quantizer.ptq.smoothquant import SmoothQuantOptions, quantize
 
@@ -14,6 +14,7 @@ def variant(o) -> str:
 
 register_ptq_method(PtqMethod(
     "smoothquant_w8a8", "llm-compressor", (8,), 8,
-    {"gptq": QuantMethod.W8A8_SQ_GPTQ, "rtn": QuantMethod.W8A8_SQ_RTN}, SmoothQuantOptions,
+    {"gptq": quant_method("W8A8_SQ_GPTQ", tag="W8A8_SQ_GPTQ"), "rtn": quant_method("W8A8_SQ_RTN", tag="W8A8_SQ_RTN")},
+    SmoothQuantOptions,
     calibrated=frozenset({"gptq", "rtn"}), summary="SmoothQuant W8A8 under its first ftlab name (same recipe as "
     "smoothquant)", quantize=quantize, output_format="compressed-tensors", variant=variant, order=9))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.contract.naming import QuantMethod
+from services.common.contract.naming import quant_method
 from services.quantizer.ptq import PtqMethod, algorithm, group_size, register_ptq_method
 
 
@@ -28,7 +28,8 @@ def quantize(*args) -> None:
 
 
 register_ptq_method(PtqMethod(
-    "w4a16", "llm-compressor", (4,), 16, {"gptq": QuantMethod.W4A16_GPTQ, "rtn": QuantMethod.W4A16_RTN},
+    "w4a16", "llm-compressor", (4,), 16, {"gptq": quant_method("W4A16_GPTQ", tag="W4A16_GPTQ"),
+                                       "rtn": quant_method("W4A16_RTN", tag="W4A16_RTN")},
     W4a16Options, calibrated=frozenset({"gptq"}),
     summary="int4 symmetric grouped weights by GPTQ or round-to-nearest, 16-bit activations",
     quantize=quantize, output_format="compressed-tensors",

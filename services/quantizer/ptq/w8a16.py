@@ -1,9 +1,9 @@
 """W8A16 (llm-compressor): int8 symmetric per-channel weights by round to nearest,
 16-bit activations; calibration-free, saved as compressed-tensors (vLLM serves it). The extension
-example: this file (and its QuantMethod name tag) is all the method took."""
+example: this file (its name tag declared here too) is all the method took."""
 from __future__ import annotations
 
-from services.common.contract.naming import QuantMethod
+from services.common.contract.naming import quant_method
 from services.quantizer.ptq import PtqMethod, register_ptq_method
 
 
@@ -21,6 +21,6 @@ def quantize(*args) -> None:
 
 
 register_ptq_method(PtqMethod(
-    "w8a16", "llm-compressor", (8,), 16, {"rtn": QuantMethod.W8A16_RTN},
+    "w8a16", "llm-compressor", (8,), 16, {"rtn": quant_method("W8A16_RTN", tag="W8A16_RTN")},
     summary="int8 per-channel weights by round-to-nearest, 16-bit activations (llm-compressor W8A16)",
     quantize=quantize, output_format="compressed-tensors", order=11))

@@ -1,26 +1,10 @@
-from google.protobuf.internal import containers as _containers
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from collections.abc import Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class LoraConfig(_message.Message):
-    __slots__ = ("r", "alpha", "dropout", "target_modules", "d_initial", "loraplus_lr_ratio")
-    R_FIELD_NUMBER: _ClassVar[int]
-    ALPHA_FIELD_NUMBER: _ClassVar[int]
-    DROPOUT_FIELD_NUMBER: _ClassVar[int]
-    TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
-    D_INITIAL_FIELD_NUMBER: _ClassVar[int]
-    LORAPLUS_LR_RATIO_FIELD_NUMBER: _ClassVar[int]
-    r: int
-    alpha: int
-    dropout: float
-    target_modules: _containers.RepeatedScalarFieldContainer[str]
-    d_initial: float
-    loraplus_lr_ratio: float
-    def __init__(self, r: _Optional[int] = ..., alpha: _Optional[int] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., d_initial: _Optional[float] = ..., loraplus_lr_ratio: _Optional[float] = ...) -> None: ...
 
 class TrainSpec(_message.Message):
     __slots__ = ("base_model", "dataset", "task", "output_name", "peft_method", "lora", "training_quant", "max_steps", "num_train_epochs", "per_device_batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "max_seq_length", "seed", "merge_after_train", "train_limit", "gradient_checkpointing", "save_steps", "resume", "optimizer", "packing", "group_by_length", "completion_only_loss", "lr_scheduler", "world_size", "logging_steps", "dtype")
@@ -59,7 +43,7 @@ class TrainSpec(_message.Message):
     task: str
     output_name: str
     peft_method: str
-    lora: LoraConfig
+    lora: _struct_pb2.Struct
     training_quant: str
     max_steps: int
     num_train_epochs: float
@@ -84,4 +68,4 @@ class TrainSpec(_message.Message):
     world_size: int
     logging_steps: int
     dtype: str
-    def __init__(self, base_model: _Optional[str] = ..., dataset: _Optional[str] = ..., task: _Optional[str] = ..., output_name: _Optional[str] = ..., peft_method: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., training_quant: _Optional[str] = ..., max_steps: _Optional[int] = ..., num_train_epochs: _Optional[float] = ..., per_device_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., warmup_ratio: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., merge_after_train: _Optional[bool] = ..., train_limit: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., save_steps: _Optional[int] = ..., resume: _Optional[str] = ..., optimizer: _Optional[str] = ..., packing: _Optional[bool] = ..., group_by_length: _Optional[bool] = ..., completion_only_loss: _Optional[bool] = ..., lr_scheduler: _Optional[str] = ..., world_size: _Optional[int] = ..., logging_steps: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
+    def __init__(self, base_model: _Optional[str] = ..., dataset: _Optional[str] = ..., task: _Optional[str] = ..., output_name: _Optional[str] = ..., peft_method: _Optional[str] = ..., lora: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., training_quant: _Optional[str] = ..., max_steps: _Optional[int] = ..., num_train_epochs: _Optional[float] = ..., per_device_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., warmup_ratio: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., merge_after_train: _Optional[bool] = ..., train_limit: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., save_steps: _Optional[int] = ..., resume: _Optional[str] = ..., optimizer: _Optional[str] = ..., packing: _Optional[bool] = ..., group_by_length: _Optional[bool] = ..., completion_only_loss: _Optional[bool] = ..., lr_scheduler: _Optional[str] = ..., world_size: _Optional[int] = ..., logging_steps: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
