@@ -34,3 +34,11 @@ def test_the_check_runs_every_step_of_phase1_with_each_steps_work_scaled_down(tm
     for step in check.stage("evaluate"):
         assert step.spec["max_new_tokens"] == EVAL_WORK["max_new_tokens"]
         assert {t["limit"] for t in step.spec["tasks"]} == {EVAL_WORK["limit"]}
+
+
+def test_the_check_passes_a_run_only_when_every_step_succeeded():
+    from bench.phase1_check import all_succeeded
+    assert all_succeeded("steps: 3 skipped, 86 succeeded")  # the datasets were in storage already
+    assert not all_succeeded("steps: 1 blocked, 1 failed, 84 succeeded")
+    assert not all_succeeded("steps: 85 succeeded")
+    assert not all_succeeded(None)  # the run printed no summary
