@@ -15,11 +15,17 @@ While each flow runs, the three services' Health is probed every ``--probe-every
 1 s deadline; every probe must answer SERVING in time.
 
 1. **The whole plan**, to the end: every one of the 86 steps must succeed.
-2. **A cancel in the middle**: the same plan on two more tiny bases (so nothing of run 1 is reused),
-   interrupted (SIGINT, as Ctrl-C) once ``--cancel-after`` of its trainings succeeded; every job of
-   it must be CANCELLED or SUCCEEDED (none QUEUED or RUNNING) within ``--cancel-within`` seconds.
+2. **A cancel in the middle**: once run 1 has ``--cancel-after`` trainings done, the same plan on two
+   more tiny bases (so nothing of run 1 is reused) as a second flow beside it; as soon as all 42 of
+   its trainings are submitted (queued behind run 1's, its base evaluations under way) it is
+   interrupted (SIGINT, as Ctrl-C), and every job of it must be CANCELLED or SUCCEEDED (none QUEUED
+   or RUNNING) within ``--cancel-within`` seconds. ``--skip-full``: this flow alone, interrupted once
+   ``--cancel-after`` of its own trainings succeeded.
 
-Run: ``.venv/bin/python -m bench.phase1_check [--skip-full] [--cancel-after 21]``. Prints what it
+``ftlab report`` of run 1 is timed after it. A ListJobs of the monitor past its 30 s deadline is
+recorded and fails the check (it does not end it).
+
+Run: ``.venv/bin/python -m bench.phase1_check [--cancel-after 21] [--skip-full | --skip-cancel]``. Prints what it
 measured and a JSON line; exits 1 when a check fails."""
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from services.common.contract.errors import FtlabError
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASE1 = ROOT / "flows" / "experiments" / "phase1.yaml"
@@ -124,8 +132,11 @@ def counts(jobs: dict[str, dict[str, str]]) -> str:
 def run_flow(env: dict, tmp: Path, name: str, bases: list[str], clients, probe_every: float,
              cancel_after: int | None, cancel_within: float) -> dict:
     """One ``ftlab run`` of the plan; with ``cancel_after``, SIGINT once that many trainings succeeded."""
+    env = {**env, "PREFECT_HOME": str(tmp / f"prefect-{name}")}  # each flow its own Prefect database
     plan_file = tmp / f"{name}.yaml"
     plan_file.write_text(yaml.safe_dump(plan(name, bases)))
+    from flows.experiment import load
+    n_train = len(load(str(plan_file)).stage("train"))
     log_path = tmp / f"{name}.log"
     out: dict = {"experiment": name}
     t0 = time.time()
@@ -137,14 +148,20 @@ def run_flow(env: dict, tmp: Path, name: str, bases: list[str], clients, probe_e
         try:
             while proc.poll() is None:
                 time.sleep(2.0)
-                jobs = jobs_of(clients, name)
+                try:
+                    jobs = jobs_of(clients, name)
+                except FtlabError as exc:  # a ListJobs past its 30 s: a finding, recorded, not the end
+                    out.setdefault("monitor_errors", []).append(f"+{time.time() - t0:.0f}s {str(exc)[:120]}")
+                    print(f"#   {name}: monitor ListJobs failed: {exc}", flush=True)
+                    continue
                 active = sum(s not in TERMINAL for states in jobs.values() for s in states.values())
                 peak_active = max(peak_active, active)
                 if time.time() - last_print > 20:
-                    print(f"#   {name} +{time.time() - t0:.0f}s: {counts(jobs)}", flush=True)
+                    print(f"#   {name} +{time.time() - t0:.0f}s: {counts(jobs)}; health {prober.summary()}", flush=True)
                     last_print = time.time()
                 trained = sum(s == "SUCCEEDED" for s in jobs["trainer"].values())
-                if cancel_after is not None and cancelled_at is None and trained >= cancel_after:
+                width = len(jobs["trainer"])  # every training is submitted at once, first: full width
+                if cancel_after is not None and cancelled_at is None and trained >= cancel_after and width == n_train:
                     out["jobs_at_cancel"] = counts(jobs)
                     print(f"#   {name}: {trained} trainings done, interrupting the flow (SIGINT)", flush=True)
                     proc.send_signal(signal.SIGINT)
@@ -152,7 +169,11 @@ def run_flow(env: dict, tmp: Path, name: str, bases: list[str], clients, probe_e
                     break
             if cancelled_at is not None:
                 while True:  # every job terminal?
-                    jobs = jobs_of(clients, name)
+                    try:
+                        jobs = jobs_of(clients, name)
+                    except FtlabError as exc:
+                        out.setdefault("monitor_errors", []).append(f"after the cancel: {str(exc)[:120]}")
+                        continue
                     left = [j for states in jobs.values() for j, s in states.items() if s not in TERMINAL]
                     if not left or time.time() - cancelled_at > max(cancel_within, 120):
                         break
@@ -186,6 +207,17 @@ def run_flow(env: dict, tmp: Path, name: str, bases: list[str], clients, probe_e
         out["flow_said"] = said[-1][:200] if said else None
     out["log"] = str(log_path)
     return out
+
+
+def cancel_during(env: dict, tmp: Path, full: str, bases: list[str], clients, probe_every: float,
+                  full_trained: int, cancel_within: float) -> dict:
+    """Once the flow ``full`` has ``full_trained`` trainings done (the middle of the phase), the
+    same plan on ``bases`` as a second flow, interrupted as soon as all its trainings are submitted
+    (full width, its base evaluations under way, its trainings queued behind the first flow's)."""
+    while sum(s == "SUCCEEDED" for s in jobs_of(clients, full)["trainer"].values()) < full_trained:
+        time.sleep(2.0)
+    print(f"#   {full}: {full_trained} trainings done, starting the flow to cancel", flush=True)
+    return run_flow(env, tmp, "phase1-cancel", bases, clients, probe_every, 0, cancel_within)
 
 
 def all_succeeded(steps_line: str | None, n: int = 86) -> bool:
@@ -243,20 +275,37 @@ def main() -> int:
             return 1
         print(f"# ftlab up in {time.time() - t:.0f}s", flush=True)
         clients = {s: ServiceClient(s, env[f"FTLAB_{s.upper()}_ADDR"], token=None, credentials=None) for s in SERVICES}
+        cancel_thread = None
+        if not args.skip_cancel and not args.skip_full:  # in the middle of the full run, beside it
+            def cancel_part():
+                results["cancel"] = cancel_during(env, tmp, "phase1-shape", bases[2:], clients, args.probe_every,
+                                                  args.cancel_after, args.cancel_within)
+                print(f"# cancelled run: {json.dumps(results['cancel'])}", flush=True)
+            cancel_thread = threading.Thread(target=cancel_part, daemon=True)
+            cancel_thread.start()
+        elif not args.skip_cancel:
+            results["cancel"] = run_flow(env, tmp, "phase1-cancel", bases[2:], clients, args.probe_every,
+                                         args.cancel_after, args.cancel_within)
+            print(f"# cancelled run: {json.dumps(results['cancel'])}", flush=True)
         if not args.skip_full:
             full = run_flow(env, tmp, "phase1-shape", bases[:2], clients, args.probe_every, None, args.cancel_within)
             full["load_end"] = os.getloadavg()
+            if "steps_line" in full:
+                t = time.time()
+                rep = subprocess.run([sys.executable, "-m", "ftlab.cli", "report", "phase1-shape"], cwd=tmp, env=env,
+                                     capture_output=True, text=True, timeout=600)
+                full["report_s"], full["report_rc"] = round(time.time() - t, 1), rep.returncode
             results["full"] = full
             print(f"# full run: {json.dumps(full)}", flush=True)
-            ok &= full["returncode"] == 0 and full["health"]["failed"] == 0 and all_succeeded(full["steps_line"])
+            ok &= full["returncode"] == 0 and full["health"]["failed"] == 0 and all_succeeded(full["steps_line"]) \
+                and not full.get("monitor_errors")
+        if cancel_thread is not None:
+            cancel_thread.join()
         if not args.skip_cancel:
-            cancel = run_flow(env, tmp, "phase1-cancel", bases[2:], clients, args.probe_every, args.cancel_after,
-                              args.cancel_within)
-            cancel["load_end"] = os.getloadavg()
-            results["cancel"] = cancel
-            print(f"# cancelled run: {json.dumps(cancel)}", flush=True)
-            ok &= cancel["health"]["failed"] == 0 and cancel["all_jobs_ended_s"] is not None and \
-                cancel["all_jobs_ended_s"] <= args.cancel_within and cancel["cancelled_jobs"] > 0
+            cancel = results.get("cancel")
+            ok &= cancel is not None and cancel["health"]["failed"] == 0 and not cancel.get("monitor_errors") and \
+                cancel.get("all_jobs_ended_s") is not None and cancel["all_jobs_ended_s"] <= args.cancel_within \
+                and cancel["cancelled_jobs"] > 0
         for c in clients.values():
             c.close()
     finally:
