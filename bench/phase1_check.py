@@ -80,7 +80,7 @@ class Prober:
     def __init__(self, addresses: dict[str, str], every: float):
         from services.common.rpc.clients import ServiceClient
         self.clients = {s: ServiceClient(s, a, token=None, credentials=None) for s, a in addresses.items()}
-        self.every, self.results = every, []  # (service, ok, seconds)
+        self.every, self.results, self.failures = every, [], []  # (service, ok, seconds); which failed when
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -90,6 +90,8 @@ class Prober:
                 t = time.perf_counter()
                 ok = c.healthy(timeout_s=1.0)
                 self.results.append((svc, ok, time.perf_counter() - t))
+                if not ok:
+                    self.failures.append(f"{svc} at {time.strftime('%H:%M:%S')} (load {os.getloadavg()[0]:.0f})")
             self._stop.wait(self.every)
 
     def __enter__(self):
@@ -105,7 +107,7 @@ class Prober:
     def summary(self) -> dict:
         lat = sorted(s for _, _, s in self.results)
         failed = [svc for svc, ok, s in self.results if not ok or s > 1.0]
-        return {"probes": len(self.results), "failed": len(failed),
+        return {"probes": len(self.results), "failed": len(failed), "failures": self.failures[:20],
                 "p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
                 "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
                 "max_ms": round(1000 * lat[-1], 1) if lat else None}
@@ -203,8 +205,9 @@ def run_flow(env: dict, tmp: Path, name: str, bases: list[str], clients, probe_e
         steps = [ln for ln in text.splitlines() if ln.startswith("steps: ")]
         out["steps_line"] = steps[-1] if steps else None
     else:
-        said = [ln.strip() for ln in text.splitlines() if "cancelled" in ln and "job(s)" in ln]
-        out["flow_said"] = said[-1][:200] if said else None
+        # the flow's own interrupt handler (pipeline.py) cancels them; Prefect's crash hook then finds none left
+        said = [ln.strip() for ln in text.splitlines() if "interrupted: cancelled" in ln]
+        out["flow_said"] = said[0].split(" - ", 1)[-1][:120] if said else None
     out["log"] = str(log_path)
     return out
 
