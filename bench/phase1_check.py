@@ -241,7 +241,6 @@ def main() -> int:
     ap.add_argument("--probe-every", type=float, default=0.5)
     ap.add_argument("--keep", action="store_true", help="keep the temporary FTLAB_HOME (logs, storage)")
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
     from services.common.data.importing import import_dataset
     from services.common.rpc.clients import ServiceClient
     from services.common.storage.store import LocalStore
