@@ -199,8 +199,10 @@ def run_flow(env: dict, tmp: Path, name: str, bases: list[str], clients, probe_e
     out["returncode"] = proc.returncode
     out["health"] = prober.summary()
     text = log_path.read_text(errors="replace")
-    final = jobs_of(clients, name)
-    out["jobs"] = {svc: len(states) for svc, states in final.items()}
+    try:
+        out["jobs"] = {svc: len(states) for svc, states in jobs_of(clients, name).items()}
+    except FtlabError as exc:
+        out.setdefault("monitor_errors", []).append(f"at the end: {str(exc)[:120]}")
     if cancel_after is None:
         steps = [ln for ln in text.splitlines() if ln.startswith("steps: ")]
         out["steps_line"] = steps[-1] if steps else None
@@ -213,12 +215,19 @@ def run_flow(env: dict, tmp: Path, name: str, bases: list[str], clients, probe_e
 
 
 def cancel_during(env: dict, tmp: Path, full: str, bases: list[str], clients, probe_every: float,
-                  full_trained: int, cancel_within: float) -> dict:
+                  full_trained: int, cancel_within: float, full_done: threading.Event) -> dict | None:
     """Once the flow ``full`` has ``full_trained`` trainings done (the middle of the phase), the
     same plan on ``bases`` as a second flow, interrupted as soon as all its trainings are submitted
-    (full width, its base evaluations under way, its trainings queued behind the first flow's)."""
-    while sum(s == "SUCCEEDED" for s in jobs_of(clients, full)["trainer"].values()) < full_trained:
-        time.sleep(2.0)
+    (full width, its base evaluations under way, its trainings queued behind the first flow's).
+    None when ``full`` ended before that."""
+    while True:
+        try:
+            if sum(s == "SUCCEEDED" for s in jobs_of(clients, full)["trainer"].values()) >= full_trained:
+                break
+        except FtlabError:  # the full run's monitor records it
+            pass
+        if full_done.wait(2.0):
+            return None
     print(f"#   {full}: {full_trained} trainings done, starting the flow to cancel", flush=True)
     return run_flow(env, tmp, "phase1-cancel", bases, clients, probe_every, 0, cancel_within)
 
@@ -236,7 +245,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-full", action="store_true", help="only the cancelled run")
     ap.add_argument("--skip-cancel", action="store_true", help="only the full run")
-    ap.add_argument("--cancel-after", type=int, default=21, help="trainings succeeded before the interrupt")
+    ap.add_argument("--cancel-after", type=int, default=21, help="trainings of the full run done when the flow to cancel starts (--skip-full: its own, "
+                    "before the interrupt)")
     ap.add_argument("--cancel-within", type=float, default=30.0, help="seconds every job has to end in")
     ap.add_argument("--probe-every", type=float, default=0.5)
     ap.add_argument("--keep", action="store_true", help="keep the temporary FTLAB_HOME (logs, storage)")
@@ -277,11 +287,11 @@ def main() -> int:
             return 1
         print(f"# ftlab up in {time.time() - t:.0f}s", flush=True)
         clients = {s: ServiceClient(s, env[f"FTLAB_{s.upper()}_ADDR"], token=None, credentials=None) for s in SERVICES}
-        cancel_thread = None
+        cancel_thread, full_done = None, threading.Event()
         if not args.skip_cancel and not args.skip_full:  # in the middle of the full run, beside it
             def cancel_part():
                 results["cancel"] = cancel_during(env, tmp, "phase1-shape", bases[2:], clients, args.probe_every,
-                                                  args.cancel_after, args.cancel_within)
+                                                  args.cancel_after, args.cancel_within, full_done)
                 print(f"# cancelled run: {json.dumps(results['cancel'])}", flush=True)
             cancel_thread = threading.Thread(target=cancel_part, daemon=True)
             cancel_thread.start()
@@ -291,6 +301,7 @@ def main() -> int:
             print(f"# cancelled run: {json.dumps(results['cancel'])}", flush=True)
         if not args.skip_full:
             full = run_flow(env, tmp, "phase1-shape", bases[:2], clients, args.probe_every, None, args.cancel_within)
+            full_done.set()
             full["load_end"] = os.getloadavg()
             if "steps_line" in full:
                 t = time.time()
