@@ -17,7 +17,7 @@ While each flow runs, the three services' Health is probed every ``--probe-every
 1. **The whole plan**, to the end: every one of the 86 steps must succeed.
 2. **A cancel in the middle**: once run 1 has ``--cancel-after`` trainings done, the same plan on two
    more tiny bases (so nothing of run 1 is reused) as a second flow beside it; as soon as all 42 of
-   its trainings are submitted (queued behind run 1's, its base evaluations under way) it is
+   its trainings are submitted (queued behind run 1's, as are its 2 base evaluations) it is
    interrupted (SIGINT, as Ctrl-C), and every job of it must be CANCELLED or SUCCEEDED (none QUEUED
    or RUNNING) within ``--cancel-within`` seconds. ``--skip-full``: this flow alone, interrupted once
    ``--cancel-after`` of its own trainings succeeded.
@@ -218,7 +218,7 @@ def cancel_during(env: dict, tmp: Path, full: str, bases: list[str], clients, pr
                   full_trained: int, cancel_within: float, full_done: threading.Event) -> dict | None:
     """Once the flow ``full`` has ``full_trained`` trainings done (the middle of the phase), the
     same plan on ``bases`` as a second flow, interrupted as soon as all its trainings are submitted
-    (full width, its base evaluations under way, its trainings queued behind the first flow's).
+    (full width: its trainings and base evaluations queued behind the first flow's).
     None when ``full`` ended before that."""
     while True:
         try:
