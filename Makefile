@@ -70,3 +70,13 @@ clean:
 .PHONY: deploy-check
 deploy-check: $(BIN)/.installed
 	$(BIN)/python deploy/deploy_check.py
+
+# Issue #28's long checks, never part of `make test` (about 15-25 minutes on 2 cores): the Phase-1
+# plan shape (86 jobs on the tiny Qwen3) through the real flow against the embedded stack with every
+# health probe answered, then a cancel mid-run that must end every job; and the load benchmark
+# (1,000 watchers, 100 submits/s, 10,000 stored jobs) against each service, which fails when a p99
+# passes 200 ms or a call errs. Results: docs/BENCHMARKS.md.
+.PHONY: load-check
+load-check: $(BIN)/.installed
+	$(BIN)/python -m bench.phase1_check
+	for s in trainer quantizer evaluator; do $(BIN)/python -m bench.bench_load --flood --service $$s --seconds 20 || exit 1; done
