@@ -161,7 +161,8 @@ def replicated_paired(task_type: str | TaskType, preds_a: list[list], preds_b: l
     out = {}
     for m in pa:
         diff = pb[m][:, 0] - pa[m][:, 0]
-        row = _summary(diff, (weights * (bb[m] - ba[m]).T).sum(1))
+        row = {"a": _num(float(pa[m][:, 0].mean())), "b": _num(float(pb[m][:, 0].mean()))}
+        row |= _summary(diff, (weights * (bb[m] - ba[m]).T).sum(1))
         row["ci95_items"] = _interval((bb[m] - ba[m]).mean(0))
         lo_hi, sd = row["ci95"], row["sd_seeds"]
         row["within_seed_noise"] = bool(n > 1 and lo_hi is not None and lo_hi[0] <= 0 <= lo_hi[1]

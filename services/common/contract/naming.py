@@ -278,3 +278,14 @@ def split_variant(name: str) -> tuple[str, dict[str, Any]]:
         else:
             kept.append(seg)
     return head + sep + "_".join(kept), values
+
+
+def without_seed(name: str) -> tuple[str, int | None]:
+    """The configuration a model replicates and its seed: ``X_SFT_LoRa8_s2_Int8_BnB`` ->
+    (``X_SFT_LoRa8_Int8_BnB``, 2); other swept values stay in the name (they are other configurations)."""
+    head, sep, tail = name.partition("_SFT_")
+    segments = tail.split("_") if sep else []
+    for i, seg in enumerate(segments):
+        if re.fullmatch(r"s\d+", seg):
+            return head + sep + "_".join(segments[:i] + segments[i + 1:]), int(seg[1:])
+    return name, None
