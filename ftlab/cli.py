@@ -388,6 +388,8 @@ def cmd_run(args) -> int:
             store, where = None, f"unreachable ({exc})"
         print(render(exp, store, where))
         return 0
+    from flows.identity import refuse_conflicts
+    refuse_conflicts(_store(), exp)  # before Prefect starts: names storage holds for another configuration
     result = run_flow(args.experiment, args.run_id or "", args.report_dir, args.seeds)
     return 1 if result["failed"] else 0
 
