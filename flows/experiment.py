@@ -50,9 +50,12 @@ class Step:
     output: str                # model name (train/quantize) or "model/eval_id" (evaluate)
     after: list[str] = field(default_factory=list)   # models this step needs
     labels: dict[str, Any] = field(default_factory=dict)  # what the report groups by (method, rank, ...)
-    digest: str = ""           # its identity: resolved configuration + parents' digests (contract/identity.py)
-    identity: dict[str, Any] = field(default_factory=dict)  # the configuration the digest is of (train steps)
-    parents: list[str] = field(default_factory=list)         # the digests of the models it reads
+    # Training steps: their identity, as the trainer records it (contract/identity.py): the digest of
+    # the resolved configuration and the parents' digests. A quantization or evaluation resolves its
+    # config against storage, so its identity is checked against its stored parents (flows/identity.py).
+    digest: str = ""
+    identity: dict[str, Any] = field(default_factory=dict)
+    parents: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -258,19 +261,18 @@ def _name_by_identity(p: list[str], trained: list[Step]) -> list[Step]:
 
 def _quantize_steps(spec: ExperimentSpec, entry: QuantizeEntry, trained: list[Step]) -> list[Step]:
     """Each accepted method on each chosen source (trained outputs, base models) ``where`` matches."""
-    sources = [(s.output, s.labels, s.digest) for s in trained] if "trained" in entry.sources else []
+    sources = [(s.output, s.labels) for s in trained] if "trained" in entry.sources else []
     if "base" in entry.sources:
-        sources += [(b, {"base_model": b}, b) for b in spec.base_models]
+        sources += [(b, {"base_model": b}) for b in spec.base_models]
     steps = []
-    for src, labels, src_digest in sources:
+    for src, labels in sources:
         if not matches(entry.rule, labels):
             continue
         for m in entry.methods:
             qspec = {"source_model": src, "method": m, **entry.options}
             out = default_output_name(qspec)  # the study's tag with the step's options (GPTQ_w4_g64_...)
             qspec["output_name"] = out
-            steps.append(Step("quantize", "quantizer", qspec, out, [src], {**labels, "ptq_method": m, "source_model": src},
-                              config_digest("quantize", qspec, [src_digest]), parents=[src_digest]))
+            steps.append(Step("quantize", "quantizer", qspec, out, [src], {**labels, "ptq_method": m, "source_model": src}))
     return steps
 
 
@@ -281,8 +283,7 @@ def _evaluate_steps(p: list[str], spec: ExperimentSpec, produced: list[Step]) ->
     if not ev.tasks:  # no evaluate section: nothing to evaluate
         return []
     steps = []
-    for model, labels, digest in ([(m, {"base_model": m}, m) for m in ev.models]
-                                  + [(s.output, s.labels, s.digest) for s in produced]):
+    for model, labels in [(m, {"base_model": m}) for m in ev.models] + [(s.output, s.labels) for s in produced]:
         espec = {"model": model, "tasks": ev.tasks, **ev.settings}
         bad = proto_problems("evaluate", espec, evaluate_spec_pb2.EvaluateSpec)
         if bad:
@@ -290,7 +291,7 @@ def _evaluate_steps(p: list[str], spec: ExperimentSpec, produced: list[Step]) ->
             continue
         espec["eval_id"] = f"{spec.name}-{spec_hash(espec)[:10]}"
         steps.append(Step("evaluate", "evaluator", espec, f"{model}/{espec['eval_id']}", [model],
-                          {**labels, "model": model}, config_digest("evaluate", espec, [digest]), parents=[digest]))
+                          {**labels, "model": model}))
     return steps
 
 

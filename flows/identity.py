@@ -2,8 +2,10 @@
 
 A training step is done when the stored model's ``config_digest`` (services/common/contract/identity.py;
 for a model committed before digests were recorded, the digest of its manifest's ``spec``) equals the
-step's. A quantization or evaluation is done when its stored parents' digests equal the planned
-ones (its own settings are in its name: the PTQ tag, the eval id's spec hash). Anything else under
+step's. A quantization or evaluation (whose config the service resolves against storage) is done
+when the parents' digests it recorded equal those of the parents stored now — each of which is
+checked against the plan in its own step — and its own settings are in its name (the PTQ tag, the
+eval id's spec hash). Anything else under
 the step's name is a conflict: ``ftlab run`` refuses the whole plan before it starts, naming the
 differing fields; ``--dry-run`` shows it.
 """
@@ -13,12 +15,12 @@ from typing import Any
 
 from flows.experiment import Experiment, Step
 from services.common.contract.errors import ValidationError
-from services.common.contract.identity import config_digest, describe, differences, identity_config
+from services.common.contract.identity import config_digest, describe, differences, digest_of, identity_config
 from services.common.storage import artifacts
 from services.common.storage.store import ObjectStore
 
 
-def stored_differences(step: Step, manifest: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+def stored_differences(store: ObjectStore, step: Step, manifest: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """How the stored artifact under ``step.output`` differs from the planned step: [] when it is
     the same configuration; (field, planned, stored) otherwise."""
     kind = {"train": "trained", "quantize": "quantized", "evaluate": "evaluation"}[step.stage]
@@ -31,8 +33,9 @@ def stored_differences(step: Step, manifest: dict[str, Any]) -> list[tuple[str, 
             return []
         return differences(step.identity, stored) or [("parents", step.parents, manifest.get("parent_digests"))]
     recorded = manifest.get("parent_digests")
-    if recorded is not None and recorded != step.parents:  # the model it was made from is not the planned one
-        return [("parent digest", step.parents, recorded)]
+    now = [digest_of(artifacts.read_manifest(store, "models", m), m) for m in step.after]
+    if recorded is not None and recorded != now:  # the model it was made from has been re-made since
+        return [("parent digest", now, recorded)]
     return []
 
 
@@ -41,7 +44,7 @@ def step_status(store: ObjectStore, step: Step) -> tuple[str, str]:
     manifest = artifacts.read_manifest(store, step.bucket, step.output)
     if manifest is None:
         return "todo", ""
-    diffs = stored_differences(step, manifest)
+    diffs = stored_differences(store, step, manifest)
     return ("conflict", describe(diffs)) if diffs else ("done", "")
 
 

@@ -45,8 +45,10 @@ def test_two_seeds_through_the_flow(services, tmp_path):
         manifest = artifacts.read_manifest(store, "models", step.output)
         assert manifest["config_digest"] == step.digest and manifest["parent_digests"] == [TINY]
         assert manifest["spec"]["seed"] == step.spec["seed"]
-    for step in exp.stage("evaluate"):
-        assert artifacts.read_manifest(store, "evaluations", step.output)["parent_digests"] == step.parents
+    for step in exp.stage("evaluate"):  # each evaluation names the model it scored by its digest
+        model = artifacts.read_manifest(store, "models", step.after[0])
+        assert artifacts.read_manifest(store, "evaluations", step.output)["parent_digests"] == [
+            model.get("config_digest") or step.after[0]]
 
     report = artifacts.list_committed(store, "reports", "tinyseeds/")[0]
     table = pd.read_csv(io.BytesIO(store.get_bytes("reports", report + "/metrics_summary.csv"))).set_index("model")
