@@ -191,7 +191,7 @@ def _seed_text(seeds: pd.Series) -> str:
 def _seed_intervals(store: ObjectStore, evals: list[tuple[str, str]], n_resamples: int) -> dict[str, Any]:
     """Per task and CI metric: across-seed sd and the two-level 95% CI, on the items every seed's
     evaluation shares."""
-    from flows.comparisons import _items
+    from flows.comparisons import items_by_id
     from services.evaluator import stats
     from services.evaluator.compare import _labels, load_eval
     loaded = [load_eval(store, f"{m}/{e}") for m, e in evals]
@@ -199,7 +199,7 @@ def _seed_intervals(store: ObjectStore, evals: list[tuple[str, str]], n_resample
     for task, d in loaded[0][0]["datasets"].items():
         if not all(task in m["datasets"] for m, _ in loaded):
             continue
-        items = [_items(p, task, d["type"]) for _, p in loaded]
+        items = [items_by_id(p, task, d["type"]) for _, p in loaded]
         shared = sorted(set.intersection(*(set(x.index) for x in items)))
         if not shared:
             continue

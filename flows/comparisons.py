@@ -159,7 +159,7 @@ def _engines(store, parent: str, parent_eval: str, child_metrics: dict[str, Any]
             "like_for_like": parent_scoring == child_scoring}
 
 
-def _items(preds: pd.DataFrame, task: str, ttype: str) -> pd.DataFrame:
+def items_by_id(preds: pd.DataFrame, task: str, ttype: str) -> pd.DataFrame:
     """One task's predictions by item id: the parsed answer and the gold(s) as the scorer takes them."""
     t = preds[preds.task == task].drop_duplicates("id").set_index("id")
     golds = _nullable(t.gold)
@@ -184,8 +184,8 @@ def _replicated(store, config: str, pairs: list, relation: str, n_resamples: int
         if not all(task in m["datasets"] for m, _ in loaded_children + parent_side):
             continue
         ttype = loaded_children[0][0]["datasets"][task]["type"]
-        child_items = [_items(p, task, ttype) for _, p in loaded_children]
-        parent_items = [_items(p, task, ttype) for _, p in parent_side]
+        child_items = [items_by_id(p, task, ttype) for _, p in loaded_children]
+        parent_items = [items_by_id(p, task, ttype) for _, p in parent_side]
         shared = sorted(set.intersection(*(set(x.index) for x in child_items + parent_items)))
         if not shared:
             continue
