@@ -150,3 +150,62 @@ def train_memory_gb(row: pd.Series) -> tuple[float | None, str]:
     if isinstance(rss, (int, float)) and not math.isnan(rss) and rss > 0:
         return float(rss), "CPU RSS"
     return None, ""
+
+
+def configuration_table(store: ObjectStore, table: pd.DataFrame, n_resamples: int = 1000) -> pd.DataFrame:
+    """``table`` (one row per evaluated model) with the seeds of each configuration folded into one
+    row (naming.without_seed: ``..._s1_...``, ``..._s2_...``): ``model`` is the configuration's name
+    (the study's), every numeric column the mean over its seeds, each task metric's across-seed sd
+    (``<task>__<metric>__sd_seeds``), its 95% CI two-level (seeds, then items:
+    services/evaluator/stats.py) in place of the one-seed CI, ``n_seeds`` and ``seeds``. A
+    configuration with one model keeps its row as it was (``n_seeds`` 1)."""
+    if table.empty:
+        return table
+    from services.common.contract.naming import without_seed
+    keys = [without_seed(m) for m in table["model"]]
+    t = table.assign(model=[k[0] for k in keys], seed=[k[1] for k in keys])
+    rows = []
+    for config, group in t.groupby("model", sort=False):
+        if len(group) == 1:
+            rows.append(group.iloc[0].to_dict() | {"n_seeds": 1, "seeds": _seed_text(group.seed)})
+            continue
+        row: dict[str, Any] = {}
+        for col in t.columns:
+            values = group[col]
+            numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+            row[col] = values.mean() if numeric and values.notna().any() else values.iloc[0]
+        row |= {"model": config, "n_seeds": len(group), "seeds": _seed_text(group.seed),
+                "eval_id": ",".join(map(str, group.eval_id))}
+        row |= _seed_intervals(store, list(zip(group.index.map(lambda i: table.at[i, "model"]), group.eval_id)),
+                               n_resamples)
+        rows.append(row)
+    out = pd.DataFrame(rows).drop(columns=["seed"])
+    front = [c for c in table.columns if c in out.columns]
+    return out[front + [c for c in out.columns if c not in front]]
+
+
+def _seed_text(seeds: pd.Series) -> str:
+    return ",".join(str(int(s)) for s in seeds if pd.notna(s))
+
+
+def _seed_intervals(store: ObjectStore, evals: list[tuple[str, str]], n_resamples: int) -> dict[str, Any]:
+    """Per task and CI metric: across-seed sd and the two-level 95% CI, on the items every seed's
+    evaluation shares."""
+    from flows.comparisons import items_by_id
+    from services.evaluator import stats
+    from services.evaluator.compare import _labels, load_eval
+    loaded = [load_eval(store, f"{m}/{e}") for m, e in evals]
+    out: dict[str, Any] = {}
+    for task, d in loaded[0][0]["datasets"].items():
+        if not all(task in m["datasets"] for m, _ in loaded):
+            continue
+        items = [items_by_id(p, task, d["type"]) for _, p in loaded]
+        shared = sorted(set.intersection(*(set(x.index) for x in items)))
+        if not shared:
+            continue
+        result = stats.replicated_ci(d["type"], [list(x.loc[shared, "parsed"]) for x in items],
+                                     list(items[0].loc[shared, "gold"]), n_resamples, 0, _labels(task))
+        for metric, r in result.items():
+            out[f"{task}__{metric}__sd_seeds"] = r["sd_seeds"]
+            out[f"{task}__{metric}__ci95_low"], out[f"{task}__{metric}__ci95_high"] = r["ci95"] or (None, None)
+    return out

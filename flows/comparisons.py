@@ -5,19 +5,35 @@ post-training-quantized model -> its source) is compared with that parent on the
 evaluations share: ``services.evaluator.compare`` (what ``ftlab compare`` prints), i.e. the
 difference model - parent of each headline metric with a 95% paired-bootstrap CI and, for per-item
 right/wrong metrics (accuracy, format success), the exact McNemar p-value. Torch-free.
+
+Seeds: the models of one configuration trained with several seeds (``..._s1_...``, ``..._s2_...``:
+naming.without_seed) make one row, paired on items and seeds (a PTQ of seed 2 against the seed-2
+source; a fine-tune of every seed against the one base): the mean difference, its across-seed sd and
+a two-level (seeds, then items) bootstrap CI, and ``within_seed_noise`` when another set of seeds
+could well reverse it (services/evaluator/stats.py).
+
+Like for like: both sides must be scored under the same engine, dtype and generation settings. When
+the parent's evaluation in the run differs from the child's, another stored evaluation of the parent
+under the child's settings is used; without one the row says why it is not a comparison of models
+alone (``like_for_like`` false, never ``clear``) and how to score the parent that way.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
-from services.common.storage import artifacts
 from services.common.contract.errors import NotFoundError
-from services.common.storage.store import ObjectStore
+from services.common.contract.naming import without_seed
 from services.common.data.task_types import get_type
-from services.evaluator.compare import compare
+from services.common.storage import artifacts
+from services.common.storage.store import ObjectStore
+from services.evaluator import stats
+from services.evaluator.compare import _labels, _nullable, compare, load_eval
 
 COLUMNS = ["model", "vs", "relation", "task", "metric", "items", "parent_value", "value", "diff",
-           "ci95_low", "ci95_high", "mcnemar_p", "clear"]
+           "ci95_low", "ci95_high", "mcnemar_p", "clear", "n_seeds", "sd_seeds", "within_seed_noise",
+           "engine", "parent_engine", "like_for_like", "note"]
 
 
 def parent_of(store: ObjectStore, model: str) -> tuple[str | None, str]:
@@ -30,33 +46,173 @@ def parent_of(store: ObjectStore, model: str) -> tuple[str | None, str]:
     return None, ""
 
 
+# ----------------------------------------------------------------------------- like for like
+
+def scoring(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What shapes an evaluation's scores besides the model: the engine that ran (not the one asked
+    for), the dtype, and the generation settings."""
+    spec = metrics.get("spec") or {}
+    return {"engine": (metrics.get("engine") or {}).get("name", "hf"),
+            "dtype": (metrics.get("hardware") or {}).get("dtype"),
+            "max_new_tokens": spec.get("max_new_tokens"), "kv_cache_dtype": spec.get("kv_cache_dtype", "auto")}
+
+
+def _label(s: dict[str, Any]) -> str:
+    return " ".join(str(s[k]) for k in ("engine", "dtype") if s.get(k))
+
+
+def _evaluations_of(store: ObjectStore, model: str) -> list[str]:
+    return sorted({k.split("/")[1] for k in store.list_keys("evaluations", model + "/")
+                   if k.endswith("/manifest.json") and k.count("/") == 2})
+
+
+def like_for_like(store: ObjectStore, parent: str, parent_eval: str, child_metrics: dict[str, Any]) -> tuple[str, str]:
+    """(the parent's evaluation scored like the child's, a note): ``parent_eval`` when it is, else
+    another stored evaluation of the parent that is and shares a task, else ``parent_eval`` with the
+    note saying what differs (the caller does not call that row clear)."""
+    want = scoring(child_metrics)
+    have = scoring(load_eval(store, f"{parent}/{parent_eval}")[0])
+    if have == want:
+        return parent_eval, ""
+    for eid in _evaluations_of(store, parent):
+        if eid == parent_eval:
+            continue
+        metrics = artifacts.read_json(store, "evaluations", f"{parent}/{eid}", "metrics.json")
+        if scoring(metrics) == want and set(metrics.get("datasets", {})) & set(child_metrics.get("datasets", {})):
+            return eid, f"parent re-scored like the child ({parent}/{eid})"
+    differ = ", ".join(f"{k} {have[k]} vs {want[k]}" for k in want if have[k] != want[k])
+    return parent_eval, (f"NOT like for like: parent scored with {differ}; the difference mixes the models with "
+                         f"the scoring; score the parent again with engine {want['engine']} "
+                         f"(ftlab eval {parent} --engine {want['engine']} ...) and rebuild the report")
+
+
+# ----------------------------------------------------------------------------- the table
+
+def _configurations(evals: dict[str, str]) -> dict[str, list[str]]:
+    """Configuration name -> its evaluated models, seed order (a model without a seed is its own)."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for model in evals:
+        config, seed = without_seed(model)
+        groups.setdefault(config, []).append((-1 if seed is None else seed, model))
+    return {c: [m for _, m in sorted(members)] for c, members in groups.items()}
+
+
 def vs_parent_table(store: ObjectStore, evaluations: list[tuple[str, str]], n_resamples: int = 1000,
                     seed: int = 0) -> pd.DataFrame:
-    """One row per (model, task, metric): parent value, model value, difference, 95% paired CI,
-    McNemar p where defined, and ``clear`` = the CI excludes 0 (and p < 0.05 where there is a p).
+    """One row per (configuration, task, metric): parent value, model value, difference, 95% paired
+    CI (two-level over seeds where the configuration has several), McNemar p where defined (one
+    seed), and ``clear`` = like for like and the CI excludes 0 (and p < 0.05 where there is a p).
     ``evaluations``: (model, eval_id) pairs; the last one listed per model is used."""
     evals = dict(evaluations)
-    rows = []
-    for model, eval_id in evals.items():
-        parent, relation = parent_of(store, model)
-        if parent is None or parent not in evals:
-            continue
-        try:
-            result = compare(store, f"{parent}/{evals[parent]}", f"{model}/{eval_id}", n_resamples, seed)
-        except NotFoundError:  # an evaluation without per-item predictions cannot be paired
-            continue
-        for task, entry in result["tasks"].items():
-            for metric in get_type(entry["type"]).lead_metrics:  # the type's plugin: what the report leads with
-                r = entry.get("metrics", {}).get(metric)
-                if r is None or r["diff"] is None:
-                    continue
-                lo, hi = r["ci95"] if r["ci95"] else (None, None)
-                p = r.get("mcnemar_p")
-                clear = lo is not None and (lo > 0 or hi < 0) and (p is None or p < 0.05)
-                rows.append({"model": model, "vs": parent, "relation": relation, "task": task, "metric": metric,
-                             "items": entry["shared_items"], "parent_value": r["a"], "value": r["b"],
-                             "diff": r["diff"], "ci95_low": lo, "ci95_high": hi, "mcnemar_p": p, "clear": clear})
+    rows: list[dict[str, Any]] = []
+    for config, models in _configurations(evals).items():
+        pairs = []  # (parent, parent eval id, model, model eval id, note, model's metrics.json)
+        relation = ""
+        for model in models:
+            parent, relation = parent_of(store, model)
+            if parent is None or parent not in evals:
+                continue
+            try:
+                child_metrics = load_eval(store, f"{model}/{evals[model]}")[0]
+                parent_eval, note = like_for_like(store, parent, evals[parent], child_metrics)
+            except NotFoundError:  # an evaluation without per-item predictions cannot be paired
+                continue
+            pairs.append((parent, parent_eval, model, evals[model], note, child_metrics))
+        if len(pairs) == 1:
+            rows += _single(store, pairs[0], relation, n_resamples, seed)
+        elif pairs:
+            rows += _replicated(store, config, pairs, relation, n_resamples, seed)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _clear(lo, hi, p, note: str) -> bool:
+    return not note.startswith("NOT") and lo is not None and (lo > 0 or hi < 0) and (p is None or p < 0.05)
+
+
+def _single(store, pair, relation: str, n_resamples: int, seed: int) -> list[dict[str, Any]]:
+    parent, parent_eval, model, model_eval, note, child_metrics = pair
+    try:
+        result = compare(store, f"{parent}/{parent_eval}", f"{model}/{model_eval}", n_resamples, seed)
+    except NotFoundError:
+        return []
+    engines = _engines(store, parent, parent_eval, child_metrics)
+    rows = []
+    for task, entry in result["tasks"].items():
+        for metric in get_type(entry["type"]).lead_metrics:  # the type's plugin: what the report leads with
+            r = entry.get("metrics", {}).get(metric)
+            if r is None or r["diff"] is None:
+                continue
+            lo, hi = r["ci95"] if r["ci95"] else (None, None)
+            p = r.get("mcnemar_p")
+            rows.append({"model": model, "vs": parent, "relation": relation, "task": task, "metric": metric,
+                         "items": entry["shared_items"], "parent_value": r["a"], "value": r["b"],
+                         "diff": r["diff"], "ci95_low": lo, "ci95_high": hi, "mcnemar_p": p,
+                         "clear": _clear(lo, hi, p, note), "n_seeds": 1, "sd_seeds": None,
+                         "within_seed_noise": False, **engines, "note": note})
+    return rows
+
+
+def _engines(store, parent: str, parent_eval: str, child_metrics: dict[str, Any]) -> dict[str, Any]:
+    parent_scoring = scoring(load_eval(store, f"{parent}/{parent_eval}")[0])
+    child_scoring = scoring(child_metrics)
+    return {"engine": _label(child_scoring), "parent_engine": _label(parent_scoring),
+            "like_for_like": parent_scoring == child_scoring}
+
+
+def items_by_id(preds: pd.DataFrame, task: str, ttype: str) -> pd.DataFrame:
+    """One task's predictions by item id: the parsed answer and the gold(s) as the scorer takes them."""
+    t = preds[preds.task == task].drop_duplicates("id").set_index("id")
+    golds = _nullable(t.gold)
+    if get_type(ttype).multi_gold:
+        golds = list(map(list, t.golds)) if "golds" in t else [get_type(ttype).canonical_gold(None, g) for g in golds]
+    return pd.DataFrame({"parsed": _nullable(t.parsed), "gold": golds}, index=t.index)
+
+
+def _replicated(store, config: str, pairs: list, relation: str, n_resamples: int, seed: int) -> list[dict[str, Any]]:
+    """One configuration's seeds against their parents, paired on items and seeds."""
+    loaded_children = [load_eval(store, f"{m}/{e}") for _, _, m, e, _, _ in pairs]
+    parents = list(dict.fromkeys((p, e) for p, e, *_ in pairs))
+    loaded_parents = {pe: load_eval(store, f"{pe[0]}/{pe[1]}") for pe in parents}
+    parent_side = [loaded_parents[(p, e)] for p, e, *_ in pairs] if len(parents) > 1 else [loaded_parents[parents[0]]]
+    notes = sorted({n for *_, n, _ in pairs if n})
+    note = "; ".join(notes)
+    vs = without_seed(parents[0][0])[0]
+    engines = _engines(store, parents[0][0], parents[0][1], pairs[0][5])
+    engines["like_for_like"] = engines["like_for_like"] and not any(n.startswith("NOT") for n in notes)
+    rows = []
+    for task in loaded_children[0][0]["datasets"]:
+        if not all(task in m["datasets"] for m, _ in loaded_children + parent_side):
+            continue
+        ttype = loaded_children[0][0]["datasets"][task]["type"]
+        child_items = [items_by_id(p, task, ttype) for _, p in loaded_children]
+        parent_items = [items_by_id(p, task, ttype) for _, p in parent_side]
+        shared = sorted(set.intersection(*(set(x.index) for x in child_items + parent_items)))
+        if not shared:
+            continue
+        golds = list(child_items[0].loc[shared, "gold"])
+        result = stats.replicated_paired(ttype, [list(x.loc[shared, "parsed"]) for x in parent_items],
+                                         [list(x.loc[shared, "parsed"]) for x in child_items], golds,
+                                         n_resamples, seed, _labels(task))
+        for metric in get_type(ttype).lead_metrics:
+            r = result.get(metric)
+            if r is None or r["mean"] is None:
+                continue
+            lo, hi = r["ci95"] if r["ci95"] else (None, None)
+            rows.append({"model": config, "vs": vs, "relation": relation, "task": task, "metric": metric,
+                         "items": len(shared), "parent_value": r["a"], "value": r["b"], "diff": r["mean"],
+                         "ci95_low": lo, "ci95_high": hi, "mcnemar_p": None, "clear": _clear(lo, hi, None, note),
+                         "n_seeds": r["n_seeds"], "sd_seeds": r["sd_seeds"],
+                         "within_seed_noise": r["within_seed_noise"], **engines, "note": note})
+    return rows
+
+
+def verdict(row: pd.Series) -> str:
+    """The comparison in words: clear, within seed noise, not clear, or not like for like."""
+    if not row.get("like_for_like", True):
+        return "not like for like"
+    if row["clear"]:
+        return "yes"
+    return "within seed noise" if row.get("within_seed_noise") else "no"
 
 
 def lead_table(vs: pd.DataFrame) -> pd.DataFrame:
@@ -66,7 +222,9 @@ def lead_table(vs: pd.DataFrame) -> pd.DataFrame:
     t = vs.copy()
     t["95% CI"] = [f"[{lo:+.3g}, {hi:+.3g}]" if pd.notna(lo) else "" for lo, hi in zip(t.ci95_low, t.ci95_high)]
     t["p (McNemar)"] = [f"{p:.2g}" if pd.notna(p) else "—" for p in t.mcnemar_p]  # —: not a right/wrong metric
-    t["clear?"] = ["yes" if c else "no" for c in t.clear]
+    t["clear?"] = [verdict(r) for _, r in t.iterrows()]
+    t["seeds"] = [f"{int(n)} (sd {sd:.3g})" if n and n > 1 and pd.notna(sd) else "1" for n, sd in zip(t.n_seeds, t.sd_seeds)]
+    t["scored with"] = [e if e == pe else f"{e} vs parent {pe}" for e, pe in zip(t.engine, t.parent_engine)]
     t = t.sort_values(["clear", "relation", "model"], ascending=[False, True, True], kind="stable")
-    return t[["model", "vs", "task", "metric", "items", "parent_value", "value", "diff", "95% CI",
-              "p (McNemar)", "clear?"]].rename(columns={"parent_value": "parent", "value": "this model"})
+    return t[["model", "vs", "task", "metric", "items", "seeds", "scored with", "parent_value", "value", "diff",
+              "95% CI", "p (McNemar)", "clear?"]].rename(columns={"parent_value": "parent", "value": "this model"})

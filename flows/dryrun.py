@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 from flows.experiment import Experiment, Step, as_sent
+from flows.identity import step_status
 from services.common.storage import artifacts
 from services.common.hardware import devices
 from services.common.contract.errors import FtlabError
@@ -54,12 +55,21 @@ def plan_rows(exp: Experiment, store: ObjectStore | None) -> list[dict[str, Any]
         except FtlabError:
             return "?"
 
+    def status(step: Step) -> tuple[str, str]:  # done only when made by the same configuration
+        if store is None:
+            return "?", ""
+        try:
+            return step_status(store, step)
+        except FtlabError:
+            return "?", ""
+
     rows = [{"stage": "data", "output": d, "status": exists("datasets", d), "memory": "",
              "request_id": ""} for d in exp.datasets]
     for s in exp.steps:
-        rows.append({"stage": s.stage, "output": s.output, "status": exists(s.bucket, s.output),
+        state, why = status(s)
+        rows.append({"stage": s.stage, "output": s.output, "status": state, "differs": why,
                      "memory": _estimate(s, store) if s.stage == "train" else "",
-                     "request_id": s.request_id(exp.name)})
+                     "request_id": s.request_id(exp.name), "digest": s.digest})
     return rows
 
 
@@ -67,9 +77,9 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
     rows = plan_rows(exp, store)
     width = max(len(r["output"]) for r in rows)
     lines = [f"experiment {exp.name} ({exp.source}): {exp.description}", f"storage: {where}", "",
-             f"{'stage':9s} {'status':6s} {'output (model or model/eval_id)':{width}s}  train memory est. "
+             f"{'stage':9s} {'status':8s} {'output (model or model/eval_id)':{width}s}  train memory est. "
              + ("(GPU, bf16" if estimate_device() == "cuda" else "(CPU, fp32") + " unless a step sets dtype)"]
-    lines += [f"{r['stage']:9s} {r['status']:6s} {r['output']:{width}s}  {r['memory']}" for r in rows]
+    lines += [f"{r['stage']:9s} {r['status']:8s} {r['output']:{width}s}  {r['memory']}" for r in rows]
     missing = []
     for model in exp.inputs:
         state = "?" if store is None else ("present" if artifacts.read_manifest(store, "models", model) else "MISSING")
@@ -95,4 +105,8 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
                      "does not know the model (no config.json in storage, no Qwen3 size in its name)")
     if missing:
         lines += ["input models not in storage:"] + missing
+    clashes = [f"  {r['output']}: {r['differs']}" for r in rows if r["status"] == "conflict"]
+    if clashes:
+        lines += [f"conflicts ({len(clashes)}): storage holds these names for another configuration (planned vs "
+                  "stored); `ftlab run` refuses the plan until they are deleted or renamed:"] + clashes
     return "\n".join(lines)

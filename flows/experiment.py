@@ -33,11 +33,12 @@ from flows.experiment_spec import ExperimentSpec, QuantizeEntry, TrainEntry, as_
 from services.common.contract.errors import NotFoundError, ValidationError
 from services.common.generated.ftlab.v1 import evaluate_spec_pb2, train_spec_pb2
 from services.common.jobs.record import spec_hash
-from services.common.contract.naming import check_name
+from services.common.contract.identity import config_digest, describe, differences, identity_config
+from services.common.contract.naming import VARIANT_FIELDS, check_name, split_variant, tag_quant, with_variant
 from services.common.data.tasks import get_task
 from services.quantizer.config import default_output_name
 from services.trainer.config import PARAMS as TRAIN_FIELDS
-from services.trainer.config import TrainConfig
+from services.trainer.config import TRAINING_QUANT, TrainConfig
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 
@@ -50,6 +51,12 @@ class Step:
     output: str                # model name (train/quantize) or "model/eval_id" (evaluate)
     after: list[str] = field(default_factory=list)   # models this step needs
     labels: dict[str, Any] = field(default_factory=dict)  # what the report groups by (method, rank, ...)
+    # Training steps: their identity, as the trainer records it (contract/identity.py): the digest of
+    # the resolved configuration and the parents' digests. A quantization or evaluation resolves its
+    # config against storage, so its identity is checked against its stored parents (flows/identity.py).
+    digest: str = ""
+    identity: dict[str, Any] = field(default_factory=dict)
+    parents: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -102,12 +109,15 @@ def shipped_names() -> list[str]:
     return sorted(x.stem for x in EXPERIMENTS_DIR.glob("*.yaml"))
 
 
-def load(name_or_path: str) -> Experiment:
+def load(name_or_path: str, seeds: list[int] | None = None) -> Experiment:
+    """The plan of an experiment file; ``seeds`` (``ftlab run --seed``) replaces the file's ``seeds``."""
     path = resolve_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ValidationError(f"{path}: not valid YAML: {exc}") from None
+    if seeds and isinstance(raw, dict):
+        raw = {**raw, "seeds": list(seeds)}
     return plan(raw, str(path))
 
 
@@ -161,7 +171,7 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
         raise ValidationError(f"{source}: an experiment is a mapping")
     p: list[str] = []
     spec = ExperimentSpec.parse(raw, p)
-    trained = [s for entry in spec.train for s in _train_steps(p, spec, entry)]
+    trained = _name_by_identity(p, [s for entry in spec.train for s in _train_steps(p, spec, entry)])
     quantized = [s for entry in spec.quantize for s in _quantize_steps(spec, entry, trained)]
     steps = trained + quantized + _evaluate_steps(p, spec, trained + quantized)
     p += _duplicates(steps)
@@ -182,12 +192,22 @@ def _train_steps(p: list[str], spec: ExperimentSpec, entry: TrainEntry) -> list[
         if ((spec.include and not any(matches(r, fields) for r in spec.include))
                 or any(matches(r, fields) for r in spec.exclude)):
             continue
-        if (step := _train_step(p, entry.where, fields)) is not None:
-            steps.append(step)
+        for fields, variant in replicas(fields, spec.seeds):
+            if (step := _train_step(p, entry.where, fields, variant)) is not None:
+                steps.append(step)
     return steps
 
 
-def _train_step(p: list[str], where: str, spec: dict[str, Any]) -> Step | None:
+def replicas(fields: dict[str, Any], seeds: list[int]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The training runs of one configuration: once, or once per seed of ``seeds:``, each with the
+    swept values its name carries (``{"seed": 2}`` -> ``..._s2_NoQuant``). The one place a
+    configuration is replicated (a learning-rate sweep adds its values here too)."""
+    if not seeds:
+        return [(fields, {})]
+    return [({**fields, "seed": s}, {"seed": s}) for s in seeds]
+
+
+def _train_step(p: list[str], where: str, spec: dict[str, Any], variant: dict[str, Any] | None = None) -> Step | None:
     bad = proto_problems(where, spec, train_spec_pb2.TrainSpec)
     try:  # the trainer's own checks and name (its door adds only what storage says)
         cfg = TrainConfig.resolve({k: v for k, v in spec.items() if k != "output_name"} if bad else
@@ -201,10 +221,44 @@ def _train_step(p: list[str], where: str, spec: dict[str, Any]) -> Step | None:
     if spec.get("output_name"):
         out = str(spec["output_name"]).replace("{name}", out)
         p += check_name(f"{where}.output_name", out)
+    if variant:
+        out = with_variant(out, variant, tag_quant(cfg.quant))
     spec["output_name"] = out
     labels = {"base_model": spec["base_model"], "dataset": spec["dataset"], "peft_method": cfg.peft_method,
               "rank": cfg.adapter.r if cfg.adapter else None, "training_quant": cfg.training_quant}
-    return Step("train", "trainer", spec, out, [spec["base_model"]], labels)
+    if variant:
+        labels |= variant
+    identity = identity_config("train", cfg.to_dict())
+    parents = [spec["base_model"]]  # an imported model's digest is its name (contract/identity.py)
+    return Step("train", "trainer", spec, out, [spec["base_model"]], labels,
+                config_digest("train", identity, parents), identity, parents)
+
+
+def _name_by_identity(p: list[str], trained: list[Step]) -> list[Step]:
+    """One name, one configuration: training steps that share a name but not a digest are told
+    apart by the swept fields they differ in (``_lr2e-4``, ``_s2``: naming.VARIANT_FIELDS), or
+    refused with the fields they differ in when those are not sweep fields. Identical
+    configurations stay duplicates (``_duplicates`` says so)."""
+    by_name: dict[str, list[Step]] = {}
+    for s in trained:
+        by_name.setdefault(s.output, []).append(s)
+    for name, group in by_name.items():
+        distinct = list({s.digest: s for s in group}.values())
+        if len(distinct) < 2:
+            continue
+        fields = sorted({f for a in distinct for b in distinct for f, _, _ in differences(a.identity, b.identity)})
+        other = [f for f in fields if f not in VARIANT_FIELDS]
+        if other:
+            a, b = distinct[0], next(x for x in distinct[1:] if differences(distinct[0].identity, x.identity))
+            p.append(f"two configurations are both named {name!r} but differ in {describe(differences(a.identity, b.identity), 'one', 'other')}; "
+                     "name them apart with output_name: '{name}-...'")
+            continue
+        study, named = split_variant(name)
+        for s in group:
+            variant = {**named, **{f: s.identity[f] for f in fields}}
+            s.output = s.spec["output_name"] = with_variant(study, variant, tag_quant(TRAINING_QUANT[s.identity["training_quant"]]))
+            s.labels |= variant
+    return trained
 
 
 def _quantize_steps(spec: ExperimentSpec, entry: QuantizeEntry, trained: list[Step]) -> list[Step]:

@@ -27,7 +27,7 @@ from services.quantizer.config import METHODS as QUANT_METHODS
 from services.quantizer.config import spec_problems as ptq_spec_problems
 
 TOP_KEYS = {"name", "description", "base_models", "datasets", "data", "defaults", "train", "include", "exclude",
-            "quantize", "evaluate", "timeouts_s"}
+            "quantize", "evaluate", "timeouts_s", "seeds"}
 TRAIN_ONLY_KEYS = {"base_models", "datasets"}  # per-configuration restrictions, not TrainSpec fields
 QUANT_KEYS = {"methods", "sources", "where", "options"}
 QUANT_SOURCES = ("trained", "base")
@@ -82,6 +82,7 @@ class ExperimentSpec:
     train: list[TrainEntry]
     quantize: list[QuantizeEntry]
     evaluate: EvaluateSection
+    seeds: list[int] = field(default_factory=list)  # replication: each configuration once per seed
 
     @classmethod
     def parse(cls, raw: dict[str, Any], p: list[str]) -> "ExperimentSpec":
@@ -109,11 +110,29 @@ class ExperimentSpec:
         quantize = [e for i, q in enumerate(q_entries)
                     if (e := _quantize_entry(p, f"quantize[{i}]" if isinstance(quant, list) else "quantize", q))]
         evaluate = _evaluate(p, raw, bases)
+        seeds = _seeds(p, raw.get("seeds"), trains)
         return cls(name, raw.get("description", ""), bases, datasets, include, exclude, data, timeouts, train,
-                   quantize, evaluate)
+                   quantize, evaluate, seeds)
 
 
 # ----------------------------------------------------------------------------- sections
+
+def _seeds(p: list[str], seeds: Any, trains: list) -> list[int]:
+    """``seeds: [1, 2, 3]``: every training configuration once per seed (the trainer's ``seed``
+    range), replacing ``defaults.seed``; a configuration that sets ``seed`` itself would be
+    ambiguous, so it is refused."""
+    if seeds is None:
+        return []
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31 for x in seeds)):
+        p.append(f"seeds: {seeds!r} must be a non-empty list of integers in [0, 2**31)")
+        return []
+    if len(set(seeds)) != len(seeds):
+        p.append(f"seeds: {seeds} lists a seed twice")
+    p += [f"train[{i}].seed: set here and by seeds: {seeds}; give the seeds in one place (seeds: replicates "
+          "every configuration)" for i, t in enumerate(trains) if isinstance(t, dict) and "seed" in t]
+    return list(dict.fromkeys(seeds))
+
 
 def _data(p: list[str], data: Any) -> dict[str, Any] | None:
     """``data:`` as given (the flow reads it), checked: where missing datasets come from."""

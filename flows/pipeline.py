@@ -131,6 +131,11 @@ def run_step(step: Step, experiment: str, timeout_s: float, upstream: list[dict[
         reruns.append(reason)
         logger.warning("%s: %s", step.key, reason)
     if already_done(store, step):
+        from flows.identity import step_status
+        status, why = step_status(store, step)
+        if status == "conflict":  # the flow refuses these before it starts; one made meanwhile fails here
+            return result | {"status": "failed", "error": f"{step.bucket}/{step.output} exists but was made by "
+                                                          f"another configuration: {why}"}
         logger.info("%s: already committed, skipped", step.key)
         return result | {"status": "skipped"}
     bad = [u["key"] for u in upstream if u["status"] in ("failed", "blocked", "cancelled")]
@@ -195,9 +200,14 @@ def _submit_all(exp: Experiment) -> dict[str, Any]:
 # A step waiting on its job (or its upstream) holds only an idle thread; threads start lazily.
 @flow(name="ftlab-experiment", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=MAX_STEPS_IN_FLIGHT),
       on_cancellation=[_cancel_hook], on_crashed=[_cancel_hook])
-def experiment_flow(experiment: str, run_id: str = "", report_dir: str = DEFAULT_REPORT_DIR) -> dict[str, Any]:
-    """Run one experiment spec (a shipped name such as ``phase1`` or a path to a YAML file)."""
-    exp: Experiment = load(experiment)
+def experiment_flow(experiment: str, run_id: str = "", report_dir: str = DEFAULT_REPORT_DIR,
+                    seeds: list[int] | None = None) -> dict[str, Any]:
+    """Run one experiment spec (a shipped name such as ``phase1`` or a path to a YAML file);
+    ``seeds`` replaces its ``seeds:``. A step whose name storage holds for another configuration
+    refuses the whole run before anything is submitted (flows/identity.py)."""
+    exp: Experiment = load(experiment, seeds)
+    from flows.identity import refuse_conflicts
+    refuse_conflicts(store_from_env(), exp)
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
     logger = get_run_logger()
     started = time.time()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from flows.aggregate import summary_table, task_headlines
+from flows.aggregate import configuration_table, summary_table, task_headlines
 from flows.comparisons import vs_parent_table
 from flows.plots import TITLES, make_plots, plot_loss_curves
 from flows.report_ptq import degradation_table, markdown_section
@@ -49,7 +49,11 @@ def evaluations_of(steps: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def shown_columns(table: pd.DataFrame) -> list[str]:
-    shown = SHOWN_MODEL + [f"{t.name}__{m}" for t in list_tasks() for m, _ in t.metrics[:2]] + SHOWN_COST
+    """With seeds (``n_seeds`` > 1 somewhere), each shown metric is followed by its across-seed sd."""
+    seeds = "n_seeds" in table.columns and (table["n_seeds"] > 1).any()
+    metrics = [c for t in list_tasks() for m, _ in t.metrics[:2]
+               for c in ([f"{t.name}__{m}", f"{t.name}__{m}__sd_seeds"] if seeds else [f"{t.name}__{m}"])]
+    shown = SHOWN_MODEL + (["n_seeds"] if seeds else []) + metrics + SHOWN_COST
     return [c for c in shown if c in table.columns and (c == "model" or table[c].notna().any())]
 
 
@@ -75,7 +79,24 @@ def _lead_md(vs: pd.DataFrame | None) -> list[str]:
             f"{n_clear} of {len(vs)} differences are statistically clear (95% paired-bootstrap CI excludes 0, "
             "McNemar p < 0.05 where the metric is per-item right/wrong). Paired on the same held-out items; "
             "`ftlab compare` gives each one in full; all rows are in `comparisons.csv`.", "",
-            _md_table(lead_table(vs)), ""]
+            *_seed_and_engine_notes(vs), _md_table(lead_table(vs)), ""]
+
+
+def _seed_and_engine_notes(vs: pd.DataFrame) -> list[str]:
+    """Plain words for the rows that need them: seeds, seed noise, scoring that differs."""
+    out = []
+    if "n_seeds" in vs.columns and (vs.n_seeds > 1).any():
+        noise = vs[vs.within_seed_noise.astype(bool)]
+        out.append(f"Rows with several seeds pair items and seeds: the difference is the mean over seeds, its CI "
+                   f"two-level (seeds, then items). {len(noise)} of them are **within seed noise** (the CI includes 0 "
+                   "and the difference is no larger than its sd across seeds: other seeds could reverse it)"
+                   + (": " + ", ".join(sorted({f"{m} {t} {x}" for m, t, x in zip(noise.model, noise.task, noise.metric)}))
+                      if len(noise) else "") + ".")
+    if "like_for_like" in vs.columns and (~vs.like_for_like.astype(bool)).any():
+        bad = vs[~vs.like_for_like.astype(bool)]
+        out.append(f"**{len(bad)} rows are not like for like** (model and parent scored with different engine, dtype "
+                   "or generation settings; never called clear): " + "; ".join(sorted(set(bad.note))) + ".")
+    return [x for line in out for x in (line, "")]
 
 
 def _lead_html(vs: pd.DataFrame | None) -> list[str]:
@@ -90,7 +111,8 @@ def _lead_html(vs: pd.DataFrame | None) -> list[str]:
             f"<p><b>{n_clear} of {len(vs)}</b> differences are statistically clear (95% paired-bootstrap CI "
             "excludes 0, McNemar p &lt; 0.05 where the metric is per-item right/wrong), paired on the same "
             "held-out items. All rows: <a href='comparisons.csv'>comparisons.csv</a>; one pair in full: "
-            "<code>ftlab compare PARENT/EVAL MODEL/EVAL</code>.</p>", body]
+            "<code>ftlab compare PARENT/EVAL MODEL/EVAL</code>.</p>",
+            *[f"<p>{html.escape(x.replace('**', ''))}</p>" for x in _seed_and_engine_notes(vs) if x], body]
 
 
 def _markdown(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str, Path],
@@ -153,8 +175,11 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # a rebuild must not keep plots that no longer have data
         old.unlink()
-    table = summary_table(store, evaluations_of(steps))
+    by_model = summary_table(store, evaluations_of(steps))
+    table = configuration_table(store, by_model)  # a configuration's seeds folded into one row
     table.to_csv(out / "metrics_summary.csv", index=False)
+    if len(table) < len(by_model):
+        by_model.to_csv(out / "metrics_by_seed.csv", index=False)  # every seed's model, as evaluated
     vs = vs_parent_table(store, evaluations_of(steps))
     vs.to_csv(out / "comparisons.csv", index=False)
     plots = make_plots(table, out)

@@ -378,7 +378,7 @@ def cmd_jobs(args) -> int:
 
 def cmd_run(args) -> int:
     from flows.experiment import load
-    exp = load(args.experiment)
+    exp = load(args.experiment, args.seeds)
     if args.dry_run:
         from flows.dryrun import render
         try:
@@ -388,7 +388,9 @@ def cmd_run(args) -> int:
             store, where = None, f"unreachable ({exc})"
         print(render(exp, store, where))
         return 0
-    result = run_flow(args.experiment, args.run_id or "", args.report_dir)
+    from flows.identity import refuse_conflicts
+    refuse_conflicts(_store(), exp)  # before Prefect starts: names storage holds for another configuration
+    result = run_flow(args.experiment, args.run_id or "", args.report_dir, args.seeds)
     return 1 if result["failed"] else 0
 
 
@@ -398,12 +400,12 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def run_flow(experiment: str, run_id: str = "", report_dir: str | None = None) -> dict:
+def run_flow(experiment: str, run_id: str = "", report_dir: str | None = None, seeds: list[int] | None = None) -> dict:
     report_dir = report_dir or report_dir_default()
     _store()  # sets the embedded storage defaults for the flow
     _prefect_defaults()
     from flows.pipeline import experiment_flow
-    result = experiment_flow(experiment, run_id, report_dir)
+    result = experiment_flow(experiment, run_id, report_dir, seeds)
     print_summary(result)
     return result
 
@@ -842,6 +844,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("experiment")
     r.add_argument("--dry-run", action="store_true", help="print the plan (jobs, model names, memory "
                    "estimates, what is done), run nothing")
+    r.add_argument("--seed", type=int, action="append", dest="seeds", metavar="SEED",
+                   help="repeatable: train and evaluate every configuration once per seed (replaces the file's "
+                        "seeds:; models are named ..._s<SEED>_<quant tag>)")
     r.add_argument("--run-id", help="name of this run (default: the start time)")
     r.add_argument("--report-dir", default=report_dir_default(), help="local folder for the report copy "
                    "($FTLAB_HOME/reports)")

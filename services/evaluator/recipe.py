@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from services.common.storage import artifacts
+from services.common.contract.identity import config_digest, digest_of
 from services.common.data import importing as data_import
 from services.common.torch_utils import modeling
 from services.common.data import tasks
@@ -134,9 +135,11 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
     out.mkdir()
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     pd.DataFrame(pred_rows, columns=PREDICTION_COLUMNS).to_parquet(out / "predictions.parquet", index=False)
+    model_digest = digest_of(manifest, cfg.model)
     artifacts.commit_dir(ctx.store, "evaluations", f"{cfg.model}/{cfg.eval_id}", out, {
         "kind": "evaluation", "model": cfg.model, "eval_id": cfg.eval_id, "parents": [cfg.model],
         "model_manifest_sha": model_info["manifest_sha"], "tasks": list(datasets_out), "spec": config,
+        "config_digest": config_digest("evaluate", config, [model_digest]), "parent_digests": [model_digest],
         "quantization": quantization, "engine": engine_block, "versions": result["versions"],
         "git_commit": modeling.git_commit()})
     thr = result["summary"]["throughput"]

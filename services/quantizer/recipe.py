@@ -14,6 +14,7 @@ from typing import Any
 
 
 from services.common.storage import artifacts
+from services.common.contract.identity import config_digest, digest_of
 from services.common.torch_utils import modeling
 from services.common.jobs.child import JobContext
 from services.quantizer import calibration, report
@@ -128,7 +129,9 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
         "source_model": cfg.source_model, "source_manifest_sha": artifacts.manifest_digest(src_manifest),
         "merged_adapter": merged_from, "task": src_manifest.get("task") or cfg.task,
         "dataset": src_manifest.get("dataset"), "calibration_dataset": cfg.dataset if calib else None,
-        "spec": cfg.to_dict(), "quantization": spec, "versions": _versions(), "git_commit": modeling.git_commit()})
+        "spec": cfg.to_dict(), "quantization": spec, "versions": _versions(), "git_commit": modeling.git_commit(),
+        "config_digest": config_digest("quantize", cfg.to_dict(), [digest_of(src_manifest, cfg.source_model)]),
+        "parent_digests": [digest_of(src_manifest, cfg.source_model)]})
     ctx.progress(6, STEPS, message="committed")
     metrics = {"size_ratio": size["size_ratio"], "quantized_layers_ratio": size["quantized_layers_bytes"]["ratio"],
                "weight_memory_ratio": size["weight_memory_bytes"]["ratio"],

@@ -22,6 +22,7 @@ from services.common.hardware import devices
 from services.common.torch_utils import modeling
 from services.common.data import tasks
 from services.common.contract.errors import PreconditionError
+from services.common.contract.identity import config_digest, digest_of
 from services.common.jobs.child import JobContext
 from services.trainer import checkpoints
 from services.trainer.config import TrainConfig
@@ -52,6 +53,8 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
     if cfg.train_limit:
         df = df.head(cfg.train_limit)
     ds_manifest = artifacts.require_manifest(ctx.store, "datasets", cfg.dataset, "dataset")
+    parent_digests = [digest_of(base_manifest, cfg.base_model)]  # the model's identity: its config and parents
+    digest = config_digest("train", as_dict, parent_digests)
 
     # 2. Examples: the evaluator's exact prompt, then the boxed answer.
     tok = modeling.load_tokenizer(base_dir, padding_side="right")
@@ -114,6 +117,7 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
         "final_loss": stats["loss_curve"][-1]["loss"] if stats["loss_curve"] else None,
         "loss_curve": stats["loss_curve"], "resumed_from_step": resume.step if resume else 0,
         "resumed_from_dtype": resume.info.get("dtype") if resume else None,
+        "config_digest": digest, "parent_digests": parent_digests,
         "attempt": ctx.attempt, "device": stats["device"], "dtype": stats["dtype"], "hardware": modeling.hardware(),
     }
     (out / "training_metadata.json").write_text(json.dumps(metadata, indent=2))
@@ -124,6 +128,7 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
         "base_model": cfg.base_model, "base_manifest_sha": artifacts.manifest_digest(base_manifest),
         "dataset": cfg.dataset, "dataset_manifest_sha": artifacts.manifest_digest(ds_manifest),
         "task": task.name, "spec": as_dict, "peft_method": cfg.peft_method,
+        "config_digest": digest, "parent_digests": parent_digests,
         "merged": cfg.merge_after_train or cfg.method.full,
         "adapter_path": None if cfg.method.full else "adapter",
         "quantization": metadata["quantization"], "versions": modeling.library_versions(),

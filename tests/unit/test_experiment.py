@@ -151,8 +151,12 @@ def test_out_of_range_values_are_refused_at_load():
         assert fragment in text, fragment
 
 def test_two_configurations_with_the_same_name_are_refused():
-    with pytest.raises(ValidationError, match="same step"):
-        plan(spec(train=[{"lora": {"r": 4}, "learning_rate": [0.001, 0.002]}]))
+    with pytest.raises(ValidationError, match="same step"):  # identical configurations: one step twice
+        plan(spec(train=[{"lora": {"r": 4}}, {"lora": {"r": 4}}]))
+    with pytest.raises(ValidationError) as exc:  # not a sweep field: refused, with the fields they differ in
+        plan(spec(train=[{"lora": {"r": 4}, "warmup_ratio": [0.0, 0.1]}]))
+    assert ("two configurations are both named 'Qwen3-tiny-arc_SFT_LoRa4_NoQuant' but differ in warmup_ratio "
+            "(one 0.0, other 0.1)") in exc.value.problems[0]
     exp = plan(spec(train=[{"lora": {"r": 4}, "learning_rate": 0.001},
                            {"lora": {"r": 4}, "learning_rate": 0.002, "output_name": "{name}-lr2e-3"}]))
     assert [s.output for s in exp.stage("train")] == ["Qwen3-tiny-arc_SFT_LoRa4_NoQuant",

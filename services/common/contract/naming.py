@@ -286,3 +286,63 @@ def require_name(field: str, value: str) -> None:
     problems = check_name(field, value)
     if problems:
         raise ValidationError(problems)
+
+
+# ----------------------------------------------------------------------------- sweep suffixes
+# A sweep over these fields gives one model per value under one study name; the value goes into the
+# name as a readable segment before the quantization tag (``..._SFT_LoRa8_lr2e-4_s2_NoQuant``), in this
+# order, and :func:`split_variant` reads it back (the report groups seeds of one configuration).
+VARIANT_FIELDS = {"learning_rate": "lr", "num_train_epochs": "ep", "max_steps": "steps", "seed": "s"}
+_VARIANT_RE = re.compile(r"^(lr|ep|steps|s)(\d+(?:\.\d+)?(?:e-?\d+)?)$")
+
+
+def _variant_value(value: Any) -> str:
+    """2e-4 -> '2e-4', 1.5 -> '1.5', 3 -> '3': short, and a valid name segment."""
+    if isinstance(value, float) and value and abs(value) < 0.01:
+        mantissa, exp = f"{value:.3e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+    return _segment(value)
+
+
+def variant_suffix(values: dict[str, Any]) -> str:
+    """``{"seed": 2, "learning_rate": 2e-4}`` -> ``_lr2e-4_s2`` (VARIANT_FIELDS' order)."""
+    return "".join(f"_{tag}{_variant_value(values[f])}" for f, tag in VARIANT_FIELDS.items() if f in values)
+
+
+def with_variant(name: str, values: dict[str, Any], quant_tag: str = "") -> str:
+    """``name`` with :func:`variant_suffix` before its quantization tag (``quant_tag``, when the name
+    ends with it), else at the end."""
+    suffix = variant_suffix(values)
+    if quant_tag and name.endswith("_" + quant_tag):
+        return f"{name[: -len(quant_tag) - 1]}{suffix}_{quant_tag}"
+    return name + suffix
+
+
+def split_variant(name: str) -> tuple[str, dict[str, Any]]:
+    """A model name back into its study name and the swept values its segments after ``_SFT_``
+    carry: ``X_SFT_LoRa8_s2_NoQuant`` -> (``X_SFT_LoRa8_NoQuant``, {"seed": 2})."""
+    head, sep, tail = name.partition("_SFT_")
+    if not sep:
+        return name, {}
+    fields = {tag: f for f, tag in VARIANT_FIELDS.items()}
+    kept, values = [], {}
+    for seg in tail.split("_"):
+        m = _VARIANT_RE.match(seg)
+        if m and fields[m.group(1)] not in values:
+            raw = m.group(2)
+            values[fields[m.group(1)]] = int(raw) if re.fullmatch(r"\d+", raw) and m.group(1) in ("s", "steps") \
+                else float(raw)
+        else:
+            kept.append(seg)
+    return head + sep + "_".join(kept), values
+
+
+def without_seed(name: str) -> tuple[str, int | None]:
+    """The configuration a model replicates and its seed: ``X_SFT_LoRa8_s2_Int8_BnB`` ->
+    (``X_SFT_LoRa8_Int8_BnB``, 2); other swept values stay in the name (they are other configurations)."""
+    head, sep, tail = name.partition("_SFT_")
+    segments = tail.split("_") if sep else []
+    for i, seg in enumerate(segments):
+        if re.fullmatch(r"s\d+", seg):
+            return head + sep + "_".join(segments[:i] + segments[i + 1:]), int(seg[1:])
+    return name, None

@@ -1,0 +1,82 @@
+"""Seeds as replication through the real flow (issue 25): `ftlab run --seed 1 --seed 2` trains and
+evaluates the configuration once per seed under readable names, the trainer and evaluator record
+the digests the planner computed, the report folds the seeds into one row (mean, across-seed sd,
+two-level CI) and compares it with the base paired on items and seeds; a rerun's dry run counts
+every step done; the same plan with another learning rate is refused before anything is
+submitted, naming the differing field. Real services, real Prefect (subprocess). PTQ rows paired
+by seed: tests/unit/test_seed_report.py."""
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from flows.experiment import load
+from services.common.storage import artifacts
+from tests.conftest import TINY
+from tests.flows.test_smoke_flow import run_cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # 5 jobs and Prefect on a shared 2-core host
+
+PLAN = {
+    "name": "tinyseeds",
+    "base_models": [TINY],
+    "datasets": ["arc"],
+    "train": [{"peft_method": "lora", "lora": {"r": 4}, "max_steps": 1, "train_limit": 4, "learning_rate": 1e-3,
+               "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "max_seq_length": 128, "save_steps": 0}],
+    "evaluate": {"tasks": [{"task": "ai2_arc", "limit": 4}], "batch_size": 4, "max_new_tokens": 4},
+}
+CONFIG = "Qwen3-tiny-arc_SFT_LoRa4_NoQuant"
+
+
+def test_two_seeds_through_the_flow(services, tmp_path):
+    store = services["store"]
+    path = tmp_path / "tinyseeds.yaml"
+    path.write_text(yaml.safe_dump(PLAN))
+    first = run_cli(["run", str(path), "--seed", "1", "--seed", "2"], services, tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    exp = load(str(path), seeds=[1, 2])
+    for step in exp.stage("train"):  # the trainer recorded the digest the planner computed
+        assert step.output == f"Qwen3-tiny-arc_SFT_LoRa4_s{step.spec['seed']}_NoQuant"
+        manifest = artifacts.read_manifest(store, "models", step.output)
+        assert manifest["config_digest"] == step.digest and manifest["parent_digests"] == [TINY]
+        assert manifest["spec"]["seed"] == step.spec["seed"]
+    for step in exp.stage("evaluate"):  # each evaluation names the model it scored by its digest
+        model = artifacts.read_manifest(store, "models", step.after[0])
+        assert artifacts.read_manifest(store, "evaluations", step.output)["parent_digests"] == [
+            model.get("config_digest") or step.after[0]]
+
+    report = artifacts.list_committed(store, "reports", "tinyseeds/")[0]
+    table = pd.read_csv(io.BytesIO(store.get_bytes("reports", report + "/metrics_summary.csv"))).set_index("model")
+    assert sorted(table.index) == sorted([TINY, CONFIG])
+    by_seed = pd.read_csv(io.BytesIO(store.get_bytes("reports", report + "/metrics_by_seed.csv")))
+    assert len(by_seed) == 3
+    row, seeds = table.loc[CONFIG], by_seed[by_seed.model.str.contains("_NoQuant")]
+    assert row.n_seeds == 2 and row.seeds == "1,2"
+    assert row.ai2_arc__accuracy == pytest.approx(seeds.ai2_arc__accuracy.mean())
+    assert row.ai2_arc__accuracy__sd_seeds == pytest.approx(seeds.ai2_arc__accuracy.std(ddof=1), abs=1e-3)
+    assert row.ai2_arc__accuracy__ci95_low <= row.ai2_arc__accuracy <= row.ai2_arc__accuracy__ci95_high
+    assert table.loc[TINY].n_seeds == 1
+
+    vs = pd.read_csv(io.BytesIO(store.get_bytes("reports", report + "/comparisons.csv")))
+    assert set(vs.model) == {CONFIG} and set(vs.vs) == {TINY} and set(vs.relation) == {"fine-tune vs base"}
+    assert (vs.n_seeds == 2).all() and vs.engine.notna().all() and vs.like_for_like.all()
+    md = store.get_bytes("reports", report + "/report.md").decode()
+    assert "within seed noise" in md and "n_seeds" in md
+
+    dry = run_cli(["run", str(path), "--seed", "1", "--seed", "2", "--dry-run"], services, tmp_path)
+    assert dry.returncode == 0 and "already done (will be skipped): 5; to run: 0" in dry.stdout, dry.stdout
+
+    jobs_before = {n: len(c.list_all()) for n, c in services["clients"].items()}
+    changed = tmp_path / "changed.yaml"  # the same names, another learning rate: refused, nothing submitted
+    changed.write_text(yaml.safe_dump({**PLAN, "train": [{**PLAN["train"][0], "learning_rate": 5e-4}]}))
+    refused = run_cli(["run", str(changed), "--seed", "1", "--seed", "2"], services, tmp_path)
+    assert refused.returncode != 0
+    assert (f"models/Qwen3-tiny-arc_SFT_LoRa4_s1_NoQuant exists but was made by another configuration: "
+            "learning_rate (planned 0.0005, stored 0.001)") in refused.stdout + refused.stderr
+    assert {n: len(c.list_all()) for n, c in services["clients"].items()} == jobs_before
+    assert json.loads(json.dumps(artifacts.list_committed(store, "reports", "tinyseeds/"))) == [report]

@@ -1,0 +1,102 @@
+"""The report with seeds (issue 25): a configuration's seeds fold into one summary row, comparisons
+pair items and seeds, and a parent scored under another engine is re-scored like the child or the
+row says it is not like for like. Storage as the services commit it (LocalStore)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.aggregate import configuration_table
+from flows.comparisons import lead_table, vs_parent_table
+from services.common.storage import artifacts
+from services.evaluator import stats
+
+GOLDS = list("ABCD" * 10)
+
+
+def _model(store, tmp_path, name, manifest):
+    d = tmp_path / "m" / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    artifacts.commit_dir(store, "models", name, d, {"name": name, **manifest})
+
+
+def _evaluation(store, tmp_path, model, parsed, eval_id="e1", engine="hf", dtype="float32"):
+    d = tmp_path / "e" / model / eval_id
+    d.mkdir(parents=True)
+    acc = 100.0 * np.mean([p == g for p, g in zip(parsed, GOLDS)])
+    (d / "metrics.json").write_text(json.dumps({
+        "eval_id": eval_id, "engine": {"name": engine, "dtype": dtype}, "hardware": {"dtype": dtype},
+        "spec": {"max_new_tokens": 8}, "summary": {},
+        "datasets": {"ai2_arc": {"type": "mcq4", "metrics": {"accuracy": acc}, "latency_seconds": {"mean": 0.1},
+                                 "accuracy": acc, "format_success_rate": 100.0, "total_samples": len(parsed)}}}))
+    pd.DataFrame({"task": "ai2_arc", "id": [str(i) for i in range(len(GOLDS))], "prompt_sha256": "x",
+                  "parsed": parsed, "gold": GOLDS}).to_parquet(d / "predictions.parquet")
+    artifacts.commit_dir(store, "evaluations", f"{model}/{eval_id}", d, {"kind": "evaluation"})
+
+
+def _right(k):  # the first k items right, the rest answered wrongly
+    return [g if i < k else ("B" if g == "A" else "A") for i, g in enumerate(GOLDS)]
+
+
+@pytest.fixture
+def seeded(store, tmp_path):
+    _model(store, tmp_path, "B", {"kind": "base"})
+    evals = [("B", "e1")]
+    _evaluation(store, tmp_path, "B", _right(10))
+    for s, k in ((1, 30), (2, 20), (3, 34)):
+        ft, q = f"B-arc_SFT_LoRa4_s{s}_NoQuant", f"B-arc_SFT_LoRa4_s{s}_Int8_BnB"
+        _model(store, tmp_path, ft, {"kind": "trained", "base_model": "B", "parents": ["B"]})
+        _model(store, tmp_path, q, {"kind": "quantized", "parents": [ft]})
+        _evaluation(store, tmp_path, ft, _right(k))
+        _evaluation(store, tmp_path, q, _right(k - 1))
+        evals += [(ft, "e1"), (q, "e1")]
+    return store, evals
+
+
+def test_seeds_fold_into_one_row_with_sd_and_a_two_level_interval(seeded):
+    store, evals = seeded
+    by_model = pd.DataFrame([{"model": m, "eval_id": e, "ai2_arc__accuracy": 100.0 * np.mean(
+        [p == g for p, g in zip(_right({"B": 10}.get(m) or {"1": 30, "2": 20, "3": 34}[m.split("_s")[1][0]]
+                                        - m.endswith("BnB")), GOLDS)]), "method": "lora"} for m, e in evals])
+    t = configuration_table(store, by_model, n_resamples=2000).set_index("model")
+    assert list(t.index) == ["B", "B-arc_SFT_LoRa4_NoQuant", "B-arc_SFT_LoRa4_Int8_BnB"]
+    ft = t.loc["B-arc_SFT_LoRa4_NoQuant"]
+    per_seed = np.array([75.0, 50.0, 85.0])
+    assert (ft.n_seeds, ft.seeds) == (3, "1,2,3") and ft.ai2_arc__accuracy == pytest.approx(per_seed.mean())
+    assert ft.ai2_arc__accuracy__sd_seeds == pytest.approx(per_seed.std(ddof=1), abs=1e-3)
+    order = sorted(range(len(GOLDS)), key=str)  # the shared items, by id
+    want = stats.replicated_ci("mcq4", [[_right(k)[i] for i in order] for k in (30, 20, 34)],
+                               [GOLDS[i] for i in order], 2000, 0)["accuracy"]["ci95"]
+    assert [ft.ai2_arc__accuracy__ci95_low, ft.ai2_arc__accuracy__ci95_high] == want
+    assert t.loc["B"].n_seeds == 1
+
+
+def test_comparisons_pair_seeds_and_items(seeded):
+    store, evals = seeded
+    vs = vs_parent_table(store, evals, n_resamples=2000)
+    ptq = vs[(vs.model == "B-arc_SFT_LoRa4_Int8_BnB") & (vs.metric == "accuracy")].iloc[0]
+    # each seed's PTQ loses exactly one item against its own source: paired by seed, no seed noise
+    assert ptq.vs == "B-arc_SFT_LoRa4_NoQuant" and ptq.n_seeds == 3 and ptq["diff"] == pytest.approx(-2.5)
+    assert ptq.sd_seeds == 0 and ptq.like_for_like and ptq.engine == "hf float32"
+    ft = vs[(vs.model == "B-arc_SFT_LoRa4_NoQuant") & (vs.metric == "accuracy")].iloc[0]
+    assert ft.vs == "B" and ft["diff"] == pytest.approx(np.mean([50.0, 25.0, 60.0])) and ft.clear
+    assert "3 (sd" in lead_table(vs).set_index("model").loc["B-arc_SFT_LoRa4_NoQuant", "seeds"].iloc[0]
+
+
+def test_a_parent_scored_under_another_engine_is_rescored_or_not_called(store, tmp_path):
+    _model(store, tmp_path, "S", {"kind": "base"})
+    _model(store, tmp_path, "S_Int8_BnB", {"kind": "quantized", "parents": ["S"]})
+    _evaluation(store, tmp_path, "S", _right(40), engine="vllm", dtype="bfloat16")
+    _evaluation(store, tmp_path, "S_Int8_BnB", _right(10))  # far worse, but on another engine
+    vs = vs_parent_table(store, [("S", "e1"), ("S_Int8_BnB", "e1")])
+    row = vs[vs.metric == "accuracy"].iloc[0]
+    assert not row.like_for_like and not row.clear and row.parent_engine == "vllm bfloat16"
+    assert "NOT like for like" in row.note and "--engine hf" in row.note
+    assert set(lead_table(vs)["clear?"]) == {"not like for like"}
+    _evaluation(store, tmp_path, "S", _right(12), eval_id="e-hf")  # the parent scored again on HF fp32
+    row = vs_parent_table(store, [("S", "e1"), ("S_Int8_BnB", "e1")]).query("metric == 'accuracy'").iloc[0]
+    assert row.like_for_like and row.parent_value == 30.0 and "S/e-hf" in row.note
