@@ -17,6 +17,7 @@ from flows.aggregate import summary_table, task_headlines
 from flows.comparisons import vs_parent_table
 from flows.plots import TITLES, make_plots, plot_loss_curves
 from flows.report_ptq import degradation_table, markdown_section
+from flows.selection import report_lines as selection_lines
 from services.common.storage import artifacts
 from services.common.contract.errors import NotFoundError
 from services.common.storage.store import ObjectStore
@@ -43,9 +44,11 @@ class RunInfo:
 
 
 def evaluations_of(steps: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(model, eval_id) of every evaluation step whose result exists."""
+    """(model, eval_id) of every evaluation step whose result exists; model selection's validation
+    evaluations (flows/selection.py) are in their own section, not the test results."""
     return [tuple(s["output"].rsplit("/", 1)) for s in steps
-            if s["stage"] == "evaluate" and s["status"] in ("succeeded", "skipped")]
+            if s["stage"] == "evaluate" and s["status"] in ("succeeded", "skipped")
+            and s.get("labels", {}).get("split") != "validation"]
 
 
 def shown_columns(table: pd.DataFrame) -> list[str]:
@@ -106,7 +109,7 @@ def _markdown(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict
                  if f"{t}__{m}" in table.columns and table[f"{t}__{m}"].notna().any()) + ". Every column is in `metrics_summary.csv` (the study's "
              "columns first).", "",
              _md_table(table[shown_columns(table)]) if len(table) else "(no evaluations)",
-             "", "## Plots", ""]
+             "", *selection_lines(steps), "## Plots", ""]
     lines += [f"### {TITLES[n]}\n\n![{TITLES[n]}]({p.name})\n" for n, p in plots.items()] or ["(no data to plot)"]
     lines += ["", f"## Failures ({len(bad)})", ""]
     lines += [f"- `{s['key']}` ({s['status']}): {s.get('error', '')}" for s in bad] or ["none"]
