@@ -17,6 +17,7 @@ from flows.aggregate import summary_table, task_headlines
 from flows.comparisons import vs_parent_table
 from flows.plots import TITLES, make_plots, plot_loss_curves
 from flows.report_ptq import degradation_table, markdown_section
+from flows import report_verdicts
 from flows.selection import report_lines as selection_lines
 from services.common.storage import artifacts
 from services.common.contract.errors import NotFoundError
@@ -97,13 +98,13 @@ def _lead_html(vs: pd.DataFrame | None) -> list[str]:
 
 
 def _markdown(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str, Path],
-              vs: pd.DataFrame | None = None) -> str:
+              vs: pd.DataFrame | None = None, verdicts: list[str] = ()) -> str:
     bad = [s for s in steps if s["status"] in NOT_DONE]
     counts = pd.Series([s["status"] for s in steps]).value_counts().to_dict() if steps else {}
     lines = [f"# {info.experiment} — run {info.run_id}", "", info.description, "",
              f"- steps: {len(steps)} ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))})",
              f"- wall time: {info.finished_at - info.started_at:.0f} s" if info.finished_at else "",
-             f"- models in the table: {len(table)}", "", *_lead_md(vs), "## Summary", "",
+             f"- models in the table: {len(table)}", "", *verdicts, *_lead_md(vs), "## Summary", "",
              "Headline metrics (each task's YAML; the study's where it had the task): " + ", ".join(
                  f"{t} {m} ({'higher' if h else 'lower'} is better)" for t, (m, h) in task_headlines().items()
                  if f"{t}__{m}" in table.columns and table[f"{t}__{m}"].notna().any()) + ". Every column is in `metrics_summary.csv` (the study's "
@@ -167,7 +168,8 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
                                            and s["status"] in ("succeeded", "skipped")}))
     if not ptq.empty:
         ptq.to_csv(out / "ptq_degradation.csv", index=False)
-    (out / "report.md").write_text(_markdown(info, table, steps, plots, vs) + "\n".join(markdown_section(ptq)))
+    verdicts = report_verdicts.section(store, info.spec, table, evaluations_of(steps))  # spec's verdicts:
+    (out / "report.md").write_text(_markdown(info, table, steps, plots, vs, verdicts) + "\n".join(markdown_section(ptq)))
     (out / "report.html").write_text(_html(info, table, steps, plots, vs))
     (out / "steps.json").write_text(json.dumps(steps, indent=2, default=str))
     (out / "run.json").write_text(json.dumps(asdict(info), indent=2, default=str))
