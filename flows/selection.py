@@ -9,7 +9,8 @@ An experiment file's ``lr_sweep`` section (docs/FLOWS.md)::
       select_on: {task: squad_v2, dataset: squad-val, split: validation, limit: 100}   # metric: the task's headline
 
 At plan time (``expand`` then ``gate``, the planner's two hooks) every train step whose method has
-rates becomes one *candidate* per rate, named ``<study name>_lr<rate>`` and trained at that rate;
+rates becomes one *candidate* per rate, named by the study's name with the rate
+(``…_SFT_LoRa8_lr5e-4_NoQuant``) and trained at that rate;
 each candidate gets a validation evaluation; one ``select`` step per configuration (the *group*,
 named by the study's name) waits for them; and every step that reads a candidate (its test
 evaluation, its quantizations) waits for the select step. At run time (``run_select``, ``gated``)
@@ -97,8 +98,23 @@ def parse(raw: Any, p: list[str]) -> Sweep | None:
 
 
 def rate_tag(rate: float) -> str:
-    """``5e-4`` -> ``lr0.0005``: readable, and the same float always gives the same name."""
-    return f"lr{rate:g}" if rate >= 1e-4 else f"lr{rate:.0e}"
+    """``5e-4`` -> ``lr5e-4``, ``0.05`` -> ``lr0.05``: readable, one float one name (the sweep-suffix
+    format of issue #25's naming, so the report reads the rate back from the name)."""
+    if rate < 0.01:
+        mantissa, exp = f"{rate:.3e}".split("e")
+        return f"lr{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+    return f"lr{rate:g}"
+
+
+def candidate_name(group: str, rate: float) -> str:
+    """The rate's segment right after the method's: ``X_SFT_LoRa8_NoQuant`` ->
+    ``X_SFT_LoRa8_lr5e-4_NoQuant`` (before a seed's ``_s2`` and the quantization tag); a name
+    without ``_SFT_`` (an ``output_name`` of one's own) gets it at the end."""
+    head, sep, tail = group.partition("_SFT_")
+    if not sep:
+        return f"{group}_{rate_tag(rate)}"
+    method, *rest = tail.split("_")
+    return head + sep + "_".join([method, rate_tag(rate), *rest])
 
 
 def expand(p: list[str], sweep: Sweep | None, trained: list) -> list:
@@ -117,7 +133,7 @@ def expand(p: list[str], sweep: Sweep | None, trained: list) -> list:
         for rate in rates:
             spec = copy.deepcopy(step.spec)
             spec["learning_rate"] = rate
-            spec["output_name"] = f"{group}_{rate_tag(rate)}"
+            spec["output_name"] = candidate_name(group, rate)
             p += check_name(f"lr_sweep ({group})", spec["output_name"])
             sweep.groups[group].append(spec["output_name"])
             out.append(Step("train", step.service, spec, spec["output_name"], list(step.after),
@@ -205,6 +221,10 @@ def gated(step, upstream: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+def _rate_of(model: str) -> str:
+    return next((seg for seg in model.split("_") if seg.startswith("lr")), model)
+
+
 def report_lines(steps: list[dict[str, Any]]) -> list[str]:
     """The report's section: per group, each rate's validation score and the choice."""
     sel = [s for s in steps if s.get("stage") == STAGE]
@@ -218,7 +238,7 @@ def report_lines(steps: list[dict[str, Any]]) -> list[str]:
         if s["status"] != "succeeded":
             lines.append(f"| {s['labels'].get('select_group')} | | {s.get('error', s['status'])} | |")
             continue
-        cands = ", ".join(f"{m.rsplit('_', 1)[-1]}: {'—' if v is None else f'{v:.4g}'}" for m, v in s["scores"].items())
+        cands = ", ".join(f"{_rate_of(m)}: {'—' if v is None else f'{v:.4g}'}" for m, v in s["scores"].items())
         lines.append(f"| {s['labels']['select_group']} | {s['task']} {s['metric']} ({s['split']}) | {cands} "
                      f"| {s['chosen']} |")
     return lines + [""]

@@ -29,7 +29,7 @@ def spec(**kw):
 def test_plan_trains_every_rate_scores_validation_and_gates_test_on_the_choice():
     exp = plan(spec())
     lora = "Qwen3-tiny-squad_SFT_LoRa8_NoQuant"
-    cands = [f"{lora}_lr0.0001", f"{lora}_lr0.0005", f"{lora}_lr0.002"]
+    cands = [lora.replace("LoRa8_", f"LoRa8_lr{r}_") for r in ("1e-4", "5e-4", "2e-3")]
     trained = {s.output: s.spec["learning_rate"] for s in exp.stage("train")}
     assert trained == {**dict(zip(cands, [1e-4, 5e-4, 2e-3])), "Qwen3-tiny-squad_SFT_NoPeft_NoQuant": 1e-5}
     val = [s for s in exp.stage("evaluate") if s.labels.get("split") == "validation"]
@@ -95,7 +95,14 @@ def test_selection_picks_on_validation_and_only_the_chosen_is_scored_on_test(tmp
     int8_eval = next(s for s in exp.stage("evaluate") if "Int8" in s.spec["model"] and best not in s.spec["model"])
     assert pipeline.run_step.fn(int8_eval, exp.name, 10.0, [r | {"output": "x"}])["status"] == selection.NOT_SELECTED
     lines = "\n".join(selection.report_lines([chosen]))
-    assert best in lines and "lr0.0005: 21.5" in lines
+    assert best in lines and "lr5e-4: 21.5" in lines
+
+
+def test_rate_names():
+    assert [selection.rate_tag(r) for r in (1e-4, 5e-4, 2e-3, 0.01, 0.05)] == \
+        ["lr1e-4", "lr5e-4", "lr2e-3", "lr0.01", "lr0.05"]
+    assert selection.candidate_name("M-d_SFT_VeRa256_s2_NoQuant", 0.05) == "M-d_SFT_VeRa256_lr0.05_s2_NoQuant"
+    assert selection.candidate_name("mine", 1e-4) == "mine_lr1e-4"
 
 
 def test_choose_ties_go_to_the_earlier_rate_and_lower_is_better_works():
