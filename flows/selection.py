@@ -24,6 +24,7 @@ Steps without rates in the sweep are planned as before: trained once at their ow
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,12 +129,12 @@ def expand(p: list[str], sweep: Sweep | None, trained: list) -> list:
         if not rates:
             out.append(step)
             continue
-        group = step.output
-        sweep.groups[group] = []
+        group = without_seed(step.output)  # the seeds of a configuration are chosen for together
+        sweep.groups.setdefault(group, [])
         for rate in rates:
             spec = copy.deepcopy(step.spec)
             spec["learning_rate"] = rate
-            spec["output_name"] = candidate_name(group, rate)
+            spec["output_name"] = candidate_name(step.output, rate)
             p += check_name(f"lr_sweep ({group})", spec["output_name"])
             sweep.groups[group].append(spec["output_name"])
             out.append(Step("train", step.service, spec, spec["output_name"], list(step.after),
@@ -164,9 +165,16 @@ def gate(sweep: Sweep | None, experiment: str, settings: dict[str, Any], steps: 
         source = s.spec.get("model") if s.stage == "evaluate" else s.spec.get("source_model")
         if s.stage in ("evaluate", "quantize") and source in group_of:
             s.after = [*s.after, select_output(group_of[source])]
-            s.labels = {**s.labels, "select_group": group_of[source], "candidate": source}
+            s.labels = {**s.labels, "select_group": group_of[source], "candidate": without_seed(source)}
     trained = [s for s in steps if s.stage == "train"]
     return trained + val_steps + select_steps + [s for s in steps if s.stage != "train"]
+
+
+def without_seed(name: str) -> str:
+    """``X_SFT_LoRa8_lr5e-4_s2_NoQuant`` -> ``X_SFT_LoRa8_lr5e-4_NoQuant``: the configuration a seed
+    replicates (the ``_s<seed>`` segment of #25's naming)."""
+    head, sep, tail = name.partition("_SFT_")
+    return head + sep + "_".join(x for x in tail.split("_") if not re.fullmatch(r"s\d+", x)) if sep else name
 
 
 def select_output(group: str) -> str:
@@ -198,16 +206,22 @@ def validation_score(store, evaluation: str, task: str, metric: str) -> float | 
 
 
 def run_select(step, upstream: list[dict[str, Any]], store) -> dict[str, Any]:
-    """The select step, in the flow (no service): every candidate's validation score, the choice."""
+    """The select step, in the flow (no service): every candidate's validation score, each rate's
+    mean over its seeds, and the chosen rate's configuration (its name without the seed)."""
     s = step.spec
     result = {"key": step.key, "stage": step.stage, "output": step.output, "labels": step.labels}
     scores = {ev.split("/", 1)[0]: validation_score(store, ev, s["task"], s["metric"]) for ev in s["candidates"]}
-    chosen = choose(scores, s["higher_is_better"])
+    per_rate: dict[str, list[float]] = {}
+    for model, v in scores.items():
+        per_rate.setdefault(without_seed(model), []).extend([] if v is None else [v])
+    by_rate = {c: (sum(v) / len(v) if v else None) for c, v in per_rate.items()}
+    chosen = choose(by_rate, s["higher_is_better"])
     missing = [m for m, v in scores.items() if v is None]
     if chosen is None:
         return result | {"status": "failed", "error": f"no candidate of {s['group']} has a validation score"}
-    return result | {"status": "succeeded", "chosen": chosen, "scores": scores, "metric": s["metric"],
-                     "task": s["task"], "split": "validation", **({"unscored": missing} if missing else {})}
+    return result | {"status": "succeeded", "chosen": chosen, "by_rate": by_rate, "scores": scores,
+                     "seeds": {c: len(v) for c, v in per_rate.items()}, "metric": s["metric"], "task": s["task"],
+                     "split": "validation", **({"unscored": missing} if missing else {})}
 
 
 def gated(step, upstream: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -238,7 +252,9 @@ def report_lines(steps: list[dict[str, Any]]) -> list[str]:
         if s["status"] != "succeeded":
             lines.append(f"| {s['labels'].get('select_group')} | | {s.get('error', s['status'])} | |")
             continue
-        cands = ", ".join(f"{_rate_of(m)}: {'—' if v is None else f'{v:.4g}'}" for m, v in s["scores"].items())
+        cands = ", ".join(f"{_rate_of(m)}: {'—' if v is None else f'{v:.4g}'}"
+                          + (f" (mean of {s['seeds'][m]} seeds)" if s["seeds"][m] > 1 else "")
+                          for m, v in s["by_rate"].items())
         lines.append(f"| {s['labels']['select_group']} | {s['task']} {s['metric']} ({s['split']}) | {cands} "
                      f"| {s['chosen']} |")
     return lines + [""]

@@ -80,7 +80,7 @@ def test_selection_picks_on_validation_and_only_the_chosen_is_scored_on_test(tmp
     ups = [{"key": s.key, "stage": "evaluate", "output": s.output, "status": "succeeded"} for s in val.values()]
     (sel,) = exp.stage("select")
     chosen = pipeline.run_step.fn(sel, exp.name, 10.0, ups)
-    assert (chosen["status"], chosen["chosen"], chosen["scores"]) == ("succeeded", best, scores)
+    assert (chosen["status"], chosen["chosen"], chosen["scores"], chosen["by_rate"]) == ("succeeded", best, scores, scores)
 
     runs, skipped = [], []
     for s in exp.steps:
@@ -96,6 +96,30 @@ def test_selection_picks_on_validation_and_only_the_chosen_is_scored_on_test(tmp
     assert pipeline.run_step.fn(int8_eval, exp.name, 10.0, [r | {"output": "x"}])["status"] == selection.NOT_SELECTED
     lines = "\n".join(selection.report_lines([chosen]))
     assert best in lines and "lr5e-4: 21.5" in lines
+
+
+def test_the_seeds_of_a_configuration_are_chosen_together_on_their_mean(tmp_path):
+    """With #25's seeds (``_s1``, ``_s2`` in the names) one group holds every seed of every rate;
+    the rate with the best mean validation score wins, for all its seeds."""
+    store = LocalStore(tmp_path / "store")
+    store.ensure_buckets()
+    exp = plan(spec(train=[{"peft_method": "lora", "lora": {"r": 8}, "output_name": "M-d_SFT_LoRa8_s1_NoQuant"},
+                           {"peft_method": "lora", "lora": {"r": 8}, "seed": 2, "output_name": "M-d_SFT_LoRa8_s2_NoQuant"}],
+                    quantize=[], lr_sweep={"rates": {"lora": [1e-4, 1e-3]}, "select_on": SEL}))
+    (sel,) = exp.stage("select")
+    val = [s for s in exp.stage("evaluate") if s.labels.get("split") == "validation"]
+    assert len(sel.after) == 4 and sel.spec["group"] == "M-d_SFT_LoRa8_NoQuant"
+    # lr 1e-3 wins one seed by a little and loses the other by a lot: its mean is lower
+    f1 = {"lr1e-4_s1": 10.0, "lr1e-4_s2": 30.0, "lr1e-3_s1": 12.0, "lr1e-3_s2": 14.0}
+    for s in val:
+        _commit_eval(store, tmp_path, s.spec["model"], s.spec["eval_id"],
+                     next(v for k, v in f1.items() if k in s.spec["model"]))
+    r = selection.run_select(sel, [], store)
+    assert r["chosen"] == "M-d_SFT_LoRa8_lr1e-4_NoQuant" and r["by_rate"][r["chosen"]] == 20.0
+    test = [s for s in exp.stage("evaluate") if s.labels.get("split") != "validation"]
+    runs = [s.spec["model"] for s in test if "candidate" in s.labels and selection.gated(s, [r]) is None]
+    assert runs == ["M-d_SFT_LoRa8_lr1e-4_s1_NoQuant", "M-d_SFT_LoRa8_lr1e-4_s2_NoQuant"]
+    assert "lr1e-4: 20 (mean of 2 seeds)" in "\n".join(selection.report_lines([r]))
 
 
 def test_rate_names():
