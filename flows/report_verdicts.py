@@ -15,8 +15,8 @@ The questions (the study's wording from its README, ../shared/seed/PROJECT_STRUC
                 (the strongest on test: conservative for the finding), margin 0.
   adapters      "VeRA for strict caps; LoRA/DoRA when feasible": the better of LoRA and DoRA minus
                 VeRA (margin 0), with each one's training peak memory (the "caps" half).
-  ptq           "PTQ is last resort (catastrophic for fine-tuned numeracy)": each PTQ of the best
-                fine-tune minus that fine-tune; "catastrophic" taken as giving back at least half of
+  ptq           "PTQ is last resort (catastrophic for fine-tuned numeracy)": each PTQ of the (best
+                quantized) fine-tune minus that fine-tune; "catastrophic" taken as giving back at least half of
                 what fine-tuning gained over the base (margin -gain/2). One line per method.
 """
 from __future__ import annotations
@@ -103,8 +103,10 @@ def lines(questions: list[str], table: pd.DataFrame, metric: str, pair: Pair) ->
             mem = f"train peak RSS {ld.get('train_peak_rss_gb')} GB ({ld.method}) vs {vera.get('train_peak_rss_gb')} GB (vera)"
             out.append(_line(q, f"{metric}: {ld.method} − VeRA", pair, vera.model, ld.model, +1, note=mem))
         elif q == "ptq":
-            ft = best(["lora", "dora", "vera", "full"])
-            quant = t[t.ptq_method.notna() & (t.parent_model == (ft.model if ft is not None else None))]
+            quantized = t[t.ptq_method.notna()]  # the plan quantizes the fine-tune it names; the best of them
+            ft = trained[trained.model.isin(quantized.parent_model)]
+            ft = None if ft.empty else ft.loc[ft[metric].idxmax()]
+            quant = quantized[quantized.parent_model == (ft.model if ft is not None else None)]
             base = t[t.method == "base"]
             if ft is None or quant.empty:
                 out.append(missing(q, "post-training quantizations of the best fine-tune"))
