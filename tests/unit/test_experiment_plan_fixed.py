@@ -3,7 +3,8 @@ f2a82ef (``tests/unit/data/experiment_plans_f2a82ef.json``, generated once from 
 the same properties this test reads): the typed experiment schema and the split ``plan()`` change
 how the plan is built, not what it is. One deliberate change since: phase3 trains with gradient
 checkpointing, as the study's measured memory shows it did (docs/TRAINER.md), so its steps' specs
-and request ids were taken again from the commit that made that change. Compared by stable properties: each step's key, service,
+and request ids were taken again from the commit that made that change. mini-study was added with
+issue #25 (generated from i36 merged with i35, which its seeds: key needs). Compared by stable properties: each step's key, service,
 spec, inputs, labels and request id (the spec hash), in order; the experiment's datasets, data
 section, timeouts and inputs."""
 from __future__ import annotations
