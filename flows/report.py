@@ -122,8 +122,26 @@ def _markdown(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict
     return "\n".join(lines)
 
 
+def _md_html(lines: list[str]) -> list[str]:
+    """A markdown section of headings, paragraphs and one pipe table (verdicts, selection) as HTML."""
+    e, out, rows = html.escape, [], []
+    for line in [*lines, ""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):
+                rows.append("<tr>" + "".join(f"<td style='text-align:left'>{e(c.strip()).replace('**', '')}</td>"
+                                             for c in line.strip("|").split(" | ")) + "</tr>")
+            continue
+        if rows:
+            out, rows = out + ["<table>", *rows, "</table>"], []
+        if line.startswith("## "):
+            out.append(f"<h2>{e(line[3:])}</h2>")
+        elif line:
+            out.append(f"<p>{e(line)}</p>")
+    return out
+
+
 def _html(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str, Path],
-          vs: pd.DataFrame | None = None) -> str:
+          vs: pd.DataFrame | None = None, verdicts: list[str] = ()) -> str:
     e = html.escape
     bad = [s for s in steps if s["status"] in NOT_DONE]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(info.experiment)} {e(info.run_id)}</title>",
@@ -134,9 +152,9 @@ def _html(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str
              f"<h1>{e(info.experiment)} — run {e(info.run_id)}</h1><p>{e(info.description)}</p>",
              f"<p>{len(steps)} steps, {len(bad)} not done; {len(table)} models. "
              "The full table is in <a href='metrics_summary.csv'>metrics_summary.csv</a>.</p>",
-             *_lead_html(vs), "<h2>Summary</h2>",
+             *_md_html(list(verdicts)), *_lead_html(vs), "<h2>Summary</h2>",
              table[shown_columns(table)].to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="")
-             if len(table) else "<p>(no evaluations)</p>", "<h2>Plots</h2>"]
+             if len(table) else "<p>(no evaluations)</p>", *_md_html(selection_lines(steps)), "<h2>Plots</h2>"]
     parts += [f"<h3>{e(TITLES[n])}</h3><img src='{e(p.name)}' alt='{e(TITLES[n])}'>" for n, p in plots.items()]
     parts += [f"<h2>Failures ({len(bad)})</h2><ul>"]
     parts += [f"<li class='failed'><code>{e(s['key'])}</code> ({e(s['status'])}): {e(str(s.get('error', '')))}</li>"
@@ -170,7 +188,7 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
         ptq.to_csv(out / "ptq_degradation.csv", index=False)
     verdicts = report_verdicts.section(store, info.spec, table, evaluations_of(steps))  # spec's verdicts:
     (out / "report.md").write_text(_markdown(info, table, steps, plots, vs, verdicts) + "\n".join(markdown_section(ptq)))
-    (out / "report.html").write_text(_html(info, table, steps, plots, vs))
+    (out / "report.html").write_text(_html(info, table, steps, plots, vs, verdicts))
     (out / "steps.json").write_text(json.dumps(steps, indent=2, default=str))
     (out / "run.json").write_text(json.dumps(asdict(info), indent=2, default=str))
     from flows.report_profiles import add_profiles_section  # the ftlab vs study scoring section

@@ -55,3 +55,23 @@ def test_missing_models_are_not_decidable_and_unknown_questions_refused():
     assert rows[0].note.startswith("not in this run")
     p: list[str] = []
     assert V.parse(["ptq", "speed"], p) == ["ptq"] and "unknown question 'speed'" in p[0]
+
+
+def test_a_report_with_verdicts_leads_with_them(store, tmp_path):
+    """The wiring: an experiment's ``verdicts:`` puts the table first in report.md and report.html;
+    the study's stored models have no per-item predictions, so nothing is paired: not decidable."""
+    from flows.report import RunInfo, build_report
+    from tests.unit.test_aggregate import seed_study
+    evals = seed_study(store, tmp_path)
+    steps = [{"key": f"evaluate:{m}/{e}", "stage": "evaluate", "output": f"{m}/{e}", "status": "skipped"}
+             for m, e in evals]
+    spec = {"verdicts": ["full_vs_lora", "adapters", "ptq"], "evaluate": {"tasks": [{"task": "OpenMathInstruct-2"}]}}
+    build_report(store, RunInfo("p", "r1", spec=spec), steps, tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.index("## The study's findings, tested") < md.index("## Summary")
+    rows = [x for x in md.splitlines() if x.startswith(("| full_vs_lora", "| adapters", "| ptq"))]
+    assert len(rows) >= 3 and all(V.UNDECIDED in r for r in rows)
+    assert "no paired evaluation" in md
+    assert "<h2>The study&#x27;s findings, tested</h2>" in (tmp_path / "rep" / "report.html").read_text()
+    build_report(store, RunInfo("p", "r2"), steps, tmp_path / "rep2")  # no verdicts: no section
+    assert "findings, tested" not in (tmp_path / "rep2" / "report.md").read_text()
