@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.contract.errors import NotFoundError, ValidationError
-from services.common.contract.naming import check_name
 from services.common.data.tasks import get_task
 from services.common.jobs.record import spec_hash
 from services.common.storage import artifacts
@@ -122,23 +121,22 @@ def expand(p: list[str], sweep: Sweep | None, trained: list) -> list:
     """Each train step whose method has rates -> one candidate per rate (the planner's hook 1)."""
     if sweep is None:
         return trained
-    from flows.experiment import Step
+    from flows.experiment import _train_step  # each candidate resolved (checked, named, identified) as any step
     out = []
     for step in trained:
-        rates = sweep.rates.get(step.labels.get("peft_method"))
-        if not rates:
+        method = step.labels.get("peft_method")
+        if not sweep.rates.get(method):
             out.append(step)
             continue
         group = without_seed(step.output)  # the seeds of a configuration are chosen for together
         sweep.groups.setdefault(group, [])
-        for rate in rates:
-            spec = copy.deepcopy(step.spec)
-            spec["learning_rate"] = rate
-            spec["output_name"] = candidate_name(step.output, rate)
-            p += check_name(f"lr_sweep ({group})", spec["output_name"])
-            sweep.groups[group].append(spec["output_name"])
-            out.append(Step("train", step.service, spec, spec["output_name"], list(step.after),
-                            {**step.labels, "learning_rate": rate, "select_group": group}))
+        for rate in sweep.rates[method]:
+            spec = {**copy.deepcopy(step.spec), "learning_rate": rate, "output_name": candidate_name(step.output, rate)}
+            if (cand := _train_step(p, f"lr_sweep.rates.{method}", spec)) is None:
+                continue
+            cand.labels = {**step.labels, **cand.labels, "learning_rate": rate, "select_group": group}
+            sweep.groups[group].append(cand.output)
+            out.append(cand)
     return out
 
 
