@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from flows import report_verdicts, selection
 from flows.experiment_spec import ExperimentSpec, QuantizeEntry, TrainEntry, as_sent, proto_problems
 from services.common.contract.errors import NotFoundError, ValidationError
 from services.common.generated.ftlab.v1 import evaluate_spec_pb2, train_spec_pb2
@@ -171,9 +172,12 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
         raise ValidationError(f"{source}: an experiment is a mapping")
     p: list[str] = []
     spec = ExperimentSpec.parse(raw, p)
-    trained = _name_by_identity(p, [s for entry in spec.train for s in _train_steps(p, spec, entry)])
+    sweep = selection.parse(raw.get("lr_sweep"), p)  # a learning rate per method chosen on validation
+    report_verdicts.parse(raw.get("verdicts"), p)    # the study's questions the report answers
+    trained = selection.expand(p, sweep, _name_by_identity(p, [s for entry in spec.train for s in _train_steps(p, spec, entry)]))
     quantized = [s for entry in spec.quantize for s in _quantize_steps(spec, entry, trained)]
-    steps = trained + quantized + _evaluate_steps(p, spec, trained + quantized)
+    steps = selection.gate(sweep, str(spec.name), spec.evaluate.settings,
+                           trained + quantized + _evaluate_steps(p, spec, trained + quantized))
     p += _duplicates(steps)
     if not steps and not p:
         p.append("the plan is empty (check include/exclude and the evaluate section)")

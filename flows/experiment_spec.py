@@ -27,7 +27,7 @@ from services.quantizer.config import METHODS as QUANT_METHODS
 from services.quantizer.config import spec_problems as ptq_spec_problems
 
 TOP_KEYS = {"name", "description", "base_models", "datasets", "data", "defaults", "train", "include", "exclude",
-            "quantize", "evaluate", "timeouts_s", "seeds"}
+            "quantize", "evaluate", "timeouts_s", "seeds", "lr_sweep", "verdicts"}  # flows/selection.py, flows/report_verdicts.py
 TRAIN_ONLY_KEYS = {"base_models", "datasets"}  # per-configuration restrictions, not TrainSpec fields
 QUANT_KEYS = {"methods", "sources", "where", "options"}
 QUANT_SOURCES = ("trained", "base")

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE as NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import selection
 from flows.experiment import Experiment, Step, load
 from services.common.storage import artifacts
 from services.common.rpc import clients
@@ -125,6 +126,10 @@ def run_step(step: Step, experiment: str, timeout_s: float, upstream: list[dict[
     logger = _logger()
     result = {"key": step.key, "stage": step.stage, "output": step.output, "labels": step.labels}
     store = store_from_env()
+    if (not_run := selection.gated(step, upstream)) is not None:  # another learning rate was chosen
+        return result | not_run
+    if step.stage == selection.STAGE:
+        return selection.run_select(step, upstream, store)
     reruns: list[str] = []  # why earlier jobs of this step were not reused (the report shows it)
 
     def on_retry(reason: str) -> None:
@@ -190,10 +195,10 @@ def _submit_all(exp: Experiment) -> dict[str, Any]:
     """Every step at once, each waiting (in its own thread) for the steps producing its inputs.
     Submission order is the plan's order, so a thread never waits on a step not yet started."""
     futures: dict[str, Any] = {}
-    producer = {s.output: s.key for s in exp.steps if s.stage in ("train", "quantize")}
+    producer = {s.output: s.key for s in exp.steps}  # models, and the evaluations a select step reads
     for step in exp.steps:
         upstream = [futures[producer[d]] for d in step.after if d in producer]
-        futures[step.key] = run_step.submit(step, exp.name, exp.timeouts_s[step.stage], upstream)
+        futures[step.key] = run_step.submit(step, exp.name, exp.timeouts_s.get(step.stage, 0.0), upstream)
     return futures
 
 

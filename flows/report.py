@@ -17,6 +17,8 @@ from flows.aggregate import configuration_table, summary_table, task_headlines
 from flows.comparisons import vs_parent_table
 from flows.plots import TITLES, make_plots, plot_loss_curves
 from flows.report_ptq import degradation_table, markdown_section
+from flows import report_verdicts
+from flows.selection import report_lines as selection_lines
 from services.common.storage import artifacts
 from services.common.contract.errors import NotFoundError
 from services.common.storage.store import ObjectStore
@@ -43,9 +45,11 @@ class RunInfo:
 
 
 def evaluations_of(steps: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(model, eval_id) of every evaluation step whose result exists."""
+    """(model, eval_id) of every evaluation step whose result exists; model selection's validation
+    evaluations (flows/selection.py) are in their own section, not the test results."""
     return [tuple(s["output"].rsplit("/", 1)) for s in steps
-            if s["stage"] == "evaluate" and s["status"] in ("succeeded", "skipped")]
+            if s["stage"] == "evaluate" and s["status"] in ("succeeded", "skipped")
+            and s.get("labels", {}).get("split") != "validation"]
 
 
 def shown_columns(table: pd.DataFrame) -> list[str]:
@@ -116,19 +120,19 @@ def _lead_html(vs: pd.DataFrame | None) -> list[str]:
 
 
 def _markdown(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str, Path],
-              vs: pd.DataFrame | None = None) -> str:
+              vs: pd.DataFrame | None = None, verdicts: list[str] = ()) -> str:
     bad = [s for s in steps if s["status"] in NOT_DONE]
     counts = pd.Series([s["status"] for s in steps]).value_counts().to_dict() if steps else {}
     lines = [f"# {info.experiment} — run {info.run_id}", "", info.description, "",
              f"- steps: {len(steps)} ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))})",
              f"- wall time: {info.finished_at - info.started_at:.0f} s" if info.finished_at else "",
-             f"- models in the table: {len(table)}", "", *_lead_md(vs), "## Summary", "",
+             f"- models in the table: {len(table)}", "", *verdicts, *_lead_md(vs), "## Summary", "",
              "Headline metrics (each task's YAML; the study's where it had the task): " + ", ".join(
                  f"{t} {m} ({'higher' if h else 'lower'} is better)" for t, (m, h) in task_headlines().items()
                  if f"{t}__{m}" in table.columns and table[f"{t}__{m}"].notna().any()) + ". Every column is in `metrics_summary.csv` (the study's "
              "columns first).", "",
              _md_table(table[shown_columns(table)]) if len(table) else "(no evaluations)",
-             "", "## Plots", ""]
+             "", *selection_lines(steps), "## Plots", ""]
     lines += [f"### {TITLES[n]}\n\n![{TITLES[n]}]({p.name})\n" for n, p in plots.items()] or ["(no data to plot)"]
     lines += ["", f"## Failures ({len(bad)})", ""]
     lines += [f"- `{s['key']}` ({s['status']}): {s.get('error', '')}" for s in bad] or ["none"]
@@ -140,8 +144,26 @@ def _markdown(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict
     return "\n".join(lines)
 
 
+def _md_html(lines: list[str]) -> list[str]:
+    """A markdown section of headings, paragraphs and one pipe table (verdicts, selection) as HTML."""
+    e, out, rows = html.escape, [], []
+    for line in [*lines, ""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):
+                rows.append("<tr>" + "".join(f"<td style='text-align:left'>{e(c.strip()).replace('**', '')}</td>"
+                                             for c in line.strip("|").split(" | ")) + "</tr>")
+            continue
+        if rows:
+            out, rows = out + ["<table>", *rows, "</table>"], []
+        if line.startswith("## "):
+            out.append(f"<h2>{e(line[3:])}</h2>")
+        elif line:
+            out.append(f"<p>{e(line)}</p>")
+    return out
+
+
 def _html(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str, Path],
-          vs: pd.DataFrame | None = None) -> str:
+          vs: pd.DataFrame | None = None, verdicts: list[str] = ()) -> str:
     e = html.escape
     bad = [s for s in steps if s["status"] in NOT_DONE]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(info.experiment)} {e(info.run_id)}</title>",
@@ -152,9 +174,9 @@ def _html(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str
              f"<h1>{e(info.experiment)} — run {e(info.run_id)}</h1><p>{e(info.description)}</p>",
              f"<p>{len(steps)} steps, {len(bad)} not done; {len(table)} models. "
              "The full table is in <a href='metrics_summary.csv'>metrics_summary.csv</a>.</p>",
-             *_lead_html(vs), "<h2>Summary</h2>",
+             *_md_html(list(verdicts)), *_lead_html(vs), "<h2>Summary</h2>",
              table[shown_columns(table)].to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="")
-             if len(table) else "<p>(no evaluations)</p>", "<h2>Plots</h2>"]
+             if len(table) else "<p>(no evaluations)</p>", *_md_html(selection_lines(steps)), "<h2>Plots</h2>"]
     parts += [f"<h3>{e(TITLES[n])}</h3><img src='{e(p.name)}' alt='{e(TITLES[n])}'>" for n, p in plots.items()]
     parts += [f"<h2>Failures ({len(bad)})</h2><ul>"]
     parts += [f"<li class='failed'><code>{e(s['key'])}</code> ({e(s['status'])}): {e(str(s.get('error', '')))}</li>"
@@ -189,8 +211,9 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
                                            and s["status"] in ("succeeded", "skipped")}))
     if not ptq.empty:
         ptq.to_csv(out / "ptq_degradation.csv", index=False)
-    (out / "report.md").write_text(_markdown(info, table, steps, plots, vs) + "\n".join(markdown_section(ptq)))
-    (out / "report.html").write_text(_html(info, table, steps, plots, vs))
+    verdicts = report_verdicts.section(store, info.spec, table, evaluations_of(steps))  # spec's verdicts:
+    (out / "report.md").write_text(_markdown(info, table, steps, plots, vs, verdicts) + "\n".join(markdown_section(ptq)))
+    (out / "report.html").write_text(_html(info, table, steps, plots, vs, verdicts))
     (out / "steps.json").write_text(json.dumps(steps, indent=2, default=str))
     (out / "run.json").write_text(json.dumps(asdict(info), indent=2, default=str))
     from flows.report_profiles import add_profiles_section  # the ftlab vs study scoring section

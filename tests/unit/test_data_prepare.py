@@ -28,7 +28,7 @@ RAW = SHARED / "datasets" / "raw"
 SEED = SHARED / "datasets" / "seed"
 needs_shared = pytest.mark.skipif(not (RAW.is_dir() and (SEED / "pools").is_dir()),
                                   reason="../shared raw datasets not available")
-RUNNABLE = ["study-arc", "study-openmath", "arc-raw", "squad-raw", "openmath-raw"]  # study-squad needs the hub
+RUNNABLE = ["study-arc", "study-openmath", "arc-raw", "squad-raw", "openmath-raw", "squad-val"]  # study-squad needs the hub
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,7 +63,7 @@ def test_every_shipped_recipe_loads_and_validates():
     assert set(names) == set(RUNNABLE) | {"study-squad"}
     for name in names:
         r = P.load_recipe(name, check_sources=RAW.is_dir())
-        assert len(r["_sha256"]) == 64 and set(r["splits"]) == {"train", "test"}
+        assert len(r["_sha256"]) == 64 and set(r["splits"]) in ({"train", "test"}, {"train", "validation", "test"})
         T.get_task(r["task"])
 
 

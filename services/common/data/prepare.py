@@ -18,6 +18,11 @@ task, and per split a source, filters and a draw::
       train: {...}
     leakage: {target: train, drop: true, near_threshold: 0.8, ngram: 3}
 
+Splits are drawn in the recipe's order, the leakage target (train) last; with ``drop`` each split's
+pool is first cleaned of the items drawn before it, so a ``validation`` split (for model selection,
+e.g. a learning-rate sweep) and ``test`` are disjoint even when drawn from the same source file, and
+the manifest's ``disjoint`` records the leakage check between every two held-out splits.
+
 ``{shared}`` is ``$FTLAB_SHARED_DIR`` or ``../shared``; other relative paths are relative to the
 working directory. A source is a file (``.parquet`` seed layout, ``.jsonl`` Hugging Face schema,
 ``.json`` official nested SQuAD or a JSON array), a folder (every such file in it, by name), or a hub
@@ -459,7 +464,7 @@ def prepare(store: ObjectStore, recipe: str | os.PathLike | Mapping[str, Any], n
             drawn[s] = []
             continue
         pool, drops = candidates(task, records, spec.get("filters", {}))
-        if s == target and drop:
+        if drop and drawn:  # every split is disjoint from those drawn before it (train: from all)
             others = [r for o in drawn.values() for r in o]
             pool, leaked = L.drop_leaks(pool, others, pair=pair)
             drops[LEAKED] = len(leaked)
@@ -474,12 +479,14 @@ def prepare(store: ObjectStore, recipe: str | os.PathLike | Mapping[str, Any], n
     final = {s: [dict(r) for r in drawn[s]] for s in specs}
     frames = {s: D._frame(task, final[s]) for s in specs}  # gives every row its id (content hash if none)
     report = None
+    check_args = {"pair": pair, "threshold": leak_cfg.get("near_threshold", 0.8), "n": leak_cfg.get("ngram", 3),
+                  "examples": leak_cfg.get("examples", 5)}
     if target:
         others = [r for s in order if s != target for r in final[s]]
-        report = L.check(final[target], others, pair=pair, threshold=leak_cfg.get("near_threshold", 0.8),
-                         n=leak_cfg.get("ngram", 3), examples=leak_cfg.get("examples", 5))
+        report = L.check(final[target], others, **check_args)
         report = {"target": target, "against": [s for s in order if s != target], "dropped_from_target": drop,
                   **{k: (v[:50] if isinstance(v, list) and k.startswith("train_ids") else v) for k, v in report.items()}}
+    disjoint = _disjoint(final, [s for s in order if s != target], check_args)
 
     with tempfile.TemporaryDirectory(prefix="ftlab-prepare-") as tmp:
         split_info = {}
@@ -492,8 +499,22 @@ def prepare(store: ObjectStore, recipe: str | os.PathLike | Mapping[str, Any], n
         clean = {k: v for k, v in recipe.items() if not k.startswith("_")}
         manifest = {"name": name, "task": task.name, "task_type": task.type.name, "source": "prepare",
                     "recipe": clean, "recipe_file": recipe["_file"], "recipe_sha256": recipe["_sha256"],
-                    "splits": split_info, "leakage": report, "schema_version": D.SCHEMA_VERSION}
+                    "splits": split_info, "leakage": report, "schema_version": D.SCHEMA_VERSION,
+                    **({"disjoint": disjoint} if disjoint else {})}
         return commit_dir(store, D.BUCKET, name, tmp, manifest, overwrite=overwrite)
+
+
+def _disjoint(final: Mapping[str, list[dict]], held_out: list[str], check_args: dict) -> list[dict[str, Any]]:
+    """The leakage check between every two held-out splits (validation vs test: model selection on
+    one must not see the other's items), in draw order; each later split was drawn from a pool
+    cleaned of the earlier ones (exact and normalised duplicates), so only near ones can remain."""
+    out = []
+    for i, later in enumerate(held_out):
+        for earlier in held_out[:i]:
+            r = L.check(final[later], final[earlier], **check_args)
+            out.append({"split": later, "against": earlier, "exact": r["exact"], "normalised": r["normalised"],
+                        "near": r["near"], "ids_near": r["train_ids_near"][:50], "near_examples": r["near_examples"]})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,4 +551,7 @@ def describe(store: ObjectStore, name: str) -> str:
         for ex in leak.get("near_examples", []):
             lines.append(f"    near {ex['jaccard']}: {ex['train_id']} | {ex['train']}")
             lines.append(f"          vs {ex['test_id']} | {ex['test']}")
+    for d in m.get("disjoint", []):
+        lines.append(f"  leakage {d['split']} vs {d['against']}: exact {d['exact']}, normalised {d['normalised']}, "
+                     f"near {d['near']}")
     return "\n".join(lines)

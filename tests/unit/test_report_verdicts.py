@@ -1,0 +1,77 @@
+"""The verdict table (flows/report_verdicts.py): the rule (interval vs margin), which models each
+study question compares, the PTQ margin from the fine-tune's gain, missing models said plainly."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from flows import report_verdicts as V
+
+M = "squad_v2__F1"
+
+
+def table():
+    rows = [("base", "base", None, None, "", 7.0, 1.0),
+            ("lora8", "lora", 8, None, "base", 20.0, 2.0), ("lora64", "lora", 64, None, "base", 24.0, 2.1),
+            ("dora8", "dora", 8, None, "base", 21.0, 2.3), ("vera256", "vera", 256, None, "base", 12.0, 1.5),
+            ("full", "full", None, None, "base", 30.0, 3.9),
+            ("full_int8", "full", None, "bnb_int8", "full", 29.0, None),
+            ("full_gptq", "full", None, "gptq", "full", 10.0, None)]
+    return pd.DataFrame(rows, columns=["model", "method", "rank", "ptq_method", "parent_model", M, "train_peak_rss_gb"])
+
+
+INTERVALS = {("lora64", "full"): (6.0, 1.0, 11.0), ("vera256", "lora64"): (12.0, -1.0, 25.0),
+             ("full", "full_int8"): (-1.0, -4.0, 2.0), ("full", "full_gptq"): (-20.0, -26.0, -14.0)}
+
+
+@pytest.mark.parametrize("lo,hi,expect,margin,want", [
+    (1, 3, +1, 0, V.SUPPORTED), (-3, -1, +1, 0, V.CONTRADICTED), (-1, 2, +1, 0, V.UNDECIDED),
+    (-20, -14, -1, -11.5, V.SUPPORTED), (-4, 2, -1, -11.5, V.CONTRADICTED), (-14, -9, -1, -11.5, V.UNDECIDED)])
+def test_the_rule(lo, hi, expect, margin, want):
+    assert V.verdict(lo, hi, expect, margin) == want
+
+
+def test_each_question_compares_the_right_models():
+    asked = []
+
+    def pair(a, b):
+        asked.append((a, b))
+        return INTERVALS.get((a, b))
+    rows = V.lines(["full_vs_lora", "adapters", "ptq"], table(), M, pair)
+    assert asked == list(INTERVALS)  # the strongest LoRA rank; best of LoRA/DoRA vs VeRA; each PTQ vs its source
+    by = [(r.question, r.verdict) for r in rows]
+    assert by == [("full_vs_lora", V.SUPPORTED), ("adapters", V.UNDECIDED),
+                  ("ptq", V.CONTRADICTED), ("ptq", V.SUPPORTED)]
+    assert rows[2].margin == -11.5  # half of the fine-tune's gain over the base (30 - 7)
+    assert "2.1 GB (lora) vs 1.5 GB (vera)" in rows[1].note
+    md = "\n".join(V.markdown(rows))
+    assert md.count("\n| ") == 5 and "[+1, +11]" in md and "**contradicted**" in md
+
+
+def test_missing_models_are_not_decidable_and_unknown_questions_refused():
+    t = table()
+    rows = V.lines(["full_vs_lora", "ptq"], t[t.method != "full"], M, lambda a, b: None)
+    assert [r.verdict for r in rows] == [V.UNDECIDED, V.UNDECIDED]
+    assert rows[0].note.startswith("not in this run")
+    p: list[str] = []
+    assert V.parse(["ptq", "speed"], p) == ["ptq"] and "unknown question 'speed'" in p[0]
+
+
+def test_a_report_with_verdicts_leads_with_them(store, tmp_path):
+    """The wiring: an experiment's ``verdicts:`` puts the table first in report.md and report.html;
+    the study's stored models have no per-item predictions, so nothing is paired: not decidable."""
+    from flows.report import RunInfo, build_report
+    from tests.unit.test_aggregate import seed_study
+    evals = seed_study(store, tmp_path)
+    steps = [{"key": f"evaluate:{m}/{e}", "stage": "evaluate", "output": f"{m}/{e}", "status": "skipped"}
+             for m, e in evals]
+    spec = {"verdicts": ["full_vs_lora", "adapters", "ptq"], "evaluate": {"tasks": [{"task": "OpenMathInstruct-2"}]}}
+    build_report(store, RunInfo("p", "r1", spec=spec), steps, tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.index("## The study's findings, tested") < md.index("## Summary")
+    rows = [x for x in md.splitlines() if x.startswith(("| full_vs_lora", "| adapters", "| ptq"))]
+    assert len(rows) >= 3 and all(V.UNDECIDED in r for r in rows)
+    assert "no paired evaluation" in md
+    assert "<h2>The study&#x27;s findings, tested</h2>" in (tmp_path / "rep" / "report.html").read_text()
+    build_report(store, RunInfo("p", "r2"), steps, tmp_path / "rep2")  # no verdicts: no section
+    assert "findings, tested" not in (tmp_path / "rep2" / "report.md").read_text()

@@ -1,0 +1,135 @@
+"""Learning rates chosen on validation (flows/selection.py): the plan trains every rate, scores each
+on the validation split only, and gates the test evaluation and quantization on the choice; at run
+time the best validation score wins and only the chosen model is scored on test (the pipeline's
+run_step, up to the service call)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows import pipeline, selection
+from flows.experiment import plan
+from services.common.contract.errors import ValidationError
+from services.common.storage import artifacts
+from services.common.storage.store import LocalStore
+
+SEL = {"task": "squad_v2", "dataset": "squad-val", "split": "validation", "limit": 20}
+
+
+def spec(**kw):
+    return {"name": "t", "base_models": ["Qwen3-tiny-base"], "datasets": ["squad"],
+            "defaults": {"max_steps": 2},
+            "train": [{"peft_method": "lora", "lora": {"r": 8}}, {"peft_method": "none", "learning_rate": 1e-5}],
+            "quantize": [{"methods": ["bnb_int8"], "where": {"peft_method": "lora"}}],
+            "lr_sweep": {"rates": {"lora": [1e-4, 5e-4, 2e-3]}, "select_on": SEL},
+            "evaluate": {"tasks": [{"task": "squad_v2", "limit": 50}], "max_new_tokens": 16}, **kw}
+
+
+def test_plan_trains_every_rate_scores_validation_and_gates_test_on_the_choice():
+    exp = plan(spec())
+    lora = "Qwen3-tiny-squad_SFT_LoRa8_NoQuant"
+    cands = [lora.replace("LoRa8_", f"LoRa8_lr{r}_") for r in ("1e-4", "5e-4", "2e-3")]
+    trained = {s.output: s.spec["learning_rate"] for s in exp.stage("train")}
+    assert trained == {**dict(zip(cands, [1e-4, 5e-4, 2e-3])), "Qwen3-tiny-squad_SFT_NoPeft_NoQuant": 1e-5}
+    val = [s for s in exp.stage("evaluate") if s.labels.get("split") == "validation"]
+    assert [s.spec["model"] for s in val] == cands
+    assert all(s.spec["tasks"] == [SEL | {"task": "squad_v2"}] and s.after == [s.spec["model"]] for s in val)
+    (sel,) = exp.stage("select")
+    assert sel.after == [s.output for s in val] and sel.output == selection.select_output(lora)
+    test = [s for s in exp.stage("evaluate") if s.labels.get("split") != "validation"]
+    gated = [s for s in test + exp.stage("quantize") if sel.output in s.after]
+    # each candidate's test evaluation and INT8 (and nothing else) waits for the choice
+    assert sorted(s.labels["candidate"] for s in gated) == sorted(cands * 2)
+    assert all(s.spec["tasks"][0].get("split", "test") == "test" for s in test)
+    order = [s.output for s in exp.steps]  # every step after what it needs (the flow submits in order)
+    assert all(order.index(d) < order.index(s.output) for s in exp.steps for d in s.after if d in order)
+
+
+def test_bad_sweeps_are_refused_all_at_once():
+    with pytest.raises(ValidationError) as e:
+        plan(spec(lr_sweep={"rates": {"lora": [1e-3], "vera": "fast"}, "select_on": {**SEL, "split": "test",
+                                                                                      "metric": "bleu"}, "x": 1}))
+    text = " | ".join(e.value.problems)
+    for needle in ("unknown key 'x'", "rates.lora", "rates.vera", "select_on.split: 'test'", "'bleu'"):
+        assert needle in text, needle
+
+
+def _commit_eval(store, tmp_path, model, eval_id, f1):
+    d = tmp_path / f"{model}-{eval_id}"
+    d.mkdir()
+    (d / "metrics.json").write_text(json.dumps({"datasets": {"squad_v2": {"metrics": {"F1": f1, "EM": f1}}}}))
+    artifacts.commit_dir(store, "evaluations", f"{model}/{eval_id}", d, {"kind": "evaluation"})
+
+
+def test_selection_picks_on_validation_and_only_the_chosen_is_scored_on_test(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTLAB_STORAGE", "local")
+    monkeypatch.setenv("FTLAB_LOCAL_ROOT", str(tmp_path / "store"))
+    store = LocalStore(tmp_path / "store")
+    store.ensure_buckets()
+    exp = plan(spec())
+    val = {s.spec["model"]: s for s in exp.stage("evaluate") if s.labels.get("split") == "validation"}
+    scores = dict(zip(val, [8.0, 21.5, 13.0]))
+    for model, step in val.items():
+        _commit_eval(store, tmp_path, model, step.spec["eval_id"], scores[model])
+    best = max(scores, key=scores.get)
+    # a test evaluation of a loser that beats the winner on test must change nothing: test is never read
+    loser_test = next(s for s in exp.stage("evaluate") if s.labels.get("candidate") == min(scores, key=scores.get))
+    _commit_eval(store, tmp_path, loser_test.spec["model"], loser_test.spec["eval_id"], 99.0)
+
+    ups = [{"key": s.key, "stage": "evaluate", "output": s.output, "status": "succeeded"} for s in val.values()]
+    (sel,) = exp.stage("select")
+    chosen = pipeline.run_step.fn(sel, exp.name, 10.0, ups)
+    assert (chosen["status"], chosen["chosen"], chosen["scores"], chosen["by_rate"]) == ("succeeded", best, scores, scores)
+
+    runs, skipped = [], []
+    for s in exp.steps:
+        if s.stage in ("evaluate", "quantize") and sel.output in s.after:
+            (runs if selection.gated(s, [chosen]) is None else skipped).append(s)
+    assert {s.labels["candidate"] for s in runs} == {best} and len(runs) == 2  # its test eval and its INT8
+    assert len(skipped) == 4
+    # the pipeline never submits a gated step (it returns before any service call)
+    r = pipeline.run_step.fn(loser_test, exp.name, 10.0, [chosen])
+    assert r["status"] == selection.NOT_SELECTED and best in r["error"]
+    # anything made from a model not selected is not run either (the INT8 of a loser's evaluation)
+    int8_eval = next(s for s in exp.stage("evaluate") if "Int8" in s.spec["model"] and best not in s.spec["model"])
+    assert pipeline.run_step.fn(int8_eval, exp.name, 10.0, [r | {"output": "x"}])["status"] == selection.NOT_SELECTED
+    lines = "\n".join(selection.report_lines([chosen]))
+    assert best in lines and "lr5e-4: 21.5" in lines
+
+
+def test_the_seeds_of_a_configuration_are_chosen_together_on_their_mean(tmp_path):
+    """With #25's seeds (``_s1``, ``_s2`` in the names) one group holds every seed of every rate;
+    the rate with the best mean validation score wins, for all its seeds."""
+    store = LocalStore(tmp_path / "store")
+    store.ensure_buckets()
+    exp = plan(spec(train=[{"peft_method": "lora", "lora": {"r": 8}, "output_name": "M-d_SFT_LoRa8_s1_NoQuant"},
+                           {"peft_method": "lora", "lora": {"r": 8}, "seed": 2, "output_name": "M-d_SFT_LoRa8_s2_NoQuant"}],
+                    quantize=[], lr_sweep={"rates": {"lora": [1e-4, 1e-3]}, "select_on": SEL}))
+    (sel,) = exp.stage("select")
+    val = [s for s in exp.stage("evaluate") if s.labels.get("split") == "validation"]
+    assert len(sel.after) == 4 and sel.spec["group"] == "M-d_SFT_LoRa8_NoQuant"
+    # lr 1e-3 wins one seed by a little and loses the other by a lot: its mean is lower
+    f1 = {"lr1e-4_s1": 10.0, "lr1e-4_s2": 30.0, "lr1e-3_s1": 12.0, "lr1e-3_s2": 14.0}
+    for s in val:
+        _commit_eval(store, tmp_path, s.spec["model"], s.spec["eval_id"],
+                     next(v for k, v in f1.items() if k in s.spec["model"]))
+    r = selection.run_select(sel, [], store)
+    assert r["chosen"] == "M-d_SFT_LoRa8_lr1e-4_NoQuant" and r["by_rate"][r["chosen"]] == 20.0
+    test = [s for s in exp.stage("evaluate") if s.labels.get("split") != "validation"]
+    runs = [s.spec["model"] for s in test if "candidate" in s.labels and selection.gated(s, [r]) is None]
+    assert runs == ["M-d_SFT_LoRa8_lr1e-4_s1_NoQuant", "M-d_SFT_LoRa8_lr1e-4_s2_NoQuant"]
+    assert "lr1e-4: 20 (mean of 2 seeds)" in "\n".join(selection.report_lines([r]))
+
+
+def test_rate_names():
+    assert [selection.rate_tag(r) for r in (1e-4, 5e-4, 2e-3, 0.01, 0.05)] == \
+        ["lr1e-4", "lr5e-4", "lr2e-3", "lr0.01", "lr0.05"]
+    assert selection.candidate_name("M-d_SFT_VeRa256_s2_NoQuant", 0.05) == "M-d_SFT_VeRa256_lr0.05_s2_NoQuant"
+    assert selection.candidate_name("mine", 1e-4) == "mine_lr1e-4"
+
+
+def test_choose_ties_go_to_the_earlier_rate_and_lower_is_better_works():
+    assert selection.choose({"a": 1.0, "b": 1.0, "c": None}, True) == "a"
+    assert selection.choose({"a": 3.0, "b": 1.0}, False) == "b"
+    assert selection.choose({"a": None}, True) is None
