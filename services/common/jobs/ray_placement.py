@@ -70,6 +70,7 @@ class JobActor:
     """One job inside Ray: its child process, its scratch folder on this node, its events."""
 
     def __init__(self):
+        self.created_at = time.time()  # when Ray had started this actor's worker (bench_placement reads it)
         self._proc = None
         self._events = None
         self._folder, self._lock = "", None
@@ -117,7 +118,7 @@ class JobActor:
         started.wait()
         ctx_ = ray.get_runtime_context()
         return {"pid": self._proc.pid, "node_id": ctx_.get_node_id(), "ip": ray.util.get_node_ip_address(),
-                "gpus": devices.granted(),
+                "actor_up": self.created_at, "process_started": time.time(), "gpus": devices.granted(),
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
     def poll(self, timeout: float) -> dict[str, Any]:
