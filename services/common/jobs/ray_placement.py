@@ -13,7 +13,7 @@ all of it free (a 4-GPU job waits for 4 GPUs on one node: an actor never spans n
 was not given.
 
 The actor (:class:`JobActor`) starts the same child as the local launcher (``job_context.child_main``,
-forked from a fork server the actor starts with the recipe's modules, own process group) and buffers its events; the service polls them (:class:`RayHandle`).
+forked from the actor's process, own process group) and buffers its events; the service polls them (:class:`RayHandle`).
 The actor is *detached* and named ``<service>.<job_id>.<attempt>`` in the ``ftlab`` namespace: a service
 that crashed finds its running jobs again on restart (:meth:`RayLauncher.reattach`), and a name
 holds one copy of a job. The child dies with its actor (the pid watchdog of warm_worker), so a
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing as mp
 import os
 import queue
 import shutil
@@ -88,11 +89,13 @@ class JobActor:
         from services.common.jobs.child import child_main
         from services.common.jobs.scratch import hold_lock, scratch_root, sweep_stale_scratch
         os.environ.update(env)  # this worker process is the job's alone
-        # A fork server with the recipe's modules, not spawn: a spawned child re-imports its parent's
-        # __main__, which here is Ray's default_worker.py, and importing Ray took most of a job's
-        # start (bench/bench_placement.py). The job's parent becomes that server; it watches this
-        # actor's pid all the same (warm_worker._die_with_service), so it never outlives the actor.
-        ctx = warm_worker.context([recipe])
+        # Forked from this worker, which is the job's alone and has already paid the interpreter and
+        # the imports: spawn would start a fresh one that re-imports its parent's __main__ (Ray's
+        # default_worker.py, i.e. all of Ray), a fork server would start a fresh one too
+        # (bench/bench_placement.py measured both). Safe to fork: this process never touches CUDA,
+        # and the child uses nothing of Ray's threads (torch's DataLoader forks inside Ray workers
+        # the same way). FTLAB_WORKER=spawn still spawns.
+        ctx = mp.get_context("spawn" if warm_worker.mode() == "spawn" else "fork")
         self._events = ctx.Queue()
         # This node's scratch, locked while the actor lives: what a killed actor (a lost service, a
         # killed worker) leaves behind, the next job starting on the node sweeps.
