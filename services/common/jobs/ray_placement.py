@@ -94,8 +94,11 @@ class JobActor:
         # default_worker.py, i.e. all of Ray), a fork server would start a fresh one too
         # (bench/bench_placement.py measured both). Safe to fork: this process never touches CUDA,
         # and the child uses nothing of Ray's threads (torch's DataLoader forks inside Ray workers
-        # the same way). FTLAB_WORKER=spawn still spawns.
-        ctx = mp.get_context("spawn" if warm_worker.mode() == "spawn" else "fork")
+        # the same way). Spawned still: a job that drives Ray itself (the rank 0 of a multi-node
+        # training, FTLAB_RAY_NODES), since a forked copy of this worker believes Ray is connected
+        # through threads it does not have, and FTLAB_WORKER=spawn.
+        spawn = warm_worker.mode() == "spawn" or "FTLAB_RAY_NODES" in env
+        ctx = mp.get_context("spawn" if spawn else "fork")
         self._events = ctx.Queue()
         # This node's scratch, locked while the actor lives: what a killed actor (a lost service, a
         # killed worker) leaves behind, the next job starting on the node sweeps.
@@ -109,11 +112,11 @@ class JobActor:
                                          args=(recipe, job_id, attempt, config, store_config, self._events, workdir))
         started = threading.Event()
 
-        def _run():  # a spawned child's parent-death signal follows this thread: it lives as long as the child
+        def _run():  # the child's parent-death signal follows this thread: it lives as long as the child
             self._proc.start()
             started.set()
-            # waits without reaping: two threads reaping one child race (a forked job's exit code
-            # is read once from the fork server's pipe; the loser read EOF and made it 255)
+            # waits without reaping: two threads reaping one child race, and the loser reports a
+            # wrong exit code (poll, close and the orphan watch reap, in turn: _alive)
             wait([self._proc.sentinel])
 
         threading.Thread(target=_run, name=f"job-{job_id}", daemon=True).start()
