@@ -7,8 +7,9 @@ Reported per layout: the peak number of jobs running at once; the GPU-idle share
 queued (GPU-seconds with no job's process running while some submitted job had not started, over
 all GPU-seconds of that span; goal 0); Ray's latency per job from the moment it could start (it was
 submitted, and for the jobs beyond the first wave a GPU had been freed) to its process running
-(p50 / max; and the part of it until Ray's actor had started the job's process, the rest being
-that process's own start: a fresh interpreter and the recipe's imports); the wall time against the ideal (waves x sleep); and the memory of every process of
+(p50 / max; the part of it until Ray's actor had started the job's process; and p50 of its three
+parts: Ray starting the actor's worker process once a GPU was free, the actor starting the job's
+process (its fork server), that process importing the recipe until it runs); the wall time against the ideal (waves x sleep); and the memory of every process of
 the local Ray (head + nodes + workers + jobs) idle and at peak.
 
 Run: ``PYTHONPATH=$PWD .venv/bin/python -m bench.bench_placement [--jobs 16 --sleep 5]``."""
@@ -66,6 +67,9 @@ def run_layout(gpus_per_node: list[int], jobs: int, sleep: float) -> dict:
         threading.Thread(target=sample, daemon=True).start()
         store = LocalStore(os.path.join(tmp, "store"))
         rt = JobRuntime("bench", store, {"placed": "tests.recipes:placed"}, RuntimeOptions())
+        infos: dict[str, dict] = {}  # what each job's actor said when it started the job's process
+        on_placed = rt._on_placed
+        rt._on_placed = lambda job_id, msg: (infos.__setitem__(job_id, msg["info"]), on_placed(job_id, msg))
         rt.start()
         log_dir = os.path.join(tmp, "runs")
         os.makedirs(log_dir)
@@ -96,6 +100,7 @@ def run_layout(gpus_per_node: list[int], jobs: int, sleep: float) -> dict:
         info = json.load(open(path))
         info["end"] = json.load(open(path[:-6] + ".end"))["end"]
         info["submit"], info["placed"] = submitted[info["job"]], placed[info["job"]]
+        info["actor_up"], info["process_started"] = infos[info["job"]]["actor_up"], infos[info["job"]]["process_started"]
         runs.append(info)
     shutil.rmtree(tmp, ignore_errors=True)
     return summarize(runs, sum(gpus_per_node), wall, sleep) | {"ray_idle_mb": round(idle_mb), "ray_peak_mb": round(peak[0])}
@@ -115,17 +120,24 @@ def summarize(runs: list[dict], gpus: int, wall: float, sleep: float) -> dict:
     starts = sorted(runs, key=lambda r: r["start"])
     ends = sorted(r["end"] for r in runs)
     latency, ray_part = [], []  # from when the job could start (submitted, and a GPU free) to its process running
-    for i, r in enumerate(starts):
+    worker, fork, imports = [], [], []  # its parts: Ray starts the actor's worker; the actor starts the
+    for i, r in enumerate(starts):      # job's process; that process imports the recipe and begins
         could = r["submit"] if i < gpus else max(r["submit"], ends[i - gpus])
         latency.append(r["start"] - could)
         ray_part.append(max(0.0, r["placed"] - could))  # Ray's share: until its actor had started the child
-    latency.sort()
-    ray_part.sort()
+        worker.append(max(0.0, r["actor_up"] - could))
+        fork.append(r["process_started"] - r["actor_up"])
+        imports.append(r["start"] - r["process_started"])
+    for xs in (latency, ray_part, worker, fork, imports):
+        xs.sort()
     waves = -(-len(runs) // gpus)
     return {"jobs": len(runs), "gpus": gpus, "peak_running": running_peak,
             "gpu_idle_share_while_queued": round(idle / span, 3) if span else 0.0,
             "latency_p50_s": round(latency[len(latency) // 2], 2), "latency_max_s": round(latency[-1], 2),
             "ray_part_p50_s": round(ray_part[len(ray_part) // 2], 2),
+            "parts_p50_s": {"ray_worker_start": round(worker[len(worker) // 2], 2),
+                            "actor_starts_process": round(fork[len(fork) // 2], 2),
+                            "process_imports": round(imports[len(imports) // 2], 2)},
             "wall_s": round(wall, 1), "ideal_s": waves * sleep}
 
 

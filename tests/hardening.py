@@ -115,14 +115,13 @@ def spec(i: int | str) -> dict:
 # ---------------------------------------------------------------- as a separate process
 
 class ServiceProcess:
-    """``python -m tests.hardening`` in its own process: what SIGKILL and replica tests need."""
+    """``python -m tests.hardening`` in its own process: what SIGKILL tests need."""
 
-    def __init__(self, root: str, port: int, ctl: Path, replica_id: str = "", lease_ttl_s: float = 30.0,
-                 env: dict | None = None, s3: str = ""):
-        self.args = [sys.executable, "-m", "tests.hardening", "--root", str(root), "--port", str(port),
-                     "--replica-id", replica_id, "--lease-ttl", str(lease_ttl_s)] + (["--s3", s3] if s3 else [])
+    def __init__(self, root: str, port: int, ctl: Path, env: dict | None = None, s3: str = ""):
+        self.args = [sys.executable, "-m", "tests.hardening", "--root", str(root), "--port", str(port)] + \
+            (["--s3", s3] if s3 else [])
         self.env = {**os.environ, CTL_ENV: str(ctl), "FTLAB_LOG_FORMAT": "json", **(env or {})}
-        self.address, self.log = f"127.0.0.1:{port}", ctl / f"service-{port}-{replica_id or 'x'}.log"
+        self.address, self.log = f"127.0.0.1:{port}", ctl / f"service-{port}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "ServiceProcess":
@@ -154,8 +153,6 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--root", required=True)
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--replica-id", default="")
-    p.add_argument("--lease-ttl", type=float, default=30.0)
     p.add_argument("--s3", default="")
     a = p.parse_args(argv)
     configure_logging()
@@ -167,7 +164,7 @@ def main(argv=None) -> None:
         store = LocalStore(a.root)
     store.ensure_buckets()
     svc = RunningService(service_def(), store, f"127.0.0.1:{a.port}",
-                         RuntimeOptions(cancel_grace_s=1.0, lease_ttl_s=a.lease_ttl, replica_id=a.replica_id))
+                         RuntimeOptions(cancel_grace_s=1.0))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from services.common.contract.settings import DEFAULT_PORTS, SERVICES
+from services.common.jobs.ray_placement import env_resource
 from services.common.storage.store import BUCKETS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +43,7 @@ LOCAL_ONLY = {
     "FTLAB_CACHE_DIR": "where `ftlab model import --gguf smollm2` caches the wheel and converted model (CLI/tests)",
     "FTLAB_SERVICE": "set by the job runtime in each job's child (names its model cache); never configured",
     "FTLAB_RAY_NODES": "set by the Ray launcher for the ranks of a multi-node training job; never configured",
+    "FTLAB_REPLICA_ID": "retired with the S3 lease queue: read only to refuse it at start (settings.py)",
 }
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH_STRING")  # user names and paths are not secrets
 
@@ -323,8 +325,9 @@ def test_k8s_manifests_parse_with_resources_and_probes():
         if svc in SERVICES:
             seen.add(svc)
             c, port = spec["containers"][0], DEFAULT_PORTS[svc]
-            assert c["resources"]["limits"]["nvidia.com/gpu"] >= 1, svc
-            assert spec["nodeSelector"], f"{svc}: GPU nodes only"
+            # the door holds no GPU (its jobs run in the RayCluster), and there is one per store
+            assert "nvidia.com/gpu" not in c["resources"]["limits"] and not spec.get("nodeSelector"), svc
+            assert w["spec"]["replicas"] == 1 and w["spec"]["strategy"]["type"] == "Recreate", svc
             assert spec["securityContext"]["runAsNonRoot"] is True
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 assert c[probe]["grpc"]["port"] == port, f"{svc} {probe}"
@@ -332,6 +335,65 @@ def test_k8s_manifests_parse_with_resources_and_probes():
             service = next(d for d in k8s_docs()[fname] if d["kind"] == "Service")
             assert service["spec"]["ports"][0]["port"] == port
     assert seen == set(SERVICES)
+
+
+def test_k8s_jobs_run_in_a_raycluster_with_a_gpu_worker_group_per_service_image():
+    config = k8s_docs()["configmap.yaml"][0]["data"]
+    (cluster,) = [d for docs in k8s_docs().values() for d in docs if d.get("kind") == "RayCluster"]
+    name = cluster["metadata"]["name"]
+    # the doors hand their jobs to this cluster's head, through Ray Client
+    assert config["FTLAB_PLACEMENT"] == "ray"
+    assert config["FTLAB_RAY_ADDRESS"] == f"ray://{name}-head-svc.ftlab.svc.cluster.local:10001"
+    ray_pin = re.search(r'"ray\[default\]==([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert cluster["apiVersion"] == "ray.io/v1" and cluster["spec"]["rayVersion"] == ray_pin
+    head = cluster["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # the head runs no job
+    assert any(p["containerPort"] == 10001 for p in head["template"]["spec"]["containers"][0]["ports"])
+    groups = {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
+    assert set(groups) == set(SERVICES)
+    for svc, g in groups.items():
+        # a node advertises the one service environment its image holds (ray_placement.env_resource)
+        assert json.loads(json.loads(g["rayStartParams"]["resources"])) == {env_resource(svc): 1000}, svc
+        spec = g["template"]["spec"]
+        (c,) = spec["containers"]
+        assert c["image"].split(":")[0] == f"ftlab-{svc}", svc
+        limits, requests = c["resources"]["limits"], c["resources"]["requests"]
+        assert limits["nvidia.com/gpu"] >= 1 and requests["nvidia.com/gpu"] == limits["nvidia.com/gpu"], svc
+        assert spec["nodeSelector"] and spec["securityContext"]["runAsNonRoot"] is True, svc
+        assert {"configMapRef": {"name": "ftlab-config"}} in c["envFrom"], svc
+        assert 0 == g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], svc
+    for c in [head["template"]["spec"]["containers"][0]] + [g["template"]["spec"]["containers"][0] for g in groups.values()]:
+        check_pinned(c["image"], f"raycluster.yaml:{c['name']}")
+        assert c["resources"].get("requests") and c["resources"].get("limits"), c["name"]
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_k8s_mlflow_server_has_postgres_s3_artifacts_and_auth():
+    docs = {d["metadata"]["name"]: d for d in k8s_docs()["mlflow.yaml"]
+            if d["kind"] in ("Deployment", "StatefulSet")}
+    secret = k8s_docs()["secret.example.yaml"][0]["stringData"]
+    (c,) = docs["mlflow"]["spec"]["template"]["spec"]["containers"]
+    script = " ".join(c["command"])
+    assert "--app-name basic-auth" in script and "postgresql://" in script, script
+    assert "--artifacts-destination s3://mlflow-artifacts" in script and "--serve-artifacts" in script
+    env = {e["name"]: e for e in c["env"]}
+    for name in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_DB_PASSWORD"):
+        assert name in env, name
+        ref = env[name]["valueFrom"].get("secretKeyRef") or env[name]["valueFrom"]["configMapKeyRef"]
+        source = secret if "secretKeyRef" in env[name]["valueFrom"] else k8s_docs()["configmap.yaml"][0]["data"]
+        assert ref["key"] in source, (name, ref)  # every secret it reads is in the template
+    # the PostgreSQL it writes to: same password, persistent volume
+    (pg,) = docs["mlflow-postgres"]["spec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e for e in pg["env"]}["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "MLFLOW_DB_PASSWORD"
+    assert docs["mlflow-postgres"]["spec"]["volumeClaimTemplates"]
+    for w in docs.values():
+        for ctr in w["spec"]["template"]["spec"]["containers"]:
+            check_pinned(ctr["image"], f"mlflow.yaml:{ctr['name']}")
+            assert ctr["readinessProbe"] and ctr["livenessProbe"] and ctr["resources"]["limits"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"  # the one path without a login
+    # the services log in as a user of that server
+    assert secret["MLFLOW_TRACKING_USERNAME"] and "MLFLOW_TRACKING_PASSWORD" in secret
 
 
 def test_kustomization_renders_without_the_secret_template():
@@ -344,7 +406,8 @@ def test_kustomization_renders_without_the_secret_template():
     out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     images = re.findall(r"image: (\S+)", out.stdout)
-    assert images and all("registry.example.com" in i or i.startswith("prefecthq/") for i in images), images
+    assert images and all("registry.example.com" in i or i.startswith(("prefecthq/", "ghcr.io/mlflow/", "postgres:"))
+                          for i in images), images
 
 
 # ------------------------------------------------------------------ the HEALTHCHECK command

@@ -1,5 +1,4 @@
-"""Faults survived, with real processes: a service SIGKILLed mid-job, two replicas on one store,
-the S3 server stopped and restarted during an upload, and storage gone past the retry deadline.
+"""Faults survived, with real processes: a service SIGKILLed mid-job, the S3 server stopped and restarted during an upload, and storage gone past the retry deadline.
 (A job child killed like the OOM killer does is tests/unit/test_runtime.py's
 test_child_killed_fails_the_job_with_the_exit_reason_and_service_keeps_serving.)"""
 from __future__ import annotations
@@ -51,7 +50,7 @@ def test_sigkilled_service_restarts_and_reruns_the_interrupted_job_from_the_star
     (ctl / "steps").write_text("400")
     (ctl / "sleep").write_text("0.02")
     port = free_port()
-    svc = ServiceProcess(root, port, ctl, replica_id="quantizer-0").start()
+    svc = ServiceProcess(root, port, ctl).start()
     try:
         with ServiceClient("quantizer", svc.address, token=None, credentials=None) as c:
             job = c.submit(spec(1), "kill-1")
@@ -69,41 +68,6 @@ def test_sigkilled_service_restarts_and_reruns_the_interrupted_job_from_the_star
         assert artifacts.read_manifest(store, "models", "out-1")["parents"] == ["src-model"]
     finally:
         svc.stop()
-
-
-def test_two_replicas_on_one_store_run_each_job_once(tmp_path, ctl):
-    root = tmp_path / "storage"
-    store = LocalStore(root)
-    store.ensure_buckets()
-    make_source(store)
-    (ctl / "steps").write_text("15")
-    (ctl / "sleep").write_text("0.05")
-    first = ServiceProcess(root, free_port(), ctl, replica_id="a", lease_ttl_s=2).start()
-    with ServiceClient("quantizer", first.address, token=None, credentials=None) as c:
-        ids = [c.submit(spec(i), f"rep-{i}").job_id for i in range(4)]
-        _until(lambda: c.get(ids[0]).progress_step >= 1, what="first job running")
-    first.kill()  # job 0 interrupted while running, jobs 1-3 queued
-    b = ServiceProcess(root, free_port(), ctl, replica_id="b", lease_ttl_s=2)
-    c2 = ServiceProcess(root, free_port(), ctl, replica_id="c", lease_ttl_s=2)
-    try:
-        b.start(), c2.start()
-
-        def states():
-            return [JobRecord.from_json(store.get_bytes("jobs", f"quantizer/{j}.json")).state for j in ids]
-        _until(lambda: all(s is JobState.SUCCEEDED for s in states()), 90, "all jobs SUCCEEDED in storage")
-        for i, job_id in enumerate(ids):
-            runs = _runs(ctl, job_id)
-            # each job ran exactly once after the crash (job 0 also ran once before it)
-            assert len(runs) == (2 if i == 0 else 1), (job_id, runs)
-            assert artifacts.read_manifest(store, "models", f"out-{i}") is not None
-        # both replicas end up reporting the outcome, including the jobs the other one ran
-        for svc in (b, c2):
-            with ServiceClient("quantizer", svc.address, token=None, credentials=None) as cl:
-                _until(lambda: all(state_name(cl.get(j).state) == "SUCCEEDED" for j in ids), 30,
-                       f"replica {svc.address} adopts the outcomes")
-        assert not store.list_keys("jobs", "leases/")  # every lease released
-    finally:
-        b.stop(), c2.stop()
 
 
 @pytest.fixture

@@ -214,6 +214,10 @@ def test_cancel_running_and_waiting_jobs(runtime, nodes, tmp_path):
     assert ray.available_resources().get("GPU") == 1, "the cancelled job's GPU is free again"
 
 
+def _ppid(pid: int) -> int:
+    return int(open(f"/proc/{pid}/stat").read().split(")")[1].split()[1])
+
+
 def test_killed_job_process_and_killed_ray_worker_fail_with_the_reason(runtime, nodes, tmp_path):
     nodes(gpus=1)
     rt = runtime(max_attempts=1)
@@ -225,7 +229,9 @@ def test_killed_job_process_and_killed_ray_worker_fail_with_the_reason(runtime, 
     while not os.path.exists(tmp_path / "pid") and time.time() < deadline:
         time.sleep(0.1)
     child = int((tmp_path / "pid").read_text())
-    worker = int(open(f"/proc/{child}/stat").read().split(")")[1].split()[1])  # the actor's process
+    worker = _ppid(child)  # the actor's process: the job's parent, or its fork server's parent
+    if b"forkserver" in open(f"/proc/{worker}/cmdline", "rb").read():
+        worker = _ppid(worker)
     os.kill(worker, signal.SIGKILL)
     rec = wait(rt, job, {JobState.FAILED})
     assert "Ray actor running the job was lost while it ran" in rec.error

@@ -241,17 +241,7 @@ def test_store_from_env_unknown_kind():
     assert "gcs" in str(exc.value)
 
 
-# --- conditional writes and retries (the runtime's leases, outages) ------------------------------
-
-def test_put_if_absent_creates_once(store):
-    assert store.put_if_absent("jobs", "leases/x", b"first") is True
-    assert store.put_if_absent("jobs", "leases/x", b"second") is False
-    assert store.get_bytes("jobs", "leases/x") == b"first"
-    store.delete("jobs", "leases/x")
-    assert store.put_if_absent("jobs", "leases/x", b"third") is True
-    with pytest.raises(ValidationError):
-        store.put_if_absent("jobs", "../x", b"no")
-
+# --- retries (outages) ------------------------------------------------------------------------
 
 def test_retries_give_up_at_the_deadline_with_a_clear_error():
     from services.common.storage.store import StorageUnavailable

@@ -37,3 +37,11 @@ def test_bad_placement_settings_are_listed_together_at_start():
     text = str(exc.value)
     for name in ("FTLAB_PLACEMENT", "FTLAB_DEVICE_MEMORY_GB", "FTLAB_RAY_JOB_CPUS", "FTLAB_RAY_RANKS_PER_NODE"):
         assert name in text, text
+
+
+def test_replicas_sharing_a_store_are_refused_at_start():
+    # the S3 lease queue that let replicas share a store is gone: its setting stops the service
+    with pytest.raises(ValidationError) as exc:
+        ServiceSettings.from_env("trainer", {"FTLAB_REPLICA_ID": "trainer-1", "FTLAB_PLACEMENT": "ray"})
+    assert "FTLAB_REPLICA_ID" in str(exc.value) and "FTLAB_PLACEMENT=ray" in str(exc.value), exc.value
+    ServiceSettings.from_env("trainer", {"FTLAB_REPLICA_ID": " "})  # empty, as compose passes it: fine

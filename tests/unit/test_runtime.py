@@ -202,7 +202,7 @@ class SlowFinalRecords(LocalStore):
         super().put_bytes(bucket, key, data)
 
 
-def test_a_finished_watch_ends_after_the_record_is_saved_and_the_lease_released(tmp_path):
+def test_a_finished_watch_ends_after_the_record_is_saved(tmp_path):
     store = SlowFinalRecords(tmp_path / "storage")
     store.ensure_buckets()
     rt = JobRuntime("testsvc", store, RECIPES, RuntimeOptions(cancel_grace_s=1.0))
@@ -212,7 +212,6 @@ def test_a_finished_watch_ends_after_the_record_is_saved_and_the_lease_released(
         assert list(rt.watch(rec.job_id))[-1]["state"] == "SUCCEEDED"
         # what a client reads from the store right after the stream ended is the final record
         assert json.loads(store.get_bytes("jobs", f"testsvc/{rec.job_id}.json"))["state"] == "SUCCEEDED"
-        assert store.list_keys("jobs", "leases/") == []
     finally:
         rt.shutdown(1.0)
 

@@ -9,7 +9,7 @@ MODULES = ["ftlab.cli", "services.common.rpc.clients", "services.common.jobs.run
            "ftlab.stack", "services.common.storage.store", "services.common.storage.s3", "services.common.storage.artifacts",
            "services.common.data.tasks", "services.common.data.importing", "services.common.rpc.job_servicer",
            "services.common.jobs.child", "services.common.jobs.record", "services.common.storage.factory",
-           "services.common.jobs.leases", "services.common.jobs.scratch", "ftlab.listing",
+           "services.common.jobs.scratch", "ftlab.listing",
            "services.common.rpc.server", "services.common.contract.naming", "services.common.contract.settings",
            "services.trainer.server", "services.quantizer.server", "services.evaluator.server",
            "services.common.rpc.auth", "services.common.rpc.tls", "services.common.rpc.metrics",

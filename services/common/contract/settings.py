@@ -119,7 +119,6 @@ class ServiceSettings:
     max_running: int         # FTLAB_MAX_RUNNING_JOBS, default 1 (one job per device)
     cancel_grace_s: float    # FTLAB_CANCEL_GRACE_S, default 10
     metrics_port: int | None = None  # FTLAB_METRICS_PORT: Prometheus /metrics port; empty = off
-    replica_id: str = ""     # FTLAB_REPLICA_ID: stable name of this replica (default host:pid)
 
     @classmethod
     def from_env(cls, service: str, env=os.environ) -> "ServiceSettings":
@@ -140,12 +139,16 @@ class ServiceSettings:
         s = cls(service=service, listen=env.get("FTLAB_LISTEN", service_address(service, env)),
                 max_running=num("FTLAB_MAX_RUNNING_JOBS", 1, int, 1),
                 cancel_grace_s=num("FTLAB_CANCEL_GRACE_S", 10.0, float, 0),
-                replica_id=env.get("FTLAB_REPLICA_ID", "").strip(),
                 metrics_port=num("FTLAB_METRICS_PORT", 0, int, 1) if env.get("FTLAB_METRICS_PORT", "").strip() else None)
         worker = env.get("FTLAB_WORKER", "").strip().lower()
         if worker not in ("", "forkserver", "spawn"):  # listed with the others, before warm_worker.mode() raises
             problems.append(f"FTLAB_WORKER={worker[:40]!r}: expected forkserver (default) or spawn")
         problems.extend(placement(env).problems)
+        if env.get("FTLAB_REPLICA_ID", "").strip():  # the setting of the S3 lease queue, retired with it
+            problems.append("FTLAB_REPLICA_ID is set, but replicas of a service sharing one store are no longer "
+                            "supported (their lease queue is gone): run one replica per service and store, and "
+                            "FTLAB_PLACEMENT=ray to run its jobs on more GPUs or hosts (docs/ARCHITECTURE.md, "
+                            "Scheduling); unset FTLAB_REPLICA_ID")
         try:
             cpu_threads(env)  # used by the jobs only; a bad value stops the service, not each job
         except ValidationError as exc:

@@ -74,7 +74,6 @@ class LocalHandle:
 class LocalLauncher:
     """Jobs as children of this service, at most ``FTLAB_MAX_RUNNING_JOBS`` at a time."""
     limits_running = True  # the runtime's max_running is the only limit here
-    uses_leases = True     # replicas on one store share jobs through lease objects (job_leases.py)
 
     def __init__(self, service: str, recipes: Iterable[str], warm_imports: Iterable[str] = ()):
         self.service = service

@@ -13,7 +13,7 @@ all of it free (a 4-GPU job waits for 4 GPUs on one node: an actor never spans n
 was not given.
 
 The actor (:class:`JobActor`) starts the same child as the local launcher (``job_context.child_main``,
-spawned, own process group) and buffers its events; the service polls them (:class:`RayHandle`).
+forked from the actor's process, own process group) and buffers its events; the service polls them (:class:`RayHandle`).
 The actor is *detached* and named ``<service>.<job_id>.<attempt>`` in the ``ftlab`` namespace: a service
 that crashed finds its running jobs again on restart (:meth:`RayLauncher.reattach`), and a name
 holds one copy of a job. The child dies with its actor (the pid watchdog of warm_worker), so a
@@ -32,6 +32,7 @@ import shutil
 import tempfile
 import threading
 import time
+from multiprocessing.connection import wait
 from typing import Any
 
 from services.common.hardware import devices
@@ -39,6 +40,8 @@ from services.common.jobs.record import EventType
 from services.common.contract.settings import SERVICES, Placement
 
 NAMESPACE = "ftlab"
+POLL_S = 5.0            # the longest a supervisor's poll waits in the actor (it returns at the first event)
+POLL_TICK_S = 0.1       # how often that poll looks whether the child has exited
 ORPHAN_S = 600.0        # an ended job's actor waits this long for a service to collect its outcome
 FRACTION_STEP = 8       # fractions of a GPU are whole eighths, rounded up (Ray needs finite decimals)
 FORWARD_ENV = ("FTLAB_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")  # the service's settings the job sees
@@ -68,10 +71,16 @@ class JobActor:
     """One job inside Ray: its child process, its scratch folder on this node, its events."""
 
     def __init__(self):
+        self.created_at = time.time()  # when Ray had started this actor's worker (bench_placement reads it)
         self._proc = None
         self._events = None
         self._folder, self._lock = "", None
         self._last_poll = time.time()
+        self._reap = threading.Lock()  # poll, close and the orphan watch ask the child's state in turn
+
+    def _alive(self) -> bool:
+        with self._reap:
+            return self._proc.is_alive()
 
     def start(self, service: str, recipe: str, job_id: str, attempt: int, config: dict, store_config: dict,
               env: dict[str, str]) -> dict[str, Any]:
@@ -80,7 +89,16 @@ class JobActor:
         from services.common.jobs.child import child_main
         from services.common.jobs.scratch import hold_lock, scratch_root, sweep_stale_scratch
         os.environ.update(env)  # this worker process is the job's alone
-        ctx = mp.get_context("spawn")
+        # Forked from this worker, which is the job's alone and has already paid the interpreter and
+        # the imports: spawn would start a fresh one that re-imports its parent's __main__ (Ray's
+        # default_worker.py, i.e. all of Ray), a fork server would start a fresh one too
+        # (bench/bench_placement.py measured both). Safe to fork: this process never touches CUDA,
+        # and the child uses nothing of Ray's threads (torch's DataLoader forks inside Ray workers
+        # the same way). Spawned still: a job that drives Ray itself (the rank 0 of a multi-node
+        # training, FTLAB_RAY_NODES), since a forked copy of this worker believes Ray is connected
+        # through threads it does not have, and FTLAB_WORKER=spawn.
+        spawn = warm_worker.mode() == "spawn" or "FTLAB_RAY_NODES" in env
+        ctx = mp.get_context("spawn" if spawn else "fork")
         self._events = ctx.Queue()
         # This node's scratch, locked while the actor lives: what a killed actor (a lost service, a
         # killed worker) leaves behind, the next job starting on the node sweeps.
@@ -97,31 +115,38 @@ class JobActor:
         def _run():  # the child's parent-death signal follows this thread: it lives as long as the child
             self._proc.start()
             started.set()
-            self._proc.join()
+            # waits without reaping: two threads reaping one child race, and the loser reports a
+            # wrong exit code (poll, close and the orphan watch reap, in turn: _alive)
+            wait([self._proc.sentinel])
 
         threading.Thread(target=_run, name=f"job-{job_id}", daemon=True).start()
         threading.Thread(target=self._orphan_watch, name="orphan-watch", daemon=True).start()
         started.wait()
         ctx_ = ray.get_runtime_context()
         return {"pid": self._proc.pid, "node_id": ctx_.get_node_id(), "ip": ray.util.get_node_ip_address(),
-                "gpus": devices.granted(),
+                "actor_up": self.created_at, "process_started": time.time(), "gpus": devices.granted(),
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
     def poll(self, timeout: float) -> dict[str, Any]:
-        """The events the child sent (waiting up to ``timeout`` for the first), and whether it lives."""
+        """The events the child sent, and whether it lives: returns at the first event or the child's
+        exit, else after ``timeout`` (a long poll: one call per event or per ``timeout``, not a stream
+        of empty round trips from every running job's supervisor)."""
         self._last_poll = time.time()
-        out = []
-        try:
-            out.append(self._events.get(timeout=timeout))
-            while len(out) < 500:
-                out.append(self._events.get_nowait())
-        except queue.Empty:
-            pass
-        alive = self._proc.is_alive()
-        if not alive:  # what the child sent just before exiting
+        out, deadline = [], time.time() + timeout
+        while True:
+            try:
+                out.append(self._events.get(timeout=max(0.0, min(POLL_TICK_S, deadline - time.time()))))
+                while len(out) < 500:
+                    out.append(self._events.get_nowait())
+                break
+            except queue.Empty:
+                if out or not self._alive() or time.time() >= deadline:
+                    break
+        alive = self._alive()
+        if not alive:  # what the child sent just before exiting: its queue was flushed when it exited
             try:
                 while True:
-                    out.append(self._events.get(timeout=0.5))
+                    out.append(self._events.get(timeout=0.05))
             except queue.Empty:
                 pass
         return {"events": out, "alive": alive, "exitcode": None if alive else self._proc.exitcode}
@@ -132,9 +157,10 @@ class JobActor:
             signal_group(self._proc.pid, sig)
 
     def close(self) -> None:
-        if self._proc is not None and self._proc.is_alive():
+        if self._proc is not None and self._alive():
             self.signal(9)
-            self._proc.join(10)
+            with self._reap:
+                self._proc.join(10)
         if self._folder:
             shutil.rmtree(self._folder, ignore_errors=True)
         if self._lock is not None:
@@ -142,7 +168,7 @@ class JobActor:
             self._lock = None
 
     def _orphan_watch(self) -> None:
-        while self._proc.is_alive() or time.time() - self._last_poll < ORPHAN_S:
+        while self._alive() or time.time() - self._last_poll < ORPHAN_S:
             time.sleep(5)
         self.close()
         os._exit(0)
@@ -185,7 +211,7 @@ class RayHandle:
                 return {"type": "placed", "message": f"started by Ray on node {info['ip']} "
                         f"({info['node_id'][:12]}), GPUs {gpus}, CUDA_VISIBLE_DEVICES={info['gpus']!r}, "
                         f"pid {info['pid']}", "info": info}
-            state = ray.get(self.actor.poll.remote(timeout), timeout=timeout + 60)
+            state = ray.get(self.actor.poll.remote(POLL_S), timeout=POLL_S + 60)
         except (queue.Empty, GetTimeoutError):
             raise queue.Empty from None
         except RayError as exc:  # the actor (its worker, or its whole node) is gone
@@ -242,7 +268,6 @@ class RayHandle:
 class RayLauncher:
     """Jobs as Ray actors; Ray's resources, not ``FTLAB_MAX_RUNNING_JOBS``, limit how many run."""
     limits_running = False
-    uses_leases = False  # the named, detached actor is the job's one copy
 
     def __init__(self, service: str, placement: Placement):
         import ray

@@ -7,20 +7,19 @@ warm fork server in services/common/jobs/fork_server.py, or spawned), so a CUDA 
 never takes the server down, and cancel is a signal, not a flag.
 
 Its parts: where a job's process runs (placement.py: a local child, or a Ray actor where Ray places
-it, FTLAB_PLACEMENT), the child side (services/common/jobs/child.py), the leases that let replicas
-share a store (job_leases.py), the jobs' scratch folders (job_scratch.py); the queue and the
-supervision of children are here.
+it, FTLAB_PLACEMENT), the child side (services/common/jobs/child.py), the jobs' scratch folders
+(scratch.py); the queue and the supervision of children are here. One runtime per service and
+store: replicas sharing a store are not supported (docs/ARCHITECTURE.md, "Scheduling": more hosts
+means Ray placement, not more replicas).
 """
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 import queue
 import shutil
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -28,7 +27,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 from services.common.contract.errors import FtlabError, NotFoundError, PreconditionError, ValidationError, quote
-from services.common.jobs.leases import Leases, NoLeases
 from services.common.jobs.record import JOBS_BUCKET, EventType, JobRecord, JobState, new_job_id, spec_hash
 from services.common.jobs.scratch import hold_lock, scratch_root, sweep_stale_scratch
 from services.common.storage.store import ObjectStore
@@ -38,7 +36,6 @@ from services.common.tracking.tracker import tracker_for
 log = logging.getLogger("ftlab.runtime")
 PERSIST_EVERY_S = 2.0  # progress is persisted at most this often; state changes always
 MAX_REQUEST_ID = 256
-LEASE_RETRY_S = 5.0    # how often a replica re-tries a job whose lease another replica holds
 SAVED_WAIT_S = 30.0    # how long a watch of a finished job waits for its record to be saved
 RELOAD_THREADS = 16    # job records read at once when a service starts
 
@@ -74,15 +71,11 @@ class RuntimeOptions:
     max_running: int = 1          # one job per device by default
     cancel_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this
     max_attempts: int = 3         # child starts per job, counting re-queues after a service crash
-    # Replicas on one store: a job runs only where its lease object (jobs/leases/<service>/<id>)
-    # was created; the owner renews it, and a lease not renewed for this long may be taken over.
-    lease_ttl_s: float = 30.0
-    replica_id: str = ""          # default: host:pid (unique per process)
 
 
 class JobRuntime:
     """One service's jobs: a persistent queue in the ``jobs`` bucket, up to ``max_running`` child
-    processes, leases shared by replicas on one store, cancel (SIGTERM, then SIGKILL after
+    processes (or Ray actors), cancel (SIGTERM, then SIGKILL after
     ``cancel_grace_s`` seconds) and re-queue after a crash (at most ``max_attempts`` starts).
 
     ``recipes`` maps a job kind to ``"module:function"``. :meth:`submit` takes the request's spec
@@ -105,7 +98,6 @@ class JobRuntime:
         self._last_persist: dict[str, float] = {}
         self._dirty: dict[str, bytes] = {}           # job id -> record JSON the writer thread saves
         self._unsaved: set[str] = set()              # jobs whose latest record is not saved yet
-        self._waiting: dict[str, float] = {}         # job id -> when to retry a lease another replica holds
         self._cond = _Changes()
         self._stopping = False
         self._writer_stop = False
@@ -113,9 +105,6 @@ class JobRuntime:
         self._writer: threading.Thread | None = None
         # Where a job's process runs: a child of this service, or where Ray places it (FTLAB_PLACEMENT)
         self._launcher = placement.launcher(service, recipes.values(), warm_imports)
-        self.owner = options.replica_id or f"{socket.gethostname()}:{os.getpid()}"
-        self._leases = Leases(store, service, self.owner, options.lease_ttl_s) if self._launcher.uses_leases \
-            else NoLeases()
         self._reattached: list[str] = []   # Ray jobs a restart found running (start() supervises them)
         self._scratch: str | None = None   # jobs' work folders (start() makes it)
         self._scratch_lock = None
@@ -149,8 +138,8 @@ class JobRuntime:
         A job that was RUNNING when the service died is re-queued (at most
         ``options.max_attempts`` starts in all) and says so in its events: the trainer resumes
         from its last checkpoint, the quantizer and evaluator start again (their work is cheap).
-        A job that was CANCELLING ends CANCELLED. A job whose lease another live replica holds
-        is left alone (that replica runs it); this one adopts the outcome once the lease is free.
+        A job that was CANCELLING ends CANCELLED. Where Ray placed it, a RUNNING job whose actor
+        still runs is supervised again, not re-run.
 
         The records are read RELOAD_THREADS at a time (an object store answers each read in a round
         trip), in storage's order; the listing index is sorted once at the end."""
@@ -163,16 +152,6 @@ class JobRuntime:
 
     def _recover_records(self, records: Iterator[JobRecord]) -> None:
         for rec in records:
-            # a record this start-up rewrites (RUNNING, CANCELLING) needs the lease first, so two
-            # replicas starting together can't both rewrite it
-            if (rec.state in (JobState.RUNNING, JobState.CANCELLING) and not self._leases.claim(rec.job_id)) or \
-                    (rec.state is JobState.QUEUED and self._leases.held_elsewhere(rec.job_id)):
-                self._jobs[rec.job_id] = rec
-                self._order.append((rec.created_at, rec.job_id))
-                if rec.request_id:
-                    self._by_request[rec.request_id] = rec.job_id
-                self._waiting[rec.job_id] = time.time()
-                continue
             if rec.state is JobState.CANCELLING:
                 rec.error = "cancelled by request"
                 rec.transition(JobState.CANCELLED, f"the {self.service} service stopped while cancelling")
@@ -331,7 +310,7 @@ class JobRuntime:
             new = [dict(e) for e in events[start:]]
             terminal = rec.state.is_terminal()
             if terminal and not new and job_id in self._unsaved:
-                # The stream ends once the final record is saved and the lease released, so a
+                # The stream ends once the final record is saved, so a
                 # client that saw the end reads the same record from the store. A failed save
                 # (storage down) or SAVED_WAIT_S ends it anyway; the writer keeps retrying.
                 saved_by = saved_by or time.time() + SAVED_WAIT_S
@@ -379,11 +358,8 @@ class JobRuntime:
             rec = self._require(job_id)
             if rec.state.is_terminal() or rec.state is JobState.CANCELLING:
                 return self._snapshot(rec)
-            if job_id in self._waiting:
-                raise PreconditionError(f"job {job_id} is run by another replica of the {self.service} service "
-                                        "(it holds the job's lease): cancel it there")
             if rec.state is JobState.QUEUED and job_id not in self._procs:  # else Ray has yet to place it
-                if job_id in self._queue:  # else the dispatcher holds it; it checks the state again
+                if job_id in self._queue:
                     self._queue.remove(job_id)
                 rec.transition(JobState.CANCELLED, "cancelled before it started")
                 rec.error = "cancelled by request"
@@ -423,8 +399,7 @@ class JobRuntime:
         self._cond.notify_all()
 
     def _write_loop(self) -> None:
-        """Save dirty records one at a time (latest snapshot per job); once a terminal record is
-        saved, release the job's lease, so another replica can only ever see the final record."""
+        """Save dirty records one at a time (latest snapshot per job)."""
         while True:
             with self._cond:
                 while not self._dirty and not self._writer_stop:
@@ -435,8 +410,6 @@ class JobRuntime:
                 data = self._dirty.pop(job_id)
             try:
                 self.store.put_bytes(JOBS_BUCKET, self._record_key(job_id), data)
-                if JobState(json.loads(data)["state"]).is_terminal():
-                    self._leases.release(job_id)
                 with self._cond:
                     if job_id not in self._dirty:  # no newer snapshot arrived meanwhile
                         self._unsaved.discard(job_id)
@@ -452,22 +425,17 @@ class JobRuntime:
                     self._cond.wait(1.0)
 
     def _next_job(self) -> str | None:
-        """Under the lock: wait for a runnable job (None = stopping). Jobs whose lease another
-        replica held go back to the front of the queue when their retry time comes."""
+        """Under the lock: wait for a runnable job (None = stopping)."""
         while True:
             if self._stopping:
                 return None
-            now = time.time()
-            for job_id in [j for j, t in self._waiting.items() if t <= now]:
-                del self._waiting[job_id]
-                self._queue.insert(0, job_id)
             if self._queue and (len(self._procs) < self.options.max_running or not self._launcher.limits_running):
                 return self._queue.pop(0)
-            self._cond.wait(max(0.05, min(self._waiting.values()) - now) if self._waiting else None)
+            self._cond.wait()
 
     def _dispatch_loop(self) -> None:
-        # Jobs wait (queued, no lease taken) until the fork server has done its imports: starting
-        # a child before that would block under the lock and let a short lease expire meanwhile.
+        # Jobs wait (queued) until the fork server has done its imports: starting a child before
+        # that would block under the lock.
         while not self._warm.wait(0.5):
             if self._stopping:
                 return
@@ -476,46 +444,10 @@ class JobRuntime:
                 job_id = self._next_job()
                 if job_id is None:
                     return
-            try:  # storage I/O outside the lock
-                claimed = self._leases.claim(job_id)
-                stored = None
-                if claimed:
-                    try:
-                        stored = JobRecord.from_json(self.store.get_bytes(JOBS_BUCKET, self._record_key(job_id)))
-                    except NotFoundError:
-                        pass
-            except FtlabError as exc:
-                log.warning("job %s: cannot claim its lease (%s); retrying in %.0fs", job_id, exc, LEASE_RETRY_S,
-                            extra=_extra(job_id=job_id))
-                claimed, stored = False, None
-            with self._cond:
-                rec = self._jobs[job_id]
-                if not claimed:
-                    if not rec.state.is_terminal():
-                        self._waiting[job_id] = time.time() + LEASE_RETRY_S
-                    continue
-                if stored is not None and stored.state.is_terminal():  # another replica ran it
-                    self._jobs[job_id] = stored
-                    self._cond.notify_all()
-                    release = True
-                elif rec.state is JobState.RUNNING:  # another replica's, and it died: run it again
-                    rec.attempts = max(rec.attempts, stored.attempts if stored else 0)
-                    if rec.attempts >= self.options.max_attempts:
-                        rec.error = f"interrupted {rec.attempts} times (replica stopped while running); not retried"
-                        rec.transition(JobState.FAILED, rec.error)
-                        self._persist(rec)
-                        continue
-                    self._requeue_interrupted(rec)
-                    release = False
-                else:
-                    release = rec.state is not JobState.QUEUED or self._stopping  # cancelled meanwhile
-                if not release:
-                    self._start_child(rec)
-                    continue
-            self._leases.release(job_id)
+                self._start_child(self._jobs[job_id])
 
     def _start_child(self, rec: JobRecord) -> None:
-        """Under the lock, with the lease held: launch the job's process, supervise it. A local child
+        """Under the lock: launch the job's process, supervise it. A local child
         is RUNNING at once; a Ray job stays QUEUED until Ray has placed it (its "placed" message)."""
         job_id = rec.job_id
         rec.attempts += 1
@@ -556,11 +488,7 @@ class JobRuntime:
     def _supervise(self, job_id: str, proc) -> None:
         result, error = None, None
         log.info("job %s: %s started", job_id, proc.where(), extra=_extra(self._jobs[job_id]))
-        renew_every, renewed = self.options.lease_ttl_s / 3, time.time()
         while True:
-            if time.time() - renewed > renew_every:  # heartbeat: the lease stays ours while we run it
-                self._leases.renew(job_id)
-                renewed = time.time()
             try:
                 msg = proc.get(timeout=0.2)
             except queue.Empty:

@@ -90,8 +90,7 @@ def main(sdef: ServiceDef) -> None:
         log.error("%s not started: bad settings: %s", sdef.name, exc)
         raise SystemExit(2) from None
     svc = RunningService(sdef, store_from_env(), settings.listen,
-                         RuntimeOptions(settings.max_running, settings.cancel_grace_s,
-                                        replica_id=settings.replica_id),
+                         RuntimeOptions(settings.max_running, settings.cancel_grace_s),
                          metrics_port=settings.metrics_port)
     wait_for_termination(svc.server, svc.health, lambda: svc.runtime.shutdown(settings.cancel_grace_s))
 

@@ -139,20 +139,6 @@ class S3Store(ObjectStore):
         self.client._put_object(bucket, key, data, _checksum_headers(data))
 
     @_translate_errors
-    def put_if_absent(self, bucket: str, key: str, data: bytes) -> bool:
-        check_key(key)
-        # S3 conditional write (If-None-Match: *; AWS since 2024, MinIO, moto). The minio SDK has
-        # no public parameter for it, hence its request method.
-        try:
-            self.client._execute("PUT", bucket, key, body=data,
-                                 headers={"If-None-Match": "*", "Content-Length": str(len(data))})
-            return True
-        except S3Error as e:
-            if e.code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                return False
-            raise
-
-    @_translate_errors
     def get_bytes(self, bucket: str, key: str) -> bytes:
         check_key(key)
         response = self.client.get_object(bucket, key)

@@ -108,11 +108,6 @@ class ObjectStore(abc.ABC):
         for key in self.list_keys(bucket, prefix):
             self.delete(bucket, key)
 
-    def put_if_absent(self, bucket: str, key: str, data: bytes) -> bool:
-        """Create the object only if no object has that key (atomically); True if this call created
-        it. The job runtime's leases rely on it."""
-        raise NotImplementedError(f"{type(self).__name__} has no conditional write")
-
     @abc.abstractmethod
     def describe(self) -> str:
         """Where the store lives, for logs and the CLI."""
@@ -151,20 +146,6 @@ class LocalStore(ObjectStore):
 
     def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
         self._atomic_write(self._path(bucket, key), lambda fh: fh.write(data))
-
-    def put_if_absent(self, bucket: str, key: str, data: bytes) -> bool:
-        dest = self._path(bucket, key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.link(tmp, dest)  # atomic, and fails if dest exists (rename would replace it)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
         p = self._path(bucket, key)
