@@ -6,7 +6,6 @@ import os
 from typing import Mapping
 
 from services.common.contract.errors import ValidationError
-from services.common.storage.s3 import DEFAULT_RETRY_S, S3Store, parse_endpoint
 from services.common.storage.store import LocalStore, ObjectStore
 
 
@@ -17,6 +16,7 @@ def open_store(config: dict) -> ObjectStore:
     if kind == "local":
         return LocalStore(config["root"])
     if kind == "s3":
+        from services.common.storage.s3 import S3Store  # minio and urllib3 only where S3 is used (~1 s per job start)
         return S3Store(**{k: v for k, v in config.items() if k != "kind"})
     raise ValidationError(f"unknown store kind {kind!r}; known: local, s3")
 
@@ -31,6 +31,7 @@ def store_from_env(env: Mapping[str, str] = os.environ) -> ObjectStore:
     if kind == "local":
         store: ObjectStore = LocalStore(env.get("FTLAB_LOCAL_ROOT") or ".ftlab/storage")
     elif kind == "s3":
+        from services.common.storage.s3 import DEFAULT_RETRY_S, S3Store, parse_endpoint
         problems = []
         endpoint = env.get("FTLAB_S3_ENDPOINT", "").strip()
         raw_secure = (env.get("FTLAB_S3_SECURE") or "").strip().lower()
