@@ -128,6 +128,9 @@ def test_train_quantize_evaluate_are_runs_with_params_curves_and_lineage(server,
     assert e.data.metrics["ai2_arc/accuracy_ci_low"] <= acc <= e.data.metrics["ai2_arc/accuracy_ci_high"]
     assert {"tokens_per_s", "peak_rss_gb", "ai2_arc/latency_mean_s", "ai2_arc/macro_f1"} <= set(e.data.metrics)
     assert e.data.tags["ftlab.engine"] and e.data.tags["ftlab.dtype"] and e.data.tags["ftlab.quant_tag"] == "Int8_BnB"
+    ci = e.data.metrics["ai2_arc/accuracy_ci_low"], e.data.metrics["ai2_arc/accuracy_ci_high"]
+    assert f"| ai2_arc/accuracy | {acc:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] |" in e.data.tags["mlflow.note.content"]
+    assert f"[{TINY}](#/models/{TINY})" in t.data.tags["mlflow.note.content"]  # the base: its registry page
     for service, job in (("trainer", train), ("quantizer", quant), ("evaluator", ev)):
         assert not _notes(store, service, job.job_id)  # tracked at once: nothing to say
 
@@ -213,7 +216,7 @@ def test_a_flow_run_groups_its_jobs_runs_while_they_run(server, seeded_store, mo
             time.sleep(1.0)  # holds the watch, not the job: the next event comes a little later
     try:
         trainer = svc.clients["trainer"]
-        ours = trainer.run(TRAIN | {"max_steps": 12, "train_limit": 48}, "live:train:ours", timeout_s=300,
+        ours = trainer.run(TRAIN | {"max_steps": 6, "train_limit": 24}, "live:train:ours", timeout_s=600,
                            on_event=watch)
         other = trainer.run(TRAIN | {"max_steps": 1}, "live:train:not-this-flow", timeout_s=300)
         assert flow.parent_id is not None

@@ -170,6 +170,7 @@ class _Job:
     ended_at: float | None = None
     failures: int = 0
     first_error: str = ""
+    note: str = ""                                    # the run's description (Markdown), set when it opens
 
 
 class JobTracker:
@@ -335,11 +336,18 @@ class JobTracker:
         except Exception:  # noqa: BLE001 - the job's own metrics are tracked anyway
             log.warning("tracking: could not read %s for the CI bounds", uri)
             return
+        rows = []
         for task, block in (result.get("datasets") or {}).items():
             for metric, ci in ((block.get("metrics") or {}).get("ci95") or {}).items():
                 if ci:
                     job.pending += [Metric(f"{task}/{metric}_ci_low", float(ci[0]), ts, 0),
                                     Metric(f"{task}/{metric}_ci_high", float(ci[1]), ts, 0)]
+                    value = block.get(metric, (block.get("metrics") or {}).get(metric))
+                    if isinstance(value, (int, float)):
+                        rows.append(f"| {task}/{metric} | {value:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] |")
+        if rows:  # the scores with their intervals, readable on the run's page (the charts show one number)
+            job.tags["mlflow.note.content"] = (job.note + "\n\n| metric | value | bootstrap 95% CI |\n|---|---|---|\n"
+                                               + "\n".join(rows))
         engine = result.get("engine") or {}
         hw = result.get("hardware") or {}
         job.tags |= {"ftlab.engine": f"{engine.get('name', '')} {engine.get('version', '')}".strip(),
@@ -389,7 +397,10 @@ class JobTracker:
         if parent is not None:
             tags["ftlab.parent_run_id"] = parent.info.run_id
             note.append(f"Made from [{tags['ftlab.parent_model']}]({run_link(parent)}).")
-        tags["mlflow.note.content"] = " ".join(note)
+        elif tags.get("ftlab.parent_model"):  # a base model: no run made it, the registry holds it
+            note.append(f"Made from [{tags['ftlab.parent_model']}](#/models/{tags['ftlab.parent_model']}) "
+                        "(a base model: in the model registry).")
+        job.note = tags["mlflow.note.content"] = " ".join(note)
         run = c.create_run(exp_id, start_time=int(time.time() * 1000), tags=tags,
                            run_name=run_name(job.kind, job.config))
         job.run_id = run.info.run_id
