@@ -218,7 +218,8 @@ def test_a_flow_run_groups_its_jobs_runs_while_they_run(server, seeded_store, mo
         trainer = svc.clients["trainer"]
         ours = trainer.run(TRAIN | {"max_steps": 6, "train_limit": 24}, "live:train:ours", timeout_s=600,
                            on_event=watch)
-        other = trainer.run(TRAIN | {"max_steps": 1}, "live:train:not-this-flow", timeout_s=300)
+        other = trainer.run(TRAIN | {"max_steps": 1, "output_name": "Qwen3-tiny-not-this-flow"}, "live:train:not-this-flow",
+                            timeout_s=600)
         assert flow.parent_id is not None
         assert mc.get_run(flow.parent_id).info.status == "RUNNING"  # the flow goes on
         assert seen == {"parent": flow.parent_id, "status": "RUNNING"}, seen  # nested while it ran
