@@ -28,7 +28,7 @@ from services.common.generated.ftlab.v1 import jobs_pb2
 from services.common.jobs.record import JobState
 from services.common.storage.factory import store_from_env
 from services.common.contract.settings import SERVICES
-from services.common.tracking.tracker import track_flow_run
+from services.common.tracking.flowrun import FlowRunTracker
 
 DEFAULT_REPORT_DIR = ".ftlab/reports"
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
@@ -217,16 +217,19 @@ def experiment_flow(experiment: str, run_id: str = "", report_dir: str = DEFAULT
     logger = get_run_logger()
     started = time.time()
     data_steps = import_data(exp)
+    # MLflow: a parent run for this flow run from now on, its jobs' runs nested under it as they start
+    tracked = FlowRunTracker(exp.name, run_id, [s.request_id(exp.name) for s in exp.steps], started)
     try:
         futures = _submit_all(exp)
         results = {key: fut.result() for key, fut in futures.items()}
     except BaseException:  # KeyboardInterrupt, Prefect's TerminationSignal, a crash: stop our jobs
         done = cancel_jobs(exp.name)
         logger.warning("interrupted: cancelled %d job(s): %s", len(done), ", ".join(done))
+        tracked.finish(data_steps, status="KILLED")
         raise
     steps = data_steps + [results[s.key] for s in exp.steps]
     report = aggregate(exp, run_id, steps, report_dir, started)
-    track_flow_run(exp.name, run_id, steps, started, report["uri"])  # MLflow: the jobs' runs under the flow run
+    tracked.finish(steps, report["uri"])  # MLflow: every step's job under the flow run, which ends
     from flows.publish import publish
     publish(exp.name, run_id, report)   # comparison/summary tables and the report link in the Prefect UI
     failed = [s for s in steps if s["status"] in ("failed", "blocked", "cancelled")]

@@ -560,8 +560,10 @@ def cmd_ui(args) -> int:
     cmd = [mlflow, "server", "--backend-store-uri", uri, "--default-artifact-root",
            str((home / "mlflow-artifacts").resolve()), "--host", args.host, "--port", str(args.port), "--workers", "1"]
     print(f"MLflow UI: http://{args.host}:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
+    tmp = home / "tmp"  # mlflow server leaves a db_init_lock-<hash> file in its temp dir: ours, not /tmp
+    tmp.mkdir(parents=True, exist_ok=True)
     try:
-        return subprocess.call(cmd)
+        return subprocess.call(cmd, env=dict(os.environ, TMPDIR=str(tmp.resolve())))
     except KeyboardInterrupt:
         return 0
 

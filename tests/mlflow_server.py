@@ -32,7 +32,8 @@ class MlflowServer:
             [mlflow, "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--default-artifact-root", str(self.root / "artifacts"), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, TMPDIR=str(self.root)))  # its db_init_lock-* file goes with its store, not /tmp
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             if self.proc.poll() is not None:

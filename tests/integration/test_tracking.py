@@ -128,6 +128,9 @@ def test_train_quantize_evaluate_are_runs_with_params_curves_and_lineage(server,
     assert e.data.metrics["ai2_arc/accuracy_ci_low"] <= acc <= e.data.metrics["ai2_arc/accuracy_ci_high"]
     assert {"tokens_per_s", "peak_rss_gb", "ai2_arc/latency_mean_s", "ai2_arc/macro_f1"} <= set(e.data.metrics)
     assert e.data.tags["ftlab.engine"] and e.data.tags["ftlab.dtype"] and e.data.tags["ftlab.quant_tag"] == "Int8_BnB"
+    ci = e.data.metrics["ai2_arc/accuracy_ci_low"], e.data.metrics["ai2_arc/accuracy_ci_high"]
+    assert f"| ai2_arc/accuracy | {acc:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] |" in e.data.tags["mlflow.note.content"]
+    assert f"[{TINY}](#/models/{TINY})" in t.data.tags["mlflow.note.content"]  # the base: its registry page
     for service, job in (("trainer", train), ("quantizer", quant), ("evaluator", ev)):
         assert not _notes(store, service, job.job_id)  # tracked at once: nothing to say
 
@@ -191,3 +194,46 @@ def test_a_tracker_that_never_answers_leaves_the_job_succeeded_and_not_tracked(s
         assert artifacts.read_manifest(seeded_store, "models", TRAINED) is not None
     finally:
         svc.stop()
+
+
+def test_a_flow_run_groups_its_jobs_runs_while_they_run(server, seeded_store, monkeypatch):
+    """The flow's parent run exists from its start and a job's run is nested under it while the
+    job still runs (a Phase watched live); a job of the same experiment not of this flow is not."""
+    from services.common.tracking import flowrun
+    monkeypatch.setattr(flowrun, "FLUSH_S", 0.5)
+    svc = Tracked(seeded_store, server.uri, monkeypatch, names=("trainer",))
+    mc = MlflowClient(server.uri)
+    flow = flowrun.FlowRunTracker("live", "run-1", ["live:train:ours"], time.time(), uri=server.uri)
+    seen: dict[str, str] = {}
+
+    def watch(ev):  # at each progress event: is the job's run nested yet, and is it still running?
+        if ev.type != jobs_pb2.EVENT_TYPE_PROGRESS or "status" in seen:
+            return
+        run = tracking.find_run(mc, f"tags.`ftlab.request_id` = 'live:train:ours'")
+        if run is not None and run.data.tags.get("mlflow.parentRunId"):
+            seen.update(parent=run.data.tags["mlflow.parentRunId"], status=run.info.status)
+        else:
+            time.sleep(1.0)  # holds the watch, not the job: the next event comes a little later
+    try:
+        trainer = svc.clients["trainer"]
+        ours = trainer.run(TRAIN | {"max_steps": 6, "train_limit": 24}, "live:train:ours", timeout_s=600,
+                           on_event=watch)
+        other = trainer.run(TRAIN | {"max_steps": 1, "output_name": "Qwen3-tiny-not-this-flow"}, "live:train:not-this-flow",
+                            timeout_s=600)
+        assert flow.parent_id is not None
+        assert mc.get_run(flow.parent_id).info.status == "RUNNING"  # the flow goes on
+        assert seen == {"parent": flow.parent_id, "status": "RUNNING"}, seen  # nested while it ran
+        steps = [{"key": "train", "status": "succeeded", "job_id": ours.job_id}]
+        assert flow.finish(steps, "s3://reports/live/run-1/") == flow.parent_id
+    finally:
+        flow._stop.set()
+        svc.stop()
+    parent = mc.get_run(flow.parent_id)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "live run-1"
+    assert parent.data.tags["ftlab.report"] == "s3://reports/live/run-1/"
+    assert parent.data.metrics == {"steps_succeeded": 1.0, "jobs_tracked": 1.0}
+    runs = {r.data.tags["ftlab.job_id"]: r for r in mc.search_runs([parent.info.experiment_id])
+            if r.data.tags.get("ftlab.kind") == "train"}
+    assert runs[ours.job_id].data.tags["mlflow.parentRunId"] == flow.parent_id
+    assert runs[ours.job_id].data.tags["ftlab.flow_run"] == "run-1"
+    assert "mlflow.parentRunId" not in runs[other.job_id].data.tags

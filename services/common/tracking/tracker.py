@@ -170,6 +170,7 @@ class _Job:
     ended_at: float | None = None
     failures: int = 0
     first_error: str = ""
+    note: str = ""                                    # the run's description (Markdown), set when it opens
 
 
 class JobTracker:
@@ -335,11 +336,18 @@ class JobTracker:
         except Exception:  # noqa: BLE001 - the job's own metrics are tracked anyway
             log.warning("tracking: could not read %s for the CI bounds", uri)
             return
+        rows = []
         for task, block in (result.get("datasets") or {}).items():
             for metric, ci in ((block.get("metrics") or {}).get("ci95") or {}).items():
                 if ci:
                     job.pending += [Metric(f"{task}/{metric}_ci_low", float(ci[0]), ts, 0),
                                     Metric(f"{task}/{metric}_ci_high", float(ci[1]), ts, 0)]
+                    value = block.get(metric, (block.get("metrics") or {}).get(metric))
+                    if isinstance(value, (int, float)):
+                        rows.append(f"| {task}/{metric} | {value:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] |")
+        if rows:  # the scores with their intervals, readable on the run's page (the charts show one number)
+            job.tags["mlflow.note.content"] = (job.note + "\n\n| metric | value | bootstrap 95% CI |\n|---|---|---|\n"
+                                               + "\n".join(rows))
         engine = result.get("engine") or {}
         hw = result.get("hardware") or {}
         job.tags |= {"ftlab.engine": f"{engine.get('name', '')} {engine.get('version', '')}".strip(),
@@ -389,7 +397,10 @@ class JobTracker:
         if parent is not None:
             tags["ftlab.parent_run_id"] = parent.info.run_id
             note.append(f"Made from [{tags['ftlab.parent_model']}]({run_link(parent)}).")
-        tags["mlflow.note.content"] = " ".join(note)
+        elif tags.get("ftlab.parent_model"):  # a base model: no run made it, the registry holds it
+            note.append(f"Made from [{tags['ftlab.parent_model']}](#/models/{tags['ftlab.parent_model']}) "
+                        "(a base model: in the model registry).")
+        job.note = tags["mlflow.note.content"] = " ".join(note)
         run = c.create_run(exp_id, start_time=int(time.time() * 1000), tags=tags,
                            run_name=run_name(job.kind, job.config))
         job.run_id = run.info.run_id
@@ -427,49 +438,3 @@ def tracker_for(service: str, store, note: Callable[[str, str], None], uri: str 
     from services.common.contract.settings import tracking_uri
     uri = tracking_uri() if uri is None else uri
     return JobTracker(uri, service, store, note) if uri else NullTracker()
-
-
-# --------------------------------------------------------------------------- the flow side
-
-def track_flow_run(experiment: str, flow_run_id: str, steps: list[dict[str, Any]], started_at: float,
-                   report_uri: str = "", uri: str | None = None) -> str | None:
-    """A flow run as the parent run of its jobs' runs in the experiment's MLflow experiment (the
-    UI nests them under it), with its report's URI and step counts. Returns the parent's run id,
-    None when tracking is off or unreachable (logged: a flow never fails for its tracker)."""
-    from services.common.contract.settings import tracking_uri
-    uri = tracking_uri() if uri is None else uri
-    if not uri:
-        return None
-    try:
-        c = client(uri)
-        parent = find_run(c, f"tags.`ftlab.flow_run` = '{flow_run_id}' and tags.`ftlab.kind` = 'flow' "
-                             f"and tags.`ftlab.experiment` = '{experiment}'")
-        if parent is None:
-            parent = c.create_run(experiment_id(c, experiment), start_time=int(started_at * 1000),
-                                  run_name=f"{experiment} {flow_run_id}",
-                                  tags={"ftlab.kind": "flow", "ftlab.flow_run": flow_run_id,
-                                        "ftlab.experiment": experiment, "ftlab.report": report_uri,
-                                        "mlflow.note.content": f"ftlab flow run `{flow_run_id}` of experiment "
-                                                               f"`{experiment}`; report: {report_uri}"})
-        pid = parent.info.run_id
-        jobs = 0
-        for step in steps:
-            run = find_run(c, f"tags.`ftlab.job_id` = '{step['job_id']}'") if step.get("job_id") else None
-            if run is not None:
-                c.set_tag(run.info.run_id, "mlflow.parentRunId", pid)
-                c.set_tag(run.info.run_id, "ftlab.flow_run", flow_run_id)
-                jobs += 1
-        counts: dict[str, int] = {}
-        for step in steps:
-            counts[step["status"]] = counts.get(step["status"], 0) + 1
-        from mlflow.entities import Metric
-        now = int(time.time() * 1000)
-        c.log_batch(pid, metrics=[Metric(f"steps_{k}", float(v), now, 0) for k, v in counts.items()]
-                    + [Metric("jobs_tracked", float(jobs), now, 0)])
-        bad = sum(v for k, v in counts.items() if k in ("failed", "blocked", "cancelled"))
-        c.set_terminated(pid, "FAILED" if bad else "FINISHED")
-        return pid
-    except Exception as exc:  # noqa: BLE001 - the flow's result stands without its tracker
-        log.warning("tracking: flow run %s of %s not grouped in MLflow at %s: %s: %s", flow_run_id, experiment,
-                    uri, type(exc).__name__, str(exc)[:300])
-        return None
