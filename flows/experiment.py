@@ -174,10 +174,11 @@ def plan(raw: Any, source: str = "<spec>") -> Experiment:
     spec = ExperimentSpec.parse(raw, p)
     sweep = selection.parse(raw.get("lr_sweep"), p)  # a learning rate per method chosen on validation
     report_verdicts.parse(raw.get("verdicts"), p)    # the study's questions the report answers
-    trained = selection.expand(p, sweep, _name_by_identity(p, [s for entry in spec.train for s in _train_steps(p, spec, entry)]))
+    configured = _name_by_identity(p, [s for entry in spec.train for s in _train_steps(p, spec, entry)])
+    trained = selection.expand(p, sweep, configured, _train_step)
     quantized = [s for entry in spec.quantize for s in _quantize_steps(spec, entry, trained)]
     steps = selection.gate(sweep, str(spec.name), spec.evaluate.settings,
-                           trained + quantized + _evaluate_steps(p, spec, trained + quantized))
+                           trained + quantized + _evaluate_steps(p, spec, trained + quantized), Step)
     p += _duplicates(steps)
     if not steps and not p:
         p.append("the plan is empty (check include/exclude and the evaluate section)")

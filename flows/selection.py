@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from services.common.contract.errors import NotFoundError, ValidationError
 from services.common.data.tasks import get_task
@@ -117,11 +117,12 @@ def candidate_name(group: str, rate: float) -> str:
     return head + sep + "_".join([method, rate_tag(rate), *rest])
 
 
-def expand(p: list[str], sweep: Sweep | None, trained: list) -> list:
-    """Each train step whose method has rates -> one candidate per rate (the planner's hook 1)."""
+def expand(p: list[str], sweep: Sweep | None, trained: list, train_step: Callable) -> list:
+    """Each train step whose method has rates -> one candidate per rate (the planner's hook 1);
+    ``train_step``: the planner's own, so each candidate is resolved (checked, named, identified) as
+    any step (passed in, not imported: the planner imports this module)."""
     if sweep is None:
         return trained
-    from flows.experiment import _train_step  # each candidate resolved (checked, named, identified) as any step
     out = []
     for step in trained:
         method = step.labels.get("peft_method")
@@ -132,7 +133,7 @@ def expand(p: list[str], sweep: Sweep | None, trained: list) -> list:
         sweep.groups.setdefault(group, [])
         for rate in sweep.rates[method]:
             spec = {**copy.deepcopy(step.spec), "learning_rate": rate, "output_name": candidate_name(step.output, rate)}
-            if (cand := _train_step(p, f"lr_sweep.rates.{method}", spec)) is None:
+            if (cand := train_step(p, f"lr_sweep.rates.{method}", spec)) is None:
                 continue
             cand.labels = {**step.labels, **cand.labels, "learning_rate": rate, "select_group": group}
             sweep.groups[group].append(cand.output)
@@ -140,12 +141,12 @@ def expand(p: list[str], sweep: Sweep | None, trained: list) -> list:
     return out
 
 
-def gate(sweep: Sweep | None, experiment: str, settings: dict[str, Any], steps: list) -> list:
+def gate(sweep: Sweep | None, experiment: str, settings: dict[str, Any], steps: list, step_type: type) -> list:
     """Validation evaluations and one select step per group; every test evaluation and quantization
     of a candidate waits for its group's choice (the planner's hook 2, on the whole plan)."""
     if sweep is None or not sweep.groups:
         return steps
-    from flows.experiment import Step
+    Step = step_type  # the planner's Step (passed in, as in expand)
     group_of = {c: g for g, cands in sweep.groups.items() for c in cands}
     val_steps, select_steps = [], []
     for group, cands in sweep.groups.items():

@@ -30,8 +30,13 @@ def door_store(tmp_path_factory):
     from services.common.data.importing import import_dataset
     s = LocalStore(tmp_path_factory.mktemp("door-store"))
     s.ensure_buckets()
+    from services.common.data.prepare import prepare
     for task in ("arc", "squad", "openmath"):
         import_dataset(s, task, "seed", SEED_DATA, train_size=200, test_size=50)
+    prepared = {d: r for name in SHIPPED for d, r in ((load(name).data or {}).get("prepare") or {}).items()}
+    for dataset, recipe in prepared.items():
+        if dataset not in ("arc", "squad", "openmath"):
+            prepare(s, recipe, name=dataset)  # mini-study's squad-val, from ../shared's raw files
     models = {m for name in SHIPPED for m in load(name).inputs} | {QWEN_06B}
     for m in models:
         size = next((k for k in catalogue() if f"-{k}" in m), "0.6B")
