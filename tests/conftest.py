@@ -39,9 +39,14 @@ REAL = "SmolLM2-135M-Instruct"
 # that keep both cores busy (real-model training, PTQ jobs two at a time) are not paired at the
 # start: each starts beside a module that mostly waits (Prefect, service restarts).
 LONGEST_FIRST = [
+    "integration/test_ray_placement.py",   # ~150 s (a 2-node gloo DDP 70 s), a local Ray cluster
+    "flows/test_seeds_flow.py",            # 2 seeds through the real flow, then a refused rerun
     "integration/test_real_learning.py",   # 92 s, CPU-bound
     "flows/test_smoke_flow.py",            # 79 s, Prefect server and flow runs
     "integration/test_ptq_real.py",        # 129 s, CPU-bound (two jobs at a time)
+    "integration/test_tracking.py",        # a real MLflow server, jobs through real services
+    "integration/test_tracking_ui.py",     # MLflow server + the demo-shaped runs + chromium
+    "deploy/test_engine.py",               # the trainer image on a real Docker engine (minutes when cold)
     "flows/test_worker.py",                # 65 s
     "integration/test_faults.py",          # 52 s
     "integration/test_trainer.py",         # 60 s
