@@ -88,7 +88,7 @@ def like_for_like(store: ObjectStore, parent: str, parent_eval: str, child_metri
 
 # ----------------------------------------------------------------------------- the table
 
-def _configurations(evals: dict[str, str]) -> dict[str, list[str]]:
+def configurations(evals: dict[str, str]) -> dict[str, list[str]]:
     """Configuration name -> its evaluated models, seed order (a model without a seed is its own)."""
     groups: dict[str, list[tuple[int, str]]] = {}
     for model in evals:
@@ -105,7 +105,7 @@ def vs_parent_table(store: ObjectStore, evaluations: list[tuple[str, str]], n_re
     ``evaluations``: (model, eval_id) pairs; the last one listed per model is used."""
     evals = dict(evaluations)
     rows: list[dict[str, Any]] = []
-    for config, models in _configurations(evals).items():
+    for config, models in configurations(evals).items():
         pairs = []  # (parent, parent eval id, model, model eval id, note, model's metrics.json)
         relation = ""
         for model in models:
@@ -168,6 +168,25 @@ def items_by_id(preds: pd.DataFrame, task: str, ttype: str) -> pd.DataFrame:
     return pd.DataFrame({"parsed": _nullable(t.parsed), "gold": golds}, index=t.index)
 
 
+def paired_on_seeds(side_a: list, side_b: list, task: str, n_resamples: int = 1000,
+                    seed: int = 0) -> tuple[dict[str, Any], int] | None:
+    """B - A of ``task`` paired on items and seeds: ``side_a[i]`` and ``side_b[i]`` are seed i's
+    loaded evaluations (``load_eval``: metrics, predictions; a side with one entry is the same for
+    every seed). stats.replicated_paired on the items every evaluation shares, and how many items
+    that is; None when one lacks the task or no item is shared."""
+    if not all(task in m["datasets"] for m, _ in side_a + side_b):
+        return None
+    ttype = side_b[0][0]["datasets"][task]["type"]
+    items_a, items_b = ([items_by_id(p, task, ttype) for _, p in side] for side in (side_a, side_b))
+    shared = sorted(set.intersection(*(set(x.index) for x in items_a + items_b)))
+    if not shared:
+        return None
+    result = stats.replicated_paired(ttype, [list(x.loc[shared, "parsed"]) for x in items_a],
+                                     [list(x.loc[shared, "parsed"]) for x in items_b],
+                                     list(items_b[0].loc[shared, "gold"]), n_resamples, seed, _labels(task))
+    return result, len(shared)
+
+
 def _replicated(store, config: str, pairs: list, relation: str, n_resamples: int, seed: int) -> list[dict[str, Any]]:
     """One configuration's seeds against their parents, paired on items and seeds."""
     loaded_children = [load_eval(store, f"{m}/{e}") for _, _, m, e, _, _ in pairs]
@@ -180,26 +199,18 @@ def _replicated(store, config: str, pairs: list, relation: str, n_resamples: int
     engines = _engines(store, parents[0][0], parents[0][1], pairs[0][5])
     engines["like_for_like"] = engines["like_for_like"] and not any(n.startswith("NOT") for n in notes)
     rows = []
-    for task in loaded_children[0][0]["datasets"]:
-        if not all(task in m["datasets"] for m, _ in loaded_children + parent_side):
+    for task, d in loaded_children[0][0]["datasets"].items():
+        got = paired_on_seeds(parent_side, loaded_children, task, n_resamples, seed)
+        if got is None:
             continue
-        ttype = loaded_children[0][0]["datasets"][task]["type"]
-        child_items = [items_by_id(p, task, ttype) for _, p in loaded_children]
-        parent_items = [items_by_id(p, task, ttype) for _, p in parent_side]
-        shared = sorted(set.intersection(*(set(x.index) for x in child_items + parent_items)))
-        if not shared:
-            continue
-        golds = list(child_items[0].loc[shared, "gold"])
-        result = stats.replicated_paired(ttype, [list(x.loc[shared, "parsed"]) for x in parent_items],
-                                         [list(x.loc[shared, "parsed"]) for x in child_items], golds,
-                                         n_resamples, seed, _labels(task))
-        for metric in get_type(ttype).lead_metrics:
+        result, n_items = got
+        for metric in get_type(d["type"]).lead_metrics:
             r = result.get(metric)
             if r is None or r["mean"] is None:
                 continue
             lo, hi = r["ci95"] if r["ci95"] else (None, None)
             rows.append({"model": config, "vs": vs, "relation": relation, "task": task, "metric": metric,
-                         "items": len(shared), "parent_value": r["a"], "value": r["b"], "diff": r["mean"],
+                         "items": n_items, "parent_value": r["a"], "value": r["b"], "diff": r["mean"],
                          "ci95_low": lo, "ci95_high": hi, "mcnemar_p": None, "clear": _clear(lo, hi, None, note),
                          "n_seeds": r["n_seeds"], "sd_seeds": r["sd_seeds"],
                          "within_seed_noise": r["within_seed_noise"], **engines, "note": note})
