@@ -120,3 +120,31 @@ def test_a_difference_within_seed_noise_is_not_decidable(store, tmp_path):
     items_only = stats.replicated_paired("mcq4", [_right(k) for k in (20, 30, 20)], [_right(k) for k in (30, 20, 34)],
                                          list("ABCD" * 10), 2000)["accuracy"]["ci95_items"]
     assert items_only[0] > 0  # a one-level (items) interval would have said supported
+
+
+def test_ptq_of_a_seeded_fine_tune_pairs_each_seed_with_its_source(store, tmp_path):
+    """A folded PTQ row's parent is its first seed's model; the question finds the fine-tune's
+    configuration and pairs seed i's quantization with seed i's source."""
+    from tests.unit.test_seed_report import _evaluation, _model, _right
+    _model(store, tmp_path, "B", {"kind": "base"})
+    _evaluation(store, tmp_path, "B", _right(10))
+    evals = [("B", "e1")]
+    for s, (k, int8_lost, gptq_lost) in enumerate(((30, 1, 20), (31, 2, 21), (32, 1, 22)), 1):
+        ft = f"B-arc_SFT_Full_s{s}_NoQuant"
+        _model(store, tmp_path, ft, {"kind": "trained", "base_model": "B", "parents": ["B"]})
+        _evaluation(store, tmp_path, ft, _right(k))
+        evals.append((ft, "e1"))
+        for tag, lost in (("Int8_BnB", int8_lost), ("W4A16_GPTQ", gptq_lost)):
+            _model(store, tmp_path, f"B-arc_SFT_Full_s{s}_{tag}", {"kind": "quantized", "parents": [ft]})
+            _evaluation(store, tmp_path, f"B-arc_SFT_Full_s{s}_{tag}", _right(k - lost))
+            evals.append((f"B-arc_SFT_Full_s{s}_{tag}", "e1"))
+    table = pd.DataFrame([("B", "base", None, None, None, 25.0),
+                          ("B-arc_SFT_Full_NoQuant", "full", None, None, "B", 77.5),
+                          ("B-arc_SFT_Full_Int8_BnB", "full", None, "bnb_int8", "B-arc_SFT_Full_s1_NoQuant", 74.2),
+                          ("B-arc_SFT_Full_W4A16_GPTQ", "full", None, "gptq", "B-arc_SFT_Full_s1_NoQuant", 25.0)],
+                         columns=["model", "method", "rank", "ptq_method", "parent_model", "ai2_arc__accuracy"])
+    pair = V.compare_pair(store, dict(evals), "ai2_arc", "accuracy", n_resamples=2000)
+    rows = V.lines(["ptq"], table, "ai2_arc__accuracy", pair)
+    assert [(r.verdict, round(r.diff, 2)) for r in rows] == [(V.CONTRADICTED, round(-100 * 4 / 120, 2)),
+                                                             (V.SUPPORTED, -52.5)]
+    assert rows[0].margin == pytest.approx(-26.25)  # half of 77.5 - 25
