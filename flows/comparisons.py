@@ -217,6 +217,93 @@ def _replicated(store, config: str, pairs: list, relation: str, n_resamples: int
     return rows
 
 
+# ----------------------------------------------------------------------------- configurations against each other
+
+def seed_sides(a: list[str], b: list[str]) -> tuple[list[str], list[str]] | None:
+    """Two configurations' models (``configurations``' lists) lined up seed by seed: when both have
+    several, the seeds both have (seed i with seed i; None when they share none); a side with one
+    model is the same for every seed of the other."""
+    if not a or not b:
+        return None
+    if len(a) > 1 and len(b) > 1:
+        sa, sb = ({without_seed(m)[1]: m for m in side} for side in (a, b))
+        both = sorted(set(sa) & set(sb), key=lambda s: -1 if s is None else s)
+        return ([sa[s] for s in both], [sb[s] for s in both]) if both else None
+    return a, b
+
+
+BETWEEN = "configuration vs configuration"
+
+
+def between_configurations(store: ObjectStore, evaluations: list[tuple[str, str]], n_resamples: int = 1000,
+                           seed: int = 0) -> pd.DataFrame:
+    """Fine-tunes of one base model against each other (LoRA vs DoRA, full FT vs LoRA r8, ...):
+    every pair of trained configurations made from the same base, ``model`` − ``vs`` paired on
+    items and seeds (``seed_sides``, ``paired_on_seeds``), one row per task and lead metric, the
+    columns of ``vs_parent_table`` (relation ``configuration vs configuration``)."""
+    evals = dict(evaluations)
+    by_base: dict[str, list[tuple[str, list[str]]]] = {}
+    for config, models in sorted(configurations(evals).items()):
+        parent, relation = parent_of(store, models[0])
+        if relation == "fine-tune vs base" and parent:
+            by_base.setdefault(parent, []).append((config, models))
+    loaded: dict[str, Any] = {}
+
+    def load(model: str):
+        if model not in loaded:
+            loaded[model] = load_eval(store, f"{model}/{evals[model]}")
+        return loaded[model]
+
+    rows: list[dict[str, Any]] = []
+    for members in by_base.values():
+        for i, (name_a, models_a) in enumerate(members):
+            for name_b, models_b in members[i + 1:]:
+                sides = seed_sides(models_a, models_b)
+                if sides is None:
+                    continue
+                try:
+                    side_a, side_b = [load(m) for m in sides[0]], [load(m) for m in sides[1]]
+                except NotFoundError:  # no per-item predictions: nothing to pair
+                    continue
+                sa, sb = scoring(side_a[0][0]), scoring(side_b[0][0])
+                note = "" if sa == sb else (f"NOT like for like: {name_a} scored with {_label(sa)}, "
+                                            f"{name_b} with {_label(sb)}")
+                for task, d in side_b[0][0]["datasets"].items():
+                    got = paired_on_seeds(side_a, side_b, task, n_resamples, seed)
+                    if got is None:
+                        continue
+                    result, n_items = got
+                    for metric in get_type(d["type"]).lead_metrics:
+                        r = result.get(metric)
+                        if r is None or r["mean"] is None:
+                            continue
+                        lo, hi = r["ci95"] if r["ci95"] else (None, None)
+                        rows.append({"model": name_b, "vs": name_a, "relation": BETWEEN, "task": task,
+                                     "metric": metric, "items": n_items, "parent_value": r["a"], "value": r["b"],
+                                     "diff": r["mean"], "ci95_low": lo, "ci95_high": hi, "mcnemar_p": None,
+                                     "clear": _clear(lo, hi, None, note), "n_seeds": r["n_seeds"],
+                                     "sd_seeds": r["sd_seeds"], "within_seed_noise": r["within_seed_noise"],
+                                     "engine": _label(sb), "parent_engine": _label(sa), "like_for_like": sa == sb,
+                                     "note": note})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def between_markdown(between: pd.DataFrame) -> list[str]:
+    """The report's section for ``between_configurations`` (empty when there is no pair)."""
+    if between.empty:
+        return []
+    t = lead_table(between).rename(columns={"vs": "against", "parent": "against's value", "this model": "value"})
+    seeded = int((between.n_seeds > 1).sum())
+    return ["## Configurations against each other", "",
+            f"Fine-tunes of the same base, each pair on the same test items{' and seeds' if seeded else ''}: "
+            "the difference is the row's configuration minus the one it is set against"
+            + (", the mean over the seeds both have, its 95% CI two-level (seeds, then items)" if seeded else
+               ", its 95% CI a paired bootstrap")
+            + f". {int(between.clear.sum())} of {len(between)} are clear; all rows are in "
+              "`configuration_comparisons.csv`.", "",
+            t.astype(object).where(t.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval=""), ""]
+
+
 def verdict(row: pd.Series) -> str:
     """The comparison in words: clear, within seed noise, not clear, or not like for like."""
     if not row.get("like_for_like", True):

@@ -150,24 +150,15 @@ def compare_pair(store, evaluations: dict[str, str], task: str, metric: str, n_r
     model a side it is the one-seed paired bootstrap."""
     from services.common.contract.errors import NotFoundError, ValidationError
     from services.evaluator.compare import load_eval
-    from flows.comparisons import configurations, paired_on_seeds
+    from flows.comparisons import configurations, paired_on_seeds, seed_sides
     members = configurations(evaluations)
 
-    def seeds(config: str) -> dict[int | None, str]:
-        return {without_seed(m)[1]: m for m in members.get(config, [])}
-
     def pair(a: str, b: str):
-        sa, sb = seeds(a), seeds(b)
-        if not sa or not sb:
+        sides = seed_sides(members.get(a, []), members.get(b, []))
+        if sides is None:
             return None
-        if len(sa) > 1 and len(sb) > 1:  # both replicated: the seeds both have, each with its own
-            both = sorted(set(sa) & set(sb), key=lambda s: -1 if s is None else s)
-            if not both:
-                return None
-            sa, sb = {s: sa[s] for s in both}, {s: sb[s] for s in both}
         try:
-            side_a, side_b = ([load_eval(store, f"{m}/{evaluations[m]}") for _, m in sorted(
-                side.items(), key=lambda kv: -1 if kv[0] is None else kv[0])] for side in (sa, sb))
+            side_a, side_b = ([load_eval(store, f"{m}/{evaluations[m]}") for m in side] for side in sides)
             got = paired_on_seeds(side_a, side_b, task, n_resamples)
         except (NotFoundError, ValidationError, KeyError, ValueError):
             return None
