@@ -233,20 +233,26 @@ def seed_sides(a: list[str], b: list[str]) -> tuple[list[str], list[str]] | None
 
 
 BETWEEN = "configuration vs configuration"
+MAX_CONFIGURATIONS = 5  # per base and training data: 10 pairs (the mini-study's five); more: ftlab compare
 
 
 def between_configurations(store: ObjectStore, evaluations: list[tuple[str, str]], n_resamples: int = 1000,
                            seed: int = 0) -> pd.DataFrame:
-    """Fine-tunes of one base model against each other (LoRA vs DoRA, full FT vs LoRA r8, ...):
-    every pair of trained configurations made from the same base, ``model`` − ``vs`` paired on
-    items and seeds (``seed_sides``, ``paired_on_seeds``), one row per task and lead metric, the
-    columns of ``vs_parent_table`` (relation ``configuration vs configuration``)."""
+    """Fine-tunes of one base on the same data against each other (LoRA vs DoRA, full FT vs LoRA
+    r8, ...): every pair of trained configurations with the same base and the same name before
+    ``_SFT_`` (the study's names carry the training data there), ``model`` − ``vs`` paired on items
+    and seeds (``seed_sides``, ``paired_on_seeds``), one row per task and lead metric, the columns of
+    ``vs_parent_table`` (relation ``configuration vs configuration``). A group of more than
+    MAX_CONFIGURATIONS is not tabulated (the pairs grow as n²; each is a bootstrap): it is named in
+    ``attrs["not_tabulated"]`` (group -> configurations) instead."""
     evals = dict(evaluations)
-    by_base: dict[str, list[tuple[str, list[str]]]] = {}
+    by_base: dict[tuple[str, str], list[tuple[str, list[str]]]] = {}
     for config, models in sorted(configurations(evals).items()):
         parent, relation = parent_of(store, models[0])
         if relation == "fine-tune vs base" and parent:
-            by_base.setdefault(parent, []).append((config, models))
+            by_base.setdefault((parent, config.partition("_SFT_")[0]), []).append((config, models))
+    too_many = {head: len(m) for (_, head), m in by_base.items() if len(m) > MAX_CONFIGURATIONS}
+    by_base = {k: m for k, m in by_base.items() if len(m) <= MAX_CONFIGURATIONS}
     loaded: dict[str, Any] = {}
 
     def load(model: str):
@@ -285,13 +291,19 @@ def between_configurations(store: ObjectStore, evaluations: list[tuple[str, str]
                                      "sd_seeds": r["sd_seeds"], "within_seed_noise": r["within_seed_noise"],
                                      "engine": _label(sb), "parent_engine": _label(sa), "like_for_like": sa == sb,
                                      "note": note})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    out.attrs["not_tabulated"] = too_many
+    return out
 
 
 def between_markdown(between: pd.DataFrame) -> list[str]:
     """The report's section for ``between_configurations`` (empty when there is no pair)."""
+    skipped = between.attrs.get("not_tabulated") or {}
+    left = ([f"Not tabulated (more than {MAX_CONFIGURATIONS} configurations, the pairs grow as n²): "
+             + ", ".join(f"{head} ({n})" for head, n in sorted(skipped.items()))
+             + "; compare two with `ftlab compare A/EVAL B/EVAL`.", ""] if skipped else [])
     if between.empty:
-        return []
+        return ["## Configurations against each other", "", *left] if skipped else []
     t = lead_table(between).rename(columns={"vs": "against", "parent": "against's value", "this model": "value"})
     seeded = int((between.n_seeds > 1).sum())
     return ["## Configurations against each other", "",
@@ -300,7 +312,7 @@ def between_markdown(between: pd.DataFrame) -> list[str]:
             + (", the mean over the seeds both have, its 95% CI two-level (seeds, then items)" if seeded else
                ", its 95% CI a paired bootstrap")
             + f". {int(between.clear.sum())} of {len(between)} are clear; all rows are in "
-              "`configuration_comparisons.csv`.", "",
+              "`configuration_comparisons.csv`.", "", *left,
             t.astype(object).where(t.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval=""), ""]
 
 

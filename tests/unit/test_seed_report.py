@@ -130,3 +130,17 @@ def test_configurations_of_one_base_are_compared_on_the_seeds_they_share(store, 
     assert md.index("## Configurations against each other") < md.index("## Summary")
     assert len(pd.read_csv(tmp_path / "rep" / "configuration_comparisons.csv")) == len(t)
     assert "<h2>Configurations against each other</h2>" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_a_group_of_too_many_configurations_is_named_not_tabulated(store, tmp_path, monkeypatch):
+    from flows import comparisons
+    monkeypatch.setattr(comparisons, "MAX_CONFIGURATIONS", 1)
+    _model(store, tmp_path, "B", {"kind": "base"})
+    _evaluation(store, tmp_path, "B", _right(10))
+    for tag in ("LoRa8", "Full"):
+        _model(store, tmp_path, f"B-arc_SFT_{tag}_NoQuant", {"kind": "trained", "base_model": "B", "parents": ["B"]})
+        _evaluation(store, tmp_path, f"B-arc_SFT_{tag}_NoQuant", _right(20))
+    t = comparisons.between_configurations(store, [("B", "e1"), ("B-arc_SFT_LoRa8_NoQuant", "e1"),
+                                                   ("B-arc_SFT_Full_NoQuant", "e1")], n_resamples=100)
+    assert t.empty and t.attrs["not_tabulated"] == {"B-arc": 2}
+    assert "B-arc (2); compare two with `ftlab compare" in "\n".join(comparisons.between_markdown(t))
