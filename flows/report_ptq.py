@@ -185,6 +185,8 @@ def markdown_section(table: pd.DataFrame) -> list[str]:
               "over its seeds (sd across seeds in the `__sd_seeds` columns), each task's difference paired on items "
               "and seeds (seed i's quantization against seed i's source) with a two-level 95% CI.", ""]
     shown = table.copy()
+    if "n_seeds" in shown and not (shown.n_seeds > 1).any():  # as the summary: seed columns only with seeds
+        shown = shown.drop(columns=["n_seeds", "seeds"])
     for c in [c for c in shown.columns if c.endswith("__ci95")]:
         shown[c] = shown[c].map(lambda v: f"[{v[0]:.3g}, {v[1]:.3g}]" if isinstance(v, (list, tuple)) else "")
     lines += [shown.astype(object).where(shown.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval=""), ""]

@@ -67,3 +67,11 @@ def test_the_seeds_of_a_configuration_fold_into_one_row(store, tmp_path):
     one = table.loc["B_Int8_BnB"]
     assert one.n_seeds == 1 and one.ai2_arc__diff == -5.0 and one.ai2_arc__mcnemar_p is not None
     assert "paired on items and seeds" in "\n".join(markdown_section(table.reset_index()))
+
+
+def test_without_seeds_the_section_shows_no_seed_columns(store, tmp_path):
+    seed_study(store, tmp_path)
+    table = degradation_table(store)
+    assert set(table.n_seeds) == {1}
+    header = next(x for x in markdown_section(table) if x.startswith("| model"))
+    assert "n_seeds" not in header and "seeds" not in header
