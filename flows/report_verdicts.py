@@ -132,7 +132,9 @@ def markdown(rows: list[Line]) -> list[str]:
     md = ["## The study's findings, tested", "",
           "Each finding predicts the sign of a difference beyond a margin; the verdict is *supported* when the "
           "whole 95% interval is on that side, *contradicted* when it is wholly on the other, otherwise *not "
-          "decidable at this scale*.", "",
+          "decidable at this scale*. Each difference is paired on the same test items and, where the "
+          "configurations were trained with several seeds, on the seeds (seed i against seed i; a two-level "
+          "interval, so seed-to-seed spread counts).", "",
           "| question | the study's finding | ftlab's estimate | 95% CI | margin | verdict | note |",
           "|---|---|---|---|---|---|---|"]
     for r in rows:
