@@ -111,8 +111,8 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
     done = sum(r["status"] == "done" for r in steps)
     gated = [r for r in steps if r["status"] == "gated"]
     chosen = round(sum(1 / r["rates"] for r in gated))  # each group's rates have the same steps
-    lines += ["", f"{len(exp.steps)} jobs: " + ", ".join(f"{stages[k]} {k}" for k in
-                                                       ("train", "quantize", "evaluate", selection.STAGE) if stages[k] or k != selection.STAGE),
+    kinds = ("train", "quantize", "evaluate") + ((selection.STAGE,) if stages[selection.STAGE] else ())
+    lines += ["", f"{len(exp.steps)} jobs: " + ", ".join(f"{stages[k]} {k}" for k in kinds),
               f"already done (will be skipped): {done}; to run: {len(steps) - done - len(gated)}"
               + (f"; gated on the lr_sweep's choice: {len(gated)} (only the chosen rate's {chosen} run)"
                  if gated else ""),

@@ -151,4 +151,5 @@ def test_dry_run_counts_the_steps_gated_on_the_choice_apart(monkeypatch):
     # 4 trainings, 3 validation evaluations, the select step, the base and the full fine-tune scored on test
     assert "to run: 10; gated on the lr_sweep's choice: 9 (only the chosen rate's 3 run)" in text, text
     assert "1 select" in text
-    assert sum(line.split()[1] == "gated" for line in text.splitlines() if line.split()[:1] in (["evaluate"], ["quantize"])) == 9
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["evaluate"], ["quantize"])]
+    assert sum(r[1] == "gated" for r in rows) == 9
