@@ -88,7 +88,7 @@ def like_for_like(store: ObjectStore, parent: str, parent_eval: str, child_metri
 
 # ----------------------------------------------------------------------------- the table
 
-def _configurations(evals: dict[str, str]) -> dict[str, list[str]]:
+def configurations(evals: dict[str, str]) -> dict[str, list[str]]:
     """Configuration name -> its evaluated models, seed order (a model without a seed is its own)."""
     groups: dict[str, list[tuple[int, str]]] = {}
     for model in evals:
@@ -105,7 +105,7 @@ def vs_parent_table(store: ObjectStore, evaluations: list[tuple[str, str]], n_re
     ``evaluations``: (model, eval_id) pairs; the last one listed per model is used."""
     evals = dict(evaluations)
     rows: list[dict[str, Any]] = []
-    for config, models in _configurations(evals).items():
+    for config, models in configurations(evals).items():
         pairs = []  # (parent, parent eval id, model, model eval id, note, model's metrics.json)
         relation = ""
         for model in models:
@@ -168,6 +168,25 @@ def items_by_id(preds: pd.DataFrame, task: str, ttype: str) -> pd.DataFrame:
     return pd.DataFrame({"parsed": _nullable(t.parsed), "gold": golds}, index=t.index)
 
 
+def paired_on_seeds(side_a: list, side_b: list, task: str, n_resamples: int = 1000,
+                    seed: int = 0) -> tuple[dict[str, Any], int] | None:
+    """B - A of ``task`` paired on items and seeds: ``side_a[i]`` and ``side_b[i]`` are seed i's
+    loaded evaluations (``load_eval``: metrics, predictions; a side with one entry is the same for
+    every seed). stats.replicated_paired on the items every evaluation shares, and how many items
+    that is; None when one lacks the task or no item is shared."""
+    if not all(task in m["datasets"] for m, _ in side_a + side_b):
+        return None
+    ttype = side_b[0][0]["datasets"][task]["type"]
+    items_a, items_b = ([items_by_id(p, task, ttype) for _, p in side] for side in (side_a, side_b))
+    shared = sorted(set.intersection(*(set(x.index) for x in items_a + items_b)))
+    if not shared:
+        return None
+    result = stats.replicated_paired(ttype, [list(x.loc[shared, "parsed"]) for x in items_a],
+                                     [list(x.loc[shared, "parsed"]) for x in items_b],
+                                     list(items_b[0].loc[shared, "gold"]), n_resamples, seed, _labels(task))
+    return result, len(shared)
+
+
 def _replicated(store, config: str, pairs: list, relation: str, n_resamples: int, seed: int) -> list[dict[str, Any]]:
     """One configuration's seeds against their parents, paired on items and seeds."""
     loaded_children = [load_eval(store, f"{m}/{e}") for _, _, m, e, _, _ in pairs]
@@ -180,30 +199,121 @@ def _replicated(store, config: str, pairs: list, relation: str, n_resamples: int
     engines = _engines(store, parents[0][0], parents[0][1], pairs[0][5])
     engines["like_for_like"] = engines["like_for_like"] and not any(n.startswith("NOT") for n in notes)
     rows = []
-    for task in loaded_children[0][0]["datasets"]:
-        if not all(task in m["datasets"] for m, _ in loaded_children + parent_side):
+    for task, d in loaded_children[0][0]["datasets"].items():
+        got = paired_on_seeds(parent_side, loaded_children, task, n_resamples, seed)
+        if got is None:
             continue
-        ttype = loaded_children[0][0]["datasets"][task]["type"]
-        child_items = [items_by_id(p, task, ttype) for _, p in loaded_children]
-        parent_items = [items_by_id(p, task, ttype) for _, p in parent_side]
-        shared = sorted(set.intersection(*(set(x.index) for x in child_items + parent_items)))
-        if not shared:
-            continue
-        golds = list(child_items[0].loc[shared, "gold"])
-        result = stats.replicated_paired(ttype, [list(x.loc[shared, "parsed"]) for x in parent_items],
-                                         [list(x.loc[shared, "parsed"]) for x in child_items], golds,
-                                         n_resamples, seed, _labels(task))
-        for metric in get_type(ttype).lead_metrics:
+        result, n_items = got
+        for metric in get_type(d["type"]).lead_metrics:
             r = result.get(metric)
             if r is None or r["mean"] is None:
                 continue
             lo, hi = r["ci95"] if r["ci95"] else (None, None)
             rows.append({"model": config, "vs": vs, "relation": relation, "task": task, "metric": metric,
-                         "items": len(shared), "parent_value": r["a"], "value": r["b"], "diff": r["mean"],
+                         "items": n_items, "parent_value": r["a"], "value": r["b"], "diff": r["mean"],
                          "ci95_low": lo, "ci95_high": hi, "mcnemar_p": None, "clear": _clear(lo, hi, None, note),
                          "n_seeds": r["n_seeds"], "sd_seeds": r["sd_seeds"],
                          "within_seed_noise": r["within_seed_noise"], **engines, "note": note})
     return rows
+
+
+# ----------------------------------------------------------------------------- configurations against each other
+
+def seed_sides(a: list[str], b: list[str]) -> tuple[list[str], list[str]] | None:
+    """Two configurations' models (``configurations``' lists) lined up seed by seed: when both have
+    several, the seeds both have (seed i with seed i; None when they share none); a side with one
+    model is the same for every seed of the other."""
+    if not a or not b:
+        return None
+    if len(a) > 1 and len(b) > 1:
+        sa, sb = ({without_seed(m)[1]: m for m in side} for side in (a, b))
+        both = sorted(set(sa) & set(sb), key=lambda s: -1 if s is None else s)
+        return ([sa[s] for s in both], [sb[s] for s in both]) if both else None
+    return a, b
+
+
+BETWEEN = "configuration vs configuration"
+MAX_CONFIGURATIONS = 5  # per base and training data: 10 pairs (the mini-study's five); more: ftlab compare
+
+
+def between_configurations(store: ObjectStore, evaluations: list[tuple[str, str]], n_resamples: int = 1000,
+                           seed: int = 0) -> pd.DataFrame:
+    """Fine-tunes of one base on the same data against each other (LoRA vs DoRA, full FT vs LoRA
+    r8, ...): every pair of trained configurations with the same base and the same name before
+    ``_SFT_`` (the study's names carry the training data there), ``model`` − ``vs`` paired on items
+    and seeds (``seed_sides``, ``paired_on_seeds``), one row per task and lead metric, the columns of
+    ``vs_parent_table`` (relation ``configuration vs configuration``). A group of more than
+    MAX_CONFIGURATIONS is not tabulated (the pairs grow as n²; each is a bootstrap): it is named in
+    ``attrs["not_tabulated"]`` (group -> configurations) instead."""
+    evals = dict(evaluations)
+    by_base: dict[tuple[str, str], list[tuple[str, list[str]]]] = {}
+    for config, models in sorted(configurations(evals).items()):
+        parent, relation = parent_of(store, models[0])
+        if relation == "fine-tune vs base" and parent:
+            by_base.setdefault((parent, config.partition("_SFT_")[0]), []).append((config, models))
+    too_many = {head: len(m) for (_, head), m in by_base.items() if len(m) > MAX_CONFIGURATIONS}
+    by_base = {k: m for k, m in by_base.items() if len(m) <= MAX_CONFIGURATIONS}
+    loaded: dict[str, Any] = {}
+
+    def load(model: str):
+        if model not in loaded:
+            loaded[model] = load_eval(store, f"{model}/{evals[model]}")
+        return loaded[model]
+
+    rows: list[dict[str, Any]] = []
+    for members in by_base.values():
+        for i, (name_a, models_a) in enumerate(members):
+            for name_b, models_b in members[i + 1:]:
+                sides = seed_sides(models_a, models_b)
+                if sides is None:
+                    continue
+                try:
+                    side_a, side_b = [load(m) for m in sides[0]], [load(m) for m in sides[1]]
+                except NotFoundError:  # no per-item predictions: nothing to pair
+                    continue
+                sa, sb = scoring(side_a[0][0]), scoring(side_b[0][0])
+                note = "" if sa == sb else (f"NOT like for like: {name_a} scored with {_label(sa)}, "
+                                            f"{name_b} with {_label(sb)}")
+                for task, d in side_b[0][0]["datasets"].items():
+                    got = paired_on_seeds(side_a, side_b, task, n_resamples, seed)
+                    if got is None:
+                        continue
+                    result, n_items = got
+                    for metric in get_type(d["type"]).lead_metrics:
+                        r = result.get(metric)
+                        if r is None or r["mean"] is None:
+                            continue
+                        lo, hi = r["ci95"] if r["ci95"] else (None, None)
+                        rows.append({"model": name_b, "vs": name_a, "relation": BETWEEN, "task": task,
+                                     "metric": metric, "items": n_items, "parent_value": r["a"], "value": r["b"],
+                                     "diff": r["mean"], "ci95_low": lo, "ci95_high": hi, "mcnemar_p": None,
+                                     "clear": _clear(lo, hi, None, note), "n_seeds": r["n_seeds"],
+                                     "sd_seeds": r["sd_seeds"], "within_seed_noise": r["within_seed_noise"],
+                                     "engine": _label(sb), "parent_engine": _label(sa), "like_for_like": sa == sb,
+                                     "note": note})
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    out.attrs["not_tabulated"] = too_many
+    return out
+
+
+def between_markdown(between: pd.DataFrame) -> list[str]:
+    """The report's section for ``between_configurations`` (empty when there is no pair)."""
+    skipped = between.attrs.get("not_tabulated") or {}
+    left = ([f"Not tabulated (more than {MAX_CONFIGURATIONS} configurations, the pairs grow as n²): "
+             + ", ".join(f"{head} ({n})" for head, n in sorted(skipped.items()))
+             + "; compare two with `ftlab compare A/EVAL B/EVAL`.", ""] if skipped else [])
+    if between.empty:
+        return ["## Configurations against each other", "", *left] if skipped else []
+    t = lead_table(between).rename(columns={"vs": "against", "parent": "against's value", "this model": "value"})
+    seeded = int((between.n_seeds > 1).sum())
+    return ["## Configurations against each other", "",
+            f"Fine-tunes of the same base, each pair on the same test items{' and seeds' if seeded else ''}: "
+            "the difference is the row's configuration minus the one it is set against"
+            + (", the mean over the seeds both have, its 95% CI two-level (seeds, then items)" if seeded else
+               ", its 95% CI a paired bootstrap")
+            + f". {int(between.clear.sum())} of {len(between)} are clear; all rows are in "
+              "`configuration_comparisons.csv`.", "", *left,
+            t.astype(object).where(t.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval=""), ""]
 
 
 def verdict(row: pd.Series) -> str:

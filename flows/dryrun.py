@@ -7,6 +7,7 @@ import os
 from collections import Counter
 from typing import Any
 
+from flows import selection
 from flows.experiment import Experiment, Step, as_sent
 from flows.identity import step_status
 from services.common.storage import artifacts
@@ -44,8 +45,23 @@ def _estimate(step: Step, store: ObjectStore | None) -> str:
     return f"{est['total_gb']:.1f} GiB" + (f" ({dtype})" if dtype not in ("", "auto") else "")
 
 
+def gated_on_selection(steps: list[Step]) -> dict[str, int]:
+    """Step key -> how many rates its lr_sweep group chooses among, for every step that waits on a
+    choice (flows/selection.py): a candidate's test evaluation and quantizations and everything made
+    from them. Only the chosen rate's share of them runs; the losers' are never run."""
+    rates = {s.output: len({selection.without_seed(ev.split("/", 1)[0]) for ev in s.spec["candidates"]})
+             for s in steps if s.stage == selection.STAGE}
+    waits: dict[str, int] = {}  # output -> the group's number of rates
+    for s in steps:  # the plan lists every step after what it needs
+        k = next((rates.get(a) or waits.get(a) for a in s.after if a in rates or a in waits), None)
+        if k:
+            waits[s.output] = k
+    return {s.key: waits[s.output] for s in steps if s.output in waits}
+
+
 def plan_rows(exp: Experiment, store: ObjectStore | None) -> list[dict[str, Any]]:
-    """One row per step (datasets first): stage, output, status (done/todo/?), memory estimate."""
+    """One row per step (datasets first): stage, output, status (done/todo/gated/?: gated = waits
+    on an lr_sweep's choice, run only if its rate is chosen), memory estimate."""
 
     def exists(bucket: str, prefix: str) -> str:
         if store is None:
@@ -65,9 +81,12 @@ def plan_rows(exp: Experiment, store: ObjectStore | None) -> list[dict[str, Any]
 
     rows = [{"stage": "data", "output": d, "status": exists("datasets", d), "memory": "",
              "request_id": ""} for d in exp.datasets]
+    gated = gated_on_selection(exp.steps)
     for s in exp.steps:
         state, why = status(s)
+        state = "gated" if s.key in gated and state in ("todo", "?") else state
         rows.append({"stage": s.stage, "output": s.output, "status": state, "differs": why,
+                     "rates": gated.get(s.key, 0),
                      "memory": _estimate(s, store) if s.stage == "train" else "",
                      "request_id": s.request_id(exp.name), "digest": s.digest})
     return rows
@@ -88,9 +107,15 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
                    else f"ftlab model import Qwen/{model.removesuffix('-base')} --name {model}")
             missing.append(f"  {model}: {state} — import it with `{how}`")
     stages = Counter(s.stage for s in exp.steps)
-    done = sum(r["status"] == "done" for r in rows if r["stage"] != "data")
-    lines += ["", f"{len(exp.steps)} jobs: " + ", ".join(f"{stages[k]} {k}" for k in ("train", "quantize", "evaluate")),
-              f"already done (will be skipped): {done}; to run: {len(exp.steps) - done}",
+    steps = [r for r in rows if r["stage"] != "data"]
+    done = sum(r["status"] == "done" for r in steps)
+    gated = [r for r in steps if r["status"] == "gated"]
+    chosen = round(sum(1 / r["rates"] for r in gated))  # each group's rates have the same steps
+    kinds = ("train", "quantize", "evaluate") + ((selection.STAGE,) if stages[selection.STAGE] else ())
+    lines += ["", f"{len(exp.steps)} jobs: " + ", ".join(f"{stages[k]} {k}" for k in kinds),
+              f"already done (will be skipped): {done}; to run: {len(steps) - done - len(gated)}"
+              + (f"; gated on the lr_sweep's choice: {len(gated)} (only the chosen rate's {chosen} run)"
+                 if gated else ""),
               "datasets: " + ", ".join(f"{r['output']} ({'present' if r['status'] == 'done' else r['status']})"
                                        for r in rows if r["stage"] == "data")]
     if estimate_device() == "cuda" and not devices.has_gpu():

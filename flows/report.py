@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from flows.aggregate import configuration_table, summary_table, task_headlines
-from flows.comparisons import vs_parent_table
+from flows.comparisons import between_configurations, between_markdown, vs_parent_table
 from flows.plots import TITLES, make_plots, plot_loss_curves
 from flows.report_ptq import degradation_table, markdown_section
 from flows import report_verdicts
@@ -120,13 +120,13 @@ def _lead_html(vs: pd.DataFrame | None) -> list[str]:
 
 
 def _markdown(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str, Path],
-              vs: pd.DataFrame | None = None, verdicts: list[str] = ()) -> str:
+              vs: pd.DataFrame | None = None, verdicts: list[str] = (), between: list[str] = ()) -> str:
     bad = [s for s in steps if s["status"] in NOT_DONE]
     counts = pd.Series([s["status"] for s in steps]).value_counts().to_dict() if steps else {}
     lines = [f"# {info.experiment} — run {info.run_id}", "", info.description, "",
              f"- steps: {len(steps)} ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))})",
              f"- wall time: {info.finished_at - info.started_at:.0f} s" if info.finished_at else "",
-             f"- models in the table: {len(table)}", "", *verdicts, *_lead_md(vs), "## Summary", "",
+             f"- models in the table: {len(table)}", "", *verdicts, *_lead_md(vs), *between, "## Summary", "",
              "Headline metrics (each task's YAML; the study's where it had the task): " + ", ".join(
                  f"{t} {m} ({'higher' if h else 'lower'} is better)" for t, (m, h) in task_headlines().items()
                  if f"{t}__{m}" in table.columns and table[f"{t}__{m}"].notna().any()) + ". Every column is in `metrics_summary.csv` (the study's "
@@ -163,7 +163,7 @@ def _md_html(lines: list[str]) -> list[str]:
 
 
 def _html(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str, Path],
-          vs: pd.DataFrame | None = None, verdicts: list[str] = ()) -> str:
+          vs: pd.DataFrame | None = None, verdicts: list[str] = (), between: list[str] = ()) -> str:
     e = html.escape
     bad = [s for s in steps if s["status"] in NOT_DONE]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(info.experiment)} {e(info.run_id)}</title>",
@@ -174,7 +174,7 @@ def _html(info: RunInfo, table: pd.DataFrame, steps: list[dict], plots: dict[str
              f"<h1>{e(info.experiment)} — run {e(info.run_id)}</h1><p>{e(info.description)}</p>",
              f"<p>{len(steps)} steps, {len(bad)} not done; {len(table)} models. "
              "The full table is in <a href='metrics_summary.csv'>metrics_summary.csv</a>.</p>",
-             *_md_html(list(verdicts)), *_lead_html(vs), "<h2>Summary</h2>",
+             *_md_html(list(verdicts)), *_lead_html(vs), *_md_html(list(between)), "<h2>Summary</h2>",
              table[shown_columns(table)].to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="")
              if len(table) else "<p>(no evaluations)</p>", *_md_html(selection_lines(steps)), "<h2>Plots</h2>"]
     parts += [f"<h3>{e(TITLES[n])}</h3><img src='{e(p.name)}' alt='{e(TITLES[n])}'>" for n, p in plots.items()]
@@ -204,6 +204,9 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
         by_model.to_csv(out / "metrics_by_seed.csv", index=False)  # every seed's model, as evaluated
     vs = vs_parent_table(store, evaluations_of(steps))
     vs.to_csv(out / "comparisons.csv", index=False)
+    pairs = between_configurations(store, evaluations_of(steps))  # LoRA vs DoRA, full vs LoRA, ... on seeds
+    if not pairs.empty:
+        pairs.to_csv(out / "configuration_comparisons.csv", index=False)
     plots = make_plots(table, out)
     if (p := plot_loss_curves(store, list(table["model"]) if len(table) else [], out / "loss_curves.png")):
         plots["loss_curves"] = p
@@ -212,8 +215,10 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
     if not ptq.empty:
         ptq.to_csv(out / "ptq_degradation.csv", index=False)
     verdicts = report_verdicts.section(store, info.spec, table, evaluations_of(steps))  # spec's verdicts:
-    (out / "report.md").write_text(_markdown(info, table, steps, plots, vs, verdicts) + "\n".join(markdown_section(ptq)))
-    (out / "report.html").write_text(_html(info, table, steps, plots, vs, verdicts))
+    between = between_markdown(pairs)
+    (out / "report.md").write_text(_markdown(info, table, steps, plots, vs, verdicts, between)
+                                   + "\n".join(markdown_section(ptq)))
+    (out / "report.html").write_text(_html(info, table, steps, plots, vs, verdicts, between))
     (out / "steps.json").write_text(json.dumps(steps, indent=2, default=str))
     (out / "run.json").write_text(json.dumps(asdict(info), indent=2, default=str))
     from flows.report_profiles import add_profiles_section  # the ftlab vs study scoring section

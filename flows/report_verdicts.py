@@ -6,9 +6,11 @@ flows/experiments/mini-study.yaml); the report leads with the table.
 The rule (``verdict``): a finding predicts the sign of a difference beyond a margin. Supported when
 the whole interval lies on the predicted side of the margin, contradicted when it lies wholly on
 the other side, not decidable at this scale when it straddles the margin (too few items, seeds or
-steps to tell). The intervals are the report's paired ones (``pair``: the same test items, a
-paired bootstrap; services/evaluator/compare.py); with several seeds per configuration the caller
-passes seed-aware intervals instead — the rule does not change.
+steps to tell). The intervals are paired ones (``compare_pair``): the same test items and, where a
+configuration was trained with several seeds (the summary folds them into one row), the same seeds
+— seed i of one side against seed i of the other, a two-level (seeds, then items) bootstrap
+(services/evaluator/stats.replicated_paired), so a difference within the seeds' own spread is not
+decidable. With one model a side it is the one-seed paired bootstrap.
 
 The questions (the study's wording from its README, ../shared/seed/PROJECT_STRUCTURE.md):
   full_vs_lora  "Full FT on small models > LoRA": full FT minus the *strongest* LoRA rank on test
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import pandas as pd
+
+from services.common.contract.naming import without_seed
 
 QUESTIONS = {
     "full_vs_lora": "Full FT on small models beats LoRA in-domain",
@@ -104,6 +108,9 @@ def lines(questions: list[str], table: pd.DataFrame, metric: str, pair: Pair) ->
             out.append(_line(q, f"{metric}: {ld.method} − VeRA", pair, vera.model, ld.model, +1, note=mem))
         elif q == "ptq":
             quantized = t[t.ptq_method.notna()]  # the plan quantizes the fine-tune it names; the best of them
+            # a folded row's parent is its first seed's model: the parent's configuration is the row's
+            quantized = quantized.assign(parent_model=[without_seed(m)[0] if isinstance(m, str) else m
+                                                       for m in quantized.parent_model])
             ft = trained[trained.model.isin(quantized.parent_model)]
             ft = None if ft.empty else ft.loc[ft[metric].idxmax()]
             quant = quantized[quantized.parent_model == (ft.model if ft is not None else None)]
@@ -125,7 +132,9 @@ def markdown(rows: list[Line]) -> list[str]:
     md = ["## The study's findings, tested", "",
           "Each finding predicts the sign of a difference beyond a margin; the verdict is *supported* when the "
           "whole 95% interval is on that side, *contradicted* when it is wholly on the other, otherwise *not "
-          "decidable at this scale*.", "",
+          "decidable at this scale*. Each difference is paired on the same test items and, where the "
+          "configurations were trained with several seeds, on the seeds (seed i against seed i; a two-level "
+          "interval, so seed-to-seed spread counts).", "",
           "| question | the study's finding | ftlab's estimate | 95% CI | margin | verdict | note |",
           "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -135,19 +144,28 @@ def markdown(rows: list[Line]) -> list[str]:
     return md + [""]
 
 
-def compare_pair(store, evaluations: dict[str, str], task: str, metric: str) -> Pair:
-    """``pair`` from committed evaluations: ``ftlab compare``'s paired bootstrap on shared items."""
+def compare_pair(store, evaluations: dict[str, str], task: str, metric: str, n_resamples: int = 1000) -> Pair:
+    """``pair`` from committed evaluations, between configurations (the summary's rows: a
+    configuration's seeds are folded into one, naming.without_seed): B - A paired on items and seeds
+    (flows/comparisons.paired_on_seeds: seed i of A with seed i of B, on the seeds both have; a side
+    with one model is the same for every seed), the interval two-level (seeds, then items). With one
+    model a side it is the one-seed paired bootstrap."""
     from services.common.contract.errors import NotFoundError, ValidationError
-    from services.evaluator.compare import compare
+    from services.evaluator.compare import load_eval
+    from flows.comparisons import configurations, paired_on_seeds, seed_sides
+    members = configurations(evaluations)
 
     def pair(a: str, b: str):
-        if a not in evaluations or b not in evaluations:
+        sides = seed_sides(members.get(a, []), members.get(b, []))
+        if sides is None:
             return None
         try:
-            r = compare(store, f"{a}/{evaluations[a]}", f"{b}/{evaluations[b]}")["tasks"][task]["metrics"][metric]
-        except (NotFoundError, ValidationError, KeyError):
+            side_a, side_b = ([load_eval(store, f"{m}/{evaluations[m]}") for m in side] for side in sides)
+            got = paired_on_seeds(side_a, side_b, task, n_resamples)
+        except (NotFoundError, ValidationError, KeyError, ValueError):
             return None
-        return None if r["diff"] is None or not r["ci95"] else (r["diff"], *r["ci95"])
+        r = got[0].get(metric) if got else None
+        return None if not r or r["mean"] is None or not r["ci95"] else (r["mean"], *r["ci95"])
     return pair
 
 

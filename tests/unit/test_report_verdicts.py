@@ -75,3 +75,76 @@ def test_a_report_with_verdicts_leads_with_them(store, tmp_path):
     assert "<h2>The study&#x27;s findings, tested</h2>" in (tmp_path / "rep" / "report.html").read_text()
     build_report(store, RunInfo("p", "r2"), steps, tmp_path / "rep2")  # no verdicts: no section
     assert "findings, tested" not in (tmp_path / "rep2" / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------- seeds (issue 25)
+
+def _seeded_pair(store, tmp_path, lora_right, full_right):
+    """Base B, a LoRA and a full fine-tune of it with three seeds each (``*_right``: how many of the
+    40 items seed 1, 2, 3 gets right); the summary's rows are the configurations."""
+    from tests.unit.test_seed_report import _evaluation, _model, _right
+    _model(store, tmp_path, "B", {"kind": "base"})
+    _evaluation(store, tmp_path, "B", _right(10))
+    evals = [("B", "e1")]
+    for method, tag, rights in (("lora", "LoRa8", lora_right), ("full", "Full", full_right)):
+        for s, k in enumerate(rights, 1):
+            name = f"B-arc_SFT_{tag}_s{s}_NoQuant"
+            _model(store, tmp_path, name, {"kind": "trained", "base_model": "B", "parents": ["B"]})
+            _evaluation(store, tmp_path, name, _right(k))
+            evals.append((name, "e1"))
+    table = pd.DataFrame([("B", "base", None, 25.0), ("B-arc_SFT_LoRa8_NoQuant", "lora", 8, 1.0),
+                          ("B-arc_SFT_Full_NoQuant", "full", None, 1.0)],
+                         columns=["model", "method", "rank", "ai2_arc__accuracy"]).assign(ptq_method=None,
+                                                                                          parent_model="B")
+    asked = []
+    pair = V.compare_pair(store, dict(evals), "ai2_arc", "accuracy", n_resamples=2000)
+    return V.lines(["full_vs_lora"], table, "ai2_arc__accuracy", lambda a, b: asked.append((a, b)) or pair(a, b)), asked
+
+
+def test_a_clear_difference_over_three_seeds_is_supported(store, tmp_path):
+    """The summary folds the seeds into one row per configuration; the verdict pairs seed i of the
+    full fine-tune with seed i of LoRA on the same items (not 'no paired evaluation')."""
+    (row,), asked = _seeded_pair(store, tmp_path, lora_right=(20, 21, 22), full_right=(34, 35, 36))
+    assert asked == [("B-arc_SFT_LoRa8_NoQuant", "B-arc_SFT_Full_NoQuant")]
+    assert row.verdict == V.SUPPORTED and row.diff == pytest.approx(35.0)  # 14 more items of 40, every seed
+    assert 0 < row.ci[0] < 35.0 < row.ci[1]
+
+
+def test_a_difference_within_seed_noise_is_not_decidable(store, tmp_path):
+    """Full FT ahead on average, but one seed of three has LoRA far ahead: the seeds' spread, not
+    the items', decides: not decidable (the items alone, seeds held fixed, would call it)."""
+    from services.evaluator import stats
+    from tests.unit.test_seed_report import _right
+    (row,), _ = _seeded_pair(store, tmp_path, lora_right=(20, 30, 20), full_right=(30, 20, 34))
+    assert row.verdict == V.UNDECIDED and row.diff == pytest.approx(100 * (10 - 10 + 14) / 3 / 40, abs=1e-3)
+    items_only = stats.replicated_paired("mcq4", [_right(k) for k in (20, 30, 20)], [_right(k) for k in (30, 20, 34)],
+                                         list("ABCD" * 10), 2000)["accuracy"]["ci95_items"]
+    assert items_only[0] > 0  # a one-level (items) interval would have said supported
+
+
+def test_ptq_of_a_seeded_fine_tune_pairs_each_seed_with_its_source(store, tmp_path):
+    """A folded PTQ row's parent is its first seed's model; the question finds the fine-tune's
+    configuration and pairs seed i's quantization with seed i's source."""
+    from tests.unit.test_seed_report import _evaluation, _model, _right
+    _model(store, tmp_path, "B", {"kind": "base"})
+    _evaluation(store, tmp_path, "B", _right(10))
+    evals = [("B", "e1")]
+    for s, (k, int8_lost, gptq_lost) in enumerate(((30, 1, 20), (31, 2, 21), (32, 1, 22)), 1):
+        ft = f"B-arc_SFT_Full_s{s}_NoQuant"
+        _model(store, tmp_path, ft, {"kind": "trained", "base_model": "B", "parents": ["B"]})
+        _evaluation(store, tmp_path, ft, _right(k))
+        evals.append((ft, "e1"))
+        for tag, lost in (("Int8_BnB", int8_lost), ("W4A16_GPTQ", gptq_lost)):
+            _model(store, tmp_path, f"B-arc_SFT_Full_s{s}_{tag}", {"kind": "quantized", "parents": [ft]})
+            _evaluation(store, tmp_path, f"B-arc_SFT_Full_s{s}_{tag}", _right(k - lost))
+            evals.append((f"B-arc_SFT_Full_s{s}_{tag}", "e1"))
+    table = pd.DataFrame([("B", "base", None, None, None, 25.0),
+                          ("B-arc_SFT_Full_NoQuant", "full", None, None, "B", 77.5),
+                          ("B-arc_SFT_Full_Int8_BnB", "full", None, "bnb_int8", "B-arc_SFT_Full_s1_NoQuant", 74.2),
+                          ("B-arc_SFT_Full_W4A16_GPTQ", "full", None, "gptq", "B-arc_SFT_Full_s1_NoQuant", 25.0)],
+                         columns=["model", "method", "rank", "ptq_method", "parent_model", "ai2_arc__accuracy"])
+    pair = V.compare_pair(store, dict(evals), "ai2_arc", "accuracy", n_resamples=2000)
+    rows = V.lines(["ptq"], table, "ai2_arc__accuracy", pair)
+    assert [(r.verdict, round(r.diff, 2)) for r in rows] == [(V.CONTRADICTED, round(-100 * 4 / 120, 2)),
+                                                             (V.SUPPORTED, -52.5)]
+    assert rows[0].margin == pytest.approx(-26.25)  # half of 77.5 - 25

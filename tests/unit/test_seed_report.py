@@ -100,3 +100,47 @@ def test_a_parent_scored_under_another_engine_is_rescored_or_not_called(store, t
     _evaluation(store, tmp_path, "S", _right(12), eval_id="e-hf")  # the parent scored again on HF fp32
     row = vs_parent_table(store, [("S", "e1"), ("S_Int8_BnB", "e1")]).query("metric == 'accuracy'").iloc[0]
     assert row.like_for_like and row.parent_value == 30.0 and "S/e-hf" in row.note
+
+
+def test_configurations_of_one_base_are_compared_on_the_seeds_they_share(store, tmp_path):
+    """LoRA and full FT with seeds 1-3, DoRA with seeds 1-2: every pair of fine-tunes of B, paired on
+    items and on the seeds both have; the report gets the section and configuration_comparisons.csv."""
+    from flows.comparisons import BETWEEN, between_configurations
+    from flows.report import RunInfo, build_report
+    _model(store, tmp_path, "B", {"kind": "base"})
+    _evaluation(store, tmp_path, "B", _right(10))
+    evals = [("B", "e1")]
+    for tag, rights in (("LoRa8", (20, 21, 22)), ("Full", (34, 35, 36)), ("DoRa8", (20, 30))):
+        for s, k in enumerate(rights, 1):
+            name = f"B-arc_SFT_{tag}_s{s}_NoQuant"
+            _model(store, tmp_path, name, {"kind": "trained", "base_model": "B", "parents": ["B"]})
+            _evaluation(store, tmp_path, name, _right(k))
+            evals.append((name, "e1"))
+    t = between_configurations(store, evals, n_resamples=500)
+    acc = t[t.metric == "accuracy"].set_index(["model", "vs"])
+    assert set(t.relation) == {BETWEEN} and len(acc) == 3  # three configurations: three pairs, no base
+    full = acc.loc[("B-arc_SFT_LoRa8_NoQuant", "B-arc_SFT_Full_NoQuant")]  # sorted names: LoRa8 - Full
+    assert full.n_seeds == 3 and full["diff"] == pytest.approx(-35.0) and full.clear and full.sd_seeds == 0
+    dora = acc.loc[("B-arc_SFT_LoRa8_NoQuant", "B-arc_SFT_DoRa8_NoQuant")]
+    assert dora.n_seeds == 2 and dora["diff"] == pytest.approx(100 * ((20 - 20) + (21 - 30)) / 2 / 40, abs=1e-3)
+    steps = [{"key": f"evaluate:{m}/{e}", "stage": "evaluate", "output": f"{m}/{e}", "status": "succeeded"}
+             for m, e in evals]
+    build_report(store, RunInfo("p", "r1"), steps, tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.index("## Configurations against each other") < md.index("## Summary")
+    assert len(pd.read_csv(tmp_path / "rep" / "configuration_comparisons.csv")) == len(t)
+    assert "<h2>Configurations against each other</h2>" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_a_group_of_too_many_configurations_is_named_not_tabulated(store, tmp_path, monkeypatch):
+    from flows import comparisons
+    monkeypatch.setattr(comparisons, "MAX_CONFIGURATIONS", 1)
+    _model(store, tmp_path, "B", {"kind": "base"})
+    _evaluation(store, tmp_path, "B", _right(10))
+    for tag in ("LoRa8", "Full"):
+        _model(store, tmp_path, f"B-arc_SFT_{tag}_NoQuant", {"kind": "trained", "base_model": "B", "parents": ["B"]})
+        _evaluation(store, tmp_path, f"B-arc_SFT_{tag}_NoQuant", _right(20))
+    t = comparisons.between_configurations(store, [("B", "e1"), ("B-arc_SFT_LoRa8_NoQuant", "e1"),
+                                                   ("B-arc_SFT_Full_NoQuant", "e1")], n_resamples=100)
+    assert t.empty and t.attrs["not_tabulated"] == {"B-arc": 2}
+    assert "B-arc (2); compare two with `ftlab compare" in "\n".join(comparisons.between_markdown(t))

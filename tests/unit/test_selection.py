@@ -133,3 +133,23 @@ def test_choose_ties_go_to_the_earlier_rate_and_lower_is_better_works():
     assert selection.choose({"a": 1.0, "b": 1.0, "c": None}, True) == "a"
     assert selection.choose({"a": 3.0, "b": 1.0}, False) == "b"
     assert selection.choose({"a": None}, True) is None
+
+
+def test_dry_run_counts_the_steps_gated_on_the_choice_apart(monkeypatch):
+    """``ftlab run --dry-run``: a candidate's test evaluation, its INT8 and the INT8's evaluation wait
+    for the choice; of the three rates' nine such steps only the chosen rate's three run."""
+    from flows import dryrun
+    monkeypatch.setenv("FTLAB_DEVICE", "cpu")
+    exp = plan(spec())
+    gated = dryrun.gated_on_selection(exp.steps)
+    cands = {s.output for s in exp.stage("train") if "_lr" in s.output}
+    made = {s.output for s in exp.stage("quantize") if s.spec["source_model"] in cands}
+    want = {s.key for s in exp.steps if s.stage in ("evaluate", "quantize") and s.labels.get("split") != "validation"
+            and (s.spec.get("model") in cands | made or s.spec.get("source_model") in cands)}
+    assert len(want) == 9 and set(gated) == want and set(gated.values()) == {3}
+    text = dryrun.render(exp, None, "nowhere")
+    # 4 trainings, 3 validation evaluations, the select step, the base and the full fine-tune scored on test
+    assert "to run: 10; gated on the lr_sweep's choice: 9 (only the chosen rate's 3 run)" in text, text
+    assert "1 select" in text
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["evaluate"], ["quantize"])]
+    assert sum(r[1] == "gated" for r in rows) == 9
