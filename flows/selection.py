@@ -24,11 +24,11 @@ Steps without rates in the sweep are planned as before: trained once at their ow
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from services.common.contract.errors import NotFoundError, ValidationError
+from services.common.contract import naming
 from services.common.data.tasks import get_task
 from services.common.jobs.record import spec_hash
 from services.common.storage import artifacts
@@ -170,10 +170,8 @@ def gate(sweep: Sweep | None, experiment: str, settings: dict[str, Any], steps: 
 
 
 def without_seed(name: str) -> str:
-    """``X_SFT_LoRa8_lr5e-4_s2_NoQuant`` -> ``X_SFT_LoRa8_lr5e-4_NoQuant``: the configuration a seed
-    replicates (the ``_s<seed>`` segment of #25's naming)."""
-    head, sep, tail = name.partition("_SFT_")
-    return head + sep + "_".join(x for x in tail.split("_") if not re.fullmatch(r"s\d+", x)) if sep else name
+    """The configuration a seed replicates (``naming.without_seed``'s name, its seed dropped)."""
+    return naming.without_seed(name)[0]
 
 
 def select_output(group: str) -> str:
