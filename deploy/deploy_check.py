@@ -9,8 +9,11 @@ engine (start dockerd if none answers) -> build (deploy/build-images.sh: every i
 section 5) -> smoke (deployments registered in the worker, `prefect deployment run
 ftlab-experiment/smoke --watch` against the containerised server, then `ftlab run smoke` in the
 worker: everything skipped) -> results (models, evaluations and the summary in the stack's S3, read
-from the host) -> grpc (reflection lists the services, from the host) -> the faults: trainer
-restarted mid-job, worker restarted mid-flow, `down` + `up` -> `down -v`.
+from the host) -> grpc (reflection lists the services, from the host) -> mlflow (the smoke
+experiment's runs in the stack's MLflow server, read with the MLflow client; refused without the
+credentials) -> the faults: trainer restarted mid-job, trainer container kill -9 mid-job, worker
+restarted mid-flow (the interrupted run ends Crashed, the rerun completes), `down` + `up` -> `down -v`.
+``--ray`` adds docker-compose.ray.yml (a Ray head, the services joined as nodes).
 
 Exit 0 only when every stage passed. The stack runs as compose project ``ftlab-check`` so a user's
 own ``ftlab`` stack on the same engine is never touched; its .env lives in a temp folder.
