@@ -31,9 +31,11 @@ def log(msg: str) -> None:
     print(f"ftlab-mlflow: {msg}", flush=True)
 
 
-def db_url(env: dict[str, str], name: str) -> str:
+def db_url(env: dict[str, str], name: str, driver: str = "") -> str:
+    """A libpq URL, or with ``driver`` SQLAlchemy's (``+psycopg2``: SQLAlchemy 2.1 reads a bare
+    ``postgresql://`` as psycopg 3, which this image does not carry)."""
     from urllib.parse import quote
-    return (f"postgresql://{quote(env['POSTGRES_USER'])}:{quote(env['POSTGRES_PASSWORD'], safe='')}"
+    return (f"postgresql{driver}://{quote(env['POSTGRES_USER'])}:{quote(env['POSTGRES_PASSWORD'], safe='')}"
             f"@{env['POSTGRES_HOST']}:5432/{name}")
 
 
@@ -48,14 +50,18 @@ def ensure_databases(env: dict[str, str], timeout_s: float = 120) -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"ftlab-mlflow: PostgreSQL at {env['POSTGRES_HOST']} unreachable: {e}")
             time.sleep(2)
-    conn.autocommit = True          # CREATE DATABASE cannot run in a transaction
-    with conn, conn.cursor() as cur:
-        for name in DATABASES:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cur.fetchone() is None:
-                cur.execute(f'CREATE DATABASE "{name}"')
-                log(f"created database {name}")
-    conn.close()
+    # CREATE DATABASE cannot run in a transaction: autocommit, and no `with conn` (psycopg2
+    # opens a transaction block for it even in autocommit mode)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for name in DATABASES:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone() is None:
+                    cur.execute(f'CREATE DATABASE "{name}"')
+                    log(f"created database {name}")
+    finally:
+        conn.close()
 
 
 def ensure_bucket(env: dict[str, str]) -> None:
@@ -75,7 +81,7 @@ def auth_config(env: dict[str, str]) -> Path:
     for anyone else."""
     path = Path.home() / "basic_auth.ini"
     path.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
-                    f"database_uri = {db_url(env, 'mlflow_auth')}\n"
+                    f"database_uri = {db_url(env, 'mlflow_auth', '+psycopg2')}\n"
                     f"admin_username = {env['MLFLOW_TRACKING_USERNAME']}\n"
                     f"admin_password = {env['MLFLOW_TRACKING_PASSWORD']}\n"
                     "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
@@ -97,7 +103,7 @@ def main() -> int:
     os.environ.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY",
                           hashlib.sha256(b"ftlab-mlflow-csrf:" + env["MLFLOW_TRACKING_PASSWORD"].encode()).hexdigest())
     argv = ["mlflow", "server", "--app-name", "basic-auth", "--host", "0.0.0.0", "--port", str(PORT),
-            "--backend-store-uri", db_url(env, "mlflow"),
+            "--backend-store-uri", db_url(env, "mlflow", "+psycopg2"),
             # artifacts through the server (the clients need no S3 credentials), stored in S3
             "--serve-artifacts", "--artifacts-destination", f"s3://{env['FTLAB_MLFLOW_BUCKET']}/",
             "--workers", os.environ.get("FTLAB_MLFLOW_WORKERS", "2")]
