@@ -9,8 +9,11 @@ engine (start dockerd if none answers) -> build (deploy/build-images.sh: every i
 section 5) -> smoke (deployments registered in the worker, `prefect deployment run
 ftlab-experiment/smoke --watch` against the containerised server, then `ftlab run smoke` in the
 worker: everything skipped) -> results (models, evaluations and the summary in the stack's S3, read
-from the host) -> grpc (reflection lists the services, from the host) -> the faults: trainer
-restarted mid-job, worker restarted mid-flow, `down` + `up` -> `down -v`.
+from the host) -> grpc (reflection lists the services, from the host) -> mlflow (the smoke
+experiment's runs in the stack's MLflow server, read with the MLflow client; refused without the
+credentials) -> the faults: trainer restarted mid-job, trainer container kill -9 mid-job, worker
+restarted mid-flow (the interrupted run ends Crashed, the rerun completes), `down` + `up` -> `down -v`.
+``--ray`` adds docker-compose.ray.yml (a Ray head, the services joined as nodes).
 
 Exit 0 only when every stage passed. The stack runs as compose project ``ftlab-check`` so a user's
 own ``ftlab`` stack on the same engine is never touched; its .env lives in a temp folder.
@@ -34,9 +37,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))       # flows.* (the smoke plan, the zombie automation's timeout)
 COMPOSE_FILES = ["docker-compose.gpu.yml", "docker-compose.cpu.yml", "docker-compose.offline.yml"]
 PROJECT = "ftlab-check"
-PORT_VARS = ["FTLAB_S3_PORT", "FTLAB_S3_CONSOLE_PORT", "FTLAB_PREFECT_PORT", "FTLAB_TRAINER_PORT",
+PORT_VARS = ["FTLAB_S3_PORT", "FTLAB_S3_CONSOLE_PORT", "FTLAB_PREFECT_PORT", "FTLAB_MLFLOW_PORT", "FTLAB_TRAINER_PORT",
              "FTLAB_QUANTIZER_PORT", "FTLAB_EVALUATOR_PORT"]
 ONE_SHOT = {"minio-init"}          # services that run once and exit 0
 STAGES: dict[str, float] = {}
@@ -120,8 +124,9 @@ def compose_env(work: Path) -> dict[str, str]:
     return env
 
 
-def write_env(work: Path) -> tuple[Path, dict[str, str]]:
-    """deploy/.env.example with every change-me replaced by a random secret, free host ports."""
+def write_env(work: Path, ray: bool = False) -> tuple[Path, dict[str, str]]:
+    """deploy/.env.example with every change-me replaced by a random secret, free host ports
+    (and, with the Ray file on this CPU stack, the head on the CPU trainer image)."""
     values: dict[str, str] = {}
     lines = []
     for line in (ROOT / "deploy/.env.example").read_text().splitlines():
@@ -137,6 +142,9 @@ def write_env(work: Path) -> tuple[Path, dict[str, str]]:
             values[key] = val
             line = f"{key}={val}"
         lines.append(line)
+    if ray:
+        values["FTLAB_RAY_HEAD_IMAGE"] = f"ftlab-trainer:{values.get('FTLAB_IMAGE_TAG', '0.1.0')}-cpu"
+        lines.append(f"FTLAB_RAY_HEAD_IMAGE={values['FTLAB_RAY_HEAD_IMAGE']}")
     path = work / ".env"
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
@@ -218,7 +226,6 @@ class Stack:
 
 def smoke_outputs() -> tuple[set[str], set[str]]:
     """The models and evaluations the smoke experiment commits (from its plan, not a hard-coded list)."""
-    sys.path.insert(0, str(ROOT))
     from flows.experiment import load
     exp = load("smoke")
     models = {s.output for s in exp.steps if s.stage in ("train", "quantize")}
@@ -265,42 +272,93 @@ def job(stack: Stack, job_id: str) -> dict:
     return j
 
 
-def fault_trainer_restart(stack: Stack) -> dict:
-    """A training job, the trainer restarted under it: it resumes (or fails with a reason), once."""
-    request = f"deploycheck-restart-{secrets.token_hex(3)}"
+def _train(stack: Stack, request: str) -> str:
     out = stack.exec("prefect-worker", "ftlab", "train", "--base-model", "Qwen3-tiny-base", "--dataset", "arc",
                      "--r", "4", "--max-steps", "300", "--save-steps", "25", "--train-limit", "64",
                      "--output-name", request, "--request-id", request).stdout
-    job_id = json.loads(out)["job_id"]
+    return json.loads(out)["job_id"]
+
+
+def kill_container(stack: Stack, service: str) -> None:
+    """``kill -9`` of the container's init process from the host: the container dies as in a
+    crash or an OOM kill, no handler runs, and its restart policy (not a person) brings it back."""
+    cid = stack.dc("ps", "-q", service, quiet=True).stdout.split()[0]
+    pid = run(["docker", "inspect", "--format", "{{.State.Pid}}", cid], quiet=True).stdout.strip()
+    log(f"kill -9 {pid} (the init process of {service}, container {cid[:12]})")
+    os.kill(int(pid), 9)
+
+
+def fault_trainer(stack: Stack, how: str) -> dict:
+    """A training job, the trainer restarted (``restart``: SIGTERM, a graceful stop) or killed
+    (``kill``: SIGKILL) under it: the job resumes from its checkpoint or fails with a reason, and
+    never runs twice (a retry with the same request id gets the same job)."""
+    request = f"deploycheck-{how}-{secrets.token_hex(3)}"
+    job_id = _train(stack, request)
     deadline = time.monotonic() + 600
     while True:
         j = job(stack, job_id)
         if int(j.get("progress_step", 0)) >= 30:
             break
         if j.get("state") in ("SUCCEEDED", "FAILED", "CANCELLED") or time.monotonic() > deadline:
-            raise CheckFailed(f"training job never got going before the restart: {j}")
+            raise CheckFailed(f"training job never got going before the {how}: {j}")
         time.sleep(2)
-    log(f"{job_id} at step {j['progress_step']}/{j.get('progress_total')}: docker compose restart trainer")
-    stack.dc("restart", "trainer")
+    log(f"{job_id} at step {j['progress_step']}/{j.get('progress_total')}: {how} the trainer")
+    if how == "restart":
+        stack.dc("restart", "trainer")
+    else:
+        kill_container(stack, "trainer")
+        time.sleep(5)      # the engine notices the exit and applies `restart: unless-stopped`
     stack.wait_healthy(600)
-    # a client retrying with the same request id gets the same job, not a second copy
-    again = json.loads(stack.exec("prefect-worker", "ftlab", "train", "--base-model", "Qwen3-tiny-base",
-                                  "--dataset", "arc", "--r", "4", "--max-steps", "300", "--save-steps", "25",
-                                  "--train-limit", "64", "--output-name", request,
-                                  "--request-id", request).stdout)["job_id"]
-    end = stack.exec("prefect-worker", "ftlab", "jobs", "watch", job_id, "--timeout", "900", check=False)
-    final = job(stack, job_id)
-    listed = [line for line in stack.exec("prefect-worker", "ftlab", "jobs", "list", "--service", "trainer").stdout.splitlines()
-              if line.split() and line.split()[0] in (job_id, again)]
-    log(f"after the restart: {end.stdout.strip()} (retry -> {again}); trainer lists {listed}")
+    restarts = run(["docker", "inspect", "--format", "{{.RestartCount}}",
+                    stack.dc("ps", "-q", "trainer", quiet=True).stdout.split()[0]], quiet=True).stdout.strip()
+    again = _train(stack, request)     # a client retrying: the same job, not a second copy
+    running = []
+    deadline = time.monotonic() + 900
+    while (final := job(stack, job_id))["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        running.append(sum(" RUNNING " in line for line in
+                           stack.exec("prefect-worker", "ftlab", "jobs", "list", "--service", "trainer").stdout.splitlines()))
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"{job_id} still {final['state']} 900 s after the {how}: {final}")
+        time.sleep(5)
+    log(f"after the {how}: {job_id} {final['state']} {final.get('error', '')!r} (retry -> {again}, "
+        f"container restarts {restarts}, at most {max(running, default=0)} RUNNING at once)")
     if again != job_id:
         raise CheckFailed(f"the retried request made a second job {again} beside {job_id}")
+    if max(running, default=0) > 1:
+        raise CheckFailed(f"two training jobs ran at once after the {how}")
     if final["state"] == "FAILED" and not final.get("error"):
         raise CheckFailed(f"{job_id} FAILED without a reason: {final}")
-    if final["state"] not in ("SUCCEEDED", "FAILED"):
+    if final["state"] != "SUCCEEDED" and final["state"] != "FAILED":
         raise CheckFailed(f"{job_id} ended {final['state']}: {final}")
-    return {"job": job_id, "state": final["state"], "error": final.get("error", ""),
-            "restarted_at_step": j["progress_step"]}
+    return {"job": job_id, "state": final["state"], "error": final.get("error", ""), "at_step": j["progress_step"],
+            "container_restarts": restarts, "max_running": max(running, default=0)}
+
+
+def check_mlflow(stack: Stack) -> dict:
+    """The smoke experiment's runs in the stack's MLflow server, through its published port with
+    the .env credentials (and refused without them): one run per model the smoke plan commits."""
+    import requests
+    from mlflow.tracking import MlflowClient
+    uri = f"http://127.0.0.1:{stack.values['FTLAB_MLFLOW_PORT']}"
+    anon = requests.get(f"{uri}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=30)
+    if anon.status_code != 401:
+        raise CheckFailed(f"MLflow answered {anon.status_code} without credentials (expected 401)")
+    os.environ["MLFLOW_TRACKING_USERNAME"] = stack.values["MLFLOW_TRACKING_USERNAME"]
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.values["MLFLOW_TRACKING_PASSWORD"]
+    c = MlflowClient(tracking_uri=uri)
+    exp = c.get_experiment_by_name("smoke")
+    if exp is None:
+        raise CheckFailed("no experiment 'smoke' in the stack's MLflow server")
+    runs = c.search_runs([exp.experiment_id], max_results=1000)
+    tracked = {r.data.tags.get("ftlab.model") for r in runs if r.data.tags.get("ftlab.kind") != "evaluate"}
+    models, _ = smoke_outputs()
+    missing = sorted(models - tracked)
+    if missing:
+        raise CheckFailed(f"models of the smoke run without an MLflow run: {missing}")
+    evals = [r for r in runs if r.data.tags.get("ftlab.kind") == "evaluate"]
+    with_metrics = [r for r in runs if r.data.metrics]
+    log(f"MLflow: experiment smoke has {len(runs)} runs ({len(evals)} evaluations), {len(with_metrics)} with metrics")
+    return {"runs": len(runs), "evaluation_runs": len(evals), "runs_with_metrics": len(with_metrics)}
 
 
 DEPLOYCHECK_EXPERIMENT = """\
@@ -341,9 +399,18 @@ def fault_worker_restart(stack: Stack) -> dict:
     log(f"flow run {run_id} running ({running[0].split()[0]}): docker compose restart prefect-worker")
     stack.dc("restart", "prefect-worker")
     stack.wait_healthy(600)
-    time.sleep(10)
-    first = stack.prefect("flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})[0]
+    from flows.deployments import ZOMBIE_AFTER_S
+    # its process died with the container: the zombie automation (flows/deployments.py) sets it
+    # Crashed once its heartbeats stop; before that fix it stayed Running forever
+    deadline = time.monotonic() + ZOMBIE_AFTER_S + 240
+    while (first := stack.prefect("flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})[0])["state_type"] \
+            in ("RUNNING", "PENDING"):
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"the interrupted flow run is still {first['state_name']} {ZOMBIE_AFTER_S + 240} s after the restart")
+        time.sleep(5)
     log(f"interrupted flow run: {first['state_type']} {first['state_name']}: {(first.get('state') or {}).get('message', '')}")
+    if first["state_type"] != "CRASHED":
+        raise CheckFailed(f"the interrupted flow run ended {first['state_type']}, not CRASHED")
     # never two copies: at most one training job of this experiment runs at any time
     jobs = stack.exec("prefect-worker", "ftlab", "jobs", "list", "--service", "trainer").stdout.splitlines()
     if sum(" RUNNING " in line for line in jobs) > 1:
@@ -355,16 +422,21 @@ def fault_worker_restart(stack: Stack) -> dict:
     listing = stack.s3_listing()
     if not any(k.startswith("reports/deploycheck/") and k.endswith("metrics_summary.csv") for k in listing):
         raise CheckFailed("the rerun's summary is not in S3")
-    return {"interrupted_run": first["state_name"], "rerun": "Completed"}
+    return {"interrupted_run": first["state_name"], "message": (first.get("state") or {}).get("message", ""),
+            "rerun": "Completed"}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", action="store_true", help="leave the stack up (no down -v) for a look")
     ap.add_argument("--skip-build", action="store_true", help="use the images already built")
+    ap.add_argument("--ray", action="store_true",
+                    help="add docker-compose.ray.yml: jobs placed by Ray, the services joined to a Ray head")
     ap.add_argument("--summary", type=Path, default=ROOT / ".ftlab/deploy-check.json",
                     help="where the stage times, image sizes and results are written (JSON)")
     args = ap.parse_args()
+    if args.ray:
+        COMPOSE_FILES.append("docker-compose.ray.yml")
     work = Path(tempfile.mkdtemp(prefix="ftlab-deploy-check-"))
     t0 = time.monotonic()
     dockerd = stack = None
@@ -380,7 +452,7 @@ def main() -> int:
                 p = subprocess.run([str(ROOT / "deploy/build-images.sh")], cwd=ROOT, env=env, timeout=7200)
                 if p.returncode:
                     raise CheckFailed(f"deploy/build-images.sh exited {p.returncode}")
-        env_file, values = write_env(work)
+        env_file, values = write_env(work, ray=args.ray)
         stack = Stack(env, env_file, values)
         with stage("up"):
             stack.dc("up", "-d", "--no-build", timeout=900)
@@ -406,8 +478,12 @@ def main() -> int:
             result["results"] = check_results(stack)
         with stage("grpc"):
             result["reflection"] = check_grpc(stack)
+        with stage("mlflow"):
+            result["mlflow"] = check_mlflow(stack)
         with stage("fault: trainer restart mid-job"):
-            result["trainer_restart"] = fault_trainer_restart(stack)
+            result["trainer_restart"] = fault_trainer(stack, "restart")
+        with stage("fault: trainer kill -9 mid-job"):
+            result["trainer_kill"] = fault_trainer(stack, "kill")
         with stage("fault: worker restart mid-flow"):
             result["worker_restart"] = fault_worker_restart(stack)
         with stage("fault: down + up"):

@@ -5,11 +5,19 @@
 process worker, ``python -m flows.deployments deploy`` registers them on its work pool; the worker
 runs them from ``--code-dir`` (default: the current directory — a checkout, or /app in the flows
 image), exactly as ``prefect deploy --all`` does. Local runs (``ftlab run``) stay on ephemeral
-Prefect and need none of this."""
+Prefect and need none of this.
+
+``deploy`` also registers :data:`ZOMBIE_AUTOMATION`, Prefect's own answer to a flow run whose
+process died with its worker (a container restart, a host reboot, an OOM kill): every flow run
+sends a heartbeat event every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (the compose worker
+sets 30); one silent for :data:`ZOMBIE_AFTER_S` is set Crashed by the server. Without it such a
+run stays Running forever. Its rerun then skips the committed steps and finds its running jobs
+again by their request ids."""
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import timedelta
 
 from flows.experiment import shipped_names
 from flows.orchestrator import evaluate_missing_flow
@@ -18,6 +26,10 @@ from flows.verify import verify_flow
 
 WORK_POOL = "ftlab-process"   # the compose stack's process worker (docker-compose.gpu.yml)
 ALL_TASKS = ["ai2_arc", "squad_v2", "OpenMathInstruct-2"]
+ZOMBIE_AUTOMATION = "ftlab: crash flow runs without heartbeats"
+# Four missed heartbeats at the compose worker's 30 s (Prefect's minimum): a busy host delays one,
+# never four, and a dead run is marked within about two minutes.
+ZOMBIE_AFTER_S = 120
 
 
 def deployments() -> list[dict]:
@@ -31,6 +43,37 @@ def deployments() -> list[dict]:
                 "parameters": {"targets": []},
                 "description": "ftlab verify (re-hash storage against the manifests; fails when anything is not intact)"})
     return out
+
+
+def ensure_zombie_automation(after_s: float = ZOMBIE_AFTER_S):
+    """Create (or replace) the automation that sets a flow run Crashed when its heartbeats stop
+    for ``after_s`` seconds (Prefect's documented recipe for zombie flow runs: a proactive event
+    trigger per flow run). Idempotent: every ``deploy`` leaves exactly one."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    try:
+        Automation.read(name=ZOMBIE_AUTOMATION).delete()
+    except ValueError:   # not there yet
+        pass
+    return Automation(
+        name=ZOMBIE_AUTOMATION,
+        description="A flow run whose process died with its worker (restart, reboot, OOM) is Crashed, not Running forever",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed", "prefect.flow-run.Cancelling",
+                    "prefect.flow-run.Paused"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=after_s),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {after_s:.0f} s: its process died (worker restarted?)")],
+    ).create()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 for d in items])
         return 0
     from pathlib import Path
+    ensure_zombie_automation()
     code_dir = str(Path(args.code_dir).resolve())
     for d in items:  # deploy: the code is where the worker runs (checkout or image), nothing to build or push
         d["flow"].from_source(source=code_dir, entrypoint=d["entrypoint"]).deploy(
