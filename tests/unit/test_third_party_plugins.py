@@ -160,7 +160,8 @@ def _install(tmp_path: Path) -> Path:
     info = tmp_path / "acme_ftlab-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-ftlab\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[ftlab.peft]\nscaled = acme_ftlab.scaled_lora\n\n"
+    # both forms an entry point takes: ``module:attr`` (the usual one) and a bare module
+    (info / "entry_points.txt").write_text("[ftlab.peft]\nscaled = acme_ftlab.scaled_lora:build\n\n"
                                            "[ftlab.ptq]\nint6 = acme_ftlab.int6\n")
     return tmp_path
 
@@ -183,3 +184,14 @@ def test_without_the_plugins_the_same_checks_fail(tmp_path):
     # the check can fail: without the distribution on the path the new names are unknown
     out = _run(tmp_path, CHECKS)
     assert out.returncode != 0 and "AcmeQ" in out.stderr
+
+
+def test_a_broken_plugin_is_named_in_the_error(tmp_path):
+    """A plugin whose import fails stops the process with its entry point and distribution named,
+    not a bare traceback of somebody else's import."""
+    _install(tmp_path)
+    (tmp_path / "acme_ftlab" / "scaled_lora.py").write_text("import acme_cuda_kernels  # not installed\n")
+    out = _run(tmp_path, "import services.trainer.peft")
+    assert out.returncode != 0
+    assert "ftlab plugin scaled = 'acme_ftlab.scaled_lora:build'" in out.stderr, out.stderr[-3000:]
+    assert "acme-ftlab" in out.stderr and "acme_cuda_kernels" in out.stderr, out.stderr[-3000:]

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from importlib.metadata import entry_points
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 from services.common.contract.naming import QuantMethod
 from services.common.contract.params import Param, option, params_of
+from services.common.contract.plugins import load_group
 
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 ALGORITHMS = ("gptq", "rtn")
@@ -162,7 +162,6 @@ def method_defaults(field: str) -> str:
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 # A third party's methods: each module named under the ``ftlab.ptq`` entry-point group of an installed
-# distribution (``[project.entry-points."ftlab.ptq"] acme = "acme_ftlab.ptq_method"``) registers itself
-# the same way, after ours (tests/unit/test_third_party_plugins.py).
-for _entry in entry_points(group="ftlab.ptq"):
-    importlib.import_module(_entry.value)
+# distribution (``[project.entry-points."ftlab.ptq"] acme = "acme_ftlab.ptq_method"``, or ``…:ATTR``)
+# registers itself the same way, after ours (tests/unit/test_third_party_plugins.py).
+load_group("ftlab.ptq")

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from importlib.metadata import entry_points
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
 from services.common.contract.params import Param, option, params_of
+from services.common.contract.plugins import load_group
 
 # A decoder layer's linear modules -> (in_features, out_features), the estimator's model view.
 Shapes = dict[str, tuple[int, int]]
@@ -113,7 +113,6 @@ def adapter_params() -> tuple[Param, ...]:
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 # A third party's methods: each module named under the ``ftlab.peft`` entry-point group of an installed
-# distribution (``[project.entry-points."ftlab.peft"] acme = "acme_ftlab.peft_method"``) registers itself
-# the same way, after ours (tests/unit/test_third_party_plugins.py).
-for _entry in entry_points(group="ftlab.peft"):
-    importlib.import_module(_entry.value)
+# distribution (``[project.entry-points."ftlab.peft"] acme = "acme_ftlab.peft_method"``, or ``…:ATTR``)
+# registers itself the same way, after ours (tests/unit/test_third_party_plugins.py).
+load_group("ftlab.peft")
