@@ -169,9 +169,12 @@ def _adapter(p: Problems, block: dict[str, Any], method: PeftMethod) -> AdapterO
         if param.key not in method.fields:
             p.require(param.key not in block, f"{param.name}: {method.name} takes no {param.key} "
                                               f"(its fields: {', '.join(method.fields)})")
-        elif param.kind is list:
-            values[param.key] = list(block.get(param.key) or param.default)
-            check_module_names(p, param.name, values[param.key])
+        elif param.kind is list:  # absent: the default; given empty is refused (it was the default, named as such)
+            given = block.get(param.key, param.default)
+            ok = isinstance(given, (list, tuple)) and len(given) > 0
+            p.require(ok, f"{param.name}: {quote(given)} must be a non-empty list of module names")
+            values[param.key] = list(given) if ok else list(param.default)
+            check_module_names(p, param.name, values[param.key] if ok else [])
         else:
             values[param.key] = param.read(p, block)
     return method.options(**values).filled()

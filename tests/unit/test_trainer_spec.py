@@ -60,6 +60,8 @@ def test_every_problem_is_named_and_nothing_written(tiny_store):
         resolve_train_spec({**BASE, "lora": {"r": -1, "alpha": -2, "target_modules": [""]}}, tiny_store)
     for fragment in ("lora.r: -1", "lora.alpha: -2", "lora.target_modules"):
         assert fragment in str(exc.value)
+    with pytest.raises(ValidationError, match=r"lora.target_modules: \[\] must be a non-empty list"):
+        resolve_train_spec({**BASE, "lora": {"target_modules": []}}, tiny_store)  # `--target-modules ,`
     with pytest.raises(ValidationError, match="vera takes no alpha"):
         resolve_train_spec({**BASE, "peft_method": "vera", "lora": {"alpha": 8}}, tiny_store)
     with pytest.raises(ValidationError, match="peft_method is 'none'"):
