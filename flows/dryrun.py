@@ -60,8 +60,9 @@ def gated_on_selection(steps: list[Step]) -> dict[str, int]:
 
 
 def plan_rows(exp: Experiment, store: ObjectStore | None) -> list[dict[str, Any]]:
-    """One row per step (datasets first): stage, output, status (done/todo/gated/?: gated = waits
-    on an lr_sweep's choice, run only if its rate is chosen), memory estimate."""
+    """One row per step (datasets first): stage, output, status (done/todo/gated/conflict/blocked/?:
+    gated = waits on an lr_sweep's choice, run only if its rate is chosen; blocked = made from a
+    conflict), memory estimate."""
 
     def exists(bucket: str, prefix: str) -> str:
         if store is None:
@@ -82,8 +83,13 @@ def plan_rows(exp: Experiment, store: ObjectStore | None) -> list[dict[str, Any]
     rows = [{"stage": "data", "output": d, "status": exists("datasets", d), "memory": "",
              "request_id": ""} for d in exp.datasets]
     gated = gated_on_selection(exp.steps)
+    unsound: set[str] = set()  # conflicts, and what is made from them: never "done" on a conflict's model
     for s in exp.steps:
         state, why = status(s)
+        if bad := [m for m in s.after if m in unsound]:
+            state, why = "blocked", f"made from {', '.join(bad)}, which is a conflict"
+        if state in ("conflict", "blocked"):
+            unsound.add(s.output)
         state = "gated" if s.key in gated and state in ("todo", "?") else state
         rows.append({"stage": s.stage, "output": s.output, "status": state, "differs": why,
                      "rates": gated.get(s.key, 0),
@@ -104,6 +110,7 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
         state = "?" if store is None else ("present" if artifacts.read_manifest(store, "models", model) else "MISSING")
         if state != "present":
             how = ("ftlab model import --gguf smollm2" if model == "SmolLM2-135M-Instruct"
+                   else "ftlab model make-tiny --tokenizer ../shared/tokenizers/qwen3" if model == "Qwen3-tiny-base"
                    else f"ftlab model import Qwen/{model.removesuffix('-base')} --name {model}")
             missing.append(f"  {model}: {state} — import it with `{how}`")
     stages = Counter(s.stage for s in exp.steps)

@@ -55,7 +55,9 @@ def conflicts(store: ObjectStore, exp: Experiment) -> list[str]:
         status, why = step_status(store, s)
         if status == "conflict":
             out.append(f"{s.bucket}/{s.output} exists but was made by another configuration: {why}; "
-                       "delete it, or change this plan's name for it (output_name: '{name}-...')")
+                       "give this plan's step its own name (output_name: '{name}-...'), or set the fields back "
+                       "to the stored configuration's (ftlab has no delete command: removing the stored "
+                       "model is your storage's, e.g. the folder under FTLAB_LOCAL_ROOT or the S3 prefix)")
     return out
 
 

@@ -83,8 +83,13 @@ def test_done_means_the_same_configuration(store, tmp_path):
                                                      "config_digest": config_digest("train", other, ["Qwen3-tiny-base"])})
     status, why = identity.step_status(store, step)
     assert status == "conflict" and why == "learning_rate (planned 0.001, stored 0.0002), seed (planned 42, stored 7)"
+    ev = next(s for s in exp.stage("evaluate") if s.after == [step.output])
+    made = artifacts.read_manifest(store, "models", step.output)  # its evaluation, made from the conflicting model
+    _commit(store, tmp_path, "evaluations", ev.output, {"kind": "evaluation", "parent_digests": [made["config_digest"]]})
     rows = {r["output"]: r for r in plan_rows(exp, store)}
     assert rows[step.output]["status"] == "conflict"
+    assert rows[ev.output]["status"] == "blocked", rows[ev.output]  # never "done" on a conflict's model
+    store.delete("evaluations", f"{ev.output}/manifest.json")
     with pytest.raises(ValidationError) as exc:
         identity.refuse_conflicts(store, exp)
     assert "learning_rate (planned 0.001, stored 0.0002)" in exc.value.problems[0]
@@ -94,6 +99,5 @@ def test_done_means_the_same_configuration(store, tmp_path):
                                                                                   "save_steps": 9},
                                                      "parents": ["Qwen3-tiny-base"]})
     assert identity.step_status(store, step) == ("done", "")
-    ev = next(s for s in exp.stage("evaluate") if s.after == [step.output])
     _commit(store, tmp_path, "evaluations", ev.output, {"kind": "evaluation", "parent_digests": ["someone-else"]})
     assert identity.step_status(store, ev)[0] == "conflict"
