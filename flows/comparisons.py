@@ -81,9 +81,14 @@ def like_for_like(store: ObjectStore, parent: str, parent_eval: str, child_metri
         if scoring(metrics) == want and set(metrics.get("datasets", {})) & set(child_metrics.get("datasets", {})):
             return eid, f"parent re-scored like the child ({parent}/{eid})"
     differ = ", ".join(f"{k} {have[k]} vs {want[k]}" for k in want if have[k] != want[k])
+    how = {"engine": f"--engine {want['engine']}", "max_new_tokens": f"--max-new-tokens {want['max_new_tokens']}",
+           "kv_cache_dtype": f"--kv-cache-dtype {want['kv_cache_dtype']}"}
+    flags = " ".join(how[k] for k in how if have[k] != want[k])
+    dtype = (f" on an evaluator started with FTLAB_EVAL_DTYPE={want['dtype']}" if have["dtype"] != want["dtype"]
+             else "")
     return parent_eval, (f"NOT like for like: parent scored with {differ}; the difference mixes the models with "
-                         f"the scoring; score the parent again with engine {want['engine']} "
-                         f"(ftlab eval {parent} --engine {want['engine']} ...) and rebuild the report")
+                         f"the scoring; score the parent again (ftlab eval --model {parent} {flags} ...{dtype}) "
+                         f"and rebuild the report")
 
 
 # ----------------------------------------------------------------------------- the table

@@ -71,8 +71,9 @@ def verdict(lo: float, hi: float, expect: int, margin: float = 0.0) -> str:
 
 def _line(q: str, estimate: str, pair: Pair, a: str, b: str, expect: int, margin: float = 0.0, note: str = "") -> Line:
     got = pair(a, b)
-    if got is None:
-        return Line(q, QUESTIONS[q], estimate, None, None, margin, UNDECIDED, "no paired evaluation of " + f"{a} and {b}")
+    if got is None or isinstance(got, str):  # str: why the pair cannot be compared
+        why = got or f"no paired evaluation of {a} and {b}"
+        return Line(q, QUESTIONS[q], estimate, None, None, margin, UNDECIDED, why)
     d, lo, hi = got
     return Line(q, QUESTIONS[q], estimate, d, (lo, hi), margin, verdict(lo, hi, expect, margin), note)
 
@@ -152,7 +153,7 @@ def compare_pair(store, evaluations: dict[str, str], task: str, metric: str, n_r
     model a side it is the one-seed paired bootstrap."""
     from services.common.contract.errors import NotFoundError, ValidationError
     from services.evaluator.compare import load_eval
-    from flows.comparisons import configurations, paired_on_seeds, seed_sides
+    from flows.comparisons import _label, configurations, paired_on_seeds, scoring, seed_sides
     members = configurations(evaluations)
 
     def pair(a: str, b: str):
@@ -161,6 +162,9 @@ def compare_pair(store, evaluations: dict[str, str], task: str, metric: str, n_r
             return None
         try:
             side_a, side_b = ([load_eval(store, f"{m}/{evaluations[m]}") for m in side] for side in sides)
+            scored = {_label(scoring(e[0])) for e in side_a} | {_label(scoring(e[0])) for e in side_b}
+            if len({repr(scoring(e[0])) for e in side_a + side_b}) > 1:  # a verdict on the engine, not the models
+                return f"NOT like for like ({' vs '.join(sorted(scored))}): not decided; score both the same way"
             got = paired_on_seeds(side_a, side_b, task, n_resamples)
         except (NotFoundError, ValidationError, KeyError, ValueError):
             return None

@@ -148,3 +148,23 @@ def test_ptq_of_a_seeded_fine_tune_pairs_each_seed_with_its_source(store, tmp_pa
     assert [(r.verdict, round(r.diff, 2)) for r in rows] == [(V.CONTRADICTED, round(-100 * 4 / 120, 2)),
                                                              (V.SUPPORTED, -52.5)]
     assert rows[0].margin == pytest.approx(-26.25)  # half of 77.5 - 25
+
+
+def test_a_verdict_on_models_scored_differently_is_not_decided(store, tmp_path):
+    """A clear gap, but the full fine-tune was scored on vLLM bf16 and LoRA on HF fp32: the
+    verdict would judge the engine, so it is not decided and says why."""
+    from tests.unit.test_seed_report import _evaluation, _model, _right
+    _model(store, tmp_path, "B", {"kind": "base"})
+    evals = {}
+    for name, k, engine, dtype in (("B-arc_SFT_LoRa8_NoQuant", 20, "hf", "float32"),
+                                   ("B-arc_SFT_Full_NoQuant", 36, "vllm", "bfloat16")):
+        _model(store, tmp_path, name, {"kind": "trained", "base_model": "B", "parents": ["B"]})
+        _evaluation(store, tmp_path, name, _right(k), engine=engine, dtype=dtype)
+        evals[name] = "e1"
+    table = pd.DataFrame([("B-arc_SFT_LoRa8_NoQuant", "lora", 8, 50.0), ("B-arc_SFT_Full_NoQuant", "full", None, 90.0)],
+                         columns=["model", "method", "rank", "ai2_arc__accuracy"]).assign(ptq_method=None,
+                                                                                          parent_model="B")
+    (row,) = V.lines(["full_vs_lora"], table, "ai2_arc__accuracy",
+                     V.compare_pair(store, evals, "ai2_arc", "accuracy", n_resamples=200))
+    assert row.verdict == V.UNDECIDED and row.ci is None
+    assert "NOT like for like" in row.note and "vllm bfloat16" in row.note and "hf float32" in row.note, row.note
