@@ -526,7 +526,8 @@ def cmd_demo(args) -> int:
 def _tracking_uri() -> str:
     """FTLAB_TRACKING_URI, with the embedded stack's default (a SQLite store under FTLAB_HOME)."""
     from services.common.contract.settings import tracking_uri
-    _store()
+    from ftlab.stack import stack_env
+    os.environ.update({k: v for k, v in stack_env().items() if k.startswith("FTLAB_")})  # the embedded defaults
     uri = tracking_uri()
     if not uri:
         raise ValidationError("FTLAB_TRACKING_URI is empty: tracking is off (set it to an MLflow tracking URI, "
@@ -546,26 +547,64 @@ def cmd_model_register(args) -> int:
 
 def cmd_ui(args) -> int:
     """Serve the MLflow UI on the tracking store (a SQLite file: `mlflow server` on it, in the
-    foreground until Ctrl-C); a tracking server's URL is printed, nothing to start."""
+    foreground until Ctrl-C); a tracking server's URL is printed, nothing to start. Refuses, writing
+    nothing, a store that does not exist (a wrong FTLAB_HOME or directory) and a busy port; prints
+    the URL once the server answers, with each experiment's runs page (MLflow 3 opens an experiment
+    on its GenAI traces view, empty for ftlab's runs)."""
     import shutil
+    import socket
     import subprocess
+    import time
+    import urllib.request
     uri = _tracking_uri()
     if uri.startswith(("http://", "https://")):
         print(f"MLflow UI: {uri} (a tracking server: nothing to start here)")
         return 0
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
-    if mlflow is None:
-        raise ValidationError("mlflow is not installed: pip install 'ftlab[tracking]'")
+    problems = [] if mlflow else ["mlflow is not installed: pip install 'ftlab[tracking]'"]
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    if db is not None and not db.is_file():
+        problems.append(f"no tracking store at {db} (FTLAB_TRACKING_URI={uri}): run `make demo` or a flow "
+                        "first, or set FTLAB_HOME to the folder that holds mlflow.db")
+    with socket.socket() as sock:
+        try:
+            sock.bind((args.host, args.port))
+        except OSError as exc:
+            problems.append(f"cannot serve on {args.host}:{args.port} ({exc.strerror}): choose another --port")
+    if problems:
+        raise ValidationError(problems)
     home = Path(os.environ.get("FTLAB_HOME", ".ftlab"))
     cmd = [mlflow, "server", "--backend-store-uri", uri, "--default-artifact-root",
            str((home / "mlflow-artifacts").resolve()), "--host", args.host, "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI: http://{args.host}:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
     tmp = home / "tmp"  # mlflow server leaves a db_init_lock-<hash> file in its temp dir: ours, not /tmp
     tmp.mkdir(parents=True, exist_ok=True)
+    url = f"http://{args.host}:{args.port}"
+    print(f"starting the MLflow UI on {url} (store {uri}) ...", flush=True)
+    server = subprocess.Popen(cmd, env=dict(os.environ, TMPDIR=str(tmp.resolve())))
     try:
-        return subprocess.call(cmd, env=dict(os.environ, TMPDIR=str(tmp.resolve())))
+        deadline = time.monotonic() + 120
+        while server.poll() is None and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        if server.poll() is not None:
+            return server.returncode or 1
+        from mlflow.tracking import MlflowClient
+        experiments = MlflowClient(uri).search_experiments(order_by=["last_update_time DESC"])
+        print(f"MLflow UI: {url}  (Ctrl-C stops it)")
+        for e in experiments:
+            print(f"  {e.name}: {url}/#/experiments/{e.experiment_id}/runs")
+        if not [e for e in experiments if e.name != "Default"]:
+            print("  no experiments yet: run `make demo` or a flow with tracking on")
+        return server.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(30)
 
 
 def register_demo_models() -> str:
@@ -581,8 +620,9 @@ def register_demo_models() -> str:
         print(f"   not registered: {type(exc).__name__}: {exc}")
     if uri.startswith(("http://", "https://")):
         return f"== runs, curves, lineage and registry in MLflow: {uri}"
-    return (f"== runs, curves, lineage and registry in MLflow ({uri}): open it with `.venv/bin/ftlab ui` "
-            f"(or `mlflow server --backend-store-uri {uri}`), then http://127.0.0.1:5000")
+    return (f"== runs, curves, lineage and registry in MLflow ({uri}): open it with `.venv/bin/ftlab ui`, "
+            f"which prints each experiment's runs page (or `mlflow server --backend-store-uri {uri}`, then "
+            "http://127.0.0.1:5000, experiment 'demo', the 'Model training' view)")
 
 
 # ------------------------------------------------------------------ parser
