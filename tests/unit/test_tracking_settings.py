@@ -22,7 +22,7 @@ def test_configs_flatten_to_params_and_metric_names_group_by_task():
     params = tracking.flatten({"lora": {"r": 8, "target_modules": ["q_proj"]}, "tasks": [{"task": "arc", "limit": 4}],
                                "dtype": None, "learning_rate": 0.0002})
     assert params == {"lora.r": "8", "lora.target_modules": "['q_proj']", "tasks.0.task": "arc", "tasks.0.limit": "4",
-                      "dtype": "None", "learning_rate": "0.0002"}
+                      "learning_rate": "0.0002"}
     assert tracking.metric_key("ai2_arc__accuracy") == "ai2_arc/accuracy"
     assert tracking.run_name("evaluate", {"model": "M", "eval_id": "eval-1"}) == "eval M eval-1"
     assert tracking.run_name("train", {"output_name": "M-arc_SFT_LoRa8_NoQuant"}) == "M-arc_SFT_LoRa8_NoQuant"

@@ -56,10 +56,13 @@ def run_name(kind: str, config: dict[str, Any]) -> str:
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config → MLflow params (``lora.r`` → ``"8"``); lists of dicts (evaluation tasks) by index."""
+    """Nested config → MLflow params (``lora.r`` → ``"8"``); lists of dicts (evaluation tasks) by
+    index; unset (None) fields are left out."""
     out: dict[str, str] = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
+        if value is None:  # e.g. full fine-tuning's lora block: a "None" column would be an axis of nothing
+            continue
         if isinstance(value, dict):
             out |= flatten(value, name + ".")
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
