@@ -48,6 +48,7 @@ LONGEST_FIRST = [
     "integration/test_tracking_ui.py",     # MLflow server + the demo-shaped runs + chromium
     "deploy/test_engine.py",               # the trainer image on a real Docker engine (minutes when cold)
     "flows/test_worker.py",                # 65 s
+    "flows/test_worker_restart.py",        # 77 s, a Prefect server, worker and the zombie automation's window
     "integration/test_faults.py",          # 52 s
     "integration/test_trainer.py",         # 60 s
     "integration/test_services.py",        # 52 s

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from flows.deployments import ZOMBIE_AFTER_S, ZOMBIE_AUTOMATION
+from flows.deployments import ZOMBIE_AUTOMATION
 from tests.conftest import ROOT
 from tests.flows.test_worker import _api, _flow_process, _free_port, _wait
 
 pytestmark = pytest.mark.slow
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
+AFTER_S = 45  # the automation's window in this test: 1.5 heartbeats of 30 s
 SLEEPER = '''
 import time
 from prefect import flow
@@ -69,8 +70,10 @@ def test_a_flow_run_whose_worker_restarted_ends_crashed(tmp_path):
         out = subprocess.run([sys.executable, "-m", "flows.deployments", "deploy"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout + out.stderr
-        # deploying twice leaves one automation
-        out = subprocess.run([sys.executable, "-c", "from flows.deployments import ensure_zombie_automation as e; e()"],
+        # deploying twice leaves one automation; the second one with a shorter window than the
+        # compose stack's 120 s (still above the 30 s heartbeat), so the test waits less
+        out = subprocess.run([sys.executable, "-c",
+                              f"from flows.deployments import ensure_zombie_automation as e; e(after_s={AFTER_S})"],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
         automations = [a for a in _api(api, "/automations/filter", {}) if a["name"] == ZOMBIE_AUTOMATION]
@@ -95,9 +98,9 @@ def test_a_flow_run_whose_worker_restarted_ends_crashed(tmp_path):
         worker()
         t0 = time.monotonic()
         end = _wait("the interrupted flow run to leave Running", lambda: (s := state())["type"] != "RUNNING" and s,
-                    timeout=ZOMBIE_AFTER_S + 180, every=2)
+                    timeout=AFTER_S + 180, every=2)
         assert end["type"] == "CRASHED", end
-        assert "no heartbeat" in end["message"], end
+        assert f"no heartbeat for {AFTER_S} s" in end["message"], end
         print(f"Crashed {time.monotonic() - t0:.0f} s after the kill")
     finally:
         for p in procs[::-1]:
