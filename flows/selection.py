@@ -7,6 +7,7 @@ An experiment file's ``lr_sweep`` section (docs/FLOWS.md)::
     lr_sweep:
       rates: {lora: [1e-4, 5e-4, 2e-3], vera: [2e-3, 1e-2, 5e-2]}   # per peft_method (none: full FT)
       select_on: {task: squad_v2, dataset: squad-val, split: validation, limit: 100}   # metric: the task's headline
+      seeds: [1]          # optional: sweep on these of the experiment's seeds only (default: all of them)
 
 At plan time (``expand`` then ``gate``, the planner's two hooks) every train step whose method has
 rates becomes one *candidate* per rate, named by the study's name with the rate
@@ -19,6 +20,11 @@ earlier rate in the list); the losers' test evaluations and quantizations are no
 ``not_selected``), nor anything made from them. The choice, with every candidate's score, is in
 the select step's result, which the report prints (``report_lines``); the chosen model's own
 manifest carries its learning rate (its TrainSpec) and its name says it.
+
+With ``seeds`` (a subset of the experiment's ``seeds:``) only those seeds train at every rate and
+are scored on validation; the other seeds of a configuration are trained once the choice is made,
+at the chosen rate only (their candidates at the other rates are planned, gated on the choice and
+never run): an n-rate sweep over k seeds then costs n + k - 1 trainings per configuration, not n·k.
 
 Steps without rates in the sweep are planned as before: trained once at their own rate."""
 from __future__ import annotations
@@ -33,7 +39,7 @@ from services.common.data.tasks import get_task
 from services.common.jobs.record import spec_hash
 from services.common.storage import artifacts
 
-SWEEP_KEYS = {"rates", "select_on"}
+SWEEP_KEYS = {"rates", "select_on", "seeds"}
 SELECT_KEYS = {"task", "dataset", "split", "limit", "metric"}
 STAGE = "select"
 NOT_SELECTED = "not_selected"
@@ -45,7 +51,10 @@ class Sweep:
     task: dict[str, Any]               # the EvaluateSpec task item scored for selection
     metric: str
     higher_is_better: bool
-    groups: dict[str, list[str]] = field(default_factory=dict)  # filled by expand: group -> candidates
+    seeds: tuple[int, ...] = ()        # the seeds swept (empty: every seed of the experiment)
+    groups: dict[str, list[str]] = field(default_factory=dict)  # filled by expand: group -> swept candidates
+    followers: dict[str, str] = field(default_factory=dict)     # filled by expand: candidate -> group, trained
+    #                                                             only if its rate is chosen (seeds not swept)
 
 
 def parse(raw: Any, p: list[str]) -> Sweep | None:
@@ -94,7 +103,12 @@ def parse(raw: Any, p: list[str]) -> Sweep | None:
         else:
             metric, higher = sel["metric"], known[sel["metric"]]
     item = {"task": task.name, "split": split, **{k: sel[k] for k in ("dataset", "limit") if k in sel}}
-    return Sweep(clean, item, metric, higher)
+    seeds = raw.get("seeds", [])
+    if not (isinstance(seeds, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
+            and len(set(seeds)) == len(seeds)):
+        p.append(f"lr_sweep.seeds: {seeds!r} must be a list of distinct integer seeds (a subset of seeds:)")
+        seeds = []
+    return Sweep(clean, item, metric, higher, tuple(seeds))
 
 
 def rate_tag(rate: float) -> str:
@@ -123,6 +137,8 @@ def expand(p: list[str], sweep: Sweep | None, trained: list, train_step: Callabl
     any step (passed in, not imported: the planner imports this module)."""
     if sweep is None:
         return trained
+    if sweep.seeds and (unknown := sorted(set(sweep.seeds) - {s.spec.get("seed") for s in trained})):
+        p.append(f"lr_sweep.seeds: {unknown} not among the experiment's seeds (seeds: or --seed)")
     out = []
     for step in trained:
         method = step.labels.get("peft_method")
@@ -131,12 +147,16 @@ def expand(p: list[str], sweep: Sweep | None, trained: list, train_step: Callabl
             continue
         group = without_seed(step.output)  # the seeds of a configuration are chosen for together
         sweep.groups.setdefault(group, [])
+        swept = not sweep.seeds or step.spec.get("seed") in sweep.seeds
         for rate in sweep.rates[method]:
             spec = {**copy.deepcopy(step.spec), "learning_rate": rate, "output_name": candidate_name(step.output, rate)}
             if (cand := train_step(p, f"lr_sweep.rates.{method}", spec)) is None:
                 continue
             cand.labels = {**step.labels, **cand.labels, "learning_rate": rate, "select_group": group}
-            sweep.groups[group].append(cand.output)
+            if swept:
+                sweep.groups[group].append(cand.output)
+            else:
+                sweep.followers[cand.output] = group
             out.append(cand)
     return out
 
@@ -147,7 +167,7 @@ def gate(sweep: Sweep | None, experiment: str, settings: dict[str, Any], steps: 
     if sweep is None or not sweep.groups:
         return steps
     Step = step_type  # the planner's Step (passed in, as in expand)
-    group_of = {c: g for g, cands in sweep.groups.items() for c in cands}
+    group_of = {c: g for g, cands in sweep.groups.items() for c in cands} | sweep.followers
     val_steps, select_steps = [], []
     for group, cands in sweep.groups.items():
         evals = []
@@ -161,12 +181,14 @@ def gate(sweep: Sweep | None, experiment: str, settings: dict[str, Any], steps: 
                  "higher_is_better": sweep.higher_is_better}
         select_steps.append(Step(STAGE, "flow", sspec, select_output(group), evals, {"select_group": group}))
     for s in steps:
-        source = s.spec.get("model") if s.stage == "evaluate" else s.spec.get("source_model")
-        if s.stage in ("evaluate", "quantize") and source in group_of:
+        source = {"evaluate": s.spec.get("model"), "quantize": s.spec.get("source_model"),
+                  "train": s.output if s.output in sweep.followers else None}.get(s.stage)
+        if source in group_of:
             s.after = [*s.after, select_output(group_of[source])]
             s.labels = {**s.labels, "select_group": group_of[source], "candidate": without_seed(source)}
-    trained = [s for s in steps if s.stage == "train"]
-    return trained + val_steps + select_steps + [s for s in steps if s.stage != "train"]
+    swept = [s for s in steps if s.stage == "train" and s.output not in sweep.followers]
+    followers = [s for s in steps if s.stage == "train" and s.output in sweep.followers]
+    return swept + val_steps + select_steps + followers + [s for s in steps if s.stage != "train"]
 
 
 def without_seed(name: str) -> str:
@@ -242,8 +264,9 @@ def report_lines(steps: list[dict[str, Any]]) -> list[str]:
     if not sel:
         return []
     lines = ["## Learning rates chosen on validation", "",
-             "Each configuration trained at every rate of `lr_sweep`; the rate with the best validation "
-             "score was kept, and only that model was scored on the test split.", "",
+             "Each configuration trained at every rate of `lr_sweep` (on its swept seeds: the seed count "
+             "is given where more than one); the rate with the best validation score was kept, the other "
+             "seeds were trained at that rate only, and only the chosen models were scored on the test split.", "",
              "| configuration | metric | " + "candidates (validation score) | chosen |", "|---|---|---|---|"]
     for s in sel:
         if s["status"] != "succeeded":

@@ -153,3 +153,37 @@ def test_dry_run_counts_the_steps_gated_on_the_choice_apart(monkeypatch):
     assert "1 select" in text
     rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["evaluate"], ["quantize"])]
     assert sum(r[1] == "gated" for r in rows) == 9
+
+
+def test_a_sweep_on_one_seed_trains_the_other_seeds_at_the_chosen_rate_only(tmp_path):
+    """``lr_sweep.seeds: [1]`` with ``seeds: [1, 2, 3]``: seed 1 trains at every rate and is scored
+    on validation; seeds 2 and 3 are planned at every rate but wait for the choice, and only the
+    chosen rate's run (3 rates x 1 seed + 2 seeds = 5 trainings instead of 9)."""
+    store = LocalStore(tmp_path / "store")
+    store.ensure_buckets()
+    exp = plan(spec(seeds=[1, 2, 3], quantize=[],
+                    lr_sweep={"rates": {"lora": [1e-4, 5e-4, 2e-3]}, "select_on": SEL, "seeds": [1]}))
+    (sel,) = exp.stage("select")
+    val = [s for s in exp.stage("evaluate") if s.labels.get("split") == "validation"]
+    assert sorted(s.spec["model"] for s in val) == sorted(
+        f"Qwen3-tiny-squad_SFT_LoRa8_lr{r}_s1_NoQuant" for r in ("1e-4", "5e-4", "2e-3"))
+    followers = [s for s in exp.stage("train") if sel.output in s.after]
+    assert len(followers) == 6 and all("_s1_" not in s.output for s in followers)
+    order = [s.output for s in exp.steps]  # the flow submits in order: a follower after the choice
+    assert all(order.index(d) < order.index(s.output) for s in exp.steps for d in s.after if d in order)
+    for s, f1 in zip(val, (10.0, 30.0, 20.0)):
+        _commit_eval(store, tmp_path, s.spec["model"], s.spec["eval_id"], f1)
+    r = selection.run_select(sel, [], store)
+    assert r["chosen"] == "Qwen3-tiny-squad_SFT_LoRa8_lr5e-4_NoQuant"
+    runs = [s.output for s in followers if selection.gated(s, [r]) is None]
+    assert runs == ["Qwen3-tiny-squad_SFT_LoRa8_lr5e-4_s2_NoQuant", "Qwen3-tiny-squad_SFT_LoRa8_lr5e-4_s3_NoQuant"]
+    test = [s for s in exp.stage("evaluate") if s.labels.get("split") != "validation" and "candidate" in s.labels]
+    assert sorted(s.spec["model"] for s in test if selection.gated(s, [r]) is None) == sorted(
+        f"Qwen3-tiny-squad_SFT_LoRa8_lr5e-4_s{k}_NoQuant" for k in (1, 2, 3))
+    from flows import dryrun
+    assert "to run: 14; gated on the lr_sweep's choice: 15 (only the chosen rate's 5 run)" in \
+        dryrun.render(exp, None, "nowhere")
+    with pytest.raises(ValidationError, match=r"lr_sweep.seeds: \[4\] not among"):
+        plan(spec(seeds=[1, 2], lr_sweep={"rates": {"lora": [1e-4, 5e-4]}, "select_on": SEL, "seeds": [4]}))
+    with pytest.raises(ValidationError, match="lr_sweep.seeds: 'one'"):
+        plan(spec(lr_sweep={"rates": {"lora": [1e-4, 5e-4]}, "select_on": SEL, "seeds": "one"}))
