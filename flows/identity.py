@@ -33,7 +33,10 @@ def stored_differences(store: ObjectStore, step: Step, manifest: dict[str, Any])
             return []
         return differences(step.identity, stored) or [("parents", step.parents, manifest.get("parent_digests"))]
     recorded = manifest.get("parent_digests")
-    now = [digest_of(artifacts.read_manifest(store, "models", m), m) for m in step.after]
+    # the model it was made from, as the services record it (not step.after, which also names the
+    # lr_sweep choice an evaluation waits for: every chosen model's evaluation was a false conflict)
+    source = step.spec["model"] if step.stage == "evaluate" else step.spec["source_model"]
+    now = [digest_of(artifacts.read_manifest(store, "models", source), source)]
     if recorded is not None and recorded != now:  # the model it was made from has been re-made since
         return [("parent digest", now, recorded)]
     return []

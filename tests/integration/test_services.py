@@ -112,6 +112,24 @@ def test_a_run_that_times_out_cancels_its_job_when_asked(services):
     assert artifacts.read_manifest(services["store"], "models", TRAINED) is None
 
 
+def test_a_stage_timeout_counts_the_jobs_run_time_not_its_time_queued(services):
+    """A flow submits a whole sweep at once; a job waiting in the queue behind another must not be
+    cancelled for the other's run time (the mini-study's last sweep trainings were, at 3600 s)."""
+    import threading
+    import time
+    t = services["clients"]["trainer"]
+    first = t.submit(dict(TRAIN, max_steps=100000), "holds-the-slot")
+    for ev in t.watch(first.job_id):
+        if ev.type == jobs_pb2.EVENT_TYPE_PROGRESS:
+            break
+    threading.Timer(6.0, t.cancel, [first.job_id]).start()  # the slot frees after 6 s
+    t0 = time.time()
+    with pytest.raises(TimeoutError, match="still RUNNING after 3s; cancelled it"):
+        t.run(dict(TRAIN, max_steps=100000), "queued-behind", timeout_s=3.0, cancel_on_timeout=True)
+    assert time.time() - t0 >= 6.0 + 3.0  # queued 6 s (not counted), then ran 3 s
+    assert state_name(t.wait(first.job_id, 30).state) == "CANCELLED"
+
+
 @pytest.mark.parametrize("service,spec,expected", [
     ("trainer", {"base_model": TINY, "dataset": "arc", "peft_method": "lorax", "lora": {"r": 0, "alpha": -1},
                  "learning_rate": -1.0, "max_steps": 0},

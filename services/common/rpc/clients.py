@@ -259,10 +259,12 @@ class ServiceClient:
     def wait(self, job_id: str, timeout_s: float = 3600.0,
              on_event: Callable[[jobs_pb2.JobEvent], None] | None = None) -> jobs_pb2.Job:
         """Follow the job's events until it is terminal (reconnecting where the stream broke);
-        raises TimeoutError after ``timeout_s``. Returns the final job. At most
+        raises TimeoutError once it has run ``timeout_s`` — time QUEUED does not count (a flow
+        submits a whole sweep at once; its last job may wait hours for the device, and must not be
+        cancelled for the others' run time). Returns the final job. At most
         ``MAX_WATCH_STREAMS`` waits of this process watch one service at once; the others, and
         any the server refuses as busy, poll GetJob with backoff meanwhile."""
-        deadline, seq, pause = time.time() + timeout_s, 0, POLL_S[0]
+        deadline, seq, pause, started = time.time() + timeout_s, 0, POLL_S[0], False
         slots = _watch_slots(self.address)
         while True:
             if slots.acquire(blocking=False):
@@ -271,6 +273,9 @@ class ServiceClient:
                         seq, pause = ev.seq, POLL_S[0]
                         if on_event:
                             on_event(ev)
+                        if ev.state == jobs_pb2.JOB_STATE_QUEUED or not started:
+                            started = ev.state != jobs_pb2.JOB_STATE_QUEUED
+                            deadline = time.time() + timeout_s  # the clock starts when the job does
                         if time.time() > deadline:
                             break
                 except (ServiceUnavailable, Busy) as exc:
@@ -285,7 +290,11 @@ class ServiceClient:
             job = self.get(job_id)
             if job.state in TERMINAL:
                 return job
-            if time.time() > deadline:
+            if job.state == jobs_pb2.JOB_STATE_QUEUED:
+                deadline = time.time() + timeout_s
+            elif not started:  # first seen running here (polling, or a stream that broke)
+                started, deadline = True, time.time() + timeout_s
+            elif time.time() > deadline:
                 raise TimeoutError(f"{self.service} job {job_id} still {state_name(job.state)} after {timeout_s:.0f}s")
 
     def run(self, spec, request_id: str | None = None, timeout_s: float = 3600.0,
