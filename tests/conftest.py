@@ -62,7 +62,21 @@ LONGEST_FIRST = [
 ]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--long-checks", action="store_true",
+                     help="also run the long forms marked `long` (the Makefile's check-* targets)")
+
+
 def pytest_collection_modifyitems(config, items):
+    # The long forms (all PTQ methods on the real model, the trainer image's build, ...) are make
+    # targets, never part of `make test`: deselected unless asked for, so a plain pytest run and
+    # `make test` stay near 10 minutes. Each has a fast part that stays in the suite.
+    if not config.getoption("--long-checks"):
+        long = [i for i in items if i.get_closest_marker("long")]
+        if long:
+            config.hook.pytest_deselected(items=long)
+            items[:] = [i for i in items if not i.get_closest_marker("long")]
+
     def rank(item) -> int:
         path = item.nodeid.split("::")[0].removeprefix("tests/")
         return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
