@@ -89,10 +89,18 @@ load-check: $(BIN)/.installed
 #   check-images  the trainer image built on a real Docker engine without a registry, its
 #                 container's health as uid 10001 (~4-5 min cold; needs root, docker.io, debootstrap;
 #                 `make test` checks what build-images.sh hands each build against its Dockerfile)
+#   check-worker-restart  a Prefect worker and its flow run killed mid-run, the run Crashed by the
+#                 zombie automation (~100 s; `make test` checks the automation's registration)
+#   check-bf16    a LoRA's loss curve on the real model, bf16 frozen layers against fp32 (~80 s;
+#                 `make test` checks the bf16/fp32 split and the fp32 merge on the tiny model)
 LONG_PYTEST := $(BIN)/python -m pytest -q -ra --durations=5 --long-checks -m long
-.PHONY: check-ptq check-images check-long
+.PHONY: check-ptq check-images check-worker-restart check-bf16 check-long
 check-ptq: $(BIN)/.installed $(EVAL_BIN)/.installed
 	$(LONG_PYTEST) tests/integration/test_ptq_real.py
 check-images: $(BIN)/.installed
 	$(LONG_PYTEST) tests/deploy/test_engine.py
-check-long: check-ptq check-images
+check-worker-restart: $(BIN)/.installed
+	$(LONG_PYTEST) tests/flows/test_worker_restart.py
+check-bf16: $(BIN)/.installed
+	$(LONG_PYTEST) tests/integration/test_cpu_bf16.py
+check-long: check-ptq check-images check-worker-restart check-bf16
