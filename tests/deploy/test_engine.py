@@ -90,7 +90,8 @@ def test_every_offline_build_fits_its_dockerfile_and_context():
         context = Path(b["context"])
         dockerfile = context / b.get("dockerfile", "Dockerfile")
         if context.resolve() != ROOT or not dockerfile.is_file():
-            problems.append(f"{image}: context {context} / dockerfile {dockerfile} (build-images.sh builds from the root)")
+            problems.append(f"{image}: context {context}, dockerfile {dockerfile}: build-images.sh builds "
+                            "from the repository root")
             continue
         text = dockerfile.read_text()
         declared, passed_args = set(re.findall(r"^ARG\s+(\w+)", text, re.M)), set(b.get("args") or {})
