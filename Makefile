@@ -83,7 +83,7 @@ load-check: $(BIN)/.installed
 
 # The long forms of suite tests, never part of `make test` (it keeps a fast part of each, which
 # fails when the feature breaks): tests marked `long`, which pytest runs only with --long-checks
-# (tests/conftest.py). Times: 2-core machine, one process.
+# (tests/conftest.py). Times: what each took in the CI run of 2026-12-05 (2 cores, loaded).
 #   check-ptq     GPTQ, AWQ, QuaRot and SmoothQuant on the real model, and its 4-bit KV cache
 #                 (~6 min; `make test` runs GPTQ alone)
 #   check-images  the trainer image built on a real Docker engine without a registry, its
