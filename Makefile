@@ -80,3 +80,27 @@ deploy-check: $(BIN)/.installed
 load-check: $(BIN)/.installed
 	$(BIN)/python -m bench.phase1_check
 	for s in trainer quantizer evaluator; do $(BIN)/python -m bench.bench_load --flood --service $$s --seconds 20 || exit 1; done
+
+# The long forms of suite tests, never part of `make test` (it keeps a fast part of each, which
+# fails when the feature breaks): tests marked `long`, which pytest runs only with --long-checks
+# (tests/conftest.py). Times: what each took in the CI run of 2026-12-05 (2 cores, loaded).
+#   check-ptq     GPTQ, AWQ, QuaRot and SmoothQuant on the real model, and its 4-bit KV cache
+#                 (~6 min; `make test` runs GPTQ alone)
+#   check-images  the trainer image built on a real Docker engine without a registry, its
+#                 container's health as uid 10001 (~4-5 min cold; needs root, docker.io, debootstrap;
+#                 `make test` checks what build-images.sh hands each build against its Dockerfile)
+#   check-worker-restart  a Prefect worker and its flow run killed mid-run, the run Crashed by the
+#                 zombie automation (~100 s; `make test` checks the automation's registration)
+#   check-bf16    a LoRA's loss curve on the real model, bf16 frozen layers against fp32 (~80 s;
+#                 `make test` checks the bf16/fp32 split and the fp32 merge on the tiny model)
+LONG_PYTEST := $(BIN)/python -m pytest -q -ra --durations=5 --long-checks -m long
+.PHONY: check-ptq check-images check-worker-restart check-bf16 check-long
+check-ptq: $(BIN)/.installed $(EVAL_BIN)/.installed
+	$(LONG_PYTEST) tests/integration/test_ptq_real.py
+check-images: $(BIN)/.installed
+	$(LONG_PYTEST) tests/deploy/test_engine.py
+check-worker-restart: $(BIN)/.installed
+	$(LONG_PYTEST) tests/flows/test_worker_restart.py
+check-bf16: $(BIN)/.installed
+	$(LONG_PYTEST) tests/integration/test_cpu_bf16.py
+check-long: check-ptq check-images check-worker-restart check-bf16

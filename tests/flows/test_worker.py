@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.deployments import ZOMBIE_AFTER_S, ZOMBIE_AUTOMATION
 from services.common.rpc.clients import ServiceClient, state_name
 from tests.conftest import ROOT, SEED_DATA, TINY
 
@@ -121,7 +122,7 @@ def stack(tmp_path_factory, tiny_model_dir):
             assert deploy.returncode == 0, deploy.stdout + deploy.stderr
             pulls.append(_api(api, "/deployments/name/ftlab-experiment/smoke")["pull_steps"])
         assert pulls[0] == pulls[1] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
-        yield {"store": store, "running": running, "api": api, "cli": cli, "tmp": tmp, "logs": logs}
+        yield {"store": store, "running": running, "api": api, "cli": cli, "tmp": tmp, "logs": logs, "env": env}
     finally:
         for p in procs[::-1]:
             p.terminate()
@@ -204,3 +205,23 @@ def test_a_killed_flow_process_has_its_jobs_cancelled_by_the_crash_hook(stack):
     assert _api(stack["api"], f"/flow_runs/{run_id}")["state"]["type"] == "CRASHED"
     worker_log = (stack["logs"] / "worker.log").read_text()
     assert "unexpected keyword argument" not in worker_log, worker_log[-3000:]
+
+
+def test_deploying_leaves_one_zombie_automation_that_crashes_silent_runs(stack):
+    """What a worker restart relies on (a flow run whose process died is Crashed, not Running
+    forever): the automation `python -m flows.deployments deploy` registered, once however often it
+    runs, proactive on the flow runs' heartbeats. Its long form, a worker and its flow-run process
+    killed mid-run and the run ending Crashed, is tests/flows/test_worker_restart.py
+    (`make check-worker-restart`)."""
+    again = subprocess.run([sys.executable, "-c", "from flows.deployments import ensure_zombie_automation as e; e()"],
+                           cwd=ROOT, env=stack["env"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    found = [a for a in _api(stack["api"], "/automations/filter", {}) if a["name"] == ZOMBIE_AUTOMATION]
+    assert len(found) == 1 and found[0]["enabled"], found
+    trigger, actions = found[0]["trigger"], found[0]["actions"]
+    assert trigger["posture"] == "Proactive" and trigger["within"] == ZOMBIE_AFTER_S, trigger
+    assert trigger["match"] == {"prefect.resource.id": "prefect.flow-run.*"}, trigger
+    assert set(trigger["after"]) == {"prefect.flow-run.heartbeat"} and trigger["for_each"] == ["prefect.resource.id"]
+    ends = {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Crashed"}
+    assert ends <= set(trigger["expect"]), trigger
+    assert [(a["type"], a["state"]) for a in actions] == [("change-flow-run-state", "CRASHED")], actions

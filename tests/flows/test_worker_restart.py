@@ -5,7 +5,11 @@ worker started. Before the fix the flow run stayed Running forever; now the auto
 ``python -m flows.deployments deploy`` registers sets it Crashed once its heartbeats stop.
 
 The flow is a sleeper, not an experiment: what is under test is Prefect's bookkeeping of a run
-whose process is gone, and the rerun's skipping of committed steps is covered by the flow tests."""
+whose process is gone, and the rerun's skipping of committed steps is covered by the flow tests.
+
+A long form (`make check-worker-restart`, never part of `make test`: ~100 s, most of it the
+automation's window): the suite keeps its fast part, the automation's registration checked against
+tests/flows/test_worker.py's server (test_deploying_leaves_one_zombie_automation_...)."""
 from __future__ import annotations
 
 import os
@@ -22,7 +26,7 @@ from flows.deployments import ZOMBIE_AUTOMATION
 from tests.conftest import ROOT
 from tests.flows.test_worker import _api, _flow_process, _free_port, _wait
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 AFTER_S = 45  # the automation's window in this test: 1.5 heartbeats of 30 s

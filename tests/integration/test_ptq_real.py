@@ -3,7 +3,12 @@ through the real quantizer and evaluator: llm-compressor's GPTQ, AWQ, SmoothQuan
 mappings work for it, each output loads with plain ``from_pretrained`` and is scored, and the
 degradation table shows real (non-zero) degradation against the parent. One tiny calibration set
 and a few evaluation items keep it short; the measured table is in docs/QUANTIZER.md
-(``bench/bench_ptq_real.py``)."""
+(``bench/bench_ptq_real.py``).
+
+`make test` runs GPTQ alone (the cheapest of the four, ~1 min of quantizing; every method on the
+tiny model is tests/integration/test_ptq_methods.py): the real model through llm-compressor, the
+reload, the evaluator and the degradation table. All four methods and the parent's 4-bit KV cache
+on the real model are the long form, ``make check-ptq`` (6 min of the suite's time before)."""
 from __future__ import annotations
 
 import json
@@ -24,6 +29,7 @@ METHODS = {  # SmolLM2's layers are 576 and 1536 wide: group size 64
     f"{REAL}_QuaRot_w4_g64_headfp32": {"method": "quarot", "group_size": 64},
     f"{REAL}_SmoothQuant_w8_headfp32": {"method": "smoothquant"},
 }
+GPTQ = f"{REAL}_GPTQ_w4_g64_headfp32"
 EVAL = {"tasks": [{"task": "arc", "limit": 3}], "batch_size": 3, "max_new_tokens": 8}
 
 
@@ -48,15 +54,20 @@ def real_services(real_store):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # ten jobs, each a child process: minutes on a loaded 2-core CPU
-def test_study_methods_on_the_real_model(real_store, real_services, tmp_path, monkeypatch):
+@pytest.mark.timeout(1800)  # up to ten jobs, each a child process: minutes on a loaded 2-core CPU
+@pytest.mark.parametrize("methods,kv4", [
+    pytest.param([GPTQ], False, id="gptq"),
+    pytest.param(list(METHODS), True, id="all-methods", marks=pytest.mark.long),   # make check-ptq
+])
+def test_study_methods_on_the_real_model(real_store, real_services, tmp_path, monkeypatch, methods, kv4):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     monkeypatch.setenv("FTLAB_DEVICE", "cpu")
     monkeypatch.setenv("FTLAB_CPU_THREADS", "1")  # each job's environment is the service's at its start
     q, e = real_services["quantizer"], real_services["evaluator"]
-    quantize = {name: q.submit({"source_model": REAL, **SMALL, **spec}, name) for name, spec in METHODS.items()}
-    evals = [e.submit({"model": REAL, **EVAL}, "parent"), e.submit({"model": REAL, **EVAL, "kv_cache_dtype": "int4"},
-                                                                     "parent-kv4")]
+    quantize = {name: q.submit({"source_model": REAL, **SMALL, **METHODS[name]}, name) for name in methods}
+    evals = [e.submit({"model": REAL, **EVAL}, "parent")]
+    if kv4:
+        evals.append(e.submit({"model": REAL, **EVAL, "kv_cache_dtype": "int4"}, "parent-kv4"))
     for name, job in quantize.items():
         final = q.wait(job.job_id, 1200)
         assert state_name(final.state) == "SUCCEEDED", (name, final.error)
@@ -75,7 +86,7 @@ def test_study_methods_on_the_real_model(real_store, real_services, tmp_path, mo
             "s3://evaluations/") + "metrics.json"))
         assert metrics["datasets"]["ai2_arc"]["total_samples"] == 3
     table = degradation_table(real_store).set_index("model")
-    assert sorted(table.index) == sorted(METHODS)
+    assert sorted(table.index) == sorted(methods)
     for name, r in table.iterrows():
         # A trained model really degrades (a random one barely does): KL and perplexity move.
         assert r["kl_mean"] > 1e-4 and math.isfinite(r["ppl_delta"]) and r["ppl_quantized"] > 1, name

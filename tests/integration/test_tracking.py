@@ -36,7 +36,7 @@ def server(tmp_path_factory):
 class Tracked:
     """The services named in ``names`` on loopback ports, tracking into ``uri``."""
 
-    def __init__(self, store, uri: str, monkeypatch, names=("trainer", "quantizer", "evaluator")):
+    def __init__(self, store, uri: str, monkeypatch, names=("trainer", "quantizer", "evaluator"), max_running=1):
         from services.common.jobs.runtime import RuntimeOptions
         from services.common.rpc.service import RunningService
         from services.evaluator.server import SERVICE as EVALUATOR
@@ -44,7 +44,8 @@ class Tracked:
         from services.trainer.server import SERVICE as TRAINER
         monkeypatch.setenv("FTLAB_TRACKING_URI", uri)
         defs = {s.name: s for s in (TRAINER, QUANTIZER, EVALUATOR)}
-        self.running = {n: RunningService(defs[n], store, "127.0.0.1:0", RuntimeOptions(cancel_grace_s=2.0))
+        self.running = {n: RunningService(defs[n], store, "127.0.0.1:0", RuntimeOptions(cancel_grace_s=2.0,
+                                                                                  max_running=max_running))
                         for n in names}
         self.clients = {n: ServiceClient(n, svc.address) for n, svc in self.running.items()}
 
@@ -154,24 +155,23 @@ def test_a_server_stopped_during_a_job_fails_nothing_and_loses_nothing(tmp_path,
     monkeypatch.setattr(tracking, "RETRY_EVERY_S", 1.0)
     svc = Tracked(seeded_store, srv.uri, monkeypatch, names=("trainer",))
     try:
-        trainer = svc.clients["trainer"]
+        try:
+            trainer = svc.clients["trainer"]
 
-        def outage(ev):  # the server crashes as soon as the job runs (a graceful stop let a
-            # kept-alive connection be served on, and the outage was sometimes never seen)
-            if ev.type == jobs_pb2.EVENT_TYPE_STATE and ev.state == jobs_pb2.JOB_STATE_RUNNING:
-                srv.stop(kill=True)
-        job = trainer.run(TRAIN, "outage:train:1", timeout_s=300, on_event=outage)
-        assert state_name(job.state) == "SUCCEEDED"  # the tracker's outage failed nothing
-        assert srv.proc is None
-        notes = _wait_note(seeded_store, "trainer", job.job_id, "unreachable")
-        assert len([n for n in notes if "unreachable" in n]) == 1  # said once, not per retry
-        srv.start()  # back, same port and store: the buffered curve and the end are delivered
-        notes = _wait_note(seeded_store, "trainer", job.job_id, "delivered to MLflow after")
-    finally:
-        svc.stop()
-        srv.stop()
-    srv.start()
-    try:
+            def outage(ev):  # the server crashes as soon as the job runs (a graceful stop let a
+                # kept-alive connection be served on, and the outage was sometimes never seen)
+                if ev.type == jobs_pb2.EVENT_TYPE_STATE and ev.state == jobs_pb2.JOB_STATE_RUNNING:
+                    srv.stop(kill=True)
+            job = trainer.run(TRAIN, "outage:train:1", timeout_s=300, on_event=outage)
+            assert state_name(job.state) == "SUCCEEDED"  # the tracker's outage failed nothing
+            assert srv.proc is None
+            notes = _wait_note(seeded_store, "trainer", job.job_id, "unreachable")
+            assert len([n for n in notes if "unreachable" in n]) == 1  # said once, not per retry
+            srv.start()  # back, same port and store: the buffered curve and the end are delivered
+            notes = _wait_note(seeded_store, "trainer", job.job_id, "delivered to MLflow after")
+        finally:
+            svc.stop()
+        # read back from the restarted server: no third start
         mc = MlflowClient(srv.uri)
         (run,) = _runs(mc, "outage").values()
         assert run.info.status == "FINISHED" and run.data.tags["ftlab.job_id"] == job.job_id

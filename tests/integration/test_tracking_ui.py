@@ -100,38 +100,42 @@ def _q(value) -> str:
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium; .ci/run does)")
 def test_the_mlflow_ui_compares_lora_dora_and_full_runs(tmp_path, seeded_store, monkeypatch):
     srv = MlflowServer(tmp_path / "mlflow").start()
+    browser = None
     try:
-        svc = Tracked(seeded_store, srv.uri, monkeypatch, names=("trainer",))
+        # the three jobs at once (each one's cost is mostly its child process starting), tracked
+        # side by side, and the browser starting meanwhile
+        svc = Tracked(seeded_store, srv.uri, monkeypatch, names=("trainer",), max_running=len(METHODS))
         try:
-            for method in METHODS:
-                spec = SPEC | {"peft_method": method} | ({} if method == "none" else {"lora": {"r": 8}})
-                job = svc.clients["trainer"].run(spec, f"compare:train:{method}", timeout_s=300)
-                assert state_name(job.state) == "SUCCEEDED", job.error
+            trainer = svc.clients["trainer"]
+            jobs = [trainer.submit(SPEC | {"peft_method": m} | ({} if m == "none" else {"lora": {"r": 8}}),
+                                   f"compare:train:{m}") for m in METHODS]
+            browser = Browser(tmp_path / "profile")
+            for job in jobs:
+                final = trainer.wait(job.job_id, 300)
+                assert state_name(final.state) == "SUCCEEDED", final.error
         finally:
             svc.stop()
         runs = _runs(MlflowClient(srv.uri), "compare")
         assert set(METHODS.values()) <= set(runs), sorted(runs)
         ids = [runs[name].info.run_id for name in METHODS.values()]
         exp = [runs[METHODS["lora"]].info.experiment_id]
-        browser = Browser(tmp_path / "profile")
-        try:
-            # the run comparison: the three runs by their study names, the PEFT method of each
-            text = browser.open(f"{srv.uri}/#/compare-runs?runs={_q(ids)}&experiments={_q(exp)}",
-                                "Comparing 3 Runs", *METHODS.values())
-            assert all(m in text.split() for m in METHODS), text[-3000:]  # peft_method, in the params table
-            # the loss curves of the three overlaid, optimizer step as the x-axis: the screenshot
-            text = browser.open(f"{srv.uri}/#/metric/loss?runs={_q(ids)}&metric={_q('loss')}&experiments={_q(exp)}"
-                                f"&plot_metric_keys={_q(['loss'])}&x_axis=step", "Completed Runs", "3/3",
-                                *METHODS.values())
-            panel = browser.call("Runtime.evaluate", expression="localStorage.getItem('mlflow.assistant.panelOpen_v1')",
-                                 returnByValue=True)["result"].get("value")
-            assert panel == "false"  # the Assistant side panel stayed closed: the chart has the width
-            png = tmp_path / "loss.png"
-            browser.screenshot(png)
-        finally:
-            browser.close()
+        # the run comparison: the three runs by their study names, the PEFT method of each
+        text = browser.open(f"{srv.uri}/#/compare-runs?runs={_q(ids)}&experiments={_q(exp)}",
+                            "Comparing 3 Runs", *METHODS.values())
+        assert all(m in text.split() for m in METHODS), text[-3000:]  # peft_method, in the params table
+        # the loss curves of the three overlaid, optimizer step as the x-axis: the screenshot
+        text = browser.open(f"{srv.uri}/#/metric/loss?runs={_q(ids)}&metric={_q('loss')}&experiments={_q(exp)}"
+                            f"&plot_metric_keys={_q(['loss'])}&x_axis=step", "Completed Runs", "3/3",
+                            *METHODS.values())
+        panel = browser.call("Runtime.evaluate", expression="localStorage.getItem('mlflow.assistant.panelOpen_v1')",
+                             returnByValue=True)["result"].get("value")
+        assert panel == "false"  # the Assistant side panel stayed closed: the chart has the width
+        png = tmp_path / "loss.png"
+        browser.screenshot(png)
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000  # a page, not a blank
         if os.environ.get("FTLAB_UI_SCREENSHOT"):
             shutil.copy(png, os.environ["FTLAB_UI_SCREENSHOT"])
     finally:
+        if browser is not None:
+            browser.close()
         srv.stop()
