@@ -402,7 +402,9 @@ def lead_table(vs: pd.DataFrame) -> pd.DataFrame:
     t["p (McNemar)"] = [f"{p:.2g}" if pd.notna(p) else "—" for p in t.mcnemar_p]  # —: not a right/wrong metric
     t["clear?"] = [verdict(r) for _, r in t.iterrows()]
     t["seeds"] = [f"{int(n)} (sd {sd:.3g})" if n and n > 1 and pd.notna(sd) else "1" for n, sd in zip(t.n_seeds, t.sd_seeds)]
-    t["scored with"] = [e if e == pe else f"{e} vs parent {pe}" for e, pe in zip(t.engine, t.parent_engine)]
+    t["scored with"] = [(e if e == pe else f"{e} vs parent {pe}") + (" (re-scored to match)" if "scored again" in str(n)
+                                                                     or "re-scored" in str(n) else "")
+                        for e, pe, n in zip(t.engine, t.parent_engine, t.note)]
     t = t.sort_values(["clear", "relation", "model"], ascending=[False, True, True], kind="stable")
     return t[["model", "vs", "task", "metric", "items", "seeds", "scored with", "parent_value", "value", "diff",
               "95% CI", "p (McNemar)", "clear?"]].rename(columns={"parent_value": "parent", "value": "this model"})

@@ -10,10 +10,11 @@ import pytest
 
 from flows import identity
 from flows import report_verdicts as V
-from flows.comparisons import between_configurations, vs_parent_table
+from flows.comparisons import between_configurations, lead_table, vs_parent_table
 from flows.dryrun import render
 from flows.experiment import load, plan, predicted_engine
 from flows.report import RunInfo, build_report
+from flows.report_ptq import degradation_table
 from tests.unit.test_seed_report import _evaluation, _model, _right
 
 
@@ -94,26 +95,28 @@ def test_the_hf_evaluation_is_its_own_step_done_only_when_it_is_stored(store, tm
 @pytest.fixture
 def quantized(store, tmp_path):
     """A fine-tune scored on vLLM bf16 (its own evaluation) and on HF fp32 (the run's like-for-like
-    one), its INT8 on HF fp32; storage also holds an older HF fp32 evaluation of the fine-tune."""
+    one), its INT8 on HF fp32."""
     _model(store, tmp_path, "B", {"kind": "base"})
     _model(store, tmp_path, "F", {"kind": "trained", "base_model": "B", "parents": ["B"]})
     _model(store, tmp_path, "F_Int8_BnB", {"kind": "quantized", "parents": ["F"]})
     _evaluation(store, tmp_path, "B", _right(10), engine="vllm", dtype="bfloat16")
     _evaluation(store, tmp_path, "F", _right(36), engine="vllm", dtype="bfloat16")
     _evaluation(store, tmp_path, "F", _right(30), eval_id="run-hf")
-    _evaluation(store, tmp_path, "F", _right(12), eval_id="a-old-hf")  # sorts first; not this run's
     _evaluation(store, tmp_path, "F_Int8_BnB", _right(29))
     return store
 
 
-def test_comparisons_prefer_the_runs_evaluation_under_the_same_engine(quantized):
+def test_comparisons_prefer_the_runs_evaluation_under_the_same_engine(quantized, tmp_path):
     store = quantized
+    _evaluation(store, tmp_path, "F", _right(12), eval_id="a-old-hf")  # HF fp32 too, sorts first; not this run's
     run = [("B", "e1"), ("F", "e1"), ("F_Int8_BnB", "e1"), ("F", "run-hf")]  # the like-for-like one last
     vs = vs_parent_table(store, run, n_resamples=500).set_index(["model", "metric"])
     ptq = vs.loc[("F_Int8_BnB", "accuracy")]
     assert ptq.like_for_like and ptq.engine == ptq.parent_engine == "hf float32"
     assert ptq.parent_value == 75.0 and ptq["diff"] == pytest.approx(-2.5)  # 30 -> 29 of 40: the PTQ's cost alone
     assert "scored again under hf float32 for this comparison (F/run-hf)" in ptq.note
+    shown = lead_table(vs.reset_index()).set_index(["model", "metric"]).loc[("F_Int8_BnB", "accuracy")]
+    assert shown["scored with"] == "hf float32 (re-scored to match)" and shown["clear?"] != "not like for like"
     ft = vs.loc[("F", "accuracy")]  # the fine-tune against its base: its own (vLLM) evaluation, as before
     assert ft.like_for_like and ft.engine == "vllm bfloat16" and ft.value == 90.0 and ft.note == ""
     # without the run's own, another stored one scored alike is used, and the note says where it is from
@@ -171,3 +174,6 @@ def test_the_report_keeps_the_hf_evaluation_out_of_the_summary(quantized, tmp_pa
     ptq = next(r for r in out["comparisons"] if r["model"] == "F_Int8_BnB" and r["metric"] == "accuracy")
     assert ptq["like_for_like"] and ptq["parent_value"] == 75.0
     assert "not like for like" not in (tmp_path / "rep" / "report.md").read_text()
+    # the PTQ degradation table compares the INT8 with its source's HF evaluation too: the cost is the quantization's
+    deg = degradation_table(store, ["F_Int8_BnB"]).set_index("model").loc["F_Int8_BnB"]
+    assert deg.like_for_like and deg.ai2_arc__diff == pytest.approx(-2.5)
