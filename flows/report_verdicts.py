@@ -157,7 +157,8 @@ def compare_pair(store, evaluations: dict[str, str] | list[tuple[str, str]], tas
     one the pair is not decided."""
     from services.common.contract.errors import NotFoundError, ValidationError
     from services.evaluator.compare import load_eval
-    from flows.comparisons import _label, by_model, configurations, paired_on_seeds, scored_alike, scoring, seed_sides
+    from flows.comparisons import (_label, _metrics, by_model, configurations, paired_on_seeds, scored_alike, scoring,
+                                   seed_sides)
     runs = by_model(list(evaluations.items()) if isinstance(evaluations, dict) else evaluations)
     members = configurations({m: ids[0] for m, ids in runs.items()})
 
@@ -168,7 +169,7 @@ def compare_pair(store, evaluations: dict[str, str] | list[tuple[str, str]], tas
         try:
             picked = scored_alike(store, sides[0] + sides[1], runs)
             if picked is None:  # a verdict on the engine, not the models
-                scored = sorted({_label(scoring(load_eval(store, f"{m}/{runs[m][0]}")[0])) for m in sides[0] + sides[1]})
+                scored = sorted({_label(scoring(_metrics(store, m, runs[m][0]))) for m in sides[0] + sides[1]})
                 return (f"NOT like for like ({' vs '.join(scored)}), and no evaluations of both scored alike are in "
                         "this run or in storage: not decided; score both the same way")
             side_a, side_b = ([load_eval(store, f"{m}/{picked[m]}") for m in side] for side in sides)
