@@ -33,6 +33,9 @@ from services.common.tracking.flowrun import FlowRunTracker
 DEFAULT_REPORT_DIR = ".ftlab/reports"
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 MAX_STEPS_IN_FLIGHT = 512
+# Set when this process's flow is interrupted: its step threads keep running after the main thread
+# cancelled the jobs, and one whose upstream just finished must not submit a new job.
+_STOPPING: set[str] = set()
 CANCEL_THREADS = 8  # CancelJob calls in flight at once per service when a flow stops
 
 
@@ -125,6 +128,8 @@ def prepare_dataset(store, name: str, recipe: str) -> dict[str, Any]:
 def run_step(step: Step, experiment: str, timeout_s: float, upstream: list[dict[str, Any]]) -> dict[str, Any]:
     logger = _logger()
     result = {"key": step.key, "stage": step.stage, "output": step.output, "labels": step.labels}
+    if experiment in _STOPPING:
+        return result | {"status": "cancelled", "error": "the flow run was interrupted before this step started"}
     store = store_from_env()
     if (not_run := selection.gated(step, upstream)) is not None:  # another learning rate was chosen
         return result | not_run
@@ -211,6 +216,7 @@ def experiment_flow(experiment: str, run_id: str = "", report_dir: str = DEFAULT
     ``seeds`` replaces its ``seeds:``. A step whose name storage holds for another configuration
     refuses the whole run before anything is submitted (flows/identity.py)."""
     exp: Experiment = load(experiment, seeds)
+    _STOPPING.discard(exp.name)  # an earlier interrupted run of it in this process
     from flows.identity import refuse_conflicts
     refuse_conflicts(store_from_env(), exp)
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
@@ -223,7 +229,10 @@ def experiment_flow(experiment: str, run_id: str = "", report_dir: str = DEFAULT
         futures = _submit_all(exp)
         results = {key: fut.result() for key, fut in futures.items()}
     except BaseException:  # KeyboardInterrupt, Prefect's TerminationSignal, a crash: stop our jobs
+        _STOPPING.add(exp.name)  # first: no step thread submits anything from now on
         done = cancel_jobs(exp.name)
+        time.sleep(2.0)  # a thread past the check may be submitting right now: catch its job too
+        done += [j for j in cancel_jobs(exp.name) if j not in done]
         logger.warning("interrupted: cancelled %d job(s): %s", len(done), ", ".join(done))
         tracked.finish(data_steps, status="KILLED")
         raise

@@ -80,3 +80,17 @@ def test_interrupting_a_flow_run_cancels_its_running_job(services, tmp_path):
     assert proc.returncode != 0, out
     assert _wait(trainer, job.job_id, {"CANCELLED", "FAILED", "SUCCEEDED"}) == "CANCELLED", out
     assert "cancelled 1 job(s)" in out, out
+
+
+def test_after_an_interrupt_no_step_submits_a_job(services, monkeypatch):
+    """The interrupted flow's step threads go on running: one whose upstream finishes after the
+    main thread cancelled the jobs must not submit a new one (seen in a mini-study run)."""
+    from flows import pipeline
+    exp = _plan("stopped", 3)
+    step = exp.stage("train")[0]
+    monkeypatch.setattr(pipeline, "_STOPPING", {"stopped"})
+    for name, svc in services["running"].items():
+        monkeypatch.setenv(f"FTLAB_{name.upper()}_ADDR", svc.address)
+    r = pipeline.run_step.fn(step, "stopped", 60.0, [])
+    assert r["status"] == "cancelled" and "interrupted" in r["error"]
+    assert not services["clients"]["trainer"].list_all()  # nothing was submitted
