@@ -102,3 +102,19 @@ def test_done_means_the_same_configuration(store, tmp_path):
     assert identity.step_status(store, step) == ("done", "")
     _commit(store, tmp_path, "evaluations", ev.output, {"kind": "evaluation", "parent_digests": ["someone-else"]})
     assert identity.step_status(store, ev)[0] == "conflict"
+
+
+def test_a_chosen_models_evaluation_is_done_on_a_rerun(store, tmp_path):
+    """A test evaluation waits for the lr_sweep's choice (``…@select`` in its ``after``), but the
+    evaluator records only the evaluated model's digest: a rerun must find it done, not a conflict
+    (every chosen model's evaluation was refused as one on the mini-study's second run)."""
+    exp = plan(spec(datasets=["squad"], train=[{"lora": {"r": 4}}], evaluate={"tasks": [{"task": "squad_v2", "limit": 2}]},
+                    lr_sweep={"rates": {"lora": [1e-4, 1e-3]},
+                              "select_on": {"task": "squad_v2", "dataset": "squad", "split": "validation"}}))
+    step = exp.stage("train")[0]
+    ev = next(s for s in exp.stage("evaluate") if s.spec["model"] == step.output and "candidate" in s.labels)
+    assert any(a.endswith("@select") for a in ev.after)
+    _commit(store, tmp_path, "models", step.output, {"kind": "trained", "spec": step.identity, "parents": step.parents,
+                                                     "config_digest": step.digest})
+    _commit(store, tmp_path, "evaluations", ev.output, {"kind": "evaluation", "parent_digests": [step.digest]})
+    assert identity.step_status(store, ev) == ("done", "")
