@@ -210,6 +210,8 @@ def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> Trai
         block = {}
     adapter = _adapter(p, block, method)
     cfg = TrainConfig(adapter=adapter, device_type=device_type or devices.device_type(), **values)
+    if (chosen := PEFT_METHODS.get(values["peft_method"])) and chosen.spec_problems:  # settings it cannot train with
+        p.add(chosen.spec_problems(cfg))
     if not values["output_name"] and values["base_model"] and not p.invalid:
         cfg = dataclasses.replace(cfg, output_name=model_name(cfg))
     return cfg
@@ -231,8 +233,8 @@ def model_name(cfg: TrainConfig) -> str:
 
 def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, Any]:
     """The trainer's door: :meth:`TrainConfig.resolve` plus what storage says (base model and
-    dataset exist, the dataset's task and columns, the output is new), the preconditions (method
-    x quantization, GPU-only optimizers) and the memory estimate against FTLAB_DEVICE_MEMORY_GB.
+    dataset exist, the dataset's task and columns, the output is new), the device's preconditions
+    (GPU-only optimizers, bf16) and the memory estimate against FTLAB_DEVICE_MEMORY_GB.
     Returns the config as the job record stores it (:meth:`TrainConfig.to_dict`). Raises
     ValidationError (every problem), NotFoundError or PreconditionError; writes nothing."""
     p = Problems()
@@ -290,10 +292,9 @@ def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, An
 
 
 def _check_preconditions(cfg: TrainConfig) -> None:
-    """Well-formed requests that cannot run, each with the reason (FAILED_PRECONDITION)."""
+    """Well-formed requests that this trainer's device cannot run, each with the reason
+    (FAILED_PRECONDITION); a method's own incompatible settings are the spec's problems (_resolve)."""
     reasons = []
-    if cfg.method.preconditions:
-        reasons += cfg.method.preconditions(cfg)
     if cfg.dtype == "bfloat16" and cfg.device_type == "cpu" and not cpu_has_bf16():
         reasons.append("dtype 'bfloat16': this CPU has no native bf16 (AVX512-BF16 or AMX); torch would "
                        "emulate it, slower than fp32: use auto (fp32 on this CPU)")
