@@ -190,7 +190,10 @@ def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> Trai
         elif param.name == "max_steps" and spec.get("max_steps", 0) == 0:
             value = 0  # unset: train by epochs (an explicit 0 is refused below)
         else:
+            before = len(p.invalid)
             value = param.read(p, spec)
+            if len(p.invalid) > before:  # refused (listed): the config holds the default, so the checks below
+                value = param.default    # and a method's spec_problems compare well-typed values
         values[param.name] = value
     if "max_steps" in spec and values["max_steps"] == 0:
         p.invalid.append("max_steps: 0 must be > 0 (leave it unset to train by epochs)")

@@ -96,6 +96,9 @@ def test_a_plugins_spec_problems_are_the_specs_own():
         TrainConfig.resolve({**base, "peft_method": "pissa", "training_quant": "qlora", "world_size": 2,
                              "learning_rate": 5}, "cpu")
     assert len(exc.value.problems) == 3, exc.value.problems
+    with pytest.raises(ValidationError) as exc:  # a value of the wrong type is listed, never a TypeError in a hook
+        TrainConfig.resolve({**base, "peft_method": "pissa", "training_quant": "int8", "world_size": "two"}, "cpu")
+    assert "world_size: 'two' must be in [1, 64]" in exc.value.problems[0] and len(exc.value.problems) == 2
     for ok in ({"peft_method": "pissa"}, {"peft_method": "lora", "training_quant": "qlora"}):
         TrainConfig.resolve({**base, **ok}, "cuda")
 
