@@ -410,6 +410,7 @@ def cmd_jobs(args) -> int:
 
 def cmd_run(args) -> int:
     from flows.experiment import load
+    from flows.splits import refuse_missing_splits
     exp = load(args.experiment, args.seeds)
     if args.dry_run:
         from flows.dryrun import render
@@ -418,9 +419,11 @@ def cmd_run(args) -> int:
             where = store.describe()
         except FtlabError as exc:  # the plan still prints; what is done is then unknown ("?")
             store, where = None, f"unreachable ({exc})"
+        refuse_missing_splits(store, exp)  # a split no dataset has nor will have (a sweep's validation split)
         print(render(exp, store, where))
         return 0
     from flows.identity import refuse_conflicts
+    refuse_missing_splits(_store(), exp)  # before Prefect starts, as the flow does again
     refuse_conflicts(_store(), exp)  # before Prefect starts: names storage holds for another configuration
     result = run_flow(args.experiment, args.run_id or "", args.report_dir, args.seeds)
     return 1 if result["failed"] else 0
