@@ -423,8 +423,9 @@ def cmd_run(args) -> int:
         print(render(exp, store, where))
         return 0
     from flows.identity import refuse_conflicts
-    refuse_missing_splits(_store(), exp)  # before Prefect starts, as the flow does again
-    refuse_conflicts(_store(), exp)  # before Prefect starts: names storage holds for another configuration
+    store = _store()
+    refuse_missing_splits(store, exp)  # before Prefect starts (the flow checks both again)
+    refuse_conflicts(store, exp)  # before Prefect starts: names storage holds for another configuration
     result = run_flow(args.experiment, args.run_id or "", args.report_dir, args.seeds)
     return 1 if result["failed"] else 0
 
