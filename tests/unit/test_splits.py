@@ -56,6 +56,7 @@ def test_ftlab_run_and_its_dry_run_refuse_and_write_nothing(tmp_path, monkeypatc
     monkeypatch.setenv("FTLAB_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("FTLAB_STORAGE", "local")
     monkeypatch.setenv("FTLAB_LOCAL_ROOT", str(tmp_path / "storage"))
+    monkeypatch.setenv("FTLAB_TRACKING_URI", "")  # cli._store() exports the stack's settings: keep them to this test
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec(data={"prepare": {"squad-val": "study-squad"}})))
     ran = []
