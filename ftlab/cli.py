@@ -264,12 +264,18 @@ def door_problems(service: str, spec: dict) -> list[str]:
         from services.quantizer.config import spec_problems
         return spec_problems(spec)
     from services.common.contract.validation import Problems
+    from services.common.data.tasks import get_task
     from services.evaluator.config import EVALUATE_PARAMS
     p = Problems()
     for prm in EVALUATE_PARAMS:
         for node in (spec.get("tasks") or [])[:1] if prm.name.startswith("tasks.") else [spec]:
             if prm.key in node and (prm.choices or prm.lo is not None):
                 prm.read(p, node)
+    for i, item in enumerate(spec.get("tasks") or []):  # the task registry's names
+        try:
+            get_task(item["task"])
+        except ValidationError as exc:
+            p.invalid.append(f"tasks[{i}].task: {exc}")
     return p.invalid
 
 

@@ -202,8 +202,8 @@ def test_a_job_command_reports_every_bad_flag_at_once_and_sends_nothing(monkeypa
              ("quantize", "--method", "gptq", "--weights-bits", "99", "--group-size", "g"):
              ["source_model: required (--source-model)", "weights_bits: 99 must be in [1, 16]",
               "group_size: 'g' (--group-size) is not an integer"],
-             ("eval", "--task", "ai2_arc", "--limit", "0", "--batch-size", "x", "--engine", "warp"):
-             ["model: required (--model)", "limit: 0 must be in [1, 1000000]",
+             ("eval", "--task", "ai2_arc", "--task", "hellaswag", "--limit", "0", "--batch-size", "x", "--engine", "warp"):
+             ["model: required (--model)", "limit: 0 must be in [1, 1000000]", "tasks[1].task:",
               "batch_size: 'x' (--batch-size) is not an integer", "engine: unknown 'warp'"]}
     for argv, fragments in cases.items():
         assert cli.main(list(argv)) == 2, argv
