@@ -218,6 +218,8 @@ def experiment_flow(experiment: str, run_id: str = "", report_dir: str = DEFAULT
     exp: Experiment = load(experiment, seeds)
     _STOPPING.discard(exp.name)  # an earlier interrupted run of it in this process
     from flows.identity import refuse_conflicts
+    from flows.splits import refuse_missing_splits
+    refuse_missing_splits(store_from_env(), exp)  # a split the plan reads that no dataset will have
     refuse_conflicts(store_from_env(), exp)
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
     logger = get_run_logger()

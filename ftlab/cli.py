@@ -60,8 +60,16 @@ class ProgressBar:
         sys.stderr.flush()
 
 
-def _submit(service: str, spec: dict, args) -> int:
+def _submit(service: str, params, args) -> int:
+    """Submit the job the flags describe (``params``: the service's Params); ``--wait`` watches it."""
     from services.common.rpc.clients import ServiceClient, state_name
+    problems: list[str] = []
+    spec = spec_from_args(args, params, problems)
+    door = door_problems(service, spec)
+    named = {x.split(":", 1)[0] for x in door}  # a field the door names already (base_model: required)
+    problems = [x for x in problems if x.split(":", 1)[0] not in named] + door
+    if problems:  # every problem at once, before anything is sent (the door would refuse them too)
+        raise ValidationError(problems)
     with ServiceClient(service) as c:
         job = c.submit(spec, args.request_id or "")
         print(f"submitted {service} job {job.job_id} ({state_name(job.state)})", file=sys.stderr)
@@ -228,17 +236,47 @@ def cmd_eval_list(args) -> int:
 
 def cmd_train(args) -> int:
     from services.trainer.config import ADAPTER_PARAMS, TRAIN_PARAMS
-    return _submit("trainer", spec_from_args(args, TRAIN_PARAMS + ADAPTER_PARAMS), args)
+    return _submit("trainer", TRAIN_PARAMS + ADAPTER_PARAMS, args)
 
 
 def cmd_quantize(args) -> int:
     from services.quantizer.config import QUANTIZE_PARAMS
-    return _submit("quantizer", spec_from_args(args, QUANTIZE_PARAMS), args)
+    return _submit("quantizer", QUANTIZE_PARAMS, args)
 
 
 def cmd_eval(args) -> int:
     from services.evaluator.config import EVALUATE_PARAMS
-    return _submit("evaluator", spec_from_args(args, EVALUATE_PARAMS), args)
+    return _submit("evaluator", EVALUATE_PARAMS, args)
+
+
+def door_problems(service: str, spec: dict) -> list[str]:
+    """What the service's door refuses in ``spec`` without reading storage, by the service's own
+    checks (the trainer's TrainConfig.resolve, the quantizer's spec_problems, the evaluator's
+    Params): a job command reports them all at once, with the flags' own problems, and sends nothing."""
+    if service == "trainer":
+        from services.trainer.config import TrainConfig
+        try:
+            TrainConfig.resolve(spec)
+        except ValidationError as exc:
+            return exc.problems
+        return []
+    if service == "quantizer":
+        from services.quantizer.config import spec_problems
+        return spec_problems(spec)
+    from services.common.contract.validation import Problems
+    from services.common.data.tasks import get_task
+    from services.evaluator.config import EVALUATE_PARAMS
+    p = Problems()
+    for prm in EVALUATE_PARAMS:
+        for node in (spec.get("tasks") or [])[:1] if prm.name.startswith("tasks.") else [spec]:
+            if prm.key in node and (prm.choices or prm.lo is not None):
+                prm.read(p, node)
+    for i, item in enumerate(spec.get("tasks") or []):  # the task registry's names
+        try:
+            get_task(item["task"])
+        except ValidationError as exc:
+            p.invalid.append(f"tasks[{i}].task: {exc}")
+    return p.invalid
 
 
 def cmd_compare(args) -> int:
@@ -378,6 +416,7 @@ def cmd_jobs(args) -> int:
 
 def cmd_run(args) -> int:
     from flows.experiment import load
+    from flows.splits import refuse_missing_splits
     exp = load(args.experiment, args.seeds)
     if args.dry_run:
         from flows.dryrun import render
@@ -386,10 +425,13 @@ def cmd_run(args) -> int:
             where = store.describe()
         except FtlabError as exc:  # the plan still prints; what is done is then unknown ("?")
             store, where = None, f"unreachable ({exc})"
+        refuse_missing_splits(store, exp)  # a split no dataset has nor will have (a sweep's validation split)
         print(render(exp, store, where))
         return 0
     from flows.identity import refuse_conflicts
-    refuse_conflicts(_store(), exp)  # before Prefect starts: names storage holds for another configuration
+    store = _store()
+    refuse_missing_splits(store, exp)  # before Prefect starts (the flow checks both again)
+    refuse_conflicts(store, exp)  # before Prefect starts: names storage holds for another configuration
     result = run_flow(args.experiment, args.run_id or "", args.report_dir, args.seeds)
     return 1 if result["failed"] else 0
 
@@ -651,34 +693,41 @@ def param_help(prm) -> str:
 
 def add_param_flags(parser, params, sent_defaults: tuple[str, ...] = ()) -> None:
     """One flag per Param (services/<service>/config.py): ``--peft {lora,dora,vera,none}`` with its
-    help, range and default. Required fields (default None, not derived) are required flags;
-    ``sent_defaults`` are fields the CLI always sends (the service requires them)."""
+    help, range and default; ``sent_defaults`` are fields the CLI always sends (the service requires
+    them). argparse takes the values as text and checks no type, choice or required flag (it would
+    stop at the first bad one): :func:`spec_from_args` and the service's checks (:func:`door_problems`)
+    report them all at once. argparse still refuses an unknown flag."""
     for prm in params:
         kw = {"dest": prm.dest, "help": param_help(prm), "default": None}
         if prm.name in sent_defaults:
             kw["default"] = prm.default
         elif prm.required:
-            kw["required"] = True
+            kw["help"] += " (required)"
         if prm.kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
-        elif prm.kind in (int, float):
-            kw["type"] = prm.kind
         if prm.choices:
-            kw["choices"] = prm.choices
+            kw["choices"] = prm.choices  # shown in the help, checked by the service's checks (_Parser._check_value)
         if prm.name in REPEATED:
             kw["action"] = "append"
-        parser.add_argument(prm.cli_flag, **kw)
+        parser.add_argument(prm.cli_flag, **kw).checked_later = True
 
 
-def spec_from_args(args, params) -> dict:
+def spec_from_args(args, params, problems: list[str] | None = None) -> dict:
     """The spec (proto JSON shape) from parsed flags: only the fields given, dotted names nested
-    (``lora.r`` -> ``{"lora": {"r": ...}}``), list fields split at commas; a repeated field's items
-    each get the per-item fields (``--task arc --task squad --limit 50``)."""
+    (``lora.r`` -> ``{"lora": {"r": ...}}``), numbers converted, list fields split at commas; a
+    repeated field's items each get the per-item fields (``--task arc --task squad --limit 50``).
+    A required flag not given or a value that is not a number is added to ``problems`` (raised at
+    once when None) and left out of the spec, so the service's checks still see every other field."""
     spec: dict = {}
     items: list[dict] = []
+    bad: list[str] = []
     for prm in params:
         value = getattr(args, prm.dest)
+        if value is None and prm.required:
+            bad.append(f"{prm.name}: required ({prm.cli_flag})")
         if value is None or prm.name in PER_ITEM:
+            continue
+        if prm.kind in (int, float) and (value := _number(prm, value, bad)) is None:
             continue
         if prm.kind is list:
             value = [v for v in value.split(",") if v]
@@ -694,9 +743,22 @@ def spec_from_args(args, params) -> dict:
         node[key] = value
     for prm in params:
         if prm.name in PER_ITEM and getattr(args, prm.dest) is not None:
-            for item in items:
-                item[prm.key] = getattr(args, prm.dest)
+            value = getattr(args, prm.dest) if prm.kind not in (int, float) else _number(prm, getattr(args, prm.dest), bad)
+            for item in items if value is not None else []:
+                item[prm.key] = value
+    if bad and problems is None:
+        raise ValidationError(bad)
+    (problems if problems is not None else []).extend(bad)
     return spec
+
+
+def _number(prm, text: str, bad: list[str]) -> int | float | None:
+    """A numeric flag's value (None, with the problem added to ``bad``, when it is not a number)."""
+    try:
+        return prm.kind(text)
+    except ValueError:
+        bad.append(f"{prm.name}: {text!r} ({prm.cli_flag}) is not {'an integer' if prm.kind is int else 'a number'}")
+        return None
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -720,6 +782,10 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def _check_value(self, action, value):
+        if not getattr(action, "checked_later", False):  # a job flag's choice: reported with every other problem
+            super()._check_value(action, value)
 
     def add_argument(self, *args, **kwargs):
         if kwargs.get("help") is None and _shows_default(kwargs.get("default")) and args[0].startswith("-"):

@@ -190,7 +190,10 @@ def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> Trai
         elif param.name == "max_steps" and spec.get("max_steps", 0) == 0:
             value = 0  # unset: train by epochs (an explicit 0 is refused below)
         else:
+            before = len(p.invalid)
             value = param.read(p, spec)
+            if len(p.invalid) > before:  # refused (listed): the config holds the default, so the checks below
+                value = param.default    # and a method's spec_problems compare well-typed values
         values[param.name] = value
     if "max_steps" in spec and values["max_steps"] == 0:
         p.invalid.append("max_steps: 0 must be > 0 (leave it unset to train by epochs)")
@@ -210,6 +213,8 @@ def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> Trai
         block = {}
     adapter = _adapter(p, block, method)
     cfg = TrainConfig(adapter=adapter, device_type=device_type or devices.device_type(), **values)
+    if (chosen := PEFT_METHODS.get(values["peft_method"])) and chosen.spec_problems:  # settings it cannot train with
+        p.add(chosen.spec_problems(cfg))
     if not values["output_name"] and values["base_model"] and not p.invalid:
         cfg = dataclasses.replace(cfg, output_name=model_name(cfg))
     return cfg
@@ -231,8 +236,8 @@ def model_name(cfg: TrainConfig) -> str:
 
 def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, Any]:
     """The trainer's door: :meth:`TrainConfig.resolve` plus what storage says (base model and
-    dataset exist, the dataset's task and columns, the output is new), the preconditions (method
-    x quantization, GPU-only optimizers) and the memory estimate against FTLAB_DEVICE_MEMORY_GB.
+    dataset exist, the dataset's task and columns, the output is new), the device's preconditions
+    (GPU-only optimizers, bf16) and the memory estimate against FTLAB_DEVICE_MEMORY_GB.
     Returns the config as the job record stores it (:meth:`TrainConfig.to_dict`). Raises
     ValidationError (every problem), NotFoundError or PreconditionError; writes nothing."""
     p = Problems()
@@ -290,10 +295,9 @@ def resolve_train_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str, An
 
 
 def _check_preconditions(cfg: TrainConfig) -> None:
-    """Well-formed requests that cannot run, each with the reason (FAILED_PRECONDITION)."""
+    """Well-formed requests that this trainer's device cannot run, each with the reason
+    (FAILED_PRECONDITION); a method's own incompatible settings are the spec's problems (_resolve)."""
     reasons = []
-    if cfg.method.preconditions:
-        reasons += cfg.method.preconditions(cfg)
     if cfg.dtype == "bfloat16" and cfg.device_type == "cpu" and not cpu_has_bf16():
         reasons.append("dtype 'bfloat16': this CPU has no native bf16 (AVX512-BF16 or AMX); torch would "
                        "emulate it, slower than fp32: use auto (fp32 on this CPU)")

@@ -72,6 +72,21 @@ def test_pissa_saves_an_adapter_for_the_original_base(tiny_model_dir, examples, 
     assert saved["r"] == 8 and saved["init_lora_weights"] is True  # converted: a plain LoRA of rank 2r
 
 
+@pytest.mark.parametrize("training_quant", ["qlora", "int8"])
+def test_pissa_cannot_start_on_a_quantized_base(tiny_model_dir, tmp_path, training_quant):
+    """Why the door refuses pissa with training_quant (peft/pissa.py's spec_problems): the loop itself,
+    given the config past the door, cannot build it (peft's SVD needs the float weight)."""
+    from services.common.contract.errors import ValidationError
+    from services.trainer.config import TrainConfig
+    from services.trainer.loop import build_model
+    spec = {**_cfg("pissa"), "training_quant": training_quant}
+    spec.pop("dtype")
+    with pytest.raises(ValidationError, match="PiSSA's SVD initialisation"):
+        TrainConfig.resolve({k: v for k, v in spec.items() if k not in ("checkpoint_prefix",)}, "cpu")
+    with pytest.raises(TypeError, match="Please initialize PiSSA under float32"):
+        build_model(TrainConfig.from_dict(spec), tiny_model_dir, torch.device("cpu"), tmp_path)
+
+
 def test_rslora_scales_by_the_square_root_of_r(tiny_model_dir, examples, tmp_path):
     from services.trainer.config import TrainConfig
     from services.trainer.loop import build_model

@@ -177,3 +177,41 @@ def test_report_copies_go_under_ftlab_home(monkeypatch, tmp_path):
         assert cli.build_parser().parse_args(argv).report_dir == str(tmp_path / "reports"), argv
     monkeypatch.delenv("FTLAB_HOME")
     assert cli.report_dir_default() == ".ftlab/reports"
+
+
+def test_a_job_command_reports_every_bad_flag_at_once_and_sends_nothing(monkeypatch, capsys):
+    """argparse stopped at the first bad value (`--max-steps abc`, `--peft foo`) and a range error
+    reached the user only from a running service; now the flags' problems and the service's own checks
+    (no storage) are listed together, and nothing is sent. An unknown flag is still argparse's."""
+    from ftlab import cli
+    sent = []
+
+    class Client:
+        def __init__(self, service):
+            sent.append(service)
+
+    monkeypatch.setattr("services.common.rpc.clients.ServiceClient", Client)
+    cases = {("train", "--max-steps", "0", "--learning-rate", "5", "--peft", "foo", "--r", "x", "--per-device-batch-size",
+              "abc", "--dataset", "arc"):
+             ["base_model: required", "max_steps: 0 must be > 0", "learning_rate: 5.0 must be in (0, 1]",
+              "peft_method: unknown 'foo'", "lora.r: 'x' (--r) is not an integer",
+              "per_device_batch_size: 'abc' (--per-device-batch-size) is not an integer"],
+             ("train", "--base-model", "B", "--dataset", "arc", "--peft", "pissa", "--training-quant", "int8",
+              "--warmup-ratio", "2"):
+             ["peft_method 'pissa' with training_quant 'int8'", "warmup_ratio: 2.0 must be in [0, 1]"],
+             ("quantize", "--method", "gptq", "--weights-bits", "99", "--group-size", "g"):
+             ["source_model: required (--source-model)", "weights_bits: 99 must be in [1, 16]",
+              "group_size: 'g' (--group-size) is not an integer"],
+             ("eval", "--task", "ai2_arc", "--task", "hellaswag", "--limit", "0", "--batch-size", "x", "--engine", "warp"):
+             ["model: required (--model)", "limit: 0 must be in [1, 1000000]", "tasks[1].task:",
+              "batch_size: 'x' (--batch-size) is not an integer", "engine: unknown 'warp'"]}
+    for argv, fragments in cases.items():
+        assert cli.main(list(argv)) == 2, argv
+        err = capsys.readouterr().err
+        for f in fragments:
+            assert f in err, (argv, f, err)
+        assert err.count("\n  - ") == len(fragments), err  # each once (a required field named by both, once)
+    assert sent == []
+    with pytest.raises(SystemExit):  # argparse's own: an unknown flag
+        cli.main(["train", "--base-model", "B", "--dataset", "arc", "--bogus", "1"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

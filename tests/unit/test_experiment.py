@@ -159,6 +159,15 @@ def test_out_of_range_values_are_refused_at_load():
                      "evaluate.max_new_tokens: -1"]:
         assert fragment in text, fragment
 
+def test_a_method_on_a_base_it_cannot_train_is_refused_at_load():
+    # PiSSA's SVD needs the base's float weights: `ftlab run --dry-run` planned it and the trainer failed
+    with pytest.raises(ValidationError) as exc:
+        plan(spec(train=[{"peft_method": "pissa", "training_quant": ["none", "qlora", "int8"], "lora": {"r": 4}}]))
+    text = "\n".join(exc.value.problems)
+    assert text.count("peft_method 'pissa' with training_quant") == 2, text
+    assert "'qlora'" in text and "'int8'" in text
+
+
 def test_two_configurations_with_the_same_name_are_refused():
     with pytest.raises(ValidationError, match="same step"):  # identical configurations: one step twice
         plan(spec(train=[{"lora": {"r": 4}}, {"lora": {"r": 4}}]))

@@ -80,16 +80,27 @@ def test_a_method_declaring_a_shared_field_differently_is_refused():
     assert "other" not in PEFT_METHODS
 
 
-def test_a_plugins_preconditions_reach_the_door():
-    from services.common.contract.errors import PreconditionError
-    from services.trainer.config import _check_preconditions
+def test_a_plugins_spec_problems_are_the_specs_own():
+    """A method's impossible settings (PiSSA or full fine-tuning on a bitsandbytes base, PiSSA under
+    DDP) are INVALID_ARGUMENT at TrainSpec validation (no storage, no device): listed with the spec's
+    other problems, so the dry run, the flow, the CLI and the door all refuse them the same way."""
+    from services.common.contract.errors import ValidationError
     base = {"base_model": "Qwen3-0.6B-base", "dataset": "arc"}
-    for spec, fragment in (({"peft_method": "pissa", "training_quant": "qlora"}, "residual base"),
+    for spec, fragment in (({"peft_method": "pissa", "training_quant": "qlora"}, "needs the base's float weights"),
+                           ({"peft_method": "pissa", "training_quant": "int8"}, "needs the base's float weights"),
                            ({"peft_method": "pissa", "world_size": 2}, "world_size 1"),
                            ({"peft_method": "none", "training_quant": "int8"}, "full fine-tuning cannot")):
-        with pytest.raises(PreconditionError, match=fragment):
-            _check_preconditions(TrainConfig.resolve({**base, **spec}, "cuda"))
-    _check_preconditions(TrainConfig.resolve({**base, "peft_method": "pissa"}, "cuda"))
+        with pytest.raises(ValidationError, match=fragment):
+            TrainConfig.resolve({**base, **spec}, "cuda")
+    with pytest.raises(ValidationError) as exc:  # all at once, with the spec's other problems
+        TrainConfig.resolve({**base, "peft_method": "pissa", "training_quant": "qlora", "world_size": 2,
+                             "learning_rate": 5}, "cpu")
+    assert len(exc.value.problems) == 3, exc.value.problems
+    with pytest.raises(ValidationError) as exc:  # a value of the wrong type is listed, never a TypeError in a hook
+        TrainConfig.resolve({**base, "peft_method": "pissa", "training_quant": "int8", "world_size": "two"}, "cpu")
+    assert "world_size: 'two' must be in [1, 64]" in exc.value.problems[0] and len(exc.value.problems) == 2
+    for ok in ({"peft_method": "pissa"}, {"peft_method": "lora", "training_quant": "qlora"}):
+        TrainConfig.resolve({**base, **ok}, "cuda")
 
 
 def test_the_options_map_is_strict_at_the_door():

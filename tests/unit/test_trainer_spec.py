@@ -87,9 +87,13 @@ def test_dataset_without_the_tasks_columns_is_a_failed_precondition(tiny_store):
         tiny_store.delete("datasets", "broken/manifest.json")
 
 
-def test_nonsense_combinations_are_failed_preconditions(tiny_store, monkeypatch):
-    with pytest.raises(PreconditionError, match="full fine-tuning cannot update bitsandbytes-quantized"):
+def test_nonsense_combinations_are_refused(tiny_store, monkeypatch):
+    # a method's impossible settings are the request's own problem (any trainer refuses them) ...
+    with pytest.raises(ValidationError, match="full fine-tuning cannot update bitsandbytes-quantized"):
         resolve_train_spec({**BASE, "peft_method": "none", "training_quant": "qlora"}, tiny_store)
+    with pytest.raises(ValidationError, match="PiSSA's SVD initialisation needs the base's float weights"):
+        resolve_train_spec({**BASE, "peft_method": "pissa", "training_quant": "qlora"}, tiny_store)
+    # ... this trainer's device, a precondition
     monkeypatch.setenv("FTLAB_DEVICE", "cpu")
     with pytest.raises(PreconditionError, match="needs a CUDA GPU"):
         resolve_train_spec({**BASE, "optimizer": "adamw_8bit"}, tiny_store)

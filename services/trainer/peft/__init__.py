@@ -5,7 +5,7 @@ spec's ``peft_method``), the study's name tag (``LoRa256``, ``NoPeft``), its typ
 dataclass (the spec's ``lora`` block; every field declared with
 :func:`services.common.contract.params.option`, so its default, range and help live there only), the peft
 config builder, the trainable-parameter formula the memory estimate reads and, where the method
-needs them, hooks for the optimizer, the adapter's save and the preconditions. The mechanism
+needs them, hooks for the optimizer, the adapter's save and the spec's problems. The mechanism
 modules (config, memory, loop, the CLI, the dry run) loop over :data:`PEFT_METHODS` and never name a
 method, so a new method is one file here (plus its test). Torch-free: peft is imported inside the
 hooks only (the door and the flows import this package)."""
@@ -59,8 +59,9 @@ class PeftMethod:
     prepared: Callable[[Any, Any, Any], None] | None = None
     # (peft model, adapter folder, work folder) -> None: writes the adapter (None: save_pretrained)
     save_adapter: Callable[[Any, Any, Any], None] | None = None
-    # (resolved TrainConfig) -> reasons the request cannot run (FAILED_PRECONDITION)
-    preconditions: Callable[[Any], list[str]] | None = None
+    # (resolved TrainConfig) -> settings this method cannot train with (training_quant, world_size):
+    # INVALID_ARGUMENT at TrainSpec validation, so the dry run, the flow, the CLI and the door all refuse them
+    spec_problems: Callable[[Any], list[str]] | None = None
     order: int = 100                           # position in listings (the study's four first)
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 from services.trainer.peft import PeftMethod, register_peft_method
 
 
-def _preconditions(cfg) -> list[str]:
+def _spec_problems(cfg) -> list[str]:
     if cfg.training_quant == "none":
         return []
     return [f"peft_method 'none' with training_quant {cfg.training_quant!r}: full fine-tuning cannot update "
@@ -15,4 +15,4 @@ def _preconditions(cfg) -> list[str]:
 
 register_peft_method(PeftMethod(
     "none", "NoPeft", "full fine-tuning: every weight trains (name fragment NoPeft)",
-    preconditions=_preconditions, order=3))
+    spec_problems=_spec_problems, order=3))

@@ -27,20 +27,25 @@ def save_adapter(model, adapter_dir: Path, workdir: Path) -> None:
     model.save_pretrained(adapter_dir, path_initial_model_for_weight_conversion=str(Path(workdir) / INITIAL))
 
 
-def preconditions(cfg) -> list[str]:
-    reasons = []
+def spec_problems(cfg) -> list[str]:
+    """PiSSA on a bitsandbytes base cannot start: the SVD needs the float weight it replaces by the
+    residual (peft 0.21's ``pissa_init`` raises TypeError on NF4/int8 weights and asks for PiSSA in
+    float, then the residual re-quantized: a different model than our QLoRA base); and its save
+    converts against the original base, which a quantized base is not."""
+    problems = []
     if cfg.training_quant != "none":
-        reasons.append(f"peft_method 'pissa' with training_quant {cfg.training_quant!r}: the quantized residual "
-                       "base is not the original base, so the converted adapter would not reproduce the trained "
-                       "model; use training_quant 'none', or lora on the quantized base")
+        problems.append(f"peft_method 'pissa' with training_quant {cfg.training_quant!r}: PiSSA's SVD initialisation "
+                        "needs the base's float weights (peft refuses a 4-bit/8-bit base), and the converted "
+                        "adapter would not reproduce a model trained on a quantized residual; use training_quant "
+                        "'none', or lora/dora on the quantized base")
     if cfg.world_size > 1:
-        reasons.append("peft_method 'pissa' with world_size > 1: the initial adapter the conversion needs is saved "
-                       "by one process; train PiSSA with world_size 1")
-    return reasons
+        problems.append("peft_method 'pissa' with world_size > 1: the initial adapter the conversion needs is saved "
+                        "by one process; train PiSSA with world_size 1")
+    return problems
 
 
 register_peft_method(PeftMethod(
     "pissa", "PiSSA", "PiSSA: LoRA initialised from the weights' principal singular vectors (saved converted "
     "to a plain LoRA adapter for the original base)", LoraOptions,
     build=lambda a, targets, seed: lora_config(a, targets, init_lora_weights="pissa"), trainable=lora_params,
-    prepared=prepared, save_adapter=save_adapter, preconditions=preconditions))
+    prepared=prepared, save_adapter=save_adapter, spec_problems=spec_problems))
