@@ -234,7 +234,7 @@ def test_killed_job_process_and_killed_ray_worker_fail_with_the_reason(runtime, 
         worker = _ppid(worker)
     os.kill(worker, signal.SIGKILL)
     rec = wait(rt, job, {JobState.FAILED})
-    assert "Ray actor running the job was lost while it ran" in rec.error
+    assert "Ray worker running the job was lost while it ran" in rec.error
     deadline = time.time() + 10
     while _alive(child) and time.time() < deadline:
         time.sleep(0.1)
@@ -261,7 +261,7 @@ def test_node_lost_mid_job_runs_again_elsewhere_never_twice(runtime, nodes, tmp_
     cluster.remove_node(doomed)
     rec = wait(rt, job, {JobState.SUCCEEDED}, timeout=120)
     assert rec.attempts == 2
-    assert any("re-queued: the Ray actor running the job was lost" in e["message"] for e in rec.events)
+    assert any("re-queued: the Ray worker running the job was lost" in e["message"] for e in rec.events)
     attempts = runs(tmp_path)
     assert [a["attempt"] for a in attempts] == [1, 2]
     assert attempts[0]["end"] is None and not _alive(first["pid"]), "the lost attempt never finished"
