@@ -223,10 +223,12 @@ class Dispatcher:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         task = ray.remote(warm_task)
-        refs = [task.options(num_cpus=0, num_gpus=1 / FRACTION_STEP if gpu else 0, max_retries=0,
-                             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
-                                 self._me(), f"warm-{node}-{time.time()}", n)
-                for node, n, gpu in nodes for _ in range(n)]
+        refs = []
+        for node, n, gpu in nodes:
+            key = f"warm-{node}-{time.time()}"  # the node's n warm tasks wait for each other under it
+            refs += [task.options(num_cpus=0, num_gpus=1 / FRACTION_STEP if gpu else 0, max_retries=0,
+                                  scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+                                      self._me(), key, n) for _ in range(n)]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=WARM_S)
         return sorted({ray.get(r) for r in ready}) if refs else []
 
