@@ -346,8 +346,14 @@ class RayHandle:
 
     def start(self) -> None:
         import ray
-        if not ray.get(self.dispatcher.submit.remote(self.name, *self._submit)):
-            raise RuntimeError(f"the job attempt {self.name} runs in Ray already")
+        try:
+            if not ray.get(self.dispatcher.submit.remote(self.name, *self._submit), timeout=60):
+                self._alive = False
+                self._buffer.append({"type": "error", "message": f"the job attempt {self.name} runs in Ray already"})
+        except ray.exceptions.RayError as exc:  # the dispatcher is gone: the next launch makes a new one
+            self._alive, self.lost = False, True
+            self._buffer.append({"type": "error", "lost": True, "message": "the service's Ray dispatcher did not take "
+                                 f"the job ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})"})
 
     def where(self) -> str:
         return f"Ray task ({self.wants})"
@@ -428,14 +434,19 @@ class RayLauncher:
             else:  # a private Ray on this host, which can run every service's environment
                 ray.init(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
                          resources={env_resource(s): 1000 for s in set(SERVICES) | {service}})
+        self._dispatcher = self._get_dispatcher()
+        ray.get(self._dispatcher.known.remote(""))  # a dispatcher that cannot start fails the service here
+
+    def _get_dispatcher(self):
+        """The service's dispatcher, made if there is none (the first start, or the last one was lost)."""
+        import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         # on this service's own node (soft: wherever Ray can, if this process runs on none), so that
         # the jobs' tasks, which die with their owner, are not lost with some other node
-        self._dispatcher = ray.remote(Dispatcher).options(
-            name=dispatcher_name(service), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+        return ray.remote(Dispatcher).options(
+            name=dispatcher_name(self.service), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
             num_cpus=0, max_restarts=0, max_concurrency=1000, scheduling_strategy=NodeAffinitySchedulingStrategy(
                 ray.get_runtime_context().get_node_id(), soft=True)).remote()
-        ray.get(self._dispatcher.known.remote(""))  # a dispatcher that cannot start fails the service here
 
     def warm_up(self) -> threading.Event:
         """Set once every node that runs this service has as many warm Ray workers as jobs it can
@@ -486,6 +497,7 @@ class RayLauncher:
         if not self._fits(ranks if len(ranks) > 1 else [gpus], bool(gpus)):
             wants += "; no node of the cluster can hold that now: it waits until nodes that can join"
         options |= {"num_gpus": gpus, "num_cpus": cpus, "resources": {envres: 1}}
+        self._dispatcher = self._get_dispatcher()  # the same actor, unless it was lost
         return RayHandle(self._dispatcher, name, (options, (self.service, recipe, job_id, attempt, config,
                                                             store_config, env)), wants, pg=pg)
 
