@@ -274,7 +274,8 @@ def test_node_lost_mid_job_runs_again_elsewhere_never_twice(runtime, nodes, tmp_
     cluster.remove_node(doomed)
     rec = wait(rt, job, {JobState.SUCCEEDED}, timeout=120)
     assert rec.attempts == 2
-    assert any("re-queued: the Ray worker running the job was lost" in e["message"] for e in rec.events)
+    assert any("re-queued: the Ray worker running the job was lost" in e["message"] for e in rec.events), \
+        [e["message"] for e in rec.events]
     attempts = runs(tmp_path)
     assert [a["attempt"] for a in attempts] == [1, 2]
     assert attempts[0]["end"] is None and not _alive(first["pid"]), "the lost attempt never finished"

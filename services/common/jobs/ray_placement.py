@@ -21,7 +21,7 @@ on every node of the service before the first job.
 
 Tasks are owned by whoever submits them, and Ray kills a task whose owner died: the service's
 tasks are submitted by its :class:`Dispatcher`, one *detached* actor per service named
-``ftlab-dispatch.<service>`` in the ``ftlab`` namespace, on the service's own node. It holds each
+``ftlab-dispatch.<service>`` in the ``ftlab`` namespace, on the head node. It holds each
 running job's events until the service polls them, and the signals for it until the task picks
 them up; a service that crashed finds its running jobs there again on restart
 (:meth:`RayLauncher.reattach`), and a job attempt's name ``<service>.<job_id>.<attempt>`` holds one
@@ -441,12 +441,15 @@ class RayLauncher:
         """The service's dispatcher, made if there is none (the first start, or the last one was lost)."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        # on this service's own node (soft: wherever Ray can, if this process runs on none), so that
-        # the jobs' tasks, which die with their owner, are not lost with some other node
+        # on the head node (soft: elsewhere only where there is no head), which lives as long as the
+        # cluster: the jobs' tasks die with their owner, so it must not go with a worker node (a
+        # driver's "own" node is any raylet on its host, which a test saw removed)
+        head = next((n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]),
+                    ray.get_runtime_context().get_node_id())
         return ray.remote(Dispatcher).options(
             name=dispatcher_name(self.service), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
-            num_cpus=0, max_restarts=0, max_concurrency=1000, scheduling_strategy=NodeAffinitySchedulingStrategy(
-                ray.get_runtime_context().get_node_id(), soft=True)).remote()
+            num_cpus=0, max_restarts=0, max_concurrency=1000,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=True)).remote()
 
     def warm_up(self) -> threading.Event:
         """Set once every node that runs this service has as many warm Ray workers as jobs it can
