@@ -7,10 +7,12 @@ Reported per layout: the peak number of jobs running at once; the GPU-idle share
 queued (GPU-seconds with no job's process running while some submitted job had not started, over
 all GPU-seconds of that span; goal 0); Ray's latency per job from the moment it could start (it was
 submitted, and for the jobs beyond the first wave a GPU had been freed) to its process running
-(p50 / max; the part of it until Ray's actor had started the job's process; and p50 of its three
-parts: Ray starting the actor's worker process once a GPU was free, the actor starting the job's
-process (its fork server), that process importing the recipe until it runs); the wall time against the ideal (waves x sleep); and the memory of every process of
-the local Ray (head + nodes + workers + jobs) idle and at peak.
+(p50 / max; the part of it until Ray's task had started the job's process; and p50 of its three
+parts: Ray running the job's task on a worker once a GPU was free, the task starting the job's
+process, that process importing the recipe until it runs); the wall time against the ideal (waves
+x sleep); the service's warm-up (its Ray workers started on every node before it places jobs: the
+runtime is started and warm before the sweep is submitted, as a service is up before work arrives);
+and the memory of every process of the local Ray (head + nodes + workers + jobs) idle and at peak.
 
 Run: ``PYTHONPATH=$PWD .venv/bin/python -m bench.bench_placement [--jobs 16 --sleep 5]``."""
 from __future__ import annotations
@@ -70,7 +72,11 @@ def run_layout(gpus_per_node: list[int], jobs: int, sleep: float) -> dict:
         infos: dict[str, dict] = {}  # what each job's actor said when it started the job's process
         on_placed = rt._on_placed
         rt._on_placed = lambda job_id, msg: (infos.__setitem__(job_id, msg["info"]), on_placed(job_id, msg))
+        t_warm = time.time()
         rt.start()
+        rt._warm.wait(180)
+        warm_s = time.time() - t_warm
+        warm_mb = _tree_rss_mb()  # with the service's warm workers
         log_dir = os.path.join(tmp, "runs")
         os.makedirs(log_dir)
         cfg = {"log_dir": log_dir, "sleep": sleep}
@@ -100,10 +106,11 @@ def run_layout(gpus_per_node: list[int], jobs: int, sleep: float) -> dict:
         info = json.load(open(path))
         info["end"] = json.load(open(path[:-6] + ".end"))["end"]
         info["submit"], info["placed"] = submitted[info["job"]], placed[info["job"]]
-        info["actor_up"], info["process_started"] = infos[info["job"]]["actor_up"], infos[info["job"]]["process_started"]
+        info["task_up"], info["process_started"] = infos[info["job"]]["task_up"], infos[info["job"]]["process_started"]
         runs.append(info)
     shutil.rmtree(tmp, ignore_errors=True)
-    return summarize(runs, sum(gpus_per_node), wall, sleep) | {"ray_idle_mb": round(idle_mb), "ray_peak_mb": round(peak[0])}
+    return summarize(runs, sum(gpus_per_node), wall, sleep) | {"warm_up_s": round(warm_s, 1), "ray_idle_mb": round(idle_mb), "ray_warm_mb": round(warm_mb),
+                                                                "ray_peak_mb": round(peak[0])}
 
 
 def summarize(runs: list[dict], gpus: int, wall: float, sleep: float) -> dict:
@@ -120,13 +127,13 @@ def summarize(runs: list[dict], gpus: int, wall: float, sleep: float) -> dict:
     starts = sorted(runs, key=lambda r: r["start"])
     ends = sorted(r["end"] for r in runs)
     latency, ray_part = [], []  # from when the job could start (submitted, and a GPU free) to its process running
-    worker, fork, imports = [], [], []  # its parts: Ray starts the actor's worker; the actor starts the
+    worker, fork, imports = [], [], []  # its parts: Ray runs the job's task on a worker; the task starts the
     for i, r in enumerate(starts):      # job's process; that process imports the recipe and begins
         could = r["submit"] if i < gpus else max(r["submit"], ends[i - gpus])
         latency.append(r["start"] - could)
-        ray_part.append(max(0.0, r["placed"] - could))  # Ray's share: until its actor had started the child
-        worker.append(max(0.0, r["actor_up"] - could))
-        fork.append(r["process_started"] - r["actor_up"])
+        ray_part.append(max(0.0, r["placed"] - could))  # Ray's share: until its task had started the child
+        worker.append(max(0.0, r["task_up"] - could))
+        fork.append(r["process_started"] - r["task_up"])
         imports.append(r["start"] - r["process_started"])
     for xs in (latency, ray_part, worker, fork, imports):
         xs.sort()
@@ -135,8 +142,8 @@ def summarize(runs: list[dict], gpus: int, wall: float, sleep: float) -> dict:
             "gpu_idle_share_while_queued": round(idle / span, 3) if span else 0.0,
             "latency_p50_s": round(latency[len(latency) // 2], 2), "latency_max_s": round(latency[-1], 2),
             "ray_part_p50_s": round(ray_part[len(ray_part) // 2], 2),
-            "parts_p50_s": {"ray_worker_start": round(worker[len(worker) // 2], 2),
-                            "actor_starts_process": round(fork[len(fork) // 2], 2),
+            "parts_p50_s": {"ray_runs_task": round(worker[len(worker) // 2], 2),
+                            "task_starts_process": round(fork[len(fork) // 2], 2),
                             "process_imports": round(imports[len(imports) // 2], 2)},
             "wall_s": round(wall, 1), "ideal_s": waves * sleep}
 

@@ -67,7 +67,7 @@ def placed(ctx, cfg):
     started in the same folder): the placement tests read overlaps and GPU ids from it."""
     import json
     path = os.path.join(cfg["log_dir"], f"{ctx.job_id}.{ctx.attempt}")
-    info = {"job": ctx.job_id, "attempt": ctx.attempt, "pid": os.getpid(), "start": time.time(),
+    info = {"job": ctx.job_id, "attempt": ctx.attempt, "pid": os.getpid(), "ppid": os.getppid(), "start": time.time(),
             "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
     with open(path + ".start", "w") as fh:
         json.dump(info, fh)

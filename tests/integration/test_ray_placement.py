@@ -134,6 +134,19 @@ def test_concurrent_jobs_get_disjoint_gpus(runtime, nodes, tmp_path):
     assert all("started by Ray on node" in " ".join(e["message"] for e in r.events) for r in recs)
 
 
+def test_jobs_run_on_warm_reused_ray_workers(runtime, nodes, tmp_path):
+    """A GPU freed is a GPU taken at once: the service starts its Ray workers before the first job
+    (as many as the node has GPUs), and every job after runs on one of them, not on a fresh one."""
+    nodes(gpus=2)
+    rt = runtime()
+    assert rt._warm.wait(120), "the service's warm-up ended"
+    ids = [submit(rt, {"log_dir": str(tmp_path), "sleep": 0.2}) for _ in range(6)]
+    for j in ids:
+        wait(rt, j, {JobState.SUCCEEDED})
+    workers = {r["ppid"] for r in runs(tmp_path)}  # the job's parent: the Ray worker that ran its task
+    assert len(workers) <= 2, f"six jobs on two GPUs ran on {len(workers)} workers, not the two warm ones"
+
+
 def test_gang_job_waits_for_all_its_gpus_on_one_node(runtime, nodes, tmp_path):
     nodes(gpus=4)
     nodes(gpus=2)   # 6 GPUs in all, but no 4 free on one node while the small job runs
@@ -234,7 +247,7 @@ def test_killed_job_process_and_killed_ray_worker_fail_with_the_reason(runtime, 
         worker = _ppid(worker)
     os.kill(worker, signal.SIGKILL)
     rec = wait(rt, job, {JobState.FAILED})
-    assert "Ray actor running the job was lost while it ran" in rec.error
+    assert "Ray worker running the job was lost while it ran" in rec.error
     deadline = time.time() + 10
     while _alive(child) and time.time() < deadline:
         time.sleep(0.1)
@@ -261,7 +274,8 @@ def test_node_lost_mid_job_runs_again_elsewhere_never_twice(runtime, nodes, tmp_
     cluster.remove_node(doomed)
     rec = wait(rt, job, {JobState.SUCCEEDED}, timeout=120)
     assert rec.attempts == 2
-    assert any("re-queued: the Ray actor running the job was lost" in e["message"] for e in rec.events)
+    assert any("re-queued: the Ray worker running the job was lost" in e["message"] for e in rec.events), \
+        [e["message"] for e in rec.events]
     attempts = runs(tmp_path)
     assert [a["attempt"] for a in attempts] == [1, 2]
     assert attempts[0]["end"] is None and not _alive(first["pid"]), "the lost attempt never finished"
@@ -271,6 +285,10 @@ def test_node_lost_mid_job_runs_again_elsewhere_never_twice(runtime, nodes, tmp_
 def test_service_restart_finds_its_running_jobs(store, ray_env, nodes, tmp_path, cluster):
     """A service killed with SIGKILL: its Ray job runs on; the restarted service re-attaches."""
     nodes(gpus=1)
+    try:  # the dispatcher of earlier tests' services goes: the service killed below makes its own
+        ray.kill(ray.get_actor(f"ftlab-dispatch.{SERVICE}", namespace="ftlab"))
+    except ValueError:
+        pass
     script = textwrap.dedent(f"""
         import sys, time
         from services.common.jobs.runtime import JobRuntime, RuntimeOptions
@@ -297,9 +315,12 @@ def test_service_restart_finds_its_running_jobs(store, ray_env, nodes, tmp_path,
     try:
         assert rt.get(job).state is JobState.RUNNING, "found running, not re-queued"
         rec = wait(rt, job, {JobState.SUCCEEDED})
+        # the jobs' dispatcher was made by the killed service's Ray job: the new service's jobs run too
+        after = submit(rt, {"log_dir": str(tmp_path), "sleep": 0})
+        assert wait(rt, after, {JobState.SUCCEEDED}).attempts == 1
     finally:
         rt.shutdown(2.0)
-    assert rec.attempts == 1 and len(runs(tmp_path)) == 1, "ran once, to the end"
+    assert rec.attempts == 1 and len([r for r in runs(tmp_path) if r["job"] == job]) == 1, "ran once, to the end"
     assert rec.progress_step == 2 and any("re-attached" in e["message"] for e in rec.events)
 
 

@@ -73,11 +73,13 @@ def context(recipes: Iterable[str], warm_imports: Iterable[str] = ()):
     return ctx
 
 
-def process(ctx, target: Callable[..., Any], args: tuple, name: str, service: str = ""):
+def process(ctx, target: Callable[..., Any], args: tuple, name: str, service: str = "",
+            extra_env: dict[str, str] | None = None):
     """``ctx.Process`` running ``target(*args)`` in the environment, working directory and
-    ``sys.path`` the caller has now (as a spawned child would), plus ``FTLAB_SERVICE`` (which
-    names the service's model cache, services/common/storage/model_cache.py)."""
-    env = dict(os.environ)
+    ``sys.path`` the caller has now (as a spawned child would), plus ``extra_env`` (a Ray job's
+    service settings: the Ray worker that starts it is shared by the service's jobs) and
+    ``FTLAB_SERVICE`` (which names the service's model cache, services/common/storage/model_cache.py)."""
+    env = dict(os.environ) | dict(extra_env or {})
     if service:
         env["FTLAB_SERVICE"] = service
     return ctx.Process(target=_enter, name=name, daemon=False,
