@@ -264,9 +264,10 @@ def report_lines(steps: list[dict[str, Any]]) -> list[str]:
     if not sel:
         return []
     lines = ["## Learning rates chosen on validation", "",
-             "Each configuration trained at every rate of `lr_sweep` (on its swept seeds: the seed count "
-             "is given where more than one); the rate with the best validation score was kept, the other "
-             "seeds were trained at that rate only, and only the chosen models were scored on the test split.", "",
+             "Each configuration trained at every rate of `lr_sweep` (on its swept seeds, `lr_sweep.seeds`, "
+             "else on all; the seed count is given where more than one); the rate with the best validation "
+             "score was kept, seeds outside `lr_sweep.seeds` were trained at that rate only, and only the "
+             "chosen models were scored on the test split.", "",
              "| configuration | metric | " + "candidates (validation score) | chosen |", "|---|---|---|---|"]
     for s in sel:
         if s["status"] != "succeeded":
