@@ -530,10 +530,6 @@ def cmd_demo(args) -> int:
         raise ValidationError(f"--shared {shared}: no datasets/seed folder (the project's ../shared)")
     exp = load(args.experiment)
     stages: dict[str, float] = {}
-    # Training, evaluation and quantization jobs run side by side on a small CPU: one torch thread
-    # for each evaluation or quantization job leaves the other core to the trainer (two spinning
-    # OpenMP threads per process against each other cost far more than they give; docs/BENCHMARKS.md).
-    os.environ.setdefault("FTLAB_CPU_THREADS", "1")
     print(f"== starting the embedded stack (storage: {store.describe()})")
     up()
     stages["stack up"] = time.time() - t0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -62,6 +63,12 @@ def stack_env() -> dict[str, str]:
     env.setdefault("FTLAB_STORAGE", "local")
     env.setdefault("FTLAB_LOCAL_ROOT", str((STATE_DIR / "storage").resolve()))
     env.setdefault("FTLAB_TRACKING_URI", default_tracking_uri())  # FTLAB_TRACKING_URI= (empty) turns it off
+    # With no GPU the three services' jobs share the CPU: one torch thread per evaluation or
+    # quantization job leaves the other cores to the trainer (two spinning OpenMP threads per
+    # process against each other cost far more than they give; docs/BENCHMARKS.md). The mini-study
+    # without it ran its first training at ~50 s a step instead of ~8.
+    if shutil.which("nvidia-smi") is None:
+        env.setdefault("FTLAB_CPU_THREADS", "1")
     return env
 
 
