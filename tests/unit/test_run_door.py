@@ -168,3 +168,23 @@ def test_a_group_size_the_base_models_widths_refuse_is_refused_before_training(h
     raw["quantize"] = [{"methods": ["gptq"], "options": {"group_size": 96}}]
     with pytest.raises(ValidationError, match=r"quantize\[0\]\.group_size: 96 is not a power of two"):
         plan(raw)
+
+
+
+def test_a_refused_run_makes_no_bucket_on_s3(home, tmp_path, monkeypatch, capsys):
+    # item 5 on the other backend: the door read a real S3 server (moto, its own: a fresh one holds
+    # no bucket) after making its buckets
+    from minio import Minio
+
+    from tests.s3_server import TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoServer
+    with MotoServer(start_timeout_s=120) as server:  # a generous start: the 2-core machine may be busy
+        for key, value in {"FTLAB_STORAGE": "s3", "FTLAB_S3_ENDPOINT": server.endpoint, "FTLAB_S3_REGION": "us-east-1",
+                           "FTLAB_S3_ACCESS_KEY": TEST_ACCESS_KEY, "FTLAB_S3_SECRET_KEY": TEST_SECRET_KEY}.items():
+            monkeypatch.setenv(key, value)
+        path = write(tmp_path / "x.yaml", spec(data={"prepare": {"squad-val": "study-squad"}}))
+        for flags in (("--dry-run",), ()):
+            rc, err = run(capsys, path, *flags)
+            assert rc == 2 and "dataset 'squad-val' has no 'validation' split" in err, err
+        client = Minio(server.endpoint, access_key=TEST_ACCESS_KEY, secret_key=TEST_SECRET_KEY, secure=False,
+                       region="us-east-1")
+        assert client.list_buckets() == []
