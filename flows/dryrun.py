@@ -98,6 +98,37 @@ def plan_rows(exp: Experiment, store: ObjectStore | None) -> list[dict[str, Any]
     return rows
 
 
+def summary(rows: list[dict[str, Any]]) -> list[str]:
+    """The plan's count: jobs by stage (a select step is no job: it reads the validation scores from
+    storage), those done, those to run now, and those gated on an lr_sweep's choice, of which
+    only the chosen rate's run; then how many jobs will run in all."""
+    stages = ("train", "quantize", "evaluate")
+    jobs = [r for r in rows if r["stage"] in stages]
+    selects = sum(r["stage"] == selection.STAGE for r in rows)
+
+    def by_stage(rs) -> str:
+        n = Counter(r["stage"] for r in rs)
+        return ", ".join(f"{n[k]} {k}" for k in stages)
+
+    done = sum(r["status"] == "done" for r in jobs)
+    gated = [r for r in jobs if r["status"] == "gated"]
+    now = [r for r in jobs if r["status"] not in ("done", "gated")]
+    chosen = Counter()
+    for r in gated:  # each group's rates have the same steps: 1/rates of each runs
+        chosen[r["stage"]] += 1 / r["rates"]
+    total = Counter(r["stage"] for r in now) + chosen
+    lines = [f"{len(jobs)} jobs: {by_stage(jobs)}"
+             + (f"; and {selects} select step(s) (an lr_sweep's choice of a rate, read from storage: no job)"
+                if selects else ""),
+             f"already done (will be skipped): {done}; to run: {len(now)} ({by_stage(now)})"
+             + (f"; gated on the lr_sweep's choice: {len(gated)} (only the chosen rate's {round(sum(chosen.values()))} run)"
+                if gated else "")]
+    if gated:
+        lines.append(f"jobs that will run: {round(sum(total.values()))} ("
+                     + ", ".join(f"{round(total[k])} {k}" for k in stages) + ")")
+    return lines
+
+
 def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
     rows = plan_rows(exp, store)
     width = max(len(r["output"]) for r in rows)
@@ -113,16 +144,7 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
                    else "ftlab model make-tiny --tokenizer ../shared/tokenizers/qwen3" if model == "Qwen3-tiny-base"
                    else f"ftlab model import Qwen/{model.removesuffix('-base')} --name {model}")
             missing.append(f"  {model}: {state} — import it with `{how}`")
-    stages = Counter(s.stage for s in exp.steps)
-    steps = [r for r in rows if r["stage"] != "data"]
-    done = sum(r["status"] == "done" for r in steps)
-    gated = [r for r in steps if r["status"] == "gated"]
-    chosen = round(sum(1 / r["rates"] for r in gated))  # each group's rates have the same steps
-    kinds = ("train", "quantize", "evaluate") + ((selection.STAGE,) if stages[selection.STAGE] else ())
-    lines += ["", f"{len(exp.steps)} jobs: " + ", ".join(f"{stages[k]} {k}" for k in kinds),
-              f"already done (will be skipped): {done}; to run: {len(steps) - done - len(gated)}"
-              + (f"; gated on the lr_sweep's choice: {len(gated)} (only the chosen rate's {chosen} run)"
-                 if gated else ""),
+    lines += [""] + summary(rows) + [
               "datasets: " + ", ".join(f"{r['output']} ({'present' if r['status'] == 'done' else r['status']})"
                                        for r in rows if r["stage"] == "data")]
     if estimate_device() == "cuda" and not devices.has_gpu():

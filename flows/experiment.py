@@ -25,13 +25,13 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import yaml
 
 from flows import report_verdicts, selection
 from flows.experiment_spec import ExperimentSpec, QuantizeEntry, TrainEntry, as_sent, proto_problems
-from services.common.contract.errors import NotFoundError, ValidationError
+from services.common.contract.errors import ValidationError
 from services.common.generated.ftlab.v1 import evaluate_spec_pb2, train_spec_pb2
 from services.common.jobs.record import spec_hash
 from services.common.contract.identity import config_digest, describe, differences, identity_config
@@ -94,15 +94,17 @@ class Experiment:
 
 
 def resolve_path(name_or_path: str) -> Path:
+    """The experiment file of a shipped name or a path; a name or path that is not there is bad
+    input (ValidationError: ``ftlab`` exits 2, as for any other refused request)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.exists():
-            raise NotFoundError(f"experiment file {p} not found")
+            raise ValidationError(f"experiment file {p} not found")
         return p
     shipped = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
     if not shipped.exists():
-        raise NotFoundError(f"no experiment {name_or_path!r}; shipped: {', '.join(shipped_names())}; "
-                            "or give a path to a .yaml file")
+        raise ValidationError(f"no experiment {name_or_path!r}; shipped: {', '.join(shipped_names())}; "
+                              "or give a path to a .yaml file")
     return shipped
 
 
@@ -110,16 +112,18 @@ def shipped_names() -> list[str]:
     return sorted(x.stem for x in EXPERIMENTS_DIR.glob("*.yaml"))
 
 
-def load(name_or_path: str, seeds: list[int] | None = None) -> Experiment:
-    """The plan of an experiment file; ``seeds`` (``ftlab run --seed``) replaces the file's ``seeds``."""
+Check = Callable[["Experiment"], list[str]]
+
+
+def load(name_or_path: str, seeds: list[int] | None = None, checks: Iterable[Check] = ()) -> Experiment:
+    """The plan of an experiment file; ``seeds`` (``ftlab run --seed``) replaces the file's ``seeds``;
+    ``checks``: more checks of the plan, reported with the file's (``plan``)."""
     path = resolve_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ValidationError(f"{path}: not valid YAML: {exc}") from None
-    if seeds and isinstance(raw, dict):
-        raw = {**raw, "seeds": list(seeds)}
-    return plan(raw, str(path))
+    return plan(raw, str(path), seeds, checks)
 
 
 # ----------------------------------------------------------------------------- matrix expansion
@@ -165,41 +169,58 @@ def matches(rule: dict[str, Any], fields: dict[str, Any]) -> bool:
 
 # ----------------------------------------------------------------------------- plan
 
-def plan(raw: Any, source: str = "<spec>") -> Experiment:
+def plan(raw: Any, source: str = "<spec>", seeds: list[int] | None = None, checks: Iterable[Check] = ()) -> Experiment:
     """The steps of an experiment file (a mapping), stage by stage; every problem of the file, its
-    schema's (``ExperimentSpec.parse``) then its steps', raised at once as one ValidationError."""
+    schema's (``ExperimentSpec.parse``) then its steps', then those ``checks`` find in the plan
+    (as far as it could be built: what storage says, flows/door.py), raised at once as one
+    ValidationError. ``seeds`` (``--seed``) replaces the file's ``seeds:``; a problem naming a flag is
+    the command line's and is not prefixed with the file."""
     if not isinstance(raw, dict):
         raise ValidationError(f"{source}: an experiment is a mapping")
     p: list[str] = []
-    spec = ExperimentSpec.parse(raw, p)
+    spec = ExperimentSpec.parse(raw, p, seeds)
+    if seeds:
+        raw = {**raw, "seeds": spec.seeds}  # the run's record keeps the seeds it ran
     sweep = selection.parse(raw.get("lr_sweep"), p)  # a learning rate per method chosen on validation
     report_verdicts.parse(raw.get("verdicts"), p)    # the study's questions the report answers
+    known = len(p)
     configured = _name_by_identity(p, [s for entry in spec.train for s in _train_steps(p, spec, entry)])
-    trained = selection.expand(p, sweep, configured, _train_step)
+    trained = selection.expand(p, sweep, configured, _train_step, every_entry_planned=len(p) == known)
     quantized = [s for entry in spec.quantize for s in _quantize_steps(spec, entry, trained)]
     steps = selection.gate(sweep, str(spec.name), spec.evaluate.settings,
                            trained + quantized + _evaluate_steps(p, spec, trained + quantized), Step)
     p += _duplicates(steps)
     if not steps and not p:
         p.append("the plan is empty (check include/exclude and the evaluate section)")
+    exp = Experiment(str(spec.name), spec.description, raw, steps, spec.timeouts_s, _datasets_read(spec, trained),
+                     spec.data, source)
+    for check in checks:
+        try:
+            p += check(exp)
+        except ValidationError:
+            if not p:
+                raise
+            # a plan with problems may hold what a check cannot read (an unknown task): those are reported
     if p:
-        raise ValidationError([f"{source}: {x}" for x in p])
-    return Experiment(str(spec.name), spec.description, raw, steps, spec.timeouts_s, _datasets_read(spec, trained),
-                      spec.data, source)
+        raise ValidationError([x if x.startswith("--") else f"{source}: {x}" for x in p])
+    return exp
 
 
 def _train_steps(p: list[str], spec: ExperimentSpec, entry: TrainEntry) -> list[Step]:
     """One configuration's jobs: its matrix x base models x datasets, filtered by include/exclude,
-    each resolved by the trainer's own config (its checks, its model name)."""
+    each resolved by the trainer's own config (its checks, its model name); a problem of a field the
+    entry takes from ``defaults`` is the default's (reported once for every entry)."""
     steps = []
+    q: list[str] = []
     for combo, base, dataset in itertools.product(expand(entry.config), entry.base_models, entry.datasets):
         fields = {"base_model": base, "dataset": dataset, **combo}
         if ((spec.include and not any(matches(r, fields) for r in spec.include))
                 or any(matches(r, fields) for r in spec.exclude)):
             continue
         for fields, variant in replicas(fields, spec.seeds):
-            if (step := _train_step(p, entry.where, fields, variant)) is not None:
+            if (step := _train_step(q, entry.where, fields, variant)) is not None:
                 steps.append(step)
+    p += [x for x in dict.fromkeys(map(entry.blame, q)) if x not in p]
     return steps
 
 
@@ -312,5 +333,10 @@ def _duplicates(steps: list[Step]) -> list[str]:
 
 def _datasets_read(spec: ExperimentSpec, trained: list[Step]) -> list[str]:
     """Every dataset a step reads: training datasets, then each evaluated task's."""
+    def short(task: str) -> str:
+        try:
+            return get_task(task).short
+        except ValidationError:  # an unknown task: the schema reported it (the plan is refused)
+            return ""
     return list(dict.fromkeys([s.spec["dataset"] for s in trained]
-                              + [t.get("dataset") or get_task(t["task"]).short for t in spec.evaluate.tasks]))
+                              + [d for t in spec.evaluate.tasks if (d := t.get("dataset") or short(str(t.get("task", ""))))]))

@@ -35,6 +35,7 @@ EVAL_KEYS = {"tasks", "include_base", "models", "limit", "batch_size", "max_new_
 EVAL_SETTINGS = ("batch_size", "max_new_tokens", "seed")  # copied into every EvaluateSpec
 DATA_SOURCES = ("seed", "hf", "hub")
 DATA_KEYS = ("source", "path", "prepare")
+FLAG_SEEDS = "--seed"  # a problem that starts with a flag is the command line's: not prefixed with the file
 STAGE_TIMEOUTS = {"train": 24 * 3600.0, "quantize": 4 * 3600.0, "evaluate": 12 * 3600.0}
 
 
@@ -46,6 +47,24 @@ class TrainEntry:
     config: dict[str, Any]          # defaults deep-merged with the entry's TrainSpec fields
     base_models: list[Any]
     datasets: list[Any]
+    defaulted: frozenset[str] = frozenset()  # dotted fields whose value is defaults' (the entry leaves them)
+    own: frozenset[str] = frozenset()        # the fields the entry sets itself (dotted, and each part)
+
+    def blame(self, problem: str) -> str:
+        """A problem of one of this entry's steps (``train[0].lr: ...``), pointed at ``defaults.lr``
+        when the entry takes that field from ``defaults`` and the problem names no field the entry
+        sets (``lora: ... but peft_method is 'none'`` stays the entry's): one bad default is one
+        problem, not one per entry (the planner drops the repeats)."""
+        m = re.match(re.escape(self.where) + r"(?:\.([\w.]+))?: (.*)", problem, re.S)
+        if m is None:
+            return problem
+        path = m.group(1) or next(iter(re.findall(r"^Failed to parse (\w+) field", m.group(2))), "")
+        parts = path.split(".")
+        if (path and any(".".join(parts[:n]) in self.defaulted for n in range(1, len(parts) + 1))
+                and not any(re.search(rf"\b{re.escape(k)}\b", re.sub(r"\(?known:[^)]*\)?", "", m.group(2)))
+                            for k in self.own)):  # a list of the known fields blames none
+            return f"defaults.{path}: {m.group(2)}" if m.group(1) else f"defaults: {m.group(2)}"
+        return problem
 
 
 @dataclass(frozen=True)
@@ -85,8 +104,9 @@ class ExperimentSpec:
     seeds: list[int] = field(default_factory=list)  # replication: each configuration once per seed
 
     @classmethod
-    def parse(cls, raw: dict[str, Any], p: list[str]) -> "ExperimentSpec":
-        """The typed spec of ``raw`` (a mapping); problems appended to ``p``, section by section."""
+    def parse(cls, raw: dict[str, Any], p: list[str], seeds: list[int] | None = None) -> "ExperimentSpec":
+        """The typed spec of ``raw`` (a mapping); problems appended to ``p``, section by section.
+        ``seeds`` (``ftlab run --seed``) replaces the file's ``seeds:``; its problems name the flag."""
         p += [f"unknown key {k!r} (known: {', '.join(sorted(TOP_KEYS))})" for k in raw if k not in TOP_KEYS]
         name = raw.get("name", "")
         p += check_name("name", name) if isinstance(name, str) else ["name: must be a string"]
@@ -110,26 +130,29 @@ class ExperimentSpec:
         quantize = [e for i, q in enumerate(q_entries)
                     if (e := _quantize_entry(p, f"quantize[{i}]" if isinstance(quant, list) else "quantize", q))]
         evaluate = _evaluate(p, raw, bases)
-        seeds = _seeds(p, raw.get("seeds"), trains)
+        seeds = _seeds(p, raw.get("seeds"), trains) if not seeds else _seeds(p, list(seeds), trains, FLAG_SEEDS)
         return cls(name, raw.get("description", ""), bases, datasets, include, exclude, data, timeouts, train,
                    quantize, evaluate, seeds)
 
 
 # ----------------------------------------------------------------------------- sections
 
-def _seeds(p: list[str], seeds: Any, trains: list) -> list[int]:
+def _seeds(p: list[str], seeds: Any, trains: list, where: str = "seeds") -> list[int]:
     """``seeds: [1, 2, 3]``: every training configuration once per seed (the trainer's ``seed``
     range), replacing ``defaults.seed``; a configuration that sets ``seed`` itself would be
-    ambiguous, so it is refused."""
+    ambiguous, so it is refused. ``where``: ``seeds`` (the file's) or ``--seed`` (the command
+    line's, whose problems are the flag's, not the file's)."""
     if seeds is None:
         return []
+    shown = " ".join(f"--seed {x}" for x in seeds) if where == FLAG_SEEDS else f"seeds: {seeds}"
     if (not isinstance(seeds, list) or not seeds
             or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31 for x in seeds)):
-        p.append(f"seeds: {seeds!r} must be a non-empty list of integers in [0, 2**31)")
+        p.append(f"{where}: {seeds!r} must be a non-empty list of integers in [0, 2**31)" if where != FLAG_SEEDS
+                 else f"{where}: {', '.join(str(x) for x in seeds if not 0 <= x < 2**31)} must be in [0, 2**31)")
         return []
     if len(set(seeds)) != len(seeds):
-        p.append(f"seeds: {seeds} lists a seed twice")
-    p += [f"train[{i}].seed: set here and by seeds: {seeds}; give the seeds in one place (seeds: replicates "
+        p.append(f"{where}: {shown} gives a seed twice")
+    p += [f"train[{i}].seed: set here and by {shown}; give the seeds in one place ({where} replicates "
           "every configuration)" for i, t in enumerate(trains) if isinstance(t, dict) and "seed" in t]
     return list(dict.fromkeys(seeds))
 
@@ -192,9 +215,11 @@ def _train_entry(p: list[str], i: int, t: Any, defaults: dict, bases: list, data
     for key, subset, full in (("base_models", t_bases, bases), ("datasets", t_datasets, datasets)):
         if not isinstance(subset, list) or any(x not in full for x in subset):
             p.append(f"{where}.{key}: {subset!r} must be a list drawn from the top-level {key} {full}")
-    config = _deep_merge(defaults, {k: v for k, v in t.items() if k not in TRAIN_ONLY_KEYS})
+    own = {k: v for k, v in t.items() if k not in TRAIN_ONLY_KEYS}
+    config = _deep_merge(defaults, own)
     return TrainEntry(where, config, t_bases if isinstance(t_bases, list) else [],
-                      t_datasets if isinstance(t_datasets, list) else [])
+                      t_datasets if isinstance(t_datasets, list) else [], frozenset(_left_to(defaults, own)),
+                      frozenset(k for f in _left_to(own, {}) + _left_to(own, {}, leaves=True) for k in (f, f.split(".")[-1])))
 
 
 def _quantize_entry(p: list[str], where: str, q: Any) -> QuantizeEntry | None:
@@ -284,6 +309,20 @@ def _rules(p: list[str], raw: dict, key: str) -> list[dict]:
         if not isinstance(r, dict) or not r:
             p.append(f"{key}[{i}]: a rule is a non-empty mapping of field -> value(s)")
     return [r for r in rules if isinstance(r, dict) and r]
+
+
+def _left_to(defaults: dict, over: dict, prefix: str = "", leaves: bool = False) -> list[str]:
+    """The dotted fields of ``defaults`` that ``over`` does not set (their merged value is the
+    default's); ``leaves``: down to the fields inside a mapping too (``lora.r``, not only ``lora``)."""
+    out = []
+    for k, v in defaults.items():
+        if leaves and isinstance(v, dict):
+            out += _left_to(v, {}, f"{prefix}{k}.", leaves)
+        elif k not in over:
+            out.append(prefix + str(k))
+        elif isinstance(v, dict) and isinstance(over[k], dict):
+            out += _left_to(v, over[k], f"{prefix}{k}.", leaves)
+    return out
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

@@ -215,12 +215,9 @@ def experiment_flow(experiment: str, run_id: str = "", report_dir: str = DEFAULT
     """Run one experiment spec (a shipped name such as ``phase1`` or a path to a YAML file);
     ``seeds`` replaces its ``seeds:``. A step whose name storage holds for another configuration
     refuses the whole run before anything is submitted (flows/identity.py)."""
-    exp: Experiment = load(experiment, seeds)
+    from flows.door import checked
+    exp: Experiment = checked(experiment, seeds, store_from_env(), run=True)  # every problem, before any step
     _STOPPING.discard(exp.name)  # an earlier interrupted run of it in this process
-    from flows.identity import refuse_conflicts
-    from flows.splits import refuse_missing_splits
-    refuse_missing_splits(store_from_env(), exp)  # a split the plan reads that no dataset will have
-    refuse_conflicts(store_from_env(), exp)
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
     logger = get_run_logger()
     started = time.time()

@@ -131,12 +131,20 @@ def candidate_name(group: str, rate: float) -> str:
     return head + sep + "_".join([method, rate_tag(rate), *rest])
 
 
-def expand(p: list[str], sweep: Sweep | None, trained: list, train_step: Callable) -> list:
+def expand(p: list[str], sweep: Sweep | None, trained: list, train_step: Callable,
+           every_entry_planned: bool = True) -> list:
     """Each train step whose method has rates -> one candidate per rate (the planner's hook 1);
     ``train_step``: the planner's own, so each candidate is resolved (checked, named, identified) as
-    any step (passed in, not imported: the planner imports this module)."""
+    any step (passed in, not imported: the planner imports this module). Rates for a method no
+    step trains are refused (they would be ignored), unless a train entry could not be planned
+    (``every_entry_planned`` false: it may be the one that trains that method)."""
     if sweep is None:
         return trained
+    methods = sorted({str(s.labels.get("peft_method")) for s in trained})
+    if every_entry_planned:
+        p += [f"lr_sweep.rates.{m}: no train entry trains peft_method {m!r} (the plan trains: "
+              f"{', '.join(methods) or 'nothing'}); its rates would be ignored: sweep a method the plan trains, "
+              "or add a train entry for it" for m in sweep.rates if m not in methods]
     if sweep.seeds and (unknown := sorted(set(sweep.seeds) - {s.spec.get("seed") for s in trained})):
         p.append(f"lr_sweep.seeds: {unknown} not among the experiment's seeds (seeds: or --seed)")
     out = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from flows.experiment import Experiment
-from services.common.contract.errors import FtlabError, ValidationError
+from services.common.contract.errors import FtlabError
 from services.common.data.tasks import get_task
 from services.common.storage import artifacts
 from services.common.storage.store import ObjectStore
@@ -100,8 +100,3 @@ def split_problems(store: ObjectStore | None, exp: Experiment) -> list[str]:
                         f"from {source}), read by {who}; {fix}")
     return problems
 
-
-def refuse_missing_splits(store: ObjectStore | None, exp: Experiment) -> None:
-    """Raise ValidationError listing every missing split at once (nothing is run or written)."""
-    if problems := split_problems(store, exp):
-        raise ValidationError([f"{exp.source}: {x}" for x in problems])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,11 +26,13 @@ def report_dir_default() -> str:
 
 # ------------------------------------------------------------------ helpers
 
-def _store():
+def _store(create_buckets: bool = True):
+    """The store of the environment (the embedded stack's defaults filled in); ``create_buckets=False``
+    for a command that only reads it (a door, a dry run): nothing is written."""
     from services.common.storage.factory import store_from_env
     from ftlab.stack import stack_env
     os.environ.update({k: v for k, v in stack_env().items() if k.startswith("FTLAB_")})
-    return store_from_env()
+    return store_from_env(create_buckets=create_buckets)
 
 
 def _print_job(job) -> None:
@@ -65,8 +68,8 @@ def _submit(service: str, params, args) -> int:
     from services.common.rpc.clients import ServiceClient, state_name
     problems: list[str] = []
     spec = spec_from_args(args, params, problems)
-    door = door_problems(service, spec)
-    named = {x.split(":", 1)[0] for x in door}  # a field the door names already (base_model: required)
+    door = [flag_named(x, params) for x in door_problems(service, spec)]
+    named = {x.split(":", 1)[0] for x in door}  # a flag the door names already (--base-model: required)
     problems = [x for x in problems if x.split(":", 1)[0] not in named] + door
     if problems:  # every problem at once, before anything is sent (the door would refuse them too)
         raise ValidationError(problems)
@@ -279,6 +282,15 @@ def door_problems(service: str, spec: dict) -> list[str]:
     return p.invalid
 
 
+def flag_named(problem: str, params) -> str:
+    """A door problem about a spec field (``group_size: ...``, ``tasks[1].limit: ...``) as the flag
+    the user typed (``--group-size: ...``); a problem about no single field is left as it is."""
+    field, sep, rest = problem.partition(":")
+    flags = {prm.name: prm.cli_flag for prm in params}
+    flag = flags.get(field) or flags.get(re.sub(r"\[\d+\]", "", field))
+    return f"{flag}{sep}{rest}" if flag and sep else problem
+
+
 def cmd_compare(args) -> int:
     from services.evaluator.compare import compare, format_table
     result = compare(_store(), args.eval_a, args.eval_b, args.resamples, args.seed)
@@ -415,23 +427,19 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from flows.experiment import load
-    from flows.splits import refuse_missing_splits
-    exp = load(args.experiment, args.seeds)
+    """The door (flows/door.py: the flags', the file's and storage's problems at once; storage only
+    read), then the plan (``--dry-run``, which writes nothing) or the flow, which checks again."""
+    from flows.door import checked
     if args.dry_run:
         from flows.dryrun import render
         try:
-            store = _store()
+            store = _store(create_buckets=False)
             where = store.describe()
         except FtlabError as exc:  # the plan still prints; what is done is then unknown ("?")
             store, where = None, f"unreachable ({exc})"
-        refuse_missing_splits(store, exp)  # a split no dataset has nor will have (a sweep's validation split)
-        print(render(exp, store, where))
+        print(render(checked(args.experiment, args.seeds, store, run=False), store, where))
         return 0
-    from flows.identity import refuse_conflicts
-    store = _store()
-    refuse_missing_splits(store, exp)  # before Prefect starts (the flow checks both again)
-    refuse_conflicts(store, exp)  # before Prefect starts: names storage holds for another configuration
+    checked(args.experiment, args.seeds, _store(create_buckets=False), run=True)  # before Prefect starts
     result = run_flow(args.experiment, args.run_id or "", args.report_dir, args.seeds)
     return 1 if result["failed"] else 0
 
@@ -720,7 +728,7 @@ def spec_from_args(args, params, problems: list[str] | None = None) -> dict:
     for prm in params:
         value = getattr(args, prm.dest)
         if value is None and prm.required:
-            bad.append(f"{prm.name}: required ({prm.cli_flag})")
+            bad.append(f"{prm.cli_flag}: required")
         if value is None or prm.name in PER_ITEM:
             continue
         if prm.kind in (int, float) and (value := _number(prm, value, bad)) is None:
@@ -753,7 +761,7 @@ def _number(prm, text: str, bad: list[str]) -> int | float | None:
     try:
         return prm.kind(text)
     except ValueError:
-        bad.append(f"{prm.name}: {text!r} ({prm.cli_flag}) is not {'an integer' if prm.kind is int else 'a number'}")
+        bad.append(f"{prm.cli_flag}: {text!r} is not {'an integer' if prm.kind is int else 'a number'}")
         return None
 
 

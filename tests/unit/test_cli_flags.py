@@ -193,18 +193,20 @@ def test_a_job_command_reports_every_bad_flag_at_once_and_sends_nothing(monkeypa
     monkeypatch.setattr("services.common.rpc.clients.ServiceClient", Client)
     cases = {("train", "--max-steps", "0", "--learning-rate", "5", "--peft", "foo", "--r", "x", "--per-device-batch-size",
               "abc", "--dataset", "arc"):
-             ["base_model: required", "max_steps: 0 must be > 0", "learning_rate: 5.0 must be in (0, 1]",
-              "peft_method: unknown 'foo'", "lora.r: 'x' (--r) is not an integer",
-              "per_device_batch_size: 'abc' (--per-device-batch-size) is not an integer"],
+             ["--base-model: required", "--max-steps: 0 must be > 0", "--learning-rate: 5.0 must be in (0, 1]",
+              "--peft: unknown 'foo'", "--r: 'x' is not an integer",
+              "--per-device-batch-size: 'abc' is not an integer"],
              ("train", "--base-model", "B", "--dataset", "arc", "--peft", "pissa", "--training-quant", "int8",
               "--warmup-ratio", "2"):
-             ["peft_method 'pissa' with training_quant 'int8'", "warmup_ratio: 2.0 must be in [0, 1]"],
+             ["peft_method 'pissa' with training_quant 'int8'", "--warmup-ratio: 2.0 must be in [0, 1]"],
              ("quantize", "--method", "gptq", "--weights-bits", "99", "--group-size", "g"):
-             ["source_model: required (--source-model)", "weights_bits: 99 must be in [1, 16]",
-              "group_size: 'g' (--group-size) is not an integer"],
+             ["--source-model: required", "--weights-bits: 99 must be in [1, 16]",
+              "--group-size: 'g' is not an integer"],
+             ("quantize", "--source-model", "M", "--method", "gptq", "--group-size", "7"):
+             ["--group-size: 7 is not a power of two: gptq's output (compressed-tensors) is served by vLLM"],
              ("eval", "--task", "ai2_arc", "--task", "hellaswag", "--limit", "0", "--batch-size", "x", "--engine", "warp"):
-             ["model: required (--model)", "limit: 0 must be in [1, 1000000]", "tasks[1].task:",
-              "batch_size: 'x' (--batch-size) is not an integer", "engine: unknown 'warp'"]}
+             ["--model: required", "--limit: 0 must be in [1, 1000000]", "--task: unknown task 'hellaswag'",
+              "--batch-size: 'x' is not an integer", "--engine: unknown 'warp'"]}
     for argv, fragments in cases.items():
         assert cli.main(list(argv)) == 2, argv
         err = capsys.readouterr().err

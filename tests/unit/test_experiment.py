@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from flows.experiment import EXPERIMENTS_DIR, expand, load, matches, plan
-from services.common.contract.errors import NotFoundError, ValidationError
+from services.common.contract.errors import ValidationError
 from tests.conftest import SHARED
 
 SHIPPED = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
@@ -173,7 +173,7 @@ def test_two_configurations_with_the_same_name_are_refused():
 
 
 def test_unknown_experiment_lists_shipped():
-    with pytest.raises(NotFoundError, match="smoke"):
+    with pytest.raises(ValidationError, match="smoke"):  # bad input: `ftlab run phase9` exits 2
         load("phase9")
 
 

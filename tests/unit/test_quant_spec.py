@@ -65,8 +65,11 @@ def test_every_bad_value_of_every_option_is_a_validation_error(door, method, mon
 def test_group_size_zero_and_non_dividing(door):
     out = _resolve(door, {"source_model": "src", "method": "w4a16", "group_size": 0, "dataset": "arc"})
     assert isinstance(out, ValidationError) and "group_size: 0 must be in [1, 65536]" in str(out)
+    out = _resolve(door, {"source_model": "src", "method": "gptq", "group_size": 128, "dataset": "arc"})
+    assert isinstance(out, ValidationError) and "does not divide" in str(out)  # the 64-wide layers
     out = _resolve(door, {"source_model": "src", "method": "gptq", "group_size": 48, "dataset": "arc"})
-    assert isinstance(out, ValidationError) and "does not divide" in str(out)
+    assert isinstance(out, ValidationError) and "group_size: 48 is not a power of two" in str(out)
+    assert "does not divide" not in str(out)  # one problem per field
 
 
 

@@ -149,8 +149,11 @@ def test_dry_run_counts_the_steps_gated_on_the_choice_apart(monkeypatch):
     assert len(want) == 9 and set(gated) == want and set(gated.values()) == {3}
     text = dryrun.render(exp, None, "nowhere")
     # 4 trainings, 3 validation evaluations, the select step, the base and the full fine-tune scored on test
-    assert "to run: 10; gated on the lr_sweep's choice: 9 (only the chosen rate's 3 run)" in text, text
-    assert "1 select" in text
+    # a select step is no job: the summary counts jobs by stage, and the select steps apart
+    assert "18 jobs: 4 train, 3 quantize, 11 evaluate; and 1 select step(s)" in text, text
+    assert ("to run: 9 (4 train, 0 quantize, 5 evaluate); gated on the lr_sweep's choice: 9 (only the chosen "
+            "rate's 3 run)") in text, text
+    assert "jobs that will run: 12 (4 train, 1 quantize, 7 evaluate)" in text, text
     rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["evaluate"], ["quantize"])]
     assert sum(r[1] == "gated" for r in rows) == 9
 
@@ -181,8 +184,10 @@ def test_a_sweep_on_one_seed_trains_the_other_seeds_at_the_chosen_rate_only(tmp_
     assert sorted(s.spec["model"] for s in test if selection.gated(s, [r]) is None) == sorted(
         f"Qwen3-tiny-squad_SFT_LoRa8_lr5e-4_s{k}_NoQuant" for k in (1, 2, 3))
     from flows import dryrun
-    assert "to run: 14; gated on the lr_sweep's choice: 15 (only the chosen rate's 5 run)" in \
-        dryrun.render(exp, None, "nowhere")
+    text = dryrun.render(exp, None, "nowhere")
+    assert "to run: 13 (6 train, 0 quantize, 7 evaluate); gated on the lr_sweep's choice: 15 (only the chosen " \
+           "rate's 5 run)" in text, text
+    assert "jobs that will run: 18 (8 train, 0 quantize, 10 evaluate)" in text, text  # 3 + 2 LoRA, 3 full FT
     with pytest.raises(ValidationError, match=r"lr_sweep.seeds: \[4\] not among"):
         plan(spec(seeds=[1, 2], lr_sweep={"rates": {"lora": [1e-4, 5e-4]}, "select_on": SEL, "seeds": [4]}))
     with pytest.raises(ValidationError, match="lr_sweep.seeds: 'one'"):

@@ -78,7 +78,7 @@ def test_the_flow_refuses_before_anything_runs(store, monkeypatch, tmp_path):
     from flows import pipeline
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec(data={"prepare": {"squad-val": "study-squad"}})))
-    monkeypatch.setattr(pipeline, "store_from_env", lambda: store)
+    monkeypatch.setattr(pipeline, "store_from_env", lambda **kw: store)
     monkeypatch.setattr(pipeline, "import_data", lambda exp: pytest.fail("the data step ran"))
     with pytest.raises(ValidationError, match="has no 'validation' split"):
         pipeline.experiment_flow.fn(str(path))

@@ -24,9 +24,10 @@ def open_store(config: dict) -> ObjectStore:
 _BOOLS = {"1": True, "true": True, "0": False, "false": False}
 
 
-def store_from_env(env: Mapping[str, str] = os.environ) -> ObjectStore:
+def store_from_env(env: Mapping[str, str] = os.environ, create_buckets: bool = True) -> ObjectStore:
     """The store that ``FTLAB_STORAGE`` (``local``, the default, or ``s3``) and its settings describe,
-    with every bucket created. Reports all bad settings at once."""
+    with every bucket created (``create_buckets=False``: none, for a door that only reads: a
+    refused request writes nothing). Reports all bad settings at once."""
     kind = env.get("FTLAB_STORAGE", "local").strip().lower() or "local"
     if kind == "local":
         store: ObjectStore = LocalStore(env.get("FTLAB_LOCAL_ROOT") or ".ftlab/storage")
@@ -66,5 +67,6 @@ def store_from_env(env: Mapping[str, str] = os.environ) -> ObjectStore:
                         retry_deadline_s=retry_s)
     else:
         raise ValidationError(f"FTLAB_STORAGE={kind!r} is not a known storage; use one of: local, s3")
-    store.ensure_buckets()
+    if create_buckets:
+        store.ensure_buckets()
     return store
