@@ -265,6 +265,85 @@ def check_grpc(stack: Stack) -> list[str]:
     return names
 
 
+def container_ips(stack: Stack) -> dict[str, str]:
+    """Each running service's address on the compose network (a Ray node's address is its container's)."""
+    ips = {}
+    for svc, row in stack.states().items():
+        if row.get("State") == "running":
+            ips[svc] = run(["docker", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                            row["ID"]], quiet=True).stdout.split()[0]
+    return ips
+
+
+RAY_NODES = """\
+import json, ray
+ray.init(address="auto", log_to_driver=False)
+print(json.dumps([{k: n[k] for k in ("NodeID", "Alive", "NodeManagerAddress", "Resources")} for n in ray.nodes()]))
+"""
+
+
+def check_ray_nodes(stack: Stack) -> dict:
+    """`ray status` in the head (docs/DEPLOY.md's command), then the cluster's nodes as Ray lists
+    them: the head runs no job, and each service's container is one node advertising its
+    environment (ray_placement.env_resource) and no other service's."""
+    from services.common.contract.settings import SERVICES
+    from services.common.jobs.ray_placement import env_resource
+    print(stack.exec("ray-head", "ray", "status").stdout)
+    nodes = [n for n in json.loads(stack.exec("ray-head", "python", "-c", RAY_NODES).stdout.strip().splitlines()[-1])
+             if n["Alive"]]
+    ips, problems, found = container_ips(stack), [], {}
+    by_ip = {n["NodeManagerAddress"]: n for n in nodes}
+    head = by_ip.get(ips.get("ray-head", "?"))
+    if head is None or head["Resources"].get("CPU", 0) or head["Resources"].get("GPU", 0):
+        problems.append(f"head node at {ips.get('ray-head')}: {head and head['Resources']} (expected no CPU, no GPU)")
+    for svc in SERVICES:
+        node = by_ip.get(ips.get(svc, "?"))
+        envs = sorted(k for k in (node or {}).get("Resources", {}) if k.startswith("ftlab-env-"))
+        if node is None:
+            problems.append(f"{svc}: no alive Ray node at its container's address {ips.get(svc)}")
+        elif envs != [env_resource(svc)]:
+            problems.append(f"{svc}: its node advertises {envs}, expected [{env_resource(svc)}]")
+        else:
+            found[svc] = {"ip": node["NodeManagerAddress"], "node": node["NodeID"][:12],
+                          "resources": {k: v for k, v in node["Resources"].items()
+                                        if k in ("CPU", "GPU") or k.startswith("ftlab-env-")}}
+    if len(nodes) != 1 + len(SERVICES):
+        problems.append(f"{len(nodes)} alive nodes, expected {1 + len(SERVICES)}: "
+                        + ", ".join(n["NodeManagerAddress"] for n in nodes))
+    if problems:
+        raise CheckFailed("Ray cluster: " + "; ".join(problems))
+    log("Ray: head (no CPU, no GPU) + " + ", ".join(f"{s} {v['ip']} {v['resources']}" for s, v in found.items()))
+    return found
+
+
+PLACED = re.compile(r"started(?: \(attempt \d+\))?: started by Ray on node (\S+) ")
+
+
+def check_ray_placement(stack: Stack) -> dict:
+    """Every job record in the stack's S3 says Ray started it, on the node of its own service's
+    container (the only node advertising its environment); none ran in the service's own process."""
+    from services.common.contract.settings import SERVICES
+    s3, ips = stack.s3(), container_ips(stack)
+    counts, problems = {}, []
+    for svc in SERVICES:
+        counts[svc] = 0
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="jobs", Prefix=f"{svc}/"):
+            for o in page.get("Contents", []):
+                if not o["Key"].endswith(".json"):
+                    continue
+                rec = json.loads(s3.get_object(Bucket="jobs", Key=o["Key"])["Body"].read())
+                placed = [m.group(1) for e in rec.get("events", []) if (m := PLACED.match(e.get("message", "")))]
+                if not placed:
+                    problems.append(f"{o['Key']} ({rec.get('state')}): no 'started by Ray' event")
+                elif set(placed) != {ips[svc]}:
+                    problems.append(f"{o['Key']}: started on {placed}, not on {svc}'s node {ips[svc]}")
+                counts[svc] += 1
+    if problems or not all(counts.values()):
+        raise CheckFailed(f"jobs not placed by Ray on their service's node ({counts} records): " + "; ".join(problems[:10]))
+    log(f"every job record says Ray started it on its service's node: {counts}")
+    return counts
+
+
 def job(stack: Stack, job_id: str) -> dict:
     """`ftlab jobs get` in the worker; state as RUNNING, SUCCEEDED, ... (the proto enum's short name)."""
     j = json.loads(stack.exec("prefect-worker", "ftlab", "jobs", "get", job_id).stdout)
@@ -458,6 +537,9 @@ def main() -> int:
             stack.dc("up", "-d", "--no-build", timeout=900)
         with stage("healthy"):
             stack.wait_healthy()
+        if args.ray:
+            with stage("ray: nodes"):
+                result["ray_nodes"] = check_ray_nodes(stack)
         with stage("data"):
             shared = Path(os.environ.get("FTLAB_SHARED", ROOT.parent / "shared"))
             stack.dc("cp", str(shared / "datasets/seed"), "trainer:/data/tmp/seed")
@@ -476,6 +558,9 @@ def main() -> int:
             print(cli.stdout[-1500:])
         with stage("results"):
             result["results"] = check_results(stack)
+        if args.ray:
+            with stage("ray: placement"):
+                result["ray_placement"] = check_ray_placement(stack)
         with stage("grpc"):
             result["reflection"] = check_grpc(stack)
         with stage("mlflow"):
