@@ -14,6 +14,12 @@ experiment's runs in the stack's MLflow server, read with the MLflow client; ref
 credentials) -> the faults: trainer restarted mid-job, trainer container kill -9 mid-job, worker
 restarted mid-flow (the interrupted run ends Crashed, the rerun completes), `down` + `up` -> `down -v`.
 ``--ray`` adds docker-compose.ray.yml (a Ray head, the services joined as nodes).
+``--services-only``: the short form, for a busy host or the Ray layout's first look: only the
+object store (and the Ray head) and the three services are built, started and checked; no Prefect,
+Postgres, MLflow or worker. Its stages: engine, build (the three service images), up, healthy, (ray:
+nodes), data, jobs (a training, a quantization and an evaluation through the CLI in the trainer
+container, `--wait`), (ray: placement), the two trainer faults (the CLI in the trainer container
+again), down -v.
 
 Exit 0 only when every stage passed. The stack runs as compose project ``ftlab-check`` so a user's
 own ``ftlab`` stack on the same engine is never touched; its .env lives in a temp folder.
@@ -38,11 +44,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))       # flows.* (the smoke plan, the zombie automation's timeout)
+from services.common.contract.settings import SERVICES  # noqa: E402  (torch-free)
 COMPOSE_FILES = ["docker-compose.gpu.yml", "docker-compose.cpu.yml", "docker-compose.offline.yml"]
 PROJECT = "ftlab-check"
 PORT_VARS = ["FTLAB_S3_PORT", "FTLAB_S3_CONSOLE_PORT", "FTLAB_PREFECT_PORT", "FTLAB_MLFLOW_PORT", "FTLAB_TRAINER_PORT",
              "FTLAB_QUANTIZER_PORT", "FTLAB_EVALUATOR_PORT"]
 ONE_SHOT = {"minio-init"}          # services that run once and exit 0
+JOB_SERVICES = list(SERVICES)      # trainer, quantizer, evaluator: the containers that run jobs
 STAGES: dict[str, float] = {}
 
 
@@ -124,9 +132,10 @@ def compose_env(work: Path) -> dict[str, str]:
     return env
 
 
-def write_env(work: Path, ray: bool = False) -> tuple[Path, dict[str, str]]:
+def write_env(work: Path, ray: bool = False, services_only: bool = False) -> tuple[Path, dict[str, str]]:
     """deploy/.env.example with every change-me replaced by a random secret, free host ports
-    (and, with the Ray file on this CPU stack, the head on the CPU trainer image)."""
+    (and, with the Ray file on this CPU stack, the head on the CPU trainer image; with only the
+    services, tracking off: there is no MLflow server to report to)."""
     values: dict[str, str] = {}
     lines = []
     for line in (ROOT / "deploy/.env.example").read_text().splitlines():
@@ -139,6 +148,8 @@ def write_env(work: Path, ray: bool = False) -> tuple[Path, dict[str, str]]:
                 val = str(free_port())
             if key == "HF_HUB_OFFLINE":
                 val = "1"            # no model hub here; the check imports nothing from it
+            if key == "FTLAB_TRACKING_URI" and services_only:
+                val = ""
             values[key] = val
             line = f"{key}={val}"
         lines.append(line)
@@ -152,8 +163,11 @@ def write_env(work: Path, ray: bool = False) -> tuple[Path, dict[str, str]]:
 
 
 class Stack:
-    def __init__(self, env: dict[str, str], env_file: Path, values: dict[str, str]):
+    def __init__(self, env: dict[str, str], env_file: Path, values: dict[str, str], only: list[str] | None = None):
         self.env, self.env_file, self.values = env, env_file, values
+        self.only = only                 # the services started (None: all of the compose files')
+        self.cli = "trainer" if only else "prefect-worker"   # where the `ftlab` CLI runs
+        self.job_services = [s for s in JOB_SERVICES if only is None or s in only]
 
     def dc(self, *args: str, check: bool = True, timeout: float = 600, quiet: bool = False):
         cmd = ["docker", "compose", "--env-file", str(self.env_file)]
@@ -170,7 +184,7 @@ class Stack:
         return {r["Service"]: r for r in rows}
 
     def wait_healthy(self, timeout: float = 900) -> None:
-        services = self.dc("config", "--services", quiet=True).stdout.split()
+        services = self.only or self.dc("config", "--services", quiet=True).stdout.split()
         deadline = time.monotonic() + timeout
         while True:
             st = self.states()
@@ -286,7 +300,6 @@ def check_ray_nodes(stack: Stack) -> dict:
     """`ray status` in the head (docs/DEPLOY.md's command), then the cluster's nodes as Ray lists
     them: the head runs no job, and each service's container is one node advertising its
     environment (ray_placement.env_resource) and no other service's."""
-    from services.common.contract.settings import SERVICES
     from services.common.jobs.ray_placement import env_resource
     print(stack.exec("ray-head", "ray", "status").stdout)
     nodes = [n for n in json.loads(stack.exec("ray-head", "python", "-c", RAY_NODES).stdout.strip().splitlines()[-1])
@@ -296,7 +309,7 @@ def check_ray_nodes(stack: Stack) -> dict:
     head = by_ip.get(ips.get("ray-head", "?"))
     if head is None or head["Resources"].get("CPU", 0) or head["Resources"].get("GPU", 0):
         problems.append(f"head node at {ips.get('ray-head')}: {head and head['Resources']} (expected no CPU, no GPU)")
-    for svc in SERVICES:
+    for svc in stack.job_services:
         node = by_ip.get(ips.get(svc, "?"))
         envs = sorted(k for k in (node or {}).get("Resources", {}) if k.startswith("ftlab-env-"))
         if node is None:
@@ -307,8 +320,8 @@ def check_ray_nodes(stack: Stack) -> dict:
             found[svc] = {"ip": node["NodeManagerAddress"], "node": node["NodeID"][:12],
                           "resources": {k: v for k, v in node["Resources"].items()
                                         if k in ("CPU", "GPU") or k.startswith("ftlab-env-")}}
-    if len(nodes) != 1 + len(SERVICES):
-        problems.append(f"{len(nodes)} alive nodes, expected {1 + len(SERVICES)}: "
+    if len(nodes) != 1 + len(stack.job_services):
+        problems.append(f"{len(nodes)} alive nodes, expected {1 + len(stack.job_services)}: "
                         + ", ".join(n["NodeManagerAddress"] for n in nodes))
     if problems:
         raise CheckFailed("Ray cluster: " + "; ".join(problems))
@@ -322,10 +335,9 @@ PLACED = re.compile(r"started(?: \(attempt \d+\))?: started by Ray on node (\S+)
 def check_ray_placement(stack: Stack) -> dict:
     """Every job record in the stack's S3 says Ray started it, on the node of its own service's
     container (the only node advertising its environment); none ran in the service's own process."""
-    from services.common.contract.settings import SERVICES
     s3, ips = stack.s3(), container_ips(stack)
     counts, problems = {}, []
-    for svc in SERVICES:
+    for svc in stack.job_services:
         counts[svc] = 0
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket="jobs", Prefix=f"{svc}/"):
             for o in page.get("Contents", []):
@@ -344,15 +356,44 @@ def check_ray_placement(stack: Stack) -> dict:
     return counts
 
 
+def run_jobs(stack: Stack, services: list[str]) -> dict:
+    """The short form's work (--services-only): one job of each service through the CLI in the
+    trainer container, each watched to its end (``--wait`` exits non-zero unless it SUCCEEDED)."""
+    tag = secrets.token_hex(3)
+    trained = f"deploycheck-lora-{tag}"
+    steps = {
+        "train": ["train", "--base-model", "Qwen3-tiny-base", "--dataset", "arc", "--r", "4", "--max-steps", "4",
+                  "--train-limit", "32", "--output-name", trained],
+        "quantize": ["quantize", "--source-model", "Qwen3-tiny-base", "--method", "bnb_int8",
+                     "--output-name", f"deploycheck-int8-{tag}"],
+        "evaluate": ["eval", "--model", trained, "--task", "ai2_arc", "--limit", "8", "--batch-size", "8",
+                     "--max-new-tokens", "8"],
+    }
+    out = {}
+    for name, cmd in steps.items():
+        if {"train": "trainer", "quantize": "quantizer", "evaluate": "evaluator"}[name] not in services:
+            continue
+        t0 = time.monotonic()
+        p = stack.exec(stack.cli, "ftlab", *cmd, "--request-id", f"deploycheck-{name}-{tag}", "--wait",
+                       timeout=1800, check=False)
+        job = json.loads(p.stdout[p.stdout.index("{"):]) if "{" in p.stdout else {}
+        state = job.get("state", "?").removeprefix("JOB_STATE_")
+        log(f"{name}: {job.get('job_id')} {state} in {time.monotonic() - t0:.0f} s {job.get('error', '')!r}")
+        if p.returncode != 0 or state != "SUCCEEDED":
+            raise CheckFailed(f"the {name} job did not succeed (exit {p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+        out[name] = {"job": job["job_id"], "s": round(time.monotonic() - t0)}
+    return out
+
+
 def job(stack: Stack, job_id: str) -> dict:
     """`ftlab jobs get` in the worker; state as RUNNING, SUCCEEDED, ... (the proto enum's short name)."""
-    j = json.loads(stack.exec("prefect-worker", "ftlab", "jobs", "get", job_id).stdout)
+    j = json.loads(stack.exec(stack.cli, "ftlab", "jobs", "get", job_id).stdout)
     j["state"] = j.get("state", "JOB_STATE_UNSPECIFIED").removeprefix("JOB_STATE_")
     return j
 
 
 def _train(stack: Stack, request: str) -> str:
-    out = stack.exec("prefect-worker", "ftlab", "train", "--base-model", "Qwen3-tiny-base", "--dataset", "arc",
+    out = stack.exec(stack.cli, "ftlab", "train", "--base-model", "Qwen3-tiny-base", "--dataset", "arc",
                      "--r", "4", "--max-steps", "300", "--save-steps", "25", "--train-limit", "64",
                      "--output-name", request, "--request-id", request).stdout
     return json.loads(out)["job_id"]
@@ -395,7 +436,7 @@ def fault_trainer(stack: Stack, how: str) -> dict:
     deadline = time.monotonic() + 900
     while (final := job(stack, job_id))["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
         running.append(sum(" RUNNING " in line for line in
-                           stack.exec("prefect-worker", "ftlab", "jobs", "list", "--service", "trainer").stdout.splitlines()))
+                           stack.exec(stack.cli, "ftlab", "jobs", "list", "--service", "trainer").stdout.splitlines()))
         if time.monotonic() > deadline:
             raise CheckFailed(f"{job_id} still {final['state']} 900 s after the {how}: {final}")
         time.sleep(5)
@@ -505,15 +546,75 @@ def fault_worker_restart(stack: Stack) -> dict:
             "rerun": "Completed"}
 
 
+def short_stages(stack: Stack, result: dict, ray: bool, services: list[str]) -> None:
+    """--services-only, after data: a job of each service, where Ray put them, the trainer's faults."""
+    with stage("jobs"):
+        result["jobs"] = run_jobs(stack, services)
+    if ray:
+        with stage("ray: placement"):
+            result["ray_placement"] = check_ray_placement(stack)
+    with stage("fault: trainer restart mid-job"):
+        result["trainer_restart"] = fault_trainer(stack, "restart")
+    with stage("fault: trainer kill -9 mid-job"):
+        result["trainer_kill"] = fault_trainer(stack, "kill")
+
+
+def full_stages(stack: Stack, result: dict, ray: bool) -> None:
+    """The whole stack's stages after data: the smoke experiment through the containerised worker, its
+    results, gRPC, MLflow, the faults."""
+    with stage("smoke"):
+        stack.exec("prefect-worker", "python", "-m", "flows.deployments", "deploy")
+        p = stack.exec("prefect-worker", "prefect", "deployment", "run", "ftlab-experiment/smoke", "--watch",
+                       timeout=3600, check=False)
+        print(p.stdout[-2500:])
+        if p.returncode != 0 or "Completed" not in p.stdout:
+            raise CheckFailed(f"smoke flow run did not complete (exit {p.returncode}):\n{p.stderr[-2000:]}")
+        cli = stack.exec("prefect-worker", "ftlab", "run", "smoke", timeout=1800)
+        print(cli.stdout[-1500:])
+    with stage("results"):
+        result["results"] = check_results(stack)
+    if ray:
+        with stage("ray: placement"):
+            result["ray_placement"] = check_ray_placement(stack)
+    with stage("grpc"):
+        result["reflection"] = check_grpc(stack)
+    with stage("mlflow"):
+        result["mlflow"] = check_mlflow(stack)
+    with stage("fault: trainer restart mid-job"):
+        result["trainer_restart"] = fault_trainer(stack, "restart")
+    with stage("fault: trainer kill -9 mid-job"):
+        result["trainer_kill"] = fault_trainer(stack, "kill")
+    with stage("fault: worker restart mid-flow"):
+        result["worker_restart"] = fault_worker_restart(stack)
+    with stage("fault: down + up"):
+        before, runs_before = stack.s3_listing(), len(stack.flow_runs())
+        stack.dc("down", timeout=300)
+        stack.dc("up", "-d", "--no-build", timeout=900)
+        stack.wait_healthy()
+        after, runs_after = stack.s3_listing(), len(stack.flow_runs())
+        lost = sorted(k for k in before if after.get(k) != before[k])
+        if lost or runs_after < runs_before:
+            raise CheckFailed(f"down + up lost {len(lost)} objects {lost[:5]}, flow runs {runs_before} -> {runs_after}")
+        stack.exec("prefect-worker", "ftlab", "model", "list")
+        log(f"down + up: all {len(before)} objects and {runs_before} flow runs still there")
+        result["down_up"] = {"objects": len(before), "flow_runs": runs_before}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", action="store_true", help="leave the stack up (no down -v) for a look")
     ap.add_argument("--skip-build", action="store_true", help="use the images already built")
     ap.add_argument("--ray", action="store_true",
                     help="add docker-compose.ray.yml: jobs placed by Ray, the services joined to a Ray head")
+    ap.add_argument("--services-only", nargs="*", metavar="SERVICE", choices=JOB_SERVICES,
+                    help="the short form: only the object store (and Ray head) and these services (default: all "
+                         "three; the trainer always, its container runs the CLI); one job of each through the "
+                         "CLI, the two trainer faults (no Prefect, MLflow or worker)")
     ap.add_argument("--summary", type=Path, default=ROOT / ".ftlab/deploy-check.json",
                     help="where the stage times, image sizes and results are written (JSON)")
     args = ap.parse_args()
+    services = None if args.services_only is None else sorted(set(args.services_only or JOB_SERVICES) | {"trainer"},
+                                                              key=JOB_SERVICES.index)
     if args.ray:
         COMPOSE_FILES.append("docker-compose.ray.yml")
     work = Path(tempfile.mkdtemp(prefix="ftlab-deploy-check-"))
@@ -528,13 +629,15 @@ def main() -> int:
             env = compose_env(work)
         if not args.skip_build:
             with stage("build"):
-                p = subprocess.run([str(ROOT / "deploy/build-images.sh")], cwd=ROOT, env=env, timeout=7200)
+                p = subprocess.run([str(ROOT / "deploy/build-images.sh"), *(services or [])],
+                                   cwd=ROOT, env=env, timeout=7200)
                 if p.returncode:
                     raise CheckFailed(f"deploy/build-images.sh exited {p.returncode}")
-        env_file, values = write_env(work, ray=args.ray)
-        stack = Stack(env, env_file, values)
+        env_file, values = write_env(work, ray=args.ray, services_only=services is not None)
+        only = ["minio", "minio-init", *(["ray-head"] if args.ray else []), *services] if services else None
+        stack = Stack(env, env_file, values, only)
         with stage("up"):
-            stack.dc("up", "-d", "--no-build", timeout=900)
+            stack.dc("up", "-d", "--no-build", *(only or []), timeout=900)
         with stage("healthy"):
             stack.wait_healthy()
         if args.ray:
@@ -547,42 +650,10 @@ def main() -> int:
                        "--path", "/data/tmp/seed")
             stack.dc("cp", str(shared / "tokenizers/qwen3"), "trainer:/data/tmp/qwen3")
             stack.exec("trainer", "ftlab", "model", "make-tiny", "--tokenizer", "/data/tmp/qwen3")
-        with stage("smoke"):
-            stack.exec("prefect-worker", "python", "-m", "flows.deployments", "deploy")
-            p = stack.exec("prefect-worker", "prefect", "deployment", "run", "ftlab-experiment/smoke", "--watch",
-                           timeout=3600, check=False)
-            print(p.stdout[-2500:])
-            if p.returncode != 0 or "Completed" not in p.stdout:
-                raise CheckFailed(f"smoke flow run did not complete (exit {p.returncode}):\n{p.stderr[-2000:]}")
-            cli = stack.exec("prefect-worker", "ftlab", "run", "smoke", timeout=1800)
-            print(cli.stdout[-1500:])
-        with stage("results"):
-            result["results"] = check_results(stack)
-        if args.ray:
-            with stage("ray: placement"):
-                result["ray_placement"] = check_ray_placement(stack)
-        with stage("grpc"):
-            result["reflection"] = check_grpc(stack)
-        with stage("mlflow"):
-            result["mlflow"] = check_mlflow(stack)
-        with stage("fault: trainer restart mid-job"):
-            result["trainer_restart"] = fault_trainer(stack, "restart")
-        with stage("fault: trainer kill -9 mid-job"):
-            result["trainer_kill"] = fault_trainer(stack, "kill")
-        with stage("fault: worker restart mid-flow"):
-            result["worker_restart"] = fault_worker_restart(stack)
-        with stage("fault: down + up"):
-            before, runs_before = stack.s3_listing(), len(stack.flow_runs())
-            stack.dc("down", timeout=300)
-            stack.dc("up", "-d", "--no-build", timeout=900)
-            stack.wait_healthy()
-            after, runs_after = stack.s3_listing(), len(stack.flow_runs())
-            lost = sorted(k for k in before if after.get(k) != before[k])
-            if lost or runs_after < runs_before:
-                raise CheckFailed(f"down + up lost {len(lost)} objects {lost[:5]}, flow runs {runs_before} -> {runs_after}")
-            stack.exec("prefect-worker", "ftlab", "model", "list")
-            log(f"down + up: all {len(before)} objects and {runs_before} flow runs still there")
-            result["down_up"] = {"objects": len(before), "flow_runs": runs_before}
+        if services:
+            short_stages(stack, result, args.ray, services)
+        else:
+            full_stages(stack, result, args.ray)
         ok = True
     except Exception as e:     # anything: still tear down, write the summary and exit 1
         log(f"FAILED: {type(e).__name__}: {e}")
