@@ -91,9 +91,30 @@ def free_port() -> int:
 
 # ------------------------------------------------------------------ engine and compose
 
+def unlinked_engine() -> str | None:
+    """Why the containers of one compose network could not reach each other on this host's running
+    engine, else None: a dockerd started with --iptables=false adds no FORWARD rule for its
+    bridges, and where the host's FORWARD policy is DROP (with bridge netfilter on) every packet
+    between two containers is dropped; the stack then hangs at `healthy` with no error of its own."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"dockerd") and b"--iptables=false" in argv:
+            policy = run(["iptables", "-S", "FORWARD"], check=False, quiet=True).stdout if shutil.which("iptables") else ""
+            if "-P FORWARD DROP" in policy:
+                return (f"the running dockerd (pid {cmdline.parent.name}) has --iptables=false and this host's FORWARD "
+                        "policy is DROP: containers cannot reach each other. Restart it without --iptables=false "
+                        "(e.g. nice -n 19 dockerd), or stop it and let this check start one")
+    return None
+
+
 def ensure_engine(work: Path) -> subprocess.Popen | None:
     """A Docker engine: the running one, else dockerd started here (returned, to stop at the end)."""
     if run(["docker", "info"], check=False, quiet=True).returncode == 0:
+        if why := unlinked_engine():
+            raise CheckFailed(why)
         log("docker engine: already running")
         return None
     dockerd = shutil.which("dockerd")
