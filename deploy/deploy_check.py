@@ -631,6 +631,8 @@ def main() -> int:
                     help="the short form: only the object store (and Ray head) and these services (default: all "
                          "three; the trainer always, its container runs the CLI); one job of each through the "
                          "CLI, the two trainer faults (no Prefect, MLflow or worker)")
+    ap.add_argument("--compose-file", action="append", default=[], type=Path, metavar="FILE",
+                    help="one more compose file layered last (repeatable), e.g. a CDI GPU override")
     ap.add_argument("--summary", type=Path, default=ROOT / ".ftlab/deploy-check.json",
                     help="where the stage times, image sizes and results are written (JSON)")
     args = ap.parse_args()
@@ -638,6 +640,7 @@ def main() -> int:
                                                               key=JOB_SERVICES.index)
     if args.ray:
         COMPOSE_FILES.append("docker-compose.ray.yml")
+    COMPOSE_FILES.extend(str(f.resolve()) for f in args.compose_file)
     work = Path(tempfile.mkdtemp(prefix="ftlab-deploy-check-"))
     t0 = time.monotonic()
     dockerd = stack = None
@@ -693,7 +696,7 @@ def main() -> int:
             dockerd.terminate()
             dockerd.wait(60)
         shutil.rmtree(work, ignore_errors=True)
-    result.update(ok=ok, stages_s=STAGES, total_s=round(time.monotonic() - t0), images=images)
+    result.update(ok=ok, compose_files=COMPOSE_FILES, stages_s=STAGES, total_s=round(time.monotonic() - t0), images=images)
     args.summary.parent.mkdir(parents=True, exist_ok=True)
     args.summary.write_text(json.dumps(result, indent=2))
     print("\nstage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in STAGES.items()))
