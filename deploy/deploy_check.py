@@ -102,11 +102,15 @@ def unlinked_engine() -> str | None:
         except OSError:
             continue
         if argv and argv[0].endswith(b"dockerd") and b"--iptables=false" in argv:
-            policy = run(["iptables", "-S", "FORWARD"], check=False, quiet=True).stdout if shutil.which("iptables") else ""
-            if "-P FORWARD DROP" in policy:
+            rules = "".join(run(["iptables", "-S", chain], check=False, quiet=True).stdout
+                            for chain in ("FORWARD", "DOCKER-USER")) if shutil.which("iptables") else ""
+            # what the engine would add per bridge, done by hand for all of them: the packets pass
+            bridges_open = "-i br-+ -o br-+ -j ACCEPT" in rules
+            if "-P FORWARD DROP" in rules and not bridges_open:
                 return (f"the running dockerd (pid {cmdline.parent.name}) has --iptables=false and this host's FORWARD "
                         "policy is DROP: containers cannot reach each other. Restart it without --iptables=false "
-                        "(e.g. nice -n 19 dockerd), or stop it and let this check start one")
+                        "(e.g. nice -n 19 dockerd), stop it and let this check start one, or accept traffic "
+                        "between containers of one bridge: iptables -I DOCKER-USER -i br-+ -o br-+ -j ACCEPT")
     return None
 
 
