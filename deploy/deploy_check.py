@@ -424,13 +424,23 @@ def _train(stack: Stack, request: str) -> str:
     return json.loads(out)["job_id"]
 
 
-def kill_container(stack: Stack, service: str) -> None:
+def init_pid(stack: Stack, service: str) -> tuple[str, int]:
+    """The service's container and the host pid of its init process (looked up before a fault, so
+    the kill itself is immediate: on a busy host these two calls took 30 s)."""
+    cid = stack.dc("ps", "-q", service, quiet=True).stdout.split()[0]
+    return cid, int(run(["docker", "inspect", "--format", "{{.State.Pid}}", cid], quiet=True).stdout.strip())
+
+
+def kill_container(service: str, cid: str, pid: int) -> None:
     """``kill -9`` of the container's init process from the host: the container dies as in a
     crash or an OOM kill, no handler runs, and its restart policy (not a person) brings it back."""
-    cid = stack.dc("ps", "-q", service, quiet=True).stdout.split()[0]
-    pid = run(["docker", "inspect", "--format", "{{.State.Pid}}", cid], quiet=True).stdout.strip()
     log(f"kill -9 {pid} (the init process of {service}, container {cid[:12]})")
-    os.kill(int(pid), 9)
+    os.kill(pid, 9)
+
+
+def job_record(stack: Stack, service: str, job_id: str) -> dict:
+    """The job's record in the stack's S3, events included (the API's Job has none)."""
+    return json.loads(stack.s3().get_object(Bucket="jobs", Key=f"{service}/{job_id}.json")["Body"].read())
 
 
 def fault_trainer(stack: Stack, how: str) -> dict:
@@ -438,6 +448,7 @@ def fault_trainer(stack: Stack, how: str) -> dict:
     (``kill``: SIGKILL) under it: the job resumes from its checkpoint or fails with a reason, and
     never runs twice (a retry with the same request id gets the same job)."""
     request = f"deploycheck-{how}-{secrets.token_hex(3)}"
+    cid, pid = init_pid(stack, "trainer")
     job_id = _train(stack, request)
     deadline = time.monotonic() + 600
     while True:
@@ -451,7 +462,7 @@ def fault_trainer(stack: Stack, how: str) -> dict:
     if how == "restart":
         stack.dc("restart", "trainer")
     else:
-        kill_container(stack, "trainer")
+        kill_container("trainer", cid, pid)
         time.sleep(5)      # the engine notices the exit and applies `restart: unless-stopped`
     stack.wait_healthy(600)
     restarts = run(["docker", "inspect", "--format", "{{.RestartCount}}",
@@ -475,8 +486,15 @@ def fault_trainer(stack: Stack, how: str) -> dict:
         raise CheckFailed(f"{job_id} FAILED without a reason: {final}")
     if final["state"] != "SUCCEEDED" and final["state"] != "FAILED":
         raise CheckFailed(f"{job_id} ended {final['state']}: {final}")
+    # the fault hit the job while it ran: it failed with the reason, or a later attempt finished it
+    # (a job that ended before the fault would pass everything above and test nothing)
+    events = [e["message"] for e in job_record(stack, "trainer", job_id)["events"]]
+    hit = [m for m in events if "interrupted" in m or "re-queued" in m or "attempt 2" in m or "resuming" in m]
+    if not hit:
+        raise CheckFailed(f"{job_id} shows no sign of the {how} (ended before it?): {events[-8:]}")
+    log(f"{job_id}'s events after the {how}: {hit}")
     return {"job": job_id, "state": final["state"], "error": final.get("error", ""), "at_step": j["progress_step"],
-            "container_restarts": restarts, "max_running": max(running, default=0)}
+            "container_restarts": restarts, "max_running": max(running, default=0), "events": hit}
 
 
 def check_mlflow(stack: Stack) -> dict:
