@@ -419,7 +419,7 @@ def job(stack: Stack, job_id: str) -> dict:
 
 def _train(stack: Stack, request: str) -> str:
     out = stack.exec(stack.cli, "ftlab", "train", "--base-model", "Qwen3-tiny-base", "--dataset", "arc",
-                     "--r", "4", "--max-steps", "300", "--save-steps", "25", "--train-limit", "64",
+                     "--r", "4", "--max-steps", "1000", "--save-steps", "25", "--train-limit", "64",
                      "--output-name", request, "--request-id", request).stdout
     return json.loads(out)["job_id"]
 
