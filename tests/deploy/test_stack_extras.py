@@ -4,6 +4,7 @@ image's Dockerfile through hadolint, its start script's door. The engine run is 
 (docs/DEPLOY.md section 12)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -115,7 +116,11 @@ def test_ray_layout_joins_every_service_as_a_node_of_its_environment(tmp_path):
         # the resource the node advertises is the one ray_placement asks for
         script = s["entrypoint"][2].replace("$$", "$").replace("$FTLAB_RAY_SERVICE", e["FTLAB_RAY_SERVICE"])
         assert f'\\"{env_resource(svc)}\\": 1000' in script, script
-        assert script.rstrip().endswith('exec "$@"'), "the image's command starts the service after the join"
+        assert script.rstrip().endswith('exec "$@"'), "the command starts the service after the join"
+        # an entrypoint set in compose clears the image's CMD: `exec "$@"` would exec nothing and the
+        # container exit 0 after the join (the first engine run found it), so the service names it again
+        cmd = re.search(r"^CMD (\[.*\])$", (DEPLOY / f"Dockerfile.{svc}").read_text(), re.M).group(1)
+        assert s.get("command") == json.loads(cmd), svc
         assert s["depends_on"]["ray-head"]["condition"] == "service_healthy", svc
         assert s["depends_on"]["minio"]["condition"] == "service_healthy", "the GPU file's dependencies stay"
     # without the Ray file the stack is the local layout
