@@ -1,6 +1,8 @@
 """``ftlab run <experiment> --dry-run``: the full plan without running anything — every step, its
 model name, the trainer's memory estimate for training steps, and what storage already holds
-(those steps will be skipped)."""
+(those steps will be skipped). A like-for-like evaluation (a model scored again under HF because a
+model it is compared with cannot load in vLLM: flows/experiment.py ``_like_for_like_steps``) is
+listed as any step, with the models it is for."""
 from __future__ import annotations
 
 import os
@@ -43,6 +45,13 @@ def _estimate(step: Step, store: ObjectStore | None) -> str:
         return "n/a (unknown model)"
     dtype = step.spec.get("dtype", "auto")  # a step's own dtype, when it sets one (the header gives auto's)
     return f"{est['total_gb']:.1f} GiB" + (f" ({dtype})" if dtype not in ("", "auto") else "")
+
+
+def _note(step: Step) -> str:
+    """What a like-for-like evaluation is for (shown in the memory column, empty for training)."""
+    if not (rescore := step.labels.get("rescore")):
+        return ""
+    return f"like for like: again under {rescore['engine']}, for {', '.join(rescore['for'])}"
 
 
 def gated_on_selection(steps: list[Step]) -> dict[str, int]:
@@ -93,7 +102,7 @@ def plan_rows(exp: Experiment, store: ObjectStore | None) -> list[dict[str, Any]
         state = "gated" if s.key in gated and state in ("todo", "?") else state
         rows.append({"stage": s.stage, "output": s.output, "status": state, "differs": why,
                      "rates": gated.get(s.key, 0),
-                     "memory": _estimate(s, store) if s.stage == "train" else "",
+                     "memory": _estimate(s, store) if s.stage == "train" else _note(s),
                      "request_id": s.request_id(exp.name), "digest": s.digest})
     return rows
 
@@ -119,7 +128,10 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
     gated = [r for r in steps if r["status"] == "gated"]
     chosen = round(sum(1 / r["rates"] for r in gated))  # each group's rates have the same steps
     kinds = ("train", "quantize", "evaluate") + ((selection.STAGE,) if stages[selection.STAGE] else ())
-    lines += ["", f"{len(exp.steps)} jobs: " + ", ".join(f"{stages[k]} {k}" for k in kinds),
+    again = sum(bool(s.labels.get("rescore")) for s in exp.steps)
+    lines += ["", f"{len(exp.steps)} jobs: " + ", ".join(f"{stages[k]} {k}" for k in kinds)
+              + (f" (of which like for like: {again}, a model scored again under HF because a model compared "
+                 "with it cannot load in vLLM)" if again else ""),
               f"already done (will be skipped): {done}; to run: {len(steps) - done - len(gated)}"
               + (f"; gated on the lr_sweep's choice: {len(gated)} (only the chosen rate's {chosen} run)"
                  if gated else ""),

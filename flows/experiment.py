@@ -38,6 +38,7 @@ from services.common.contract.identity import config_digest, describe, differenc
 from services.common.contract.naming import VARIANT_FIELDS, check_name, split_variant, tag_quant, with_variant
 from services.common.data.tasks import get_task
 from services.quantizer.config import default_output_name
+from services.quantizer.ptq import PTQ_METHODS
 from services.trainer.config import PARAMS as TRAIN_FIELDS
 from services.trainer.config import TRAINING_QUANT, TrainConfig
 
@@ -299,6 +300,60 @@ def _evaluate_steps(p: list[str], spec: ExperimentSpec, produced: list[Step]) ->
         espec["eval_id"] = f"{spec.name}-{spec_hash(espec)[:10]}"
         steps.append(Step("evaluate", "evaluator", espec, f"{model}/{espec['eval_id']}", [model],
                           {**labels, "model": model}))
+    return steps + _like_for_like_steps(str(spec.name), steps, produced)
+
+
+# ----------------------------------------------------------------------------- like-for-like evaluations
+
+RESCORE_ENGINE = "hf"  # the engine every model loads in: the one a model vLLM cannot load is scored with
+
+
+def predicted_engine(step: Step | None) -> tuple[str, str]:
+    """(engine, why): what the evaluator's ``auto`` will run the model a plan step makes on, predicted
+    from the plan alone (no weights exist yet) by the rules services/evaluator/engines.vllm_refusal
+    applies at run time: HF for a PTQ whose plugin's format vLLM cannot load (``vllm_loads``:
+    bitsandbytes, HQQ) and for an adapter trained on a quantized base (QLoRA, INT8); vLLM otherwise
+    (``None``, a model the plan reads: a plain checkpoint as far as the plan knows). Where the run
+    time differs (no vLLM installed, a head size vLLM's CPU attention lacks), the comparisons pair
+    evaluations by the engine each one recorded, not by this prediction."""
+    if step is not None and step.stage == "quantize":
+        method = PTQ_METHODS.get(step.spec.get("method"))
+        if method is not None and not method.vllm_loads:
+            return RESCORE_ENGINE, f"{method.name}: vLLM cannot load its {method.output_format or method.name} format"
+    if (step is not None and step.stage == "train" and step.labels.get("peft_method") != "none"
+            and step.labels.get("training_quant", "none") != "none"):
+        return RESCORE_ENGINE, f"an adapter on a {step.labels['training_quant']}-quantized base"
+    return "vllm", ""
+
+
+def _like_for_like_steps(experiment: str, evaluations: list[Step], produced: list[Step]) -> list[Step]:
+    """One more evaluation, under HF, of every model that a model scored on HF (``predicted_engine``)
+    is compared with while it would itself be scored on vLLM: the child's parent (a fine-tune's base,
+    a PTQ's source) and, for a fine-tune, the other fine-tunes of its base on its data (the
+    configurations the report sets it against and the verdicts judge it by: flows/comparisons.py
+    ``between_configurations``, flows/report_verdicts.py). Once per model however many children ask
+    for it, with its planned evaluation's tasks, items and generation settings plus ``engine: hf``,
+    under its own eval id (the spec hash covers the engine), labelled ``rescore`` so the report
+    keeps it out of the summary table; flows/comparisons.py pairs the child with it."""
+    made = {s.output: s for s in produced}
+    evaluated = {s.spec["model"]: s for s in evaluations}
+    wanted: dict[str, list[str]] = {}  # model to score again -> the HF-scored models it is compared with
+    for child in produced:
+        if child.output not in evaluated or predicted_engine(child)[0] != RESCORE_ENGINE:
+            continue
+        rivals = child.after[:1] + [s.output for s in produced if child.stage == "train" and s.stage == "train"
+                                    and s is not child and s.labels["base_model"] == child.labels["base_model"]
+                                    and s.labels["dataset"] == child.labels["dataset"]]
+        for model in rivals:
+            if model in evaluated and predicted_engine(made.get(model))[0] != RESCORE_ENGINE:
+                wanted.setdefault(model, []).append(child.output)
+    steps = []
+    for model, children in wanted.items():
+        ev = evaluated[model]
+        espec = {**{k: v for k, v in ev.spec.items() if k != "eval_id"}, "engine": RESCORE_ENGINE}
+        espec["eval_id"] = f"{experiment}-{RESCORE_ENGINE}-{spec_hash(espec)[:10]}"
+        steps.append(Step("evaluate", "evaluator", espec, f"{model}/{espec['eval_id']}", [model],
+                          {**ev.labels, "rescore": {"engine": RESCORE_ENGINE, "for": children}}))
     return steps
 
 

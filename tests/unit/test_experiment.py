@@ -55,7 +55,11 @@ def test_smoke_plan_matches_the_study_naming():
     trained = {s.output for s in exp.stage("train")}
     assert "Qwen3-tiny-arc_SFT_LoRa8_NoQuant" in trained
     assert "Qwen3-tiny-arc_SFT_LoRa8_Int8_BnB" in {s.output for s in exp.stage("quantize")}
-    assert len(exp.stage("evaluate")) == len(exp.stage("train")) + len(exp.stage("quantize")) + 1
+    own = [s for s in exp.stage("evaluate") if "rescore" not in s.labels]
+    assert len(own) == len(exp.stage("train")) + len(exp.stage("quantize")) + 1
+    # like for like (HF): the QLoRA's base and the other 5 fine-tunes it is set against, once each
+    # (the base also for its 4-bit PTQ, LoRA r8 also for its INT8)
+    assert len(exp.stage("evaluate")) - len(own) == 6
 
 
 def test_request_ids_are_stable_across_loads():
@@ -107,8 +111,13 @@ def test_quantize_chosen_outputs_and_bases():
                                "where": {"base_model": "Qwen3-a-base"}}],
                     evaluate={**EVAL, "models": ["Qwen3-ref-base"]}))
     assert [s.output for s in exp.stage("quantize")] == ["Qwen3-a-arc_SFT_LoRa4_Int8_BnB", "Qwen3-a-base_Int8_BnB"]
-    evaluated = [s.spec["model"] for s in exp.stage("evaluate")]
+    evaluated = [s.spec["model"] for s in exp.stage("evaluate") if "rescore" not in s.labels]
     assert evaluated[:3] == ["Qwen3-a-base", "Qwen3-b-base", "Qwen3-ref-base"] and len(evaluated) == 7
+    # the INT8s' sources scored again under HF, like the INT8s (vLLM cannot load bitsandbytes)
+    again = [s for s in exp.stage("evaluate") if "rescore" in s.labels]
+    assert [(s.spec["model"], s.spec["engine"], s.labels["rescore"]["for"]) for s in again] == [
+        ("Qwen3-a-arc_SFT_LoRa4_NoQuant", "hf", ["Qwen3-a-arc_SFT_LoRa4_Int8_BnB"]),
+        ("Qwen3-a-base", "hf", ["Qwen3-a-base_Int8_BnB"])]
     assert exp.inputs == ["Qwen3-a-base", "Qwen3-b-base", "Qwen3-ref-base"]
 
 
