@@ -116,14 +116,13 @@ def like_for_like(store: ObjectStore, parent: str, parent_evals: list[str],
         return eid, (f"parent scored again under {_label(want)} for this comparison ({parent}/{eid})" if in_run
                      else f"parent re-scored like the child ({parent}/{eid}, stored outside this run)")
     differ = ", ".join(f"{k} {have[k]} vs {want[k]}" for k in want if have[k] != want[k])
-    how = {"engine": f"--engine {want['engine']}", "max_new_tokens": f"--max-new-tokens {want['max_new_tokens']}",
+    how = {"engine": f"--engine {want['engine']}", "dtype": f"--dtype {want['dtype']}",
+           "max_new_tokens": f"--max-new-tokens {want['max_new_tokens']}",
            "kv_cache_dtype": f"--kv-cache-dtype {want['kv_cache_dtype']}"}
     flags = " ".join(how[k] for k in how if have[k] != want[k])
-    dtype = (f" on an evaluator started with FTLAB_EVAL_DTYPE={want['dtype']}" if have["dtype"] != want["dtype"]
-             else "")
     return parent_evals[0], (f"NOT like for like: parent scored with {differ}, and no evaluation of it scored like "
                              f"the child is in this run or in storage; the difference mixes the models with the "
-                             f"scoring; score the parent again (ftlab eval --model {parent} {flags} ...{dtype}) "
+                             f"scoring; score the parent again (ftlab eval --model {parent} {flags} ...) "
                              f"and rebuild the report")
 
 

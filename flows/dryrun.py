@@ -51,7 +51,8 @@ def _note(step: Step) -> str:
     """What a like-for-like evaluation is for (shown in the memory column, empty for training)."""
     if not (rescore := step.labels.get("rescore")):
         return ""
-    return f"like for like: again under {rescore['engine']}, for {', '.join(rescore['for'])}"
+    dtype = f" in dtype {rescore['dtype']}" if rescore.get("dtype", "auto") != "auto" else ""
+    return f"like for like: again under {rescore['engine']}{dtype}, for {', '.join(rescore['for'])}"
 
 
 def gated_on_selection(steps: list[Step]) -> dict[str, int]:
@@ -130,8 +131,8 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
     kinds = ("train", "quantize", "evaluate") + ((selection.STAGE,) if stages[selection.STAGE] else ())
     again = sum(bool(s.labels.get("rescore")) for s in exp.steps)
     lines += ["", f"{len(exp.steps)} jobs: " + ", ".join(f"{stages[k]} {k}" for k in kinds)
-              + (f" (of which like for like: {again}, a model scored again under HF because a model compared "
-                 "with it cannot load in vLLM)" if again else ""),
+              + (f" (of which like for like: {again}, a model scored again under HF, in the dtype of the model "
+                 "compared with it that vLLM cannot load)" if again else ""),
               f"already done (will be skipped): {done}; to run: {len(steps) - done - len(gated)}"
               + (f"; gated on the lr_sweep's choice: {len(gated)} (only the chosen rate's {chosen} run)"
                  if gated else ""),

@@ -9,7 +9,8 @@ added with issue #25 (generated from i36 merged with i35, which its seeds: key n
 sized (16 steps, a sweep on seed 1 only: lr_sweep.seeds). Issue #25's like-for-like
 evaluations (a model scored again under HF where a model compared with it cannot load in vLLM: labels ``rescore``)
 were added to demo, mini-study, phase3 and smoke by regenerating the plans with ``properties`` below (every other
-step unchanged). Compared by stable properties: each step's key, service,
+step unchanged), and taken again (demo, phase3, smoke) when they got the dtype the child computes in (``dtype``:
+``compute`` for a bitsandbytes child, ``bfloat16`` for QLoRA's). Compared by stable properties: each step's key, service,
 spec, inputs, labels and request id (the spec hash), in order; the experiment's datasets, data
 section, timeouts and inputs."""
 from __future__ import annotations

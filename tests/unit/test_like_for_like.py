@@ -12,7 +12,7 @@ from flows import identity
 from flows import report_verdicts as V
 from flows.comparisons import between_configurations, lead_table, vs_parent_table
 from flows.dryrun import render
-from flows.experiment import load, plan, predicted_engine
+from flows.experiment import load, plan, predicted_scoring
 from flows.report import RunInfo, build_report
 from flows.report_ptq import degradation_table
 from tests.unit.test_seed_report import _evaluation, _model, _right
@@ -31,12 +31,15 @@ def test_demo_scores_the_int8s_source_again_under_hf():
     exp = load("demo")
     (again,) = _again(exp)
     lora, int8 = "SmolLM2-135M-Instruct-arc_SFT_LoRa8_NoQuant", "SmolLM2-135M-Instruct-arc_SFT_LoRa8_Int8_BnB"
-    assert again.spec["model"] == lora and again.labels["rescore"] == {"engine": "hf", "for": [int8]}
+    assert again.spec["model"] == lora and again.labels["rescore"] == {"engine": "hf", "dtype": "compute", "for": [int8]}
     own = _own(exp, lora)
-    # the same tasks, items and generation settings; only the engine differs, and so the eval id
-    assert {k: v for k, v in again.spec.items() if k not in ("engine", "eval_id")} == \
+    # the same tasks, items and generation settings; only the engine and dtype differ, and so the eval id:
+    # the INT8 computes in the device's compute dtype (fp32 on CPU), so its source is scored in that one too
+    # (the evaluator's default on a CPU with native bf16 is bf16: the INT8 row would pair fp32 with bf16)
+    assert {k: v for k, v in again.spec.items() if k not in ("engine", "dtype", "eval_id")} == \
         {k: v for k, v in own.spec.items() if k != "eval_id"}
-    assert "engine" not in own.spec and again.spec["engine"] == "hf"
+    assert "engine" not in own.spec and "dtype" not in own.spec
+    assert again.spec["engine"] == "hf" and again.spec["dtype"] == "compute"
     assert again.spec["eval_id"] != own.spec["eval_id"] and again.spec["eval_id"].startswith("demo-hf-")
     assert again.after == [lora]
 
@@ -60,7 +63,11 @@ def test_mini_study_rescores_each_bnb_source_once_and_gptq_awq_none():
         # it waits for the learning-rate choice like the candidate's own test evaluation: only the chosen runs
         assert s.after == _own(exp, s.spec["model"]).after and s.labels["candidate"]
     # GPTQ and AWQ load in vLLM: their sources need nothing more, nor do the bases of unquantized LoRAs
-    assert [predicted_engine(s)[0] for s in exp.stage("quantize") if s.spec["method"] in ("gptq", "awq")] == ["vllm"] * 12
+    assert [predicted_scoring(s)[:2] for s in exp.stage("quantize")
+            if s.spec["method"] in ("gptq", "awq")] == [("vllm", "auto")] * 12
+    assert {predicted_scoring(s)[:2] for s in exp.stage("quantize") if s.spec["method"].startswith("bnb")} == {
+        ("hf", "compute")}
+    assert {s.spec["dtype"] for s in again} == {"compute"}
     assert not any("LoRa" in s.spec["model"] or s.spec["model"] == "SmolLM2-135M-Instruct" for s in again)
 
 
@@ -70,10 +77,11 @@ def test_an_adapter_on_a_quantized_base_gets_its_base_and_rivals_scored_again():
                           {"peft_method": "lora", "lora": {"r": 4}, "training_quant": "qlora"}],
                 "evaluate": {"tasks": [{"task": "ai2_arc", "limit": 2}]}})
     qlora = next(s for s in exp.stage("train") if s.labels["training_quant"] == "qlora")
-    assert predicted_engine(qlora) == ("hf", "an adapter on a qlora-quantized base")
+    assert predicted_scoring(qlora) == ("hf", "bfloat16", "an adapter on a qlora-quantized base")  # NF4, bf16 compute
     assert [(s.spec["model"], s.labels["rescore"]["for"]) for s in _again(exp)] == [
         ("Qwen3-tiny-base", [qlora.output]), ("Qwen3-tiny-arc_SFT_LoRa4_NoQuant", [qlora.output]),
         ("Qwen3-tiny-arc_SFT_VeRa8_NoQuant", [qlora.output])]
+    assert {s.spec["dtype"] for s in _again(exp)} == {"bfloat16"}  # what the NF4 base computes in, on any device
     # nothing to add where every model loads in vLLM
     assert not _again(plan({"name": "t", "base_models": ["Qwen3-tiny-base"], "datasets": ["arc"],
                             "train": [{"peft_method": "lora", "lora": {"r": 4}}],
@@ -86,7 +94,7 @@ def test_the_hf_evaluation_is_its_own_step_done_only_when_it_is_stored(store, tm
     (again,) = _again(exp)
     own = _own(exp, again.spec["model"])
     text = render(exp, None, "nowhere")
-    assert again.output in text and "like for like: again under hf, for SmolLM2-135M-Instruct-arc_SFT_LoRa8_Int8_BnB" in text
+    assert again.output in text and "like for like: again under hf in dtype compute, for SmolLM2-135M-Instruct-arc_SFT_LoRa8_Int8_BnB" in text
     assert "6 evaluate (of which like for like: 1" in text
     _model(store, tmp_path, again.spec["model"], {"kind": "trained", "spec": {}, "parents": ["SmolLM2-135M-Instruct"]})
     _evaluation(store, tmp_path, own.spec["model"], _right(10), eval_id=own.spec["eval_id"])
@@ -171,7 +179,7 @@ def test_the_report_keeps_the_hf_evaluation_out_of_the_summary(quantized, tmp_pa
     steps = [{"key": f"evaluate:{m}/{e}", "stage": "evaluate", "output": f"{m}/{e}", "status": "succeeded",
               "labels": {"model": m}} for m, e in (("B", "e1"), ("F", "e1"), ("F_Int8_BnB", "e1"))]
     steps.append({"key": "evaluate:F/run-hf", "stage": "evaluate", "output": "F/run-hf", "status": "succeeded",
-                  "labels": {"model": "F", "rescore": {"engine": "hf", "for": ["F_Int8_BnB"]}}})
+                  "labels": {"model": "F", "rescore": {"engine": "hf", "dtype": "compute", "for": ["F_Int8_BnB"]}}})
     out = build_report(store, RunInfo("p", "r1"), steps, tmp_path / "rep")
     table = pd.read_csv(tmp_path / "rep" / "metrics_summary.csv")
     assert sorted(table.model) == ["B", "F", "F_Int8_BnB"]  # one row each: F's own (vLLM) evaluation
