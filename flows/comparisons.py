@@ -12,13 +12,19 @@ source; a fine-tune of every seed against the one base): the mean difference, it
 a two-level (seeds, then items) bootstrap CI, and ``within_seed_noise`` when another set of seeds
 could well reverse it (services/evaluator/stats.py).
 
-Like for like: both sides must be scored under the same engine, dtype and generation settings. When
-the parent's evaluation in the run differs from the child's, another stored evaluation of the parent
-under the child's settings is used; without one the row says why it is not a comparison of models
-alone (``like_for_like`` false, never ``clear``) and how to score the parent that way.
+Like for like: both sides must be scored under the same engine, dtype and generation settings.
+A model may have several evaluations in the run: its own (the first listed, the summary's) and the
+ones the planner added to score it again under another engine (flows/experiment.py
+``_like_for_like_steps``: a parent or rival of a model vLLM cannot load, scored on HF too). Each
+pair uses evaluations scored alike, chosen by the scoring each evaluation recorded (``scoring``:
+the engine that ran, not the one asked for): the run's own first, then any other stored
+evaluation of the model scored that way; only without one is the pair's own evaluation used, and
+the row says why it is not a comparison of models alone (``like_for_like`` false, never
+``clear``) and how to score the parent that way.
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pandas as pd
@@ -66,29 +72,86 @@ def _evaluations_of(store: ObjectStore, model: str) -> list[str]:
                    if k.endswith("/manifest.json") and k.count("/") == 2})
 
 
-def like_for_like(store: ObjectStore, parent: str, parent_eval: str, child_metrics: dict[str, Any]) -> tuple[str, str]:
-    """(the parent's evaluation scored like the child's, a note): ``parent_eval`` when it is, else
-    another stored evaluation of the parent that is and shares a task, else ``parent_eval`` with the
-    note saying what differs (the caller does not call that row clear)."""
-    want = scoring(child_metrics)
-    have = scoring(load_eval(store, f"{parent}/{parent_eval}")[0])
-    if have == want:
-        return parent_eval, ""
-    for eid in _evaluations_of(store, parent):
-        if eid == parent_eval:
+def by_model(evaluations: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Model -> its evaluation ids in the run, in the order listed: the first is its own (what the
+    summary shows), later ones score it again under another engine (a like-for-like evaluation)."""
+    runs: dict[str, list[str]] = {}
+    for model, eval_id in evaluations:
+        if eval_id not in runs.setdefault(model, []):
+            runs[model].append(eval_id)
+    return runs
+
+
+def _metrics(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
+    return artifacts.read_json(store, "evaluations", f"{model}/{eval_id}", "metrics.json")
+
+
+def evaluation_like(store: ObjectStore, model: str, want: dict[str, Any], run: list[str],
+                    tasks: set[str]) -> tuple[str, bool] | None:
+    """(an evaluation of ``model`` scored as ``want`` sharing a task with ``tasks``, whether it is one
+    of the run's): the run's evaluations first (``run``, in order: the planner's like-for-like
+    evaluation), then any other stored one; None when there is none."""
+    for eid in list(run) + [e for e in _evaluations_of(store, model) if e not in run]:
+        try:
+            metrics = _metrics(store, model, eid)
+        except NotFoundError:  # listed but not committed in full
             continue
-        metrics = artifacts.read_json(store, "evaluations", f"{parent}/{eid}", "metrics.json")
-        if scoring(metrics) == want and set(metrics.get("datasets", {})) & set(child_metrics.get("datasets", {})):
-            return eid, f"parent re-scored like the child ({parent}/{eid})"
+        if scoring(metrics) == want and set(metrics.get("datasets", {})) & tasks:
+            return eid, eid in run
+    return None
+
+
+def like_for_like(store: ObjectStore, parent: str, parent_evals: list[str],
+                  child_metrics: dict[str, Any]) -> tuple[str, str]:
+    """(the parent's evaluation scored like the child's, a note): the parent's own (the first of
+    ``parent_evals``, its evaluations in the run) when it is, else the first evaluation of the parent
+    that is (``evaluation_like``: the run's, then storage's), else the parent's own with the note
+    saying what differs and that none exists (the caller does not call that row clear)."""
+    want = scoring(child_metrics)
+    have = scoring(_metrics(store, parent, parent_evals[0]))
+    if have == want:
+        return parent_evals[0], ""
+    if found := evaluation_like(store, parent, want, parent_evals[1:], set(child_metrics.get("datasets", {}))):
+        eid, in_run = found
+        return eid, (f"parent scored again under {_label(want)} for this comparison ({parent}/{eid})" if in_run
+                     else f"parent re-scored like the child ({parent}/{eid}, stored outside this run)")
     differ = ", ".join(f"{k} {have[k]} vs {want[k]}" for k in want if have[k] != want[k])
-    how = {"engine": f"--engine {want['engine']}", "max_new_tokens": f"--max-new-tokens {want['max_new_tokens']}",
+    how = {"engine": f"--engine {want['engine']}", "dtype": f"--dtype {want['dtype']}",
+           "max_new_tokens": f"--max-new-tokens {want['max_new_tokens']}",
            "kv_cache_dtype": f"--kv-cache-dtype {want['kv_cache_dtype']}"}
     flags = " ".join(how[k] for k in how if have[k] != want[k])
-    dtype = (f" on an evaluator started with FTLAB_EVAL_DTYPE={want['dtype']}" if have["dtype"] != want["dtype"]
-             else "")
-    return parent_eval, (f"NOT like for like: parent scored with {differ}; the difference mixes the models with "
-                         f"the scoring; score the parent again (ftlab eval --model {parent} {flags} ...{dtype}) "
-                         f"and rebuild the report")
+    return parent_evals[0], (f"NOT like for like: parent scored with {differ}, and no evaluation of it scored like "
+                             f"the child is in this run or in storage; the difference mixes the models with the "
+                             f"scoring; score the parent again (ftlab eval --model {parent} {flags} ...) "
+                             f"and rebuild the report")
+
+
+def scored_alike(store: ObjectStore, models: list[str], runs: dict[str, list[str]]) -> dict[str, str] | None:
+    """An evaluation of each of ``models``, all scored alike (``scoring``): their own (the first of
+    ``runs``) when they already are; else, under the scoring of one of them (the most common
+    first), the evaluation of each other model scored that way (``evaluation_like``: the run's, then
+    storage's); None when no scoring has one for every model."""
+    own = {m: runs[m][0] for m in models}
+    metrics = {m: _metrics(store, m, own[m]) for m in models}
+    scorings = {m: scoring(metrics[m]) for m in models}
+    targets = [dict(t) for t, _ in Counter(tuple(sorted(s.items(), key=str)) for s in scorings.values()).most_common()]
+    for want in targets:
+        picked: dict[str, str] = {}
+        for m in models:
+            found = (own[m], True) if scorings[m] == want else evaluation_like(
+                store, m, want, runs[m][1:], set(metrics[m].get("datasets", {})))
+            if found is None:
+                break
+            picked[m] = found[0]
+        else:
+            return picked
+    return None
+
+
+def alike_note(picked: dict[str, str], runs: dict[str, list[str]], label: str) -> str:
+    """The note of a pair scored alike through evaluations other than the models' own."""
+    again = [f"{m}/{e}" for m, e in picked.items() if e != runs[m][0]]
+    return f"scored again under {label} for this comparison: {', '.join(again)}" if again else ""
 
 
 # ----------------------------------------------------------------------------- the table
@@ -107,8 +170,10 @@ def vs_parent_table(store: ObjectStore, evaluations: list[tuple[str, str]], n_re
     """One row per (configuration, task, metric): parent value, model value, difference, 95% paired
     CI (two-level over seeds where the configuration has several), McNemar p where defined (one
     seed), and ``clear`` = like for like and the CI excludes 0 (and p < 0.05 where there is a p).
-    ``evaluations``: (model, eval_id) pairs; the last one listed per model is used."""
-    evals = dict(evaluations)
+    ``evaluations``: (model, eval_id) pairs; a model's first is its own, later ones (like-for-like
+    evaluations) are used where the child was scored differently from the parent's own (``by_model``)."""
+    runs = by_model(evaluations)
+    evals = {m: ids[0] for m, ids in runs.items()}
     rows: list[dict[str, Any]] = []
     for config, models in configurations(evals).items():
         pairs = []  # (parent, parent eval id, model, model eval id, note, model's metrics.json)
@@ -119,7 +184,7 @@ def vs_parent_table(store: ObjectStore, evaluations: list[tuple[str, str]], n_re
                 continue
             try:
                 child_metrics = load_eval(store, f"{model}/{evals[model]}")[0]
-                parent_eval, note = like_for_like(store, parent, evals[parent], child_metrics)
+                parent_eval, note = like_for_like(store, parent, runs[parent], child_metrics)
             except NotFoundError:  # an evaluation without per-item predictions cannot be paired
                 continue
             pairs.append((parent, parent_eval, model, evals[model], note, child_metrics))
@@ -203,9 +268,17 @@ def _replicated(store, config: str, pairs: list, relation: str, n_resamples: int
     vs = without_seed(parents[0][0])[0]
     engines = _engines(store, parents[0][0], parents[0][1], pairs[0][5])
     engines["like_for_like"] = engines["like_for_like"] and not any(n.startswith("NOT") for n in notes)
+    return _paired_rows(parent_side, loaded_children, {"model": config, "vs": vs, "relation": relation,
+                                                        **engines, "note": note}, n_resamples, seed)
+
+
+def _paired_rows(side_a: list, side_b: list, shared: dict[str, Any], n_resamples: int, seed: int) -> list[dict[str, Any]]:
+    """One row per task and lead metric of B - A paired on items and seeds (``paired_on_seeds``), the
+    columns of ``vs_parent_table``; ``shared``: the columns every row has (model, vs, relation,
+    engines, note)."""
     rows = []
-    for task, d in loaded_children[0][0]["datasets"].items():
-        got = paired_on_seeds(parent_side, loaded_children, task, n_resamples, seed)
+    for task, d in side_b[0][0]["datasets"].items():
+        got = paired_on_seeds(side_a, side_b, task, n_resamples, seed)
         if got is None:
             continue
         result, n_items = got
@@ -214,11 +287,10 @@ def _replicated(store, config: str, pairs: list, relation: str, n_resamples: int
             if r is None or r["mean"] is None:
                 continue
             lo, hi = r["ci95"] if r["ci95"] else (None, None)
-            rows.append({"model": config, "vs": vs, "relation": relation, "task": task, "metric": metric,
-                         "items": n_items, "parent_value": r["a"], "value": r["b"], "diff": r["mean"],
-                         "ci95_low": lo, "ci95_high": hi, "mcnemar_p": None, "clear": _clear(lo, hi, None, note),
-                         "n_seeds": r["n_seeds"], "sd_seeds": r["sd_seeds"],
-                         "within_seed_noise": r["within_seed_noise"], **engines, "note": note})
+            rows.append({**shared, "task": task, "metric": metric, "items": n_items, "parent_value": r["a"],
+                         "value": r["b"], "diff": r["mean"], "ci95_low": lo, "ci95_high": hi, "mcnemar_p": None,
+                         "clear": _clear(lo, hi, None, shared["note"]), "n_seeds": r["n_seeds"],
+                         "sd_seeds": r["sd_seeds"], "within_seed_noise": r["within_seed_noise"]})
     return rows
 
 
@@ -249,8 +321,10 @@ def between_configurations(store: ObjectStore, evaluations: list[tuple[str, str]
     and seeds (``seed_sides``, ``paired_on_seeds``), one row per task and lead metric, the columns of
     ``vs_parent_table`` (relation ``configuration vs configuration``). A group of more than
     MAX_CONFIGURATIONS is not tabulated (the pairs grow as n²; each is a bootstrap): it is named in
-    ``attrs["not_tabulated"]`` (group -> configurations) instead."""
-    evals = dict(evaluations)
+    ``attrs["not_tabulated"]`` (group -> configurations) instead. Both sides are scored alike
+    where the run or storage holds a way (``scored_alike``: a like-for-like evaluation)."""
+    runs = by_model(evaluations)
+    evals = {m: ids[0] for m, ids in runs.items()}
     by_base: dict[tuple[str, str], list[tuple[str, list[str]]]] = {}
     for config, models in sorted(configurations(evals).items()):
         parent, relation = parent_of(store, models[0])
@@ -258,12 +332,12 @@ def between_configurations(store: ObjectStore, evaluations: list[tuple[str, str]
             by_base.setdefault((parent, config.partition("_SFT_")[0]), []).append((config, models))
     too_many = {head: len(m) for (_, head), m in by_base.items() if len(m) > MAX_CONFIGURATIONS}
     by_base = {k: m for k, m in by_base.items() if len(m) <= MAX_CONFIGURATIONS}
-    loaded: dict[str, Any] = {}
+    loaded: dict[tuple[str, str], Any] = {}
 
-    def load(model: str):
-        if model not in loaded:
-            loaded[model] = load_eval(store, f"{model}/{evals[model]}")
-        return loaded[model]
+    def load(model: str, eval_id: str):
+        if (model, eval_id) not in loaded:
+            loaded[(model, eval_id)] = load_eval(store, f"{model}/{eval_id}")
+        return loaded[(model, eval_id)]
 
     rows: list[dict[str, Any]] = []
     for members in by_base.values():
@@ -273,29 +347,17 @@ def between_configurations(store: ObjectStore, evaluations: list[tuple[str, str]
                 if sides is None:
                     continue
                 try:
-                    side_a, side_b = [load(m) for m in sides[0]], [load(m) for m in sides[1]]
+                    picked = scored_alike(store, sides[0] + sides[1], runs) or evals
+                    side_a, side_b = ([load(m, picked[m]) for m in side] for side in sides)
                 except NotFoundError:  # no per-item predictions: nothing to pair
                     continue
                 sa, sb = scoring(side_a[0][0]), scoring(side_b[0][0])
-                note = "" if sa == sb else (f"NOT like for like: {name_a} scored with {_label(sa)}, "
-                                            f"{name_b} with {_label(sb)}")
-                for task, d in side_b[0][0]["datasets"].items():
-                    got = paired_on_seeds(side_a, side_b, task, n_resamples, seed)
-                    if got is None:
-                        continue
-                    result, n_items = got
-                    for metric in get_type(d["type"]).lead_metrics:
-                        r = result.get(metric)
-                        if r is None or r["mean"] is None:
-                            continue
-                        lo, hi = r["ci95"] if r["ci95"] else (None, None)
-                        rows.append({"model": name_b, "vs": name_a, "relation": BETWEEN, "task": task,
-                                     "metric": metric, "items": n_items, "parent_value": r["a"], "value": r["b"],
-                                     "diff": r["mean"], "ci95_low": lo, "ci95_high": hi, "mcnemar_p": None,
-                                     "clear": _clear(lo, hi, None, note), "n_seeds": r["n_seeds"],
-                                     "sd_seeds": r["sd_seeds"], "within_seed_noise": r["within_seed_noise"],
-                                     "engine": _label(sb), "parent_engine": _label(sa), "like_for_like": sa == sb,
-                                     "note": note})
+                note = alike_note(picked, runs, _label(sa)) if sa == sb else (
+                    f"NOT like for like: {name_a} scored with {_label(sa)}, {name_b} with {_label(sb)}, and no "
+                    "evaluations of both scored alike are in this run or in storage")
+                rows += _paired_rows(side_a, side_b, {"model": name_b, "vs": name_a, "relation": BETWEEN,
+                                                      "engine": _label(sb), "parent_engine": _label(sa),
+                                                      "like_for_like": sa == sb, "note": note}, n_resamples, seed)
     out = pd.DataFrame(rows, columns=COLUMNS)
     out.attrs["not_tabulated"] = too_many
     return out
@@ -339,7 +401,9 @@ def lead_table(vs: pd.DataFrame) -> pd.DataFrame:
     t["p (McNemar)"] = [f"{p:.2g}" if pd.notna(p) else "—" for p in t.mcnemar_p]  # —: not a right/wrong metric
     t["clear?"] = [verdict(r) for _, r in t.iterrows()]
     t["seeds"] = [f"{int(n)} (sd {sd:.3g})" if n and n > 1 and pd.notna(sd) else "1" for n, sd in zip(t.n_seeds, t.sd_seeds)]
-    t["scored with"] = [e if e == pe else f"{e} vs parent {pe}" for e, pe in zip(t.engine, t.parent_engine)]
+    t["scored with"] = [(e if e == pe else f"{e} vs parent {pe}") + (" (re-scored to match)" if "scored again" in str(n)
+                                                                     or "re-scored" in str(n) else "")
+                        for e, pe, n in zip(t.engine, t.parent_engine, t.note)]
     t = t.sort_values(["clear", "relation", "model"], ascending=[False, True, True], kind="stable")
     return t[["model", "vs", "task", "metric", "items", "seeds", "scored with", "parent_value", "value", "diff",
               "95% CI", "p (McNemar)", "clear?"]].rename(columns={"parent_value": "parent", "value": "this model"})

@@ -1,6 +1,8 @@
 """``ftlab run <experiment> --dry-run``: the full plan without running anything — every step, its
 model name, the trainer's memory estimate for training steps, and what storage already holds
-(those steps will be skipped)."""
+(those steps will be skipped). A like-for-like evaluation (a model scored again under HF because a
+model it is compared with cannot load in vLLM: flows/experiment.py ``_like_for_like_steps``) is
+listed as any step, with the models it is for."""
 from __future__ import annotations
 
 import os
@@ -43,6 +45,14 @@ def _estimate(step: Step, store: ObjectStore | None) -> str:
         return "n/a (unknown model)"
     dtype = step.spec.get("dtype", "auto")  # a step's own dtype, when it sets one (the header gives auto's)
     return f"{est['total_gb']:.1f} GiB" + (f" ({dtype})" if dtype not in ("", "auto") else "")
+
+
+def _note(step: Step) -> str:
+    """What a like-for-like evaluation is for (shown in the memory column, empty for training)."""
+    if not (rescore := step.labels.get("rescore")):
+        return ""
+    dtype = f" in dtype {rescore['dtype']}" if rescore.get("dtype", "auto") != "auto" else ""
+    return f"like for like: again under {rescore['engine']}{dtype}, for {', '.join(rescore['for'])}"
 
 
 def gated_on_selection(steps: list[Step]) -> dict[str, int]:
@@ -93,7 +103,7 @@ def plan_rows(exp: Experiment, store: ObjectStore | None) -> list[dict[str, Any]
         state = "gated" if s.key in gated and state in ("todo", "?") else state
         rows.append({"stage": s.stage, "output": s.output, "status": state, "differs": why,
                      "rates": gated.get(s.key, 0),
-                     "memory": _estimate(s, store) if s.stage == "train" else "",
+                     "memory": _estimate(s, store) if s.stage == "train" else _note(s),
                      "request_id": s.request_id(exp.name), "digest": s.digest})
     return rows
 
@@ -144,7 +154,9 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
                    else "ftlab model make-tiny --tokenizer ../shared/tokenizers/qwen3" if model == "Qwen3-tiny-base"
                    else f"ftlab model import Qwen/{model.removesuffix('-base')} --name {model}")
             missing.append(f"  {model}: {state} — import it with `{how}`")
-    lines += [""] + summary(rows) + [
+    again = sum(bool(s.labels.get("rescore")) for s in exp.steps)
+    lines += [""] + summary(rows) + ([f"of which like for like: {again} evaluation(s), a model scored again under HF in the "
+                                      "dtype of the model compared with it (vLLM cannot load that one)"] if again else []) + [
               "datasets: " + ", ".join(f"{r['output']} ({'present' if r['status'] == 'done' else r['status']})"
                                        for r in rows if r["stage"] == "data")]
     if estimate_device() == "cuda" and not devices.has_gpu():

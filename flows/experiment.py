@@ -37,7 +37,9 @@ from services.common.jobs.record import spec_hash
 from services.common.contract.identity import config_digest, describe, differences, identity_config
 from services.common.contract.naming import VARIANT_FIELDS, check_name, split_variant, tag_quant, with_variant
 from services.common.data.tasks import get_task
+from services.evaluator.config import quantized_dtype
 from services.quantizer.config import default_output_name
+from services.quantizer.ptq import PTQ_METHODS
 from services.trainer.config import PARAMS as TRAIN_FIELDS
 from services.trainer.config import TRAINING_QUANT, TrainConfig
 
@@ -320,6 +322,69 @@ def _evaluate_steps(p: list[str], spec: ExperimentSpec, produced: list[Step]) ->
         espec["eval_id"] = f"{spec.name}-{spec_hash(espec)[:10]}"
         steps.append(Step("evaluate", "evaluator", espec, f"{model}/{espec['eval_id']}", [model],
                           {**labels, "model": model}))
+    return steps + _like_for_like_steps(str(spec.name), steps, produced)
+
+
+# ----------------------------------------------------------------------------- like-for-like evaluations
+
+RESCORE_ENGINE = "hf"  # the engine every model loads in: the one a model vLLM cannot load is scored with
+
+
+def predicted_scoring(step: Step | None) -> tuple[str, str, str]:
+    """(engine, dtype, why): what the evaluator's ``auto`` will run the model a plan step makes on,
+    and in which dtype, predicted from the plan alone (no weights exist yet) by the rules
+    services/evaluator/engines.vllm_refusal applies at run time: HF for a PTQ whose plugin's format
+    vLLM cannot load (``vllm_loads``: bitsandbytes, HQQ) and for an adapter trained on a quantized
+    base (QLoRA, INT8), computing in the dtype its quantized weights do (the evaluator's
+    ``quantized_dtype``, an EvaluateSpec ``dtype`` value: ``compute``, or QLoRA's bf16); vLLM in
+    the evaluator's default dtype otherwise (``auto``; ``None``, a model the plan reads: a plain
+    checkpoint as far as the plan knows). Where the run time differs (no vLLM installed, a head size
+    vLLM's CPU attention lacks, another device), the comparisons pair evaluations by the engine and
+    dtype each one recorded, not by this prediction, and mark a pair that is not alike."""
+    if step is not None and step.stage == "quantize":
+        method = PTQ_METHODS.get(step.spec.get("method"))
+        if method is not None and not method.vllm_loads:
+            return (RESCORE_ENGINE, quantized_dtype(method.default_quant),
+                    f"{method.name}: vLLM cannot load its {method.output_format or method.name} format")
+    if (step is not None and step.stage == "train" and step.labels.get("peft_method") != "none"
+            and step.labels.get("training_quant", "none") != "none"):
+        return (RESCORE_ENGINE, quantized_dtype(TRAINING_QUANT[step.labels["training_quant"]]),
+                f"an adapter on a {step.labels['training_quant']}-quantized base")
+    return "vllm", "auto", ""
+
+
+def _like_for_like_steps(experiment: str, evaluations: list[Step], produced: list[Step]) -> list[Step]:
+    """One more evaluation, under HF in the dtype the child computes in (``predicted_scoring``), of
+    every model that a model scored on HF is compared with while it would itself be scored on vLLM:
+    the child's parent (a fine-tune's base, a PTQ's source) and, for a fine-tune, the other
+    fine-tunes of its base on its data (the configurations the report sets it against and the
+    verdicts judge it by: flows/comparisons.py ``between_configurations``, flows/report_verdicts.py).
+    Once per model and dtype however many children ask for it, with its planned evaluation's tasks,
+    items and generation settings plus ``engine: hf`` and that ``dtype`` (a bitsandbytes model on
+    CPU computes in fp32, while the parent's default there is bf16), under its own eval id (the spec
+    hash covers both), labelled ``rescore`` so the report keeps it out of the summary table;
+    flows/comparisons.py pairs the child with it."""
+    made = {s.output: s for s in produced}
+    evaluated = {s.spec["model"]: s for s in evaluations}
+    wanted: dict[tuple[str, str], list[str]] = {}  # (model to score again, dtype) -> the HF-scored models
+    for child in produced:
+        engine, dtype, _ = predicted_scoring(child)
+        if child.output not in evaluated or engine != RESCORE_ENGINE:
+            continue
+        rivals = child.after[:1] + [s.output for s in produced if child.stage == "train" and s.stage == "train"
+                                    and s is not child and s.labels["base_model"] == child.labels["base_model"]
+                                    and s.labels["dataset"] == child.labels["dataset"]]
+        for model in rivals:
+            if model in evaluated and predicted_scoring(made.get(model))[0] != RESCORE_ENGINE:
+                wanted.setdefault((model, dtype), []).append(child.output)
+    steps = []
+    for (model, dtype), children in wanted.items():
+        ev = evaluated[model]
+        espec = {**{k: v for k, v in ev.spec.items() if k != "eval_id"}, "engine": RESCORE_ENGINE,
+                 **({"dtype": dtype} if dtype != "auto" else {})}
+        espec["eval_id"] = f"{experiment}-{RESCORE_ENGINE}-{spec_hash(espec)[:10]}"
+        steps.append(Step("evaluate", "evaluator", espec, f"{model}/{espec['eval_id']}", [model],
+                          {**ev.labels, "rescore": {"engine": RESCORE_ENGINE, "dtype": dtype, "for": children}}))
     return steps
 
 

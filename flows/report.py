@@ -44,12 +44,15 @@ class RunInfo:
     commands: list[str] = field(default_factory=list)   # to reproduce; default: ftlab run <experiment>
 
 
-def evaluations_of(steps: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def evaluations_of(steps: list[dict[str, Any]], rescored: bool = False) -> list[tuple[str, str]]:
     """(model, eval_id) of every evaluation step whose result exists; model selection's validation
-    evaluations (flows/selection.py) are in their own section, not the test results."""
-    return [tuple(s["output"].rsplit("/", 1)) for s in steps
-            if s["stage"] == "evaluate" and s["status"] in ("succeeded", "skipped")
+    evaluations (flows/selection.py) are in their own section, not the test results. A model scored
+    again under another engine for a like-for-like comparison (label ``rescore``) is not a result
+    of its own: listed, after every model's own, only with ``rescored`` (for the comparisons)."""
+    done = [s for s in steps if s["stage"] == "evaluate" and s["status"] in ("succeeded", "skipped")
             and s.get("labels", {}).get("split") != "validation"]
+    return ([tuple(s["output"].rsplit("/", 1)) for s in done if not s.get("labels", {}).get("rescore")]
+            + [tuple(s["output"].rsplit("/", 1)) for s in done if rescored and s.get("labels", {}).get("rescore")])
 
 
 def shown_columns(table: pd.DataFrame) -> list[str]:
@@ -202,9 +205,9 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
     table.to_csv(out / "metrics_summary.csv", index=False)
     if len(table) < len(by_model):
         by_model.to_csv(out / "metrics_by_seed.csv", index=False)  # every seed's model, as evaluated
-    vs = vs_parent_table(store, evaluations_of(steps))
+    vs = vs_parent_table(store, evaluations_of(steps, rescored=True))
     vs.to_csv(out / "comparisons.csv", index=False)
-    pairs = between_configurations(store, evaluations_of(steps))  # LoRA vs DoRA, full vs LoRA, ... on seeds
+    pairs = between_configurations(store, evaluations_of(steps, rescored=True))  # LoRA vs DoRA, full vs LoRA, ... on seeds
     if not pairs.empty:
         pairs.to_csv(out / "configuration_comparisons.csv", index=False)
     plots = make_plots(table, out)
@@ -214,7 +217,7 @@ def build_report(store: ObjectStore, info: RunInfo, steps: list[dict[str, Any]],
                                            and s["status"] in ("succeeded", "skipped")}))
     if not ptq.empty:
         ptq.to_csv(out / "ptq_degradation.csv", index=False)
-    verdicts = report_verdicts.section(store, info.spec, table, evaluations_of(steps))  # spec's verdicts:
+    verdicts = report_verdicts.section(store, info.spec, table, evaluations_of(steps, rescored=True))  # spec's verdicts:
     between = between_markdown(pairs)
     (out / "report.md").write_text(_markdown(info, table, steps, plots, vs, verdicts, between)
                                    + "\n".join(markdown_section(ptq)))

@@ -6,7 +6,11 @@ as bytes and ratios, mean KL(parent ‖ quantized), top-1 agreement, perplexity 
 delta, on held-out prompts) and, where both models were evaluated on the same tasks, each task's
 headline score difference quantized − parent on the shared items with its paired-bootstrap 95% CI
 and exact McNemar p (``services.evaluator.compare``), plus the evaluation speed ratio
-(generated tokens/s quantized ÷ parent). Torch-free: reads storage only.
+(generated tokens/s quantized ÷ parent). Both evaluations scored alike (the same engine and dtype,
+flows/comparisons.scoring: a bitsandbytes model runs on HF, so its source's HF evaluation — the one
+the planner adds for it — is the one compared, and the speed ratio is the quantization's, not the
+engine's); only without such a pair the same tasks under another engine, with ``like_for_like``
+false. Torch-free: reads storage only.
 
 Seeds: the quantizations of one configuration's seeds (``…_s1_Int8_BnB``, ``…_s2_Int8_BnB``:
 naming.without_seed) fold into one row, as in the summary: each measurement the mean over the
@@ -43,16 +47,18 @@ def _metrics(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
 
 
 def _evaluations(store: ObjectStore, model: str) -> dict[tuple, str]:
-    """Task set (+ limits and KV cache) -> the newest evaluation id of ``model`` with it."""
+    """Task set (+ limits and KV cache), engine and dtype -> the newest evaluation id of ``model`` with them."""
+    from flows.comparisons import _label, scoring
     found: dict[tuple, tuple[str, str]] = {}
     for prefix in artifacts.list_committed(store, "evaluations", f"{model}/"):
         eval_id = prefix.split("/", 1)[1]
         try:
-            spec = _metrics(store, model, eval_id).get("spec", {})
+            metrics = _metrics(store, model, eval_id)
         except (NotFoundError, ValueError):
             continue
+        spec = metrics.get("spec", {})
         key = (tuple(sorted((t["task"], t.get("limit") or 0) for t in spec.get("tasks", []))),
-               spec.get("kv_cache_dtype", "auto"))
+               spec.get("kv_cache_dtype", "auto"), _label(scoring(metrics)))
         stamp = (artifacts.read_manifest(store, "evaluations", prefix) or {}).get("created_at", "")
         if key not in found or str(stamp) > str(found[key][0]):
             found[key] = (str(stamp), eval_id)
@@ -80,13 +86,15 @@ def degradation_row(store: ObjectStore, model: str, manifest: dict[str, Any] | N
     if not parent:
         return row
     mine, theirs = _evaluations(store, model), _evaluations(store, parent)
-    shared = [k for k in mine if k in theirs]
-    if not shared:
+    pairs = ([(k, k) for k in mine if k in theirs]  # the same tasks, KV cache, engine and dtype
+             or [(k, t) for k in mine for t in theirs if k[:2] == t[:2]])  # else: under another engine
+    if not pairs:
         return row
-    key = max(shared, key=lambda k: len(k[0]))  # the evaluation covering the most tasks
+    key, pkey = max(pairs, key=lambda kp: len(kp[0][0]))  # the evaluation covering the most tasks
+    row["like_for_like"] = key == pkey
     try:
-        result = compare.compare(store, f"{parent}/{theirs[key]}", f"{model}/{mine[key]}")
-        m_q, m_p = _metrics(store, model, mine[key]), _metrics(store, parent, theirs[key])
+        result = compare.compare(store, f"{parent}/{theirs[pkey]}", f"{model}/{mine[key]}")
+        m_q, m_p = _metrics(store, model, mine[key]), _metrics(store, parent, theirs[pkey])
     except artifacts.IntegrityError:
         raise  # corrupt bytes fail the report; they never just leave a row empty
     except (FtlabError, ValueError):
@@ -94,7 +102,7 @@ def degradation_row(store: ObjectStore, model: str, manifest: dict[str, Any] | N
     tps_q = m_q.get("summary", {}).get("throughput", {}).get("tokens_per_s")
     tps_p = m_p.get("summary", {}).get("throughput", {}).get("tokens_per_s")
     row["eval_speed_ratio"] = round(tps_q / tps_p, 4) if tps_q and tps_p else None
-    row["_compared"] = (f"{parent}/{theirs[key]}", f"{model}/{mine[key]}")  # for the seeds' pairing
+    row["_compared"] = (f"{parent}/{theirs[pkey]}", f"{model}/{mine[key]}")  # for the seeds' pairing
     row["eval_tokens_per_s"] = tps_q
     for task, entry in result["tasks"].items():
         metrics = entry.get("metrics") or {}
@@ -183,7 +191,9 @@ def markdown_section(table: pd.DataFrame) -> list[str]:
               "on shared items with its 95% paired-bootstrap CI and McNemar p; evaluation speed ratio "
               "(tokens/s quantized ÷ parent). A configuration trained with several seeds is one row: the mean "
               "over its seeds (sd across seeds in the `__sd_seeds` columns), each task's difference paired on items "
-              "and seeds (seed i's quantization against seed i's source) with a two-level 95% CI.", ""]
+              "and seeds (seed i's quantization against seed i's source) with a two-level 95% CI. Both scored "
+              "with the same engine and dtype where storage holds such a pair (`like_for_like`); a row with "
+              "`like_for_like` false mixes the quantization with the engine.", ""]
     shown = table.copy()
     if "n_seeds" in shown and not (shown.n_seeds > 1).any():  # as the summary: seed columns only with seeds
         shown = shown.drop(columns=["n_seeds", "seeds"])

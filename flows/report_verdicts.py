@@ -145,26 +145,34 @@ def markdown(rows: list[Line]) -> list[str]:
     return md + [""]
 
 
-def compare_pair(store, evaluations: dict[str, str], task: str, metric: str, n_resamples: int = 1000) -> Pair:
+def compare_pair(store, evaluations: dict[str, str] | list[tuple[str, str]], task: str, metric: str,
+                 n_resamples: int = 1000) -> Pair:
     """``pair`` from committed evaluations, between configurations (the summary's rows: a
     configuration's seeds are folded into one, naming.without_seed): B - A paired on items and seeds
     (flows/comparisons.paired_on_seeds: seed i of A with seed i of B, on the seeds both have; a side
     with one model is the same for every seed), the interval two-level (seeds, then items). With one
-    model a side it is the one-seed paired bootstrap."""
+    model a side it is the one-seed paired bootstrap. Both sides scored alike (engine, dtype,
+    generation settings: flows/comparisons.scored_alike): a model's own evaluation (the first listed)
+    or, where the sides' differ, the like-for-like evaluation the run (or storage) holds; without
+    one the pair is not decided."""
     from services.common.contract.errors import NotFoundError, ValidationError
     from services.evaluator.compare import load_eval
-    from flows.comparisons import _label, configurations, paired_on_seeds, scoring, seed_sides
-    members = configurations(evaluations)
+    from flows.comparisons import (_label, _metrics, by_model, configurations, paired_on_seeds, scored_alike, scoring,
+                                   seed_sides)
+    runs = by_model(list(evaluations.items()) if isinstance(evaluations, dict) else evaluations)
+    members = configurations({m: ids[0] for m, ids in runs.items()})
 
     def pair(a: str, b: str):
         sides = seed_sides(members.get(a, []), members.get(b, []))
         if sides is None:
             return None
         try:
-            side_a, side_b = ([load_eval(store, f"{m}/{evaluations[m]}") for m in side] for side in sides)
-            scored = {_label(scoring(e[0])) for e in side_a} | {_label(scoring(e[0])) for e in side_b}
-            if len({repr(scoring(e[0])) for e in side_a + side_b}) > 1:  # a verdict on the engine, not the models
-                return f"NOT like for like ({' vs '.join(sorted(scored))}): not decided; score both the same way"
+            picked = scored_alike(store, sides[0] + sides[1], runs)
+            if picked is None:  # a verdict on the engine, not the models
+                scored = sorted({_label(scoring(_metrics(store, m, runs[m][0]))) for m in sides[0] + sides[1]})
+                return (f"NOT like for like ({' vs '.join(scored)}), and no evaluations of both scored alike are in "
+                        "this run or in storage: not decided; score both the same way")
+            side_a, side_b = ([load_eval(store, f"{m}/{picked[m]}") for m in side] for side in sides)
             got = paired_on_seeds(side_a, side_b, task, n_resamples)
         except (NotFoundError, ValidationError, KeyError, ValueError):
             return None
@@ -183,4 +191,4 @@ def section(store, spec: dict[str, Any], table: pd.DataFrame, evaluations: list[
                     else spec["evaluate"]["tasks"][0])
     metric = task.headline[0]
     return markdown(lines(questions, table, f"{task.name}__{metric}",
-                          compare_pair(store, dict(evaluations), task.name, metric)))
+                          compare_pair(store, evaluations, task.name, metric)))

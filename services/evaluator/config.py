@@ -12,7 +12,7 @@ from typing import Any
 from services.common.storage import artifacts
 from services.common.contract.errors import PreconditionError, ValidationError, quote
 from services.common.jobs.record import spec_hash
-from services.common.contract.naming import check_name
+from services.common.contract.naming import INT8, QLORA, check_name
 from services.common.contract.params import option, params_of
 from services.common.storage.store import ObjectStore
 from services.common.data.tasks import get_task, required_columns
@@ -20,6 +20,22 @@ from services.common.contract.validation import Problems, held, split_rows, task
 from services.evaluator.kv_cache import KV_CACHE_DTYPES
 
 ENGINES = ("auto", "hf", "vllm")  # generation engines (services/evaluator/engines.py)
+# The dtype unquantized weights compute in (both engines honour it). auto: FTLAB_EVAL_DTYPE's rule
+# (modeling.eval_dtype: bf16 on a CPU with native bf16); compute: the device's compute dtype
+# (modeling.compute_dtype: fp32 on CPU, bf16 on a bf16 GPU), the one quantized weights compute in.
+DTYPES = ("auto", "compute", "float32", "bfloat16")
+# Training-time quantizations whose adapter is evaluated on the quantized base (loading.py).
+QUANTIZED_BASES = (QLORA, INT8)
+
+
+def quantized_dtype(quant_method: str) -> str:
+    """The ``dtype`` value that scores an unquantized model in the dtype a model with quantized
+    weights computes in on the same evaluator, as the HF engine loads it: QLoRA's NF4 base computes
+    in bf16 (modeling.load_quantized_base); every other — bitsandbytes INT8/4-bit, HQQ, an INT8 base —
+    in the device's compute dtype (modeling.load_causal_lm, load_quantized_base: ``compute``). What a
+    like-for-like evaluation of a quantized model's parent asks for (flows/experiment.py)."""
+    return "bfloat16" if quant_method == QLORA else "compute"
+
 
 @dataclass(frozen=True)
 class EvalTask:
@@ -51,6 +67,8 @@ class EvaluateConfig:
     engine_check: int = option(0, "vLLM runs: first N items per task also through HF; agreement recorded",
                                lo=0, hi=1_000_000)
     kv_cache_dtype: str = option("auto", "quantized KV cache while generating", choices=tuple(KV_CACHE_DTYPES))
+    dtype: str = option("auto", "dtype of unquantized weights (auto: FTLAB_EVAL_DTYPE, bf16 on a bf16 CPU; "
+                        "compute: as quantized weights compute here, fp32 on CPU)", choices=DTYPES)
     eval_id: str = option("", "the evaluation's name (default: eval- + the config's hash)")
 
     @classmethod
@@ -66,7 +84,7 @@ class EvaluateConfig:
         return cls(**{**d, "tasks": tuple(EvalTask(**t) for t in d["tasks"])})
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able. The engine and KV-cache entries appear only when not the default, so the
+        """JSON-able. The engine, KV-cache and dtype entries appear only when not the default, so the
         configs (and eval ids) of evaluations from before those options stay the same."""
         out = {"model": self.model, "tasks": [dataclasses.asdict(t) for t in self.tasks],
                "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
@@ -75,6 +93,8 @@ class EvaluateConfig:
             out |= {"engine": self.engine, "engine_check": self.engine_check}
         if self.kv_cache_dtype != "auto":
             out["kv_cache_dtype"] = self.kv_cache_dtype
+        if self.dtype != "auto":
+            out["dtype"] = self.dtype
         if self.eval_id:
             out["eval_id"] = self.eval_id
         return out
@@ -113,6 +133,8 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
     p.require(kv_cache in KV_CACHE_DTYPES, f"kv_cache_dtype: unknown {str(kv_cache)[:40]!r}; known: {', '.join(KV_CACHE_DTYPES)}")
     p.require(kv_cache == "auto" or engine != "vllm",
               "kv_cache_dtype: a quantized KV cache runs on HF generate; it cannot be combined with engine 'vllm'")
+    dtype = spec.get("dtype") or PARAMS["dtype"].default
+    p.require(dtype in DTYPES, f"dtype: {str(dtype)[:40]!r} is not one of {', '.join(DTYPES)}")
     p.require(bool(spec.get("tasks")), "tasks: at least one task is required")
     tasks = []
     for i, t in enumerate(spec.get("tasks", [])):
@@ -151,18 +173,35 @@ def resolve_evaluate_spec(spec: dict[str, Any], store: ObjectStore) -> dict[str,
             base = manifest.get("base_model") or next(iter(manifest.get("parents") or []), None)
             if not base or artifacts.read_manifest(store, "models", base) is None:
                 p.not_found(f"model: {model!r} is an adapter whose base model {base!r} is not in the models bucket")
+            p.add(_dtype_of_quantized(model, manifest, dtype))
         elif "config.json" not in {f.get("path") for f in manifest.get("files", [])}:
             blocked = f"model: {quote(model)} holds no model weights (no config.json) and no adapter"
+        else:
+            p.add(_dtype_of_quantized(model, manifest, dtype))
     eval_id = spec.get("eval_id", "")
     if eval_id:
         p.add(check_name("eval_id", eval_id))
     p.raise_if_any()
     if blocked:
         raise PreconditionError(blocked)
-    cfg = EvaluateConfig(model, tuple(tasks), batch_size, max_new, seed, n_boot, engine, engine_check, kv_cache)
+    cfg = EvaluateConfig(model, tuple(tasks), batch_size, max_new, seed, n_boot, engine, engine_check, kv_cache, dtype)
     cfg = dataclasses.replace(cfg, eval_id=eval_id or cfg.default_eval_id())
     if artifacts.read_manifest(store, "evaluations", f"{model}/{cfg.eval_id}") is not None:
         raise PreconditionError(f"evaluation {model}/{cfg.eval_id} already exists: it is these settings' result "
                                 f"(s3://evaluations/{model}/{cfg.eval_id}/, ftlab eval list); give another eval_id "
                                 "to evaluate again")
     return cfg.to_dict()
+
+
+def _dtype_of_quantized(model: str, manifest: dict[str, Any], dtype: str) -> list[str]:
+    """A dtype other than auto for a model whose weights are quantized (a post-training
+    quantization, an adapter on a QLoRA/INT8 base): refused, since they compute in their own dtype
+    (``quantized_dtype``) whatever is asked; silently ignoring it would record a dtype not asked for."""
+    quant = manifest.get("quantization") or {}
+    method = quant.get("method")
+    adapter_on_quantized = manifest.get("merged") is False and method in QUANTIZED_BASES
+    if dtype == "auto" or not (manifest.get("kind") == "quantized" or adapter_on_quantized):
+        return []
+    what = f"an adapter on a {method}-quantized base" if adapter_on_quantized else f"quantized ({method})"
+    return [f"dtype: {dtype!r} cannot be honoured: model {model!r} is {what}, its weights compute in their own "
+            f"dtype; dtype sets unquantized weights only (leave it unset)"]

@@ -46,7 +46,13 @@ def run(ctx: JobContext, config: dict[str, Any]) -> dict[str, Any]:
 
     # 1. Model and items.
     ctx.log(f"fetching {cfg.model}")
-    dtype = modeling.eval_dtype(dev)
+    # the spec's dtype for unquantized weights (config.DTYPES); quantized weights keep their own
+    if cfg.dtype == "auto":
+        dtype = modeling.eval_dtype(dev)
+    elif cfg.dtype == "compute":
+        dtype = modeling.compute_dtype(dev)
+    else:
+        dtype = getattr(torch, cfg.dtype)
     engine, why = engines.select(ctx.store, cfg.model, cfg.engine)
     if engine == "vllm" and cfg.kv_cache_dtype != "auto":  # the door refuses an explicit vllm
         engine, why = "hf", f"kv_cache_dtype {cfg.kv_cache_dtype} runs on transformers' QuantizedCache"

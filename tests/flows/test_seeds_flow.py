@@ -3,7 +3,8 @@ quantizes (post-training INT8) and evaluates the configuration once per seed und
 (``..._s1_NoQuant``, ``..._s1_Int8_BnB``, as the dry run prints them), the trainer, quantizer and
 evaluator record the digests the planner computed, the report folds the seeds of each
 configuration into one row (mean, across-seed sd, two-level CI, n seeds) and compares the fine-tune
-with the base and the INT8 with its own seed's fine-tune, paired on items and seeds; a rerun's dry
+with the base and the INT8 with its own seed's fine-tune, paired on items and seeds and like for like
+(each fine-tune scored again on HF in the INT8's dtype); a rerun's dry
 run counts every step done; the same plan with another learning rate is refused before anything is
 submitted, naming the differing field. Real services, real Prefect (subprocess). PTQ rows paired
 by seed from stored evaluations: tests/unit/test_seed_report.py."""
@@ -56,8 +57,14 @@ def test_two_seeds_through_the_flow(services, tmp_path):
     for q in quantized:
         source = artifacts.read_manifest(store, "models", q.after[0])
         assert artifacts.read_manifest(store, "models", q.output)["parent_digests"] == [source["config_digest"]]
-    assert sorted(s.after[0] for s in exp.stage("evaluate")) == sorted(
+    own = [s for s in exp.stage("evaluate") if "rescore" not in s.labels]
+    assert sorted(s.after[0] for s in own) == sorted(
         [TINY] + [s.output for s in exp.stage("train")] + [q.output for q in quantized])  # each one evaluated
+    # like for like: each seed's fine-tune scored again on HF in the dtype its INT8 computes in (vLLM
+    # cannot load bitsandbytes; on a CPU with native bf16 the default dtype would be bf16, the INT8's fp32)
+    again = [s for s in exp.stage("evaluate") if "rescore" in s.labels]
+    assert sorted((s.after[0], s.spec["engine"], s.spec["dtype"]) for s in again) == [
+        (f"Qwen3-tiny-arc_SFT_LoRa4_s{n}_NoQuant", "hf", "compute") for n in (1, 2)]
     for step in exp.stage("evaluate"):  # each evaluation names the model it scored by its digest
         model = artifacts.read_manifest(store, "models", step.after[0])
         assert artifacts.read_manifest(store, "evaluations", step.output)["parent_digests"] == [
@@ -82,11 +89,20 @@ def test_two_seeds_through_the_flow(services, tmp_path):
                                                        (QUANTIZED, CONFIG, "PTQ vs source")}
     assert (vs.n_seeds == 2).all() and vs.engine.notna().all()
     assert vs[vs.model == CONFIG].like_for_like.all()
+    # each seed's INT8 paired with its source's HF evaluation in the INT8's dtype: the quantization's cost alone
+    ptq = vs[vs.model == QUANTIZED]
+    assert len(ptq) and ptq.like_for_like.all() and (ptq.engine == ptq.parent_engine).all(), ptq.to_dict("records")
+    for s in again:  # what the evaluator ran matches what its INT8 recorded
+        int8 = s.after[0].replace("_NoQuant", "_Int8_BnB")
+        (int8_eval,) = [e.output for e in own if e.after[0] == int8]
+        recorded = [json.loads(store.get_bytes("evaluations", o + "/metrics.json"))["hardware"]["dtype"]
+                    for o in (s.output, int8_eval)]
+        assert recorded[0] == recorded[1], recorded
     md = store.get_bytes("reports", report + "/report.md").decode()
     assert "within seed noise" in md and "n_seeds" in md
 
     dry = run_cli(["run", str(path), "--seed", "1", "--seed", "2", "--dry-run"], services, tmp_path)
-    assert dry.returncode == 0 and "already done (will be skipped): 9; to run: 0" in dry.stdout, dry.stdout
+    assert dry.returncode == 0 and "already done (will be skipped): 11; to run: 0" in dry.stdout, dry.stdout
     assert all(f"Qwen3-tiny-arc_SFT_LoRa4_s{n}_Int8_BnB" in dry.stdout for n in (1, 2))
 
     jobs_before = {n: len(c.list_all()) for n, c in services["clients"].items()}

@@ -61,7 +61,14 @@ def test_flow_runs_every_stage_then_a_rerun_skips_everything(services, tiny_mode
     assert trained["parent_model"] == TINY and trained["quant_tag"] == "NoQuant" and trained["rank"] == 4
     steps = json.loads(store.get_bytes("reports", reports[0] + "/steps.json"))
     assert [(s["key"], s["status"]) for s in steps][0] == ("data:arc", "skipped")  # already in storage
-    assert [s["status"] for s in steps[1:]] == ["succeeded"] * 5
+    assert [s["status"] for s in steps[1:]] == ["succeeded"] * 6
+    # like for like: the INT8's source scored again with engine hf (bitsandbytes cannot load in vLLM),
+    # kept out of the summary (3 rows above); the INT8's comparison row pairs evaluations scored alike
+    (again,) = [s for s in steps if s.get("labels", {}).get("rescore")]
+    assert again["output"].startswith("Qwen3-tiny-arc_SFT_LoRa4_NoQuant/tinysmoke-hf-")
+    vs = pd.read_csv(io.BytesIO(store.get_bytes("reports", reports[0] + "/comparisons.csv")))
+    int8 = vs[vs.model == "Qwen3-tiny-arc_SFT_LoRa4_Int8_BnB"]
+    assert len(int8) and int8.like_for_like.all() and (int8.engine == int8.parent_engine).all()
     for name in ("report.md", "report.html", "run.json"):
         assert store.exists("reports", reports[0] + "/" + name)
     plots = [k for k in store.list_keys("reports", reports[0] + "/") if k.endswith(".png")]
@@ -78,11 +85,11 @@ def test_flow_runs_every_stage_then_a_rerun_skips_everything(services, tiny_mode
     assert second.returncode == 0, second.stdout + second.stderr
     latest = sorted(artifacts.list_committed(store, "reports", "tinysmoke/"))[-1]
     steps2 = json.loads(store.get_bytes("reports", latest + "/steps.json"))
-    assert [s["status"] for s in steps2] == ["skipped"] * 6
+    assert [s["status"] for s in steps2] == ["skipped"] * 7
     assert {n: len(c.list_all()) for n, c in services["clients"].items()} == jobs_before  # no new job anywhere
 
     dry = run_cli(["run", str(plan), "--dry-run"], services, tmp_path)
-    assert dry.returncode == 0 and "already done (will be skipped): 5; to run: 0" in dry.stdout, dry.stdout
+    assert dry.returncode == 0 and "already done (will be skipped): 6; to run: 0" in dry.stdout, dry.stdout
     rebuilt = run_cli(["report", "tinysmoke"], services, tmp_path)  # from storage alone
     assert rebuilt.returncode == 0 and f"s3://reports/{latest}/report.html" in rebuilt.stdout, rebuilt.stderr
 

@@ -55,7 +55,14 @@ def test_smoke_plan_matches_the_study_naming():
     trained = {s.output for s in exp.stage("train")}
     assert "Qwen3-tiny-arc_SFT_LoRa8_NoQuant" in trained
     assert "Qwen3-tiny-arc_SFT_LoRa8_Int8_BnB" in {s.output for s in exp.stage("quantize")}
-    assert len(exp.stage("evaluate")) == len(exp.stage("train")) + len(exp.stage("quantize")) + 1
+    own = [s for s in exp.stage("evaluate") if "rescore" not in s.labels]
+    assert len(own) == len(exp.stage("train")) + len(exp.stage("quantize")) + 1
+    # like for like (HF): the QLoRA's base and the other 5 fine-tunes it is set against, in bf16 (what the
+    # NF4 base computes in); the base again for its 4-bit PTQ and LoRA r8 again for its INT8, in the
+    # device's compute dtype (bitsandbytes': fp32 on CPU)
+    again = sorted((s.spec["model"], s.spec["dtype"]) for s in exp.stage("evaluate") if "rescore" in s.labels)
+    assert len(again) == 8 and {d for _, d in again} == {"bfloat16", "compute"}
+    assert [m for m, d in again if d == "compute"] == ["Qwen3-tiny-arc_SFT_LoRa8_NoQuant", "Qwen3-tiny-base"]
 
 
 def test_request_ids_are_stable_across_loads():
@@ -107,8 +114,13 @@ def test_quantize_chosen_outputs_and_bases():
                                "where": {"base_model": "Qwen3-a-base"}}],
                     evaluate={**EVAL, "models": ["Qwen3-ref-base"]}))
     assert [s.output for s in exp.stage("quantize")] == ["Qwen3-a-arc_SFT_LoRa4_Int8_BnB", "Qwen3-a-base_Int8_BnB"]
-    evaluated = [s.spec["model"] for s in exp.stage("evaluate")]
+    evaluated = [s.spec["model"] for s in exp.stage("evaluate") if "rescore" not in s.labels]
     assert evaluated[:3] == ["Qwen3-a-base", "Qwen3-b-base", "Qwen3-ref-base"] and len(evaluated) == 7
+    # the INT8s' sources scored again under HF, like the INT8s (vLLM cannot load bitsandbytes)
+    again = [s for s in exp.stage("evaluate") if "rescore" in s.labels]
+    assert [(s.spec["model"], s.spec["engine"], s.spec["dtype"], s.labels["rescore"]["for"]) for s in again] == [
+        ("Qwen3-a-arc_SFT_LoRa4_NoQuant", "hf", "compute", ["Qwen3-a-arc_SFT_LoRa4_Int8_BnB"]),
+        ("Qwen3-a-base", "hf", "compute", ["Qwen3-a-base_Int8_BnB"])]
     assert exp.inputs == ["Qwen3-a-base", "Qwen3-b-base", "Qwen3-ref-base"]
 
 

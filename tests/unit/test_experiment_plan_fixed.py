@@ -5,7 +5,13 @@ how the plan is built, not what it is. One deliberate change since: phase3 train
 checkpointing, as the study's measured memory shows it did (docs/TRAINER.md), so its steps' specs
 and request ids were taken again from the commit that made that change; and the list of known
 top-level keys in one invalid case's message names ``seeds``, ``lr_sweep`` and ``verdicts`` (issue 25). mini-study was
-added with issue #25 (generated from i36 merged with i35, which its seeds: key needs), and taken again when it was sized (16 steps, a sweep on seed 1 only: lr_sweep.seeds). Compared by stable properties: each step's key, service,
+added with issue #25 (generated from i36 merged with i35, which its seeds: key needs), and taken again when it was
+sized (16 steps, a sweep on seed 1 only: lr_sweep.seeds), and again after a96934c sized it to 12 steps of 4
+(max_steps, train_limit, the PTQ's calibration and report: nothing else differs). Issue #25's like-for-like
+evaluations (a model scored again under HF where a model compared with it cannot load in vLLM: labels ``rescore``)
+were added to demo, mini-study, phase3 and smoke by regenerating the plans with ``properties`` below (every other
+step unchanged), and taken again (demo, phase3, smoke) when they got the dtype the child computes in (``dtype``:
+``compute`` for a bitsandbytes child, ``bfloat16`` for QLoRA's). Compared by stable properties: each step's key, service,
 spec, inputs, labels and request id (the spec hash), in order; the experiment's datasets, data
 section, timeouts and inputs."""
 from __future__ import annotations

@@ -44,7 +44,8 @@ def test_seeds_replicate_every_configuration_with_readable_names():
     assert [s.spec["seed"] for s in train] == [1, 2, 3] and [s.labels["seed"] for s in train] == [1, 2, 3]
     assert len({s.digest for s in train}) == 3
     assert [s.output for s in exp.stage("quantize")] == [f"Qwen3-tiny-arc_SFT_LoRa4_s{i}_Int8_BnB" for i in (1, 2, 3)]
-    assert len(exp.stage("evaluate")) == 1 + 3 + 3  # the base once, each seed's models once
+    # the base once, each seed's models once, and each seed's LoRA again under HF (like its INT8)
+    assert len(exp.stage("evaluate")) == 1 + 3 + 3 + 3
     assert load("smoke", seeds=[5, 6]).stage("train")[0].output.endswith("_s5_NoQuant")
 
 

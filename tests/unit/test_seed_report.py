@@ -95,7 +95,7 @@ def test_a_parent_scored_under_another_engine_is_rescored_or_not_called(store, t
     vs = vs_parent_table(store, [("S", "e1"), ("S_Int8_BnB", "e1")])
     row = vs[vs.metric == "accuracy"].iloc[0]
     assert not row.like_for_like and not row.clear and row.parent_engine == "vllm bfloat16"
-    assert "NOT like for like" in row.note and "--engine hf" in row.note and "FTLAB_EVAL_DTYPE=float32" in row.note
+    assert "NOT like for like" in row.note and "--engine hf --dtype float32" in row.note
     assert set(lead_table(vs)["clear?"]) == {"not like for like"}
     _evaluation(store, tmp_path, "S", _right(12), eval_id="e-hf")  # the parent scored again on HF fp32
     row = vs_parent_table(store, [("S", "e1"), ("S_Int8_BnB", "e1")]).query("metric == 'accuracy'").iloc[0]

@@ -39,8 +39,9 @@ def test_plan_trains_every_rate_scores_validation_and_gates_test_on_the_choice()
     assert sel.after == [s.output for s in val] and sel.output == selection.select_output(lora)
     test = [s for s in exp.stage("evaluate") if s.labels.get("split") != "validation"]
     gated = [s for s in test + exp.stage("quantize") if sel.output in s.after]
-    # each candidate's test evaluation and INT8 (and nothing else) waits for the choice
-    assert sorted(s.labels["candidate"] for s in gated) == sorted(cands * 2)
+    # each candidate's test evaluation, INT8 and HF evaluation (like for like with the INT8), and
+    # nothing else, waits for the choice
+    assert sorted(s.labels["candidate"] for s in gated) == sorted(cands * 3)
     assert all(s.spec["tasks"][0].get("split", "test") == "test" for s in test)
     order = [s.output for s in exp.steps]  # every step after what it needs (the flow submits in order)
     assert all(order.index(d) < order.index(s.output) for s in exp.steps for d in s.after if d in order)
@@ -86,8 +87,9 @@ def test_selection_picks_on_validation_and_only_the_chosen_is_scored_on_test(tmp
     for s in exp.steps:
         if s.stage in ("evaluate", "quantize") and sel.output in s.after:
             (runs if selection.gated(s, [chosen]) is None else skipped).append(s)
-    assert {s.labels["candidate"] for s in runs} == {best} and len(runs) == 2  # its test eval and its INT8
-    assert len(skipped) == 4
+    # its test evaluation, its INT8 and its evaluation under HF (the INT8's like-for-like parent)
+    assert {s.labels["candidate"] for s in runs} == {best} and len(runs) == 3
+    assert len(skipped) == 6
     # the pipeline never submits a gated step (it returns before any service call)
     r = pipeline.run_step.fn(loser_test, exp.name, 10.0, [chosen])
     assert r["status"] == selection.NOT_SELECTED and best in r["error"]
@@ -136,8 +138,9 @@ def test_choose_ties_go_to_the_earlier_rate_and_lower_is_better_works():
 
 
 def test_dry_run_counts_the_steps_gated_on_the_choice_apart(monkeypatch):
-    """``ftlab run --dry-run``: a candidate's test evaluation, its INT8 and the INT8's evaluation wait
-    for the choice; of the three rates' nine such steps only the chosen rate's three run."""
+    """``ftlab run --dry-run``: a candidate's test evaluation, its INT8, the INT8's evaluation and the
+    candidate's HF evaluation (like for like with its INT8) wait for the choice; of the three rates'
+    twelve such steps only the chosen rate's four run."""
     from flows import dryrun
     monkeypatch.setenv("FTLAB_DEVICE", "cpu")
     exp = plan(spec())
@@ -146,16 +149,17 @@ def test_dry_run_counts_the_steps_gated_on_the_choice_apart(monkeypatch):
     made = {s.output for s in exp.stage("quantize") if s.spec["source_model"] in cands}
     want = {s.key for s in exp.steps if s.stage in ("evaluate", "quantize") and s.labels.get("split") != "validation"
             and (s.spec.get("model") in cands | made or s.spec.get("source_model") in cands)}
-    assert len(want) == 9 and set(gated) == want and set(gated.values()) == {3}
+    assert len(want) == 12 and set(gated) == want and set(gated.values()) == {3}  # with the HF re-scorings
     text = dryrun.render(exp, None, "nowhere")
     # 4 trainings, 3 validation evaluations, the select step, the base and the full fine-tune scored on test
     # a select step is no job: the summary counts jobs by stage, and the select steps apart
-    assert "18 jobs: 4 train, 3 quantize, 11 evaluate; and 1 select step(s)" in text, text
-    assert ("to run: 9 (4 train, 0 quantize, 5 evaluate); gated on the lr_sweep's choice: 9 (only the chosen "
-            "rate's 3 run)") in text, text
-    assert "jobs that will run: 12 (4 train, 1 quantize, 7 evaluate)" in text, text
+    assert "21 jobs: 4 train, 3 quantize, 14 evaluate; and 1 select step(s)" in text, text
+    assert ("to run: 9 (4 train, 0 quantize, 5 evaluate); gated on the lr_sweep's choice: 12 (only the chosen "
+            "rate's 4 run)") in text, text
+    assert "jobs that will run: 13 (4 train, 1 quantize, 8 evaluate)" in text, text
+    assert "of which like for like: 3 evaluation(s)" in text, text
     rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["evaluate"], ["quantize"])]
-    assert sum(r[1] == "gated" for r in rows) == 9
+    assert sum(r[1] == "gated" for r in rows) == 12
 
 
 def test_a_sweep_on_one_seed_trains_the_other_seeds_at_the_chosen_rate_only(tmp_path):

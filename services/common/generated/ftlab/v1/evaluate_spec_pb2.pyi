@@ -19,7 +19,7 @@ class EvalTask(_message.Message):
     def __init__(self, task: _Optional[str] = ..., dataset: _Optional[str] = ..., split: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class EvaluateSpec(_message.Message):
-    __slots__ = ("model", "tasks", "batch_size", "max_new_tokens", "seed", "eval_id", "bootstrap_samples", "kv_cache_dtype", "engine", "engine_check")
+    __slots__ = ("model", "tasks", "batch_size", "max_new_tokens", "seed", "eval_id", "bootstrap_samples", "kv_cache_dtype", "engine", "engine_check", "dtype")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class EvaluateSpec(_message.Message):
     KV_CACHE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     ENGINE_CHECK_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     model: str
     tasks: _containers.RepeatedCompositeFieldContainer[EvalTask]
     batch_size: int
@@ -40,4 +41,5 @@ class EvaluateSpec(_message.Message):
     kv_cache_dtype: str
     engine: str
     engine_check: int
-    def __init__(self, model: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[EvalTask, _Mapping]]] = ..., batch_size: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., eval_id: _Optional[str] = ..., bootstrap_samples: _Optional[int] = ..., kv_cache_dtype: _Optional[str] = ..., engine: _Optional[str] = ..., engine_check: _Optional[int] = ...) -> None: ...
+    dtype: str
+    def __init__(self, model: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[EvalTask, _Mapping]]] = ..., batch_size: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., eval_id: _Optional[str] = ..., bootstrap_samples: _Optional[int] = ..., kv_cache_dtype: _Optional[str] = ..., engine: _Optional[str] = ..., engine_check: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
