@@ -589,6 +589,14 @@ def fault_worker_restart(stack: Stack) -> dict:
             "rerun": "Completed"}
 
 
+def trainer_faults(stack: Stack, result: dict) -> None:
+    """The two trainer faults both forms run: a restart, then a kill -9, each in the middle of a job."""
+    with stage("fault: trainer restart mid-job"):
+        result["trainer_restart"] = fault_trainer(stack, "restart")
+    with stage("fault: trainer kill -9 mid-job"):
+        result["trainer_kill"] = fault_trainer(stack, "kill")
+
+
 def short_stages(stack: Stack, result: dict, ray: bool, services: list[str]) -> None:
     """--services-only, after data: a job of each service, where Ray put them, the trainer's faults."""
     with stage("jobs"):
@@ -596,10 +604,7 @@ def short_stages(stack: Stack, result: dict, ray: bool, services: list[str]) -> 
     if ray:
         with stage("ray: placement"):
             result["ray_placement"] = check_ray_placement(stack)
-    with stage("fault: trainer restart mid-job"):
-        result["trainer_restart"] = fault_trainer(stack, "restart")
-    with stage("fault: trainer kill -9 mid-job"):
-        result["trainer_kill"] = fault_trainer(stack, "kill")
+    trainer_faults(stack, result)
 
 
 def full_stages(stack: Stack, result: dict, ray: bool) -> None:
@@ -623,10 +628,7 @@ def full_stages(stack: Stack, result: dict, ray: bool) -> None:
         result["reflection"] = check_grpc(stack)
     with stage("mlflow"):
         result["mlflow"] = check_mlflow(stack)
-    with stage("fault: trainer restart mid-job"):
-        result["trainer_restart"] = fault_trainer(stack, "restart")
-    with stage("fault: trainer kill -9 mid-job"):
-        result["trainer_kill"] = fault_trainer(stack, "kill")
+    trainer_faults(stack, result)
     with stage("fault: worker restart mid-flow"):
         result["worker_restart"] = fault_worker_restart(stack)
     with stage("fault: down + up"):
