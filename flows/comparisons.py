@@ -235,7 +235,9 @@ def items_by_id(preds: pd.DataFrame, task: str, ttype: str) -> pd.DataFrame:
     golds = _nullable(t.gold)
     if get_type(ttype).multi_gold:
         golds = list(map(list, t.golds)) if "golds" in t else [get_type(ttype).canonical_gold(None, g) for g in golds]
-    return pd.DataFrame({"parsed": _nullable(t.parsed), "gold": golds}, index=t.index)
+    # object columns: pandas 3 would infer str and turn a None (no answer parsed) into NaN
+    return pd.DataFrame({"parsed": pd.Series(_nullable(t.parsed), index=t.index, dtype=object),
+                         "gold": pd.Series(golds, index=t.index, dtype=object)})
 
 
 def paired_on_seeds(side_a: list, side_b: list, task: str, n_resamples: int = 1000,

@@ -144,3 +144,17 @@ def test_a_group_of_too_many_configurations_is_named_not_tabulated(store, tmp_pa
                                                    ("B-arc_SFT_Full_NoQuant", "e1")], n_resamples=100)
     assert t.empty and t.attrs["not_tabulated"] == {"B-arc": 2}
     assert "B-arc (2); compare two with `ftlab compare" in "\n".join(comparisons.between_markdown(t))
+
+
+def test_an_unparsed_answer_stays_none_in_the_seed_tables():
+    # pandas 3 reads [str, None] as a str column with NaN: the scorer then met a float (the mini-study's
+    # report failed on a fine-tune that wrote no \boxed{} answer for one item)
+    from flows.comparisons import items_by_id
+    preds = pd.DataFrame({"task": "squad_v2", "id": ["1", "2", "3"], "parsed": ["Paris", None, ""],
+                          "gold": ["Paris", "Rome", ""]})
+    items = items_by_id(preds, "squad_v2", "squad_v2")
+    assert list(items.parsed) == ["Paris", None, ""]
+    ci = stats.replicated_ci("squad_v2", [list(items.parsed)] * 2, list(items.gold), 200, 0)
+    # the unparsed item scores 0 on an answerable question; "" is the right abstention
+    assert (ci["F1"]["mean"], ci["HasAns_F1"]["mean"], ci["NoAns_Accuracy"]["mean"]) == (
+        pytest.approx(200 / 3), 50.0, 100.0)
