@@ -675,14 +675,15 @@ def main() -> int:
         with stage("engine"):
             dockerd = ensure_engine(work)
             env = compose_env(work)
-        if not args.skip_build:
-            with stage("build"):
-                p = subprocess.run([str(ROOT / "deploy/build-images.sh"), *(services or [])],
+        only = ["minio", "minio-init", *(["ray-head"] if args.ray else []), *services] if services else None
+        if not args.skip_build:  # the short form's images: its services' and the object store's stand-ins
+            with stage("build"):  # (the Ray head runs the trainer's image)
+                p = subprocess.run([str(ROOT / "deploy/build-images.sh"),
+                                    *([s for s in only if s != "ray-head"] if only else [])],
                                    cwd=ROOT, env=env, timeout=7200)
                 if p.returncode:
                     raise CheckFailed(f"deploy/build-images.sh exited {p.returncode}")
         env_file, values = write_env(work, ray=args.ray, services_only=services is not None)
-        only = ["minio", "minio-init", *(["ray-head"] if args.ray else []), *services] if services else None
         stack = Stack(env, env_file, values, only)
         with stage("up"):
             stack.dc("up", "-d", "--no-build", *(only or []), timeout=900)
