@@ -105,7 +105,9 @@ def lines(questions: list[str], table: pd.DataFrame, metric: str, pair: Pair) ->
             if vera is None or ld is None:
                 out.append(missing(q, "a VeRA and a LoRA or DoRA model"))
                 continue
-            mem = f"train peak RSS {ld.get('train_peak_rss_gb')} GB ({ld.method}) vs {vera.get('train_peak_rss_gb')} GB (vera)"
+            gb = [r.get("train_peak_rss_gb") for r in (ld, vera)]
+            mem = ("train peak RSS " + " vs ".join(f"{v:.2f} GB ({m})" for v, m in zip(gb, (ld.method, "vera")))
+                   if all(isinstance(v, (int, float)) and v == v for v in gb) else "")
             out.append(_line(q, f"{metric}: {ld.method} − VeRA", pair, vera.model, ld.model, +1, note=mem))
         elif q == "ptq":
             quantized = t[t.ptq_method.notna()]  # the plan quantizes the fine-tune it names; the best of them

@@ -43,7 +43,7 @@ def test_each_question_compares_the_right_models():
     assert by == [("full_vs_lora", V.SUPPORTED), ("adapters", V.UNDECIDED),
                   ("ptq", V.CONTRADICTED), ("ptq", V.SUPPORTED)]
     assert rows[2].margin == -11.5  # half of the fine-tune's gain over the base (30 - 7)
-    assert "2.1 GB (lora) vs 1.5 GB (vera)" in rows[1].note
+    assert "2.10 GB (lora) vs 1.50 GB (vera)" in rows[1].note
     md = "\n".join(V.markdown(rows))
     assert md.count("\n| ") == 5 and "[+1, +11]" in md and "**contradicted**" in md
 
