@@ -104,6 +104,8 @@ def summary_row(store: ObjectStore, model: str, eval_id: str) -> dict[str, Any]:
         for k, bounds in (m.get("ci95") or {}).items():
             if isinstance(bounds, (list, tuple)) and len(bounds) == 2:
                 row[f"{task}__{k}__ci95_low"], row[f"{task}__{k}__ci95_high"] = bounds
+                if k in m:  # a metric the YAML does not list (SQuAD's HasAns_F1) keeps its value beside its CI
+                    row.setdefault(f"{task}__{k}", m[k])
     row |= study_profile_columns(ev)
     row |= {"train_peak_rss_gb": tmem.get("peak_rss_gb"), "eval_peak_rss_gb": s.get("peak_rss_gb"),
             "eval_tokens_per_s": s.get("throughput", {}).get("tokens_per_s"),

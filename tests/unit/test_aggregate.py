@@ -172,3 +172,19 @@ def test_report_is_committed_and_rebuilt_from_storage_alone(store, tmp_path):
         rebuild_report(store, "phase3", "r9", tmp_path / "x")
     with pytest.raises(NotFoundError, match="no report"):
         rebuild_report(store, "phase7", None, tmp_path / "x")
+
+
+def test_a_metric_with_an_interval_keeps_its_value_beside_it(store, tmp_path):
+    # SQuAD v2's HasAns_F1 is not a headline of the task YAML, but the evaluator gives its CI: the
+    # summary had the interval without the value (the mini-study's table)
+    from flows.aggregate import summary_row
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    m = {"F1": 36.2, "HasAns_F1": 11.41, "ci95": {"F1": [29.8, 42.9], "HasAns_F1": [6.2, 17.2]}}
+    (ev / "metrics.json").write_text(json.dumps({"datasets": {"squad_v2": {
+        "metrics": m, "latency_seconds": {"mean": 0.1}, "accuracy": 34.0, "format_success_rate": 98.5,
+        "total_samples": 200}}, "hardware": {"device": "cpu"}, "summary": {}}))
+    artifacts.commit_dir(store, "evaluations", "M/e1", ev, {"kind": "evaluation", "tasks": ["squad_v2"]})
+    row = summary_row(store, "M", "e1")
+    assert (row["squad_v2__HasAns_F1"], row["squad_v2__HasAns_F1__ci95_low"]) == (11.41, 6.2)
+    assert row["squad_v2__F1"] == 36.2
