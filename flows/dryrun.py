@@ -69,6 +69,25 @@ def gated_on_selection(steps: list[Step]) -> dict[str, int]:
     return {s.key: waits[s.output] for s in steps if s.output in waits}
 
 
+NOT_CHOSEN = "not chosen"  # a candidate (or what it makes) whose rate lost on validation: never run
+
+
+def _choices_made(exp: Experiment, store: ObjectStore | None) -> dict[str, dict[str, Any]]:
+    """The lr_sweep choices storage already decides (every candidate's validation evaluation is
+    there): select step output -> the choice, as the flow's select step makes it."""
+    made: dict[str, dict[str, Any]] = {}
+    for s in exp.steps if store is not None else ():
+        if s.stage != selection.STAGE:
+            continue
+        try:
+            r = selection.run_select(s, [], store)
+        except (FtlabError, KeyError):
+            continue
+        if r["status"] == "succeeded" and "unscored" not in r:
+            made[s.output] = r
+    return made
+
+
 def plan_rows(exp: Experiment, store: ObjectStore | None) -> list[dict[str, Any]]:
     """One row per step (datasets first): stage, output, status (done/todo/gated/conflict/blocked/?:
     gated = waits on an lr_sweep's choice, run only if its rate is chosen; blocked = made from a
@@ -94,13 +113,24 @@ def plan_rows(exp: Experiment, store: ObjectStore | None) -> list[dict[str, Any]
              "request_id": ""} for d in exp.datasets]
     gated = gated_on_selection(exp.steps)
     unsound: set[str] = set()  # conflicts, and what is made from them: never "done" on a conflict's model
+    choices = _choices_made(exp, store)  # as the flow's select steps would decide them now
+    waiting = {s.output for s in exp.steps if s.key in gated or s.stage == selection.STAGE}
     for s in exp.steps:
         state, why = status(s)
         if bad := [m for m in s.after if m in unsound]:
             state, why = "blocked", f"made from {', '.join(bad)}, which is a conflict"
         if state in ("conflict", "blocked"):
             unsound.add(s.output)
-        state = "gated" if s.key in gated and state in ("todo", "?") else state
+        upstream = [choices[a] for a in s.after if a in choices]
+        if s.stage == selection.STAGE and s.output in choices:
+            state = "done"
+        elif (no := selection.gated(s, upstream)) is not None:
+            choices[s.output] = {"output": s.output, **no}
+            state, why = NOT_CHOSEN, no["error"]
+        elif any(a in waiting and a not in choices for a in s.after):
+            state = "gated" if state in ("todo", "?") else state
+        elif s.key in gated:  # the chosen rate's: it runs, and what waits on it is decided too
+            choices[s.output] = {"output": s.output, "status": "succeeded"}
         rows.append({"stage": s.stage, "output": s.output, "status": state, "differs": why,
                      "rates": gated.get(s.key, 0),
                      "memory": _estimate(s, store) if s.stage == "train" else _note(s),
@@ -122,7 +152,8 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
 
     done = sum(r["status"] == "done" for r in jobs)
     gated = [r for r in jobs if r["status"] == "gated"]
-    now = [r for r in jobs if r["status"] not in ("done", "gated")]
+    lost = sum(r["status"] == NOT_CHOSEN for r in jobs)
+    now = [r for r in jobs if r["status"] not in ("done", "gated", NOT_CHOSEN)]
     chosen = Counter()
     for r in gated:  # each group's rates have the same steps: 1/rates of each runs
         chosen[r["stage"]] += 1 / r["rates"]
@@ -131,6 +162,7 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
              + (f"; and {selects} select step(s) (an lr_sweep's choice of a rate, read from storage: no job)"
                 if selects else ""),
              f"already done (will be skipped): {done}; to run: {len(now)} ({by_stage(now)})"
+             + (f"; not chosen on validation (never run): {lost}" if lost else "")
              + (f"; gated on the lr_sweep's choice: {len(gated)} (only the chosen rate's {round(sum(chosen.values()))} run)"
                 if gated else "")]
     if gated:
@@ -143,9 +175,9 @@ def render(exp: Experiment, store: ObjectStore | None, where: str) -> str:
     rows = plan_rows(exp, store)
     width = max(len(r["output"]) for r in rows)
     lines = [f"experiment {exp.name} ({exp.source}): {exp.description}", f"storage: {where}", "",
-             f"{'stage':9s} {'status':8s} {'output (model or model/eval_id)':{width}s}  train memory est. "
+             f"{'stage':9s} {'status':10s} {'output (model or model/eval_id)':{width}s}  train memory est. "
              + ("(GPU, bf16" if estimate_device() == "cuda" else "(CPU, fp32") + " unless a step sets dtype)"]
-    lines += [f"{r['stage']:9s} {r['status']:8s} {r['output']:{width}s}  {r['memory']}" for r in rows]
+    lines += [f"{r['stage']:9s} {r['status']:10s} {r['output']:{width}s}  {r['memory']}" for r in rows]
     missing = []
     for model in exp.inputs:
         state = "?" if store is None else ("present" if artifacts.read_manifest(store, "models", model) else "MISSING")

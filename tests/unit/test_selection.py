@@ -192,6 +192,14 @@ def test_a_sweep_on_one_seed_trains_the_other_seeds_at_the_chosen_rate_only(tmp_
     assert "to run: 13 (6 train, 0 quantize, 7 evaluate); gated on the lr_sweep's choice: 15 (only the chosen " \
            "rate's 5 run)" in text, text
     assert "jobs that will run: 18 (8 train, 0 quantize, 10 evaluate)" in text, text  # 3 + 2 LoRA, 3 full FT
+    # with the validation scores in storage the dry run knows the choice: the other rates' 2 trainings
+    # and 3 test evaluations each never run, and nothing waits on a choice any more
+    decided = dryrun.render(exp, store, "here")
+    assert "not chosen on validation (never run): 10" in decided and "gated" not in decided, decided
+    def row(output):
+        return next(line for line in decided.splitlines() if f" {output} " in line)
+    assert row("Qwen3-tiny-squad_SFT_LoRa8_lr5e-4_s2_NoQuant").startswith("train     todo ")
+    assert row("Qwen3-tiny-squad_SFT_LoRa8_lr2e-3_s2_NoQuant").startswith("train     not chosen ")
     with pytest.raises(ValidationError, match=r"lr_sweep.seeds: \[4\] not among"):
         plan(spec(seeds=[1, 2], lr_sweep={"rates": {"lora": [1e-4, 5e-4]}, "select_on": SEL, "seeds": [4]}))
     with pytest.raises(ValidationError, match="lr_sweep.seeds: 'one'"):
