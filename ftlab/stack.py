@@ -110,21 +110,39 @@ def up(timeout_s: float = 120.0) -> dict[str, str]:
         started[svc] = subprocess.Popen([service_python(svc), "-m", f"services.{svc}.server"], env=env,
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         _pidfile(svc).write_text(str(started[svc].pid))
+    try:
+        _wait_healthy(started, env, timeout_s)
+    except ServiceUnavailable:
+        for svc, proc in started.items():  # a half-started stack is not left behind
+            _stop(svc, proc.pid, grace_s=10.0)
+        raise
+    return {svc: service_address(svc) for svc in SERVICES}
+
+
+def _wait_healthy(started: dict[str, subprocess.Popen], env: dict[str, str], timeout_s: float) -> None:
+    """Every service SERVING, or ServiceUnavailable naming the one that exited at start (with its
+    log's last line: checked each poll, for every service, not only the one waited on) or those
+    still not healthy at the deadline."""
     deadline = time.time() + timeout_s
-    for svc in SERVICES:
-        log_path = STATE_DIR / "logs" / f"{svc}.log"
-        with ServiceClient(svc) as c:
-            while not c.healthy():
-                proc = started.get(svc)
-                if proc is not None and proc.poll() is not None:  # say so now, not after the timeout
-                    _pidfile(svc).unlink(missing_ok=True)
+    clients = {svc: ServiceClient(svc) for svc in SERVICES}
+    pending = list(SERVICES)
+    try:
+        while pending:
+            for svc, proc in started.items():
+                if proc.poll() is not None:
+                    log_path = STATE_DIR / "logs" / f"{svc}.log"
                     raise ServiceUnavailable(f"{svc} service exited at start (code {proc.returncode}): "
                                              f"{_last_line(log_path)}; see {log_path}")
-                if time.time() > deadline:
-                    raise ServiceUnavailable(f"{svc} service at {service_address(svc, env)} not healthy after "
-                                             f"{timeout_s:.0f}s; see {log_path}")
+            pending = [svc for svc in pending if not clients[svc].healthy()]
+            if pending and time.time() > deadline:
+                raise ServiceUnavailable("; ".join(
+                    f"{svc} service at {service_address(svc, env)} not healthy after {timeout_s:.0f}s, see "
+                    f"{STATE_DIR / 'logs' / f'{svc}.log'}" for svc in pending))
+            if pending:
                 time.sleep(0.3)
-    return {svc: service_address(svc) for svc in SERVICES}
+    finally:
+        for c in clients.values():
+            c.close()
 
 
 def _last_line(path: Path) -> str:
@@ -138,25 +156,27 @@ def _last_line(path: Path) -> str:
 
 def down(grace_s: float = 15.0) -> list[str]:
     """SIGTERM each service (they stop their jobs and save their records), SIGKILL after grace."""
-    stopped = []
-    for svc, pid in running().items():
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:  # it exited since running() saw it (e.g. refused its settings)
-            _pidfile(svc).unlink(missing_ok=True)
-            continue
-        deadline = time.time() + grace_s
-        while _alive(pid) and time.time() < deadline:
-            time.sleep(0.2)
-            try:
-                os.waitpid(pid, os.WNOHANG)  # reap if it is our child
-            except ChildProcessError:
-                pass
-        if _alive(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    return [svc for svc, pid in running().items() if _stop(svc, pid, grace_s)]
+
+
+def _stop(svc: str, pid: int, grace_s: float) -> bool:
+    """Stop one service's process group: SIGTERM, SIGKILL after grace; False when it had exited."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:  # it exited since running() saw it (e.g. refused its settings)
         _pidfile(svc).unlink(missing_ok=True)
-        stopped.append(svc)
-    return stopped
+        return False
+    deadline = time.time() + grace_s
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap if it is our child
+        except ChildProcessError:
+            pass
+    if _alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _pidfile(svc).unlink(missing_ok=True)
+    return True

@@ -63,7 +63,7 @@ def _free() -> str:
 
 
 def test_up_says_at_once_why_a_service_exited_at_start_and_down_copes(monkeypatch, tmp_path):
-    # A bad setting stops every service at start: up reports the first one's exit and log line
+    # A bad setting stops every service at start: up reports the first to exit, with its log line,
     # now, not after its timeout, and down then stops whatever is left without a traceback.
     from ftlab import stack
     monkeypatch.setattr(stack, "STATE_DIR", tmp_path)
@@ -72,9 +72,27 @@ def test_up_says_at_once_why_a_service_exited_at_start_and_down_copes(monkeypatc
     monkeypatch.setenv("FTLAB_LOCAL_ROOT", str(tmp_path / "storage"))
     monkeypatch.setenv("FTLAB_CPU_THREADS", "all")
     try:
-        with pytest.raises(ServiceUnavailable, match=r"trainer service exited at start \(code 2\).*"
+        with pytest.raises(ServiceUnavailable, match=r"(trainer|quantizer|evaluator) service exited at start \(code 2\).*"
                                                      r"FTLAB_CPU_THREADS='all': must be a whole number >= 1"):
             stack.up(timeout_s=300)
     finally:
         stack.down(grace_s=5)
     assert stack.running() == {}
+
+
+def test_up_names_the_service_that_died_and_stops_the_others_it_started(monkeypatch, tmp_path):
+    # The evaluator dies at start (as with FTLAB_PLACEMENT=ray and no Ray in its environment) while
+    # up waits on the trainer: up names the evaluator at once, not the trainer after its timeout,
+    # and leaves no half-started stack behind.
+    from ftlab import stack
+    monkeypatch.setattr(stack, "STATE_DIR", tmp_path)
+    for svc in ("TRAINER", "QUANTIZER", "EVALUATOR"):
+        monkeypatch.setenv(f"FTLAB_{svc}_ADDR", _free())
+    monkeypatch.setenv("FTLAB_LOCAL_ROOT", str(tmp_path / "storage"))
+    monkeypatch.setenv("FTLAB_EVALUATOR_PYTHON", "/bin/false")
+    try:
+        with pytest.raises(ServiceUnavailable, match=r"^evaluator service exited at start \(code 1\)"):
+            stack.up(timeout_s=300)
+        assert stack.running() == {}
+    finally:
+        stack.down(grace_s=5)
