@@ -144,17 +144,17 @@ def _seeds(p: list[str], seeds: Any, trains: list, where: str = "seeds") -> list
     line's, whose problems are the flag's, not the file's)."""
     if seeds is None:
         return []
+    listed = isinstance(seeds, list)
     shown = " ".join(f"--seed {x}" for x in seeds) if where == FLAG_SEEDS else f"seeds: {seeds}"
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31 for x in seeds)):
+    ok = listed and seeds and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31 for x in seeds)
+    if not ok:  # then the seeds' other problems too: every problem in one answer
         p.append(f"{where}: {seeds!r} must be a non-empty list of integers in [0, 2**31)" if where != FLAG_SEEDS
                  else f"{where}: {', '.join(str(x) for x in seeds if not 0 <= x < 2**31)} must be in [0, 2**31)")
-        return []
-    if len(set(seeds)) != len(seeds):
-        p.append(f"{where}: {shown} gives a seed twice")
+    if listed and any(x in seeds[:i] for i, x in enumerate(seeds)):
+        p.append(f"{shown} gives a seed twice" if where == FLAG_SEEDS else f"{where}: {seeds} gives a seed twice")
     p += [f"train[{i}].seed: set here and by {shown}; give the seeds in one place ({where} replicates "
           "every configuration)" for i, t in enumerate(trains) if isinstance(t, dict) and "seed" in t]
-    return list(dict.fromkeys(seeds))
+    return list(dict.fromkeys(seeds)) if ok else []
 
 
 def _data(p: list[str], data: Any) -> dict[str, Any] | None:

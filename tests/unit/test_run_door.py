@@ -90,7 +90,7 @@ def test_seed_flag_problems_name_the_flag_not_the_file(home, tmp_path, capsys):
     assert rc == 2 and "  - --seed: -1 must be in [0, 2**31)" in err, err
     assert str(path) not in err and "seeds:" not in err, err
     rc, err = run(capsys, path, "--dry-run", "--seed", "2", "--seed", "2")
-    assert rc == 2 and "  - --seed: --seed 2 --seed 2 gives a seed twice" in err, err
+    assert rc == 2 and "  - --seed 2 --seed 2 gives a seed twice" in err, err
     # a file's own train seed against the flag: the file's line, named with the flag's seeds
     path = write(path, spec(evaluate={"tasks": [{"task": "ai2_arc", "limit": 2}]}, lr_sweep=None, datasets=["arc"],
                             train=[{"peft_method": "lora", "seed": 5}]))
@@ -98,6 +98,16 @@ def test_seed_flag_problems_name_the_flag_not_the_file(home, tmp_path, capsys):
     assert rc == 2 and f"{path}: train[0].seed: set here and by --seed 1" in err, err
     rc, err = run(capsys, path, "--dry-run")  # without the flag the file is fine
     assert rc == 0, err
+
+
+def test_every_problem_of_the_seeds_in_one_answer():
+    # a seed out of range hid the repeated seed and the entry's own seed (the new-user trial)
+    with pytest.raises(ValidationError) as exc:
+        plan(spec(lr_sweep=None, seeds=[1, 1, -3], train=[{"peft_method": "lora", "seed": 5}]))
+    problems = [x.removeprefix("<spec>: ") for x in exc.value.problems]
+    assert "seeds: [1, 1, -3] must be a non-empty list of integers in [0, 2**31)" in problems, problems
+    assert "seeds: [1, 1, -3] gives a seed twice" in problems, problems
+    assert any(x.startswith("train[0].seed: set here and by seeds: [1, 1, -3]") for x in problems), problems
 
 
 def test_a_bad_default_is_one_problem_naming_defaults():
