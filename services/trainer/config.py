@@ -195,7 +195,7 @@ def _resolve(p: Problems, spec: dict[str, Any], device_type: str | None) -> Trai
             if len(p.invalid) > before:  # refused (listed): the config holds the default, so the checks below
                 value = param.default    # and a method's spec_problems compare well-typed values
         values[param.name] = value
-    if "max_steps" in spec and values["max_steps"] == 0:
+    if "max_steps" in spec and spec["max_steps"] == 0:  # (a refused value holds the default 0: said already)
         p.invalid.append("max_steps: 0 must be > 0 (leave it unset to train by epochs)")
     if values["packing"] and values["group_by_length"]:
         p.invalid.append("group_by_length: packing already removes padding; set packing false to group by length")

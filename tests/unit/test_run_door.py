@@ -110,6 +110,14 @@ def test_every_problem_of_the_seeds_in_one_answer():
     assert any(x.startswith("train[0].seed: set here and by seeds: [1, 1, -3]") for x in problems), problems
 
 
+def test_a_refused_max_steps_is_said_once():
+    # -2 was refused, then its stand-in 0 was refused again as "0 must be > 0" (a value never given)
+    with pytest.raises(ValidationError) as exc:
+        plan(spec(lr_sweep=None, defaults={"max_steps": -2}))
+    assert [x for x in exc.value.problems if "max_steps" in x] == [
+        "<spec>: defaults.max_steps: -2 must be in [1, 1000000]"], exc.value.problems
+
+
 def test_a_bad_default_is_one_problem_naming_defaults():
     # item 3: one bad defaults value came back once per train entry (and per matrix value)
     with pytest.raises(ValidationError) as exc:
