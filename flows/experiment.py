@@ -23,6 +23,7 @@ experiment and each step's spec hash, so a rerun resubmits the same requests."""
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -208,6 +209,12 @@ def plan(raw: Any, source: str = "<spec>", seeds: list[int] | None = None, check
     return exp
 
 
+def _gist(problem: str) -> str:
+    """A problem without its list of known fields: ``x: unknown key (known: …)`` (the proto parse)
+    and ``x: unknown field (known: …)`` (the trainer's strict check) are one problem."""
+    return re.sub(r": unknown (?:key|field) \(known[^)]*\)$", ": unknown", problem)
+
+
 def _train_steps(p: list[str], spec: ExperimentSpec, entry: TrainEntry) -> list[Step]:
     """One configuration's jobs: its matrix x base models x datasets, filtered by include/exclude,
     each resolved by the trainer's own config (its checks, its model name); a problem of a field the
@@ -222,7 +229,11 @@ def _train_steps(p: list[str], spec: ExperimentSpec, entry: TrainEntry) -> list[
         for fields, variant in replicas(fields, spec.seeds):
             if (step := _train_step(q, entry.where, fields, variant)) is not None:
                 steps.append(step)
-    p += [x for x in dict.fromkeys(map(entry.blame, q)) if x not in p]
+    said = {_gist(x) for x in p}
+    for x in map(entry.blame, q):  # each problem once: the wire's parse and the trainer both refuse a key
+        if _gist(x) not in said:
+            p.append(x)
+            said.add(_gist(x))
     return steps
 
 

@@ -118,6 +118,13 @@ def test_a_refused_max_steps_is_said_once():
         "<spec>: defaults.max_steps: -2 must be in [1, 1000000]"], exc.value.problems
 
 
+def test_an_unknown_key_in_defaults_is_said_once():
+    # the wire's parse ("unknown key") and the trainer's strict check ("unknown field") both refused it
+    with pytest.raises(ValidationError) as exc:
+        plan(spec(lr_sweep=None, defaults={"bogus_field": 1}))
+    assert len([x for x in exc.value.problems if "bogus_field" in x]) == 1, exc.value.problems
+
+
 def test_a_bad_default_is_one_problem_naming_defaults():
     # item 3: one bad defaults value came back once per train entry (and per matrix value)
     with pytest.raises(ValidationError) as exc:
