@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from flows.aggregate import task_headlines, train_memory_gb  # noqa: E402
+from services.common.contract.naming import without_seed  # noqa: E402
 
 TITLES = {"score_vs_memory": "Score vs training peak memory (Pareto front)",
           "latency": "Mean latency per task and model",
@@ -175,13 +176,21 @@ def plot_rank_sweep(table: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def ptq_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The quantized models and the models they were made from, with a size; a row folding seeds
+    names its first seed's source, which the table holds folded too: mapped to that row."""
+    models = set(table["model"])
+    table = table.assign(parent_model=table["parent_model"].map(
+        lambda p: without_seed(p)[0] if isinstance(p, str) and p not in models else p))
+    sources = set(table.loc[table["ptq_method"].notna(), "parent_model"])
+    rows = table[table["ptq_method"].notna() | table["model"].isin(sources)]
+    return rows[rows["model_size_gb"].notna()]
+
+
 def plot_ptq_size(table: pd.DataFrame, path: Path) -> Path | None:
     if "ptq_method" not in table.columns or table["ptq_method"].isna().all():
         return None
-    # the quantized models and the models they were made from
-    sources = set(table.loc[table["ptq_method"].notna(), "parent_model"])
-    rows = table[table["ptq_method"].notna() | table["model"].isin(sources)]
-    rows = rows[rows["model_size_gb"].notna()]
+    rows = ptq_rows(table)
     tasks = _tasks(rows) if len(rows) else []
     if not tasks:
         return None

@@ -188,3 +188,15 @@ def test_a_metric_with_an_interval_keeps_its_value_beside_it(store, tmp_path):
     row = summary_row(store, "M", "e1")
     assert (row["squad_v2__HasAns_F1"], row["squad_v2__HasAns_F1__ci95_low"]) == (11.41, 6.2)
     assert row["squad_v2__F1"] == 36.2
+
+
+def test_the_ptq_plot_draws_a_folded_source():
+    # a seed-folded PTQ row names its first seed's source (..._s1_NoQuant); the table holds that
+    # source folded (..._NoQuant): the mini-study's plot had the quantized points without their source
+    from flows.plots import ptq_rows
+    t = pd.DataFrame({"model": ["B-x_SFT_NoPeft_NoQuant", "B-x_SFT_NoPeft_GPTQ_w4", "B"],
+                      "ptq_method": [None, "gptq", None], "model_size_gb": [0.54, 0.18, 0.54],
+                      "parent_model": [None, "B-x_SFT_NoPeft_s1_NoQuant", None]})
+    rows = ptq_rows(t)
+    assert list(rows.model) == ["B-x_SFT_NoPeft_NoQuant", "B-x_SFT_NoPeft_GPTQ_w4"]
+    assert rows.parent_model.iloc[1] == "B-x_SFT_NoPeft_NoQuant"
