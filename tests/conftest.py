@@ -146,6 +146,14 @@ def seeded_store(store, tiny_model_dir) -> LocalStore:
     return store
 
 
+def ctrl_c_able() -> None:
+    """Popen's preexec_fn for a child a test interrupts with SIGINT (as Ctrl-C would): a suite
+    started in the background by a non-interactive shell ignores SIGINT, and a child inherits that
+    (Python then installs no KeyboardInterrupt handler): the child gets the default back."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def snapshot(store) -> dict[str, list[str]]:
     """Every key of every bucket: compare before/after to prove a request wrote nothing."""
     return {b: store.list_keys(b) for b in BUCKETS}

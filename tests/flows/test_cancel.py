@@ -7,7 +7,7 @@ import time
 from flows.experiment import plan
 from flows.pipeline import cancel_jobs
 from services.common.rpc.clients import state_name
-from tests.conftest import TINY
+from tests.conftest import TINY, ctrl_c_able
 
 LONG = {"peft_method": "lora", "lora": {"r": 4}, "max_steps": 5000, "train_limit": 8, "per_device_batch_size": 1,
         "gradient_accumulation_steps": 1, "max_seq_length": 64}
@@ -62,7 +62,8 @@ def test_interrupting_a_flow_run_cancels_its_running_job(services, tmp_path):
                PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                **{f"FTLAB_{n.upper()}_ADDR": s.address for n, s in services["running"].items()})
     proc = subprocess.Popen([sys.executable, "-m", "ftlab.cli", "run", str(plan_file)], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=ctrl_c_able)
     trainer = services["clients"]["trainer"]
     try:
         deadline = time.time() + 240

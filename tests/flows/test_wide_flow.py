@@ -12,7 +12,7 @@ import time
 import yaml
 
 from services.common.rpc.clients import state_name
-from tests.conftest import TINY
+from tests.conftest import TINY, ctrl_c_able
 from tests.flows.test_cancel import LONG
 
 WIDTH = 64
@@ -26,7 +26,8 @@ def test_a_64_step_flow_keeps_the_trainer_healthy_and_its_cancel_reaches_every_j
                PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                **{f"FTLAB_{n.upper()}_ADDR": s.address for n, s in services["running"].items()})
     proc = subprocess.Popen([sys.executable, "-m", "ftlab.cli", "run", str(plan_file)], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=ctrl_c_able)
     trainer = services["clients"]["trainer"]
 
     def ours():
