@@ -62,14 +62,20 @@ def _free() -> str:
     return addr
 
 
-def test_up_says_at_once_why_a_service_exited_at_start_and_down_copes(monkeypatch, tmp_path):
-    # A bad setting stops every service at start: up reports the first to exit, with its log line,
-    # now, not after its timeout, and down then stops whatever is left without a traceback.
+def _own_stack(monkeypatch, tmp_path):
+    """ftlab.stack with its state folder, storage and three free ports of this test's own."""
     from ftlab import stack
     monkeypatch.setattr(stack, "STATE_DIR", tmp_path)
     for svc in ("TRAINER", "QUANTIZER", "EVALUATOR"):
         monkeypatch.setenv(f"FTLAB_{svc}_ADDR", _free())
     monkeypatch.setenv("FTLAB_LOCAL_ROOT", str(tmp_path / "storage"))
+    return stack
+
+
+def test_up_says_at_once_why_a_service_exited_at_start_and_down_copes(monkeypatch, tmp_path):
+    # A bad setting stops every service at start: up reports the first to exit, with its log line,
+    # now, not after its timeout, and down then stops whatever is left without a traceback.
+    stack = _own_stack(monkeypatch, tmp_path)
     monkeypatch.setenv("FTLAB_CPU_THREADS", "all")
     try:
         with pytest.raises(ServiceUnavailable, match=r"(trainer|quantizer|evaluator) service exited at start \(code 2\).*"
@@ -84,11 +90,7 @@ def test_up_names_the_service_that_died_and_stops_the_others_it_started(monkeypa
     # The evaluator dies at start (as with FTLAB_PLACEMENT=ray and no Ray in its environment) while
     # up waits on the trainer: up names the evaluator at once, not the trainer after its timeout,
     # and leaves no half-started stack behind.
-    from ftlab import stack
-    monkeypatch.setattr(stack, "STATE_DIR", tmp_path)
-    for svc in ("TRAINER", "QUANTIZER", "EVALUATOR"):
-        monkeypatch.setenv(f"FTLAB_{svc}_ADDR", _free())
-    monkeypatch.setenv("FTLAB_LOCAL_ROOT", str(tmp_path / "storage"))
+    stack = _own_stack(monkeypatch, tmp_path)
     monkeypatch.setenv("FTLAB_EVALUATOR_PYTHON", "/bin/false")
     try:
         with pytest.raises(ServiceUnavailable, match=r"^evaluator service exited at start \(code 1\)"):
